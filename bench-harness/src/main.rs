@@ -1,1 +1,57 @@
-fn main() {}
+//! Entry point of `ringway-bench`: parses the command line and dispatches to a load test or to
+//! `serve`. Owns exit codes and the one-line error format; must not hold benchmark logic.
+
+mod args;
+mod client;
+mod duration;
+mod hist;
+mod http;
+mod progress;
+mod report;
+mod runtime;
+mod scenario;
+mod serve;
+mod url;
+mod worker;
+
+use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            // clap's multi-line usage dump is noise for scripts: keep its first line only.
+            let rendered = e.render().to_string();
+            let line = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            let line = line.trim_start_matches("error: ");
+            eprintln!("ringway-bench: error: {line} (see --help)");
+            std::process::exit(2);
+        }
+    };
+    let result = match cli.cmd {
+        Some(args::Cmd::Serve(a)) => a.validate().and_then(serve::run),
+        None => cli.load.validate().and_then(load),
+    };
+    if let Err(e) = result {
+        eprintln!("ringway-bench: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn load(cfg: args::LoadConfig) -> Result<(), String> {
+    if cfg.preflight {
+        worker::preflight(&cfg)?;
+    }
+    let result = worker::run(&cfg)?;
+    let text = if cfg.json { report::json(&cfg, &result)? } else { report::human(&cfg, &result) };
+    println!("{text}");
+    Ok(())
+}

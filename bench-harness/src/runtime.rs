@@ -1,0 +1,49 @@
+//! Per-thread plumbing shared by the generator and `serve`: core pinning and building a monoio
+//! runtime (io_uring, falling back to epoll once with a warning). Must not hold request logic.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
+static PIN_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The core for thread `index`: from `--cpus` if given, else the cores this process may use
+/// (so an outer `taskset` is respected rather than overridden).
+pub fn pin_current(index: usize, cpus: &[usize]) {
+    let id = if cpus.is_empty() {
+        match core_affinity::get_core_ids() {
+            Some(ids) if !ids.is_empty() => ids[index % ids.len()].id,
+            _ => return,
+        }
+    } else {
+        cpus[index % cpus.len()]
+    };
+    if !core_affinity::set_for_current(core_affinity::CoreId { id }) && !PIN_WARNED.swap(true, Ordering::Relaxed) {
+        eprintln!("ringway-bench: warning: could not pin a thread to cpu {id}; running unpinned");
+    }
+}
+
+/// Runs `make()` to completion on a fresh single-threaded runtime for this thread.
+pub fn block_on<F, Fut>(make: F) -> Result<Fut::Output, String>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+{
+    match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build() {
+        Ok(mut rt) => Ok(rt.block_on(make())),
+        Err(e) => {
+            if !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
+                eprintln!("ringway-bench: warning: io_uring unavailable ({e}); using the epoll driver");
+            }
+            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .map_err(|e| format!("cannot build a runtime: {e}"))?;
+            Ok(rt.block_on(make()))
+        }
+    }
+}
+
+pub fn mono(t: std::time::Instant) -> monoio::time::Instant {
+    monoio::time::Instant::from_std(t)
+}
