@@ -149,7 +149,9 @@ pub struct ServeConfig {
 }
 
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 impl LoadArgs {
@@ -161,9 +163,13 @@ impl LoadArgs {
             return Err("--pipeline must be at least 1".into());
         }
         let duration = match (self.duration, self.rate) {
-            (None, Some(_)) => return Err("--rate needs an explicit --duration (e.g. -d 30s)".into()),
+            (None, Some(_)) => {
+                return Err("--rate needs an explicit --duration (e.g. -d 30s)".into())
+            }
             (None, None) => Duration::from_secs(10),
-            (Some(d), _) if d.is_zero() => return Err("--duration must be greater than zero".into()),
+            (Some(d), _) if d.is_zero() => {
+                return Err("--duration must be greater than zero".into())
+            }
             (Some(d), _) => d,
         };
         if let Some(r) = self.rate {
@@ -171,7 +177,9 @@ impl LoadArgs {
                 return Err("--rate must be a positive number of requests per second".into());
             }
             if self.pipeline > 1 {
-                return Err("--pipeline > 1 is only supported in closed loop (without --rate)".into());
+                return Err(
+                    "--pipeline > 1 is only supported in closed loop (without --rate)".into(),
+                );
             }
         }
         if self.timeout.is_zero() {
@@ -183,7 +191,10 @@ impl LoadArgs {
         }
         let specs = self.request_specs()?;
         let first = &specs[0].url;
-        if let Some(other) = specs.iter().find(|s| s.url.host != first.host || s.url.port != first.port) {
+        if let Some(other) = specs
+            .iter()
+            .find(|s| s.url.host != first.host || s.url.port != first.port)
+        {
             return Err(format!(
                 "all URLs must share one host:port (got {}:{} and {}:{})",
                 first.host, first.port, other.url.host, other.url.port
@@ -212,7 +223,11 @@ impl LoadArgs {
     }
 
     fn request_specs(&self) -> Result<Vec<RequestSpec>, String> {
-        let headers = self.headers.iter().map(|h| scenario::parse_header(h)).collect::<Result<Vec<_>, _>>()?;
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| scenario::parse_header(h))
+            .collect::<Result<Vec<_>, _>>()?;
         let body = match (&self.body, &self.body_file) {
             (Some(b), _) => b.clone().into_bytes(),
             (None, Some(path)) => scenario::read_body_file(path)?,
@@ -220,11 +235,21 @@ impl LoadArgs {
         };
         let method = scenario::check_method(&self.method)?;
         let mut specs = Vec::new();
-        let cli_urls = self.url.iter().map(|u| Ok((u.as_str(), 1))).chain(self.urls.iter().map(|u| scenario::split_weight(u)));
+        let cli_urls = self
+            .url
+            .iter()
+            .map(|u| Ok((u.as_str(), 1)))
+            .chain(self.urls.iter().map(|u| scenario::split_weight(u)));
         for item in cli_urls {
             let (url, weight) = item?;
             let url = Url::parse(url)?;
-            specs.push(RequestSpec { method: method.clone(), url, headers: headers.clone(), body: body.clone(), weight });
+            specs.push(RequestSpec {
+                method: method.clone(),
+                url,
+                headers: headers.clone(),
+                body: body.clone(),
+                weight,
+            });
         }
         if let Some(path) = &self.scenario {
             for mut s in scenario::load_scenario(path)? {
@@ -244,13 +269,19 @@ impl LoadArgs {
 
 impl ServeArgs {
     pub fn validate(self) -> Result<ServeConfig, String> {
-        let listen: SocketAddr = self.listen.parse().map_err(|_| format!("invalid --listen address `{}` (want IP:PORT)", self.listen))?;
+        let listen: SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|_| format!("invalid --listen address `{}` (want IP:PORT)", self.listen))?;
         let threads = self.threads.unwrap_or_else(default_threads);
         if threads == 0 {
             return Err("--threads must be at least 1".into());
         }
         if !(100..=999).contains(&self.status) {
-            return Err(format!("--status {} is not a valid HTTP status code", self.status));
+            return Err(format!(
+                "--status {} is not a valid HTTP status code",
+                self.status
+            ));
         }
         if self.stall_once_after == Some(0) {
             return Err("--stall-once-after counts from 1".into());

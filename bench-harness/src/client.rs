@@ -53,7 +53,9 @@ impl Ctx {
         if intended < self.measure_start {
             return;
         }
-        self.stats.borrow_mut().record(intended, sent, done, status, bytes);
+        self.stats
+            .borrow_mut()
+            .record(intended, sent, done, status, bytes);
         self.live.requests.fetch_add(1, Ordering::Relaxed);
         if !(200..400).contains(&status) {
             self.live.errors.fetch_add(1, Ordering::Relaxed);
@@ -126,7 +128,9 @@ impl Conn {
     }
 
     async fn send(&mut self, deadline: Instant) -> Result<(), ErrorKind> {
-        let Some(stream) = self.stream.as_mut() else { return Err(ErrorKind::Write) };
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(ErrorKind::Write);
+        };
         let buf = std::mem::take(&mut self.wbuf);
         match timeout_at(mono(deadline), stream.write_all(buf)).await {
             Ok((res, buf)) => {
@@ -140,7 +144,9 @@ impl Conn {
 
     /// Reads more bytes into `rbuf`; `Ok(0)` is end of stream.
     async fn fill(&mut self, deadline: Instant) -> Result<usize, ErrorKind> {
-        let Some(stream) = self.stream.as_mut() else { return Err(ErrorKind::Read) };
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(ErrorKind::Read);
+        };
         let mut buf = std::mem::take(&mut self.rbuf);
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
@@ -154,7 +160,11 @@ impl Conn {
         }
     }
 
-    async fn read_response(&mut self, is_head: bool, deadline: Instant) -> Result<Response, ErrorKind> {
+    async fn read_response(
+        &mut self,
+        is_head: bool,
+        deadline: Instant,
+    ) -> Result<Response, ErrorKind> {
         let mut bytes = 0u64;
         let head = loop {
             match http::parse_response_head(&self.rbuf, is_head) {
@@ -189,7 +199,11 @@ impl Conn {
                 return Err(ErrorKind::Read);
             }
         }
-        Ok(Response { status: head.status, bytes, close: head.close })
+        Ok(Response {
+            status: head.status,
+            bytes,
+            close: head.close,
+        })
     }
 }
 

@@ -5,9 +5,13 @@ use std::time::Duration;
 
 pub fn parse(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("invalid duration `{s}` (try 10s, 500ms, 1m)"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration `{s}` (try 10s, 500ms, 1m)"))?;
     let scale = match unit {
         "ns" => 1e-9,
         "us" | "µs" => 1e-6,

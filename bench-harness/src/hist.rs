@@ -51,7 +51,14 @@ impl Stats {
         })
     }
 
-    pub fn record(&mut self, intended: Instant, sent: Instant, done: Instant, status: u16, bytes: u64) {
+    pub fn record(
+        &mut self,
+        intended: Instant,
+        sent: Instant,
+        done: Instant,
+        status: u16,
+        bytes: u64,
+    ) {
         self.requests += 1;
         self.bytes += bytes;
         if let Some(slot) = self.status.get_mut(usize::from(status)) {
@@ -74,7 +81,9 @@ impl Stats {
     }
 
     pub fn merge(&mut self, other: &Stats) -> Result<(), String> {
-        self.uncorrected.add(&other.uncorrected).map_err(|e| format!("merge: {e:?}"))?;
+        self.uncorrected
+            .add(&other.uncorrected)
+            .map_err(|e| format!("merge: {e:?}"))?;
         if let (Some(a), Some(b)) = (&mut self.corrected, &other.corrected) {
             a.add(b).map_err(|e| format!("merge: {e:?}"))?;
         }
@@ -93,11 +102,16 @@ impl Stats {
 
     /// Responses outside 2xx/3xx, by code; these are errors even though the exchange completed.
     pub fn bad_statuses(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
-        self.statuses().filter(|&(code, _)| !(200..400).contains(&code))
+        self.statuses()
+            .filter(|&(code, _)| !(200..400).contains(&code))
     }
 
     pub fn statuses(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
-        self.status.iter().enumerate().filter(|(_, &n)| n > 0).map(|(code, &n)| (code as u16, n))
+        self.status
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(code, &n)| (code as u16, n))
     }
 
     pub fn socket_errors(&self) -> u64 {
@@ -140,14 +154,28 @@ impl Summary {
         let count = h.len();
         if count == 0 {
             return Summary {
-                count, min: 0.0, mean: 0.0, stdev: 0.0, p50: 0.0, p75: 0.0, p90: 0.0, p99: 0.0,
-                p99_9: 0.0, p99_99: 0.0, max: 0.0, within_stdev_pct: 0.0,
+                count,
+                min: 0.0,
+                mean: 0.0,
+                stdev: 0.0,
+                p50: 0.0,
+                p75: 0.0,
+                p90: 0.0,
+                p99: 0.0,
+                p99_9: 0.0,
+                p99_99: 0.0,
+                max: 0.0,
+                within_stdev_pct: 0.0,
             };
         }
         let (mean, stdev) = (h.mean(), h.stdev());
         let lo = (mean - stdev).max(0.0) as u64;
         let hi = (mean + stdev) as u64;
-        let within: u64 = h.iter_recorded().filter(|v| (lo..=hi).contains(&v.value_iterated_to())).map(|v| v.count_at_value()).sum();
+        let within: u64 = h
+            .iter_recorded()
+            .filter(|v| (lo..=hi).contains(&v.value_iterated_to()))
+            .map(|v| v.count_at_value())
+            .sum();
         let q = |p: f64| us(h.value_at_quantile(p));
         Summary {
             count,
@@ -178,7 +206,13 @@ mod tests {
         for i in 1..=100u64 {
             a.record(t0, t0, t0 + Duration::from_micros(i), 200, 10);
         }
-        b.record(t0, t0 + Duration::from_millis(900), t0 + Duration::from_secs(1), 500, 10);
+        b.record(
+            t0,
+            t0 + Duration::from_millis(900),
+            t0 + Duration::from_secs(1),
+            500,
+            10,
+        );
         b.error(ErrorKind::Timeout, 2);
         a.merge(&b).expect("merge");
         assert_eq!((a.requests, a.bytes, a.timeout), (101, 1010, 2));

@@ -29,7 +29,10 @@ enum Phase {
 
 impl Body {
     fn chunked() -> Body {
-        Body::Chunked(Chunked { phase: Phase::Size, remaining: 0 })
+        Body::Chunked(Chunked {
+            phase: Phase::Size,
+            remaining: 0,
+        })
     }
 
     /// Eats body bytes at the front of `buf`. Returns how many were used and whether the body
@@ -58,7 +61,11 @@ impl Chunked {
                     Ok(httparse::Status::Complete((used, size))) => {
                         pos += used;
                         self.remaining = size;
-                        self.phase = if size == 0 { Phase::Trailer } else { Phase::Data };
+                        self.phase = if size == 0 {
+                            Phase::Trailer
+                        } else {
+                            Phase::Data
+                        };
                     }
                     Ok(httparse::Status::Partial) => return Ok((pos, false)),
                     Err(_) => return Err("bad chunk size"),
@@ -107,7 +114,10 @@ pub struct ResponseHead {
 
 /// `Ok(None)` means the head is not complete yet. `head_request` matters because a response
 /// to HEAD carries Content-Length without a body.
-pub fn parse_response_head(buf: &[u8], head_request: bool) -> Result<Option<ResponseHead>, &'static str> {
+pub fn parse_response_head(
+    buf: &[u8],
+    head_request: bool,
+) -> Result<Option<ResponseHead>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
@@ -128,7 +138,12 @@ pub fn parse_response_head(buf: &[u8], head_request: bool) -> Result<Option<Resp
         close = true;
         Body::UntilClose
     };
-    Ok(Some(ResponseHead { status, head_len, body, close }))
+    Ok(Some(ResponseHead {
+        status,
+        head_len,
+        body,
+        close,
+    }))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -176,7 +191,12 @@ struct Framing {
 
 impl Framing {
     fn scan(headers: &[httparse::Header<'_>]) -> Result<Framing, &'static str> {
-        let mut f = Framing { length: None, chunked: false, close: false, keep_alive: false };
+        let mut f = Framing {
+            length: None,
+            chunked: false,
+            close: false,
+            keep_alive: false,
+        };
         for h in headers {
             if h.name.eq_ignore_ascii_case("content-length") {
                 let v = std::str::from_utf8(h.value).map_err(|_| "bad content-length")?;
@@ -221,7 +241,9 @@ mod tests {
     #[test]
     fn content_length_response() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
-        let head = parse_response_head(raw, false).expect("parse").expect("complete");
+        let head = parse_response_head(raw, false)
+            .expect("parse")
+            .expect("complete");
         assert_eq!((head.status, head.close), (200, false));
         assert_eq!(drain(head.body, &[&raw[head.head_len..]]), Ok((5, true)));
         assert_eq!(parse_response_head(&raw[..10], false), Ok(None));
@@ -240,10 +262,14 @@ mod tests {
     #[test]
     fn close_and_head_rules() {
         let raw = b"HTTP/1.0 200 OK\r\n\r\nabc";
-        let head = parse_response_head(raw, false).expect("parse").expect("complete");
+        let head = parse_response_head(raw, false)
+            .expect("parse")
+            .expect("complete");
         assert_eq!((head.body, head.close), (Body::UntilClose, true));
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\n";
-        let head = parse_response_head(raw, true).expect("parse").expect("complete");
+        let head = parse_response_head(raw, true)
+            .expect("parse")
+            .expect("complete");
         assert_eq!((head.body, head.close), (Body::None, true));
     }
 

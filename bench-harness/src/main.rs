@@ -30,7 +30,10 @@ fn main() {
             }
             // clap's multi-line usage dump is noise for scripts: keep its first line only.
             let rendered = e.render().to_string();
-            let line = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            let line = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
             let line = line.trim_start_matches("error: ");
             eprintln!("ringway-bench: error: {line} (see --help)");
             std::process::exit(2);
@@ -51,7 +54,11 @@ fn load(cfg: args::LoadConfig) -> Result<(), String> {
         worker::preflight(&cfg)?;
     }
     let result = worker::run(&cfg)?;
-    let text = if cfg.json { report::json(&cfg, &result)? } else { report::human(&cfg, &result) };
+    let text = if cfg.json {
+        report::json(&cfg, &result)?
+    } else {
+        report::human(&cfg, &result)
+    };
     println!("{text}");
     Ok(())
 }

@@ -19,7 +19,14 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(enabled: bool, start: Instant, measure_start: Instant, end: Instant) -> Progress {
-        Progress { enabled, start, measure_start, end, last_draw: start, drawn: false }
+        Progress {
+            enabled,
+            start,
+            measure_start,
+            end,
+            last_draw: start,
+            drawn: false,
+        }
     }
 
     pub fn tick(&mut self, lives: &[Arc<Live>]) {
@@ -30,11 +37,21 @@ impl Progress {
         self.last_draw = now;
         let total = self.end.duration_since(self.start).as_secs_f64();
         let line = if now < self.measure_start {
-            format!("warmup {:.0}s/{:.0}s", now.duration_since(self.start).as_secs_f64(), total)
+            format!(
+                "warmup {:.0}s/{:.0}s",
+                now.duration_since(self.start).as_secs_f64(),
+                total
+            )
         } else {
-            let reqs: u64 = lives.iter().map(|l| l.requests.load(Ordering::Relaxed)).sum();
+            let reqs: u64 = lives
+                .iter()
+                .map(|l| l.requests.load(Ordering::Relaxed))
+                .sum();
             let errs: u64 = lives.iter().map(|l| l.errors.load(Ordering::Relaxed)).sum();
-            let measured = now.duration_since(self.measure_start).as_secs_f64().max(1e-3);
+            let measured = now
+                .duration_since(self.measure_start)
+                .as_secs_f64()
+                .max(1e-3);
             format!(
                 "{:.0}s/{:.0}s  {:.0} req/s  {} requests  {} errors",
                 now.duration_since(self.start).as_secs_f64(),

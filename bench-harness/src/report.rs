@@ -125,10 +125,17 @@ fn latency_block(out: &mut String, title: &str, h: &hdrhistogram::Histogram<u64>
     }
     if spectrum && !h.is_empty() {
         let _ = writeln!(out, "    Detailed Percentile spectrum:");
-        let _ = writeln!(out, "         Value   Percentile   TotalCount 1/(1-Percentile)");
+        let _ = writeln!(
+            out,
+            "         Value   Percentile   TotalCount 1/(1-Percentile)"
+        );
         for v in h.iter_quantiles(1) {
             let p = v.quantile_iterated_to();
-            let inv = if p < 1.0 { format!("{:12.2}", 1.0 / (1.0 - p)) } else { "         inf".to_string() };
+            let inv = if p < 1.0 {
+                format!("{:12.2}", 1.0 / (1.0 - p))
+            } else {
+                "         inf".to_string()
+            };
             let _ = writeln!(
                 out,
                 "    {:>10} {:12.6} {:12} {inv}",
@@ -144,25 +151,54 @@ pub fn human(cfg: &LoadConfig, run: &RunResult) -> String {
     let s: &Stats = &run.stats;
     let secs = run.elapsed.as_secs_f64().max(1e-9);
     let mut out = String::new();
-    let _ = writeln!(out, "Running {} test @ {}", fmt_secs(cfg.duration.as_secs_f64()), cfg.label);
+    let _ = writeln!(
+        out,
+        "Running {} test @ {}",
+        fmt_secs(cfg.duration.as_secs_f64()),
+        cfg.label
+    );
     let mode = match cfg.rate {
         Some(r) => format!("open loop, {r} req/s"),
         None => format!("closed loop, pipeline {}", cfg.pipeline),
     };
     let ka = if cfg.keepalive { "" } else { ", no keep-alive" };
-    let _ = writeln!(out, "  {} threads and {} connections ({mode}{ka})", cfg.threads, cfg.connections);
+    let _ = writeln!(
+        out,
+        "  {} threads and {} connections ({mode}{ka})",
+        cfg.threads, cfg.connections
+    );
     match &s.corrected {
         Some(c) => {
-            latency_block(&mut out, "Latency, corrected (from intended send time):", c, cfg.latency);
-            latency_block(&mut out, "Latency, uncorrected (from actual send time):", &s.uncorrected, cfg.latency);
+            latency_block(
+                &mut out,
+                "Latency, corrected (from intended send time):",
+                c,
+                cfg.latency,
+            );
+            latency_block(
+                &mut out,
+                "Latency, uncorrected (from actual send time):",
+                &s.uncorrected,
+                cfg.latency,
+            );
         }
         None => latency_block(&mut out, "Latency:", &s.uncorrected, cfg.latency),
     }
-    let _ = writeln!(out, "  {} requests in {:.2}s, {} read", s.requests, secs, fmt_bytes(s.bytes as f64));
+    let _ = writeln!(
+        out,
+        "  {} requests in {:.2}s, {} read",
+        s.requests,
+        secs,
+        fmt_bytes(s.bytes as f64)
+    );
     let bad: u64 = s.bad_statuses().map(|(_, n)| n).sum();
     if bad > 0 {
         let codes: Vec<String> = s.bad_statuses().map(|(c, n)| format!("{c}: {n}")).collect();
-        let _ = writeln!(out, "  Non-2xx or 3xx responses: {bad} ({})", codes.join(", "));
+        let _ = writeln!(
+            out,
+            "  Non-2xx or 3xx responses: {bad} ({})",
+            codes.join(", ")
+        );
     }
     if s.socket_errors() > 0 {
         let _ = writeln!(
@@ -172,7 +208,11 @@ pub fn human(cfg: &LoadConfig, run: &RunResult) -> String {
         );
     }
     let _ = writeln!(out, "Requests/sec: {:>10.2}", s.requests as f64 / secs);
-    let _ = writeln!(out, "Transfer/sec: {:>10}", fmt_bytes(s.bytes as f64 / secs));
+    let _ = writeln!(
+        out,
+        "Transfer/sec: {:>10}",
+        fmt_bytes(s.bytes as f64 / secs)
+    );
     out
 }
 

@@ -18,7 +18,9 @@ pub fn pin_current(index: usize, cpus: &[usize]) {
     } else {
         cpus[index % cpus.len()]
     };
-    if !core_affinity::set_for_current(core_affinity::CoreId { id }) && !PIN_WARNED.swap(true, Ordering::Relaxed) {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id })
+        && !PIN_WARNED.swap(true, Ordering::Relaxed)
+    {
         eprintln!("ringway-bench: warning: could not pin a thread to cpu {id}; running unpinned");
     }
 }
@@ -29,11 +31,16 @@ where
     F: FnOnce() -> Fut,
     Fut: Future,
 {
-    match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build() {
+    match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .enable_timer()
+        .build()
+    {
         Ok(mut rt) => Ok(rt.block_on(make())),
         Err(e) => {
             if !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
-                eprintln!("ringway-bench: warning: io_uring unavailable ({e}); using the epoll driver");
+                eprintln!(
+                    "ringway-bench: warning: io_uring unavailable ({e}); using the epoll driver"
+                );
             }
             let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .enable_timer()

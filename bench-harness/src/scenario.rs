@@ -53,7 +53,9 @@ struct ScenarioEntry {
 pub fn split_weight(s: &str) -> Result<(&str, u32), String> {
     if let Some((url, w)) = s.rsplit_once('@') {
         if !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()) {
-            let weight: u32 = w.parse().map_err(|_| format!("weight `{w}` is too large"))?;
+            let weight: u32 = w
+                .parse()
+                .map_err(|_| format!("weight `{w}` is too large"))?;
             return Ok((url, weight));
         }
     }
@@ -61,7 +63,9 @@ pub fn split_weight(s: &str) -> Result<(&str, u32), String> {
 }
 
 pub fn parse_header(h: &str) -> Result<(String, String), String> {
-    let (name, value) = h.split_once(':').ok_or_else(|| format!("header `{h}` must look like `Name: value`"))?;
+    let (name, value) = h
+        .split_once(':')
+        .ok_or_else(|| format!("header `{h}` must look like `Name: value`"))?;
     let name = name.trim();
     let value = value.trim();
     let token_ok = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
@@ -79,21 +83,34 @@ pub fn read_body_file(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 pub fn load_scenario(path: &Path) -> Result<Vec<RequestSpec>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read scenario {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read scenario {}: {e}", path.display()))?;
     let file: ScenarioFile = toml::from_str(&text).map_err(|e| {
         let msg = e.message().to_string();
         format!("scenario {}: {}", path.display(), msg.trim())
     })?;
     if file.requests.is_empty() {
-        return Err(format!("scenario {} has no [[request]] entries", path.display()));
+        return Err(format!(
+            "scenario {} has no [[request]] entries",
+            path.display()
+        ));
     }
     let base = path.parent().unwrap_or(Path::new("."));
     file.requests
         .into_iter()
         .map(|e| {
-            let headers = e.headers.iter().map(|h| parse_header(h)).collect::<Result<Vec<_>, _>>()?;
+            let headers = e
+                .headers
+                .iter()
+                .map(|h| parse_header(h))
+                .collect::<Result<Vec<_>, _>>()?;
             let body = match (e.body, e.body_file) {
-                (Some(_), Some(_)) => return Err(format!("scenario request {}: body and body_file both set", e.url)),
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "scenario request {}: body and body_file both set",
+                        e.url
+                    ))
+                }
                 (Some(b), None) => b.into_bytes(),
                 (None, Some(f)) => read_body_file(&base.join(f))?,
                 (None, None) => Vec::new(),
@@ -110,7 +127,11 @@ pub fn load_scenario(path: &Path) -> Result<Vec<RequestSpec>, String> {
 }
 
 pub fn check_method(m: &str) -> Result<String, String> {
-    if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_') {
+    if m.is_empty()
+        || !m
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_')
+    {
         return Err(format!("invalid HTTP method `{m}`"));
     }
     Ok(m.to_ascii_uppercase())
@@ -128,8 +149,12 @@ pub fn build(spec: &RequestSpec, keepalive: bool) -> Vec<u8> {
     for (n, v) in &spec.headers {
         out.push_str(&format!("{n}: {v}\r\n"));
     }
-    let wants_length = !spec.body.is_empty() || matches!(spec.method.as_str(), "POST" | "PUT" | "PATCH");
-    if wants_length && !has(&spec.headers, "content-length") && !has(&spec.headers, "transfer-encoding") {
+    let wants_length =
+        !spec.body.is_empty() || matches!(spec.method.as_str(), "POST" | "PUT" | "PATCH");
+    if wants_length
+        && !has(&spec.headers, "content-length")
+        && !has(&spec.headers, "transfer-encoding")
+    {
         out.push_str(&format!("Content-Length: {}\r\n", spec.body.len()));
     }
     if !keepalive && !has(&spec.headers, "connection") {
@@ -154,9 +179,16 @@ impl Mix {
         }
         let requests = specs
             .iter()
-            .map(|s| Prebuilt { bytes: build(s, keepalive), is_head: s.method == "HEAD" })
+            .map(|s| Prebuilt {
+                bytes: build(s, keepalive),
+                is_head: s.method == "HEAD",
+            })
             .collect();
-        Ok(Mix { requests, cumulative, total })
+        Ok(Mix {
+            requests,
+            cumulative,
+            total,
+        })
     }
 
     /// Weighted choice; with a single request the RNG is not even touched.
@@ -211,7 +243,15 @@ mod tests {
 
     #[test]
     fn weights_are_respected() {
-        let mix = Mix::new(&[spec("GET", "/a", 1), spec("GET", "/b", 3), spec("GET", "/c", 0)], true).expect("mix");
+        let mix = Mix::new(
+            &[
+                spec("GET", "/a", 1),
+                spec("GET", "/b", 3),
+                spec("GET", "/c", 0),
+            ],
+            true,
+        )
+        .expect("mix");
         let mut rng = Rng::new(7);
         let mut counts = [0u32; 3];
         for _ in 0..40_000 {

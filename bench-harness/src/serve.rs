@@ -3,7 +3,6 @@
 //! Must not share code paths with the load generator's measurement.
 
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +36,10 @@ struct Shared {
 
 impl Shared {
     fn total(&self) -> u64 {
-        self.counts.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+        self.counts
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -61,7 +63,11 @@ fn reason(status: u16) -> &'static str {
 }
 
 fn prebuild(status: u16, body_size: usize, close: bool) -> (Vec<u8>, usize) {
-    let body_size = if status == 204 || status == 304 { 0 } else { body_size };
+    let body_size = if status == 204 || status == 304 {
+        0
+    } else {
+        body_size
+    };
     let conn = if close { "Connection: close\r\n" } else { "" };
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\nContent-Length: {body_size}\r\nContent-Type: text/plain\r\n{conn}\r\n",
@@ -76,7 +82,8 @@ fn prebuild(status: u16, body_size: usize, close: bool) -> (Vec<u8>, usize) {
 fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
     let domain = socket2::Domain::for_address(addr);
     let fail = |e: std::io::Error| format!("cannot listen on {addr}: {e}");
-    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).map_err(fail)?;
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .map_err(fail)?;
     sock.set_reuse_port(true).map_err(fail)?;
     sock.set_reuse_address(true).map_err(fail)?;
     // monoio's epoll fallback needs non-blocking fds; io_uring does not mind either way.
@@ -88,7 +95,8 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
 
 pub fn run(cfg: ServeConfig) -> Result<(), String> {
     // Registered before any thread starts so an early SIGTERM still prints the count.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("signals: {e}"))?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("signals: {e}"))?;
     let first = bind(cfg.listen)?;
     let addr = first.local_addr().map_err(|e| format!("local_addr: {e}"))?;
     // Port 0 resolves on the first bind; the other threads join that exact port.
@@ -116,7 +124,8 @@ pub fn run(cfg: ServeConfig) -> Result<(), String> {
             .name(format!("serve-{t}"))
             .spawn(move || {
                 crate::runtime::pin_current(t, &cpus);
-                let outcome = crate::runtime::block_on(|| accept_loop(listener, shared, t)).and_then(|r| r);
+                let outcome =
+                    crate::runtime::block_on(|| accept_loop(listener, shared, t)).and_then(|r| r);
                 if let Err(e) = outcome {
                     eprintln!("ringway-bench: error: {e}");
                     std::process::exit(1);
@@ -130,9 +139,12 @@ pub fn run(cfg: ServeConfig) -> Result<(), String> {
     Ok(())
 }
 
-async fn accept_loop(std_listener: std::net::TcpListener, shared: Arc<Shared>, t: usize) -> Result<(), String> {
+async fn accept_loop(
+    std_listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    t: usize,
+) -> Result<(), String> {
     let listener = TcpListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
-    let shared = Rc::new(shared);
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -145,7 +157,7 @@ async fn accept_loop(std_listener: std::net::TcpListener, shared: Arc<Shared>, t
     }
 }
 
-async fn serve_conn(mut stream: TcpStream, shared: Rc<Arc<Shared>>, t: usize) {
+async fn serve_conn(mut stream: TcpStream, shared: Arc<Shared>, t: usize) {
     let mut rbuf = BytesMut::with_capacity(8192);
     let mut wbuf = BytesMut::with_capacity(8192);
     let mut pending: Option<http::RequestHead> = None;
@@ -218,8 +230,15 @@ fn respond(shared: &Shared, t: usize, req: &http::RequestHead, wbuf: &mut BytesM
     if req.path_is_count {
         // Not counted itself, so a test can ask for the tally without disturbing it.
         let body = shared.total().to_string();
-        let conn = if req.close { "Connection: close\r\n" } else { "" };
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n{conn}\r\n", body.len());
+        let conn = if req.close {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n{conn}\r\n",
+            body.len()
+        );
         wbuf.extend_from_slice(head.as_bytes());
         if !req.is_head {
             wbuf.extend_from_slice(body.as_bytes());
@@ -249,7 +268,9 @@ mod tests {
     #[test]
     fn prebuilt_response_parses() {
         let (resp, head) = prebuild(500, 10, true);
-        let h = http::parse_response_head(&resp, false).expect("parse").expect("complete");
+        let h = http::parse_response_head(&resp, false)
+            .expect("parse")
+            .expect("complete");
         assert_eq!((h.status, h.head_len, h.close), (500, head, true));
         assert_eq!(resp.len() - head, 10);
     }

@@ -16,9 +16,15 @@ impl Url {
         let rest = match s.split_once("://") {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
             Some((scheme, _)) => {
-                return Err(format!("unsupported scheme `{scheme}` in URL `{s}` (only http://)"))
+                return Err(format!(
+                    "unsupported scheme `{scheme}` in URL `{s}` (only http://)"
+                ))
             }
-            None => return Err(format!("invalid URL `{s}`: expected http://host[:port]/path")),
+            None => {
+                return Err(format!(
+                    "invalid URL `{s}`: expected http://host[:port]/path"
+                ))
+            }
         };
         let rest = rest.split('#').next().unwrap_or("");
         let split = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -26,7 +32,8 @@ impl Url {
         if authority.contains('@') {
             return Err(format!("invalid URL `{s}`: userinfo is not supported"));
         }
-        let (host, port) = split_host_port(authority).map_err(|e| format!("invalid URL `{s}`: {e}"))?;
+        let (host, port) =
+            split_host_port(authority).map_err(|e| format!("invalid URL `{s}`: {e}"))?;
         if host.is_empty() {
             return Err(format!("invalid URL `{s}`: missing host"));
         }
@@ -36,14 +43,20 @@ impl Url {
             Some(_) => path.to_string(),
         };
         if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err(format!("invalid URL `{s}`: path contains spaces or control characters"));
+            return Err(format!(
+                "invalid URL `{s}`: path contains spaces or control characters"
+            ));
         }
         Ok(Url { host, port, path })
     }
 
     /// The Host header value: the port is omitted when it is the scheme default.
     pub fn authority(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         if self.port == 80 {
             host
         } else {
@@ -55,7 +68,9 @@ impl Url {
         let mut addrs = (self.host.as_str(), self.port)
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve `{}`: {e}", self.host))?;
-        addrs.next().ok_or_else(|| format!("cannot resolve `{}`: no addresses", self.host))
+        addrs
+            .next()
+            .ok_or_else(|| format!("cannot resolve `{}`: no addresses", self.host))
     }
 }
 
@@ -89,9 +104,15 @@ mod tests {
     #[test]
     fn parses_common_shapes() {
         let u = Url::parse("http://127.0.0.1:8080/a/b?x=1").expect("valid");
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 8080, "/a/b?x=1"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 8080, "/a/b?x=1")
+        );
         let u = Url::parse("http://example.com").expect("valid");
-        assert_eq!((u.port, u.path.as_str(), u.authority().as_str()), (80, "/", "example.com"));
+        assert_eq!(
+            (u.port, u.path.as_str(), u.authority().as_str()),
+            (80, "/", "example.com")
+        );
         let u = Url::parse("http://[::1]:9000?q").expect("valid");
         assert_eq!((u.host.as_str(), u.path.as_str()), ("::1", "/?q"));
         assert_eq!(u.authority(), "[::1]:9000");
@@ -99,7 +120,15 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "localhost:80", "https://x/", "http://", "http://h:0/", "http://h:99999/", "http://h/a b"] {
+        for bad in [
+            "",
+            "localhost:80",
+            "https://x/",
+            "http://",
+            "http://h:0/",
+            "http://h:99999/",
+            "http://h/a b",
+        ] {
             assert!(Url::parse(bad).is_err(), "{bad} should fail");
         }
     }

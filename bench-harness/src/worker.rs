@@ -42,20 +42,37 @@ pub fn run(cfg: &LoadConfig) -> Result<RunResult, String> {
         let cpus = cfg.cpus.clone();
         // Connection ids t, t+threads, ... keep both the count and the open-loop schedule even.
         let ids: Vec<usize> = (t..cfg.connections).step_by(cfg.threads).collect();
-        let (addr, pipeline, timeout, keepalive, rate, connections) =
-            (cfg.addr, cfg.pipeline, cfg.timeout, cfg.keepalive, cfg.rate, cfg.connections);
+        let (addr, pipeline, timeout, keepalive, rate, connections) = (
+            cfg.addr,
+            cfg.pipeline,
+            cfg.timeout,
+            cfg.keepalive,
+            cfg.rate,
+            cfg.connections,
+        );
         let handle = std::thread::Builder::new()
             .name(format!("bench-{t}"))
             .spawn(move || {
                 crate::runtime::pin_current(t, &cpus);
                 let result = Stats::new(rate.is_some()).and_then(|stats| {
                     let ctx = Rc::new(Ctx {
-                        addr, mix, pipeline, timeout, keepalive, start, measure_start, end, rate, connections,
+                        addr,
+                        mix,
+                        pipeline,
+                        timeout,
+                        keepalive,
+                        start,
+                        measure_start,
+                        end,
+                        rate,
+                        connections,
                         stats: RefCell::new(stats),
                         live,
                     });
                     crate::runtime::block_on(|| drive(ctx.clone(), ids))?;
-                    Rc::try_unwrap(ctx).map(|c| c.stats.into_inner()).map_err(|_| "connection task outlived its runtime".to_string())
+                    Rc::try_unwrap(ctx)
+                        .map(|c| c.stats.into_inner())
+                        .map_err(|_| "connection task outlived its runtime".to_string())
                 });
                 // The receiver only goes away if main already failed; nothing left to report to.
                 let _ = tx.send(result);
@@ -97,7 +114,10 @@ pub fn run(cfg: &LoadConfig) -> Result<RunResult, String> {
     }
     let stats = merged.ok_or("no worker reported results")?;
     let last = stats.last_event.unwrap_or(end).max(end);
-    Ok(RunResult { elapsed: last.saturating_duration_since(measure_start), stats })
+    Ok(RunResult {
+        elapsed: last.saturating_duration_since(measure_start),
+        stats,
+    })
 }
 
 async fn drive(ctx: Rc<Ctx>, ids: Vec<usize>) {

@@ -20,7 +20,11 @@ fn check_against_serve(extra: &[&str]) {
     let v = json(&run(&args, Duration::from_secs(15)));
     let requests = num(&v, &["requests"]) as u64;
     assert!(requests > 50, "{v}");
-    assert_eq!(requests, server.count(), "generator and server disagree: {v}");
+    assert_eq!(
+        requests,
+        server.count(),
+        "generator and server disagree: {v}"
+    );
     assert_eq!(num(&v, &["status_counts", "200"]) as u64, requests, "{v}");
     assert_eq!(num(&v, &["errors", "total"]), 0.0, "{v}");
 }
@@ -37,7 +41,15 @@ fn pipelined_total_matches_server() {
 
 #[test]
 fn no_keepalive_total_matches_server() {
-    check_against_serve(&["--no-keepalive", "-m", "POST", "--body", "hello", "-H", "X-Test: 1"]);
+    check_against_serve(&[
+        "--no-keepalive",
+        "-m",
+        "POST",
+        "--body",
+        "hello",
+        "-H",
+        "X-Test: 1",
+    ]);
 }
 
 /// A std-thread server answering with chunked bodies (keep-alive) or HTTP/1.0 bodies ended by
@@ -91,7 +103,10 @@ fn answer(mut s: TcpStream, chunked: bool, count: &AtomicU64) {
 fn check_framing(chunked: bool, body_len: u64) {
     let (port, count) = framing_server(chunked, Duration::from_secs(5));
     let url = format!("http://127.0.0.1:{port}/x");
-    let v = json(&run(&["-t", "1", "-c", "2", "-d", "1s", "--json", &url], Duration::from_secs(15)));
+    let v = json(&run(
+        &["-t", "1", "-c", "2", "-d", "1s", "--json", &url],
+        Duration::from_secs(15),
+    ));
     let requests = num(&v, &["requests"]) as u64;
     assert!(requests > 10, "{v}");
     assert_eq!(requests, count.load(Ordering::SeqCst), "{v}");

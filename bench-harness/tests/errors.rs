@@ -16,10 +16,27 @@ fn dead_port() -> u16 {
 #[test]
 fn refused_connections_are_connect_errors() {
     let url = format!("http://127.0.0.1:{}/", dead_port());
-    let v = json(&run(&["-t", "1", "-c", "2", "-d", "500ms", "--no-preflight", "--json", &url], Duration::from_secs(10)));
+    let v = json(&run(
+        &[
+            "-t",
+            "1",
+            "-c",
+            "2",
+            "-d",
+            "500ms",
+            "--no-preflight",
+            "--json",
+            &url,
+        ],
+        Duration::from_secs(10),
+    ));
     assert!(num(&v, &["errors", "connect"]) > 0.0, "{v}");
     assert_eq!(num(&v, &["requests"]), 0.0, "{v}");
-    assert_eq!(num(&v, &["errors", "total"]), num(&v, &["errors", "connect"]), "{v}");
+    assert_eq!(
+        num(&v, &["errors", "total"]),
+        num(&v, &["errors", "connect"]),
+        "{v}"
+    );
 }
 
 #[test]
@@ -38,16 +55,37 @@ fn silent_server_gives_timeouts() {
         }
     });
     let url = format!("http://127.0.0.1:{port}/");
-    let v = json(&run(&["-t", "1", "-c", "2", "-d", "1s", "--timeout", "200ms", "--json", &url], Duration::from_secs(10)));
+    let v = json(&run(
+        &[
+            "-t",
+            "1",
+            "-c",
+            "2",
+            "-d",
+            "1s",
+            "--timeout",
+            "200ms",
+            "--json",
+            &url,
+        ],
+        Duration::from_secs(10),
+    ));
     assert!(num(&v, &["errors", "timeout"]) >= 4.0, "{v}");
     assert_eq!(num(&v, &["requests"]), 0.0, "{v}");
-    assert_eq!(num(&v, &["errors", "read"]) + num(&v, &["errors", "connect"]), 0.0, "{v}");
+    assert_eq!(
+        num(&v, &["errors", "read"]) + num(&v, &["errors", "connect"]),
+        0.0,
+        "{v}"
+    );
 }
 
 #[test]
 fn server_errors_are_counted_by_status() {
     let server = Server::start(&["--status", "500"]);
-    let v = json(&run(&["-t", "1", "-c", "2", "-d", "500ms", "--json", &server.url()], Duration::from_secs(10)));
+    let v = json(&run(
+        &["-t", "1", "-c", "2", "-d", "500ms", "--json", &server.url()],
+        Duration::from_secs(10),
+    ));
     let requests = num(&v, &["requests"]);
     assert!(requests > 10.0, "{v}");
     assert_eq!(num(&v, &["errors", "status", "500"]), requests, "{v}");
@@ -76,7 +114,11 @@ fn bad_arguments_fail_with_one_line() {
         let out = run(&args, Duration::from_secs(10));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} should fail");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: want one line, got: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?}: want one line, got: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{args:?}: stdout should be empty");
     }

@@ -26,9 +26,18 @@ impl Server {
             .expect("spawn serve");
         let stderr = child.stderr.take().expect("stderr");
         let mut line = String::new();
-        BufReader::new(stderr).read_line(&mut line).expect("read listening line");
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line}"));
-        let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        BufReader::new(stderr)
+            .read_line(&mut line)
+            .expect("read listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected: {line}"));
+        let port = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
         Server { child, port }
     }
 
@@ -39,11 +48,16 @@ impl Server {
     /// The server's own tally of requests received, via its uncounted `/__count` path.
     pub fn count(&self) -> u64 {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect for count");
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        s.write_all(b"GET /__count HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(b"GET /__count HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("write");
         let mut resp = String::new();
         s.read_to_string(&mut resp).expect("read");
-        resp.rsplit("\r\n\r\n").next().and_then(|b| b.trim().parse().ok()).unwrap_or_else(|| panic!("bad count reply: {resp}"))
+        resp.rsplit("\r\n\r\n")
+            .next()
+            .and_then(|b| b.trim().parse().ok())
+            .unwrap_or_else(|| panic!("bad count reply: {resp}"))
     }
 }
 
@@ -70,14 +84,21 @@ pub fn run(args: &[&str], limit: Duration) -> Output {
         if start.elapsed() > limit {
             let _ = child.kill();
             let out = child.wait_with_output().expect("output");
-            panic!("generator ran past {limit:?}; stderr: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "generator ran past {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 pub fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "generator failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "generator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("bad json ({e}): {text}"))
 }
@@ -87,5 +108,6 @@ pub fn num(v: &serde_json::Value, path: &[&str]) -> f64 {
     for p in path {
         cur = &cur[*p];
     }
-    cur.as_f64().unwrap_or_else(|| panic!("{path:?} missing in {v}"))
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} missing in {v}"))
 }
