@@ -1,1 +1,12 @@
+//! ringway: a thread-per-core HTTP/1.1 API gateway on io_uring.
+//! Module map; what tests/ and perf/ reach. See README for the request flow.
 
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod net;
+pub mod proxy;
+pub mod route;
+pub mod runtime;
+pub mod upstream;

@@ -1,1 +1,75 @@
-fn main() {}
+//! The `ringway` command: `run` serves, `check` validates a config. Kept short: CLI -> config -> runtime.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "ringway",
+    version,
+    about = "A thread-per-core API gateway on io_uring"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve with the given config file.
+    Run {
+        #[arg(short = 'c', long = "config", default_value = "config/ringway.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit.
+    Check {
+        #[arg(short = 'c', long = "config", default_value = "config/ringway.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().filter_or("RINGWAY_LOG", "info"))
+        .format_target(false)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Check { config } => match ringway::config::load(&config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok ({} routes, {} upstreams, {} workers)",
+                    config.display(),
+                    cfg.routes.len(),
+                    cfg.upstreams.len(),
+                    cfg.server.workers
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ringway: {}: {e}", config.display());
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run { config } => {
+            let cfg = match ringway::config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ringway: {}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            match ringway::runtime::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ringway: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Validated runtime configuration and the loader that turns a TOML file into it.
+//! Shards only ever see these types; the raw serde shapes stay in `raw.rs`.
+
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::route::Router;
+use crate::upstream::balance::Policy;
+
+pub use validate::parse_duration;
+
+/// A configuration error: which key is wrong and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path such as `routes[0].upstream`; empty for file-level errors.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Which monoio driver the shards run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    /// io_uring, falling back to the legacy (epoll) driver with one warning.
+    Auto,
+    IoUring,
+    Legacy,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub workers: usize,
+    pub cpu_affinity: Option<Vec<usize>>,
+    pub driver: DriverKind,
+    pub io_uring_entries: u32,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_request_line_bytes: usize,
+    /// 0 means unlimited.
+    pub max_body_bytes: u64,
+    pub read_buffer_bytes: usize,
+    pub client_header_timeout: Duration,
+    pub client_body_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub keepalive_requests: u64,
+    pub send_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub tunnel_idle_timeout: Duration,
+}
+
+/// What a consistent-hash upstream hashes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    RemoteAddr,
+    Uri,
+    /// Lowercased header name.
+    Header(String),
+    Cookie(String),
+    Arg(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub addr: SocketAddr,
+    /// The address as written, used as Host for `pass_host = "node"`.
+    pub host: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub size: usize,
+    pub idle_timeout: Duration,
+    pub requests: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub policy: Policy,
+    pub hash_on: HashOn,
+    pub nodes: Vec<NodeConfig>,
+    pub connect_timeout: Duration,
+    pub send_timeout: Duration,
+    pub read_timeout: Duration,
+    pub retries: u32,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub pool: PoolConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassHost {
+    Pass,
+    Node,
+    Rewrite(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    pub strip_prefix: Option<String>,
+    pub pass_host: PassHost,
+    pub websocket: bool,
+}
+
+/// Everything a shard needs, validated and compiled once.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub demo: Option<SocketAddr>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// Compiled once and shared read-only by every shard.
+    pub router: Arc<Router>,
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            "",
+            format!("cannot read config file {}: {e}", path.display()),
+        )
+    })?;
+    from_str(&text)
+}
+
+/// Parses and validates config text.
+pub fn from_str(text: &str) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.message().to_string();
+        let loc = inner
+            .span()
+            .map(|s| line_col(text, s.start))
+            .map(|(l, c)| format!(" (line {l}, column {c})"))
+            .unwrap_or_default();
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::new(path, format!("{msg}{loc}"))
+    })?;
+    validate::validate(raw)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |p| before.len() - p - 1)
+        + 1;
+    (line, col)
+}

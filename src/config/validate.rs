@@ -1,0 +1,482 @@
+//! Turns the raw file into the runtime `Config`: defaults, cross-checks, compiled router.
+//! Every error names the key path and says what would be accepted; nothing here runs per request.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawDuration, RawListen, RawRoute, RawUpstream, RawWorkers};
+use super::{
+    Config, ConfigError, DriverKind, HashOn, NodeConfig, PassHost, PoolConfig, RouteConfig,
+    ServerConfig, UpstreamConfig,
+};
+use crate::route::{Cond, RouteSpec, Router};
+use crate::upstream::balance::Policy;
+
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "PURGE",
+];
+
+pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let server = server(&raw)?;
+    let demo = match &raw.demo {
+        Some(d) => Some(socket_addr("demo.listen", &d.listen)?),
+        None => None,
+    };
+    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+    let mut by_name = HashMap::new();
+    for (i, u) in raw.upstreams.iter().enumerate() {
+        let up = upstream(i, u)?;
+        if by_name.insert(up.name.clone(), i).is_some() {
+            return Err(ConfigError::new(
+                format!("upstreams[{i}].name"),
+                format!(
+                    "duplicate upstream name {:?}; names must be unique",
+                    up.name
+                ),
+            ));
+        }
+        upstreams.push(up);
+    }
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut specs = Vec::with_capacity(raw.routes.len());
+    let mut route_names = HashMap::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        if route_names.insert(r.name.clone(), i).is_some() {
+            return Err(ConfigError::new(
+                format!("routes[{i}].name"),
+                format!("duplicate route name {:?}; names must be unique", r.name),
+            ));
+        }
+        let (rc, spec) = route(i, r, &by_name)?;
+        routes.push(rc);
+        specs.push(spec);
+    }
+    let router = Router::build(&specs).map_err(|e| ConfigError::new("routes", e.to_string()))?;
+    Ok(Config {
+        server,
+        demo,
+        upstreams,
+        routes,
+        router: Arc::new(router),
+    })
+}
+
+fn server(raw: &RawConfig) -> Result<ServerConfig, ConfigError> {
+    let s = &raw.server;
+    if s.listen.is_empty() {
+        return Err(ConfigError::new(
+            "server.listen",
+            "at least one listen address is required, e.g. listen = [\"127.0.0.1:9080\"]",
+        ));
+    }
+    let mut listen = Vec::with_capacity(s.listen.len());
+    for (i, l) in s.listen.iter().enumerate() {
+        let text = match l {
+            RawListen::Addr(a) => a.as_str(),
+            RawListen::Table(t) => t.addr.as_str(),
+        };
+        listen.push(socket_addr(&format!("server.listen[{i}]"), text)?);
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = match &s.workers {
+        None => cpus,
+        Some(RawWorkers::Count(n)) if *n >= 1 && *n <= 1024 => *n as usize,
+        Some(RawWorkers::Word(w)) if w == "auto" => cpus,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "server.workers",
+                format!("expected \"auto\" or a number from 1 to 1024, got {other:?}"),
+            ))
+        }
+    };
+    if let Some(list) = &s.cpu_affinity {
+        if list.is_empty() {
+            return Err(ConfigError::new(
+                "server.cpu_affinity",
+                "must list at least one CPU, or be left out",
+            ));
+        }
+        let online: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        if let Some(bad) = list
+            .iter()
+            .find(|c| !online.is_empty() && !online.contains(c))
+        {
+            return Err(ConfigError::new(
+                "server.cpu_affinity",
+                format!("CPU {bad} is not available to this process (available: {online:?})"),
+            ));
+        }
+    }
+    let driver = match s.driver.as_deref() {
+        None | Some("auto") => DriverKind::Auto,
+        Some("io_uring") => DriverKind::IoUring,
+        Some("legacy") => DriverKind::Legacy,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "server.driver",
+                format!("expected \"auto\", \"io_uring\" or \"legacy\", got {other:?}"),
+            ))
+        }
+    };
+    let entries = s.io_uring_entries.unwrap_or(1024);
+    if !(8..=32768).contains(&entries) {
+        return Err(ConfigError::new(
+            "server.io_uring_entries",
+            format!("expected 8..=32768, got {entries}"),
+        ));
+    }
+    let max_header_bytes = s.max_header_bytes.unwrap_or(16 * 1024);
+    if !(256..=1024 * 1024).contains(&max_header_bytes) {
+        return Err(ConfigError::new(
+            "server.max_header_bytes",
+            format!("expected 256..=1048576 bytes, got {max_header_bytes}"),
+        ));
+    }
+    let max_request_line_bytes = s.max_request_line_bytes.unwrap_or(8 * 1024);
+    if max_request_line_bytes < 64 || max_request_line_bytes > max_header_bytes {
+        return Err(ConfigError::new(
+            "server.max_request_line_bytes",
+            format!(
+                "expected 64 up to max_header_bytes ({max_header_bytes}), got {max_request_line_bytes}"
+            ),
+        ));
+    }
+    let read_buffer_bytes = s.read_buffer_bytes.unwrap_or(16 * 1024);
+    if !(1024..=4 * 1024 * 1024).contains(&read_buffer_bytes) {
+        return Err(ConfigError::new(
+            "server.read_buffer_bytes",
+            format!("expected 1024..=4194304 bytes, got {read_buffer_bytes}"),
+        ));
+    }
+    let max_connections = s.max_connections.unwrap_or(10_000);
+    if max_connections == 0 {
+        return Err(ConfigError::new(
+            "server.max_connections",
+            "must be at least 1",
+        ));
+    }
+    Ok(ServerConfig {
+        listen,
+        workers,
+        cpu_affinity: s.cpu_affinity.clone(),
+        driver,
+        io_uring_entries: entries,
+        max_connections,
+        max_header_bytes,
+        max_request_line_bytes,
+        max_body_bytes: s.max_body_bytes.unwrap_or(0),
+        read_buffer_bytes,
+        client_header_timeout: dur("server.client_header_timeout", &s.client_header_timeout, 60)?,
+        client_body_timeout: dur("server.client_body_timeout", &s.client_body_timeout, 60)?,
+        keepalive_timeout: dur("server.keepalive_timeout", &s.keepalive_timeout, 75)?,
+        keepalive_requests: s.keepalive_requests.unwrap_or(10_000),
+        send_timeout: dur("server.send_timeout", &s.send_timeout, 60)?,
+        shutdown_timeout: dur("server.shutdown_timeout", &s.shutdown_timeout, 10)?,
+        tunnel_idle_timeout: dur("server.tunnel_idle_timeout", &s.tunnel_idle_timeout, 300)?,
+    })
+}
+
+fn upstream(i: usize, u: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+    let at = |key: &str| format!("upstreams[{i}].{key}");
+    if u.name.is_empty() {
+        return Err(ConfigError::new(at("name"), "must not be empty"));
+    }
+    if u.nodes.is_empty() {
+        return Err(ConfigError::new(
+            at("nodes"),
+            "an upstream needs at least one node, e.g. nodes = [{ addr = \"127.0.0.1:8080\", weight = 1 }]",
+        ));
+    }
+    let mut nodes = Vec::with_capacity(u.nodes.len());
+    for (n, node) in u.nodes.iter().enumerate() {
+        let weight = node.weight.unwrap_or(1);
+        if weight == 0 || weight > 10_000 {
+            return Err(ConfigError::new(
+                at(&format!("nodes[{n}].weight")),
+                format!("expected 1..=10000, got {weight}"),
+            ));
+        }
+        nodes.push(NodeConfig {
+            addr: socket_addr(&at(&format!("nodes[{n}].addr")), &node.addr)?,
+            host: node.addr.clone(),
+            weight,
+        });
+    }
+    let policy = match u.balance.as_deref() {
+        None | Some("round_robin") | Some("roundrobin") => Policy::RoundRobin,
+        Some("least_conn") => Policy::LeastConn,
+        Some("chash") => Policy::Chash,
+        Some(other) => {
+            return Err(ConfigError::new(
+                at("balance"),
+                format!("expected \"round_robin\", \"least_conn\" or \"chash\", got {other:?}"),
+            ))
+        }
+    };
+    let hash_on = match u.hash_on.as_deref() {
+        None | Some("remote_addr") => HashOn::RemoteAddr,
+        Some("uri") => HashOn::Uri,
+        Some(other) => {
+            let (kind, name) = other.split_once(':').unwrap_or((other, ""));
+            if name.is_empty() {
+                return Err(hash_on_error(at("hash_on"), other));
+            }
+            match kind {
+                "header" => HashOn::Header(name.to_ascii_lowercase()),
+                "cookie" => HashOn::Cookie(name.to_string()),
+                "arg" => HashOn::Arg(name.to_string()),
+                _ => return Err(hash_on_error(at("hash_on"), other)),
+            }
+        }
+    };
+    if u.hash_on.is_some() && policy != Policy::Chash {
+        return Err(ConfigError::new(
+            at("hash_on"),
+            "only meaningful with balance = \"chash\"; remove it or set balance = \"chash\"",
+        ));
+    }
+    let retries = u.retries.unwrap_or(nodes.len() as u32 - 1);
+    let pool = match &u.keepalive_pool {
+        None => PoolConfig {
+            size: 320,
+            idle_timeout: Duration::from_secs(60),
+            requests: 1000,
+        },
+        Some(p) => PoolConfig {
+            size: p.size.unwrap_or(320),
+            idle_timeout: dur(&at("keepalive_pool.idle_timeout"), &p.idle_timeout, 60)?,
+            requests: match p.requests {
+                Some(0) => {
+                    return Err(ConfigError::new(
+                        at("keepalive_pool.requests"),
+                        "must be at least 1",
+                    ))
+                }
+                Some(n) => n,
+                None => 1000,
+            },
+        },
+    };
+    Ok(UpstreamConfig {
+        name: u.name.clone(),
+        policy,
+        hash_on,
+        nodes,
+        connect_timeout: dur(&at("connect_timeout"), &u.connect_timeout, 5)?,
+        send_timeout: dur(&at("send_timeout"), &u.send_timeout, 60)?,
+        read_timeout: dur(&at("read_timeout"), &u.read_timeout, 60)?,
+        retries,
+        max_fails: u.max_fails.unwrap_or(1),
+        fail_timeout: dur(&at("fail_timeout"), &u.fail_timeout, 10)?,
+        pool,
+    })
+}
+
+fn hash_on_error(path: String, got: &str) -> ConfigError {
+    ConfigError::new(
+        path,
+        format!(
+            "expected \"remote_addr\", \"uri\", \"header:NAME\", \"cookie:NAME\" or \"arg:NAME\", got {got:?}"
+        ),
+    )
+}
+
+fn route(
+    i: usize,
+    r: &RawRoute,
+    upstreams: &HashMap<String, usize>,
+) -> Result<(RouteConfig, RouteSpec), ConfigError> {
+    let at = |key: &str| format!("routes[{i}].{key}");
+    let upstream = *upstreams.get(&r.upstream).ok_or_else(|| {
+        let mut known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        ConfigError::new(
+            at("upstream"),
+            format!("no upstream named {:?} (defined: {known:?})", r.upstream),
+        )
+    })?;
+    if r.paths.is_empty() {
+        return Err(ConfigError::new(
+            at("paths"),
+            "a route needs at least one path, e.g. paths = [\"/*\"]",
+        ));
+    }
+    for (n, p) in r.paths.iter().enumerate() {
+        if !p.starts_with('/') {
+            return Err(ConfigError::new(
+                at(&format!("paths[{n}]")),
+                format!("{p:?} must start with '/'"),
+            ));
+        }
+    }
+    let mut methods = Vec::with_capacity(r.methods.len());
+    for (n, m) in r.methods.iter().enumerate() {
+        let up = m.to_ascii_uppercase();
+        if !METHODS.contains(&up.as_str()) {
+            return Err(ConfigError::new(
+                at(&format!("methods[{n}]")),
+                format!("unknown method {m:?}; expected one of {METHODS:?}"),
+            ));
+        }
+        methods.push(up);
+    }
+    for (n, h) in r.hosts.iter().enumerate() {
+        let body = h.strip_prefix("*.").unwrap_or(h);
+        if body.is_empty()
+            || body.contains('*')
+            || !body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
+            return Err(ConfigError::new(
+                at(&format!("hosts[{n}]")),
+                format!("{h:?} is not a host name or a \"*.suffix\" wildcard"),
+            ));
+        }
+    }
+    let cond = |list: &[super::raw::RawCond], key: &str| -> Result<Vec<Cond>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(n, c)| {
+                if c.name.is_empty() {
+                    Err(ConfigError::new(
+                        at(&format!("{key}[{n}].name")),
+                        "must not be empty",
+                    ))
+                } else {
+                    Ok(Cond {
+                        name: c.name.clone(),
+                        value: c.value.clone(),
+                    })
+                }
+            })
+            .collect()
+    };
+    let headers = cond(&r.headers, "headers")?;
+    let args = cond(&r.args, "args")?;
+    if let Some(p) = &r.strip_prefix {
+        if !p.starts_with('/') || p.len() < 2 {
+            return Err(ConfigError::new(
+                at("strip_prefix"),
+                format!("{p:?} must start with '/' and name a prefix such as \"/api\""),
+            ));
+        }
+    }
+    let pass_host = match (r.pass_host.as_deref(), &r.upstream_host) {
+        (None | Some("pass"), None) => PassHost::Pass,
+        (Some("node"), None) => PassHost::Node,
+        (Some("rewrite"), Some(h)) if !h.is_empty() => PassHost::Rewrite(h.clone()),
+        (Some("rewrite"), _) => {
+            return Err(ConfigError::new(
+                at("upstream_host"),
+                "pass_host = \"rewrite\" needs a non-empty upstream_host",
+            ))
+        }
+        (None | Some("pass") | Some("node"), Some(_)) => {
+            return Err(ConfigError::new(
+                at("upstream_host"),
+                "only used with pass_host = \"rewrite\"",
+            ))
+        }
+        (Some(other), _) => {
+            return Err(ConfigError::new(
+                at("pass_host"),
+                format!("expected \"pass\", \"node\" or \"rewrite\", got {other:?}"),
+            ))
+        }
+    };
+    let spec = RouteSpec {
+        hosts: r.hosts.clone(),
+        paths: r.paths.clone(),
+        methods,
+        headers,
+        args,
+        priority: r.priority,
+    };
+    Ok((
+        RouteConfig {
+            name: r.name.clone(),
+            upstream,
+            strip_prefix: r.strip_prefix.clone(),
+            pass_host,
+            websocket: r.enable_websocket.unwrap_or(true),
+        },
+        spec,
+    ))
+}
+
+fn socket_addr(path: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    // Host names are resolved once at load; the request path never does DNS.
+    let resolved = if text
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    {
+        text.to_socket_addrs().ok().and_then(|mut it| it.next())
+    } else {
+        None
+    };
+    resolved.ok_or_else(|| {
+        ConfigError::new(
+            path,
+            format!("{text:?} is not an address; expected HOST:PORT such as \"127.0.0.1:8080\""),
+        )
+    })
+}
+
+fn dur(path: &str, v: &Option<RawDuration>, default_secs: u64) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(Duration::from_secs(default_secs)),
+        Some(RawDuration::Seconds(s)) if *s >= 0 => Ok(Duration::from_secs(*s as u64)),
+        Some(RawDuration::Seconds(s)) => Err(ConfigError::new(
+            path,
+            format!("a duration cannot be negative, got {s}"),
+        )),
+        Some(RawDuration::Text(t)) => parse_duration(t).ok_or_else(|| {
+            ConfigError::new(
+                path,
+                format!("{t:?} is not a duration; write e.g. \"500ms\", \"10s\", \"2m\" or \"1h\""),
+            )
+        }),
+    }
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h` (or a bare number of seconds).
+pub fn parse_duration(t: &str) -> Option<Duration> {
+    let t = t.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    };
+    Some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("10 parsecs"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

@@ -1,0 +1,846 @@
+//! Request and response head parsing (httparse) plus strict framing validation.
+//! Records byte offsets into a reusable head buffer; never allocates per header once warm, never does I/O.
+
+use std::mem::MaybeUninit;
+
+use bytes::BytesMut;
+
+use crate::error::{ClientError, UpstreamError};
+
+/// Most heads have far fewer; more is refused as "header too large".
+pub const MAX_HEADERS: usize = 128;
+
+/// A byte range into the head buffer.
+pub type Span = (u32, u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Options,
+    Patch,
+    Trace,
+    Connect,
+    Other,
+}
+
+impl Method {
+    fn from_bytes(m: &[u8]) -> Method {
+        match m {
+            b"GET" => Method::Get,
+            b"HEAD" => Method::Head,
+            b"POST" => Method::Post,
+            b"PUT" => Method::Put,
+            b"DELETE" => Method::Delete,
+            b"OPTIONS" => Method::Options,
+            b"PATCH" => Method::Patch,
+            b"TRACE" => Method::Trace,
+            b"CONNECT" => Method::Connect,
+            _ => Method::Other,
+        }
+    }
+
+    /// RFC 9110 9.2.2: safe to repeat, so a retry after the request was sent is allowed.
+    pub fn idempotent(self) -> bool {
+        matches!(
+            self,
+            Method::Get
+                | Method::Head
+                | Method::Put
+                | Method::Delete
+                | Method::Options
+                | Method::Trace
+        )
+    }
+}
+
+/// How a message body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Response only: the body runs until the upstream closes.
+    UntilClose,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderPos {
+    pub name: Span,
+    pub value: Span,
+}
+
+/// Outcome of feeding bytes to a head parser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The head is this many bytes long.
+    Complete(usize),
+    Partial,
+}
+
+/// Size limits applied while the head is still arriving.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    pub max_header_bytes: usize,
+    pub max_request_line_bytes: usize,
+}
+
+/// Connection-header facts shared by requests and responses.
+#[derive(Debug, Default)]
+struct ConnInfo {
+    close: bool,
+    keep_alive: bool,
+    upgrade: bool,
+}
+
+/// A parsed request head. Reused across requests on a connection: `clear` keeps capacity.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// The head's bytes; every `Span` indexes into this.
+    pub buf: BytesMut,
+    pub method: Method,
+    method_span: Span,
+    target: Span,
+    path: Span,
+    query: Option<Span>,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    pub headers: Vec<HeaderPos>,
+    host: Option<Span>,
+    pub body: BodyKind,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    /// `Upgrade: websocket` with `Connection: upgrade`.
+    pub websocket: bool,
+    /// Header names listed in `Connection` (hop-by-hop by declaration).
+    pub conn_tokens: Vec<Span>,
+}
+
+impl Default for RequestHead {
+    fn default() -> Self {
+        RequestHead {
+            buf: BytesMut::with_capacity(1024),
+            method: Method::Get,
+            method_span: (0, 0),
+            target: (0, 0),
+            path: (0, 0),
+            query: None,
+            version: 1,
+            headers: Vec::with_capacity(32),
+            host: None,
+            body: BodyKind::Empty,
+            keep_alive: true,
+            expect_continue: false,
+            websocket: false,
+            conn_tokens: Vec::new(),
+        }
+    }
+}
+
+#[inline]
+fn span_of(base: &[u8], part: &[u8]) -> Span {
+    // Both slices come from the same buffer, so the address difference is the offset.
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    (start as u32, (start + part.len()) as u32)
+}
+
+impl RequestHead {
+    #[inline]
+    pub fn slice(&self, s: Span) -> &[u8] {
+        &self.buf[s.0 as usize..s.1 as usize]
+    }
+    pub fn method_bytes(&self) -> &[u8] {
+        self.slice(self.method_span)
+    }
+    /// The request target as sent (origin-form, or absolute-form).
+    pub fn target(&self) -> &[u8] {
+        self.slice(self.target)
+    }
+    /// Path without the query; "/" for an absolute-form target with no path.
+    pub fn path(&self) -> &[u8] {
+        if self.path.0 == self.path.1 {
+            b"/"
+        } else {
+            self.slice(self.path)
+        }
+    }
+    pub fn query(&self) -> &[u8] {
+        self.query.map_or(&[][..], |q| self.slice(q))
+    }
+    /// Path plus `?query`, as forwarded upstream.
+    pub fn path_and_query(&self) -> &[u8] {
+        if self.path.0 == self.path.1 {
+            return b"/";
+        }
+        let end = self.query.map_or(self.path.1, |q| q.1);
+        &self.buf[self.path.0 as usize..end as usize]
+    }
+    pub fn host(&self) -> &[u8] {
+        self.host.map_or(&[][..], |h| self.slice(h))
+    }
+    pub fn name(&self, h: &HeaderPos) -> &[u8] {
+        self.slice(h.name)
+    }
+    pub fn value(&self, h: &HeaderPos) -> &[u8] {
+        self.slice(h.value)
+    }
+    /// First header with this name (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        let name = name.as_bytes();
+        self.headers
+            .iter()
+            .find(|h| self.slice(h.name).eq_ignore_ascii_case(name))
+            .map(|h| self.slice(h.value))
+    }
+    /// True if `name` was listed in the Connection header.
+    pub fn listed_in_connection(&self, name: &[u8]) -> bool {
+        self.conn_tokens
+            .iter()
+            .any(|t| self.slice(*t).eq_ignore_ascii_case(name))
+    }
+
+    fn reset(&mut self) {
+        self.buf.clear();
+        self.headers.clear();
+        self.conn_tokens.clear();
+        self.host = None;
+        self.query = None;
+        self.body = BodyKind::Empty;
+        self.expect_continue = false;
+        self.websocket = false;
+    }
+
+    /// Parses and validates a request head at the start of `input`. On `Complete(n)` the head
+    /// (the first `n` bytes) has been copied into `self.buf` and the caller should drop them from `input`.
+    pub fn parse(&mut self, input: &[u8], limits: &HeadLimits) -> Result<Status, ClientError> {
+        // The request line's limit is checked before the whole head's so an over-long
+        // URI gets 414 rather than 431.
+        let line_end = input
+            .iter()
+            .take(limits.max_request_line_bytes + 2)
+            .position(|&b| b == b'\n');
+        match line_end {
+            None if input.len() > limits.max_request_line_bytes + 1 => {
+                return Err(ClientError::UriTooLong)
+            }
+            Some(p) if p > limits.max_request_line_bytes + 1 => {
+                return Err(ClientError::UriTooLong)
+            }
+            _ => {}
+        }
+        let mut raw: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+            [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let n = match httparse::ParserConfig::default()
+            .parse_request_with_uninit_headers(&mut req, input, &mut raw)
+        {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                if input.len() > limits.max_header_bytes {
+                    return Err(ClientError::HeaderTooLarge);
+                }
+                return Ok(Status::Partial);
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(ClientError::HeaderTooLarge),
+            Err(httparse::Error::HeaderName) => {
+                return Err(ClientError::BadRequest("invalid header name"))
+            }
+            Err(httparse::Error::HeaderValue) => {
+                return Err(ClientError::BadRequest("invalid header value"))
+            }
+            Err(httparse::Error::Version) => {
+                return Err(ClientError::BadRequest("unsupported HTTP version"))
+            }
+            Err(httparse::Error::Token) => return Err(ClientError::BadRequest("invalid method")),
+            Err(_) => return Err(ClientError::BadRequest("malformed request line")),
+        };
+        if n > limits.max_header_bytes {
+            return Err(ClientError::HeaderTooLarge);
+        }
+        self.reset();
+        self.buf.extend_from_slice(&input[..n]);
+        let base = &input[..n];
+        let method = req.method.unwrap_or("");
+        let target = req.path.unwrap_or("");
+        self.method = Method::from_bytes(method.as_bytes());
+        self.method_span = span_of(base, method.as_bytes());
+        self.target = span_of(base, target.as_bytes());
+        self.version = req.version.unwrap_or(1);
+        self.split_target(base)?;
+
+        let mut lengths: Option<u64> = None;
+        let mut chunked = false;
+        let mut has_te = false;
+        let mut hosts = 0usize;
+        let mut conn = ConnInfo::default();
+        let mut upgrade_websocket = false;
+        for h in req.headers.iter() {
+            let name = h.name.as_bytes();
+            let value = h.value;
+            let pos = HeaderPos {
+                name: span_of(base, name),
+                value: span_of(base, value),
+            };
+            match name.len() {
+                4 if name.eq_ignore_ascii_case(b"host") => {
+                    hosts += 1;
+                    if !valid_host(value) {
+                        return Err(ClientError::BadRequest("invalid Host header"));
+                    }
+                    // An absolute-form target's authority wins over Host (RFC 9112 3.2.2).
+                    if self.host.is_none() {
+                        self.host = Some(pos.value);
+                    }
+                }
+                14 if name.eq_ignore_ascii_case(b"content-length") => {
+                    let n = parse_content_length(value)
+                        .ok_or(ClientError::BadRequest("invalid Content-Length"))?;
+                    if lengths.is_some_and(|l| l != n) {
+                        return Err(ClientError::BadRequest("conflicting Content-Length"));
+                    }
+                    lengths = Some(n);
+                }
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                    has_te = true;
+                    chunked = transfer_coding(value, chunked).map_err(|e| match e {
+                        CodingError::Unknown => {
+                            ClientError::NotImplemented("unsupported transfer coding")
+                        }
+                        CodingError::Invalid => {
+                            ClientError::BadRequest("invalid Transfer-Encoding")
+                        }
+                    })?;
+                }
+                10 if name.eq_ignore_ascii_case(b"connection") => {
+                    connection_tokens(base, value, &mut conn, &mut self.conn_tokens);
+                }
+                6 if name.eq_ignore_ascii_case(b"expect") => {
+                    if value.eq_ignore_ascii_case(b"100-continue") {
+                        self.expect_continue = true;
+                    } else {
+                        return Err(ClientError::ExpectationFailed);
+                    }
+                }
+                7 if name.eq_ignore_ascii_case(b"upgrade") => {
+                    upgrade_websocket = value
+                        .split(|&b| b == b',')
+                        .any(|t| trim(t).eq_ignore_ascii_case(b"websocket"));
+                }
+                _ => {}
+            }
+            self.headers.push(pos);
+        }
+        if hosts > 1 {
+            return Err(ClientError::BadRequest("multiple Host headers"));
+        }
+        if hosts == 0 && self.version == 1 && self.host.is_none() {
+            return Err(ClientError::BadRequest("missing Host header"));
+        }
+        if has_te {
+            if lengths.is_some() {
+                return Err(ClientError::BadRequest(
+                    "both Content-Length and Transfer-Encoding",
+                ));
+            }
+            if self.version == 0 {
+                return Err(ClientError::BadRequest("Transfer-Encoding in HTTP/1.0"));
+            }
+            if !chunked {
+                return Err(ClientError::BadRequest(
+                    "final transfer coding is not chunked",
+                ));
+            }
+            self.body = BodyKind::Chunked;
+        } else {
+            self.body = match lengths {
+                Some(0) | None => BodyKind::Empty,
+                Some(n) => BodyKind::Length(n),
+            };
+        }
+        if self.method == Method::Connect {
+            return Err(ClientError::NotImplemented("CONNECT is not supported"));
+        }
+        self.keep_alive = if self.version == 1 {
+            !conn.close
+        } else {
+            conn.keep_alive && !conn.close
+        };
+        self.websocket = conn.upgrade && upgrade_websocket && self.method == Method::Get;
+        Ok(Status::Complete(n))
+    }
+
+    fn split_target(&mut self, base: &[u8]) -> Result<(), ClientError> {
+        let (t0, t1) = self.target;
+        let t = &base[t0 as usize..t1 as usize];
+        let mut path_start = t0;
+        if t.first() != Some(&b'/') {
+            if t == b"*" && self.method == Method::Options {
+                self.path = self.target;
+                return Ok(());
+            }
+            let rest = strip_scheme(t).ok_or(ClientError::BadRequest("invalid request target"))?;
+            let auth_start = t0 + (t.len() - rest.len()) as u32;
+            let auth_len = rest
+                .iter()
+                .position(|&b| b == b'/' || b == b'?')
+                .unwrap_or(rest.len());
+            let authority = &rest[..auth_len];
+            if authority.is_empty() || !valid_host(authority) {
+                return Err(ClientError::BadRequest("invalid request target"));
+            }
+            self.host = Some((auth_start, auth_start + auth_len as u32));
+            path_start = auth_start + auth_len as u32;
+        }
+        let rest = &base[path_start as usize..t1 as usize];
+        match rest.iter().position(|&b| b == b'?') {
+            Some(q) => {
+                let q = path_start + q as u32;
+                self.path = (path_start, q);
+                self.query = Some((q + 1, t1));
+            }
+            None => self.path = (path_start, t1),
+        }
+        Ok(())
+    }
+}
+
+fn strip_scheme(t: &[u8]) -> Option<&[u8]> {
+    for scheme in [&b"http://"[..], &b"https://"[..]] {
+        if t.len() > scheme.len() && t[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            return Some(&t[scheme.len()..]);
+        }
+    }
+    None
+}
+
+/// Host header or authority: reg-name / IPv4 / [IPv6] with optional port. Anything else could
+/// be used to confuse routing or the upstream, so it is refused.
+fn valid_host(v: &[u8]) -> bool {
+    v.iter().all(|&b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']' | b'%')
+    })
+}
+
+/// `1*DIGIT`, or a comma list of identical such values (RFC 9112 6.3 allows collapsing them).
+pub fn parse_content_length(v: &[u8]) -> Option<u64> {
+    let mut result: Option<u64> = None;
+    for part in v.split(|&b| b == b',') {
+        let part = trim(part);
+        if part.is_empty() || part.len() > 18 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part
+            .iter()
+            .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0'));
+        if result.is_some_and(|r| r != n) {
+            return None;
+        }
+        result = Some(n);
+    }
+    result
+}
+
+enum CodingError {
+    Unknown,
+    Invalid,
+}
+
+/// Folds one Transfer-Encoding header value into the running "is chunked last" state.
+/// Only a single `chunked` is accepted: other codings would have to be decoded to re-frame.
+fn transfer_coding(v: &[u8], mut chunked: bool) -> Result<bool, CodingError> {
+    for part in v.split(|&b| b == b',') {
+        let coding = trim(part);
+        if coding.is_empty() {
+            return Err(CodingError::Invalid);
+        }
+        if chunked {
+            // Anything after chunked (including a second chunked) is ambiguous framing.
+            return Err(CodingError::Invalid);
+        }
+        if coding.eq_ignore_ascii_case(b"chunked") {
+            chunked = true;
+        } else if [
+            &b"gzip"[..],
+            b"x-gzip",
+            b"deflate",
+            b"compress",
+            b"x-compress",
+            b"identity",
+        ]
+        .iter()
+        .any(|c| coding.eq_ignore_ascii_case(c))
+        {
+            // Known codings we do not decode: refused as a framing we cannot re-frame.
+            return Err(CodingError::Invalid);
+        } else {
+            return Err(CodingError::Unknown);
+        }
+    }
+    Ok(chunked)
+}
+
+fn connection_tokens(base: &[u8], v: &[u8], conn: &mut ConnInfo, tokens: &mut Vec<Span>) {
+    for part in v.split(|&b| b == b',') {
+        let t = trim(part);
+        if t.is_empty() {
+            continue;
+        }
+        if t.eq_ignore_ascii_case(b"close") {
+            conn.close = true;
+        } else if t.eq_ignore_ascii_case(b"keep-alive") {
+            conn.keep_alive = true;
+        } else {
+            if t.eq_ignore_ascii_case(b"upgrade") {
+                conn.upgrade = true;
+            }
+            tokens.push(span_of(base, t));
+        }
+    }
+}
+
+#[inline]
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// A parsed upstream response head, reused across responses.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub buf: BytesMut,
+    pub status: u16,
+    reason: Span,
+    pub version: u8,
+    pub headers: Vec<HeaderPos>,
+    pub body: BodyKind,
+    /// The upstream allows this connection to be reused.
+    pub keep_alive: bool,
+    pub conn_tokens: Vec<Span>,
+}
+
+impl Default for ResponseHead {
+    fn default() -> Self {
+        ResponseHead {
+            buf: BytesMut::with_capacity(1024),
+            status: 0,
+            reason: (0, 0),
+            version: 1,
+            headers: Vec::with_capacity(32),
+            body: BodyKind::Empty,
+            keep_alive: true,
+            conn_tokens: Vec::new(),
+        }
+    }
+}
+
+impl ResponseHead {
+    #[inline]
+    pub fn slice(&self, s: Span) -> &[u8] {
+        &self.buf[s.0 as usize..s.1 as usize]
+    }
+    pub fn reason(&self) -> &[u8] {
+        self.slice(self.reason)
+    }
+    pub fn name(&self, h: &HeaderPos) -> &[u8] {
+        self.slice(h.name)
+    }
+    pub fn value(&self, h: &HeaderPos) -> &[u8] {
+        self.slice(h.value)
+    }
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        let name = name.as_bytes();
+        self.headers
+            .iter()
+            .find(|h| self.slice(h.name).eq_ignore_ascii_case(name))
+            .map(|h| self.slice(h.value))
+    }
+    pub fn listed_in_connection(&self, name: &[u8]) -> bool {
+        self.conn_tokens
+            .iter()
+            .any(|t| self.slice(*t).eq_ignore_ascii_case(name))
+    }
+
+    /// Parses an upstream response head; `request_method` decides whether a body follows.
+    pub fn parse(
+        &mut self,
+        input: &[u8],
+        request_method: Method,
+        max_bytes: usize,
+    ) -> Result<Status, UpstreamError> {
+        let mut raw: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+            [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let n = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, input, &mut raw)
+        {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                if input.len() > max_bytes {
+                    return Err(UpstreamError::BadResponse(
+                        "upstream response header too large",
+                    ));
+                }
+                return Ok(Status::Partial);
+            }
+            Err(_) => return Err(UpstreamError::BadResponse("malformed upstream response")),
+        };
+        if n > max_bytes {
+            return Err(UpstreamError::BadResponse(
+                "upstream response header too large",
+            ));
+        }
+        self.buf.clear();
+        self.headers.clear();
+        self.conn_tokens.clear();
+        self.buf.extend_from_slice(&input[..n]);
+        let base = &input[..n];
+        self.status = resp.code.unwrap_or(0);
+        self.version = resp.version.unwrap_or(1);
+        self.reason = span_of(base, resp.reason.unwrap_or("").as_bytes());
+        if !(100..=999).contains(&self.status) {
+            return Err(UpstreamError::BadResponse("invalid upstream status"));
+        }
+        let mut length: Option<u64> = None;
+        let mut chunked = false;
+        let mut has_te = false;
+        let mut conn = ConnInfo::default();
+        let bad = UpstreamError::BadResponse("ambiguous upstream response framing");
+        for h in resp.headers.iter() {
+            let name = h.name.as_bytes();
+            let pos = HeaderPos {
+                name: span_of(base, name),
+                value: span_of(base, h.value),
+            };
+            match name.len() {
+                14 if name.eq_ignore_ascii_case(b"content-length") => {
+                    let n = parse_content_length(h.value).ok_or(bad)?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(bad);
+                    }
+                    length = Some(n);
+                }
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                    has_te = true;
+                    chunked = transfer_coding(h.value, chunked).map_err(|_| bad)?;
+                }
+                10 if name.eq_ignore_ascii_case(b"connection") => {
+                    connection_tokens(base, h.value, &mut conn, &mut self.conn_tokens);
+                }
+                _ => {}
+            }
+            self.headers.push(pos);
+        }
+        if has_te && (length.is_some() || !chunked) {
+            return Err(bad);
+        }
+        self.keep_alive = if self.version == 1 {
+            !conn.close
+        } else {
+            conn.keep_alive && !conn.close
+        };
+        let no_body = request_method == Method::Head
+            || self.status < 200
+            || self.status == 204
+            || self.status == 304;
+        self.body = if no_body {
+            BodyKind::Empty
+        } else if chunked {
+            BodyKind::Chunked
+        } else {
+            match length {
+                Some(0) => BodyKind::Empty,
+                Some(n) => BodyKind::Length(n),
+                None => BodyKind::UntilClose,
+            }
+        };
+        if self.body == BodyKind::UntilClose {
+            self.keep_alive = false;
+        }
+        Ok(Status::Complete(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_header_bytes: 8192,
+        max_request_line_bytes: 1024,
+    };
+
+    fn parse(raw: &str) -> Result<RequestHead, ClientError> {
+        let mut h = RequestHead::default();
+        match h.parse(raw.as_bytes(), &LIMITS)? {
+            Status::Complete(_) => Ok(h),
+            Status::Partial => panic!("partial: {raw:?}"),
+        }
+    }
+
+    #[test]
+    fn simple_get() {
+        let h = parse("GET /a/b?x=1 HTTP/1.1\r\nHost: Example.com\r\nX-A: b\r\n\r\n").unwrap();
+        assert_eq!(h.method, Method::Get);
+        assert_eq!(h.path(), b"/a/b");
+        assert_eq!(h.query(), b"x=1");
+        assert_eq!(h.path_and_query(), b"/a/b?x=1");
+        assert_eq!(h.host(), b"Example.com");
+        assert_eq!(h.header("x-a"), Some(&b"b"[..]));
+        assert_eq!(h.body, BodyKind::Empty);
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn absolute_form_overrides_host() {
+        let h = parse("GET http://a.test:8080/p?q HTTP/1.1\r\nHost: b.test\r\n\r\n").unwrap();
+        assert_eq!(h.host(), b"a.test:8080");
+        assert_eq!(h.path(), b"/p");
+        assert_eq!(h.query(), b"q");
+    }
+
+    #[test]
+    fn framing_refusals() {
+        let bad = [
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET foo HTTP/1.1\r\nHost: a\r\n\r\n",
+        ];
+        for raw in bad {
+            let e = parse(raw).expect_err(raw);
+            assert!(
+                matches!(e, ClientError::BadRequest(_)),
+                "{raw:?} gave {e:?}"
+            );
+        }
+        let e =
+            parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: br0tli\r\n\r\n").unwrap_err();
+        assert!(matches!(e, ClientError::NotImplemented(_)));
+    }
+
+    #[test]
+    fn lengths_and_chunked() {
+        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n").unwrap();
+        assert_eq!(h.body, BodyKind::Length(10));
+        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7, 7\r\n\r\n").unwrap();
+        assert_eq!(h.body, BodyKind::Length(7));
+        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap();
+        assert_eq!(h.body, BodyKind::Chunked);
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(!parse("GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
+        assert!(
+            parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Foo\r\n\r\n").unwrap();
+        assert!(!h.keep_alive);
+        assert!(h.listed_in_connection(b"x-foo"));
+    }
+
+    #[test]
+    fn websocket_upgrade() {
+        let h = parse(
+            "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
+        assert!(h.websocket);
+    }
+
+    #[test]
+    fn limits() {
+        let mut h = RequestHead::default();
+        let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(2000));
+        assert_eq!(
+            h.parse(long.as_bytes(), &LIMITS),
+            Err(ClientError::UriTooLong)
+        );
+        let partial_long = format!("GET /{}", "a".repeat(2000));
+        assert_eq!(
+            h.parse(partial_long.as_bytes(), &LIMITS),
+            Err(ClientError::UriTooLong)
+        );
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "b".repeat(9000)
+        );
+        assert_eq!(
+            h.parse(big.as_bytes(), &LIMITS),
+            Err(ClientError::HeaderTooLarge)
+        );
+        assert_eq!(
+            h.parse(b"GET / HTTP/1.1\r\nHost: a\r\n", &LIMITS),
+            Ok(Status::Partial)
+        );
+    }
+
+    #[test]
+    fn expect() {
+        let h = parse(
+            "POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+        )
+        .unwrap();
+        assert!(h.expect_continue);
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\nExpect: tea\r\n\r\n").unwrap_err(),
+            ClientError::ExpectationFailed
+        );
+    }
+
+    fn resp(raw: &str, m: Method) -> Result<ResponseHead, UpstreamError> {
+        let mut h = ResponseHead::default();
+        match h.parse(raw.as_bytes(), m, 8192)? {
+            Status::Complete(_) => Ok(h),
+            Status::Partial => panic!("partial"),
+        }
+    }
+
+    #[test]
+    fn responses() {
+        let r = resp("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", Method::Get).unwrap();
+        assert_eq!(r.body, BodyKind::Length(3));
+        assert!(r.keep_alive);
+        let r = resp("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", Method::Head).unwrap();
+        assert_eq!(r.body, BodyKind::Empty);
+        let r = resp("HTTP/1.1 200 OK\r\n\r\n", Method::Get).unwrap();
+        assert_eq!(r.body, BodyKind::UntilClose);
+        assert!(!r.keep_alive);
+        let r = resp(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            Method::Get,
+        )
+        .unwrap();
+        assert_eq!(r.body, BodyKind::Empty);
+        assert!(resp(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Method::Get
+        )
+        .is_err());
+        assert!(resp("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", Method::Get).is_err());
+        assert!(resp("HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", Method::Get).is_err());
+    }
+}

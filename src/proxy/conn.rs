@@ -1,0 +1,241 @@
+//! One client connection: reads request heads (with keep-alive, pipelining and timeouts),
+//! routes each request and hands it to the forwarder. Owns the connection's reusable buffers.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use monoio::net::TcpStream;
+
+use super::io::{read_some, write_all, IoFail};
+use super::tunnel;
+use crate::error::{ClientError, ProxyError};
+use crate::http::parse::{BodyKind, RequestHead, ResponseHead, Status};
+use crate::http::write;
+use crate::route::{Params, RequestView};
+use crate::runtime::shard::Shard;
+
+impl RequestView for RequestHead {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        RequestHead::header(self, name)
+    }
+}
+
+/// What the connection does after a request.
+pub(super) enum After {
+    KeepAlive,
+    Close,
+    /// The upstream switched protocols: become a byte tunnel to this stream.
+    Tunnel(TcpStream),
+}
+
+pub(super) struct ClientConn {
+    pub(super) stream: TcpStream,
+    /// Client address as text, formatted once per connection for X-Forwarded-For.
+    pub(super) ip: String,
+    pub(super) rbuf: BytesMut,
+    pub(super) wbuf: BytesMut,
+    pub(super) ubuf: BytesMut,
+    pub(super) req: RequestHead,
+    pub(super) resp: ResponseHead,
+    pub(super) params: Params,
+    /// Scratch for the path sent upstream.
+    pub(super) path: BytesMut,
+    pub(super) served: u64,
+}
+
+enum HeadRead {
+    Ready,
+    Close,
+    Fail(ClientError),
+}
+
+/// Serves one accepted connection to completion.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    let _guard = ConnGuard(shard.clone());
+    let buf = shard.cfg.server.read_buffer_bytes;
+    let mut c = ClientConn {
+        stream,
+        ip: peer.ip().to_string(),
+        rbuf: BytesMut::with_capacity(buf),
+        wbuf: BytesMut::with_capacity(4096),
+        ubuf: BytesMut::new(),
+        req: RequestHead::default(),
+        resp: ResponseHead::default(),
+        params: Params::new(),
+        path: BytesMut::with_capacity(256),
+        served: 0,
+    };
+    if let Some(upstream) = c.run(&shard).await {
+        let ClientConn {
+            stream, rbuf, ubuf, ..
+        } = c;
+        tunnel::run(
+            stream,
+            rbuf,
+            upstream,
+            ubuf,
+            shard.cfg.server.tunnel_idle_timeout,
+        )
+        .await;
+    }
+}
+
+/// Keeps the shard's connection count right however the task ends.
+struct ConnGuard(Rc<Shard>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.conns.set(self.0.conns.get().saturating_sub(1));
+    }
+}
+
+impl ClientConn {
+    async fn run(&mut self, shard: &Shard) -> Option<TcpStream> {
+        loop {
+            match self.read_head(shard).await {
+                HeadRead::Ready => {}
+                HeadRead::Close => return None,
+                HeadRead::Fail(e) => {
+                    self.respond_error(shard, e.into(), false).await;
+                    return None;
+                }
+            }
+            self.served += 1;
+            shard.stats.requests.set(shard.stats.requests.get() + 1);
+            match self.handle(shard).await {
+                After::KeepAlive if !shard.drain.is_draining() => {}
+                After::KeepAlive | After::Close => return None,
+                After::Tunnel(up) => return Some(up),
+            }
+        }
+    }
+
+    async fn read_head(&mut self, shard: &Shard) -> HeadRead {
+        let server = &shard.cfg.server;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if !self.rbuf.is_empty() {
+                match self.req.parse(&self.rbuf, &shard.limits) {
+                    Ok(Status::Complete(n)) => {
+                        self.rbuf.advance(n);
+                        return HeadRead::Ready;
+                    }
+                    Ok(Status::Partial) => {}
+                    Err(e) => return HeadRead::Fail(e),
+                }
+                deadline.get_or_insert_with(|| Instant::now() + server.client_header_timeout);
+            }
+            let res = match deadline {
+                None => {
+                    // Idle between requests: wait for the first byte, but let a drain end the wait.
+                    let wait = if self.served == 0 {
+                        server.client_header_timeout
+                    } else {
+                        server.keepalive_timeout
+                    };
+                    monoio::select! {
+                        r = read_some(&mut self.stream, &mut self.rbuf, server.read_buffer_bytes, wait) => r,
+                        _ = shard.drain.wait() => return HeadRead::Close,
+                    }
+                }
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return HeadRead::Fail(ClientError::HeaderTimeout);
+                    }
+                    read_some(
+                        &mut self.stream,
+                        &mut self.rbuf,
+                        server.read_buffer_bytes,
+                        left,
+                    )
+                    .await
+                }
+            };
+            match res {
+                Ok(_) => {}
+                Err(IoFail::Timeout) if deadline.is_some() => {
+                    return HeadRead::Fail(ClientError::HeaderTimeout)
+                }
+                Err(_) => return HeadRead::Close,
+            }
+        }
+    }
+
+    async fn handle(&mut self, shard: &Shard) -> After {
+        let cfg = &shard.cfg;
+        let route = {
+            let req = &self.req;
+            self.params.clear();
+            cfg.router.find(
+                req.host(),
+                req.path(),
+                req.query(),
+                req.method_bytes(),
+                req,
+                &mut self.params,
+            )
+        };
+        let Some(route) = route else {
+            return self.fail(shard, ProxyError::NoRoute).await;
+        };
+        let max_body = cfg.server.max_body_bytes;
+        if let BodyKind::Length(n) = self.req.body {
+            if max_body > 0 && n > max_body {
+                return self.fail(shard, ClientError::BodyTooLarge.into()).await;
+            }
+        }
+        // Plugin phases (rewrite, access) run here once the plugin chain exists.
+        self.forward(shard, route).await
+    }
+
+    /// Answers with the gateway's error response. The connection stays open only when the
+    /// request had no body left unread.
+    pub(super) async fn fail(&mut self, shard: &Shard, err: ProxyError) -> After {
+        let keep = self.req.keep_alive
+            && self.req.body == BodyKind::Empty
+            && !shard.drain.is_draining()
+            && !matches!(err, ProxyError::Client(_));
+        if self.respond_error(shard, err, keep).await && keep {
+            After::KeepAlive
+        } else {
+            After::Close
+        }
+    }
+
+    /// Writes an error response; false if the client could not be written to.
+    pub(super) async fn respond_error(
+        &mut self,
+        shard: &Shard,
+        err: ProxyError,
+        keep: bool,
+    ) -> bool {
+        shard.stats.errors.set(shard.stats.errors.get() + 1);
+        self.wbuf.clear();
+        write::error_response(&mut self.wbuf, err.status(), err.message(), keep);
+        write_all(
+            &mut self.stream,
+            &mut self.wbuf,
+            shard.cfg.server.send_timeout,
+        )
+        .await
+        .is_ok()
+    }
+
+    /// Sends `100 Continue` when the client is waiting for it before sending a body.
+    pub(super) async fn continue_if_expected(&mut self, send_timeout: Duration) -> bool {
+        if !self.req.expect_continue || !self.rbuf.is_empty() {
+            return true;
+        }
+        self.ubuf.clear();
+        self.ubuf
+            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        let ok = write_all(&mut self.stream, &mut self.ubuf, send_timeout)
+            .await
+            .is_ok();
+        self.ubuf.clear();
+        ok
+    }
+}

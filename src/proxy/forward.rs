@@ -1,0 +1,461 @@
+//! Sends one routed request upstream and relays the response: node choice, keep-alive pool,
+//! retries and passive health, body streaming both ways. The per-request phase driver.
+
+use std::time::Instant;
+
+use bytes::{Buf, BufMut};
+use monoio::net::TcpStream;
+
+use super::conn::{After, ClientConn};
+use super::io::{read_some, write_all, IoFail};
+use super::pump::{pump, PumpCfg, PumpFail};
+use crate::config::{HashOn, PassHost, RouteConfig};
+use crate::error::{ClientError, ProxyError, UpstreamError};
+use crate::http::parse::{BodyKind, Method, Status};
+use crate::http::write::{self, ClientFraming, UpstreamRequest};
+use crate::runtime::shard::Shard;
+use crate::upstream::balance::{hash_key, NodeSet, Policy};
+use crate::upstream::pool::PooledConn;
+use crate::upstream::UpstreamState;
+
+/// Request bodies up to this size that already sit in the read buffer are kept until the
+/// response arrives, so the request can be replayed on another node.
+const REPLAY_MAX: u64 = 64 * 1024;
+
+/// How one attempt against one node ended.
+enum Exchange {
+    Done {
+        client: After,
+        reusable: bool,
+    },
+    /// The 101 went to the client; the connection becomes a tunnel.
+    Upgrade,
+    /// A pooled connection was dead before any response byte: try a fresh one, same node.
+    Stale,
+    /// Nothing usable reached the client; another node may be tried.
+    Retry(UpstreamError),
+    /// Nothing was sent to the client yet; answer with this error.
+    Fail(ProxyError),
+    /// The response had started or the client is gone: close the connection.
+    Abort {
+        node_failed: bool,
+    },
+}
+
+impl ClientConn {
+    pub(super) async fn forward(&mut self, shard: &Shard, route_id: usize) -> After {
+        let route = &shard.cfg.routes[route_id];
+        let up = &shard.upstreams[route.upstream];
+        self.build_path(route);
+        let hash = if up.cfg.policy == Policy::Chash {
+            self.hash_key(&up.cfg.hash_on)
+        } else {
+            0
+        };
+        let replay = match self.req.body {
+            BodyKind::Empty => Some(0),
+            BodyKind::Length(n) if n <= REPLAY_MAX && n as usize <= self.rbuf.len() => {
+                Some(n as usize)
+            }
+            _ => None,
+        };
+        let after = self.attempts(shard, route, up, hash, replay).await;
+        if let Some(n) = replay {
+            // The replayable body stayed in the buffer for retries; it is consumed now.
+            self.rbuf.advance(n.min(self.rbuf.len()));
+        }
+        after
+    }
+
+    async fn attempts(
+        &mut self,
+        shard: &Shard,
+        route: &RouteConfig,
+        up: &UpstreamState,
+        hash: u64,
+        replay: Option<usize>,
+    ) -> After {
+        let cfg = &up.cfg;
+        let mut tried = NodeSet::new(cfg.nodes.len());
+        let mut attempts = 0u32;
+        let mut stale_retry_used = false;
+        let mut fresh_for: Option<usize> = None;
+        let mut last = UpstreamError::ConnectRefused;
+        loop {
+            let now = Instant::now();
+            let node = match fresh_for.take() {
+                Some(n) => n,
+                None => {
+                    let mut skip = tried.clone();
+                    up.health.borrow_mut().fill_ejected(now, &mut skip);
+                    let mut b = up.balancer.borrow_mut();
+                    // Ejected nodes are avoided, but an untried ejected node beats giving up.
+                    match b.pick(hash, &skip).or_else(|| b.pick(hash, &tried)) {
+                        Some(n) => n,
+                        None => break,
+                    }
+                }
+            };
+            attempts += 1;
+            let pooled = if stale_retry_used && attempts == 1 {
+                None
+            } else {
+                up.pools[node].borrow_mut().take(&cfg.pool, now)
+            };
+            let (mut conn, was_pooled) = match pooled {
+                Some(c) => (c, true),
+                None => match connect(up, node).await {
+                    Ok(s) => (PooledConn::fresh(s), false),
+                    Err(e) => {
+                        up.health.borrow_mut().report_failure(node, Instant::now());
+                        tried.insert(node);
+                        last = e;
+                        if attempts > cfg.retries {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
+            up.health.borrow_mut().on_attempt(node, now);
+            up.balancer.borrow_mut().on_start(node);
+            let result = self
+                .exchange(shard, route, up, node, &mut conn, was_pooled, replay)
+                .await;
+            up.balancer.borrow_mut().on_finish(node);
+            match result {
+                Exchange::Upgrade => {
+                    up.health.borrow_mut().report_success(node);
+                    return After::Tunnel(conn.stream);
+                }
+                Exchange::Done { client, reusable } => {
+                    up.health.borrow_mut().report_success(node);
+                    if reusable {
+                        up.pools[node]
+                            .borrow_mut()
+                            .put(conn, &cfg.pool, Instant::now());
+                    }
+                    return client;
+                }
+                Exchange::Stale if !stale_retry_used => {
+                    // Not the node's fault: its idle connection expired under us.
+                    stale_retry_used = true;
+                    attempts -= 1;
+                    fresh_for = Some(node);
+                    up.pools[node].borrow_mut().clear();
+                }
+                Exchange::Stale => {
+                    up.health.borrow_mut().report_failure(node, Instant::now());
+                    tried.insert(node);
+                    last = UpstreamError::Reset;
+                    if attempts > cfg.retries {
+                        break;
+                    }
+                }
+                Exchange::Retry(e) => {
+                    up.health.borrow_mut().report_failure(node, Instant::now());
+                    tried.insert(node);
+                    last = e;
+                    if attempts > cfg.retries {
+                        break;
+                    }
+                }
+                Exchange::Fail(e) => {
+                    if let ProxyError::Upstream(u) = e {
+                        if u.counts_as_node_failure() {
+                            up.health.borrow_mut().report_failure(node, Instant::now());
+                        }
+                    }
+                    return self.fail(shard, e).await;
+                }
+                Exchange::Abort { node_failed } => {
+                    if node_failed {
+                        up.health.borrow_mut().report_failure(node, Instant::now());
+                    }
+                    return After::Close;
+                }
+            }
+        }
+        self.fail(shard, last.into()).await
+    }
+
+    /// One request/response exchange on one upstream connection.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &mut self,
+        shard: &Shard,
+        route: &RouteConfig,
+        up: &UpstreamState,
+        node: usize,
+        conn: &mut PooledConn,
+        was_pooled: bool,
+        replay: Option<usize>,
+    ) -> Exchange {
+        let server = &shard.cfg.server;
+        let cfg = &up.cfg;
+        let idempotent = self.req.method.idempotent();
+        self.wbuf.clear();
+        {
+            let node_host = cfg.nodes[node].host.as_bytes();
+            let host = match &route.pass_host {
+                PassHost::Pass if !self.req.host().is_empty() => self.req.host(),
+                PassHost::Pass | PassHost::Node => node_host,
+                PassHost::Rewrite(h) => h.as_bytes(),
+            };
+            write::upstream_request(
+                &mut self.wbuf,
+                &self.req,
+                &UpstreamRequest {
+                    path: &self.path,
+                    host,
+                    client_ip: self.ip.as_bytes(),
+                    proto: b"http",
+                    body: self.req.body,
+                },
+            );
+        }
+        let stream = &mut conn.stream;
+        match replay {
+            Some(n) => {
+                self.wbuf.put_slice(&self.rbuf[..n]);
+                match write_all(stream, &mut self.wbuf, cfg.send_timeout).await {
+                    Ok(()) => {}
+                    Err(IoFail::Timeout) => {
+                        return Exchange::Fail(UpstreamError::SendTimeout.into())
+                    }
+                    Err(_) if was_pooled => return Exchange::Stale,
+                    Err(_) => return Exchange::Retry(UpstreamError::Reset),
+                }
+            }
+            None => {
+                if !self.continue_if_expected(server.send_timeout).await {
+                    return Exchange::Abort { node_failed: false };
+                }
+                let pc = PumpCfg {
+                    read_timeout: server.client_body_timeout,
+                    write_timeout: cfg.send_timeout,
+                    reserve: server.read_buffer_bytes,
+                    limit: server.max_body_bytes,
+                    max_trailer: server.max_header_bytes,
+                };
+                let chunked = self.req.body == BodyKind::Chunked;
+                let sent = pump(
+                    &mut self.stream,
+                    &mut self.rbuf,
+                    stream,
+                    &mut self.wbuf,
+                    self.req.body,
+                    chunked,
+                    &pc,
+                )
+                .await;
+                if let Err(e) = sent {
+                    self.req.keep_alive = false;
+                    return match e {
+                        PumpFail::Src(IoFail::Timeout) => {
+                            Exchange::Fail(ClientError::BodyTimeout.into())
+                        }
+                        PumpFail::Src(_) => Exchange::Abort { node_failed: false },
+                        PumpFail::Framing(c) => {
+                            Exchange::Fail(ClientError::BadRequest(c.message()).into())
+                        }
+                        PumpFail::TooLarge => Exchange::Fail(ClientError::BodyTooLarge.into()),
+                        PumpFail::Dst(IoFail::Timeout) => {
+                            Exchange::Fail(UpstreamError::SendTimeout.into())
+                        }
+                        PumpFail::Dst(_) => Exchange::Fail(UpstreamError::Reset.into()),
+                    };
+                }
+            }
+        }
+
+        // Response head; informational responses other than 101 are consumed here.
+        self.ubuf.clear();
+        let mut got_bytes = false;
+        loop {
+            if !self.ubuf.is_empty() {
+                match self
+                    .resp
+                    .parse(&self.ubuf, self.req.method, server.max_header_bytes)
+                {
+                    Ok(Status::Complete(n)) => {
+                        self.ubuf.advance(n);
+                        if self.resp.status < 200 && self.resp.status != 101 {
+                            continue;
+                        }
+                        break;
+                    }
+                    Ok(Status::Partial) => {}
+                    Err(e) => return Exchange::Fail(e.into()),
+                }
+            }
+            match read_some(
+                stream,
+                &mut self.ubuf,
+                server.read_buffer_bytes,
+                cfg.read_timeout,
+            )
+            .await
+            {
+                Ok(_) => got_bytes = true,
+                Err(IoFail::Timeout) => return Exchange::Fail(UpstreamError::ReadTimeout.into()),
+                Err(_) if got_bytes => {
+                    return Exchange::Fail(
+                        UpstreamError::BadResponse("upstream closed inside the response head")
+                            .into(),
+                    )
+                }
+                Err(_) => {
+                    return match (replay.is_some() && idempotent, was_pooled) {
+                        (true, true) => Exchange::Stale,
+                        (true, false) => Exchange::Retry(UpstreamError::Reset),
+                        (false, _) => Exchange::Fail(UpstreamError::Reset.into()),
+                    }
+                }
+            }
+        }
+
+        if self.resp.status == 101 {
+            return self.switch_protocols(server.send_timeout, route).await;
+        }
+
+        let framing = match self.resp.body {
+            BodyKind::Empty => ClientFraming::None,
+            BodyKind::Length(n) => ClientFraming::Length(n),
+            BodyKind::Chunked | BodyKind::UntilClose if self.req.version == 1 => {
+                ClientFraming::Chunked
+            }
+            BodyKind::Chunked | BodyKind::UntilClose => ClientFraming::Close,
+        };
+        let keep = self.req.keep_alive
+            && framing != ClientFraming::Close
+            && !shard.drain.is_draining()
+            && self.served < server.keepalive_requests;
+        self.wbuf.clear();
+        write::client_response(
+            &mut self.wbuf,
+            &self.resp,
+            framing,
+            keep,
+            self.req.version,
+            self.req.method == Method::Head,
+        );
+        let pc = PumpCfg {
+            read_timeout: cfg.read_timeout,
+            write_timeout: server.send_timeout,
+            reserve: server.read_buffer_bytes,
+            limit: 0,
+            max_trailer: server.max_header_bytes,
+        };
+        let relayed = pump(
+            stream,
+            &mut self.ubuf,
+            &mut self.stream,
+            &mut self.wbuf,
+            self.resp.body,
+            framing == ClientFraming::Chunked,
+            &pc,
+        )
+        .await;
+        match relayed {
+            Ok(_) => {}
+            Err(PumpFail::Dst(_)) => return Exchange::Abort { node_failed: false },
+            Err(_) => return Exchange::Abort { node_failed: true },
+        }
+        let reusable = self.resp.keep_alive && self.ubuf.is_empty();
+        Exchange::Done {
+            client: if keep { After::KeepAlive } else { After::Close },
+            reusable,
+        }
+    }
+
+    /// Relays a 101 and hands both sockets to the tunnel.
+    async fn switch_protocols(
+        &mut self,
+        send_timeout: std::time::Duration,
+        route: &RouteConfig,
+    ) -> Exchange {
+        if !(self.req.websocket && route.websocket) {
+            return Exchange::Fail(
+                UpstreamError::BadResponse("upstream switched protocols unasked").into(),
+            );
+        }
+        self.wbuf.clear();
+        write::client_response(
+            &mut self.wbuf,
+            &self.resp,
+            ClientFraming::None,
+            true,
+            self.req.version,
+            false,
+        );
+        if write_all(&mut self.stream, &mut self.wbuf, send_timeout)
+            .await
+            .is_err()
+        {
+            return Exchange::Abort { node_failed: false };
+        }
+        Exchange::Upgrade
+    }
+
+    fn build_path(&mut self, route: &RouteConfig) {
+        self.path.clear();
+        let path = self.req.path();
+        let stripped = route.strip_prefix.as_deref().and_then(|p| {
+            let rest = path.strip_prefix(p.as_bytes())?;
+            (rest.is_empty() || rest[0] == b'/').then_some(rest)
+        });
+        match stripped {
+            Some([]) => self.path.put_u8(b'/'),
+            Some(rest) => self.path.put_slice(rest),
+            None => self.path.put_slice(path),
+        }
+        let q = self.req.query();
+        if !q.is_empty() {
+            self.path.put_u8(b'?');
+            self.path.put_slice(q);
+        }
+    }
+
+    fn hash_key(&self, on: &HashOn) -> u64 {
+        let key: &[u8] = match on {
+            HashOn::RemoteAddr => self.ip.as_bytes(),
+            HashOn::Uri => self.req.path(),
+            HashOn::Header(h) => self.req.header(h).unwrap_or_default(),
+            HashOn::Cookie(name) => self
+                .req
+                .header("cookie")
+                .and_then(|c| cookie(c, name.as_bytes()))
+                .unwrap_or_default(),
+            HashOn::Arg(name) => arg(self.req.query(), name.as_bytes()).unwrap_or_default(),
+        };
+        hash_key(key)
+    }
+}
+
+fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let (k, v) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+        (k == name).then(|| &v[1..])
+    })
+}
+
+fn arg<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    query.split(|&b| b == b'&').find_map(|pair| {
+        let eq = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
+        (&pair[..eq] == name).then(|| pair.get(eq + 1..).unwrap_or_default())
+    })
+}
+
+async fn connect(up: &UpstreamState, node: usize) -> Result<TcpStream, UpstreamError> {
+    let addr = up.cfg.nodes[node].addr;
+    match monoio::time::timeout(up.cfg.connect_timeout, TcpStream::connect_addr(addr)).await {
+        Err(_) => Err(UpstreamError::ConnectTimeout),
+        Ok(Err(_)) => Err(UpstreamError::ConnectRefused),
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
+}

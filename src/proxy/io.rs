@@ -1,0 +1,77 @@
+//! Socket reads and writes with deadlines over monoio's owned-buffer API.
+//! Buffers live in the caller's structs; a timed-out operation leaves them empty, and the caller closes.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::buf::IoBuf;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+/// Why an I/O step failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoFail {
+    Timeout,
+    /// Orderly close (EOF) from the peer.
+    Closed,
+    /// Reset or another socket error.
+    Error,
+}
+
+/// Reads at least one byte, appending to `buf`. On timeout the read is cancelled and
+/// `buf` is left empty (io_uring owns the buffer until the cancel completes).
+pub async fn read_some<S: AsyncReadRent>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    reserve: usize,
+    limit: Duration,
+) -> Result<usize, IoFail> {
+    if buf.capacity() - buf.len() < reserve / 2 {
+        buf.reserve(reserve);
+    }
+    let owned = std::mem::take(buf);
+    match monoio::time::timeout(limit, s.read(owned)).await {
+        Err(_) => Err(IoFail::Timeout),
+        Ok((res, owned)) => {
+            *buf = owned;
+            match res {
+                Ok(0) => Err(IoFail::Closed),
+                Ok(n) => Ok(n),
+                Err(_) => Err(IoFail::Error),
+            }
+        }
+    }
+}
+
+/// Writes `buf[start..end]` fully and gives the buffer back unchanged.
+pub async fn write_range<S: AsyncWriteRent>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    start: usize,
+    end: usize,
+    limit: Duration,
+) -> Result<(), IoFail> {
+    if start == end {
+        return Ok(());
+    }
+    let owned = std::mem::take(buf);
+    match monoio::time::timeout(limit, s.write_all(owned.slice(start..end))).await {
+        Err(_) => Err(IoFail::Timeout),
+        Ok((res, slice)) => {
+            *buf = slice.into_inner();
+            match res {
+                Ok(_) => Ok(()),
+                Err(_) => Err(IoFail::Error),
+            }
+        }
+    }
+}
+
+/// Writes all of `buf`.
+pub async fn write_all<S: AsyncWriteRent>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    limit: Duration,
+) -> Result<(), IoFail> {
+    let end = buf.len();
+    write_range(s, buf, 0, end, limit).await
+}

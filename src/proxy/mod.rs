@@ -1,0 +1,10 @@
+//! The request path: client connection loop, upstream exchange, body pumping and tunnels.
+//! Reads shard state and config; never reaches across shards.
+
+mod conn;
+mod forward;
+pub mod io;
+mod pump;
+mod tunnel;
+
+pub use conn::serve;

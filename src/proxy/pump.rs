@@ -1,0 +1,161 @@
+//! Streams one message body from a source socket to a sink socket, re-framing on the way:
+//! Content-Length and chunked pass through as they are (chunked validated), read-until-close is
+//! chunk-encoded for HTTP/1.1 clients, chunked is decoded for HTTP/1.0 clients. Never holds a body whole.
+
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+
+use super::io::{read_some, write_all, write_range, IoFail};
+use crate::http::chunked::{put_chunk_header, ChunkError, ChunkedDecoder};
+use crate::http::parse::BodyKind;
+
+/// Bodies up to this size ride in the same write as the head before them.
+const COALESCE: usize = 32 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PumpFail {
+    Src(IoFail),
+    Dst(IoFail),
+    Framing(ChunkError),
+    TooLarge,
+}
+
+pub struct PumpCfg {
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Read size.
+    pub reserve: usize,
+    /// Body byte limit, 0 = none.
+    pub limit: u64,
+    pub max_trailer: usize,
+}
+
+/// Pumps a body of `kind` from `src` (whose already-read bytes are in `src_buf`) to `dst`.
+/// `out` may hold pending bytes (a head) that must go out first; it is flushed in every case.
+/// `chunk_out`: the sink expects chunked framing. Returns the body's data byte count.
+pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
+    src: &mut R,
+    src_buf: &mut BytesMut,
+    dst: &mut W,
+    out: &mut BytesMut,
+    kind: BodyKind,
+    chunk_out: bool,
+    cfg: &PumpCfg,
+) -> Result<u64, PumpFail> {
+    let mut total = 0u64;
+    match kind {
+        BodyKind::Empty => {}
+        BodyKind::Length(n) => {
+            let mut rem = n;
+            while rem > 0 {
+                if src_buf.is_empty() {
+                    read_some(src, src_buf, cfg.reserve, cfg.read_timeout)
+                        .await
+                        .map_err(PumpFail::Src)?;
+                }
+                let take = (src_buf.len() as u64).min(rem) as usize;
+                emit(dst, out, src_buf, take, cfg).await?;
+                src_buf.advance(take);
+                rem -= take as u64;
+                total += take as u64;
+            }
+        }
+        BodyKind::Chunked => {
+            let mut dec = ChunkedDecoder::new(cfg.max_trailer);
+            loop {
+                if src_buf.is_empty() {
+                    read_some(src, src_buf, cfg.reserve, cfg.read_timeout)
+                        .await
+                        .map_err(PumpFail::Src)?;
+                }
+                let mut data = 0u64;
+                let progress = if chunk_out {
+                    dec.decode(src_buf, |a, b| data += (b - a) as u64)
+                } else {
+                    let input: &[u8] = src_buf;
+                    dec.decode(input, |a, b| {
+                        data += (b - a) as u64;
+                        out.extend_from_slice(&input[a..b]);
+                    })
+                }
+                .map_err(PumpFail::Framing)?;
+                total += data;
+                if cfg.limit > 0 && total > cfg.limit {
+                    return Err(PumpFail::TooLarge);
+                }
+                if chunk_out {
+                    emit(dst, out, src_buf, progress.consumed, cfg).await?;
+                } else if !out.is_empty() {
+                    flush(dst, out, cfg).await?;
+                }
+                src_buf.advance(progress.consumed);
+                if progress.done {
+                    break;
+                }
+            }
+        }
+        BodyKind::UntilClose => loop {
+            if src_buf.is_empty() {
+                match read_some(src, src_buf, cfg.reserve, cfg.read_timeout).await {
+                    Ok(_) => {}
+                    Err(IoFail::Closed) => {
+                        if chunk_out {
+                            out.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        break;
+                    }
+                    Err(e) => return Err(PumpFail::Src(e)),
+                }
+            }
+            let take = src_buf.len();
+            total += take as u64;
+            if chunk_out {
+                put_chunk_header(out, take);
+                out.extend_from_slice(src_buf);
+                out.extend_from_slice(b"\r\n");
+                flush(dst, out, cfg).await?;
+            } else {
+                emit(dst, out, src_buf, take, cfg).await?;
+            }
+            src_buf.advance(take);
+        },
+    }
+    if !out.is_empty() {
+        flush(dst, out, cfg).await?;
+    }
+    Ok(total)
+}
+
+async fn flush<W: AsyncWriteRent>(
+    dst: &mut W,
+    out: &mut BytesMut,
+    cfg: &PumpCfg,
+) -> Result<(), PumpFail> {
+    write_all(dst, out, cfg.write_timeout)
+        .await
+        .map_err(PumpFail::Dst)?;
+    out.clear();
+    Ok(())
+}
+
+/// Writes pending `out` and then `src_buf[..take]`, in one write when the data is small.
+async fn emit<W: AsyncWriteRent>(
+    dst: &mut W,
+    out: &mut BytesMut,
+    src_buf: &mut BytesMut,
+    take: usize,
+    cfg: &PumpCfg,
+) -> Result<(), PumpFail> {
+    if !out.is_empty() {
+        if take <= COALESCE {
+            out.extend_from_slice(&src_buf[..take]);
+            return flush(dst, out, cfg).await;
+        }
+        flush(dst, out, cfg).await?;
+    }
+    write_range(dst, src_buf, 0, take, cfg.write_timeout)
+        .await
+        .map_err(PumpFail::Dst)
+}

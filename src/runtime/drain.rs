@@ -1,0 +1,89 @@
+//! Shard-local "we are shutting down" signal that idle waits can select on.
+//! Single-threaded by design (Cell/RefCell); other threads reach it only through the control channel.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+/// Fires once; every pending and future `wait()` then completes.
+#[derive(Default)]
+pub struct Drain {
+    fired: Cell<bool>,
+    // A slab so a waiter that is dropped before firing removes its waker: idle
+    // keep-alive reads create and drop one of these per request.
+    wakers: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
+}
+
+impl Drain {
+    pub fn is_draining(&self) -> bool {
+        self.fired.get()
+    }
+
+    pub fn fire(&self) {
+        self.fired.set(true);
+        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
+        self.free.borrow_mut().clear();
+        for w in wakers.into_iter().flatten() {
+            w.wake();
+        }
+    }
+
+    pub fn wait(&self) -> DrainWait<'_> {
+        DrainWait {
+            drain: self,
+            slot: None,
+        }
+    }
+}
+
+pub struct DrainWait<'a> {
+    drain: &'a Drain,
+    slot: Option<usize>,
+}
+
+impl Future for DrainWait<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.drain.fired.get() {
+            self.slot = None;
+            return Poll::Ready(());
+        }
+        let mut wakers = self.drain.wakers.borrow_mut();
+        match self.slot {
+            Some(i) if i < wakers.len() => wakers[i] = Some(cx.waker().clone()),
+            _ => {
+                let i = match self.drain.free.borrow_mut().pop() {
+                    Some(i) => {
+                        wakers[i] = Some(cx.waker().clone());
+                        i
+                    }
+                    None => {
+                        wakers.push(Some(cx.waker().clone()));
+                        wakers.len() - 1
+                    }
+                };
+                drop(wakers);
+                self.slot = Some(i);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for DrainWait<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            if self.drain.fired.get() {
+                return;
+            }
+            let mut wakers = self.drain.wakers.borrow_mut();
+            if let Some(w) = wakers.get_mut(i) {
+                *w = None;
+                self.drain.free.borrow_mut().push(i);
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Thread per core: binds listeners, starts one pinned monoio runtime per shard, and turns
+//! SIGTERM/SIGINT into a drain over each shard's control channel. The only code that spans shards.
+
+pub mod drain;
+pub mod shard;
+
+use std::net::TcpListener as StdListener;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::config::{Config, DriverKind};
+use shard::{Control, Shard};
+
+/// Runs the gateway until a termination signal; returns once shards have drained.
+pub fn run(cfg: Config) -> Result<(), String> {
+    // Signals are claimed before anything serves, so an early SIGTERM still drains cleanly.
+    let mut signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let workers = cfg.server.workers;
+    let bound =
+        crate::net::listen::bind_all(&cfg.server.listen, workers).map_err(|e| e.to_string())?;
+    for a in &bound.addrs {
+        log::info!("listening on {a} ({workers} shards)");
+    }
+    if let Some(addr) = cfg.demo {
+        let entries = cfg.server.io_uring_entries;
+        let driver = cfg.server.driver;
+        crate::demo::start(addr, driver, entries).map_err(|e| format!("demo upstream: {e}"))?;
+    }
+    let cfg = Arc::new(cfg);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut handles = Vec::with_capacity(workers);
+    let mut senders = Vec::with_capacity(workers);
+    for (id, listeners) in bound.per_shard.into_iter().enumerate() {
+        let cpu = match &cfg.server.cpu_affinity {
+            Some(list) => Some(list[id % list.len()]),
+            None if !cores.is_empty() => Some(cores[id % cores.len()].id),
+            None => None,
+        };
+        let (tx, rx) = unbounded();
+        senders.push(tx);
+        handles.push(spawn_shard(id, cpu, cfg.clone(), listeners, rx)?);
+    }
+    if let Some(sig) = signals.forever().next() {
+        log::info!(
+            "signal {sig}: draining (up to {:?})",
+            cfg.server.shutdown_timeout
+        );
+    }
+    shutdown(&senders, handles, cfg.server.shutdown_timeout);
+    Ok(())
+}
+
+fn shutdown(senders: &[Sender<Control>], handles: Vec<JoinHandle<()>>, timeout: Duration) {
+    for tx in senders {
+        let _ = tx.send(Control::Shutdown);
+    }
+    // Shards stop themselves at the drain deadline; this is a backstop on top of it.
+    let deadline = Instant::now() + timeout + Duration::from_secs(1);
+    while Instant::now() < deadline && !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stuck = handles.iter().filter(|h| !h.is_finished()).count();
+    if stuck > 0 {
+        log::warn!("{stuck} shard(s) did not finish within the shutdown timeout; exiting anyway");
+    } else {
+        log::info!("all shards drained");
+    }
+}
+
+fn spawn_shard(
+    id: usize,
+    cpu: Option<usize>,
+    cfg: Arc<Config>,
+    listeners: Vec<StdListener>,
+    rx: Receiver<Control>,
+) -> Result<JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name(format!("ringway-shard-{id}"))
+        .spawn(move || {
+            let pinned =
+                cpu.filter(|&c| core_affinity::set_for_current(core_affinity::CoreId { id: c }));
+            if cpu.is_some() && pinned.is_none() {
+                log::warn!("shard {id}: could not pin to cpu {cpu:?}; running unpinned");
+            }
+            let cpu_text = pinned.map_or("none".to_string(), |c| c.to_string());
+            let driver = cfg.server.driver;
+            let entries = cfg.server.io_uring_entries;
+            let main = move |driver_name: &str| {
+                log::info!("shard {id} started: cpu {cpu_text}, driver {driver_name}");
+                let shard = Rc::new(Shard::new(id, cfg));
+                shard::run(shard, listeners, rx)
+            };
+            block_on(driver, entries, main);
+        })
+        .map_err(|e| format!("cannot start shard {id}: {e}"))
+}
+
+/// Builds the runtime for `driver` and runs `main` on it. io_uring is preferred; where the
+/// kernel refuses it (old kernel, seccomp, io_uring_disabled) the epoll driver takes over, with one log line.
+pub fn block_on<F, Fut>(driver: DriverKind, entries: u32, main: F)
+where
+    F: FnOnce(&'static str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    if driver != DriverKind::Legacy {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => {
+                rt.block_on(main("io_uring"));
+                return;
+            }
+            Err(e) => {
+                static ONCE: std::sync::Once = std::sync::Once::new();
+                ONCE.call_once(|| {
+                    log::warn!(
+                        "io_uring unavailable ({e}); falling back to the legacy epoll driver"
+                    )
+                });
+            }
+        }
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => rt.block_on(main("legacy")),
+        Err(e) => log::error!("cannot build any runtime: {e}"),
+    }
+}

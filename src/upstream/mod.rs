@@ -1,0 +1,47 @@
+//! Per-shard upstream state: balancer, passive health and keep-alive pools for each upstream.
+//! Owned by one shard and borrowed briefly (never across an await).
+
+pub mod balance;
+pub mod health;
+pub mod pool;
+
+use std::cell::RefCell;
+use std::time::Instant;
+
+use crate::config::UpstreamConfig;
+use balance::Balancer;
+use health::PassiveHealth;
+use pool::Pool;
+
+pub struct UpstreamState {
+    pub cfg: UpstreamConfig,
+    pub balancer: RefCell<Balancer>,
+    pub health: RefCell<PassiveHealth>,
+    pub pools: Vec<RefCell<Pool>>,
+}
+
+impl UpstreamState {
+    pub fn new(cfg: &UpstreamConfig) -> Self {
+        let weights: Vec<u32> = cfg.nodes.iter().map(|n| n.weight).collect();
+        UpstreamState {
+            balancer: RefCell::new(Balancer::new(cfg.policy, &weights)),
+            health: RefCell::new(PassiveHealth::new(
+                cfg.nodes.len(),
+                cfg.max_fails,
+                cfg.fail_timeout,
+            )),
+            pools: cfg
+                .nodes
+                .iter()
+                .map(|_| RefCell::new(Pool::new()))
+                .collect(),
+            cfg: cfg.clone(),
+        }
+    }
+
+    pub fn sweep(&self, now: Instant) {
+        for p in &self.pools {
+            p.borrow_mut().sweep(&self.cfg.pool, now);
+        }
+    }
+}
