@@ -59,6 +59,14 @@ fn load(cfg: args::LoadConfig) -> Result<(), String> {
     } else {
         report::human(&cfg, &result)
     };
-    println!("{text}");
+    print_stdout(&text);
     Ok(())
+}
+
+/// `println!` panics on a closed pipe (`ringway-bench ... | head`); a reader that left early
+/// is not our error, so the output is simply dropped.
+pub fn print_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }

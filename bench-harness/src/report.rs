@@ -129,7 +129,9 @@ fn latency_block(out: &mut String, title: &str, h: &hdrhistogram::Histogram<u64>
             out,
             "         Value   Percentile   TotalCount 1/(1-Percentile)"
         );
+        let mut total = 0u64;
         for v in h.iter_quantiles(1) {
+            total += v.count_since_last_iteration();
             let p = v.quantile_iterated_to();
             let inv = if p < 1.0 {
                 format!("{:12.2}", 1.0 / (1.0 - p))
@@ -141,7 +143,7 @@ fn latency_block(out: &mut String, title: &str, h: &hdrhistogram::Histogram<u64>
                 "    {:>10} {:12.6} {:12} {inv}",
                 fmt_us(us(v.value_iterated_to())),
                 p,
-                v.count_since_last_iteration()
+                total
             );
         }
     }

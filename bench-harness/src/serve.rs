@@ -135,7 +135,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), String> {
     }
     eprintln!("listening on {addr}");
     let _ = signals.forever().next();
-    println!("requests={}", shared.total());
+    crate::print_stdout(&format!("requests={}", shared.total()));
     Ok(())
 }
 

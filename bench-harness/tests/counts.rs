@@ -125,3 +125,41 @@ fn chunked_responses_are_framed() {
 fn read_until_close_responses_are_framed() {
     check_framing(false, 16);
 }
+
+#[test]
+fn scenario_and_weighted_urls_total_matches_server() {
+    let server = Server::start(&[]);
+    let dir = std::env::temp_dir().join(format!("ringway-bench-scenario-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("body.json"), br#"{"item": 42}"#).expect("write body");
+    let scenario = dir.join("mix.toml");
+    let text = format!(
+        "[[request]]\nurl = \"http://127.0.0.1:{p}/users\"\nweight = 3\n\n\
+         [[request]]\nmethod = \"POST\"\nurl = \"http://127.0.0.1:{p}/orders\"\n\
+         headers = [\"Content-Type: application/json\"]\nbody_file = \"body.json\"\n\n\
+         [[request]]\nmethod = \"HEAD\"\nurl = \"http://127.0.0.1:{p}/h\"\n",
+        p = server.port
+    );
+    std::fs::write(&scenario, text).expect("write scenario");
+    let weighted = format!("http://127.0.0.1:{}/extra@2", server.port);
+    let scenario_arg = scenario.to_string_lossy().to_string();
+    let args = [
+        "-t",
+        "1",
+        "-c",
+        "3",
+        "-d",
+        "1s",
+        "--json",
+        "--scenario",
+        &scenario_arg,
+        "--url",
+        &weighted,
+    ];
+    let v = json(&run(&args, Duration::from_secs(15)));
+    let _ = std::fs::remove_dir_all(&dir);
+    let requests = num(&v, &["requests"]) as u64;
+    assert!(requests > 50, "{v}");
+    assert_eq!(requests, server.count(), "{v}");
+    assert_eq!(num(&v, &["errors", "total"]), 0.0, "{v}");
+}
