@@ -35,6 +35,20 @@ fn keepalive_total_matches_server() {
 }
 
 #[test]
+fn serve_prints_its_count_on_sigterm() {
+    let server = Server::start(&[]);
+    let v = json(&run(
+        &["-t", "1", "-c", "2", "-d", "300ms", "--json", &server.url()],
+        Duration::from_secs(10),
+    ));
+    let out = server.terminate();
+    assert_eq!(
+        out.trim(),
+        format!("requests={}", num(&v, &["requests"]) as u64)
+    );
+}
+
+#[test]
 fn pipelined_total_matches_server() {
     check_against_serve(&["--pipeline", "8"]);
 }

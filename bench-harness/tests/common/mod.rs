@@ -12,6 +12,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ringway-bench");
 /// A `ringway-bench serve` child on an ephemeral port, killed when dropped.
 pub struct Server {
     child: Child,
+    /// Kept open so the server never writes into a closed pipe.
+    _stderr: BufReader<std::process::ChildStderr>,
     pub port: u16,
 }
 
@@ -26,9 +28,8 @@ impl Server {
             .expect("spawn serve");
         let stderr = child.stderr.take().expect("stderr");
         let mut line = String::new();
-        BufReader::new(stderr)
-            .read_line(&mut line)
-            .expect("read listening line");
+        let mut stderr = BufReader::new(stderr);
+        stderr.read_line(&mut line).expect("read listening line");
         let addr = line
             .trim()
             .strip_prefix("listening on ")
@@ -38,7 +39,11 @@ impl Server {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("port");
-        Server { child, port }
+        Server {
+            child,
+            _stderr: stderr,
+            port,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -58,6 +63,23 @@ impl Server {
             .next()
             .and_then(|b| b.trim().parse().ok())
             .unwrap_or_else(|| panic!("bad count reply: {resp}"))
+    }
+}
+
+impl Server {
+    /// Stops the server the polite way and returns what it printed on stdout.
+    pub fn terminate(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            stdout.read_to_string(&mut out).expect("read stdout");
+        }
+        out
     }
 }
 
