@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::{sleep, sleep_until, timeout_at};
@@ -151,9 +152,11 @@ impl Conn {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        match timeout_at(mono(deadline), stream.read(buf)).await {
-            Ok((res, buf)) => {
-                self.rbuf = buf;
+        // monoio reads from the buffer's start; slicing past the data makes the read append.
+        let (len, cap) = (buf.len(), buf.capacity());
+        match timeout_at(mono(deadline), stream.read(buf.slice_mut(len..cap))).await {
+            Ok((res, slice)) => {
+                self.rbuf = slice.into_inner();
                 res.map_err(|_| ErrorKind::Read)
             }
             Err(_) => Err(ErrorKind::Timeout),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -216,8 +217,10 @@ async fn serve_conn(mut stream: TcpStream, shared: Arc<Shared>, t: usize) {
         if rbuf.capacity() - rbuf.len() < 2048 {
             rbuf.reserve(8192);
         }
-        let (res, buf) = stream.read(rbuf).await;
-        rbuf = buf;
+        // monoio reads from the buffer's start; slicing past the data makes the read append.
+        let (len, cap) = (rbuf.len(), rbuf.capacity());
+        let (res, slice) = stream.read(rbuf.slice_mut(len..cap)).await;
+        rbuf = slice.into_inner();
         match res {
             Ok(0) | Err(_) => return,
             Ok(_) => {}

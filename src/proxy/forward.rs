@@ -320,7 +320,17 @@ impl ClientConn {
         }
 
         let framing = match self.resp.body {
-            BodyKind::Empty => ClientFraming::None,
+            // 204/304/1xx and HEAD answers carry no framing of their own; any other empty
+            // body must say so, or an HTTP/1.1 client would read until close.
+            BodyKind::Empty
+                if self.req.method == Method::Head
+                    || self.resp.status < 200
+                    || self.resp.status == 204
+                    || self.resp.status == 304 =>
+            {
+                ClientFraming::None
+            }
+            BodyKind::Empty => ClientFraming::Length(0),
             BodyKind::Length(n) => ClientFraming::Length(n),
             BodyKind::Chunked | BodyKind::UntilClose if self.req.version == 1 => {
                 ClientFraming::Chunked

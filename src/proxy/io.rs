@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use monoio::buf::IoBuf;
+use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 /// Why an I/O step failed.
@@ -28,11 +28,15 @@ pub async fn read_some<S: AsyncReadRent>(
     if buf.capacity() - buf.len() < reserve / 2 {
         buf.reserve(reserve);
     }
+    // monoio reads into a buffer from its start; the slice makes the read append after
+    // what is already there.
     let owned = std::mem::take(buf);
-    match monoio::time::timeout(limit, s.read(owned)).await {
+    let len = owned.len();
+    let cap = owned.capacity();
+    match monoio::time::timeout(limit, s.read(owned.slice_mut(len..cap))).await {
         Err(_) => Err(IoFail::Timeout),
-        Ok((res, owned)) => {
-            *buf = owned;
+        Ok((res, slice)) => {
+            *buf = slice.into_inner();
             match res {
                 Ok(0) => Err(IoFail::Closed),
                 Ok(n) => Ok(n),
