@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
 
 use super::io::{read_some, write_all, IoFail};
@@ -30,8 +31,12 @@ pub(super) enum After {
     Tunnel(TcpStream),
 }
 
-pub(super) struct ClientConn {
-    pub(super) stream: TcpStream,
+/// A client-side byte stream: plain TCP today, TLS later; anything monoio can read, write and split.
+pub trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + 'static {}
+impl<T: AsyncReadRent + AsyncWriteRent + Split + 'static> ClientStream for T {}
+
+pub(super) struct ClientConn<S> {
+    pub(super) stream: S,
     /// Client address as text, formatted once per connection for X-Forwarded-For.
     pub(super) ip: String,
     pub(super) rbuf: BytesMut,
@@ -52,7 +57,7 @@ enum HeadRead {
 }
 
 /// Serves one accepted connection to completion.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve<S: ClientStream>(shard: Rc<Shard>, stream: S, peer: SocketAddr) {
     let _guard = ConnGuard(shard.clone());
     let buf = shard.cfg.server.read_buffer_bytes;
     let mut c = ClientConn {
@@ -91,7 +96,7 @@ impl Drop for ConnGuard {
     }
 }
 
-impl ClientConn {
+impl<S: ClientStream> ClientConn<S> {
     async fn run(&mut self, shard: &Shard) -> Option<TcpStream> {
         loop {
             match self.read_head(shard).await {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytes::{Buf, BufMut};
 use monoio::net::TcpStream;
 
-use super::conn::{After, ClientConn};
+use super::conn::{After, ClientConn, ClientStream};
 use super::io::{read_some, write_all, IoFail};
 use super::pump::{pump, PumpCfg, PumpFail};
 use crate::config::{HashOn, PassHost, RouteConfig};
@@ -42,7 +42,7 @@ enum Exchange {
     },
 }
 
-impl ClientConn {
+impl<S: ClientStream> ClientConn<S> {
     pub(super) async fn forward(&mut self, shard: &Shard, route_id: usize) -> After {
         let route = &shard.cfg.routes[route_id];
         let up = &shard.upstreams[route.upstream];

@@ -7,4 +7,4 @@ pub mod io;
 mod pump;
 mod tunnel;
 
-pub use conn::serve;
+pub use conn::{serve, ClientStream};

@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Split, Splitable};
 use monoio::net::TcpStream;
 
 use super::io::{read_some, write_all, IoFail};
@@ -14,13 +14,15 @@ const CHUNK: usize = 16 * 1024;
 
 /// Runs the tunnel. `client_pending` / `upstream_pending` are bytes already read past the
 /// HTTP heads, which belong to the other side.
-pub async fn run(
-    client: TcpStream,
+pub async fn run<C>(
+    client: C,
     client_pending: BytesMut,
     upstream: TcpStream,
     upstream_pending: BytesMut,
     idle: Duration,
-) {
+) where
+    C: AsyncReadRent + AsyncWriteRent + Split,
+{
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = upstream.into_split();
     let last = Cell::new(Instant::now());
