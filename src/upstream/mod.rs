@@ -24,7 +24,13 @@ impl UpstreamState {
     pub fn new(cfg: &UpstreamConfig) -> Self {
         let weights: Vec<u32> = cfg.nodes.iter().map(|n| n.weight).collect();
         UpstreamState {
-            balancer: RefCell::new(Balancer::new(cfg.policy, &weights)),
+            // Ring points keyed by node address, so editing the node list only moves the
+            // keys of the nodes that changed.
+            balancer: RefCell::new(Balancer::with_node_keys(
+                cfg.policy,
+                &weights,
+                &cfg.nodes.iter().map(|n| n.host.as_str()).collect::<Vec<_>>(),
+            )),
             health: RefCell::new(PassiveHealth::new(
                 cfg.nodes.len(),
                 cfg.max_fails,
