@@ -177,7 +177,9 @@ impl ChunkedDecoder {
                     match b {
                         b'\r' if self.saw_colon => self.st = St::TrailerLf,
                         b':' => self.saw_colon = true,
-                        b'\t' => {}
+                        // Whitespace is allowed in the value only: "Name\t:" is refused like
+                        // "Name :" in a head (RFC 9112 5.1).
+                        b'\t' if self.saw_colon => {}
                         0..=0x1f | 0x7f => return Err(ChunkError::BadTrailer),
                         _ if !self.saw_colon && !is_token(b) => return Err(ChunkError::BadTrailer),
                         _ => {}

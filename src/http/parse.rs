@@ -604,7 +604,12 @@ impl ResponseHead {
         let base = &input[..n];
         self.status = resp.code.unwrap_or(0);
         self.version = resp.version.unwrap_or(1);
-        self.reason = span_of(base, resp.reason.unwrap_or("").as_bytes());
+        // httparse hands back a static "" (not a slice of `input`) when the reason is missing
+        // or not UTF-8; an offset computed from that pointer would be garbage.
+        self.reason = match resp.reason {
+            Some(r) if !r.is_empty() => span_of(base, r.as_bytes()),
+            _ => (0, 0),
+        };
         if !(100..=999).contains(&self.status) {
             return Err(UpstreamError::BadResponse("invalid upstream status"));
         }

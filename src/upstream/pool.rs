@@ -45,7 +45,9 @@ impl Pool {
 
     pub fn take(&mut self, cfg: &PoolConfig, now: Instant) -> Option<PooledConn> {
         while let Some(c) = self.idle.pop() {
-            if now.saturating_duration_since(c.idle_since) < cfg.idle_timeout {
+            if now.saturating_duration_since(c.idle_since) < cfg.idle_timeout
+                && c.stream.idle_quiet()
+            {
                 return Some(c);
             }
         }
@@ -79,6 +81,36 @@ impl Pool {
             .unwrap_or(self.idle.len());
         self.idle.drain(..keep_from);
     }
+}
+
+/// An idle keep-alive connection must have nothing to say. Bytes waiting on it mean the
+/// upstream sent more than the response it framed (reusing it would hand those bytes to the
+/// next request as its response); EOF means the upstream closed it.
+pub trait IdleCheck {
+    /// True when nothing (not even EOF) is waiting to be read.
+    fn idle_quiet(&self) -> bool;
+}
+
+impl IdleCheck for monoio::net::TcpStream {
+    fn idle_quiet(&self) -> bool {
+        fd_quiet(std::os::fd::AsRawFd::as_raw_fd(self))
+    }
+}
+
+/// Peeks one byte without blocking or consuming: quiet only if the socket would block.
+fn fd_quiet(fd: std::os::fd::RawFd) -> bool {
+    let mut b = 0u8;
+    // SAFETY: `fd` is an open socket owned by the caller for the duration of the call; recv
+    // writes at most 1 byte into `b`; MSG_PEEK | MSG_DONTWAIT neither consumes nor blocks.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            std::ptr::addr_of_mut!(b).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
 }
 
 impl Default for Pool {

@@ -1,0 +1,869 @@
+//! Property functions shared by the libFuzzer targets (tests/fuzz/fuzz_targets/*) and the
+//! stable replay + random-mutation driver (tests/fuzz_props.rs). Each takes arbitrary bytes and
+//! panics when a property fails; "no panic" alone is never the whole check.
+//!
+//! Properties:
+//! * request_head: a head the validator accepts re-serialises to bytes that parse to the same
+//!   method, target, headers and framing; its strict prefixes are never complete; the head sent
+//!   upstream for it parses again with the same framing and no hop-by-hop headers.
+//! * response_head: the same round trip for upstream responses, and the head relayed to the client
+//!   announces the framing the body is relayed with.
+//! * chunked: ringway's incremental ChunkedDecoder, fed in arbitrary pieces, agrees with the
+//!   simple whole-buffer `reference_chunked` below (same data, same end) or both reject; and
+//!   anything encoded with put_chunk_header decodes back to itself.
+//! * route: the Router's winner is the route a naive scan over every (route, host, path) by the
+//!   documented precedence picks.
+//! * config: the TOML loader never panics, and an accepted config is internally consistent.
+#![allow(dead_code)]
+
+use bytes::BytesMut;
+use ringway::http::chunked::{put_chunk_header, ChunkedDecoder};
+use ringway::http::parse::{BodyKind, HeadLimits, Method, RequestHead, ResponseHead, Status};
+use ringway::http::write::{self, ClientFraming, UpstreamRequest};
+use ringway::route::{Params, RequestView, RouteSpec, Router};
+
+pub const LIMITS: HeadLimits = HeadLimits {
+    max_header_bytes: 16384,
+    max_request_line_bytes: 8192,
+};
+
+const BIG: HeadLimits = HeadLimits {
+    max_header_bytes: 1 << 20,
+    max_request_line_bytes: 1 << 20,
+};
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// request heads
+// ---------------------------------------------------------------------------
+
+fn req_headers(h: &RequestHead) -> Vec<(Vec<u8>, Vec<u8>)> {
+    h.headers
+        .iter()
+        .map(|p| (h.name(p).to_vec(), h.value(p).to_vec()))
+        .collect()
+}
+
+fn serialise_request(h: &RequestHead) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(h.method_bytes());
+    out.push(b' ');
+    out.extend_from_slice(h.target());
+    out.extend_from_slice(if h.version == 0 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
+    for p in &h.headers {
+        out.extend_from_slice(h.name(p));
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value(p));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn count_named(h: &RequestHead, name: &str) -> usize {
+    h.headers
+        .iter()
+        .filter(|p| h.name(p).eq_ignore_ascii_case(name.as_bytes()))
+        .count()
+}
+
+/// What every accepted request head must satisfy, whatever the bytes were.
+fn request_invariants(h: &RequestHead, raw: &[u8]) {
+    let ctx = || show(raw);
+    assert!(
+        !h.method_bytes().is_empty() && h.method_bytes().iter().all(|&b| is_tchar(b)),
+        "accepted a bad method: {}",
+        ctx()
+    );
+    for p in &h.headers {
+        let (n, v) = (h.name(p), h.value(p));
+        assert!(
+            !n.is_empty() && n.iter().all(|&b| is_tchar(b)),
+            "accepted a bad header name {:?} in {}",
+            show(n),
+            ctx()
+        );
+        assert!(
+            !v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0),
+            "accepted CR/LF/NUL in a header value: {}",
+            ctx()
+        );
+    }
+    let cl = count_named(h, "content-length");
+    let te = count_named(h, "transfer-encoding");
+    assert!(
+        !(cl > 0 && te > 0),
+        "accepted Content-Length with Transfer-Encoding: {}",
+        ctx()
+    );
+    assert!(count_named(h, "host") <= 1, "accepted two Host: {}", ctx());
+    if h.version == 1 {
+        // Host may be empty (RFC 9112 3.2) but must be there, or come from an absolute target.
+        assert!(
+            count_named(h, "host") == 1 || h.target().first() != Some(&b'/'),
+            "HTTP/1.1 without Host: {}",
+            ctx()
+        );
+    }
+    match h.body {
+        BodyKind::Chunked => assert!(te > 0 && h.version == 1, "chunked without TE: {}", ctx()),
+        BodyKind::Length(n) => {
+            assert!(n > 0 && cl > 0, "length without Content-Length: {}", ctx());
+            for p in h.headers.iter() {
+                if h.name(p).eq_ignore_ascii_case(b"content-length") {
+                    for part in h.value(p).split(|&b| b == b',') {
+                        let t = part.trim_ascii();
+                        assert!(
+                            t.iter().all(u8::is_ascii_digit)
+                                && std::str::from_utf8(t).ok().and_then(|s| s.parse().ok())
+                                    == Some(n),
+                            "Content-Length {:?} is not {n}: {}",
+                            show(h.value(p)),
+                            ctx()
+                        );
+                    }
+                }
+            }
+        }
+        BodyKind::Empty => assert!(te == 0, "TE but no body: {}", ctx()),
+        BodyKind::UntilClose => panic!("a request body until close: {}", ctx()),
+    }
+    assert_ne!(h.method, Method::Connect, "accepted CONNECT");
+    assert!(h.path().first() == Some(&b'/') || h.path() == b"*");
+}
+
+fn assert_same_request(a: &RequestHead, b: &RequestHead, raw: &[u8], again: &[u8]) {
+    let ctx = || format!("original {:?}\nre-serialised {:?}", show(raw), show(again));
+    assert_eq!(a.method_bytes(), b.method_bytes(), "method: {}", ctx());
+    assert_eq!(a.method, b.method, "method kind: {}", ctx());
+    assert_eq!(a.target(), b.target(), "target: {}", ctx());
+    assert_eq!(a.path(), b.path(), "path: {}", ctx());
+    assert_eq!(a.query(), b.query(), "query: {}", ctx());
+    assert_eq!(a.host(), b.host(), "host: {}", ctx());
+    assert_eq!(a.version, b.version, "version: {}", ctx());
+    assert_eq!(req_headers(a), req_headers(b), "headers: {}", ctx());
+    assert_eq!(a.body, b.body, "framing: {}", ctx());
+    assert_eq!(a.keep_alive, b.keep_alive, "keep-alive: {}", ctx());
+    assert_eq!(a.expect_continue, b.expect_continue, "expect: {}", ctx());
+    assert_eq!(a.websocket, b.websocket, "websocket: {}", ctx());
+}
+
+/// Request head parser and framing validator.
+pub fn request_head(data: &[u8]) {
+    let mut h = RequestHead::default();
+    let n = match h.parse(data, &LIMITS) {
+        Ok(Status::Complete(n)) => n,
+        Ok(Status::Partial) | Err(_) => return,
+    };
+    assert!(n <= data.len() && n <= LIMITS.max_header_bytes);
+    let raw = &data[..n];
+    request_invariants(&h, raw);
+
+    // Round trip: canonical re-serialisation parses to the same request.
+    let again = serialise_request(&h);
+    let mut h2 = RequestHead::default();
+    match h2.parse(&again, &BIG) {
+        Ok(Status::Complete(m)) => assert_eq!(m, again.len(), "{}", show(&again)),
+        other => panic!(
+            "re-serialised head not accepted ({other:?}):\noriginal {:?}\nagain {:?}",
+            show(raw),
+            show(&again)
+        ),
+    }
+    assert_same_request(&h, &h2, raw, &again);
+
+    // A head is complete only once its last byte is there.
+    for k in [n / 2, n.saturating_sub(1)] {
+        if k < n {
+            let mut p = RequestHead::default();
+            if let Ok(Status::Complete(m)) = p.parse(&raw[..k], &LIMITS) {
+                panic!(
+                    "prefix of {k} bytes complete at {m}: {:?} (full head {n} bytes)",
+                    show(raw)
+                );
+            }
+        }
+    }
+
+    // The head sent upstream is a valid head with the same framing and nothing hop-by-hop.
+    let path = h.path_and_query().to_vec();
+    let host: &[u8] = if h.host().is_empty() {
+        b"127.0.0.1:1"
+    } else {
+        h.host()
+    };
+    let mut out = BytesMut::new();
+    write::upstream_request(
+        &mut out,
+        &h,
+        &UpstreamRequest {
+            path: &path,
+            host,
+            client_ip: b"127.0.0.1",
+            proto: b"http",
+            body: h.body,
+        },
+    );
+    let mut up = RequestHead::default();
+    match up.parse(&out, &BIG) {
+        Ok(Status::Complete(m)) => assert_eq!(m, out.len()),
+        other => panic!(
+            "upstream head not accepted ({other:?}):\nclient {:?}\nupstream {:?}",
+            show(raw),
+            show(&out)
+        ),
+    }
+    let ctx = || format!("client {:?}\nupstream {:?}", show(raw), show(&out));
+    assert_eq!(up.body, h.body, "upstream framing differs: {}", ctx());
+    assert_eq!(up.method_bytes(), h.method_bytes(), "{}", ctx());
+    assert_eq!(up.version, 1, "{}", ctx());
+    assert_eq!(count_named(&up, "host"), 1, "{}", ctx());
+    assert_eq!(count_named(&up, "expect"), 0, "{}", ctx());
+    for hop in ["te", "keep-alive", "proxy-connection"] {
+        assert_eq!(count_named(&up, hop), 0, "{hop} forwarded: {}", ctx());
+    }
+    if !h.websocket {
+        assert_eq!(count_named(&up, "connection"), 0, "{}", ctx());
+        assert_eq!(count_named(&up, "upgrade"), 0, "{}", ctx());
+    }
+    let expect_cl = usize::from(matches!(h.body, BodyKind::Length(_)));
+    let expect_te = usize::from(h.body == BodyKind::Chunked);
+    assert_eq!(count_named(&up, "content-length"), expect_cl, "{}", ctx());
+    assert_eq!(
+        count_named(&up, "transfer-encoding"),
+        expect_te,
+        "{}",
+        ctx()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// response heads
+// ---------------------------------------------------------------------------
+
+fn resp_headers(h: &ResponseHead) -> Vec<(Vec<u8>, Vec<u8>)> {
+    h.headers
+        .iter()
+        .map(|p| (h.name(p).to_vec(), h.value(p).to_vec()))
+        .collect()
+}
+
+fn serialise_response(h: &ResponseHead) -> Vec<u8> {
+    let mut out = format!("HTTP/1.{} {:03} ", h.version, h.status).into_bytes();
+    out.extend_from_slice(h.reason());
+    out.extend_from_slice(b"\r\n");
+    for p in &h.headers {
+        out.extend_from_slice(h.name(p));
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value(p));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+const MAX_RESP: usize = 16384;
+
+/// Response head parser (upstream side) and the client-side head writer.
+pub fn response_head(data: &[u8]) {
+    let mut h = ResponseHead::default();
+    let n = match h.parse(data, Method::Get, MAX_RESP) {
+        Ok(Status::Complete(n)) => n,
+        Ok(Status::Partial) | Err(_) => return,
+    };
+    let raw = &data[..n];
+    assert!((100..=999).contains(&h.status), "status {}", h.status);
+
+    // Same bytes for a HEAD request: same head, never a body.
+    let mut hh = ResponseHead::default();
+    assert_eq!(
+        hh.parse(data, Method::Head, MAX_RESP),
+        Ok(Status::Complete(n))
+    );
+    assert_eq!(hh.body, BodyKind::Empty, "HEAD answer with a body");
+
+    let cl = h
+        .headers
+        .iter()
+        .filter(|p| h.name(p).eq_ignore_ascii_case(b"content-length"))
+        .count();
+    let te = h
+        .headers
+        .iter()
+        .filter(|p| h.name(p).eq_ignore_ascii_case(b"transfer-encoding"))
+        .count();
+    assert!(!(cl > 0 && te > 0), "CL with TE accepted: {:?}", show(raw));
+    if h.body == BodyKind::UntilClose {
+        assert!(!h.keep_alive, "until-close body on a reusable connection");
+    }
+
+    let again = serialise_response(&h);
+    let mut h2 = ResponseHead::default();
+    match h2.parse(&again, Method::Get, 1 << 20) {
+        Ok(Status::Complete(m)) => assert_eq!(m, again.len()),
+        other => panic!(
+            "re-serialised response not accepted ({other:?}):\noriginal {:?}\nagain {:?}",
+            show(raw),
+            show(&again)
+        ),
+    }
+    let ctx = || format!("original {:?}\nagain {:?}", show(raw), show(&again));
+    assert_eq!(h.status, h2.status, "{}", ctx());
+    assert_eq!(h.version, h2.version, "{}", ctx());
+    assert_eq!(h.reason(), h2.reason(), "{}", ctx());
+    assert_eq!(resp_headers(&h), resp_headers(&h2), "{}", ctx());
+    assert_eq!(h.body, h2.body, "{}", ctx());
+    assert_eq!(h.keep_alive, h2.keep_alive, "{}", ctx());
+
+    // What the client is sent announces exactly the framing ringway relays the body with
+    // (the same choice as proxy::forward makes for an HTTP/1.1 GET).
+    let framing = match h.body {
+        BodyKind::Empty if h.status < 200 || h.status == 204 || h.status == 304 => {
+            ClientFraming::None
+        }
+        BodyKind::Empty => ClientFraming::Length(0),
+        BodyKind::Length(n) => ClientFraming::Length(n),
+        BodyKind::Chunked | BodyKind::UntilClose => ClientFraming::Chunked,
+    };
+    for keep in [true, false] {
+        let mut out = BytesMut::new();
+        write::client_response(&mut out, &h, framing, keep, 1, false);
+        let mut c = ResponseHead::default();
+        match c.parse(&out, Method::Get, 1 << 20) {
+            Ok(Status::Complete(m)) => assert_eq!(m, out.len()),
+            other => panic!(
+                "client head not accepted ({other:?}):\nupstream {:?}\nclient {:?}",
+                show(raw),
+                show(&out)
+            ),
+        }
+        let ctx = || format!("upstream {:?}\nclient {:?}", show(raw), show(&out));
+        assert_eq!(c.status, h.status, "{}", ctx());
+        let want = match framing {
+            ClientFraming::None | ClientFraming::Length(0) => BodyKind::Empty,
+            ClientFraming::Length(n) => BodyKind::Length(n),
+            ClientFraming::Chunked => BodyKind::Chunked,
+            ClientFraming::Close => BodyKind::UntilClose,
+        };
+        assert_eq!(c.body, want, "client framing: {}", ctx());
+        if h.status != 101 {
+            assert_eq!(c.keep_alive, keep, "client keep-alive: {}", ctx());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// chunked
+// ---------------------------------------------------------------------------
+
+/// Result of decoding a chunked body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunked {
+    /// The data and the number of input bytes the message took.
+    Done(Vec<u8>, usize),
+    /// Input ended inside the message; the data so far.
+    Incomplete(Vec<u8>),
+    Error,
+}
+
+/// Longest chunk-size line, its CR included.
+pub const REF_MAX_LINE: usize = 4096;
+
+fn hexval(b: u8) -> Option<u64> {
+    (b as char).to_digit(16).map(u64::from)
+}
+
+fn ctl(b: u8) -> bool {
+    b < 0x20 || b == 0x7f
+}
+
+/// `1*16HEXDIG *(SP / HTAB) [ ";" *(any byte but CTL, HTAB allowed) ]`; for an unterminated
+/// line (`complete` false) any prefix of that.
+fn size_line_ok(line: &[u8], complete: bool) -> bool {
+    let digits = line.iter().take_while(|&&b| hexval(b).is_some()).count();
+    if digits == 0 {
+        return !complete && line.is_empty();
+    }
+    if digits > 16 {
+        return false;
+    }
+    let rest = &line[digits..];
+    let ws = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let rest = &rest[ws..];
+    match rest.split_first() {
+        None => true,
+        Some((b';', ext)) => ext.iter().all(|&b| b == b'\t' || !ctl(b)),
+        Some(_) => false,
+    }
+}
+
+/// `token ":" *(any byte but CTL, HTAB allowed)`, or a prefix of it when `complete` is false.
+fn trailer_line_ok(line: &[u8], complete: bool) -> bool {
+    let name = line.iter().take_while(|&&b| is_tchar(b)).count();
+    if name == 0 {
+        return !complete && line.is_empty();
+    }
+    match line[name..].split_first() {
+        None => !complete,
+        Some((b':', value)) => value.iter().all(|&b| b == b'\t' || !ctl(b)),
+        Some(_) => false,
+    }
+}
+
+/// A whole-buffer chunked decoder written for clarity, not speed: the reference the
+/// incremental decoder is compared with.
+pub fn reference_chunked(input: &[u8], max_trailer: usize) -> Chunked {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    loop {
+        // chunk-size line
+        let rest = &input[pos..];
+        let cr = rest.iter().position(|&b| b == b'\r');
+        if cr.map_or(rest.len(), |c| c + 1) > REF_MAX_LINE {
+            return Chunked::Error;
+        }
+        let Some(cr) = cr else {
+            return if size_line_ok(rest, false) {
+                Chunked::Incomplete(out)
+            } else {
+                Chunked::Error
+            };
+        };
+        let line = &rest[..cr];
+        if !size_line_ok(line, true) {
+            return Chunked::Error;
+        }
+        match rest.get(cr + 1) {
+            None => return Chunked::Incomplete(out),
+            Some(b'\n') => {}
+            Some(_) => return Chunked::Error,
+        }
+        let size = line
+            .iter()
+            .map_while(|&b| hexval(b))
+            .fold(0u64, |acc, d| (acc << 4) | d);
+        pos += cr + 2;
+        if size == 0 {
+            break;
+        }
+        // chunk data and its CRLF
+        let avail = (input.len() - pos) as u64;
+        if avail < size {
+            out.extend_from_slice(&input[pos..]);
+            return Chunked::Incomplete(out);
+        }
+        let size = size as usize;
+        out.extend_from_slice(&input[pos..pos + size]);
+        pos += size;
+        for want in [b'\r', b'\n'] {
+            match input.get(pos) {
+                None => return Chunked::Incomplete(out),
+                Some(&b) if b == want => pos += 1,
+                Some(_) => return Chunked::Error,
+            }
+        }
+    }
+    // trailer section, then the final CRLF
+    let mut trailer_bytes = 0usize;
+    loop {
+        let rest = &input[pos..];
+        match rest.first() {
+            None => return Chunked::Incomplete(out),
+            Some(b'\r') => {
+                return match rest.get(1) {
+                    None => Chunked::Incomplete(out),
+                    Some(b'\n') => Chunked::Done(out, pos + 2),
+                    Some(_) => Chunked::Error,
+                }
+            }
+            Some(_) => {}
+        }
+        let cr = rest.iter().position(|&b| b == b'\r');
+        // Every byte of a trailer line up to and including its CR counts toward the limit.
+        trailer_bytes += cr.map_or(rest.len(), |c| c + 1);
+        if trailer_bytes > max_trailer {
+            return Chunked::Error;
+        }
+        let Some(cr) = cr else {
+            return if trailer_line_ok(rest, false) {
+                Chunked::Incomplete(out)
+            } else {
+                Chunked::Error
+            };
+        };
+        if !trailer_line_ok(&rest[..cr], true) {
+            return Chunked::Error;
+        }
+        match rest.get(cr + 1) {
+            None => return Chunked::Incomplete(out),
+            Some(b'\n') => pos += cr + 2,
+            Some(_) => return Chunked::Error,
+        }
+    }
+}
+
+/// Runs ringway's decoder over `input` fed `step` bytes at a time.
+pub fn ringway_chunked(input: &[u8], max_trailer: usize, step: usize) -> Chunked {
+    let mut d = ChunkedDecoder::new(max_trailer);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < input.len() {
+        let end = (pos + step.max(1)).min(input.len());
+        let part = &input[pos..end];
+        let p = match d.decode(part, |a, b| out.extend_from_slice(&part[a..b])) {
+            Ok(p) => p,
+            Err(_) => return Chunked::Error,
+        };
+        assert!(p.consumed <= part.len());
+        if p.done {
+            assert!(d.is_done());
+            return Chunked::Done(out, pos + p.consumed);
+        }
+        assert_eq!(
+            p.consumed,
+            part.len(),
+            "an unfinished decode must consume all"
+        );
+        pos = end;
+    }
+    Chunked::Incomplete(out)
+}
+
+const TRAILER_LIMITS: [usize; 4] = [0, 8, 64, 4096];
+
+/// The chunked decoder against the reference; byte 0 picks the piece size and trailer limit.
+pub fn chunked(data: &[u8]) {
+    let Some((&sel, input)) = data.split_first() else {
+        return;
+    };
+    let step = 1 + usize::from(sel & 0x0f) * 7;
+    let max_trailer = TRAILER_LIMITS[usize::from(sel >> 4) & 3];
+    let want = reference_chunked(input, max_trailer);
+    for s in [step, input.len().max(1)] {
+        let got = ringway_chunked(input, max_trailer, s);
+        assert_eq!(
+            got,
+            want,
+            "decoder (pieces of {s}, max_trailer {max_trailer}) disagrees with the reference on {:?}",
+            show(input)
+        );
+    }
+
+    // Encoding round trip: split the bytes into chunks whose sizes come from the bytes.
+    let mut enc = BytesMut::new();
+    let mut rest = input;
+    while !rest.is_empty() {
+        let take = (usize::from(rest[0]) % 37 + 1).min(rest.len());
+        put_chunk_header(&mut enc, take);
+        enc.extend_from_slice(&rest[..take]);
+        enc.extend_from_slice(b"\r\n");
+        rest = &rest[take..];
+    }
+    enc.extend_from_slice(b"0\r\n\r\n");
+    let got = ringway_chunked(&enc, 0, step);
+    assert_eq!(got, Chunked::Done(input.to_vec(), enc.len()));
+}
+
+// ---------------------------------------------------------------------------
+// routes
+// ---------------------------------------------------------------------------
+
+struct NoHeaders;
+
+impl RequestView for NoHeaders {
+    fn header(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// A tiny deterministic byte reader: choices made from fuzz input.
+pub struct Bytes<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Bytes<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Bytes { data, pos: 0 }
+    }
+    pub fn byte(&mut self) -> u8 {
+        let b = self.data.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        usize::from(self.byte()) % n.max(1)
+    }
+    pub fn done(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+}
+
+const HOST_PATS: [&str; 7] = [
+    "a.com",
+    "*.a.com",
+    "b.a.com",
+    "*.b.a.com",
+    "B.A.com.",
+    "[::1]",
+    "c.org",
+];
+const REQ_HOSTS: [&str; 12] = [
+    "a.com",
+    "A.COM:8080",
+    "b.a.com",
+    "x.b.a.com",
+    "x.y.a.com",
+    "b.a.com.",
+    "[::1]:80",
+    "c.org",
+    "",
+    ":80",
+    "a.com.evil",
+    "xa.com",
+];
+const SEGS: [&str; 6] = ["a", "b", "c", "", "A", "%61"];
+const METHODS: [&str; 3] = ["GET", "POST", "get"];
+
+#[derive(Debug)]
+struct RefPath {
+    /// None = a {param} segment.
+    segs: Vec<Option<String>>,
+    wildcard: bool,
+}
+
+impl RefPath {
+    fn matches(&self, path: &str) -> bool {
+        let Some(body) = path.strip_prefix('/') else {
+            return false;
+        };
+        let parts: Vec<&str> = body.split('/').collect();
+        let n = self.segs.len();
+        let len_ok = if self.wildcard {
+            parts.len() > n
+        } else {
+            parts.len() == n
+        };
+        len_ok
+            && self.segs.iter().zip(&parts).all(|(s, p)| match s {
+                Some(s) => s == p,
+                None => !p.is_empty(),
+            })
+    }
+    /// The documented path precedence: exact > params (more static segments, then more
+    /// segments first) > prefix (longer first) > "/*". Smaller wins.
+    fn rank(&self) -> (u8, usize, usize) {
+        let statics = self.segs.iter().filter(|s| s.is_some()).count();
+        let total = self.segs.len();
+        match (self.wildcard, statics == total) {
+            (false, true) => (0, 0, 0),
+            (false, false) => (1, usize::MAX - statics, usize::MAX - total),
+            (true, _) => (2, usize::MAX - total, usize::MAX - statics),
+        }
+    }
+}
+
+fn norm_host(h: &str) -> Option<String> {
+    let name = if h.starts_with('[') {
+        match h.find(']') {
+            Some(e) => &h[..=e],
+            None => h,
+        }
+    } else {
+        h.split(':').next().unwrap_or("")
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
+}
+
+/// Host precedence: exact > wildcard (longer suffix first) > any. Smaller wins; None = no match.
+fn host_rank(pat: Option<&str>, host: Option<&str>) -> Option<(u8, usize)> {
+    let Some(pat) = pat else {
+        return Some((2, 0));
+    };
+    let host = host?;
+    let pat = pat.to_ascii_lowercase();
+    let pat = pat.strip_suffix('.').unwrap_or(&pat);
+    match pat.strip_prefix("*.") {
+        Some(suffix) => (host.len() > suffix.len() + 1
+            && host.ends_with(suffix)
+            && host.as_bytes()[host.len() - suffix.len() - 1] == b'.')
+            .then_some((1, usize::MAX - suffix.len())),
+        None => (host == pat).then_some((0, 0)),
+    }
+}
+
+fn gen_path_pattern(b: &mut Bytes<'_>) -> (String, RefPath) {
+    let n = b.below(4);
+    let mut text = String::new();
+    let mut segs = Vec::new();
+    for k in 0..n {
+        text.push('/');
+        if b.below(4) == 0 {
+            text.push_str(&format!("{{p{k}}}"));
+            segs.push(None);
+        } else {
+            let s = SEGS[b.below(SEGS.len())];
+            text.push_str(s);
+            segs.push(Some(s.to_string()));
+        }
+    }
+    let wildcard = n == 0 || b.below(3) == 0;
+    if wildcard {
+        text.push_str("/*");
+    }
+    (text, RefPath { segs, wildcard })
+}
+
+/// (-priority, host rank, path rank, -conditions, route index): smallest wins.
+type RankKey = (i64, (u8, usize), (u8, usize, usize), i64, usize);
+
+/// The router against a naive scan of every (route, host pattern, path pattern).
+pub fn route(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let nroutes = 1 + b.below(6);
+    let mut specs = Vec::new();
+    let mut refs = Vec::new();
+    for _ in 0..nroutes {
+        let nh = b.below(3);
+        let hosts: Vec<String> = (0..nh)
+            .map(|_| HOST_PATS[b.below(HOST_PATS.len())].to_string())
+            .collect();
+        let np = 1 + b.below(2);
+        let (paths, rpaths): (Vec<String>, Vec<RefPath>) =
+            (0..np).map(|_| gen_path_pattern(&mut b)).unzip();
+        let methods: Vec<String> = if b.below(3) == 0 {
+            vec![METHODS[b.below(METHODS.len())].to_string()]
+        } else {
+            Vec::new()
+        };
+        let priority = i32::from(b.byte() % 3) - 1;
+        refs.push((hosts.clone(), rpaths, methods.clone(), priority));
+        specs.push(RouteSpec {
+            hosts,
+            paths,
+            methods,
+            priority,
+            ..RouteSpec::default()
+        });
+    }
+    let router = Router::build(&specs).unwrap_or_else(|e| panic!("{e}: {specs:?}"));
+    let mut params = Params::new();
+    let mut lookups = 0;
+    while lookups < 16 && (lookups == 0 || !b.done()) {
+        lookups += 1;
+        let host = REQ_HOSTS[b.below(REQ_HOSTS.len())];
+        let mut path = String::new();
+        let segs = b.below(5);
+        for _ in 0..segs {
+            path.push('/');
+            path.push_str(SEGS[b.below(SEGS.len())]);
+        }
+        if path.is_empty() || b.below(8) == 0 {
+            path.push('/');
+        }
+        let method = ["GET", "POST"][b.below(2)];
+        let got = router.find(
+            host.as_bytes(),
+            path.as_bytes(),
+            b"",
+            method.as_bytes(),
+            &NoHeaders,
+            &mut params,
+        );
+        // Reference: the smallest (-priority, host rank, path rank, -conditions, index).
+        let nhost = norm_host(host);
+        let mut best: Option<(RankKey, usize)> = None;
+        for (i, (hosts, paths, methods, prio)) in refs.iter().enumerate() {
+            if !methods.is_empty() && !methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+                continue;
+            }
+            let host_pats: Vec<Option<&str>> = if hosts.is_empty() {
+                vec![None]
+            } else {
+                hosts
+                    .iter()
+                    .map(|h| if h == "*" { None } else { Some(h.as_str()) })
+                    .collect()
+            };
+            for hp in &host_pats {
+                let Some(hr) = host_rank(*hp, nhost.as_deref()) else {
+                    continue;
+                };
+                for p in paths.iter().filter(|p| p.matches(&path)) {
+                    let key = (
+                        -i64::from(*prio),
+                        hr,
+                        p.rank(),
+                        -i64::from(!methods.is_empty()),
+                        i,
+                    );
+                    if best.as_ref().map_or(true, |(k, _)| key < *k) {
+                        best = Some((key, i));
+                    }
+                }
+            }
+        }
+        let want = best.map(|(_, i)| i);
+        assert_eq!(
+            got, want,
+            "host {host:?} path {path:?} method {method}: router chose {got:?}, reference {want:?}\nroutes: {specs:#?}"
+        );
+        if let Some(r) = got {
+            for i in 0..params.len() {
+                let v = params.value(i, path.as_bytes()).expect("param in range");
+                assert!(
+                    !v.is_empty() && !v.contains(&b'/'),
+                    "param {i} of route {r}"
+                );
+            }
+            if let Some(w) = params.wildcard_start {
+                assert!(w <= path.len() && path.as_bytes()[w - 1] == b'/');
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// config
+// ---------------------------------------------------------------------------
+
+/// The TOML loader: never panics; accepted configs are consistent; errors say something.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match ringway::config::from_str(&text) {
+        Ok(cfg) => {
+            assert!(!cfg.server.listen.is_empty());
+            assert!(cfg.server.workers >= 1);
+            assert!(!cfg.upstreams.is_empty() || cfg.routes.is_empty());
+            for u in &cfg.upstreams {
+                assert!(!u.nodes.is_empty(), "upstream {} without nodes", u.name);
+                assert!(u.nodes.iter().all(|n| n.weight >= 1));
+            }
+            for r in &cfg.routes {
+                assert!(r.upstream < cfg.upstreams.len(), "route {} dangles", r.name);
+            }
+            assert_eq!(cfg.router.len(), cfg.routes.len());
+        }
+        Err(e) => assert!(!e.to_string().is_empty(), "empty error for {text:?}"),
+    }
+    // Durations: whatever parses prints back to the same value.
+    if let Some(d) = ringway::config::parse_duration(&text) {
+        let ms = format!("{}ms", d.as_millis());
+        assert_eq!(ringway::config::parse_duration(&ms), Some(d), "{text:?}");
+    }
+}
