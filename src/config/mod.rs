@@ -2,10 +2,11 @@
 //! Shards only ever see these types; the raw serde shapes stay in `raw.rs`.
 
 mod raw;
+mod tls;
 mod validate;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ pub enum DriverKind {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
+    /// TLS settings per listen address, same order as `listen`; `None` for plain listeners.
+    pub tls: Vec<Option<ListenerTls>>,
     pub workers: usize,
     pub cpu_affinity: Option<Vec<usize>>,
     pub driver: DriverKind,
@@ -72,6 +75,13 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
+}
+
+/// A TLS listener: the files it was built from (for SIGHUP) and the built rustls config.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub spec: crate::net::tls::ListenTlsSpec,
+    pub config: Arc<rustls::ServerConfig>,
 }
 
 /// What a consistent-hash upstream hashes on.
@@ -113,6 +123,8 @@ pub struct UpstreamConfig {
     pub max_fails: u32,
     pub fail_timeout: Duration,
     pub pool: PoolConfig,
+    /// `scheme = "https"` / `tls = { ... }`: connections to every node are TLS.
+    pub tls: Option<crate::net::tls_client::UpstreamTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,11 +163,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             format!("cannot read config file {}: {e}", path.display()),
         )
     })?;
-    from_str(&text)
+    // Relative certificate paths are relative to the config file, not the working directory.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    from_str_in(&text, &dir)
 }
 
-/// Parses and validates config text.
+/// Parses and validates config text; relative file paths resolve against the working directory.
 pub fn from_str(text: &str) -> Result<Config, ConfigError> {
+    from_str_in(text, Path::new("."))
+}
+
+/// Parses and validates config text whose relative file paths resolve against `dir`.
+pub fn from_str_in(text: &str, dir: &Path) -> Result<Config, ConfigError> {
     let de = toml::Deserializer::new(text);
     let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -169,7 +191,7 @@ pub fn from_str(text: &str) -> Result<Config, ConfigError> {
         let path = if path == "." { String::new() } else { path };
         ConfigError::new(path, format!("{msg}{loc}"))
     })?;
-    validate::validate(raw)
+    validate::validate(raw, dir)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

@@ -67,6 +67,42 @@ pub enum RawListen {
 #[serde(deny_unknown_fields)]
 pub struct RawListenTable {
     pub addr: String,
+    #[serde(default)]
+    pub tls: Option<bool>,
+    /// First entry is the default certificate.
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+    #[serde(default)]
+    pub sni_strict: Option<bool>,
+    #[serde(default)]
+    pub client_ca: Option<String>,
+    #[serde(default)]
+    pub min_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
+    #[serde(default)]
+    pub sni: Vec<String>,
+}
+
+/// `tls = { ... }` on an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub verify: Option<bool>,
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
 }
 
 /// `workers = 2` or `workers = "auto"`.
@@ -114,6 +150,11 @@ pub struct RawUpstream {
     pub fail_timeout: Option<RawDuration>,
     #[serde(default)]
     pub keepalive_pool: Option<RawPool>,
+    /// `"http"` (default) or `"https"`.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub tls: Option<RawUpstreamTls>,
 }
 
 #[derive(Debug, Deserialize)]

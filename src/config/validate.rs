@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use super::{
     Config, ConfigError, DriverKind, HashOn, NodeConfig, PassHost, PoolConfig, RouteConfig,
     ServerConfig, UpstreamConfig,
 };
+use crate::net::tls::new_ticketer;
 use crate::route::{Cond, RouteSpec, Router};
 use crate::upstream::balance::Policy;
 
@@ -18,8 +20,8 @@ const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "PURGE",
 ];
 
-pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let server = server(&raw)?;
+pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
+    let server = server(&raw, dir)?;
     let demo = match &raw.demo {
         Some(d) => Some(socket_addr("demo.listen", &d.listen)?),
         None => None,
@@ -27,7 +29,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut upstreams = Vec::with_capacity(raw.upstreams.len());
     let mut by_name = HashMap::new();
     for (i, u) in raw.upstreams.iter().enumerate() {
-        let up = upstream(i, u)?;
+        let mut up = upstream(i, u)?;
+        up.tls = super::tls::upstream_tls(i, u, &up.nodes, dir)?;
         if by_name.insert(up.name.clone(), i).is_some() {
             return Err(ConfigError::new(
                 format!("upstreams[{i}].name"),
@@ -63,7 +66,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
-fn server(raw: &RawConfig) -> Result<ServerConfig, ConfigError> {
+fn server(raw: &RawConfig, dir: &Path) -> Result<ServerConfig, ConfigError> {
     let s = &raw.server;
     if s.listen.is_empty() {
         return Err(ConfigError::new(
@@ -72,12 +75,26 @@ fn server(raw: &RawConfig) -> Result<ServerConfig, ConfigError> {
         ));
     }
     let mut listen = Vec::with_capacity(s.listen.len());
+    let mut tls = Vec::with_capacity(s.listen.len());
+    // One ticket-key source for every TLS listener and shard (see net::tls::new_ticketer).
+    let mut ticketer: Option<Arc<dyn rustls::server::ProducesTickets>> = None;
     for (i, l) in s.listen.iter().enumerate() {
         let text = match l {
             RawListen::Addr(a) => a.as_str(),
             RawListen::Table(t) => t.addr.as_str(),
         };
         listen.push(socket_addr(&format!("server.listen[{i}]"), text)?);
+        tls.push(match l {
+            RawListen::Addr(_) => None,
+            RawListen::Table(t) => super::tls::listener_tls(i, t, dir, &mut || match &ticketer {
+                Some(t) => Ok(t.clone()),
+                None => {
+                    let t = new_ticketer()?;
+                    ticketer = Some(t.clone());
+                    Ok(t)
+                }
+            })?,
+        });
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = match &s.workers {
@@ -163,6 +180,7 @@ fn server(raw: &RawConfig) -> Result<ServerConfig, ConfigError> {
     }
     Ok(ServerConfig {
         listen,
+        tls,
         workers,
         cpu_affinity: s.cpu_affinity.clone(),
         driver,
@@ -275,6 +293,7 @@ fn upstream(i: usize, u: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
         max_fails: u.max_fails.unwrap_or(1),
         fail_timeout: dur(&at("fail_timeout"), &u.fail_timeout, 10)?,
         pool,
+        tls: None,
     })
 }
 

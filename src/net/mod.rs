@@ -1,4 +1,7 @@
-//! Sockets: SO_REUSEPORT listeners created before the shards start.
-//! TLS will live here too; nothing here knows about HTTP.
+//! Sockets: SO_REUSEPORT listeners created before the shards start, and TLS on both sides
+//! (termination in `tls`, upstream in `tls_client`); nothing here knows about HTTP.
 
+pub mod guard;
 pub mod listen;
+pub mod tls;
+pub mod tls_client;

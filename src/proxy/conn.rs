@@ -7,15 +7,16 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
-use monoio::net::TcpStream;
 
 use super::io::{read_some, write_all, IoFail};
 use super::tunnel;
 use crate::error::{ClientError, ProxyError};
 use crate::http::parse::{BodyKind, RequestHead, ResponseHead, Status};
 use crate::http::write;
+use crate::net::tls::TlsInfo;
 use crate::route::{Params, RequestView};
 use crate::runtime::shard::Shard;
+use crate::upstream::stream::UpstreamStream;
 
 impl RequestView for RequestHead {
     fn header(&self, name: &str) -> Option<&[u8]> {
@@ -28,7 +29,7 @@ pub(super) enum After {
     KeepAlive,
     Close,
     /// The upstream switched protocols: become a byte tunnel to this stream.
-    Tunnel(TcpStream),
+    Tunnel(UpstreamStream),
 }
 
 /// A client-side byte stream: plain TCP today, TLS later; anything monoio can read, write and split.
@@ -48,6 +49,9 @@ pub(super) struct ClientConn<S> {
     /// Scratch for the path sent upstream.
     pub(super) path: BytesMut,
     pub(super) served: u64,
+    /// What the TLS handshake negotiated (`None` on plain listeners): X-Forwarded-Proto,
+    /// and the verified client identity (mTLS) for plugins and logs.
+    pub(super) tls: Option<Box<TlsInfo>>,
 }
 
 enum HeadRead {
@@ -57,7 +61,12 @@ enum HeadRead {
 }
 
 /// Serves one accepted connection to completion.
-pub async fn serve<S: ClientStream>(shard: Rc<Shard>, stream: S, peer: SocketAddr) {
+pub async fn serve<S: ClientStream>(
+    shard: Rc<Shard>,
+    stream: S,
+    peer: SocketAddr,
+    tls: Option<Box<TlsInfo>>,
+) {
     let _guard = ConnGuard(shard.clone());
     let buf = shard.cfg.server.read_buffer_bytes;
     let mut c = ClientConn {
@@ -71,6 +80,7 @@ pub async fn serve<S: ClientStream>(shard: Rc<Shard>, stream: S, peer: SocketAdd
         params: Params::new(),
         path: BytesMut::with_capacity(256),
         served: 0,
+        tls,
     };
     if let Some(upstream) = c.run(&shard).await {
         let ClientConn {
@@ -97,7 +107,7 @@ impl Drop for ConnGuard {
 }
 
 impl<S: ClientStream> ClientConn<S> {
-    async fn run(&mut self, shard: &Shard) -> Option<TcpStream> {
+    async fn run(&mut self, shard: &Shard) -> Option<UpstreamStream> {
         loop {
             match self.read_head(shard).await {
                 HeadRead::Ready => {}

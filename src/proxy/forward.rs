@@ -6,6 +6,8 @@ use std::time::Instant;
 use bytes::{Buf, BufMut};
 use monoio::net::TcpStream;
 
+use crate::upstream::stream::UpstreamStream;
+
 use super::conn::{After, ClientConn, ClientStream};
 use super::io::{read_some, write_all, IoFail};
 use super::pump::{pump, PumpCfg, PumpFail};
@@ -209,7 +211,11 @@ impl<S: ClientStream> ClientConn<S> {
                     path: &self.path,
                     host,
                     client_ip: self.ip.as_bytes(),
-                    proto: b"http",
+                    proto: if self.tls.is_some() {
+                        b"https"
+                    } else {
+                        b"http"
+                    },
                     body: self.req.body,
                 },
             );
@@ -458,14 +464,31 @@ fn arg<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     })
 }
 
-async fn connect(up: &UpstreamState, node: usize) -> Result<TcpStream, UpstreamError> {
+/// Opens a connection to `node`; for a TLS upstream the handshake counts against the same
+/// connect_timeout, and a failed handshake (bad certificate, wrong name) is a connect failure (502).
+async fn connect(up: &UpstreamState, node: usize) -> Result<UpstreamStream, UpstreamError> {
     let addr = up.cfg.nodes[node].addr;
-    match monoio::time::timeout(up.cfg.connect_timeout, TcpStream::connect_addr(addr)).await {
-        Err(_) => Err(UpstreamError::ConnectTimeout),
-        Ok(Err(_)) => Err(UpstreamError::ConnectRefused),
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
+    let open = async {
+        let s = TcpStream::connect_addr(addr)
+            .await
+            .map_err(|_| UpstreamError::ConnectRefused)?;
+        let _ = s.set_nodelay(true);
+        match &up.cfg.tls {
+            None => Ok(UpstreamStream::Plain(s)),
+            Some(tls) => match crate::net::tls_client::connect(tls, node, s).await {
+                Ok(t) => Ok(UpstreamStream::Tls(Box::new(t))),
+                Err(e) => {
+                    log::warn!(
+                        "upstream {} node {addr}: TLS handshake failed: {e}",
+                        up.cfg.name
+                    );
+                    Err(UpstreamError::ConnectRefused)
+                }
+            },
         }
+    };
+    match monoio::time::timeout(up.cfg.connect_timeout, open).await {
+        Err(_) => Err(UpstreamError::ConnectTimeout),
+        Ok(r) => r,
     }
 }

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split, Splitable};
-use monoio::net::TcpStream;
 
 use super::io::{read_some, write_all, IoFail};
 
@@ -14,14 +13,15 @@ const CHUNK: usize = 16 * 1024;
 
 /// Runs the tunnel. `client_pending` / `upstream_pending` are bytes already read past the
 /// HTTP heads, which belong to the other side.
-pub async fn run<C>(
+pub async fn run<C, U>(
     client: C,
     client_pending: BytesMut,
-    upstream: TcpStream,
+    upstream: U,
     upstream_pending: BytesMut,
     idle: Duration,
 ) where
     C: AsyncReadRent + AsyncWriteRent + Split,
+    U: AsyncReadRent + AsyncWriteRent + Split,
 {
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = upstream.into_split();

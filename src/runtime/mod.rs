@@ -1,5 +1,6 @@
 //! Thread per core: binds listeners, starts one pinned monoio runtime per shard, and turns
-//! SIGTERM/SIGINT into a drain over each shard's control channel. The only code that spans shards.
+//! SIGTERM/SIGINT into a drain and SIGHUP into a certificate reload over each shard's control
+//! channel. The only code that spans shards.
 
 pub mod drain;
 pub mod shard;
@@ -11,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::{Config, DriverKind};
@@ -20,7 +21,7 @@ use shard::{Control, Shard};
 /// Runs the gateway until a termination signal; returns once shards have drained.
 pub fn run(cfg: Config) -> Result<(), String> {
     // Signals are claimed before anything serves, so an early SIGTERM still drains cleanly.
-    let mut signals = Signals::new([SIGTERM, SIGINT])
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let workers = cfg.server.workers;
     let bound =
@@ -47,14 +48,48 @@ pub fn run(cfg: Config) -> Result<(), String> {
         senders.push(tx);
         handles.push(spawn_shard(id, cpu, cfg.clone(), listeners, rx)?);
     }
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            reload_tls(&cfg, &senders);
+            continue;
+        }
         log::info!(
             "signal {sig}: draining (up to {:?})",
             cfg.server.shutdown_timeout
         );
+        break;
     }
     shutdown(&senders, handles, cfg.server.shutdown_timeout);
     Ok(())
+}
+
+/// Re-reads every TLS listener's certificate files (here, on the main thread) and hands the new
+/// configs to the shards. All or nothing: one bad file keeps every listener on its current
+/// certificates. The ticketer is carried over, so tickets issued before the reload still resume.
+fn reload_tls(cfg: &Config, senders: &[Sender<Control>]) {
+    let mut configs = Vec::with_capacity(cfg.server.tls.len());
+    for (i, t) in cfg.server.tls.iter().enumerate() {
+        let Some(t) = t else {
+            configs.push(None);
+            continue;
+        };
+        match crate::net::tls::build_server_config(&t.spec, t.config.ticketer.clone()) {
+            Ok(c) => configs.push(Some(c)),
+            Err(e) => {
+                log::error!("SIGHUP: certificate reload failed for server.listen[{i}], keeping the current certificates: {e}");
+                return;
+            }
+        }
+    }
+    let n = configs.iter().filter(|c| c.is_some()).count();
+    if n == 0 {
+        log::info!("SIGHUP: no TLS listeners, nothing to reload");
+        return;
+    }
+    for tx in senders {
+        let _ = tx.send(Control::ReloadTls(configs.clone()));
+    }
+    log::info!("SIGHUP: TLS certificates reloaded for {n} listener(s)");
 }
 
 fn shutdown(senders: &[Sender<Control>], handles: Vec<JoinHandle<()>>, timeout: Duration) {

@@ -1,14 +1,14 @@
 //! One shard: the state a worker thread owns (upstream pools, balancers, counters) and its
 //! accept and housekeeping loops. Everything here is single-threaded; only `Control` arrives from outside.
 
-use std::cell::Cell;
-use std::net::TcpListener as StdListener;
+use std::cell::{Cell, RefCell};
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
-use monoio::net::TcpListener;
+use monoio::net::{TcpListener, TcpStream};
 
 use super::drain::Drain;
 use crate::config::Config;
@@ -20,6 +20,9 @@ use crate::upstream::UpstreamState;
 pub enum Control {
     /// Stop accepting, finish in-flight requests, exit.
     Shutdown,
+    /// New TLS configs (SIGHUP certificate reload), one per listener in `listen` order (`None`
+    /// for plain ones). Used for new handshakes; open connections keep the session they have.
+    ReloadTls(Vec<Option<Arc<rustls::ServerConfig>>>),
 }
 
 /// Shard-local counters: plain cells, no atomics on the request path.
@@ -39,6 +42,8 @@ pub struct Shard {
     /// Open client connections.
     pub conns: Cell<usize>,
     pub stats: ShardStats,
+    /// Per listener, the TLS config new handshakes use; swapped by `Control::ReloadTls`.
+    pub tls: RefCell<Vec<Option<Arc<rustls::ServerConfig>>>>,
 }
 
 const TICK: Duration = Duration::from_millis(50);
@@ -47,6 +52,13 @@ impl Shard {
     pub fn new(id: usize, cfg: Arc<Config>) -> Shard {
         Shard {
             id,
+            tls: RefCell::new(
+                cfg.server
+                    .tls
+                    .iter()
+                    .map(|t| t.as_ref().map(|t| t.config.clone()))
+                    .collect(),
+            ),
             upstreams: cfg.upstreams.iter().map(UpstreamState::new).collect(),
             limits: HeadLimits {
                 max_header_bytes: cfg.server.max_header_bytes,
@@ -62,10 +74,10 @@ impl Shard {
 
 /// The shard's main future: accept loops plus the control/housekeeping tick.
 pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receiver<Control>) {
-    for l in listeners {
+    for (index, l) in listeners.into_iter().enumerate() {
         match TcpListener::from_std(l) {
             Ok(l) => {
-                monoio::spawn(accept_loop(shard.clone(), l));
+                monoio::spawn(accept_loop(shard.clone(), l, index));
             }
             Err(e) => log::error!("shard {}: cannot adopt listener: {e}", shard.id),
         }
@@ -74,11 +86,20 @@ pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receive
     let mut drain_deadline: Option<Instant> = None;
     loop {
         monoio::time::sleep(TICK).await;
-        // Only one message kind today; later ones (config swaps) get their own arms.
-        if let Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) = control.try_recv() {
-            if !shard.drain.is_draining() {
-                shard.drain.fire();
-                drain_deadline = Some(Instant::now() + shard.cfg.server.shutdown_timeout);
+        loop {
+            match control.try_recv() {
+                Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    if !shard.drain.is_draining() {
+                        shard.drain.fire();
+                        drain_deadline = Some(Instant::now() + shard.cfg.server.shutdown_timeout);
+                    }
+                    break;
+                }
+                Ok(Control::ReloadTls(configs)) => {
+                    *shard.tls.borrow_mut() = configs;
+                    log::debug!("shard {}: TLS certificates swapped", shard.id);
+                }
+                Err(TryRecvError::Empty) => break,
             }
         }
         let now = Instant::now();
@@ -96,7 +117,7 @@ pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receive
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, index: usize) {
     let max = shard.cfg.server.max_connections;
     let mut warned_fd = false;
     loop {
@@ -114,7 +135,16 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 let _ = stream.set_nodelay(true);
                 shard.conns.set(shard.conns.get() + 1);
                 shard.stats.accepted.set(shard.stats.accepted.get() + 1);
-                monoio::spawn(crate::proxy::serve(shard.clone(), stream, peer));
+                // Looked up per connection so a reload applies to the next handshake.
+                let tls = shard.tls.borrow().get(index).cloned().flatten();
+                match tls {
+                    None => {
+                        monoio::spawn(crate::proxy::serve(shard.clone(), stream, peer, None));
+                    }
+                    Some(cfg) => {
+                        monoio::spawn(serve_tls(shard.clone(), cfg, stream, peer));
+                    }
+                }
             }
             Err(e) => {
                 let fd_exhausted = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
@@ -125,6 +155,24 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 // Back off rather than spin on a condition that will not clear by itself.
                 monoio::time::sleep(Duration::from_millis(if fd_exhausted { 50 } else { 5 })).await;
             }
+        }
+    }
+}
+
+/// Handshake on this shard, then the same connection loop as plain TCP.
+async fn serve_tls(
+    shard: Rc<Shard>,
+    cfg: Arc<rustls::ServerConfig>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let limit = shard.cfg.server.client_header_timeout;
+    match crate::net::tls::accept(cfg, stream, limit).await {
+        Ok((tls, info)) => crate::proxy::serve(shard, tls, peer, Some(Box::new(info))).await,
+        Err(e) => {
+            // `serve` (whose guard would decrement) never ran.
+            shard.conns.set(shard.conns.get().saturating_sub(1));
+            log::debug!("shard {}: TLS handshake with {peer} failed: {e}", shard.id);
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod balance;
 pub mod health;
 pub mod pool;
+pub mod stream;
 
 use std::cell::RefCell;
 use std::time::Instant;

@@ -3,19 +3,18 @@
 
 use std::time::Instant;
 
-use monoio::net::TcpStream;
-
+use super::stream::UpstreamStream;
 use crate::config::PoolConfig;
 
 pub struct PooledConn {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     /// Requests already served on this connection.
     pub requests: u32,
     idle_since: Instant,
 }
 
 impl PooledConn {
-    pub fn fresh(stream: TcpStream) -> Self {
+    pub fn fresh(stream: UpstreamStream) -> Self {
         PooledConn {
             stream,
             requests: 0,

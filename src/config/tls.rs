@@ -1,0 +1,148 @@
+//! Validation of the TLS keys: `[[server.listen]]` TLS options and an upstream's `scheme`/`tls`.
+//! Resolves paths against the config's directory and reads the files (main thread only); errors name key and file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::server::ProducesTickets;
+
+use super::raw::{RawListenTable, RawUpstream};
+use super::{ConfigError, ListenerTls, NodeConfig};
+use crate::net::tls::{build_server_config, CertSpec, ListenTlsSpec, MinVersion};
+use crate::net::tls_client::{self, UpstreamTls, UpstreamTlsSpec};
+
+/// `ticketer` is called only when the listener is TLS, so plain configs never create ticket keys.
+pub(super) fn listener_tls(
+    i: usize,
+    t: &RawListenTable,
+    dir: &Path,
+    ticketer: &mut dyn FnMut() -> Result<Arc<dyn ProducesTickets>, String>,
+) -> Result<Option<ListenerTls>, ConfigError> {
+    let at = |key: &str| format!("server.listen[{i}].{key}");
+    if t.tls != Some(true) {
+        let stray = [
+            ("certificates", !t.certificates.is_empty()),
+            ("sni_strict", t.sni_strict.is_some()),
+            ("client_ca", t.client_ca.is_some()),
+            ("min_version", t.min_version.is_some()),
+        ];
+        if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::new(
+                at(key),
+                "only meaningful on a TLS listener; add tls = true",
+            ));
+        }
+        return Ok(None);
+    }
+    if t.certificates.is_empty() {
+        return Err(ConfigError::new(
+            at("certificates"),
+            "a TLS listener needs at least one certificate, e.g. certificates = [{ cert = \"server.pem\", key = \"server.key\" }]",
+        ));
+    }
+    let mut certificates = Vec::with_capacity(t.certificates.len());
+    for (n, c) in t.certificates.iter().enumerate() {
+        for (k, name) in c.sni.iter().enumerate() {
+            let body = name.strip_prefix("*.").unwrap_or(name);
+            if body.is_empty()
+                || body.contains('*')
+                || !body
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                return Err(ConfigError::new(
+                    at(&format!("certificates[{n}].sni[{k}]")),
+                    format!("{name:?} is not a host name or a \"*.suffix\" wildcard"),
+                ));
+            }
+        }
+        certificates.push(CertSpec {
+            cert: dir.join(&c.cert),
+            key: dir.join(&c.key),
+            sni: c.sni.clone(),
+        });
+    }
+    let min_version = match t.min_version.as_deref() {
+        None | Some("1.2") => MinVersion::Tls12,
+        Some("1.3") => MinVersion::Tls13,
+        Some(other) => {
+            return Err(ConfigError::new(
+                at("min_version"),
+                format!("expected \"1.2\" or \"1.3\", got {other:?}"),
+            ))
+        }
+    };
+    let spec = ListenTlsSpec {
+        certificates,
+        sni_strict: t.sni_strict.unwrap_or(false),
+        client_ca: t.client_ca.as_ref().map(|p| dir.join(p)),
+        min_version,
+    };
+    let ticketer = ticketer().map_err(|e| ConfigError::new(at("tls"), e))?;
+    let config = build_server_config(&spec, ticketer)
+        .map_err(|e| ConfigError::new(format!("server.listen[{i}]"), e))?;
+    Ok(Some(ListenerTls { spec, config }))
+}
+
+pub(super) fn upstream_tls(
+    i: usize,
+    u: &RawUpstream,
+    nodes: &[NodeConfig],
+    dir: &Path,
+) -> Result<Option<UpstreamTls>, ConfigError> {
+    let at = |key: &str| format!("upstreams[{i}].{key}");
+    let on = match (u.scheme.as_deref(), &u.tls) {
+        (None | Some("http"), None) => false,
+        (None | Some("https"), Some(_)) | (Some("https"), None) => true,
+        (Some("http"), Some(_)) => {
+            return Err(ConfigError::new(
+                at("tls"),
+                "tls settings need scheme = \"https\" (or leave scheme out)",
+            ))
+        }
+        (Some(other), _) => {
+            return Err(ConfigError::new(
+                at("scheme"),
+                format!("expected \"http\" or \"https\", got {other:?}"),
+            ))
+        }
+    };
+    if !on {
+        return Ok(None);
+    }
+    let mut spec = UpstreamTlsSpec {
+        verify: true,
+        ..Default::default()
+    };
+    if let Some(t) = &u.tls {
+        spec.ca = t.ca.as_ref().map(|p| dir.join(p));
+        spec.sni = t.sni.clone();
+        spec.verify = t.verify.unwrap_or(true);
+        spec.client_cert = match (&t.client_cert, &t.client_key) {
+            (Some(c), Some(k)) => Some((dir.join(c), dir.join(k))),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    at("tls.client_key"),
+                    "client_cert needs client_key",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    at("tls.client_cert"),
+                    "client_key needs client_cert",
+                ))
+            }
+        };
+    }
+    let hosts: Vec<&str> = nodes.iter().map(|n| host_of(&n.host)).collect();
+    tls_client::build(&spec, &hosts)
+        .map(Some)
+        .map_err(|e| ConfigError::new(at("tls"), e))
+}
+
+/// `example.com:443` -> `example.com`, `[::1]:443` -> `::1`.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
