@@ -153,6 +153,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Compiled once and shared read-only by every shard.
     pub router: Arc<Router>,
+    /// Plugin factories (global and per route) and consumers.
+    pub plugins: crate::plugin::PluginSet,
 }
 
 /// Reads and validates a config file.

@@ -1,6 +1,8 @@
 //! The TOML file as written by users: serde structs with `deny_unknown_fields`.
 //! Owns only the file's shape and defaults; meaning and cross-checks live in `validate.rs`.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 /// The whole file.
@@ -14,6 +16,24 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Plugins run for every route (APISIX's global rules), by plugin name.
+    #[serde(default)]
+    pub global_plugins: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub consumers: Vec<RawConsumer>,
+}
+
+/// `[[consumers]]`: a named identity with credentials per auth plugin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsumer {
+    pub username: String,
+    /// Free text for people reading the file; ringway ignores it.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub desc: Option<String>,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +220,9 @@ pub struct RawRoute {
     pub upstream_host: Option<String>,
     #[serde(default)]
     pub enable_websocket: Option<bool>,
+    /// Plugin name -> its table; each plugin validates its own keys.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -57,13 +57,32 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
         specs.push(spec);
     }
     let router = Router::build(&specs).map_err(|e| ConfigError::new("routes", e.to_string()))?;
+    let plugins = plugins(&raw, &by_name, server.workers)?;
     Ok(Config {
         server,
         demo,
         upstreams,
         routes,
         router: Arc::new(router),
+        plugins,
     })
+}
+
+fn plugins(
+    raw: &RawConfig,
+    upstreams: &HashMap<String, usize>,
+    workers: usize,
+) -> Result<crate::plugin::PluginSet, ConfigError> {
+    let routes: Vec<_> = raw.routes.iter().map(|r| &r.plugins).collect();
+    let consumers: Vec<_> = raw
+        .consumers
+        .iter()
+        .map(|c| crate::plugin::consumer::RawConsumerRef {
+            username: &c.username,
+            plugins: &c.plugins,
+        })
+        .collect();
+    crate::plugin::registry::build(&raw.global_plugins, &routes, &consumers, upstreams, workers)
 }
 
 fn server(raw: &RawConfig, dir: &Path) -> Result<ServerConfig, ConfigError> {

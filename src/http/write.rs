@@ -4,6 +4,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::parse::{BodyKind, RequestHead, ResponseHead};
+use crate::plugin::HeaderEdits;
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 7.6.1), plus the
 /// ones the gateway regenerates itself.
@@ -57,6 +58,17 @@ fn header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 
 /// Writes the head sent to the upstream.
 pub fn upstream_request(out: &mut BytesMut, req: &RequestHead, up: &UpstreamRequest<'_>) {
+    upstream_request_edited(out, req, up, &HeaderEdits::default())
+}
+
+/// Writes the head sent to the upstream with plugins' header edits applied (no extra work when
+/// `edits` is empty).
+pub fn upstream_request_edited(
+    out: &mut BytesMut,
+    req: &RequestHead,
+    up: &UpstreamRequest<'_>,
+    edits: &HeaderEdits,
+) {
     out.put_slice(req.method_bytes());
     out.put_u8(b' ');
     out.put_slice(up.path);
@@ -74,7 +86,8 @@ pub fn upstream_request(out: &mut BytesMut, req: &RequestHead, up: &UpstreamRequ
                 17 => name.eq_ignore_ascii_case(b"x-forwarded-proto"),
                 _ => false,
             }
-            || (!req.conn_tokens.is_empty() && req.listed_in_connection(name));
+            || (!req.conn_tokens.is_empty() && req.listed_in_connection(name))
+            || (!edits.is_empty() && edits.drops(name));
         if skip {
             continue;
         }
@@ -82,6 +95,9 @@ pub fn upstream_request(out: &mut BytesMut, req: &RequestHead, up: &UpstreamRequ
         out.put_slice(b": ");
         out.put_slice(req.value(h));
         out.put_slice(b"\r\n");
+    }
+    for (name, value) in edits.written() {
+        header(out, name, value);
     }
     // Earlier proxies' X-Forwarded-For values are kept in order, then this hop's client.
     out.put_slice(b"X-Forwarded-For: ");
@@ -139,10 +155,43 @@ pub fn client_response(
     client_version: u8,
     head_request: bool,
 ) {
+    client_response_edited(
+        out,
+        resp,
+        framing,
+        keep_alive,
+        client_version,
+        head_request,
+        &HeaderEdits::default(),
+        None,
+    )
+}
+
+/// Writes the response head sent to the client with plugins' header edits and status override.
+#[allow(clippy::too_many_arguments)]
+pub fn client_response_edited(
+    out: &mut BytesMut,
+    resp: &ResponseHead,
+    framing: ClientFraming,
+    keep_alive: bool,
+    client_version: u8,
+    head_request: bool,
+    edits: &HeaderEdits,
+    status: Option<u16>,
+) {
     out.put_slice(b"HTTP/1.1 ");
-    put_u64(out, u64::from(resp.status));
-    out.put_u8(b' ');
-    out.put_slice(resp.reason());
+    match status {
+        Some(s) => {
+            put_u64(out, u64::from(s));
+            out.put_u8(b' ');
+            out.put_slice(reason(s).as_bytes());
+        }
+        None => {
+            put_u64(out, u64::from(resp.status));
+            out.put_u8(b' ');
+            out.put_slice(resp.reason());
+        }
+    }
     out.put_slice(b"\r\n");
     let upgrade = resp.status == 101;
     for h in &resp.headers {
@@ -156,10 +205,16 @@ pub fn client_response(
         {
             continue;
         }
+        if !edits.is_empty() && edits.drops(name) {
+            continue;
+        }
         out.put_slice(name);
         out.put_slice(b": ");
         out.put_slice(resp.value(h));
         out.put_slice(b"\r\n");
+    }
+    for (name, value) in edits.written() {
+        header(out, name, value);
     }
     match framing {
         ClientFraming::Length(n) => {
@@ -185,6 +240,7 @@ pub fn reason(status: u16) -> &'static str {
         100 => "Continue",
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",

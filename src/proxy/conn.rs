@@ -49,6 +49,8 @@ pub(super) struct ClientConn<S> {
     /// Scratch for the path sent upstream.
     pub(super) path: BytesMut,
     pub(super) served: u64,
+    /// Per-request plugin context, reused across the connection's requests.
+    pub(super) cx: crate::plugin::Ctx,
     /// What the TLS handshake negotiated (`None` on plain listeners): X-Forwarded-Proto,
     /// and the verified client identity (mTLS) for plugins and logs.
     pub(super) tls: Option<Box<TlsInfo>>,
@@ -80,6 +82,7 @@ pub async fn serve<S: ClientStream>(
         params: Params::new(),
         path: BytesMut::with_capacity(256),
         served: 0,
+        cx: crate::plugin::Ctx::new(shard.id, peer.ip()),
         tls,
     };
     if let Some(upstream) = c.run(&shard).await {
@@ -202,8 +205,8 @@ impl<S: ClientStream> ClientConn<S> {
                 return self.fail(shard, ClientError::BodyTooLarge.into()).await;
             }
         }
-        // Plugin phases (rewrite, access) run here once the plugin chain exists.
-        self.forward(shard, route).await
+        // Plugin phases (rewrite, access, before_upstream) run around the forward; see phases.rs.
+        self.with_plugins(shard, route).await
     }
 
     /// Answers with the gateway's error response. The connection stays open only when the
@@ -228,6 +231,7 @@ impl<S: ClientStream> ClientConn<S> {
         keep: bool,
     ) -> bool {
         shard.stats.errors.set(shard.stats.errors.get() + 1);
+        self.cx.status = err.status();
         self.wbuf.clear();
         write::error_response(&mut self.wbuf, err.status(), err.message(), keep);
         write_all(

@@ -47,8 +47,10 @@ enum Exchange {
 impl<S: ClientStream> ClientConn<S> {
     pub(super) async fn forward(&mut self, shard: &Shard, route_id: usize) -> After {
         let route = &shard.cfg.routes[route_id];
-        let up = &shard.upstreams[route.upstream];
+        // A plugin (traffic-split) may have picked another upstream.
+        let up = &shard.upstreams[self.cx.upstream.unwrap_or(route.upstream)];
         self.build_path(route);
+        self.apply_plugin_uri();
         let hash = if up.cfg.policy == Policy::Chash {
             self.hash_key(&up.cfg.hash_on)
         } else {
@@ -204,7 +206,8 @@ impl<S: ClientStream> ClientConn<S> {
                 PassHost::Pass | PassHost::Node => node_host,
                 PassHost::Rewrite(h) => h.as_bytes(),
             };
-            write::upstream_request(
+            let host = self.cx.host.as_deref().unwrap_or(host);
+            write::upstream_request_edited(
                 &mut self.wbuf,
                 &self.req,
                 &UpstreamRequest {
@@ -218,6 +221,7 @@ impl<S: ClientStream> ClientConn<S> {
                     },
                     body: self.req.body,
                 },
+                &self.cx.req_headers,
             );
         }
         let stream = &mut conn.stream;
@@ -343,19 +347,43 @@ impl<S: ClientStream> ClientConn<S> {
             }
             BodyKind::Chunked | BodyKind::UntilClose => ClientFraming::Close,
         };
+        // Response phases (plugins): header edits, status override, maybe a replacement body.
+        let new_body = self.response_phase(shard);
+        let framing = match &new_body {
+            Some(b) => ClientFraming::Length(b.len() as u64),
+            None => framing,
+        };
         let keep = self.req.keep_alive
             && framing != ClientFraming::Close
             && !shard.drain.is_draining()
             && self.served < server.keepalive_requests;
         self.wbuf.clear();
-        write::client_response(
+        write::client_response_edited(
             &mut self.wbuf,
             &self.resp,
             framing,
             keep,
             self.req.version,
             self.req.method == Method::Head,
+            &self.cx.resp_headers,
+            self.cx.status_override,
         );
+        if let Some(b) = new_body {
+            // The upstream body is not read, so its connection is not reused.
+            if self.req.method != Method::Head {
+                self.wbuf.put_slice(&b);
+            }
+            if write_all(&mut self.stream, &mut self.wbuf, server.send_timeout)
+                .await
+                .is_err()
+            {
+                return Exchange::Abort { node_failed: false };
+            }
+            return Exchange::Done {
+                client: if keep { After::KeepAlive } else { After::Close },
+                reusable: false,
+            };
+        }
         let pc = PumpCfg {
             read_timeout: cfg.read_timeout,
             write_timeout: server.send_timeout,

@@ -42,6 +42,8 @@ pub struct Shard {
     /// Open client connections.
     pub conns: Cell<usize>,
     pub stats: ShardStats,
+    /// This shard's plugin instances (built once per shard) and limit state.
+    pub plugins: crate::plugin::ShardPlugins,
     /// Per listener, the TLS config new handshakes use; swapped by `Control::ReloadTls`.
     pub tls: RefCell<Vec<Option<Arc<rustls::ServerConfig>>>>,
 }
@@ -60,6 +62,7 @@ impl Shard {
                     .collect(),
             ),
             upstreams: cfg.upstreams.iter().map(UpstreamState::new).collect(),
+            plugins: crate::plugin::ShardPlugins::for_shard(&cfg.plugins, id),
             limits: HeadLimits {
                 max_header_bytes: cfg.server.max_header_bytes,
                 max_request_line_bytes: cfg.server.max_request_line_bytes,
@@ -74,6 +77,7 @@ impl Shard {
 
 /// The shard's main future: accept loops plus the control/housekeeping tick.
 pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receiver<Control>) {
+    monoio::spawn(crate::plugin::chain::sync_loop(shard.clone()));
     for (index, l) in listeners.into_iter().enumerate() {
         match TcpListener::from_std(l) {
             Ok(l) => {

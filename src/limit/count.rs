@@ -1,0 +1,279 @@
+//! limit-count's per-shard window counters with node-wide shares (fixed or sliding window).
+//! Pure: time comes in as ms since the node epoch; messages in and out are plain values.
+
+use std::collections::HashMap;
+
+use super::sync::Item;
+use super::weight;
+
+#[derive(Debug, Clone, Copy)]
+pub struct CountParams {
+    pub limit: u64,
+    pub window_ms: u64,
+    pub sliding: bool,
+    /// Keys kept per shard before the oldest-looking are evicted.
+    pub max_keys: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Peer {
+    count: u64,
+    alloc: u64,
+    demand: u32,
+}
+
+#[derive(Debug)]
+struct Entry {
+    window: u64,
+    local: u64,
+    alloc: u64,
+    /// Attempts since the last tick.
+    demand: u32,
+    /// Attempts in the last finished interval: this shard's weight.
+    last_demand: u32,
+    peers: Vec<Peer>,
+    /// Node-wide count of the previous window (sliding windows weigh it in).
+    prev_total: u64,
+    reported: (u64, u64, u32),
+    dirty: bool,
+}
+
+/// The verdict for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Milliseconds until the window resets.
+    pub reset_ms: u64,
+}
+
+pub struct CountLimiter {
+    p: CountParams,
+    me: usize,
+    n: usize,
+    map: HashMap<u64, Entry>,
+    dirty: Vec<u64>,
+}
+
+impl CountLimiter {
+    pub fn new(p: CountParams, me: usize, shards: usize) -> CountLimiter {
+        CountLimiter {
+            p,
+            me,
+            n: shards.max(1),
+            map: HashMap::new(),
+            dirty: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn window(&self, now_ms: u64) -> u64 {
+        now_ms / self.p.window_ms
+    }
+
+    fn entry(&mut self, key: u64, now_ms: u64) -> &mut Entry {
+        if !self.map.contains_key(&key) && self.map.len() >= self.p.max_keys {
+            self.sweep(now_ms);
+            if self.map.len() >= self.p.max_keys {
+                // Still full of live keys: drop one arbitrary key rather than grow.
+                if let Some(k) = self.map.keys().next().copied() {
+                    self.map.remove(&k);
+                }
+            }
+        }
+        let window = self.window(now_ms);
+        let (p, me, n) = (&self.p, self.me, self.n);
+        let e = self.map.entry(key).or_insert_with(|| Entry {
+            window: u64::MAX,
+            local: 0,
+            alloc: 0,
+            demand: 0,
+            last_demand: 0,
+            peers: vec![Peer::default(); n],
+            prev_total: 0,
+            reported: NEVER,
+            dirty: false,
+        });
+        roll(p, me, n, e, window, now_ms);
+        e
+    }
+
+    /// Admits or refuses one request for `key` at `now_ms`. No I/O, no shared state.
+    pub fn check(&mut self, key: u64, now_ms: u64) -> Decision {
+        let window_end = (self.window(now_ms) + 1) * self.p.window_ms;
+        let limit = self.p.limit;
+        let p = self.p;
+        let e = self.entry(key, now_ms);
+        e.demand = e.demand.saturating_add(1);
+        let allowed = e.local < e.alloc;
+        if allowed {
+            e.local += 1;
+        }
+        let newly_dirty = !e.dirty;
+        e.dirty = true;
+        let used = e.local + e.peers.iter().map(|p| p.count).sum::<u64>();
+        let lim = eff_limit(&p, e, now_ms);
+        if newly_dirty {
+            self.dirty.push(key);
+        }
+        Decision {
+            allowed,
+            limit,
+            remaining: lim.saturating_sub(used),
+            reset_ms: window_end - now_ms,
+        }
+    }
+
+    /// Takes in another shard's report.
+    pub fn absorb(&mut self, from: usize, window: u64, items: &[Item], now_ms: u64) {
+        if from >= self.n || from == self.me || window < self.window(now_ms) {
+            return;
+        }
+        for it in items {
+            let e = self.entry(it.key, now_ms);
+            if e.window != window {
+                continue;
+            }
+            e.peers[from] = Peer {
+                count: it.count,
+                alloc: it.alloc,
+                demand: it.demand,
+            };
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty.push(it.key);
+            }
+        }
+    }
+
+    /// The sync tick: recompute shares of keys that changed; return what peers must hear.
+    pub fn tick(&mut self, now_ms: u64) -> (u64, Vec<Item>) {
+        let window = self.window(now_ms);
+        let mut out = Vec::new();
+        let keys = std::mem::take(&mut self.dirty);
+        let mut again = Vec::new();
+        for key in keys {
+            let Some(mut e) = self.map.remove(&key) else {
+                continue;
+            };
+            roll(&self.p, self.me, self.n, &mut e, window, now_ms);
+            e.last_demand = e.demand;
+            e.demand = 0;
+            self.recompute(&mut e, now_ms);
+            let state = (e.local, e.alloc, e.last_demand);
+            if state != e.reported {
+                e.reported = state;
+                out.push(Item {
+                    key,
+                    count: e.local,
+                    alloc: e.alloc,
+                    demand: e.last_demand,
+                });
+            }
+            // Keep a key that just had traffic on the list, so its drop to idle is reported.
+            e.dirty = e.last_demand > 0;
+            if e.dirty {
+                again.push(key);
+            }
+            self.map.insert(key, e);
+        }
+        self.dirty = again;
+        (window, out)
+    }
+
+    fn recompute(&self, e: &mut Entry, now_ms: u64) {
+        let lim = eff_limit(&self.p, e, now_ms);
+        let reserved: u64 = e
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != self.me)
+            .map(|(_, p)| p.count.max(p.alloc))
+            .sum();
+        let remaining = lim.saturating_sub(e.local + reserved);
+        let total = demand_total(self.me, e);
+        let w = weight(e.last_demand, total, self.n);
+        let mut share = (remaining as f64 * w).floor() as u64;
+        if share == 0 && remaining > 0 && e.last_demand > 0 {
+            share = 1;
+        }
+        e.alloc = e.local + share;
+    }
+
+    /// Forgets keys whose window is over and that nobody is touching.
+    pub fn sweep(&mut self, now_ms: u64) {
+        let window = self.window(now_ms);
+        self.map
+            .retain(|_, e| e.dirty || e.window.saturating_add(1) >= window);
+    }
+}
+
+/// "Nothing reported yet in this window", so the first tick always reports.
+const NEVER: (u64, u64, u32) = (u64::MAX, u64::MAX, u32::MAX);
+
+fn eff_limit(p: &CountParams, e: &Entry, now_ms: u64) -> u64 {
+    if !p.sliding || e.prev_total == 0 {
+        return p.limit;
+    }
+    let into = now_ms % p.window_ms;
+    let left = 1.0 - into as f64 / p.window_ms as f64;
+    p.limit
+        .saturating_sub((e.prev_total as f64 * left).floor() as u64)
+}
+
+/// Everyone's last demand, ours included.
+fn demand_total(me: usize, e: &Entry) -> u64 {
+    let peers: u64 = e
+        .peers
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != me)
+        .map(|(_, p)| u64::from(p.demand))
+        .sum();
+    peers + u64::from(e.last_demand)
+}
+
+/// Moves the entry into `window`, estimating each shard's opening share from the demand last
+/// seen, so the shares add up to the limit before any report of the new window arrives.
+fn roll(p: &CountParams, me: usize, n: usize, e: &mut Entry, window: u64, now_ms: u64) {
+    if e.window == window {
+        return;
+    }
+    let total = e.local + e.peers.iter().map(|p| p.count).sum::<u64>();
+    e.prev_total = if e.window != u64::MAX && window == e.window + 1 {
+        total
+    } else {
+        0
+    };
+    e.window = window;
+    e.local = 0;
+    // Peers estimate our opening share; tell them the real one at the next tick.
+    e.reported = NEVER;
+    let lim = eff_limit(p, e, now_ms);
+    let all = demand_total(me, e);
+    for j in 0..n {
+        let d = if j == me {
+            e.last_demand
+        } else {
+            e.peers[j].demand
+        };
+        let share = (lim as f64 * weight(d, all, n)).floor() as u64;
+        if j == me {
+            e.alloc = share;
+        } else {
+            e.peers[j].count = 0;
+            e.peers[j].alloc = share;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,316 @@
+//! Plugin sets: factories from config (`PluginSet`, shared by shards), the per-shard chains
+//! built from them (`ShardPlugins`), the phase runners, and the shard's limit-sync task.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::consumer::Consumers;
+use super::ctx::Ctx;
+use super::{Flow, Plugin, PluginFactory, Reply};
+use crate::http::parse::{RequestHead, ResponseHead};
+use crate::limit::bucket::{Bucket, BucketParams};
+use crate::limit::conc::Concurrency;
+use crate::limit::count::{CountLimiter, CountParams};
+use crate::limit::sync::{Endpoint, Report};
+
+pub type FactoryRef = Arc<dyn PluginFactory>;
+
+/// One request phase of a plugin, so the runner can loop over phases.
+type Phase = fn(&dyn Plugin, &RequestHead, &mut Ctx) -> Flow;
+
+/// What a limiter id stands for; each shard builds one state machine per id.
+#[derive(Debug, Clone)]
+pub enum LimiterSpec {
+    Count(CountParams),
+    Req(BucketParams),
+    Conn { max_keys: usize },
+}
+
+/// All plugin configuration, validated and ready to build on each shard.
+pub struct PluginSet {
+    /// `[global_plugins]`, run for every route before the route's own.
+    pub global: Vec<FactoryRef>,
+    /// Per route (same index as `Config::routes`), sorted by priority.
+    pub routes: Vec<Vec<FactoryRef>>,
+    pub consumers: Arc<Consumers>,
+    pub limiters: Vec<LimiterSpec>,
+    /// How often shards exchange limit state.
+    pub sync_interval: Duration,
+    /// Node-wide time origin, so every shard agrees on window boundaries.
+    pub epoch: Instant,
+    /// Each shard's end of the limit-sync mesh, taken once when the shard starts.
+    pub endpoints: Mutex<Vec<Option<Endpoint>>>,
+}
+
+impl Default for PluginSet {
+    fn default() -> Self {
+        PluginSet {
+            global: Vec::new(),
+            routes: Vec::new(),
+            consumers: Arc::new(Consumers::default()),
+            limiters: Vec::new(),
+            sync_interval: Duration::from_millis(20),
+            epoch: Instant::now(),
+            endpoints: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl std::fmt::Debug for PluginSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |v: &Vec<FactoryRef>| v.iter().map(|p| p.name()).collect::<Vec<_>>();
+        f.debug_struct("PluginSet")
+            .field("global", &names(&self.global))
+            .field("routes", &self.routes.iter().map(names).collect::<Vec<_>>())
+            .field("consumers", &self.consumers)
+            .field("limiters", &self.limiters.len())
+            .finish()
+    }
+}
+
+/// Config-time state shared by the plugin builders of one load.
+pub struct BuildCx<'a> {
+    pub upstreams: &'a HashMap<String, usize>,
+    pub consumers: Arc<Consumers>,
+    pub limiters: Vec<LimiterSpec>,
+    /// limit-count `group` -> (limiter id, the config it was defined with).
+    pub groups: HashMap<String, (u32, String)>,
+    pub sync_interval: Option<Duration>,
+}
+
+impl BuildCx<'_> {
+    pub fn add_limiter(&mut self, spec: LimiterSpec) -> u32 {
+        self.limiters.push(spec);
+        (self.limiters.len() - 1) as u32
+    }
+
+    /// Shards exchange state at the shortest interval any limiter asks for.
+    pub fn want_sync(&mut self, d: Duration) {
+        self.sync_interval = Some(self.sync_interval.map_or(d, |s| s.min(d)));
+    }
+}
+
+/// One shard's limiter state machines, by limiter id.
+#[derive(Clone)]
+pub enum ShardLimiter {
+    Count(Rc<RefCell<CountLimiter>>),
+    Req(Rc<RefCell<Bucket>>),
+    Conn(Rc<RefCell<Concurrency>>),
+}
+
+/// What a factory may use to build a shard's instance.
+pub struct ShardCx {
+    pub id: usize,
+    pub shards: usize,
+    pub epoch: Instant,
+    pub consumers: Arc<Consumers>,
+    pub limiters: Vec<ShardLimiter>,
+}
+
+/// A shard's plugin chains and limit state.
+pub struct ShardPlugins {
+    /// Per route: global instances, then the route's.
+    chains: Vec<Vec<Rc<dyn Plugin>>>,
+    limiters: Vec<ShardLimiter>,
+    endpoint: Endpoint,
+    epoch: Instant,
+    sync_interval: Duration,
+}
+
+impl ShardPlugins {
+    /// Builds shard `id`'s chains, taking its sync endpoint from the set (startup only).
+    pub fn for_shard(set: &PluginSet, id: usize) -> ShardPlugins {
+        let ep = set
+            .endpoints
+            .lock()
+            .ok()
+            .and_then(|mut v| v.get_mut(id).and_then(Option::take));
+        ShardPlugins::new(set, ep.unwrap_or_else(Endpoint::solo))
+    }
+
+    pub fn new(set: &PluginSet, endpoint: Endpoint) -> ShardPlugins {
+        let (id, shards) = (endpoint.id, endpoint.shards);
+        let limiters = set
+            .limiters
+            .iter()
+            .map(|s| match s {
+                LimiterSpec::Count(p) => {
+                    ShardLimiter::Count(Rc::new(RefCell::new(CountLimiter::new(*p, id, shards))))
+                }
+                LimiterSpec::Req(p) => {
+                    ShardLimiter::Req(Rc::new(RefCell::new(Bucket::new(p.clone(), id, shards))))
+                }
+                LimiterSpec::Conn { max_keys } => ShardLimiter::Conn(Rc::new(RefCell::new(
+                    Concurrency::new(id, shards, *max_keys),
+                ))),
+            })
+            .collect::<Vec<_>>();
+        let cx = ShardCx {
+            id,
+            shards,
+            epoch: set.epoch,
+            consumers: set.consumers.clone(),
+            limiters: limiters.clone(),
+        };
+        let global: Vec<Rc<dyn Plugin>> = set.global.iter().map(|f| f.build(&cx)).collect();
+        let chains = set
+            .routes
+            .iter()
+            .map(|r| {
+                let mut c = global.clone();
+                c.extend(r.iter().map(|f| f.build(&cx)));
+                c
+            })
+            .collect();
+        ShardPlugins {
+            chains,
+            limiters,
+            endpoint,
+            epoch: set.epoch,
+            sync_interval: set.sync_interval,
+        }
+    }
+
+    /// The route's chain; empty when neither it nor the global set has plugins.
+    #[inline]
+    pub fn chain(&self, route: usize) -> &[Rc<dyn Plugin>] {
+        self.chains.get(route).map_or(&[], |c| c.as_slice())
+    }
+
+    /// Runs rewrite, access and before_upstream over the chain (phase by phase, as APISIX
+    /// does). A plugin's reply carries the response header edits made so far.
+    pub fn request_phases(&self, route: usize, req: &RequestHead, cx: &mut Ctx) -> Option<Reply> {
+        let chain = self.chain(route);
+        let phases: [Phase; 3] = [
+            |p, r, c| p.rewrite(r, c),
+            |p, r, c| p.access(r, c),
+            |p, r, c| p.before_upstream(r, c),
+        ];
+        for phase in phases {
+            for p in chain {
+                if let Flow::Respond(mut reply) = phase(p.as_ref(), req, cx) {
+                    for (n, v) in cx.resp_headers.written() {
+                        if !reply.headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n)) {
+                            reply
+                                .headers
+                                .push((Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)));
+                        }
+                    }
+                    return Some(reply);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn response_headers(&self, route: usize, resp: &ResponseHead, cx: &mut Ctx) {
+        for p in self.chain(route) {
+            p.response_headers(resp, cx);
+        }
+    }
+
+    /// The last replacement body any plugin asked for.
+    pub fn response_body(&self, route: usize, cx: &mut Ctx) -> Option<Bytes> {
+        let mut body = None;
+        for p in self.chain(route) {
+            if let Some(b) = p.response_body(cx) {
+                body = Some(b);
+            }
+        }
+        body
+    }
+
+    pub fn log(&self, route: usize, cx: &mut Ctx) {
+        for p in self.chain(route) {
+            p.log(cx);
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn has_limiters(&self) -> bool {
+        !self.limiters.is_empty()
+    }
+
+    pub fn sync_interval(&self) -> Duration {
+        self.sync_interval
+    }
+
+    /// One sync tick: take in peers' reports, recompute shares, tell peers what changed.
+    pub fn sync_tick(&self, sweep: bool) {
+        let now = self.now_ms();
+        let me = self.endpoint.id as u16;
+        while let Ok(r) = self.endpoint.rx.try_recv() {
+            match self.limiters.get(r.limiter as usize) {
+                Some(ShardLimiter::Count(l)) => {
+                    l.borrow_mut()
+                        .absorb(r.from as usize, r.window, &r.items, now)
+                }
+                Some(ShardLimiter::Req(l)) => l.borrow_mut().absorb(r.from as usize, &r.items),
+                Some(ShardLimiter::Conn(l)) => l.borrow_mut().absorb(r.from as usize, &r.items),
+                None => {}
+            }
+        }
+        for (i, l) in self.limiters.iter().enumerate() {
+            let (window, items) = match l {
+                ShardLimiter::Count(l) => {
+                    let mut l = l.borrow_mut();
+                    if sweep {
+                        l.sweep(now);
+                    }
+                    l.tick(now)
+                }
+                ShardLimiter::Req(l) => {
+                    let mut l = l.borrow_mut();
+                    if sweep {
+                        l.sweep(now);
+                    }
+                    (0, l.tick())
+                }
+                ShardLimiter::Conn(l) => {
+                    let mut l = l.borrow_mut();
+                    if sweep {
+                        l.sweep();
+                    }
+                    (0, l.tick())
+                }
+            };
+            if !items.is_empty() && self.endpoint.shards > 1 {
+                self.endpoint.broadcast(Report {
+                    limiter: i as u32,
+                    from: me,
+                    window,
+                    items,
+                });
+            }
+        }
+    }
+}
+
+/// The shard's limit-sync task: ticks at the configured interval until the shard drains.
+pub async fn sync_loop(shard: Rc<crate::runtime::shard::Shard>) {
+    let plugins = &shard.plugins;
+    if !plugins.has_limiters() {
+        return;
+    }
+    let every = plugins.sync_interval();
+    let mut last_sweep = Instant::now();
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(every) => {}
+            _ = shard.drain.wait() => return,
+        }
+        let sweep = last_sweep.elapsed() >= Duration::from_secs(1);
+        if sweep {
+            last_sweep = Instant::now();
+        }
+        plugins.sync_tick(sweep);
+    }
+}

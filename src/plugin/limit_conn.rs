@@ -1,0 +1,141 @@
+//! limit-conn (priority 1003): concurrent requests per key (conn + burst, the excess delayed),
+//! counted node-wide from shards' reports. Takes a slot in access, gives it back in log.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
+use super::consumer::Consumers;
+use super::limit_count::{reject_reply, rejection};
+use super::util::{duration, err, key_hash, key_parts, parse, positive, KeyPart, RawDur};
+use super::{Ctx, Flow, Plugin, PluginFactory};
+use crate::config::ConfigError;
+use crate::http::parse::RequestHead;
+use crate::limit::conc::Concurrency;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Conf {
+    conn: i64,
+    #[serde(default)]
+    burst: i64,
+    #[serde(default)]
+    default_conn_delay: Option<RawDur>,
+    #[serde(default)]
+    only_use_default_delay: Option<bool>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    key_type: Option<String>,
+    #[serde(default)]
+    rejected_code: Option<u16>,
+    #[serde(default)]
+    rejected_msg: Option<String>,
+    #[serde(default)]
+    max_keys: Option<usize>,
+}
+
+pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+    let c: Conf = parse(v, path)?;
+    let conn = positive(path, "conn", c.conn)?;
+    if c.burst < 0 {
+        return Err(err(
+            path,
+            "burst",
+            format!("expected an integer >= 0, got {}", c.burst),
+        ));
+    }
+    let _ = (c.key_type, c.only_use_default_delay);
+    let delay = match &c.default_conn_delay {
+        Some(d) => duration(path, "default_conn_delay", d)?,
+        None => Duration::from_millis(100),
+    };
+    let key = key_parts(
+        &format!("{path}.key"),
+        c.key.as_deref().unwrap_or("remote_addr"),
+    )?;
+    let (code, msg) = rejection(path, c.rejected_code, c.rejected_msg)?;
+    cx.want_sync(Duration::from_millis(20));
+    let limiter = cx.add_limiter(LimiterSpec::Conn {
+        max_keys: c.max_keys.unwrap_or(100_000).max(1),
+    });
+    Ok(Arc::new(Factory(Arc::new(Shared {
+        limiter,
+        key,
+        conn,
+        max: conn + c.burst as u64,
+        delay,
+        code,
+        msg,
+    }))))
+}
+
+struct Shared {
+    limiter: u32,
+    key: Vec<KeyPart>,
+    conn: u64,
+    max: u64,
+    delay: Duration,
+    code: u16,
+    msg: Option<String>,
+}
+
+struct Factory(Arc<Shared>);
+
+impl PluginFactory for Factory {
+    fn name(&self) -> &'static str {
+        "limit-conn"
+    }
+    fn priority(&self) -> i32 {
+        1003
+    }
+    fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
+        let state = match shard.limiters.get(self.0.limiter as usize) {
+            Some(ShardLimiter::Conn(l)) => l.clone(),
+            _ => Rc::new(RefCell::new(Concurrency::new(0, 1, 1))),
+        };
+        Rc::new(LimitConn {
+            s: self.0.clone(),
+            state,
+            consumers: shard.consumers.clone(),
+        })
+    }
+}
+
+struct LimitConn {
+    s: Arc<Shared>,
+    state: Rc<RefCell<Concurrency>>,
+    consumers: Arc<Consumers>,
+}
+
+impl Plugin for LimitConn {
+    fn name(&self) -> &'static str {
+        "limit-conn"
+    }
+
+    fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
+        let key = key_hash(&self.s.key, req, cx, self.consumers.name(cx.consumer));
+        match self.state.borrow_mut().acquire(key, self.s.max) {
+            None => Flow::Respond(reject_reply(self.s.code, &self.s.msg)),
+            Some(total) => {
+                cx.held.push((self.s.limiter, key));
+                if total > self.s.conn {
+                    // In the burst: admitted, but after a delay per excess request (as APISIX).
+                    cx.delay += self.s.delay * (total - self.s.conn) as u32;
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    fn log(&self, cx: &mut Ctx) {
+        if let Some(pos) = cx.held.iter().position(|&(l, _)| l == self.s.limiter) {
+            let (_, key) = cx.held.swap_remove(pos);
+            self.state.borrow_mut().release(key);
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! limit-count (priority 1002): N requests per time window per key, node-wide via the shard's
+//! `CountLimiter` share. Sends X-RateLimit-* headers; never blocks or locks.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
+use super::consumer::Consumers;
+use super::util::{duration, err, key_hash, key_parts, num, parse, positive, KeyPart, RawDur};
+use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use crate::config::ConfigError;
+use crate::http::parse::RequestHead;
+use crate::limit::count::{CountLimiter, CountParams};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Conf {
+    count: i64,
+    time_window: i64,
+    #[serde(default)]
+    key: Option<String>,
+    /// Accepted for APISIX compatibility: "var" and "var_combination" both parse `key`.
+    #[serde(default)]
+    key_type: Option<String>,
+    #[serde(default)]
+    rejected_code: Option<u16>,
+    #[serde(default)]
+    rejected_msg: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    window: Option<String>,
+    #[serde(default)]
+    show_limit_quota_header: Option<bool>,
+    #[serde(default)]
+    sync_interval: Option<RawDur>,
+    #[serde(default)]
+    max_keys: Option<usize>,
+    /// Only "local" exists in ringway (node-wide across shards); see README.
+    #[serde(default)]
+    policy: Option<String>,
+}
+
+/// Status and body for a rejection, shared by the limit plugins.
+pub fn rejection(
+    path: &str,
+    code: Option<u16>,
+    msg: Option<String>,
+) -> Result<(u16, Option<String>), ConfigError> {
+    let code = code.unwrap_or(503);
+    if !(200..=599).contains(&code) {
+        return Err(err(
+            path,
+            "rejected_code",
+            format!("expected 200..=599, got {code}"),
+        ));
+    }
+    Ok((code, msg))
+}
+
+pub fn reject_reply(code: u16, msg: &Option<String>) -> Reply {
+    match msg {
+        Some(m) => Reply::json_message(code, m),
+        None => Reply::json_message(code, crate::http::write::reason(code)),
+    }
+}
+
+pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+    let c: Conf = parse(v, path)?;
+    let count = positive(path, "count", c.count)?;
+    let window_s = positive(path, "time_window", c.time_window)?;
+    let key = key_parts(
+        &format!("{path}.key"),
+        c.key.as_deref().unwrap_or("remote_addr"),
+    )?;
+    if let Some(t) = c.key_type.as_deref() {
+        if !matches!(t, "var" | "var_combination" | "constant") {
+            return Err(err(
+                path,
+                "key_type",
+                format!("expected \"var\", \"var_combination\" or \"constant\", got {t:?}"),
+            ));
+        }
+    }
+    if let Some(p) = c.policy.as_deref() {
+        if p != "local" {
+            return Err(err(
+                path,
+                "policy",
+                format!("only \"local\" (node-wide across shards) is supported, got {p:?}"),
+            ));
+        }
+    }
+    let sliding = match c.window.as_deref() {
+        None | Some("fixed") => false,
+        Some("sliding") => true,
+        Some(o) => {
+            return Err(err(
+                path,
+                "window",
+                format!("expected \"fixed\" or \"sliding\", got {o:?}"),
+            ))
+        }
+    };
+    let sync = match &c.sync_interval {
+        Some(d) => duration(path, "sync_interval", d)?,
+        None => std::time::Duration::from_millis(20),
+    };
+    if sync.as_millis() < 1 || sync.as_secs() > 10 {
+        return Err(err(path, "sync_interval", "expected 1ms..=10s"));
+    }
+    cx.want_sync(sync);
+    let (code, msg) = rejection(path, c.rejected_code, c.rejected_msg)?;
+    let max_keys = c.max_keys.unwrap_or(100_000).max(1);
+    let params = CountParams {
+        limit: count,
+        window_ms: window_s * 1000,
+        sliding,
+        max_keys,
+    };
+    let limiter = match &c.group {
+        Some(g) => {
+            let print = format!("{count}/{window_s}/{sliding}");
+            match cx.groups.get(g) {
+                Some((id, p)) if *p == print => *id,
+                Some(_) => {
+                    return Err(err(path, "group", format!("group {g:?} is already defined with a different count/time_window/window; routes sharing a group must agree")))
+                }
+                None => {
+                    let id = cx.add_limiter(LimiterSpec::Count(params));
+                    cx.groups.insert(g.clone(), (id, print));
+                    id
+                }
+            }
+        }
+        None => cx.add_limiter(LimiterSpec::Count(params)),
+    };
+    Ok(Arc::new(Factory(Arc::new(Shared {
+        limiter,
+        key,
+        code,
+        msg,
+        headers: c.show_limit_quota_header.unwrap_or(true),
+    }))))
+}
+
+struct Shared {
+    limiter: u32,
+    key: Vec<KeyPart>,
+    code: u16,
+    msg: Option<String>,
+    headers: bool,
+}
+
+struct Factory(Arc<Shared>);
+
+impl PluginFactory for Factory {
+    fn name(&self) -> &'static str {
+        "limit-count"
+    }
+    fn priority(&self) -> i32 {
+        1002
+    }
+    fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
+        let state = match shard.limiters.get(self.0.limiter as usize) {
+            Some(ShardLimiter::Count(l)) => l.clone(),
+            // Unreachable with a validated config; a fresh private limiter keeps it safe.
+            _ => Rc::new(RefCell::new(CountLimiter::new(
+                CountParams {
+                    limit: 1,
+                    window_ms: 1000,
+                    sliding: false,
+                    max_keys: 1,
+                },
+                0,
+                1,
+            ))),
+        };
+        Rc::new(LimitCount {
+            s: self.0.clone(),
+            state,
+            epoch: shard.epoch,
+            consumers: shard.consumers.clone(),
+        })
+    }
+}
+
+struct LimitCount {
+    s: Arc<Shared>,
+    state: Rc<RefCell<CountLimiter>>,
+    epoch: std::time::Instant,
+    consumers: Arc<Consumers>,
+}
+
+impl Plugin for LimitCount {
+    fn name(&self) -> &'static str {
+        "limit-count"
+    }
+
+    fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
+        let key = key_hash(&self.s.key, req, cx, self.consumers.name(cx.consumer));
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let d = self.state.borrow_mut().check(key, now);
+        if self.s.headers {
+            let mut buf = [0u8; 20];
+            cx.resp_headers
+                .set(b"X-RateLimit-Limit", num(d.limit, &mut buf));
+            cx.resp_headers
+                .set(b"X-RateLimit-Remaining", num(d.remaining, &mut buf));
+            cx.resp_headers.set(
+                b"X-RateLimit-Reset",
+                num(d.reset_ms.div_ceil(1000), &mut buf),
+            );
+        }
+        if d.allowed {
+            Flow::Continue
+        } else {
+            Flow::Respond(reject_reply(self.s.code, &self.s.msg))
+        }
+    }
+}

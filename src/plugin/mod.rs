@@ -1,0 +1,117 @@
+//! The plugin chain: the `Plugin` trait (one method per phase), factories built once from
+//! validated config, and the per-request `Ctx`. Must not do I/O; the proxy drives the phases.
+//!
+//! Phase order for one request (see README "Plugins"):
+//! `rewrite` -> `access` -> `before_upstream` -> [upstream] -> `response_headers`
+//! -> `response_body` -> `log`. Within a phase the global chain runs first, then the route's
+//! chain; within each chain, higher priority runs first (APISIX's numbers).
+
+pub mod chain;
+pub mod consumer;
+pub mod ctx;
+pub mod registry;
+pub mod util;
+
+mod basic_auth;
+mod jwt_auth;
+mod key_auth;
+mod limit_conn;
+mod limit_count;
+mod limit_req;
+mod response_rewrite;
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::http::parse::{RequestHead, ResponseHead};
+
+pub use chain::{PluginSet, ShardPlugins};
+pub use ctx::{Ctx, HeaderEdits};
+
+/// A plugin's own answer, sent instead of going upstream.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(Bytes, Bytes)>,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn new(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// `{"message":"..."}`, the shape APISIX's plugins answer with.
+    pub fn json_message(status: u16, message: &str) -> Reply {
+        let body = serde_json::json!({ "message": message }).to_string();
+        Reply::new(status)
+            .header("Content-Type", "application/json")
+            .body(body)
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<Bytes>) -> Reply {
+        self.headers
+            .push((Bytes::copy_from_slice(name.as_bytes()), value.into()));
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<Bytes>) -> Reply {
+        self.body = body.into();
+        self
+    }
+}
+
+/// What a request phase decided.
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    /// End the request here with this response; later request phases and the upstream are skipped.
+    Respond(Reply),
+}
+
+/// One plugin instance on one shard. Every phase has a no-op default, so a plugin writes only
+/// what it needs. Instances are built once per shard; state lives in `Cell`/`RefCell`.
+pub trait Plugin {
+    fn name(&self) -> &'static str;
+
+    /// First look at the request: rewrite it (uri, host, headers) before any decision.
+    fn rewrite(&self, _req: &RequestHead, _cx: &mut Ctx) -> Flow {
+        Flow::Continue
+    }
+
+    /// Decide: authenticate, authorise, rate-limit. May end the request.
+    fn access(&self, _req: &RequestHead, _cx: &mut Ctx) -> Flow {
+        Flow::Continue
+    }
+
+    /// Last chance before the upstream is contacted (upstream choice, final header edits).
+    fn before_upstream(&self, _req: &RequestHead, _cx: &mut Ctx) -> Flow {
+        Flow::Continue
+    }
+
+    /// The upstream's response head arrived; record header edits or a status override in `cx`.
+    fn response_headers(&self, _resp: &ResponseHead, _cx: &mut Ctx) {}
+
+    /// A replacement for the upstream response body, if this plugin wants one.
+    fn response_body(&self, _cx: &mut Ctx) -> Option<Bytes> {
+        None
+    }
+
+    /// After the response went out (or the request failed); always runs once per request
+    /// that reached the chain, so state taken in `access` (e.g. limit-conn) is given back.
+    fn log(&self, _cx: &mut Ctx) {}
+}
+
+/// Built once from validated config, shared by every shard.
+pub trait PluginFactory: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Higher runs first (APISIX priorities, listed in README "Plugins").
+    fn priority(&self) -> i32;
+    /// Builds this shard's instance with its own shard-local state.
+    fn build(&self, shard: &chain::ShardCx) -> Rc<dyn Plugin>;
+}

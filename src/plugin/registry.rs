@@ -1,0 +1,97 @@
+//! The compiled-in plugins by name, and the builder that turns the config's plugin tables into
+//! a `PluginSet`. Runs at load time only; errors name the route (or consumer) and the plugin.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::chain::{BuildCx, FactoryRef, PluginSet};
+use super::consumer::{self, RawConsumerRef};
+use crate::config::ConfigError;
+
+type Builder = fn(&toml::Value, &str, &mut BuildCx) -> Result<FactoryRef, ConfigError>;
+
+/// Every plugin ringway knows, with its APISIX priority (higher runs first).
+pub const PLUGINS: &[(&str, i32, Builder)] = &[
+    ("basic-auth", 2520, super::basic_auth::factory),
+    ("jwt-auth", 2510, super::jwt_auth::factory),
+    ("key-auth", 2500, super::key_auth::factory),
+    ("limit-conn", 1003, super::limit_conn::factory),
+    ("limit-count", 1002, super::limit_count::factory),
+    ("limit-req", 1001, super::limit_req::factory),
+    ("response-rewrite", 899, super::response_rewrite::factory),
+];
+
+fn builder(name: &str) -> Option<Builder> {
+    PLUGINS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, b)| *b)
+}
+
+fn chain(
+    plugins: &BTreeMap<String, toml::Value>,
+    at: &str,
+    cx: &mut BuildCx,
+) -> Result<Vec<FactoryRef>, ConfigError> {
+    let mut out = Vec::with_capacity(plugins.len());
+    for (name, v) in plugins {
+        let path = format!("{at}.{name}");
+        let Some(b) = builder(name) else {
+            let known: Vec<&str> = PLUGINS.iter().map(|(n, _, _)| *n).collect();
+            return Err(ConfigError::new(
+                path,
+                format!("unknown plugin {name:?}; known plugins: {known:?}"),
+            ));
+        };
+        if !v.is_table() {
+            return Err(ConfigError::new(
+                path,
+                "expected a table, e.g. [routes.plugins.key-auth]",
+            ));
+        }
+        out.push(b(v, &path, cx)?);
+    }
+    // Stable sort: equal priorities keep name order, so the order is the same on every load.
+    out.sort_by_key(|f| std::cmp::Reverse(f.priority()));
+    Ok(out)
+}
+
+/// Builds every plugin factory and the consumer table from the config's raw tables.
+pub fn build(
+    global: &BTreeMap<String, toml::Value>,
+    routes: &[&BTreeMap<String, toml::Value>],
+    consumers: &[RawConsumerRef<'_>],
+    upstreams: &HashMap<String, usize>,
+    workers: usize,
+) -> Result<PluginSet, ConfigError> {
+    let consumers = Arc::new(consumer::build(consumers)?);
+    let mut cx = BuildCx {
+        upstreams,
+        consumers: consumers.clone(),
+        limiters: Vec::new(),
+        groups: HashMap::new(),
+        sync_interval: None,
+    };
+    let global = chain(global, "global_plugins", &mut cx)?;
+    let mut per_route = Vec::with_capacity(routes.len());
+    for (i, r) in routes.iter().enumerate() {
+        per_route.push(chain(r, &format!("routes[{i}].plugins"), &mut cx)?);
+    }
+    let mut set = PluginSet {
+        global,
+        routes: per_route,
+        consumers,
+        limiters: cx.limiters,
+        ..PluginSet::default()
+    };
+    set.endpoints = std::sync::Mutex::new(
+        crate::limit::sync::mesh(workers)
+            .into_iter()
+            .map(Some)
+            .collect(),
+    );
+    if let Some(d) = cx.sync_interval {
+        set.sync_interval = d;
+    }
+    Ok(set)
+}

@@ -1,0 +1,202 @@
+//! response-rewrite (priority 899): status, headers (set/add/remove) and body of the response
+//! to the client. Header values may use `$remote_addr`, `$consumer_name`, `$route_name`,
+//! `$request_id`, `$shard_id`. Records edits in `Ctx`; the writer applies them.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::chain::{BuildCx, FactoryRef, ShardCx};
+use super::consumer::Consumers;
+use super::util::{err, parse};
+use super::{Ctx, Plugin, PluginFactory};
+use crate::config::ConfigError;
+use crate::http::parse::ResponseHead;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderConf {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: Vec<String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Conf {
+    #[serde(default)]
+    status_code: Option<u16>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    body_base64: bool,
+    #[serde(default)]
+    headers: Option<HeaderConf>,
+}
+
+/// A header edit list checked at load time: `add` entries are `"Name: value"`.
+pub struct Edits {
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+pub fn edits(h: Option<HeaderConf>, path: &str) -> Result<Edits, ConfigError> {
+    let h = h.unwrap_or_default();
+    let valid = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+    };
+    let mut add = Vec::new();
+    for (i, a) in h.add.iter().enumerate() {
+        let Some((n, v)) = a.split_once(':').filter(|(n, _)| valid(n.trim())) else {
+            return Err(err(
+                path,
+                &format!("headers.add[{i}]"),
+                format!("{a:?} must be \"Name: value\""),
+            ));
+        };
+        add.push((n.trim().to_string(), v.trim().to_string()));
+    }
+    for n in h.set.keys().chain(h.remove.iter()) {
+        if !valid(n) {
+            return Err(err(path, "headers", format!("{n:?} is not a header name")));
+        }
+    }
+    Ok(Edits {
+        set: h.set.into_iter().collect(),
+        add,
+        remove: h.remove,
+    })
+}
+
+pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+    let c: Conf = parse(v, path)?;
+    if let Some(s) = c.status_code {
+        if !(200..=598).contains(&s) {
+            return Err(err(
+                path,
+                "status_code",
+                format!("expected 200..=598, got {s}"),
+            ));
+        }
+    }
+    let body = match c.body {
+        Some(b) if c.body_base64 => Some(Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(b.as_bytes())
+                .map_err(|e| {
+                    err(
+                        path,
+                        "body",
+                        format!("body_base64 is set but body is not base64: {e}"),
+                    )
+                })?,
+        )),
+        Some(b) => Some(Bytes::from(b)),
+        None => None,
+    };
+    let edits = edits(c.headers, path)?;
+    Ok(Arc::new(Factory(Arc::new(Shared {
+        status: c.status_code,
+        body,
+        edits,
+    }))))
+}
+
+struct Shared {
+    status: Option<u16>,
+    body: Option<Bytes>,
+    edits: Edits,
+}
+
+struct Factory(Arc<Shared>);
+
+impl PluginFactory for Factory {
+    fn name(&self) -> &'static str {
+        "response-rewrite"
+    }
+    fn priority(&self) -> i32 {
+        899
+    }
+    fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
+        Rc::new(ResponseRewrite {
+            s: self.0.clone(),
+            consumers: shard.consumers.clone(),
+            shard: shard.id.to_string(),
+            // A per-shard copy, so handing it out never touches a shared reference count.
+            body: self.0.body.as_ref().map(|b| Bytes::copy_from_slice(b)),
+        })
+    }
+}
+
+struct ResponseRewrite {
+    s: Arc<Shared>,
+    consumers: Arc<Consumers>,
+    shard: String,
+    body: Option<Bytes>,
+}
+
+/// Expands `$var` in a configured value; unknown variables expand to nothing (as nginx).
+pub fn expand(v: &str, cx: &Ctx, consumers: &Consumers, shard: &str, out: &mut Vec<u8>) {
+    out.clear();
+    let mut rest = v;
+    while let Some(at) = rest.find('$') {
+        out.extend_from_slice(&rest.as_bytes()[..at]);
+        let tail = &rest[at + 1..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        match &tail[..end] {
+            "remote_addr" => out.extend_from_slice(cx.client_ip.to_string().as_bytes()),
+            "consumer_name" => {
+                out.extend_from_slice(consumers.name(cx.consumer).unwrap_or("").as_bytes())
+            }
+            "route_id" => out.extend_from_slice(cx.route.to_string().as_bytes()),
+            "request_id" => {
+                out.extend_from_slice(cx.request_id.as_deref().unwrap_or("").as_bytes())
+            }
+            "shard_id" => out.extend_from_slice(shard.as_bytes()),
+            "" => out.push(b'$'),
+            _ => {}
+        }
+        rest = &tail[end..];
+    }
+    out.extend_from_slice(rest.as_bytes());
+}
+
+impl Plugin for ResponseRewrite {
+    fn name(&self) -> &'static str {
+        "response-rewrite"
+    }
+
+    fn response_headers(&self, _resp: &ResponseHead, cx: &mut Ctx) {
+        if let Some(s) = self.s.status {
+            cx.status_override = Some(s);
+        }
+        let mut buf = Vec::new();
+        for n in &self.s.edits.remove {
+            cx.resp_headers.remove(n.as_bytes());
+        }
+        for (n, v) in &self.s.edits.set {
+            expand(v, cx, &self.consumers, &self.shard, &mut buf);
+            cx.resp_headers.set(n.as_bytes(), &buf);
+        }
+        for (n, v) in &self.s.edits.add {
+            expand(v, cx, &self.consumers, &self.shard, &mut buf);
+            cx.resp_headers.add(n.as_bytes(), &buf);
+        }
+    }
+
+    fn response_body(&self, _cx: &mut Ctx) -> Option<Bytes> {
+        self.body.clone()
+    }
+}

@@ -1,0 +1,247 @@
+//! Helpers shared by plugins: typed config parsing with key-path errors, limit keys,
+//! query/cookie lookup. Pure functions; no shard state.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use xxhash_rust::xxh3::Xxh3;
+
+use super::ctx::Ctx;
+use crate::config::ConfigError;
+use crate::http::parse::RequestHead;
+
+/// Deserialises a plugin's table; errors carry `path` plus the inner key, e.g.
+/// `routes[0].plugins.limit-count.count: invalid type: ...`.
+pub fn parse<T: DeserializeOwned>(v: &toml::Value, path: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+        let inner = e.path().to_string();
+        let at = if inner == "." || inner.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}.{inner}")
+        };
+        ConfigError::new(at, e.into_inner().message().to_string())
+    })
+}
+
+pub fn err(path: &str, key: &str, msg: impl Into<String>) -> ConfigError {
+    ConfigError::new(format!("{path}.{key}"), msg)
+}
+
+/// A positive integer check with the message the docs promise.
+pub fn positive(path: &str, key: &str, v: i64) -> Result<u64, ConfigError> {
+    if v > 0 {
+        Ok(v as u64)
+    } else {
+        Err(err(
+            path,
+            key,
+            format!("expected a positive integer, got {v}"),
+        ))
+    }
+}
+
+/// `"10ms"`, `"2s"` or a number of seconds (fractions allowed).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum RawDur {
+    Secs(f64),
+    Text(String),
+}
+
+pub fn duration(path: &str, key: &str, v: &RawDur) -> Result<Duration, ConfigError> {
+    match v {
+        RawDur::Secs(s) if s.is_finite() && *s >= 0.0 => Ok(Duration::from_secs_f64(*s)),
+        RawDur::Text(t) => crate::config::parse_duration(t).ok_or_else(|| {
+            err(
+                path,
+                key,
+                format!("{t:?} is not a duration; write e.g. \"20ms\" or \"1s\""),
+            )
+        }),
+        RawDur::Secs(s) => Err(err(
+            path,
+            key,
+            format!("expected a non-negative duration, got {s}"),
+        )),
+    }
+}
+
+/// One part of a rate-limit key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    RemoteAddr,
+    Consumer,
+    Route,
+    Header(String),
+    Arg(String),
+    Cookie(String),
+    Constant(String),
+}
+
+/// `"remote_addr"`, `"consumer"` (`consumer_name`), `"route"`, `"server_addr"`,
+/// `"header:X-Tenant"` (or `"http_x_tenant"`), `"arg:name"`, `"cookie:name"`, or several
+/// joined with `" "` / `"+"` for a combination.
+pub fn key_parts(path: &str, text: &str) -> Result<Vec<KeyPart>, ConfigError> {
+    let mut parts = Vec::new();
+    for p in text.split([' ', '+']).filter(|p| !p.is_empty()) {
+        let p = p.trim_start_matches('$');
+        let part = match p {
+            "remote_addr" => KeyPart::RemoteAddr,
+            "consumer" | "consumer_name" => KeyPart::Consumer,
+            "route" | "route_id" | "route_name" => KeyPart::Route,
+            "server_addr" | "constant" => KeyPart::Constant(String::new()),
+            _ => match p.split_once(':') {
+                Some(("header", h)) if !h.is_empty() => KeyPart::Header(h.to_ascii_lowercase()),
+                Some(("arg", a)) if !a.is_empty() => KeyPart::Arg(a.to_string()),
+                Some(("cookie", c)) if !c.is_empty() => KeyPart::Cookie(c.to_string()),
+                _ => match p.strip_prefix("http_") {
+                    Some(h) if !h.is_empty() => KeyPart::Header(h.replace('_', "-")),
+                    _ => match p.strip_prefix("arg_") {
+                        Some(a) if !a.is_empty() => KeyPart::Arg(a.to_string()),
+                        _ => {
+                            return Err(ConfigError::new(
+                                path,
+                                format!("unknown key part {p:?}; expected remote_addr, consumer, route, header:NAME, arg:NAME, cookie:NAME (combine with spaces)"),
+                            ))
+                        }
+                    },
+                },
+            },
+        };
+        parts.push(part);
+    }
+    if parts.is_empty() {
+        return Err(ConfigError::new(
+            path,
+            "must name at least one key part, e.g. \"remote_addr\"",
+        ));
+    }
+    Ok(parts)
+}
+
+/// Hashes the request's key; a missing part hashes as empty (APISIX falls back to remote_addr
+/// for a missing variable; ringway does the same for a key made of one absent part).
+pub fn key_hash(
+    parts: &[KeyPart],
+    req: &RequestHead,
+    cx: &Ctx,
+    consumer_name: Option<&str>,
+) -> u64 {
+    let mut h = Xxh3::new();
+    let mut any = false;
+    for p in parts {
+        let v: Option<&[u8]> = match p {
+            KeyPart::RemoteAddr => {
+                hash_ip(&mut h, cx.client_ip);
+                any = true;
+                None
+            }
+            KeyPart::Consumer => consumer_name.map(str::as_bytes),
+            KeyPart::Route => {
+                h.update(&(cx.route as u64).to_le_bytes());
+                any = true;
+                None
+            }
+            KeyPart::Header(n) => req.header(n),
+            KeyPart::Arg(a) => query_arg(req.query(), a.as_bytes()),
+            KeyPart::Cookie(c) => req.header("cookie").and_then(|v| cookie(v, c.as_bytes())),
+            KeyPart::Constant(s) => Some(s.as_bytes()),
+        };
+        if let Some(v) = v {
+            any = true;
+            h.update(v);
+        }
+        h.update(&[0xff]);
+    }
+    if !any {
+        hash_ip(&mut h, cx.client_ip);
+    }
+    h.digest()
+}
+
+fn hash_ip(h: &mut Xxh3, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v) => h.update(&v.octets()),
+        IpAddr::V6(v) => h.update(&v.octets()),
+    }
+}
+
+/// Formats `n` in decimal into `buf` without allocating.
+pub fn num(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[at..]
+}
+
+pub fn query_arg<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    query.split(|&b| b == b'&').find_map(|pair| {
+        let eq = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
+        (&pair[..eq] == name).then(|| pair.get(eq + 1..).unwrap_or_default())
+    })
+}
+
+pub fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (&pair[..eq] == name).then(|| &pair[eq + 1..])
+    })
+}
+
+/// The query string with `name` removed (for hide_credentials).
+pub fn query_without(query: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(query.len());
+    for pair in query.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        let eq = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
+        if &pair[..eq] == name {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(b'&');
+        }
+        out.extend_from_slice(pair);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_specs() {
+        assert_eq!(
+            key_parts("k", "remote_addr").unwrap(),
+            vec![KeyPart::RemoteAddr]
+        );
+        assert_eq!(
+            key_parts("k", "consumer header:X-Tenant").unwrap(),
+            vec![KeyPart::Consumer, KeyPart::Header("x-tenant".into())]
+        );
+        assert_eq!(
+            key_parts("k", "$http_x_api").unwrap(),
+            vec![KeyPart::Header("x-api".into())]
+        );
+        assert!(key_parts("k", "bogus").is_err());
+        assert!(key_parts("k", "").is_err());
+    }
+
+    #[test]
+    fn query_edits() {
+        assert_eq!(query_arg(b"a=1&apikey=x&b", b"apikey"), Some(&b"x"[..]));
+        assert_eq!(
+            query_without(b"a=1&apikey=x&b=2", b"apikey"),
+            b"a=1&b=2".to_vec()
+        );
+        assert_eq!(cookie(b"a=1; jwt=tok", b"jwt"), Some(&b"tok"[..]));
+    }
+}

@@ -1,0 +1,130 @@
+//! Drives the plugin chain around one request: request phases before forwarding, a plugin's
+//! own reply, the response phase, log. Owns no state; plugins live on the shard, edits in `Ctx`.
+
+use bytes::{BufMut, Bytes};
+
+use super::conn::{After, ClientConn, ClientStream};
+use super::io::write_all;
+use crate::http::parse::{BodyKind, Method};
+use crate::http::write::{put_u64, reason};
+use crate::plugin::Reply;
+use crate::runtime::shard::Shard;
+
+impl<S: ClientStream> ClientConn<S> {
+    /// Routed request -> plugin request phases -> forward (or the plugin's reply) -> log.
+    /// Routes without plugins go straight to `forward`.
+    pub(super) async fn with_plugins(&mut self, shard: &Shard, route: usize) -> After {
+        self.cx.reset(route);
+        if shard.plugins.chain(route).is_empty() {
+            return self.forward(shard, route).await;
+        }
+        let after = match shard.plugins.request_phases(route, &self.req, &mut self.cx) {
+            Some(reply) => {
+                if !self.cx.delay.is_zero() {
+                    monoio::time::sleep(self.cx.delay).await;
+                }
+                self.cx.status = reply.status;
+                self.send_reply(shard, reply).await
+            }
+            None => {
+                if !self.cx.delay.is_zero() {
+                    monoio::time::sleep(self.cx.delay).await;
+                }
+                self.forward(shard, route).await
+            }
+        };
+        shard.plugins.log(route, &mut self.cx);
+        after
+    }
+
+    /// Writes a plugin's reply. The connection is kept only if no request body is left unread.
+    async fn send_reply(&mut self, shard: &Shard, reply: Reply) -> After {
+        let keep = self.req.keep_alive
+            && self.req.body == BodyKind::Empty
+            && !shard.drain.is_draining()
+            && self.served < shard.cfg.server.keepalive_requests;
+        let w = &mut self.wbuf;
+        w.clear();
+        w.put_slice(b"HTTP/1.1 ");
+        put_u64(w, u64::from(reply.status));
+        w.put_u8(b' ');
+        w.put_slice(reason(reply.status).as_bytes());
+        w.put_slice(b"\r\nServer: ringway\r\n");
+        for (n, v) in &reply.headers {
+            if n.eq_ignore_ascii_case(b"content-length") || n.eq_ignore_ascii_case(b"connection") {
+                continue;
+            }
+            w.put_slice(n);
+            w.put_slice(b": ");
+            w.put_slice(v);
+            w.put_slice(b"\r\n");
+        }
+        let no_body = matches!(reply.status, 204 | 304) || reply.status < 200;
+        if !no_body {
+            w.put_slice(b"Content-Length: ");
+            put_u64(w, reply.body.len() as u64);
+            w.put_slice(b"\r\n");
+        }
+        if !keep {
+            w.put_slice(b"Connection: close\r\n");
+        }
+        w.put_slice(b"\r\n");
+        if !no_body && self.req.method != Method::Head {
+            w.put_slice(&reply.body);
+        }
+        let ok = write_all(
+            &mut self.stream,
+            &mut self.wbuf,
+            shard.cfg.server.send_timeout,
+        )
+        .await
+        .is_ok();
+        if ok && keep {
+            After::KeepAlive
+        } else {
+            After::Close
+        }
+    }
+
+    /// Applies a plugin's uri / query rewrite to the path about to be sent upstream.
+    pub(super) fn apply_plugin_uri(&mut self) {
+        if let Some(uri) = &self.cx.uri {
+            let q = match &self.cx.query {
+                Some(q) => q.as_slice(),
+                None => self.req.query(),
+            };
+            self.path.clear();
+            self.path.put_slice(uri);
+            // As APISIX: the original query string follows a rewritten uri without one.
+            if !q.is_empty() && !uri.contains(&b'?') {
+                self.path.put_u8(b'?');
+                self.path.put_slice(q);
+            }
+        } else if let Some(q) = &self.cx.query {
+            let end = self
+                .path
+                .iter()
+                .position(|&b| b == b'?')
+                .unwrap_or(self.path.len());
+            self.path.truncate(end);
+            if !q.is_empty() {
+                self.path.put_u8(b'?');
+                self.path.put_slice(q);
+            }
+        }
+    }
+
+    /// The response phases once the upstream head is parsed: header edits and status are
+    /// recorded in `cx`; returns a replacement body if a plugin set one.
+    pub(super) fn response_phase(&mut self, shard: &Shard) -> Option<Bytes> {
+        self.cx.status = self.resp.status;
+        let route = self.cx.route;
+        if shard.plugins.chain(route).is_empty() {
+            return None;
+        }
+        shard
+            .plugins
+            .response_headers(route, &self.resp, &mut self.cx);
+        shard.plugins.response_body(route, &mut self.cx)
+    }
+}

@@ -1,0 +1,305 @@
+//! Rate limiting through the real server: limit-count headers and rejections, node-wide
+//! accuracy across shards with uneven traffic (±5%), limit-req, limit-conn.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn get(c: &mut Client, path: &str, extra: &str) -> Response {
+    c.request(format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n"))
+}
+
+#[test]
+fn limit_count_counts_down_then_rejects_with_headers() {
+    let o = Origin::named("o");
+    let cfg = format!(
+        "{}{}{}",
+        server(&[]),
+        upstream("backend", &[o.addr], ""),
+        route(
+            "api",
+            &["/*"],
+            "backend",
+            "[routes.plugins.limit-count]\ncount = 3\ntime_window = 60\n"
+        )
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = gw.client();
+    for want in ["2", "1", "0"] {
+        let r = get(&mut c, "/a", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("X-RateLimit-Limit"), Some("3"));
+        assert_eq!(r.header("X-RateLimit-Remaining"), Some(want));
+        let reset: u64 = r.header("X-RateLimit-Reset").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&reset), "reset {reset}");
+    }
+    let r = get(&mut c, "/a", "");
+    assert_eq!(r.status, 503, "APISIX's default rejected_code");
+    assert_eq!(r.header("X-RateLimit-Remaining"), Some("0"));
+    assert_eq!(r.header("X-RateLimit-Limit"), Some("3"));
+    assert_eq!(
+        o.request_count(),
+        3,
+        "rejected requests never reach the upstream"
+    );
+    // The connection stays usable after a rejection.
+    assert_eq!(get(&mut c, "/a", "").status, 503);
+}
+
+#[test]
+fn limit_count_key_code_message_and_group() {
+    let o = Origin::named("o");
+    let lc = |extra: &str| {
+        format!("[routes.plugins.limit-count]\ncount = 2\ntime_window = 60\nkey = \"header:X-Tenant\"\nrejected_code = 429\nrejected_msg = \"slow down\"\n{extra}")
+    };
+    let cfg = format!(
+        "{}{}{}{}{}",
+        server(&[]),
+        upstream("backend", &[o.addr], ""),
+        route("a", &["/a"], "backend", &lc("group = \"g\"\n")),
+        route("b", &["/b"], "backend", &lc("group = \"g\"\n")),
+        route("c", &["/c"], "backend", &lc("")),
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = gw.client();
+    // Route a and b share group g: two requests in total for tenant t1.
+    assert_eq!(get(&mut c, "/a", "X-Tenant: t1\r\n").status, 200);
+    assert_eq!(get(&mut c, "/b", "X-Tenant: t1\r\n").status, 200);
+    let r = get(&mut c, "/a", "X-Tenant: t1\r\n");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["message"], "slow down");
+    // Another tenant has its own count; route c (no group) its own too.
+    assert_eq!(get(&mut c, "/b", "X-Tenant: t2\r\n").status, 200);
+    assert_eq!(get(&mut c, "/c", "X-Tenant: t1\r\n").status, 200);
+}
+
+/// Learns which shard serves each of `n` connections (response-rewrite's `$shard_id`).
+fn connections_by_shard(gw: &Gateway, n: usize) -> HashMap<String, Vec<Client>> {
+    let mut by: HashMap<String, Vec<Client>> = HashMap::new();
+    for _ in 0..n {
+        let mut c = gw.client();
+        let r = get(&mut c, "/whoami", "");
+        assert_eq!(r.status, 200);
+        let shard = r.header("X-Shard").expect("X-Shard header").to_string();
+        by.entry(shard).or_default().push(c);
+    }
+    by
+}
+
+/// Drives `clients` (one thread each) at `/limited` for `dur`; returns admitted times.
+fn drive(gw: &Gateway, clients: Vec<Client>, tenant: &str, dur: Duration) -> (Vec<Instant>, usize) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            let stop = stop.clone();
+            let tenant = tenant.to_string();
+            thread::spawn(move || {
+                let mut ok = Vec::new();
+                let mut total = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = get(&mut c, "/limited", &format!("X-Tenant: {tenant}\r\n"));
+                    total += 1;
+                    match r.status {
+                        200 => ok.push(Instant::now()),
+                        503 => {}
+                        s => panic!("unexpected status {s}"),
+                    }
+                }
+                (ok, total)
+            })
+        })
+        .collect();
+    thread::sleep(dur);
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut total = 0;
+    for h in handles {
+        let Ok((ok, n)) = h.join() else {
+            panic!("load thread failed; gateway log:\n{}", gw.logs());
+        };
+        all.extend(ok);
+        total += n;
+    }
+    all.sort();
+    (all, total)
+}
+
+/// Admissions grouped into windows: each window's admissions come as one burst at its start,
+/// so a gap of more than half a window starts a new one. First and last are partial: dropped.
+fn full_windows(admitted: &[Instant], window: Duration) -> Vec<usize> {
+    let mut groups: Vec<usize> = Vec::new();
+    let mut last: Option<Instant> = None;
+    for &t in admitted {
+        match last {
+            Some(l) if t.duration_since(l) < window / 2 => {
+                if let Some(g) = groups.last_mut() {
+                    *g += 1;
+                }
+            }
+            _ => groups.push(1),
+        }
+        last = Some(t);
+    }
+    if groups.len() >= 2 {
+        groups.remove(0);
+        groups.pop();
+    }
+    groups
+}
+
+#[test]
+fn node_wide_limit_within_5_percent_with_uneven_shards() {
+    const LIMIT: usize = 200;
+    let o = Origin::named("o");
+    let cfg = format!(
+        "{}{}{}{}",
+        // Connections must stay on their shard for the whole run.
+        server(&[("workers", "2"), ("keepalive_requests", "10000000")]),
+        upstream("backend", &[o.addr], ""),
+        route(
+            "whoami",
+            &["/whoami"],
+            "backend",
+            "[routes.plugins.response-rewrite]\nheaders.set = { X-Shard = \"$shard_id\" }\n"
+        ),
+        route(
+            "limited",
+            &["/limited"],
+            "backend",
+            &format!("[routes.plugins.limit-count]\ncount = {LIMIT}\ntime_window = 1\nkey = \"header:X-Tenant\"\nsync_interval = \"10ms\"\n")
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let mut by = connections_by_shard(&gw, 24);
+    assert_eq!(by.len(), 2, "24 connections all landed on one shard");
+    let mut s0 = by.remove("0").expect("shard 0 connections");
+    let mut s1 = by.remove("1").expect("shard 1 connections");
+    assert!(
+        (s0.len() >= 4 && !s1.is_empty()) || (s1.len() >= 4 && !s0.is_empty()),
+        "need 4 connections on one shard and 1 on the other: {} / {}",
+        s0.len(),
+        s1.len()
+    );
+    if s0.len() < 4 {
+        std::mem::swap(&mut s0, &mut s1);
+    }
+    let window = Duration::from_secs(1);
+    // All traffic on one shard, then 4:1 over both shards, each with its own key.
+    let one: Vec<Client> = s0.drain(..3).collect();
+    let mut uneven: Vec<Client> = s0.drain(..1).collect();
+    uneven.push(s1.remove(0));
+    for (name, clients, tenant) in [("one shard", one, "t-one"), ("uneven", uneven, "t-uneven")] {
+        let (admitted, total) = drive(&gw, clients, tenant, Duration::from_millis(4300));
+        let windows = full_windows(&admitted, window);
+        println!("{name}: {total} requests, admitted per full window: {windows:?} (limit {LIMIT})");
+        assert!(windows.len() >= 2, "{name}: too few windows: {windows:?}");
+        assert!(
+            total > LIMIT * 8,
+            "{name}: load too light to test the limit: {total}"
+        );
+        for w in &windows {
+            let dev = (*w as f64 - LIMIT as f64).abs() / LIMIT as f64;
+            assert!(
+                dev <= 0.05,
+                "{name}: window admitted {w}, limit {LIMIT} ({windows:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn limit_req_rejects_beyond_burst_and_recovers() {
+    let o = Origin::named("o");
+    let cfg = format!(
+        "{}{}{}",
+        server(&[]),
+        upstream("backend", &[o.addr], ""),
+        route(
+            "r",
+            &["/*"],
+            "backend",
+            "[routes.plugins.limit-req]\nrate = 5\nburst = 0\nrejected_code = 429\nnodelay = true\n"
+        )
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = gw.client();
+    let statuses: Vec<u16> = (0..6).map(|_| get(&mut c, "/x", "").status).collect();
+    assert_eq!(statuses[0], 200);
+    assert!(statuses[1..].contains(&429), "{statuses:?}");
+    thread::sleep(Duration::from_millis(450));
+    assert_eq!(get(&mut c, "/x", "").status, 200, "bucket refilled");
+}
+
+#[test]
+fn limit_req_delays_within_burst() {
+    let o = Origin::named("o");
+    let cfg = format!(
+        "{}{}{}",
+        server(&[]),
+        upstream("backend", &[o.addr], ""),
+        route(
+            "r",
+            &["/*"],
+            "backend",
+            "[routes.plugins.limit-req]\nrate = 10\nburst = 5\n"
+        )
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = gw.client();
+    let t = Instant::now();
+    for _ in 0..4 {
+        assert_eq!(get(&mut c, "/x", "").status, 200);
+    }
+    // Requests 2..4 were in the burst: delayed by excess / rate (~100 ms each at most).
+    assert!(
+        t.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn limit_conn_rejects_concurrent_requests_and_releases() {
+    let o = Origin::start("slow", |_| {
+        Resp::text(200, "slow")
+            .delay(Duration::from_millis(600))
+            .into()
+    });
+    let cfg = format!(
+        "{}{}{}",
+        server(&[]),
+        upstream("backend", &[o.addr], ""),
+        route(
+            "r",
+            &["/*"],
+            "backend",
+            "[routes.plugins.limit-conn]\nconn = 1\nburst = 0\ndefault_conn_delay = 0.1\nrejected_code = 429\n"
+        )
+    );
+    let gw = Gateway::start(&cfg);
+    let addr = gw.addr;
+    let first = thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        get(&mut c, "/slow", "").status
+    });
+    thread::sleep(Duration::from_millis(200));
+    let mut c = gw.client();
+    assert_eq!(
+        get(&mut c, "/x", "").status,
+        429,
+        "second concurrent request"
+    );
+    assert_eq!(first.join().unwrap(), 200);
+    assert_eq!(
+        get(&mut c, "/x", "").status,
+        200,
+        "slot released after the first finished"
+    );
+}
