@@ -473,7 +473,13 @@ fn socket_addr(path: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 fn dur(path: &str, v: &Option<RawDuration>, default_secs: u64) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(Duration::from_secs(default_secs)),
-        Some(RawDuration::Seconds(s)) if *s >= 0 => Ok(Duration::from_secs(*s as u64)),
+        Some(RawDuration::Seconds(s)) if *s >= 0 && (*s as u64) <= MAX_DURATION.as_secs() => {
+            Ok(Duration::from_secs(*s as u64))
+        }
+        Some(RawDuration::Seconds(s)) if *s >= 0 => Err(ConfigError::new(
+            path,
+            format!("a duration must be at most 10 years, got {s} s"),
+        )),
         Some(RawDuration::Seconds(s)) => Err(ConfigError::new(
             path,
             format!("a duration cannot be negative, got {s}"),
@@ -487,7 +493,11 @@ fn dur(path: &str, v: &Option<RawDuration>, default_secs: u64) -> Result<Duratio
     }
 }
 
-/// Parses `500ms`, `10s`, `2m`, `1h` (or a bare number of seconds).
+/// Longest duration accepted: deadlines are `Instant::now() + d`, which panics on overflow,
+/// so absurd values (say "99999999999999999s") are refused at load rather than at the first request.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses `500ms`, `10s`, `2m`, `1h` (or a bare number of seconds), up to `MAX_DURATION`.
 pub fn parse_duration(t: &str) -> Option<Duration> {
     let t = t.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -500,7 +510,7 @@ pub fn parse_duration(t: &str) -> Option<Duration> {
         "h" => Duration::from_secs(n.checked_mul(3600)?),
         _ => return None,
     };
-    Some(d)
+    (d <= MAX_DURATION).then_some(d)
 }
 
 #[cfg(test)]

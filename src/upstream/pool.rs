@@ -96,6 +96,16 @@ impl IdleCheck for monoio::net::TcpStream {
     }
 }
 
+impl IdleCheck for UpstreamStream {
+    fn idle_quiet(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(s) => s.idle_quiet(),
+            // A TLS session may hold records of its own (tickets) unread; not checked here.
+            UpstreamStream::Tls(_) => true,
+        }
+    }
+}
+
 /// Peeks one byte without blocking or consuming: quiet only if the socket would block.
 fn fd_quiet(fd: std::os::fd::RawFd) -> bool {
     let mut b = 0u8;

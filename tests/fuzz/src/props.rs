@@ -23,6 +23,7 @@ use ringway::http::parse::{
 };
 use ringway::http::write::{self, ClientFraming, UpstreamRequest};
 use ringway::route::{Params, RequestView, RouteSpec, Router};
+use std::time::Duration;
 
 pub const LIMITS: HeadLimits = HeadLimits {
     max_header_bytes: 16384,
@@ -871,8 +872,14 @@ pub fn config(data: &[u8]) {
         }
         Err(e) => assert!(!e.to_string().is_empty(), "empty error for {text:?}"),
     }
-    // Durations: whatever parses prints back to the same value.
+    // Durations: whatever parses is bounded (deadlines add it to Instant::now()) and prints
+    // back to the same value.
     if let Some(d) = ringway::config::parse_duration(&text) {
+        assert!(
+            d <= Duration::from_secs(10 * 365 * 24 * 3600),
+            "{text:?} gave {d:?}"
+        );
+        assert!(std::time::Instant::now().checked_add(d).is_some());
         let ms = format!("{}ms", d.as_millis());
         assert_eq!(ringway::config::parse_duration(&ms), Some(d), "{text:?}");
     }
