@@ -400,3 +400,34 @@ fn bad_expired_and_mismatched_files_are_refused_naming_the_file() {
         out.stderr
     );
 }
+
+#[test]
+fn a_closing_connection_ends_with_close_notify() {
+    use std::io::{Read, Write};
+    let pki = Pki::new("notify");
+    pki.leaf("a", &["a.test"]);
+    let origin = proto_origin();
+    let gw = tls_gateway(
+        &origin,
+        1,
+        &format!(
+            "certificates = [{{ cert = \"{}\", key = \"{}\" }}]",
+            pki.path("a.pem"),
+            pki.path("a.key")
+        ),
+    );
+    let mut c =
+        TlsClient::connect(gw.addr, "a.test", &Arc::new(pki.client_config())).expect("handshake");
+    c.s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    // rustls reports a close without close_notify as UnexpectedEof; OpenSSL clients would
+    // also refuse to resume such a session.
+    let mut all = Vec::new();
+    c.s.read_to_end(&mut all)
+        .expect("clean TLS close (close_notify) after the response");
+    assert!(
+        all.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&all)
+    );
+}

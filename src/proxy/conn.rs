@@ -97,6 +97,11 @@ pub async fn serve<S: ClientStream>(
             shard.cfg.server.tunnel_idle_timeout,
         )
         .await;
+    } else if c.tls.is_some() {
+        // close_notify: without it OpenSSL-based clients treat our close as a truncation and
+        // drop the session, so they never resume (measured: s_time -reuse fell to full-handshake rate).
+        let send = shard.cfg.server.send_timeout;
+        let _ = monoio::time::timeout(send, c.stream.shutdown()).await;
     }
 }
 
