@@ -124,6 +124,9 @@ pub struct Ctx {
     pub held: Vec<(u32, u64)>,
     /// The request id (request-id plugin), for logs and other plugins.
     pub request_id: Option<String>,
+    /// The request was handed to the upstream side, so `status` is the upstream's answer
+    /// (or the gateway's error reaching it), not a plugin reply (api-breaker counts these).
+    pub forwarded: bool,
 }
 
 impl Ctx {
@@ -145,6 +148,7 @@ impl Ctx {
             delay: Duration::ZERO,
             held: Vec::new(),
             request_id: None,
+            forwarded: false,
         }
     }
 
@@ -164,6 +168,7 @@ impl Ctx {
         self.delay = Duration::ZERO;
         self.held.clear();
         self.request_id = None;
+        self.forwarded = false;
     }
 }
 

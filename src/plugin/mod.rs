@@ -9,16 +9,25 @@
 pub mod chain;
 pub mod consumer;
 pub mod ctx;
+pub mod rand;
 pub mod registry;
 pub mod util;
+pub mod vars;
 
+mod api_breaker;
 mod basic_auth;
+mod cors;
+mod fault_injection;
+mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
 mod limit_conn;
 mod limit_count;
 mod limit_req;
+mod proxy_rewrite;
+mod request_id;
 mod response_rewrite;
+mod traffic_split;
 
 use std::rc::Rc;
 

@@ -12,12 +12,19 @@ type Builder = fn(&toml::Value, &str, &mut BuildCx) -> Result<FactoryRef, Config
 
 /// Every plugin ringway knows, with its APISIX priority (higher runs first).
 pub const PLUGINS: &[(&str, i32, Builder)] = &[
+    ("request-id", 12015, super::request_id::factory),
+    ("fault-injection", 11000, super::fault_injection::factory),
+    ("cors", 4000, super::cors::factory),
+    ("ip-restriction", 3000, super::ip_restriction::factory),
     ("basic-auth", 2520, super::basic_auth::factory),
     ("jwt-auth", 2510, super::jwt_auth::factory),
     ("key-auth", 2500, super::key_auth::factory),
+    ("proxy-rewrite", 1008, super::proxy_rewrite::factory),
+    ("api-breaker", 1005, super::api_breaker::factory),
     ("limit-conn", 1003, super::limit_conn::factory),
     ("limit-count", 1002, super::limit_count::factory),
     ("limit-req", 1001, super::limit_req::factory),
+    ("traffic-split", 966, super::traffic_split::factory),
     ("response-rewrite", 899, super::response_rewrite::factory),
 ];
 

@@ -30,6 +30,7 @@ impl<S: ClientStream> ClientConn<S> {
                 if !self.cx.delay.is_zero() {
                     monoio::time::sleep(self.cx.delay).await;
                 }
+                self.cx.forwarded = true;
                 self.forward(shard, route).await
             }
         };

@@ -1,0 +1,135 @@
+//! ip-restriction (priority 3000): allow (`whitelist`) or deny (`blacklist`) client addresses
+//! by IPv4/IPv6 address or CIDR. Denied requests get 403 `{"message": ...}` in the access phase.
+
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::chain::{BuildCx, FactoryRef, ShardCx};
+use super::util::{err, parse};
+use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use crate::config::ConfigError;
+use crate::http::parse::RequestHead;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Conf {
+    #[serde(default)]
+    whitelist: Option<Vec<String>>,
+    #[serde(default)]
+    blacklist: Option<Vec<String>>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    response_code: Option<u16>,
+}
+
+fn nets(list: &[String], path: &str, key: &str) -> Result<Vec<IpNet>, ConfigError> {
+    if list.is_empty() {
+        return Err(err(path, key, "must list at least one address or CIDR"));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, s) in list.iter().enumerate() {
+        let s = s.trim();
+        let net = match s.parse::<IpNet>() {
+            Ok(n) => n.trunc(),
+            Err(_) => match s.parse::<IpAddr>() {
+                Ok(a) => IpNet::from(a),
+                Err(_) => {
+                    return Err(err(
+                        path,
+                        &format!("{key}[{i}]"),
+                        format!("{s:?} is not an IP address or CIDR (e.g. \"10.0.0.0/8\", \"2001:db8::/32\")"),
+                    ))
+                }
+            },
+        };
+        out.push(net);
+    }
+    Ok(out)
+}
+
+pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+    let c: Conf = parse(v, path)?;
+    let (allow, list) = match (&c.whitelist, &c.blacklist) {
+        (Some(w), None) => (true, nets(w, path, "whitelist")?),
+        (None, Some(b)) => (false, nets(b, path, "blacklist")?),
+        _ => {
+            return Err(ConfigError::new(
+                path,
+                "set exactly one of whitelist or blacklist",
+            ))
+        }
+    };
+    let code = c.response_code.unwrap_or(403);
+    if !(403..=404).contains(&code) {
+        return Err(err(
+            path,
+            "response_code",
+            format!("expected 403 or 404, got {code}"),
+        ));
+    }
+    let message = c
+        .message
+        .unwrap_or_else(|| "Your IP address is not allowed".into());
+    if message.is_empty() || message.len() > 1024 {
+        return Err(err(path, "message", "expected 1..=1024 characters"));
+    }
+    Ok(Arc::new(Factory(Arc::new(Shared {
+        allow,
+        list,
+        code,
+        message,
+    }))))
+}
+
+struct Shared {
+    /// true: whitelist (only listed may pass); false: blacklist.
+    allow: bool,
+    list: Vec<IpNet>,
+    code: u16,
+    message: String,
+}
+
+struct Factory(Arc<Shared>);
+
+impl PluginFactory for Factory {
+    fn name(&self) -> &'static str {
+        "ip-restriction"
+    }
+    fn priority(&self) -> i32 {
+        3000
+    }
+    fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
+        Rc::new(IpRestriction {
+            s: self.0.clone(),
+            // Built per shard, so cloning it never touches another core's reference count.
+            reply: Reply::json_message(self.0.code, &self.0.message),
+        })
+    }
+}
+
+struct IpRestriction {
+    s: Arc<Shared>,
+    reply: Reply,
+}
+
+impl Plugin for IpRestriction {
+    fn name(&self) -> &'static str {
+        "ip-restriction"
+    }
+
+    fn access(&self, _req: &RequestHead, cx: &mut Ctx) -> Flow {
+        // An IPv4 client on a dual-stack listener shows as ::ffff:a.b.c.d; match it as IPv4.
+        let ip = cx.client_ip.to_canonical();
+        let listed = self.s.list.iter().any(|n| n.contains(&ip));
+        if listed == self.s.allow {
+            Flow::Continue
+        } else {
+            Flow::Respond(self.reply.clone())
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! request-id (priority 12015): gives every request an id (a fast UUID v4 from the shard's own
+//! PRNG), sends it upstream and back to the client, and keeps a valid incoming id.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::chain::{BuildCx, FactoryRef, ShardCx};
+use super::rand::Rng;
+use super::util::{err, parse};
+use super::{Ctx, Flow, Plugin, PluginFactory};
+use crate::config::ConfigError;
+use crate::http::parse::RequestHead;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Conf {
+    #[serde(default)]
+    header_name: Option<String>,
+    #[serde(default)]
+    include_in_response: Option<bool>,
+    #[serde(default)]
+    algorithm: Option<String>,
+}
+
+/// Longest incoming id kept; longer ones are replaced (they would bloat every log line).
+const MAX_ID: usize = 128;
+
+pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+    let c: Conf = parse(v, path)?;
+    let header = c.header_name.unwrap_or_else(|| "X-Request-Id".into());
+    if header.is_empty()
+        || !header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+    {
+        return Err(err(
+            path,
+            "header_name",
+            format!("{header:?} is not a header name"),
+        ));
+    }
+    match c.algorithm.as_deref() {
+        None | Some("uuid") => {}
+        Some(a) => {
+            return Err(err(
+                path,
+                "algorithm",
+                format!("only \"uuid\" is supported, got {a:?}"),
+            ))
+        }
+    }
+    Ok(Arc::new(Factory(Arc::new(Shared {
+        header,
+        respond: c.include_in_response.unwrap_or(true),
+    }))))
+}
+
+struct Shared {
+    /// As configured (lookups ignore case; it is written with this spelling).
+    header: String,
+    respond: bool,
+}
+
+struct Factory(Arc<Shared>);
+
+impl PluginFactory for Factory {
+    fn name(&self) -> &'static str {
+        "request-id"
+    }
+    fn priority(&self) -> i32 {
+        12015
+    }
+    fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
+        Rc::new(RequestId {
+            s: self.0.clone(),
+            rng: Rng::new(shard.id),
+        })
+    }
+}
+
+struct RequestId {
+    s: Arc<Shared>,
+    rng: Rng,
+}
+
+/// An incoming id is kept if it is short and made of visible ASCII (no spaces or controls,
+/// which could split a log line or a header).
+fn valid(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID && id.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+impl Plugin for RequestId {
+    fn name(&self) -> &'static str {
+        "request-id"
+    }
+
+    fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
+        let name = self.s.header.as_bytes();
+        let id = match req.header(&self.s.header).filter(|v| valid(v)) {
+            // Valid ids are visible ASCII, so this never fails; kept as a guard.
+            Some(v) => String::from_utf8_lossy(v).into_owned(),
+            None => {
+                let mut buf = [0u8; 36];
+                self.rng.uuid_v4(&mut buf);
+                let id = String::from_utf8_lossy(&buf).into_owned();
+                // Replaces a missing or invalid incoming id on the way upstream.
+                cx.req_headers.set(name, id.as_bytes());
+                id
+            }
+        };
+        if self.s.respond {
+            // Recorded now so a plugin's own reply (401, 429, ...) carries the id too.
+            cx.resp_headers.set(name, id.as_bytes());
+        }
+        cx.request_id = Some(id);
+        Flow::Continue
+    }
+}

@@ -1,0 +1,186 @@
+//! traffic-split (priority 966): sends matching requests to weighted upstreams (smooth
+//! weighted round-robin per shard); an entry without `upstream` means the route's own.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::chain::{BuildCx, FactoryRef, ShardCx};
+use super::util::{err, parse};
+use super::vars::{self, Conds};
+use super::{Ctx, Flow, Plugin, PluginFactory};
+use crate::config::ConfigError;
+use crate::http::parse::RequestHead;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchConf {
+    #[serde(default)]
+    vars: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightedConf {
+    /// An upstream's name (`upstream_id` is accepted as an alias for configs moved over).
+    #[serde(default, alias = "upstream_id")]
+    upstream: Option<String>,
+    #[serde(default)]
+    weight: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleConf {
+    #[serde(default, rename = "match")]
+    matches: Vec<MatchConf>,
+    weighted_upstreams: Vec<WeightedConf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Conf {
+    rules: Vec<RuleConf>,
+}
+
+struct Rule {
+    /// Any one of these must hold (each an AND of conditions); empty matches everything.
+    matches: Vec<Conds>,
+    /// (upstream index or None for the route's own, weight > 0)
+    targets: Vec<(Option<usize>, i64)>,
+}
+
+pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+    let c: Conf = parse(v, path)?;
+    if c.rules.is_empty() {
+        return Err(err(path, "rules", "must have at least one rule"));
+    }
+    let mut rules = Vec::with_capacity(c.rules.len());
+    for (i, r) in c.rules.into_iter().enumerate() {
+        let at = format!("{path}.rules[{i}]");
+        let mut matches = Vec::with_capacity(r.matches.len());
+        for (j, m) in r.matches.iter().enumerate() {
+            if let Some(v) = &m.vars {
+                matches.push(vars::parse(v, &format!("{at}.match[{j}].vars"))?);
+            }
+        }
+        if r.weighted_upstreams.is_empty() {
+            return Err(err(
+                &at,
+                "weighted_upstreams",
+                "must have at least one entry",
+            ));
+        }
+        let mut targets = Vec::with_capacity(r.weighted_upstreams.len());
+        for (j, w) in r.weighted_upstreams.iter().enumerate() {
+            let wat = format!("{at}.weighted_upstreams[{j}]");
+            let weight = w.weight.unwrap_or(1);
+            if !(0..=1_000_000).contains(&weight) {
+                return Err(err(
+                    &wat,
+                    "weight",
+                    format!("expected 0..=1000000, got {weight}"),
+                ));
+            }
+            let up = match &w.upstream {
+                Some(name) => Some(*cx.upstreams.get(name).ok_or_else(|| {
+                    let mut known: Vec<&str> = cx.upstreams.keys().map(String::as_str).collect();
+                    known.sort_unstable();
+                    err(
+                        &wat,
+                        "upstream",
+                        format!("unknown upstream {name:?}; known upstreams: {known:?}"),
+                    )
+                })?),
+                None => None,
+            };
+            if weight > 0 {
+                targets.push((up, weight));
+            }
+        }
+        if targets.is_empty() {
+            return Err(err(&at, "weighted_upstreams", "all weights are 0"));
+        }
+        rules.push(Rule { matches, targets });
+    }
+    Ok(Arc::new(Factory(Arc::new(rules))))
+}
+
+struct Factory(Arc<Vec<Rule>>);
+
+impl PluginFactory for Factory {
+    fn name(&self) -> &'static str {
+        "traffic-split"
+    }
+    fn priority(&self) -> i32 {
+        966
+    }
+    fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
+        Rc::new(TrafficSplit {
+            current: self
+                .0
+                .iter()
+                .map(|r| RefCell::new(vec![0; r.targets.len()]))
+                .collect(),
+            rules: self.0.clone(),
+        })
+    }
+}
+
+struct TrafficSplit {
+    rules: Arc<Vec<Rule>>,
+    /// Smooth WRR running weights, per rule, this shard only.
+    current: Vec<RefCell<Vec<i64>>>,
+}
+
+/// nginx's smooth weighted round-robin: spreads picks evenly (1:9 never sends ten in a row).
+fn pick(targets: &[(Option<usize>, i64)], current: &mut [i64]) -> Option<usize> {
+    let mut total = 0;
+    let mut best = 0;
+    for (i, (_, w)) in targets.iter().enumerate() {
+        current[i] += w;
+        total += w;
+        if current[i] > current[best] {
+            best = i;
+        }
+    }
+    current[best] -= total;
+    targets[best].0
+}
+
+impl Plugin for TrafficSplit {
+    fn name(&self) -> &'static str {
+        "traffic-split"
+    }
+
+    fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
+        for (rule, cur) in self.rules.iter().zip(&self.current) {
+            let hit =
+                rule.matches.is_empty() || rule.matches.iter().any(|m| vars::matches(m, req, cx));
+            if hit {
+                cx.upstream = pick(&rule.targets, &mut cur.borrow_mut());
+                break;
+            }
+        }
+        Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_wrr_spreads_one_in_ten() {
+        let t = [(Some(1), 1), (None, 9)];
+        let mut cur = [0; 2];
+        let picks: Vec<_> = (0..20).map(|_| pick(&t, &mut cur)).collect();
+        assert_eq!(picks.iter().filter(|p| **p == Some(1)).count(), 2);
+        // Never two canary picks in a row.
+        assert!(picks
+            .windows(2)
+            .all(|w| !(w[0] == Some(1) && w[1] == Some(1))));
+    }
+}

@@ -1,0 +1,198 @@
+//! proxy-rewrite and traffic-split through the real server: what the origins receive, weighted
+//! splits with smooth round-robin, var matching, and config errors naming route and plugin.
+
+mod common;
+
+use common::*;
+
+fn get(c: &mut Client, path: &str, extra: &str) -> Response {
+    c.request(format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n"))
+}
+
+fn assert_rejected(cfg: &str, want: &[&str]) {
+    let out = check_config(cfg);
+    assert!(!out.status.success(), "accepted:\n{cfg}");
+    for w in want {
+        assert!(out.all().contains(w), "want {w:?} in:\n{}", out.all());
+    }
+}
+
+#[test]
+fn proxy_rewrite_uri_regex_host_and_headers() {
+    let o = Origin::echo_target("o");
+    let cfg = format!(
+        "{}{}{}{}",
+        server(&[]),
+        upstream("backend", &[o.addr], ""),
+        route("fixed", &["/fixed/*"], "backend", "[routes.plugins.proxy-rewrite]\nuri = \"/new/place\"\nhost = \"upstream.internal\"\n"),
+        route(
+            "re",
+            &["/api/*"],
+            "backend",
+            "[routes.plugins.proxy-rewrite]\nregex_uri = [\"^/api/v(\\\\d+)/(.*)\", \"/$2/version$1x\"]\n[routes.plugins.proxy-rewrite.headers.set]\nX-Api = \"on\"\nX-Client = \"$remote_addr\"\n[routes.plugins.proxy-rewrite.headers.add]\nX-Extra = \"e\"\n[routes.plugins.proxy-rewrite.headers]\nremove = [\"X-Secret\"]\n"
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = gw.client();
+    let r = get(&mut c, "/fixed/a?q=1", "");
+    assert_eq!(r.status, 200);
+    // The original query follows a rewritten uri without one, as in APISIX.
+    assert_eq!(r.body_str(), "/new/place?q=1");
+    let req = o.last_request();
+    assert_eq!(req.header("Host"), Some("upstream.internal"));
+
+    let r = get(
+        &mut c,
+        "/api/v2/users/7?x=y",
+        "X-Secret: s\r\nX-Api: client\r\nX-Extra: mine\r\n",
+    );
+    assert_eq!(
+        r.body_str(),
+        "/users/7/version2x?x=y",
+        "$1 followed by text"
+    );
+    let req = o.last_request();
+    assert_eq!(
+        req.header_all("X-Api"),
+        vec!["on"],
+        "set replaces the client's"
+    );
+    assert_eq!(req.header("X-Client"), Some("127.0.0.1"));
+    assert_eq!(
+        req.header_all("X-Extra"),
+        vec!["mine", "e"],
+        "add keeps the client's"
+    );
+    assert!(!req.has_header("X-Secret"));
+    assert_eq!(
+        req.header("Host"),
+        Some("t"),
+        "host untouched without host ="
+    );
+    // No match: the uri is sent as it came.
+    let r = get(&mut c, "/api/other", "");
+    assert_eq!(r.body_str(), "/api/other");
+}
+
+#[test]
+fn proxy_rewrite_config_errors() {
+    let o = Origin::named("o");
+    let base = |p: &str| {
+        format!(
+            "{}{}{}",
+            server(&[]),
+            upstream("backend", &[o.addr], ""),
+            route(
+                "r",
+                &["/*"],
+                "backend",
+                &format!("[routes.plugins.proxy-rewrite]\n{p}")
+            )
+        )
+    };
+    assert_rejected(
+        &base("regex_uri = [\"^/(\"  , \"/x\"]\n"),
+        &["routes[0].plugins.proxy-rewrite.regex_uri[0]", "bad regex"],
+    );
+    assert_rejected(
+        &base("regex_uri = [\"^/a\"]\n"),
+        &["regex_uri", "[regex, replacement]"],
+    );
+    assert_rejected(&base("uri = \"no-slash\"\n"), &["proxy-rewrite.uri"]);
+    assert_rejected(
+        &base(""),
+        &["routes[0].plugins.proxy-rewrite", "nothing to rewrite"],
+    );
+    assert_rejected(
+        &base("[routes.plugins.proxy-rewrite.headers.set]\n\"bad name\" = \"v\"\n"),
+        &["proxy-rewrite.headers"],
+    );
+}
+
+fn split_config(stable: &Origin, canary: &Origin, plugin: &str) -> String {
+    format!(
+        "{}{}{}{}",
+        server(&[]),
+        upstream("stable", &[stable.addr], ""),
+        upstream("canary", &[canary.addr], ""),
+        route("r", &["/*"], "stable", plugin)
+    )
+}
+
+#[test]
+fn traffic_split_weighted_one_to_nine_smoothly() {
+    let stable = Origin::named("stable");
+    let canary = Origin::named("canary");
+    let cfg = split_config(
+        &stable,
+        &canary,
+        "[[routes.plugins.traffic-split.rules]]\nweighted_upstreams = [{ upstream = \"canary\", weight = 1 }, { weight = 9 }]\n",
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = gw.client();
+    let bodies: Vec<String> = (0..100).map(|_| get(&mut c, "/x", "").body_str()).collect();
+    let n = bodies.iter().filter(|b| *b == "canary").count();
+    assert_eq!(n, 10, "exactly 1 in 10 with smooth WRR on one shard");
+    assert!(
+        bodies
+            .windows(2)
+            .all(|w| !(w[0] == "canary" && w[1] == "canary")),
+        "spread out: {bodies:?}"
+    );
+    assert_eq!(stable.request_count(), 90);
+}
+
+#[test]
+fn traffic_split_by_header_and_arg_match() {
+    let stable = Origin::named("stable");
+    let canary = Origin::named("canary");
+    let cfg = split_config(
+        &stable,
+        &canary,
+        "[[routes.plugins.traffic-split.rules]]\nmatch = [{ vars = [[\"http_x_canary\", \"==\", \"1\"]] }, { vars = [[\"arg_v\", \"~~\", \"^2\\\\.\"], [\"arg_beta\", \"==\", \"yes\"]] }]\nweighted_upstreams = [{ upstream = \"canary\" }]\n",
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = gw.client();
+    assert_eq!(get(&mut c, "/x", "X-Canary: 1\r\n").body_str(), "canary");
+    assert_eq!(get(&mut c, "/x", "X-Canary: 0\r\n").body_str(), "stable");
+    assert_eq!(get(&mut c, "/x", "").body_str(), "stable");
+    // Second match entry: both of its conditions must hold.
+    assert_eq!(get(&mut c, "/x?v=2.1&beta=yes", "").body_str(), "canary");
+    assert_eq!(get(&mut c, "/x?v=2.1", "").body_str(), "stable");
+    assert_eq!(get(&mut c, "/x?v=1.9&beta=yes", "").body_str(), "stable");
+    assert_eq!(canary.request_count(), 2);
+    assert_eq!(stable.request_count(), 4);
+}
+
+#[test]
+fn traffic_split_config_errors() {
+    let stable = Origin::named("stable");
+    let canary = Origin::named("canary");
+    let base = |rule: &str| {
+        split_config(
+            &stable,
+            &canary,
+            &format!("[[routes.plugins.traffic-split.rules]]\n{rule}"),
+        )
+    };
+    assert_rejected(
+        &base("weighted_upstreams = [{ upstream = \"nope\", weight = 1 }]\n"),
+        &[
+            "routes[0].plugins.traffic-split.rules[0].weighted_upstreams[0].upstream",
+            "unknown upstream \"nope\"",
+            "canary",
+        ],
+    );
+    assert_rejected(
+        &base("match = [{ vars = [[\"bogus_var\", \"==\", \"1\"]] }]\nweighted_upstreams = [{ weight = 1 }]\n"),
+        &["rules[0].match[0].vars[0]", "unknown variable"],
+    );
+    assert_rejected(
+        &base("match = [{ vars = [[\"http_x\", \"=~\", \"1\"]] }]\nweighted_upstreams = [{ weight = 1 }]\n"),
+        &["unknown operator"],
+    );
+    assert_rejected(
+        &base("weighted_upstreams = [{ weight = 0 }]\n"),
+        &["all weights are 0"],
+    );
+}
