@@ -132,20 +132,24 @@ fn drive(gw: &Gateway, clients: Vec<Client>, tenant: &str, dur: Duration) -> (Ve
 }
 
 /// Admissions grouped into windows: each window's admissions come as one burst at its start,
-/// so a gap of more than half a window starts a new one. First and last are partial: dropped.
+/// and bursts start a window apart, so an admission more than 3/4 of a window after the start
+/// of the current group opens a new one. Grouping by start (not by gaps) keeps a burst whole
+/// when a busy machine stalls the load threads for a moment. First and last are partial: dropped.
 fn full_windows(admitted: &[Instant], window: Duration) -> Vec<usize> {
     let mut groups: Vec<usize> = Vec::new();
-    let mut last: Option<Instant> = None;
+    let mut start: Option<Instant> = None;
     for &t in admitted {
-        match last {
-            Some(l) if t.duration_since(l) < window / 2 => {
+        match start {
+            Some(s) if t.duration_since(s) < window * 3 / 4 => {
                 if let Some(g) = groups.last_mut() {
                     *g += 1;
                 }
             }
-            _ => groups.push(1),
+            _ => {
+                groups.push(1);
+                start = Some(t);
+            }
         }
-        last = Some(t);
     }
     if groups.len() >= 2 {
         groups.remove(0);
