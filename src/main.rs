@@ -34,9 +34,13 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().filter_or("RINGWAY_LOG", "info"))
-        .format_target(false)
-        .init();
+    // rustls warns on every handshake whose SNI is an IP address (wrk, curl to an IP do
+    // that); at the default level that would flood the log, so it only reports errors.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().filter_or("RINGWAY_LOG", "info,rustls=error"),
+    )
+    .format_target(false)
+    .init();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Check { config } => match ringway::config::load(&config) {
