@@ -1,11 +1,14 @@
 //! ringway: a thread-per-core HTTP/1.1 API gateway on io_uring.
 //! Module map; what tests/ and perf/ reach. See README for the request flow.
 
+pub mod accesslog;
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
 pub mod limit;
+pub mod metrics;
 pub mod net;
 pub mod plugin;
 pub mod proxy;

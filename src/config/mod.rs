@@ -1,6 +1,7 @@
 //! Validated runtime configuration and the loader that turns a TOML file into it.
 //! Shards only ever see these types; the raw serde shapes stay in `raw.rs`.
 
+pub mod ops;
 mod raw;
 mod tls;
 mod validate;
@@ -155,6 +156,11 @@ pub struct Config {
     pub router: Arc<Router>,
     /// Plugin factories (global and per route) and consumers.
     pub plugins: crate::plugin::PluginSet,
+    pub status: Option<ops::StatusConfig>,
+    pub admin: Option<ops::AdminConfig>,
+    pub access_log: Option<crate::accesslog::AccessLogConfig>,
+    /// The file this was loaded from (SIGHUP re-reads it; the admin state file sits beside it).
+    pub source: Option<PathBuf>,
 }
 
 /// Reads and validates a config file.
@@ -170,7 +176,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    from_str_in(&text, &dir)
+    let mut cfg = from_str_in(&text, &dir)?;
+    cfg.source = Some(path.to_path_buf());
+    Ok(cfg)
 }
 
 /// Parses and validates config text; relative file paths resolve against the working directory.

@@ -21,6 +21,53 @@ pub struct RawConfig {
     pub global_plugins: BTreeMap<String, toml::Value>,
     #[serde(default)]
     pub consumers: Vec<RawConsumer>,
+    /// `[status]`: the metrics / status listener (off when the section is absent).
+    #[serde(default)]
+    pub status: Option<RawStatus>,
+    /// `[admin]`: the admin API listener (off when the section is absent).
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatus {
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// X-API-KEY for full access; generated (and logged once) when absent.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// X-API-KEY for read-only access.
+    #[serde(default)]
+    pub viewer_key: Option<String>,
+    /// Client networks allowed to connect, e.g. ["127.0.0.0/8", "10.0.0.0/8"].
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// Where admin changes are persisted; default `<config file>.state.json`.
+    #[serde(default)]
+    pub state_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// A file path, or "stdout".
+    pub path: String,
+    /// "combined" (default) or "json".
+    #[serde(default)]
+    pub format: Option<String>,
+    /// JSON format only: which fields, in order.
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
 }
 
 /// `[[consumers]]`: a named identity with credentials per auth plugin.

@@ -65,6 +65,10 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
         routes,
         router: Arc::new(router),
         plugins,
+        status: super::ops::status(&raw)?,
+        admin: super::ops::admin(&raw, dir)?,
+        access_log: super::ops::access_log(&raw, dir)?,
+        source: None,
     })
 }
 

@@ -306,6 +306,8 @@ pub async fn sync_loop(shard: Rc<crate::runtime::shard::Shard>) {
         monoio::select! {
             _ = monoio::time::sleep(every) => {}
             _ = shard.drain.wait() => return,
+            // A config swap replaced this generation; the new one runs its own loop.
+            _ = shard.retired.wait() => return,
         }
         let sweep = last_sweep.elapsed() >= Duration::from_secs(1);
         if sweep {

@@ -115,19 +115,28 @@ impl Drop for ConnGuard {
 }
 
 impl<S: ClientStream> ClientConn<S> {
-    async fn run(&mut self, shard: &Shard) -> Option<UpstreamStream> {
+    async fn run(&mut self, first: &Rc<Shard>) -> Option<UpstreamStream> {
+        let mut shard = first.clone();
         loop {
-            match self.read_head(shard).await {
+            match self.read_head(&shard).await {
                 HeadRead::Ready => {}
                 HeadRead::Close => return None,
                 HeadRead::Fail(e) => {
-                    self.respond_error(shard, e.into(), false).await;
+                    self.respond_error(&shard, e.into(), false).await;
                     return None;
                 }
             }
+            // Request boundary: a config swapped in since the last request applies from here;
+            // `shard` keeps the generation this request started on alive until it is done.
+            if let Some(newer) = crate::runtime::shard::newer(&shard) {
+                shard = newer;
+            }
             self.served += 1;
             shard.stats.requests.set(shard.stats.requests.get() + 1);
-            match self.handle(shard).await {
+            let started = self.observe_start();
+            let after = self.handle(&shard).await;
+            self.observe_end(&shard, started);
+            match after {
                 After::KeepAlive if !shard.drain.is_draining() => {}
                 After::KeepAlive | After::Close => return None,
                 After::Tunnel(up) => return Some(up),

@@ -4,6 +4,7 @@
 mod conn;
 mod forward;
 pub mod io;
+mod observe;
 mod phases;
 mod pump;
 mod tunnel;

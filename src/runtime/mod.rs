@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::config::{Config, DriverKind};
@@ -21,7 +21,7 @@ use shard::{Control, Shard};
 /// Runs the gateway until a termination signal; returns once shards have drained.
 pub fn run(cfg: Config) -> Result<(), String> {
     // Signals are claimed before anything serves, so an early SIGTERM still drains cleanly.
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let workers = cfg.server.workers;
     let bound =
@@ -33,6 +33,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let entries = cfg.server.io_uring_entries;
         let driver = cfg.server.driver;
         crate::demo::start(addr, driver, entries).map_err(|e| format!("demo upstream: {e}"))?;
+    }
+    if let Some(al) = &cfg.access_log {
+        crate::accesslog::start(al)?;
     }
     let cfg = Arc::new(cfg);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -48,7 +51,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
         senders.push(tx);
         handles.push(spawn_shard(id, cpu, cfg.clone(), listeners, rx)?);
     }
+    let plane = crate::admin::Plane::new(cfg.clone(), senders.clone());
+    crate::admin::start_status(&plane)?;
     for sig in signals.forever() {
+        if sig == SIGUSR1 {
+            crate::accesslog::reopen();
+            continue;
+        }
         if sig == SIGHUP {
             reload_tls(&cfg, &senders);
             continue;
@@ -60,6 +69,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         break;
     }
     shutdown(&senders, handles, cfg.server.shutdown_timeout);
+    crate::accesslog::sync(Duration::from_secs(2));
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use monoio::net::{TcpListener, TcpStream};
 
 use super::drain::Drain;
@@ -23,6 +23,45 @@ pub enum Control {
     /// New TLS configs (SIGHUP certificate reload), one per listener in `listen` order (`None`
     /// for plain ones). Used for new handshakes; open connections keep the session they have.
     ReloadTls(Vec<Option<Arc<rustls::ServerConfig>>>),
+    /// Step one of a config swap: build this shard's next generation from `cfg` (upstream
+    /// state, plugin instances, counters), keep it pending and ack with the shard id.
+    Prepare {
+        generation: u64,
+        cfg: Arc<Config>,
+        ack: Sender<usize>,
+    },
+    /// Step two: the pending generation becomes current. New requests use it; requests
+    /// already running finish on the generation they started with.
+    Commit(u64),
+    /// Copy this shard's counters out for the status thread.
+    Snapshot(Sender<crate::metrics::ShardSnapshot>),
+    /// Active health verdict for one node of the named upstream.
+    NodeDown {
+        upstream: String,
+        node: usize,
+        down: bool,
+    },
+}
+
+thread_local! {
+    /// The generation new requests on this shard use; set at start and on `Commit`.
+    static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// The shard's current generation if it is not `shard`'s own (a swap happened since).
+#[inline]
+pub fn newer(shard: &Shard) -> Option<Rc<Shard>> {
+    CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|cur| cur.generation != shard.generation)
+            .cloned()
+    })
+}
+
+/// The current generation (or `shard` itself before the first is set).
+pub fn current(shard: &Rc<Shard>) -> Rc<Shard> {
+    newer(shard).unwrap_or_else(|| shard.clone())
 }
 
 /// Shard-local counters: plain cells, no atomics on the request path.
@@ -33,51 +72,75 @@ pub struct ShardStats {
     pub errors: Cell<u64>,
 }
 
+/// One config generation on one shard. A swap builds a new `Shard` that shares the
+/// shard-wide parts (`Rc` fields: drain, counters, TLS configs, access log) with the old one.
 pub struct Shard {
     pub id: usize,
+    /// Config generation this instance was built from (1 = the file at start-up).
+    pub generation: u64,
     pub cfg: Arc<Config>,
-    pub upstreams: Vec<UpstreamState>,
+    /// `Rc` so a swap keeps the pools and passive health of upstreams whose config is unchanged.
+    pub upstreams: Vec<Rc<UpstreamState>>,
     pub limits: HeadLimits,
-    pub drain: Drain,
+    pub drain: Rc<Drain>,
+    /// Fired when a newer generation replaces this one (stops this generation's tasks).
+    pub retired: Drain,
     /// Open client connections.
-    pub conns: Cell<usize>,
-    pub stats: ShardStats,
+    pub conns: Rc<Cell<usize>>,
+    pub stats: Rc<ShardStats>,
+    /// Shard-wide metric registry; `route_stats[route id]` are this generation's handles into it.
+    pub metrics: Rc<crate::metrics::ShardMetrics>,
+    pub route_stats: Vec<Rc<crate::metrics::RouteStats>>,
+    /// This shard's access log buffer, if `[access_log]` is configured.
+    pub log: Option<Rc<crate::accesslog::ShardLog>>,
     /// This shard's plugin instances (built once per shard) and limit state.
     pub plugins: crate::plugin::ShardPlugins,
     /// Per listener, the TLS config new handshakes use; swapped by `Control::ReloadTls`.
-    pub tls: RefCell<Vec<Option<Arc<rustls::ServerConfig>>>>,
+    pub tls: Rc<RefCell<Vec<Option<Arc<rustls::ServerConfig>>>>>,
 }
 
 const TICK: Duration = Duration::from_millis(50);
 
 impl Shard {
     pub fn new(id: usize, cfg: Arc<Config>) -> Shard {
+        let metrics = Rc::new(crate::metrics::ShardMetrics::default());
         Shard {
             id,
-            tls: RefCell::new(
+            generation: 1,
+            tls: Rc::new(RefCell::new(
                 cfg.server
                     .tls
                     .iter()
                     .map(|t| t.as_ref().map(|t| t.config.clone()))
                     .collect(),
-            ),
-            upstreams: cfg.upstreams.iter().map(UpstreamState::new).collect(),
+            )),
+            upstreams: cfg
+                .upstreams
+                .iter()
+                .map(|u| Rc::new(UpstreamState::new(u)))
+                .collect(),
+            route_stats: metrics.for_routes(cfg.routes.iter().map(|r| r.name.as_str())),
+            metrics,
+            log: crate::accesslog::ShardLog::for_shard(id),
             plugins: crate::plugin::ShardPlugins::for_shard(&cfg.plugins, id),
             limits: HeadLimits {
                 max_header_bytes: cfg.server.max_header_bytes,
                 max_request_line_bytes: cfg.server.max_request_line_bytes,
             },
             cfg,
-            drain: Drain::default(),
-            conns: Cell::new(0),
-            stats: ShardStats::default(),
+            drain: Rc::new(Drain::default()),
+            retired: Drain::default(),
+            conns: Rc::new(Cell::new(0)),
+            stats: Rc::new(ShardStats::default()),
         }
     }
 }
 
 /// The shard's main future: accept loops plus the control/housekeeping tick.
 pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receiver<Control>) {
+    CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
     monoio::spawn(crate::plugin::chain::sync_loop(shard.clone()));
+    let mut pending: Option<Rc<Shard>> = None;
     for (index, l) in listeners.into_iter().enumerate() {
         match TcpListener::from_std(l) {
             Ok(l) => {
@@ -103,20 +166,141 @@ pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receive
                     *shard.tls.borrow_mut() = configs;
                     log::debug!("shard {}: TLS certificates swapped", shard.id);
                 }
+                Ok(Control::Prepare {
+                    generation,
+                    cfg,
+                    ack,
+                }) => {
+                    pending = Some(Rc::new(current(&shard).next(cfg, generation)));
+                    let _ = ack.send(shard.id);
+                }
+                Ok(Control::Commit(generation)) => {
+                    if let Some(next) = pending.take().filter(|p| p.generation == generation) {
+                        let old = current(&shard);
+                        CURRENT.with(|c| *c.borrow_mut() = Some(next.clone()));
+                        old.retired.fire();
+                        monoio::spawn(crate::plugin::chain::sync_loop(next));
+                        log::debug!("shard {}: now on config generation {generation}", shard.id);
+                    }
+                }
+                Ok(Control::Snapshot(reply)) => {
+                    let _ = reply.send(current(&shard).snapshot());
+                }
+                Ok(Control::NodeDown {
+                    upstream,
+                    node,
+                    down,
+                }) => {
+                    let cur = current(&shard);
+                    for u in cur.upstreams.iter().filter(|u| u.cfg.name == upstream) {
+                        u.health.borrow_mut().set_down(node, down);
+                    }
+                }
                 Err(TryRecvError::Empty) => break,
             }
         }
         let now = Instant::now();
         if let Some(deadline) = drain_deadline {
             if shard.conns.get() == 0 || now >= deadline {
+                if let Some(log) = &shard.log {
+                    log.flush();
+                }
                 return;
             }
         }
         if now.duration_since(last_sweep) >= Duration::from_secs(1) {
             last_sweep = now;
-            for u in &shard.upstreams {
+            for u in &current(&shard).upstreams {
                 u.sweep(now);
             }
+        }
+        if let Some(log) = &shard.log {
+            log.flush();
+        }
+    }
+}
+
+impl Shard {
+    /// Builds the next generation from `cfg`. Runs on the shard thread at a control tick, not
+    /// per request; upstreams whose config is unchanged keep their pools and health state.
+    pub fn next(&self, cfg: Arc<Config>, generation: u64) -> Shard {
+        let old: std::collections::HashMap<&str, &Rc<UpstreamState>> = self
+            .upstreams
+            .iter()
+            .map(|u| (u.cfg.name.as_str(), u))
+            .collect();
+        let upstreams = cfg
+            .upstreams
+            .iter()
+            .map(|u| match old.get(u.name.as_str()) {
+                // Debug output covers every field; cheaper to keep than a hand-written PartialEq.
+                Some(o) if format!("{:?}", o.cfg) == format!("{u:?}") => Rc::clone(o),
+                _ => Rc::new(UpstreamState::new(u)),
+            })
+            .collect();
+        Shard {
+            id: self.id,
+            generation,
+            upstreams,
+            route_stats: self
+                .metrics
+                .for_routes(cfg.routes.iter().map(|r| r.name.as_str())),
+            metrics: self.metrics.clone(),
+            log: self.log.clone(),
+            plugins: crate::plugin::ShardPlugins::for_shard(&cfg.plugins, self.id),
+            limits: HeadLimits {
+                max_header_bytes: cfg.server.max_header_bytes,
+                max_request_line_bytes: cfg.server.max_request_line_bytes,
+            },
+            cfg,
+            drain: self.drain.clone(),
+            retired: Drain::default(),
+            conns: self.conns.clone(),
+            stats: self.stats.clone(),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// This shard's counters, copied for the status thread.
+    pub fn snapshot(&self) -> crate::metrics::ShardSnapshot {
+        let now = Instant::now();
+        let upstreams = self
+            .upstreams
+            .iter()
+            .map(|u| {
+                let h = u.health.borrow();
+                crate::metrics::UpstreamSnap {
+                    name: u.cfg.name.clone(),
+                    nodes: u
+                        .cfg
+                        .nodes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| {
+                            let (successes, failures) = h.counts(i);
+                            crate::metrics::NodeSnap {
+                                addr: n.host.clone(),
+                                successes,
+                                failures,
+                                ejected: h.is_ejected(i, now),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let (log_lines, log_dropped) = self.log.as_ref().map_or((0, 0), |l| l.counts());
+        crate::metrics::ShardSnapshot {
+            shard: self.id,
+            generation: self.generation,
+            accepted: self.stats.accepted.get(),
+            requests: self.stats.requests.get(),
+            errors: self.stats.errors.get(),
+            active_connections: self.conns.get() as u64,
+            routes: self.metrics.route_counts(),
+            upstreams,
+            log_lines,
+            log_dropped,
         }
     }
 }
@@ -143,10 +327,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, index: usize) {
                 let tls = shard.tls.borrow().get(index).cloned().flatten();
                 match tls {
                     None => {
-                        monoio::spawn(crate::proxy::serve(shard.clone(), stream, peer, None));
+                        monoio::spawn(crate::proxy::serve(current(&shard), stream, peer, None));
                     }
                     Some(cfg) => {
-                        monoio::spawn(serve_tls(shard.clone(), cfg, stream, peer));
+                        monoio::spawn(serve_tls(current(&shard), cfg, stream, peer));
                     }
                 }
             }

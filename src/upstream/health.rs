@@ -25,6 +25,10 @@ pub struct PassiveHealth {
     max_fails: u32,
     fail_timeout: Duration,
     nodes: Vec<NodeState>,
+    /// (successes, failures) per node, for metrics; never reset.
+    counts: Vec<(u64, u64)>,
+    /// Marked down by active health checks (published by the status thread).
+    down: Vec<bool>,
 }
 
 impl PassiveHealth {
@@ -34,6 +38,8 @@ impl PassiveHealth {
             max_fails,
             fail_timeout: fail_timeout.min(MAX_FAIL_TIMEOUT),
             nodes: vec![NodeState::default(); nodes],
+            counts: vec![(0, 0); nodes],
+            down: vec![false; nodes],
         }
     }
 
@@ -48,7 +54,7 @@ impl PassiveHealth {
     /// Adds every currently ejected node to `skip`. If that would be all nodes it adds none:
     /// failing open beats refusing every request when the whole upstream looks down.
     pub fn fill_ejected(&mut self, now: Instant, skip: &mut NodeSet) {
-        if self.max_fails == 0 || self.nodes.is_empty() {
+        if (self.max_fails == 0 && !self.down.contains(&true)) || self.nodes.is_empty() {
             return;
         }
         let ejected = (0..self.nodes.len())
@@ -69,6 +75,9 @@ impl PassiveHealth {
         let Some(s) = self.nodes.get(node) else {
             return false;
         };
+        if self.down[node] {
+            return true;
+        }
         match s.ejected_until {
             Some(until) if now < until => true,
             Some(_) => s.trial_until.is_some_and(|t| now < t),
@@ -95,6 +104,9 @@ impl PassiveHealth {
     /// `fail_timeout`. A failure of a half-open node's trial re-ejects it immediately.
     pub fn report_failure(&mut self, node: usize, now: Instant) {
         let (max_fails, timeout) = (self.max_fails, self.fail_timeout);
+        if let Some(c) = self.counts.get_mut(node) {
+            c.1 += 1;
+        }
         if max_fails == 0 {
             return;
         }
@@ -126,8 +138,24 @@ impl PassiveHealth {
 
     /// Any success proves the node works: forget failures, ejection and trial state.
     pub fn report_success(&mut self, node: usize) {
+        if let Some(c) = self.counts.get_mut(node) {
+            c.0 += 1;
+        }
         if let Some(s) = self.nodes.get_mut(node) {
             *s = NodeState::default();
+        }
+    }
+
+    /// (successes, failures) reported for `node` since start, for metrics.
+    pub fn counts(&self, node: usize) -> (u64, u64) {
+        self.counts.get(node).copied().unwrap_or_default()
+    }
+
+    /// Active health checks' verdict: a down node is skipped like an ejected one (and the
+    /// same fail-open rule applies when every node is down).
+    pub fn set_down(&mut self, node: usize, down: bool) {
+        if let Some(d) = self.down.get_mut(node) {
+            *d = down;
         }
     }
 

@@ -1,0 +1,179 @@
+//! The control plane: the one place that changes what shards run. Holds the current config and
+//! its generation, applies a new config to every shard in two steps (prepare, commit) over their
+//! control channels, and gathers counter snapshots. Runs on the status/admin/main threads only.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Sender};
+
+use crate::config::Config;
+use crate::metrics::expose::PlaneInfo;
+use crate::metrics::ShardSnapshot;
+use crate::runtime::shard::Control;
+
+/// How long a scrape waits for shards (they answer on their next 50 ms tick).
+const SNAPSHOT_WAIT: Duration = Duration::from_millis(500);
+/// How long a swap waits for every shard to build its next generation.
+const PREPARE_WAIT: Duration = Duration::from_secs(10);
+
+pub struct Plane {
+    senders: Vec<Sender<Control>>,
+    started: Instant,
+    inner: Mutex<Inner>,
+    /// Serialises swaps (admin changes, SIGHUP) so generations commit in order.
+    swap: Mutex<()>,
+}
+
+struct Inner {
+    generation: u64,
+    cfg: Arc<Config>,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    /// Active health results: (upstream, node addr) -> (up, passes, fails).
+    active: BTreeMap<(String, String), (bool, u64, u64)>,
+}
+
+impl Plane {
+    pub fn new(cfg: Arc<Config>, senders: Vec<Sender<Control>>) -> Arc<Plane> {
+        Arc::new(Plane {
+            senders,
+            started: Instant::now(),
+            inner: Mutex::new(Inner {
+                generation: 1,
+                cfg,
+                reloads_ok: 0,
+                reloads_failed: 0,
+                active: BTreeMap::new(),
+            }),
+            swap: Mutex::new(()),
+        })
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain counters behind; they are still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.inner().cfg.clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.inner().generation
+    }
+
+    pub fn shards(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Counts a change that failed validation (it never reached the shards).
+    pub fn note_failure(&self) {
+        self.inner().reloads_failed += 1;
+    }
+
+    /// Sends `cfg` to every shard: each builds its next generation and acks (prepare), then all
+    /// are told to switch (commit). Returns the new generation number and how long it took.
+    pub fn apply(&self, cfg: Config) -> (u64, Duration) {
+        let t0 = Instant::now();
+        let _one = self.swap.lock().unwrap_or_else(|e| e.into_inner());
+        let cfg = Arc::new(cfg);
+        let generation = self.generation() + 1;
+        let (ack, acks) = unbounded();
+        let mut sent = 0;
+        for tx in &self.senders {
+            let msg = Control::Prepare {
+                generation,
+                cfg: cfg.clone(),
+                ack: ack.clone(),
+            };
+            if tx.send(msg).is_ok() {
+                sent += 1;
+            }
+        }
+        let deadline = Instant::now() + PREPARE_WAIT;
+        let mut got = 0;
+        while got < sent {
+            match acks.recv_deadline(deadline) {
+                Ok(_) => got += 1,
+                Err(_) => break,
+            }
+        }
+        if got < sent {
+            // Channels are ordered: a slow shard still prepares before it sees the commit.
+            log::warn!(
+                "config generation {generation}: {got}/{sent} shards prepared in time; committing"
+            );
+        }
+        for tx in &self.senders {
+            let _ = tx.send(Control::Commit(generation));
+        }
+        let mut inner = self.inner();
+        inner.generation = generation;
+        inner.cfg = cfg;
+        inner.reloads_ok += 1;
+        (generation, t0.elapsed())
+    }
+
+    /// Asks every shard for its counters; shards that do not answer in time are left out.
+    pub fn gather(&self) -> Vec<ShardSnapshot> {
+        let (tx, rx) = bounded(self.senders.len().max(1));
+        let mut asked = 0;
+        for s in &self.senders {
+            if s.send(Control::Snapshot(tx.clone())).is_ok() {
+                asked += 1;
+            }
+        }
+        let deadline = Instant::now() + SNAPSHOT_WAIT;
+        let mut out = Vec::with_capacity(asked);
+        while out.len() < asked {
+            match rx.recv_deadline(deadline) {
+                Ok(s) => out.push(s),
+                Err(_) => break,
+            }
+        }
+        out.sort_by_key(|s| s.shard);
+        out
+    }
+
+    pub fn info(&self) -> PlaneInfo {
+        let inner = self.inner();
+        PlaneInfo {
+            generation: inner.generation,
+            reloads_ok: inner.reloads_ok,
+            reloads_failed: inner.reloads_failed,
+            shards: self.senders.len(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            active: inner.active.clone(),
+        }
+    }
+
+    /// Records an active check result and tells every shard when a node's state flips.
+    pub fn node_checked(&self, upstream: &str, node: usize, addr: &str, up: bool) {
+        let flipped = {
+            let mut inner = self.inner();
+            let e = inner
+                .active
+                .entry((upstream.to_string(), addr.to_string()))
+                .or_insert((true, 0, 0));
+            let was = e.0;
+            e.0 = up;
+            if up {
+                e.1 += 1
+            } else {
+                e.2 += 1
+            }
+            was != up
+        };
+        if flipped {
+            for tx in &self.senders {
+                let _ = tx.send(Control::NodeDown {
+                    upstream: upstream.to_string(),
+                    node,
+                    down: !up,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Merges shard snapshots and renders them: Prometheus text format 0.0.4 for `/metrics`, JSON for
+//! `/status`. Runs on the status thread only; never touches shard state directly.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use super::names::*;
+use super::{RouteCounts, ShardSnapshot, BUCKETS_US};
+
+/// Gateway-wide facts the status thread knows itself (not counted by shards).
+#[derive(Debug, Clone, Default)]
+pub struct PlaneInfo {
+    pub generation: u64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub shards: usize,
+    pub uptime_secs: u64,
+    /// Active health check results: (upstream, node) -> (up, checks passed, checks failed).
+    pub active: BTreeMap<(String, String), (bool, u64, u64)>,
+}
+
+/// Sums over shards, keyed so the output order is stable.
+#[derive(Default)]
+struct Merged {
+    accepted: u64,
+    requests: u64,
+    errors: u64,
+    active: u64,
+    routes: BTreeMap<String, RouteCounts>,
+    /// (upstream, node) -> (successes, failures, ejected on any shard)
+    nodes: BTreeMap<(String, String), (u64, u64, bool)>,
+    log_lines: u64,
+    log_dropped: u64,
+}
+
+fn merge(snaps: &[ShardSnapshot]) -> Merged {
+    let mut m = Merged::default();
+    for s in snaps {
+        m.accepted += s.accepted;
+        m.requests += s.requests;
+        m.errors += s.errors;
+        m.active += s.active_connections;
+        m.log_lines += s.log_lines;
+        m.log_dropped += s.log_dropped;
+        for (name, c) in &s.routes {
+            m.routes.entry(name.clone()).or_default().add(c);
+        }
+        for u in &s.upstreams {
+            for n in &u.nodes {
+                let e = m.nodes.entry((u.name.clone(), n.addr.clone())).or_default();
+                e.0 += n.successes;
+                e.1 += n.failures;
+                e.2 |= n.ejected;
+            }
+        }
+    }
+    m
+}
+
+/// Escapes a label value as the exposition format requires (backslash, quote, newline).
+pub fn label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The `/metrics` body.
+pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
+    let m = merge(snaps);
+    let mut o = String::with_capacity(4096 + m.routes.len() * 1200);
+    family(&mut o, BUILD_INFO, "gauge", "Build information; always 1.");
+    let _ = writeln!(
+        o,
+        "{BUILD_INFO}{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    family(
+        &mut o,
+        CONFIG_GENERATION,
+        "gauge",
+        "Generation of the configuration the shards run (starts at 1).",
+    );
+    let _ = writeln!(o, "{CONFIG_GENERATION} {}", info.generation);
+    family(
+        &mut o,
+        CONFIG_RELOADS,
+        "counter",
+        "Configuration changes applied (SIGHUP, admin API) by result.",
+    );
+    let _ = writeln!(o, "{CONFIG_RELOADS}{{result=\"ok\"}} {}", info.reloads_ok);
+    let _ = writeln!(
+        o,
+        "{CONFIG_RELOADS}{{result=\"error\"}} {}",
+        info.reloads_failed
+    );
+    family(&mut o, SHARDS, "gauge", "Shards (worker threads) running.");
+    let _ = writeln!(o, "{SHARDS} {}", info.shards);
+    family(
+        &mut o,
+        SHARDS_REPORTING,
+        "gauge",
+        "Shards whose counters are included in this scrape.",
+    );
+    let _ = writeln!(o, "{SHARDS_REPORTING} {}", snaps.len());
+    family(
+        &mut o,
+        CONNECTIONS_ACCEPTED,
+        "counter",
+        "Client connections accepted.",
+    );
+    let _ = writeln!(o, "{CONNECTIONS_ACCEPTED} {}", m.accepted);
+    family(
+        &mut o,
+        CONNECTIONS_ACTIVE,
+        "gauge",
+        "Client connections open now.",
+    );
+    let _ = writeln!(o, "{CONNECTIONS_ACTIVE} {}", m.active);
+    family(
+        &mut o,
+        SHARD_REQUESTS,
+        "counter",
+        "Requests read, per shard.",
+    );
+    for s in snaps {
+        let _ = writeln!(
+            o,
+            "{SHARD_REQUESTS}{{shard=\"{}\"}} {}",
+            s.shard, s.requests
+        );
+    }
+    family(
+        &mut o,
+        GATEWAY_ERRORS,
+        "counter",
+        "Error responses the gateway generated itself (4xx/5xx not from an upstream).",
+    );
+    let _ = writeln!(o, "{GATEWAY_ERRORS} {}", m.errors);
+    family(
+        &mut o,
+        HTTP_REQUESTS,
+        "counter",
+        "Requests answered, by route name (\"\" = no route) and status class.",
+    );
+    for (route, c) in &m.routes {
+        let r = label(route);
+        for (i, class) in CLASSES.iter().enumerate() {
+            if c.classes[i] > 0 {
+                let _ = writeln!(
+                    o,
+                    "{HTTP_REQUESTS}{{route=\"{r}\",code=\"{class}\"}} {}",
+                    c.classes[i]
+                );
+            }
+        }
+    }
+    family(
+        &mut o,
+        HTTP_DURATION,
+        "histogram",
+        "Time from request head read to response written, by route.",
+    );
+    for (route, c) in &m.routes {
+        let r = label(route);
+        let mut cum = 0;
+        for (i, b) in BUCKETS_US.iter().enumerate() {
+            cum += c.buckets[i];
+            let le = *b as f64 / 1e6;
+            let _ = writeln!(
+                o,
+                "{HTTP_DURATION}_bucket{{route=\"{r}\",le=\"{le}\"}} {cum}"
+            );
+        }
+        cum += c.buckets[BUCKETS_US.len()];
+        let _ = writeln!(
+            o,
+            "{HTTP_DURATION}_bucket{{route=\"{r}\",le=\"+Inf\"}} {cum}"
+        );
+        let _ = writeln!(
+            o,
+            "{HTTP_DURATION}_sum{{route=\"{r}\"}} {}",
+            c.sum_us as f64 / 1e6
+        );
+        let _ = writeln!(o, "{HTTP_DURATION}_count{{route=\"{r}\"}} {cum}");
+    }
+    family(
+        &mut o,
+        UPSTREAM_RESPONSES,
+        "counter",
+        "Upstream exchanges by upstream, node and result.",
+    );
+    for ((u, n), (ok, fail, _)) in &m.nodes {
+        let (u, n) = (label(u), label(n));
+        let _ = writeln!(
+            o,
+            "{UPSTREAM_RESPONSES}{{upstream=\"{u}\",node=\"{n}\",result=\"success\"}} {ok}"
+        );
+        let _ = writeln!(
+            o,
+            "{UPSTREAM_RESPONSES}{{upstream=\"{u}\",node=\"{n}\",result=\"failure\"}} {fail}"
+        );
+    }
+    family(&mut o, UPSTREAM_NODE_UP, "gauge", "1 if the node takes traffic: not passively ejected on any shard and not failing active checks.");
+    for ((u, n), (_, _, ejected)) in &m.nodes {
+        let active_up = info
+            .active
+            .get(&(u.clone(), n.clone()))
+            .map_or(true, |a| a.0);
+        let up = u8::from(!ejected && active_up);
+        let _ = writeln!(
+            o,
+            "{UPSTREAM_NODE_UP}{{upstream=\"{}\",node=\"{}\"}} {up}",
+            label(u),
+            label(n)
+        );
+    }
+    family(
+        &mut o,
+        ACTIVE_CHECKS,
+        "counter",
+        "Active health check probes by upstream, node and result.",
+    );
+    for ((u, n), (_, pass, fail)) in &info.active {
+        let (u, n) = (label(u), label(n));
+        let _ = writeln!(
+            o,
+            "{ACTIVE_CHECKS}{{upstream=\"{u}\",node=\"{n}\",result=\"pass\"}} {pass}"
+        );
+        let _ = writeln!(
+            o,
+            "{ACTIVE_CHECKS}{{upstream=\"{u}\",node=\"{n}\",result=\"fail\"}} {fail}"
+        );
+    }
+    family(
+        &mut o,
+        ACCESSLOG_LINES,
+        "counter",
+        "Access log lines handed to the writer.",
+    );
+    let _ = writeln!(o, "{ACCESSLOG_LINES} {}", m.log_lines);
+    family(
+        &mut o,
+        ACCESSLOG_DROPPED,
+        "counter",
+        "Access log lines dropped because the writer fell behind.",
+    );
+    let _ = writeln!(o, "{ACCESSLOG_DROPPED} {}", m.log_dropped);
+    o
+}
+
+/// The `/status` body.
+pub fn status_json(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> serde_json::Value {
+    let m = merge(snaps);
+    let shards: Vec<_> = snaps
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "id": s.shard, "generation": s.generation, "accepted": s.accepted,
+                "requests": s.requests, "active_connections": s.active_connections,
+            })
+        })
+        .collect();
+    let mut ups: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for ((u, n), (ok, fail, ejected)) in &m.nodes {
+        let active = info.active.get(&(u.clone(), n.clone()));
+        ups.entry(u.clone()).or_default().push(serde_json::json!({
+            "node": n, "successes": ok, "failures": fail, "passively_ejected": ejected,
+            "active_healthy": active.map(|a| a.0),
+            "healthy": !ejected && active.map_or(true, |a| a.0),
+        }));
+    }
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": info.uptime_secs,
+        "config_generation": info.generation,
+        "reloads": { "ok": info.reloads_ok, "error": info.reloads_failed },
+        "shards": info.shards,
+        "shards_reporting": snaps.len(),
+        "connections": { "accepted": m.accepted, "active": m.active },
+        "requests": m.requests,
+        "gateway_errors": m.errors,
+        "per_shard": shards,
+        "upstreams": ups,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_escaping() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn merges_shards() {
+        let mut c = RouteCounts::default();
+        c.classes[1] = 2;
+        c.buckets[0] = 2;
+        let s = ShardSnapshot {
+            routes: vec![("r".into(), c)],
+            requests: 2,
+            ..Default::default()
+        };
+        let text = prometheus(&PlaneInfo::default(), &[s.clone(), s]);
+        assert!(text.contains("ringway_http_requests_total{route=\"r\",code=\"2xx\"} 4\n"));
+        assert!(text.contains("ringway_http_request_duration_seconds_count{route=\"r\"} 4\n"));
+    }
+}

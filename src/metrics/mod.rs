@@ -1,0 +1,175 @@
+//! Shard-local request counters (plain `Cell`s, no atomics, no locks) and the `Send` snapshots a
+//! shard hands to the status thread when asked. Must not do I/O; exposition lives in `expose.rs`.
+
+pub mod expose;
+pub mod names;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Histogram bucket upper bounds in microseconds (0.5 ms .. 10 s), the `le` labels in seconds.
+pub const BUCKETS_US: [u64; 12] = [
+    500, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    10_000_000,
+];
+
+/// Counters for one route on one shard. Keyed by route *name* (not id) in `ShardMetrics`, so
+/// they survive config swaps that renumber routes.
+#[derive(Default)]
+pub struct RouteStats {
+    /// Responses by status class: index 0 = 1xx .. 4 = 5xx.
+    classes: [Cell<u64>; 5],
+    /// Non-cumulative bucket counts; the last slot is "above every bound" (+Inf only).
+    buckets: [Cell<u64>; BUCKETS_US.len() + 1],
+    sum_us: Cell<u64>,
+}
+
+impl RouteStats {
+    #[inline]
+    pub fn record(&self, status: u16, took: Duration) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        bump(&self.classes[class], 1);
+        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let slot = BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(BUCKETS_US.len());
+        bump(&self.buckets[slot], 1);
+        bump(&self.sum_us, us);
+    }
+
+    fn snapshot(&self) -> RouteCounts {
+        RouteCounts {
+            classes: self.classes.each_ref().map(Cell::get),
+            buckets: self.buckets.each_ref().map(Cell::get),
+            sum_us: self.sum_us.get(),
+        }
+    }
+}
+
+#[inline]
+fn bump(c: &Cell<u64>, by: u64) {
+    c.set(c.get().wrapping_add(by));
+}
+
+/// A route's counters copied out for the status thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteCounts {
+    pub classes: [u64; 5],
+    pub buckets: [u64; BUCKETS_US.len() + 1],
+    pub sum_us: u64,
+}
+
+impl RouteCounts {
+    pub fn total(&self) -> u64 {
+        self.classes.iter().sum()
+    }
+
+    pub fn add(&mut self, o: &RouteCounts) {
+        for (a, b) in self.classes.iter_mut().zip(o.classes) {
+            *a += b;
+        }
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets) {
+            *a += b;
+        }
+        self.sum_us += o.sum_us;
+    }
+}
+
+/// One shard's metric registry, shared by every config generation the shard runs.
+#[derive(Default)]
+pub struct ShardMetrics {
+    /// By route name; a generation looks its routes up here once, when it is built.
+    routes: RefCell<HashMap<Box<str>, Rc<RouteStats>>>,
+    /// Requests that matched no route, and malformed heads answered before routing.
+    pub unrouted: RouteStats,
+}
+
+impl ShardMetrics {
+    /// The counters for each route of a new generation, in route-id order.
+    pub fn for_routes<'a>(&self, names: impl Iterator<Item = &'a str>) -> Vec<Rc<RouteStats>> {
+        let mut map = self.routes.borrow_mut();
+        names
+            .map(|n| map.entry(n.into()).or_default().clone())
+            .collect()
+    }
+
+    /// Non-zero routes only, so a scrape of a 50k-route table sends what was used.
+    pub fn route_counts(&self) -> Vec<(String, RouteCounts)> {
+        let mut out: Vec<(String, RouteCounts)> = self
+            .routes
+            .borrow()
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.snapshot()))
+            .filter(|(_, c)| c.total() > 0)
+            .collect();
+        let un = self.unrouted.snapshot();
+        if un.total() > 0 {
+            out.push((names::UNROUTED.to_string(), un));
+        }
+        out
+    }
+}
+
+/// One upstream node as a shard sees it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSnap {
+    pub addr: String,
+    pub successes: u64,
+    pub failures: u64,
+    /// Passively ejected right now on this shard.
+    pub ejected: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamSnap {
+    pub name: String,
+    pub nodes: Vec<NodeSnap>,
+}
+
+/// What a shard reports when the status thread asks (see `runtime::shard::Control::Snapshot`).
+#[derive(Debug, Clone, Default)]
+pub struct ShardSnapshot {
+    pub shard: usize,
+    pub generation: u64,
+    pub accepted: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub active_connections: u64,
+    pub routes: Vec<(String, RouteCounts)>,
+    pub upstreams: Vec<UpstreamSnap>,
+    pub log_lines: u64,
+    pub log_dropped: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_and_classes() {
+        let s = RouteStats::default();
+        s.record(200, Duration::from_micros(400));
+        s.record(204, Duration::from_millis(3));
+        s.record(503, Duration::from_secs(60));
+        s.record(99, Duration::ZERO);
+        let c = s.snapshot();
+        assert_eq!(c.classes, [1, 2, 0, 0, 1]);
+        assert_eq!(c.buckets[0], 2);
+        assert_eq!(c.buckets[2], 1);
+        assert_eq!(c.buckets[BUCKETS_US.len()], 1);
+        assert_eq!(c.total(), 4);
+    }
+
+    #[test]
+    fn same_name_same_counters_across_generations() {
+        let m = ShardMetrics::default();
+        let a = m.for_routes(["r1", "r2"].into_iter());
+        a[1].record(200, Duration::ZERO);
+        let b = m.for_routes(["r2", "r3"].into_iter());
+        assert_eq!(b[0].snapshot().total(), 1);
+        assert_eq!(m.route_counts().len(), 1);
+    }
+}

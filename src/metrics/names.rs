@@ -1,0 +1,22 @@
+//! Every metric name ringway exposes, in one place, so dashboards and alerts have one list to follow.
+//! Names only: counting lives in `mod.rs`, exposition in `expose.rs`.
+
+pub const BUILD_INFO: &str = "ringway_build_info";
+pub const CONFIG_GENERATION: &str = "ringway_config_generation";
+pub const CONFIG_RELOADS: &str = "ringway_config_reloads_total";
+pub const SHARDS: &str = "ringway_shards";
+pub const SHARDS_REPORTING: &str = "ringway_shards_reporting";
+pub const CONNECTIONS_ACCEPTED: &str = "ringway_connections_accepted_total";
+pub const CONNECTIONS_ACTIVE: &str = "ringway_connections_active";
+pub const SHARD_REQUESTS: &str = "ringway_shard_requests_total";
+pub const GATEWAY_ERRORS: &str = "ringway_gateway_errors_total";
+pub const HTTP_REQUESTS: &str = "ringway_http_requests_total";
+pub const HTTP_DURATION: &str = "ringway_http_request_duration_seconds";
+pub const UPSTREAM_RESPONSES: &str = "ringway_upstream_responses_total";
+pub const UPSTREAM_NODE_UP: &str = "ringway_upstream_node_up";
+pub const ACCESSLOG_DROPPED: &str = "ringway_accesslog_lines_dropped_total";
+pub const ACCESSLOG_LINES: &str = "ringway_accesslog_lines_total";
+pub const ACTIVE_CHECKS: &str = "ringway_health_checks_total";
+
+/// Route label for requests that matched no route (404s, malformed heads).
+pub const UNROUTED: &str = "";

@@ -1,0 +1,70 @@
+//! Per-request observation: route counters and the access log line, recorded once a request is
+//! answered. Reads the connection's request/context; must not change how the request is served.
+
+use std::time::Instant;
+
+use super::conn::{ClientConn, ClientStream};
+use crate::accesslog::Entry;
+use crate::http::parse::BodyKind;
+use crate::runtime::shard::Shard;
+
+/// `cx.route` before routing: "no route" until `with_plugins` sets it.
+const NO_ROUTE: usize = usize::MAX;
+
+impl<S: ClientStream> ClientConn<S> {
+    /// Clears what `observe_end` reads, so values left by the previous request never leak in.
+    pub(super) fn observe_start(&mut self) -> Instant {
+        self.cx.route = NO_ROUTE;
+        self.cx.status = 0;
+        self.cx.status_override = None;
+        self.resp.status = 0;
+        Instant::now()
+    }
+
+    pub(super) fn observe_end(&self, shard: &Shard, started: Instant) {
+        let took = started.elapsed();
+        // 0: nothing was answered (client went away mid-request); logged as nginx's 499.
+        let status = match self.cx.status_override.unwrap_or(self.cx.status) {
+            0 if self.resp.status != 0 => self.resp.status,
+            0 => 499,
+            s => s,
+        };
+        let route = shard.cfg.routes.get(self.cx.route);
+        match shard.route_stats.get(self.cx.route) {
+            Some(r) => r.record(status, took),
+            None => shard.metrics.unrouted.record(status, took),
+        }
+        let Some(log) = &shard.log else {
+            return;
+        };
+        let upstream = route
+            .and_then(|r| {
+                shard
+                    .cfg
+                    .upstreams
+                    .get(self.cx.upstream.unwrap_or(r.upstream))
+            })
+            .map_or("", |u| u.name.as_str());
+        let body_bytes = match self.resp.body {
+            BodyKind::Length(n) if self.resp.status != 0 => Some(n),
+            _ => None,
+        };
+        log.record(&Entry {
+            remote_addr: self.cx.client_ip,
+            method: self.req.method_bytes(),
+            uri: self.req.target(),
+            path: self.req.path(),
+            version: self.req.version,
+            status,
+            body_bytes,
+            took,
+            host: self.req.host(),
+            referer: self.req.header("referer"),
+            user_agent: self.req.header("user-agent"),
+            route: route.map_or("", |r| r.name.as_str()),
+            upstream,
+            request_id: self.cx.request_id.as_deref(),
+            shard: shard.id,
+        });
+    }
+}
