@@ -177,3 +177,80 @@ impl Plane {
         }
     }
 }
+
+impl Plane {
+    /// SIGHUP: re-reads the config file. Invalid -> logged, the current generation stays;
+    /// valid -> new listen addresses are bound and handed to the shards, then the swap.
+    pub fn reload_file(&self) {
+        let cur = self.config();
+        let Some(path) = cur.source.clone() else {
+            return;
+        };
+        let new = match crate::config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.note_failure();
+                log::error!(
+                    "SIGHUP: {}: {e}; keeping config generation {}",
+                    path.display(),
+                    self.generation()
+                );
+                return;
+            }
+        };
+        if let Err(e) = self.check_restart_only(&cur, &new) {
+            self.note_failure();
+            log::error!(
+                "SIGHUP: {e}; keeping config generation {}",
+                self.generation()
+            );
+            return;
+        }
+        self.add_listeners(&cur, &new);
+        let (generation, took) = self.apply(new);
+        log::info!(
+            "SIGHUP: config reloaded from {}: generation {generation} applied in {took:?}",
+            path.display()
+        );
+    }
+
+    /// Settings a running gateway cannot change in place.
+    fn check_restart_only(&self, cur: &Config, new: &Config) -> Result<(), String> {
+        if new.server.workers != cur.server.workers {
+            return Err(format!(
+                "server.workers changed ({} -> {}); that needs a restart",
+                cur.server.workers, new.server.workers
+            ));
+        }
+        Ok(())
+    }
+
+    /// Binds listen addresses the new config adds (plain listeners) and gives one socket per
+    /// shard; existing listeners and their connections are untouched.
+    fn add_listeners(&self, cur: &Config, new: &Config) {
+        let added: Vec<_> = new
+            .server
+            .listen
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !cur.server.listen.contains(a))
+            .collect();
+        for (i, addr) in added {
+            if new.server.tls.get(i).is_some_and(|t| t.is_some()) {
+                log::warn!("SIGHUP: new TLS listener {addr} needs a restart; not added");
+                continue;
+            }
+            match crate::net::listen::bind_all(&[*addr], self.senders.len()) {
+                Ok(b) => {
+                    for (tx, ls) in self.senders.iter().zip(b.per_shard) {
+                        let _ = tx.send(Control::Listen(ls));
+                    }
+                    for a in b.addrs {
+                        log::info!("listening on {a} (added by reload)");
+                    }
+                }
+                Err(e) => log::error!("SIGHUP: {e}"),
+            }
+        }
+    }
+}

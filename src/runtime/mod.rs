@@ -60,6 +60,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
         if sig == SIGHUP {
             reload_tls(&cfg, &senders);
+            plane.reload_file();
             continue;
         }
         log::info!(

@@ -35,6 +35,8 @@ pub enum Control {
     Commit(u64),
     /// Copy this shard's counters out for the status thread.
     Snapshot(Sender<crate::metrics::ShardSnapshot>),
+    /// Listeners added by a reload (plain, one socket per shard).
+    Listen(Vec<StdListener>),
     /// Active health verdict for one node of the named upstream.
     NodeDown {
         upstream: String,
@@ -181,6 +183,17 @@ pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receive
                         old.retired.fire();
                         monoio::spawn(crate::plugin::chain::sync_loop(next));
                         log::debug!("shard {}: now on config generation {generation}", shard.id);
+                    }
+                }
+                Ok(Control::Listen(ls)) => {
+                    for l in ls {
+                        match TcpListener::from_std(l) {
+                            // Index past the TLS table: served as plain HTTP.
+                            Ok(l) => {
+                                monoio::spawn(accept_loop(shard.clone(), l, usize::MAX));
+                            }
+                            Err(e) => log::error!("shard {}: cannot adopt listener: {e}", shard.id),
+                        }
                     }
                 }
                 Ok(Control::Snapshot(reply)) => {

@@ -383,5 +383,74 @@ pub fn promtool_check(text: &str) {
     );
 }
 
-#[cfg(test)]
-mod checker_tests {}
+
+/// A gateway started from a config file the test owns (so it can rewrite it and send SIGHUP).
+pub struct Proc {
+    child: std::process::Child,
+    pub pid: u32,
+    pub addr: SocketAddr,
+    pub logs: crate::common::LogLines,
+    pub path: std::path::PathBuf,
+}
+
+impl Proc {
+    pub fn start(tag: &str, config: &str) -> Proc {
+        let path = std::env::temp_dir().join(format!("ringway-{tag}-{}.toml", std::process::id()));
+        std::fs::write(&path, config).unwrap();
+        let mut child = std::process::Command::new(crate::common::ringway_bin())
+            .args(["run", "-c", path.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ringway");
+        let logs = crate::common::LogLines::spawn_reader(child.stderr.take().unwrap(), "ringway");
+        let line = logs
+            .wait_for(
+                |l| crate::common::parse_listening_line(l).is_some(),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|| panic!("gateway did not start:\n{}", logs.text()));
+        let addr = crate::common::parse_listening_line(&line).unwrap();
+        Proc {
+            pid: child.id(),
+            child,
+            addr,
+            logs,
+            path,
+        }
+    }
+
+    pub fn rewrite(&self, config: &str) {
+        std::fs::write(&self.path, config).unwrap();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        crate::common::send_signal(self.pid, sig);
+    }
+
+    /// Sends SIGHUP and waits for the `n`-th reload outcome line (applied or refused).
+    pub fn reload(&self, n: usize) -> String {
+        self.signal("HUP");
+        let lines = self.logs.wait_for_n(
+            |l| l.contains("SIGHUP: config reloaded") || l.contains("keeping config generation"),
+            n,
+            Duration::from_secs(10),
+        );
+        assert!(
+            lines.len() >= n,
+            "no reload outcome {n}:\n{}",
+            self.logs.text()
+        );
+        lines[n - 1].clone()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(self.path.with_extension("toml.state.json"));
+    }
+}
