@@ -1,6 +1,7 @@
 //! ringway: a thread-per-core HTTP/1.1 API gateway on io_uring.
 //! Module map; what tests/ and perf/ reach. See README for the request flow.
 
+pub mod cache;
 pub mod accesslog;
 pub mod admin;
 pub mod config;

@@ -22,7 +22,7 @@ type Range = (u32, u32);
 
 /// Header edits copied into one reusable byte arena, so recording an edit allocates nothing
 /// once warm and shares no reference count with other shards.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct HeaderEdits {
     arena: Vec<u8>,
     ops: Vec<(EditOp, Range, Range)>,
@@ -127,6 +127,8 @@ pub struct Ctx {
     /// The request was handed to the upstream side, so `status` is the upstream's answer
     /// (or the gateway's error reaching it), not a plugin reply (api-breaker counts these).
     pub forwarded: bool,
+    /// proxy-cache: what the lookup decided and the response being stored (cache/mod.rs).
+    pub cache: crate::cache::CacheCx,
 }
 
 impl Ctx {
@@ -149,6 +151,7 @@ impl Ctx {
             held: Vec::new(),
             request_id: None,
             forwarded: false,
+            cache: crate::cache::CacheCx::default(),
         }
     }
 
@@ -169,6 +172,7 @@ impl Ctx {
         self.held.clear();
         self.request_id = None;
         self.forwarded = false;
+        self.cache.reset();
     }
 }
 

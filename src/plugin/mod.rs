@@ -24,6 +24,7 @@ mod key_auth;
 mod limit_conn;
 mod limit_count;
 mod limit_req;
+mod proxy_cache;
 mod proxy_rewrite;
 mod request_id;
 mod response_rewrite;

@@ -19,6 +19,7 @@ pub const PLUGINS: &[(&str, i32, Builder)] = &[
     ("basic-auth", 2520, super::basic_auth::factory),
     ("jwt-auth", 2510, super::jwt_auth::factory),
     ("key-auth", 2500, super::key_auth::factory),
+    ("proxy-cache", 1085, super::proxy_cache::factory),
     ("proxy-rewrite", 1008, super::proxy_rewrite::factory),
     ("api-breaker", 1005, super::api_breaker::factory),
     ("limit-conn", 1003, super::limit_conn::factory),

@@ -10,7 +10,7 @@ use crate::upstream::stream::UpstreamStream;
 
 use super::conn::{After, ClientConn, ClientStream};
 use super::io::{read_some, write_all, IoFail};
-use super::pump::{pump, PumpCfg, PumpFail};
+use super::pump::{pump, pump_tee, PumpCfg, PumpFail};
 use crate::config::{HashOn, PassHost, RouteConfig};
 use crate::error::{ClientError, ProxyError, UpstreamError};
 use crate::http::parse::{BodyKind, Method, Status};
@@ -170,7 +170,7 @@ impl<S: ClientStream> ClientConn<S> {
                             up.health.borrow_mut().report_failure(node, Instant::now());
                         }
                     }
-                    return self.fail(shard, e).await;
+                    return self.fail_or_stale(shard, e).await;
                 }
                 Exchange::Abort { node_failed } => {
                     if node_failed {
@@ -180,7 +180,7 @@ impl<S: ClientStream> ClientConn<S> {
                 }
             }
         }
-        self.fail(shard, last.into()).await
+        self.fail_or_stale(shard, last.into()).await
     }
 
     /// One request/response exchange on one upstream connection.
@@ -328,6 +328,13 @@ impl<S: ClientStream> ClientConn<S> {
         if self.resp.status == 101 {
             return self.switch_protocols(server.send_timeout, route).await;
         }
+        if self.cx.cache.active() {
+            // proxy-cache: a 304 to its revalidation or a 5xx under stale-if-error is answered
+            // from the entry (proxy/cached.rs); otherwise it labels the response and may tee it.
+            if let Some((client, reusable)) = self.cache_on_head(shard).await {
+                return Exchange::Done { client, reusable };
+            }
+        }
 
         let framing = match self.resp.body {
             // 204/304/1xx and HEAD answers carry no framing of their own; any other empty
@@ -391,7 +398,7 @@ impl<S: ClientStream> ClientConn<S> {
             limit: 0,
             max_trailer: server.max_header_bytes,
         };
-        let relayed = pump(
+        let relayed = pump_tee(
             stream,
             &mut self.ubuf,
             &mut self.stream,
@@ -399,6 +406,7 @@ impl<S: ClientStream> ClientConn<S> {
             self.resp.body,
             framing == ClientFraming::Chunked,
             &pc,
+            self.cx.cache.tee.as_mut(),
         )
         .await;
         match relayed {

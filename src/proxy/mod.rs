@@ -1,6 +1,7 @@
 //! The request path: client connection loop, upstream exchange, body pumping and tunnels.
 //! Reads shard state and config; never reaches across shards.
 
+mod cached;
 mod conn;
 mod forward;
 pub mod io;

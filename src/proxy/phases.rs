@@ -31,7 +31,12 @@ impl<S: ClientStream> ClientConn<S> {
                     monoio::time::sleep(self.cx.delay).await;
                 }
                 self.cx.forwarded = true;
-                self.forward(shard, route).await
+                if self.cx.cache.active() {
+                    // proxy-cache: serve, coalesce, revalidate or purge (proxy/cached.rs).
+                    self.cached(shard, route).await
+                } else {
+                    self.forward(shard, route).await
+                }
             }
         };
         shard.plugins.log(route, &mut self.cx);

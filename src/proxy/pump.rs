@@ -8,6 +8,7 @@ use bytes::{Buf, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::io::{read_some, write_all, write_range, IoFail};
+use crate::cache::Tee;
 use crate::http::chunked::{put_chunk_header, ChunkError, ChunkedDecoder};
 use crate::http::parse::BodyKind;
 
@@ -44,6 +45,22 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     chunk_out: bool,
     cfg: &PumpCfg,
 ) -> Result<u64, PumpFail> {
+    pump_tee(src, src_buf, dst, out, kind, chunk_out, cfg, None).await
+}
+
+/// `pump`, also handing each piece of decoded body data to `tee` (the proxy cache copying a
+/// response it may store) and telling it when the body ended cleanly.
+#[allow(clippy::too_many_arguments)]
+pub async fn pump_tee<R: AsyncReadRent, W: AsyncWriteRent>(
+    src: &mut R,
+    src_buf: &mut BytesMut,
+    dst: &mut W,
+    out: &mut BytesMut,
+    kind: BodyKind,
+    chunk_out: bool,
+    cfg: &PumpCfg,
+    mut tee: Option<&mut Tee>,
+) -> Result<u64, PumpFail> {
     let mut total = 0u64;
     match kind {
         BodyKind::Empty => {}
@@ -56,6 +73,9 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                         .map_err(PumpFail::Src)?;
                 }
                 let take = (src_buf.len() as u64).min(rem) as usize;
+                if let Some(t) = tee.as_deref_mut() {
+                    t.push(&src_buf[..take]);
+                }
                 emit(dst, out, src_buf, take, cfg).await?;
                 src_buf.advance(take);
                 rem -= take as u64;
@@ -72,12 +92,21 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                 }
                 let mut data = 0u64;
                 let progress = if chunk_out {
-                    dec.decode(src_buf, |a, b| data += (b - a) as u64)
+                    let input: &[u8] = src_buf;
+                    dec.decode(input, |a, b| {
+                        data += (b - a) as u64;
+                        if let Some(t) = tee.as_deref_mut() {
+                            t.push(&input[a..b]);
+                        }
+                    })
                 } else {
                     let input: &[u8] = src_buf;
                     dec.decode(input, |a, b| {
                         data += (b - a) as u64;
                         out.extend_from_slice(&input[a..b]);
+                        if let Some(t) = tee.as_deref_mut() {
+                            t.push(&input[a..b]);
+                        }
                     })
                 }
                 .map_err(PumpFail::Framing)?;
@@ -111,6 +140,9 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
             }
             let take = src_buf.len();
             total += take as u64;
+            if let Some(t) = tee.as_deref_mut() {
+                t.push(&src_buf[..take]);
+            }
             if chunk_out {
                 put_chunk_header(out, take);
                 out.extend_from_slice(src_buf);
@@ -124,6 +156,9 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     }
     if !out.is_empty() {
         flush(dst, out, cfg).await?;
+    }
+    if let Some(t) = tee {
+        t.finish();
     }
     Ok(total)
 }

@@ -142,6 +142,7 @@ impl Shard {
 pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receiver<Control>) {
     CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
     monoio::spawn(crate::plugin::chain::sync_loop(shard.clone()));
+    monoio::spawn(crate::cache::shard_loop(shard.clone()));
     let mut pending: Option<Rc<Shard>> = None;
     for (index, l) in listeners.into_iter().enumerate() {
         match TcpListener::from_std(l) {

@@ -1,0 +1,347 @@
+//! RFC 9111 rules as pure functions: Cache-Control parsing, storability for a shared cache,
+//! freshness lifetime, age, and HTTP-date parsing. No I/O, no clock: times are passed in.
+
+/// Parsed `Cache-Control` (response or request). Seconds; `None` when absent or malformed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+    pub no_store: bool,
+    /// Unqualified `no-cache`. The qualified form (`no-cache="Set-Cookie"`) is treated the same,
+    /// which RFC 9111 5.2.2.4 allows (it is stricter).
+    pub no_cache: bool,
+    /// `private`, qualified or not: a shared cache never stores it.
+    pub private: bool,
+    pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
+    /// Request only.
+    pub only_if_cached: bool,
+}
+
+impl CacheControl {
+    /// Folds every `Cache-Control` field value given (they combine as one list).
+    pub fn parse<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> CacheControl {
+        let mut cc = CacheControl::default();
+        for v in values {
+            for d in split_list(v) {
+                let (name, arg) = match d.iter().position(|&b| b == b'=') {
+                    Some(i) => (trim(&d[..i]), Some(unquote(trim(&d[i + 1..])))),
+                    None => (d, None),
+                };
+                let secs = || arg.and_then(parse_secs);
+                // A directive repeated with conflicting values makes it invalid (RFC 9111 4.2.1):
+                // keep the smallest, which errs on the side of staleness.
+                let min = |old: Option<u64>, new: Option<u64>| match (old, new) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                match name.to_ascii_lowercase().as_slice() {
+                    b"max-age" => cc.max_age = min(cc.max_age, secs().or(Some(0))),
+                    b"s-maxage" => cc.s_maxage = min(cc.s_maxage, secs().or(Some(0))),
+                    b"no-store" => cc.no_store = true,
+                    b"no-cache" => cc.no_cache = true,
+                    b"private" => cc.private = true,
+                    b"public" => cc.public = true,
+                    b"must-revalidate" => cc.must_revalidate = true,
+                    b"proxy-revalidate" => cc.proxy_revalidate = true,
+                    b"stale-while-revalidate" => cc.stale_while_revalidate = secs(),
+                    b"stale-if-error" => cc.stale_if_error = secs(),
+                    b"only-if-cached" => cc.only_if_cached = true,
+                    _ => {}
+                }
+            }
+        }
+        cc
+    }
+
+    /// Serving stale is forbidden (must-revalidate, proxy-revalidate, and s-maxage which
+    /// implies proxy-revalidate for a shared cache, RFC 9111 5.2.2.10).
+    pub fn no_stale(&self) -> bool {
+        self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some()
+    }
+}
+
+fn parse_secs(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // Too large a value is taken as "very large" (RFC 9111 1.2.2), not as an error.
+    Some(
+        std::str::from_utf8(v)
+            .ok()?
+            .parse::<u64>()
+            .unwrap_or(u64::from(u32::MAX)),
+    )
+}
+
+/// Comma-separated list elements, trimmed, empty ones dropped (quoted commas kept together).
+pub fn split_list(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, &b) in v.iter().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                parts.push(&v[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&v[start..]);
+    parts.into_iter().map(trim).filter(|p| !p.is_empty())
+}
+
+pub fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+fn unquote(s: &[u8]) -> &[u8] {
+    match s {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => s,
+    }
+}
+
+/// Statuses a cache may give heuristic freshness to (RFC 9110 15.1).
+pub fn heuristically_cacheable(status: u16) -> bool {
+    matches!(
+        status,
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// The freshness-relevant facts of a response, all times in unix seconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub cc: CacheControl,
+    pub date: Option<u64>,
+    /// `Expires`; an invalid value (e.g. "0") counts as already expired.
+    pub expires: Option<Option<u64>>,
+    pub last_modified: Option<u64>,
+    pub age: Option<u64>,
+}
+
+/// Freshness lifetime in seconds for a shared cache (RFC 9111 4.2.1), or `None` when the
+/// response has no explicit expiry and no heuristic applies. `default_ttl` is the operator's
+/// heuristic (`cache_ttl`), used only where the RFC allows a heuristic.
+pub fn lifetime(f: &Facts, status: u16, default_ttl: Option<u64>) -> Option<u64> {
+    if let Some(s) = f.cc.s_maxage {
+        return Some(s);
+    }
+    if let Some(m) = f.cc.max_age {
+        return Some(m);
+    }
+    if let Some(exp) = f.expires {
+        return Some(match (exp, f.date) {
+            (Some(e), Some(d)) => e.saturating_sub(d),
+            // No Date: the cache's receipt time stands in (set by the caller as `date`).
+            (Some(_), None) | (None, _) => 0,
+        });
+    }
+    if !(heuristically_cacheable(status) || f.cc.public) {
+        return None;
+    }
+    if let Some(t) = default_ttl {
+        return Some(t);
+    }
+    // The customary 10% of the time since Last-Modified (RFC 9111 4.2.2), capped at a day.
+    match (f.date, f.last_modified) {
+        (Some(d), Some(lm)) if d > lm => Some(((d - lm) / 10).min(86_400)),
+        _ => None,
+    }
+}
+
+/// Age of a stored response at receipt (RFC 9111 4.2.3), given request and response times.
+pub fn initial_age(f: &Facts, request_time: u64, response_time: u64) -> u64 {
+    let apparent = f.date.map_or(0, |d| response_time.saturating_sub(d));
+    let corrected_age = f.age.unwrap_or(0) + response_time.saturating_sub(request_time);
+    apparent.max(corrected_age)
+}
+
+// ---- HTTP dates -------------------------------------------------------------------------------
+
+const MONTHS: [&[u8]; 12] = [
+    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+];
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn num(s: &[u8]) -> Option<u32> {
+    if s.is_empty() || s.len() > 4 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0u32, |a, &b| a * 10 + u32::from(b - b'0')))
+}
+
+/// Parses IMF-fixdate, RFC 850 and asctime dates (RFC 9110 5.6.7) to unix seconds.
+pub fn parse_http_date(v: &[u8]) -> Option<u64> {
+    let v = trim(v);
+    let words: Vec<&[u8]> = v.split(|&b| b == b' ').filter(|w| !w.is_empty()).collect();
+    let (day, mon, year, time) = match words.as_slice() {
+        // Sun, 06 Nov 1994 08:49:37 GMT
+        [_, d, m, y, t, b"GMT"] => (num(d)?, *m, num(y)?, *t),
+        // Sunday, 06-Nov-94 08:49:37 GMT
+        [_, dmy, t, b"GMT"] => {
+            let mut p = dmy.split(|&b| b == b'-');
+            let (d, m, y) = (p.next()?, p.next()?, num(p.next()?)?);
+            // Two-digit years: RFC 9110 says assume the most recent past century that fits.
+            let y = if y < 70 {
+                2000 + y
+            } else if y < 100 {
+                1900 + y
+            } else {
+                y
+            };
+            (num(d)?, m, y, *t)
+        }
+        // Sun Nov  6 08:49:37 1994
+        [_, m, d, t, y] => (num(d)?, *m, num(y)?, *t),
+        _ => return None,
+    };
+    let m = MONTHS.iter().position(|x| x.eq_ignore_ascii_case(mon))? as u32 + 1;
+    let mut hms = time.split(|&b| b == b':');
+    let (h, mi, s) = (num(hms.next()?)?, num(hms.next()?)?, num(hms.next()?)?);
+    if !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 || year < 1970 {
+        return None;
+    }
+    let days = days_from_civil(i64::from(year), m, day);
+    u64::try_from(days * 86_400 + i64::from(h * 3600 + mi * 60 + s)).ok()
+}
+
+/// Formats unix seconds as an IMF-fixdate.
+pub fn format_http_date(t: u64) -> String {
+    let days = (t / 86_400) as i64;
+    let secs = t % 86_400;
+    // civil_from_days
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    format!(
+        "{wd}, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
+        std::str::from_utf8(MONTHS[(m - 1) as usize]).unwrap_or("Jan"),
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// Weak comparison of one entity tag against an `If-None-Match` list (RFC 9110 13.1.2).
+pub fn etag_matches(list: &[u8], etag: &[u8]) -> bool {
+    let strip = |t: &[u8]| -> Vec<u8> { t.strip_prefix(b"W/").unwrap_or(t).to_vec() };
+    let mine = strip(trim(etag));
+    split_list(list).any(|t| t == b"*" || strip(t) == mine)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control_directives() {
+        let cc = CacheControl::parse([
+            &b"public, max-age=60, s-maxage=\"30\""[..],
+            b"stale-while-revalidate=5,stale-if-error=10, must-revalidate",
+        ]);
+        assert_eq!(cc.max_age, Some(60));
+        assert_eq!(cc.s_maxage, Some(30));
+        assert!(cc.public && cc.must_revalidate && cc.no_stale());
+        assert_eq!(cc.stale_while_revalidate, Some(5));
+        assert_eq!(cc.stale_if_error, Some(10));
+        let cc = CacheControl::parse([&b"private=\"x, y\", no-cache, max-age=abc"[..]]);
+        assert!(cc.private && cc.no_cache);
+        assert_eq!(cc.max_age, Some(0), "malformed max-age is stale");
+    }
+
+    #[test]
+    fn lifetime_precedence_and_heuristics() {
+        let mut f = Facts {
+            date: Some(1000),
+            expires: Some(Some(1100)),
+            ..Facts::default()
+        };
+        assert_eq!(lifetime(&f, 200, None), Some(100));
+        f.cc.max_age = Some(7);
+        assert_eq!(lifetime(&f, 200, None), Some(7));
+        f.cc.s_maxage = Some(3);
+        assert_eq!(lifetime(&f, 200, None), Some(3));
+        let g = Facts {
+            expires: Some(None),
+            ..Facts::default()
+        };
+        assert_eq!(
+            lifetime(&g, 200, Some(99)),
+            Some(0),
+            "Expires: 0 is expired"
+        );
+        let h = Facts {
+            date: Some(10_000),
+            last_modified: Some(9_000),
+            ..Facts::default()
+        };
+        assert_eq!(lifetime(&h, 200, None), Some(100));
+        assert_eq!(lifetime(&h, 200, Some(5)), Some(5));
+        assert_eq!(lifetime(&h, 302, Some(5)), None, "302 is not heuristic");
+        assert_eq!(lifetime(&Facts::default(), 200, None), None);
+    }
+
+    #[test]
+    fn ages() {
+        let f = Facts {
+            date: Some(100),
+            age: Some(5),
+            ..Facts::default()
+        };
+        assert_eq!(initial_age(&f, 110, 112), 12);
+        assert_eq!(initial_age(&f, 100, 101), 6);
+    }
+
+    #[test]
+    fn http_dates_round_trip() {
+        let t = parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(t, Some(784_111_777));
+        assert_eq!(parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), t);
+        assert_eq!(parse_http_date(b"Sun Nov  6 08:49:37 1994"), t);
+        assert_eq!(
+            format_http_date(784_111_777),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+        assert_eq!(parse_http_date(b"0"), None);
+        assert_eq!(parse_http_date(b"Mon, 32 Jan 2024 00:00:00 GMT"), None);
+        for t in [0u64, 951_782_400, 1_709_251_199, 4_102_444_800] {
+            assert_eq!(parse_http_date(format_http_date(t).as_bytes()), Some(t));
+        }
+    }
+
+    #[test]
+    fn etags() {
+        assert!(etag_matches(b"\"a\", W/\"b\"", b"\"b\""));
+        assert!(etag_matches(b"*", b"\"z\""));
+        assert!(!etag_matches(b"\"a\"", b"\"b\""));
+    }
+}

@@ -1,0 +1,436 @@
+//! proxy-cache (priority 1085): config validation, per-shard cache instances, and the lookup in
+//! `before_upstream` (after auth and limits have had their say). Serving, storing, coalescing
+//! and purging are async and live in proxy/cached.rs; the rules in cache/.
+
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::chain::{BuildCx, FactoryRef, ShardCx};
+use super::consumer::Consumers;
+use super::util::{cookie, duration, err, parse, query_arg, RawDur};
+use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use crate::cache::{self, rules, CacheConf, Instance, KeyPart, Mode, PurgeMsg, Store, Target};
+use crate::config::ConfigError;
+use crate::http::parse::{Method, RequestHead};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    cache_key: Option<Vec<String>>,
+    #[serde(default)]
+    cache_method: Option<Vec<String>>,
+    #[serde(default)]
+    cache_http_status: Option<Vec<u16>>,
+    #[serde(default)]
+    cache_ttl: Option<u64>,
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
+    #[serde(default)]
+    max_bytes: Option<u64>,
+    #[serde(default, alias = "cache_bypass")]
+    bypass: Vec<String>,
+    #[serde(default)]
+    no_cache: Vec<String>,
+    #[serde(default)]
+    hide_cache_headers: bool,
+    #[serde(default)]
+    cache_status_header: Option<String>,
+    #[serde(default)]
+    client_no_cache: Option<String>,
+    #[serde(default)]
+    cache_set_cookie: bool,
+    #[serde(default)]
+    lock_timeout: Option<RawDur>,
+    #[serde(default)]
+    purge_allow: Vec<String>,
+    #[serde(default)]
+    admin_key: Option<String>,
+    #[serde(default)]
+    admission: Option<String>,
+}
+
+fn part(path: &str, key: &str, s: &str) -> Result<KeyPart, ConfigError> {
+    let s = s.trim();
+    let v = s.trim_start_matches('$');
+    Ok(match v {
+        "host" => KeyPart::Host,
+        "request_uri" => KeyPart::RequestUri,
+        "uri" => KeyPart::Uri,
+        "scheme" => KeyPart::Scheme,
+        "request_method" | "method" => KeyPart::Method,
+        "consumer_name" | "consumer" => KeyPart::Consumer,
+        _ => match v.split_once(':') {
+            Some(("header", h)) if !h.is_empty() => KeyPart::Header(h.to_ascii_lowercase()),
+            Some(("cookie", c)) if !c.is_empty() => KeyPart::Cookie(c.to_string()),
+            Some(("arg", a)) if !a.is_empty() => KeyPart::Arg(a.to_string()),
+            _ => {
+                if let Some(h) = v.strip_prefix("http_").filter(|h| !h.is_empty()) {
+                    KeyPart::Header(h.replace('_', "-"))
+                } else if let Some(c) = v.strip_prefix("cookie_").filter(|c| !c.is_empty()) {
+                    KeyPart::Cookie(c.to_string())
+                } else if let Some(a) = v.strip_prefix("arg_").filter(|a| !a.is_empty()) {
+                    KeyPart::Arg(a.to_string())
+                } else if !s.starts_with('$') && !s.is_empty() {
+                    KeyPart::Literal(s.to_string())
+                } else {
+                    return Err(err(path, key, format!("unknown variable {s:?}; use $host, $request_uri, $uri, $scheme, $request_method, $consumer_name, header:NAME, cookie:NAME, arg:NAME (or $http_NAME, $cookie_NAME, $arg_NAME)")));
+                }
+            }
+        },
+    })
+}
+
+pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+    let r: Raw = parse(v, path)?;
+    let parts = |key: &str, list: &[String]| {
+        list.iter()
+            .map(|s| part(path, key, s))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let key = match &r.cache_key {
+        Some(k) if k.is_empty() => {
+            return Err(err(path, "cache_key", "must name at least one part"))
+        }
+        Some(k) => parts("cache_key", k)?,
+        None => vec![KeyPart::Host, KeyPart::RequestUri],
+    };
+    let (mut get, mut head) = (false, false);
+    for m in r
+        .cache_method
+        .as_deref()
+        .unwrap_or(&["GET".into(), "HEAD".into()])
+    {
+        match m.to_ascii_uppercase().as_str() {
+            "GET" => get = true,
+            "HEAD" => head = true,
+            other => {
+                return Err(err(
+                    path,
+                    "cache_method",
+                    format!("{other:?} cannot be cached; use GET and/or HEAD"),
+                ))
+            }
+        }
+    }
+    let statuses = r.cache_http_status.unwrap_or_else(|| vec![200, 301, 404]);
+    if let Some(s) = statuses.iter().find(|s| !(200..=599).contains(*s)) {
+        return Err(err(
+            path,
+            "cache_http_status",
+            format!("{s} is not a final status"),
+        ));
+    }
+    if statuses.contains(&206) {
+        return Err(err(
+            path,
+            "cache_http_status",
+            "206 is not stored (ranges are served from full responses)",
+        ));
+    }
+    let max_bytes = r.max_bytes.unwrap_or(64 << 20);
+    let max_body = r.max_body_bytes.unwrap_or(1 << 20);
+    if max_bytes < 4096 {
+        return Err(err(
+            path,
+            "max_bytes",
+            format!("expected at least 4096, got {max_bytes}"),
+        ));
+    }
+    if max_body == 0 || max_body > max_bytes {
+        return Err(err(
+            path,
+            "max_body_bytes",
+            format!("expected 1..=max_bytes ({max_bytes}), got {max_body}"),
+        ));
+    }
+    let honor = match r.client_no_cache.as_deref().unwrap_or("ignore") {
+        "ignore" => false,
+        "honor" | "honour" => true,
+        o => {
+            return Err(err(
+                path,
+                "client_no_cache",
+                format!("{o:?}: expected \"ignore\" or \"honor\""),
+            ))
+        }
+    };
+    let admission = match r.admission.as_deref().unwrap_or("tinylfu") {
+        "tinylfu" => true,
+        "lru" => false,
+        o => {
+            return Err(err(
+                path,
+                "admission",
+                format!("{o:?}: expected \"tinylfu\" or \"lru\""),
+            ))
+        }
+    };
+    let mut purge_allow = Vec::new();
+    for (i, a) in r.purge_allow.iter().enumerate() {
+        let net = a
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                err(
+                    path,
+                    &format!("purge_allow[{i}]"),
+                    format!("{a:?} is not an address or CIDR"),
+                )
+            })?;
+        purge_allow.push(net);
+    }
+    let status_header = r
+        .cache_status_header
+        .unwrap_or_else(|| "X-Cache-Status".into());
+    if status_header.is_empty()
+        || !status_header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(err(
+            path,
+            "cache_status_header",
+            format!("{status_header:?} is not a header name"),
+        ));
+    }
+    let lock_timeout = match &r.lock_timeout {
+        Some(d) => duration(path, "lock_timeout", d)?,
+        None => std::time::Duration::from_secs(5),
+    };
+    let conf = CacheConf {
+        key,
+        get,
+        head,
+        statuses,
+        ttl: r.cache_ttl.filter(|&t| t > 0),
+        max_body_bytes: max_body as usize,
+        max_bytes: max_bytes as usize,
+        bypass: parts("bypass", &r.bypass)?,
+        no_cache: parts("no_cache", &r.no_cache)?,
+        hide_cache_headers: r.hide_cache_headers,
+        status_header,
+        honor_client_no_cache: honor,
+        set_cookie: r.cache_set_cookie,
+        lock_timeout,
+        purge_allow,
+        admin_key: r.admin_key.filter(|k| !k.is_empty()),
+        admission,
+    };
+    Ok(Arc::new(Factory {
+        conf: Arc::new(conf),
+        mesh: Mutex::new(None),
+    }))
+}
+
+type Mesh = (
+    Vec<crossbeam_channel::Sender<PurgeMsg>>,
+    Vec<Option<crossbeam_channel::Receiver<PurgeMsg>>>,
+);
+
+struct Factory {
+    conf: Arc<CacheConf>,
+    /// Purge channels, made when the first shard builds (the shard count is known then).
+    mesh: Mutex<Option<Mesh>>,
+}
+
+impl PluginFactory for Factory {
+    fn name(&self) -> &'static str {
+        "proxy-cache"
+    }
+    fn priority(&self) -> i32 {
+        1085
+    }
+    fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
+        let shards = shard.shards.max(1);
+        let (peers, inbox) = {
+            // Start-up only; never on the request path.
+            let mut m = self.mesh.lock().unwrap_or_else(|p| p.into_inner());
+            let (tx, rx) = m.get_or_insert_with(|| {
+                let (t, r): (Vec<_>, Vec<_>) =
+                    (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
+                (t, r.into_iter().map(Some).collect())
+            });
+            let own = rx.get_mut(shard.id).and_then(Option::take);
+            (
+                tx.clone(),
+                own.unwrap_or_else(|| crossbeam_channel::unbounded().1),
+            )
+        };
+        let budget = self.conf.max_bytes / shards;
+        // The sketch is sized for objects of ~1 KiB; fewer, larger objects only make it roomier.
+        let expected = self.conf.admission.then_some((budget / 1024).max(64));
+        let inst = Rc::new(Instance {
+            conf: self.conf.clone(),
+            shard: shard.id,
+            store: std::cell::RefCell::new(Store::new(budget, expected)),
+            inflight: Default::default(),
+            peers,
+            inbox,
+        });
+        cache::register(&inst);
+        Rc::new(ProxyCache {
+            inst,
+            consumers: shard.consumers.clone(),
+        })
+    }
+}
+
+struct ProxyCache {
+    inst: Rc<Instance>,
+    consumers: Arc<Consumers>,
+}
+
+/// True when any condition variable is present, non-empty and not "0" (nginx's rule).
+fn any_set(parts: &[KeyPart], req: &RequestHead) -> bool {
+    parts.iter().any(|p| {
+        let v = match p {
+            KeyPart::Header(h) => req.header(h),
+            KeyPart::Cookie(c) => req.header("cookie").and_then(|v| cookie(v, c.as_bytes())),
+            KeyPart::Arg(a) => query_arg(req.query(), a.as_bytes()),
+            KeyPart::Literal(l) => Some(l.as_bytes()),
+            _ => None,
+        };
+        v.is_some_and(|v| !v.is_empty() && v != b"0")
+    })
+}
+
+impl ProxyCache {
+    fn key(&self, req: &RequestHead, cx: &Ctx, out: &mut Vec<u8>) {
+        out.clear();
+        for (i, p) in self.inst.conf.key.iter().enumerate() {
+            if i > 0 {
+                // A separator no header or URI byte can be, so parts cannot run together.
+                out.push(0x1f);
+            }
+            match p {
+                KeyPart::Host => out.extend_from_slice(&req.host().to_ascii_lowercase()),
+                KeyPart::RequestUri => out.extend_from_slice(req.path_and_query()),
+                KeyPart::Uri => out.extend_from_slice(req.path()),
+                KeyPart::Scheme => out.extend_from_slice(b"http"),
+                KeyPart::Method => out.extend_from_slice(b"GET"),
+                KeyPart::Consumer => {
+                    out.extend_from_slice(self.consumers.name(cx.consumer).unwrap_or("").as_bytes())
+                }
+                KeyPart::Header(h) => out.extend_from_slice(req.header(h).unwrap_or_default()),
+                KeyPart::Cookie(c) => out.extend_from_slice(
+                    req.header("cookie")
+                        .and_then(|v| cookie(v, c.as_bytes()))
+                        .unwrap_or_default(),
+                ),
+                KeyPart::Arg(a) => {
+                    out.extend_from_slice(query_arg(req.query(), a.as_bytes()).unwrap_or_default())
+                }
+                KeyPart::Literal(l) => out.extend_from_slice(l.as_bytes()),
+            }
+        }
+    }
+
+    fn purge(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
+        let conf = &self.inst.conf;
+        if !conf.may_purge(cx.client_ip, req.header("x-api-key")) {
+            return Flow::Respond(Reply::json_message(
+                403,
+                "PURGE is not allowed from this address",
+            ));
+        }
+        let mut key = std::mem::take(&mut cx.cache.key);
+        self.key(req, cx, &mut key);
+        let target = if let Some(tag) = req.header("surrogate-key") {
+            Target::Tag(rules::trim(tag).to_vec())
+        } else if key.last() == Some(&b'*') {
+            key.pop();
+            Target::Prefix(key.clone())
+        } else {
+            Target::Key(key.clone())
+        };
+        cx.cache.key = key;
+        cx.cache.mode = Mode::Purge(target);
+        cx.cache.inst = Some(self.inst.clone());
+        Flow::Continue
+    }
+}
+
+impl Plugin for ProxyCache {
+    fn name(&self) -> &'static str {
+        "proxy-cache"
+    }
+
+    fn before_upstream(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
+        let conf = &self.inst.conf;
+        let cacheable = match req.method {
+            Method::Get => conf.get,
+            Method::Head => conf.head,
+            Method::Other if req.method_bytes() == b"PURGE" => return self.purge(req, cx),
+            _ => false,
+        };
+        let c = &mut cx.cache;
+        c.inst = Some(self.inst.clone());
+        let mut key = std::mem::take(&mut c.key);
+        self.key(req, cx, &mut key);
+        let c = &mut cx.cache;
+        c.key = key;
+        c.hash = xxh3_64(&c.key);
+        if !cacheable {
+            // Unsafe methods invalidate what is stored for the URI (RFC 9111 4.4).
+            c.mode = if matches!(
+                req.method,
+                Method::Post | Method::Put | Method::Delete | Method::Patch
+            ) {
+                Mode::Invalidate
+            } else {
+                Mode::Off
+            };
+            if matches!(c.mode, Mode::Off) {
+                c.inst = None;
+            }
+            return Flow::Continue;
+        }
+        let req_cc = rules::CacheControl::parse(
+            req.headers
+                .iter()
+                .filter(|h| req.name(h).eq_ignore_ascii_case(b"cache-control"))
+                .map(|h| req.value(h)),
+        );
+        let client_no_cache = conf.honor_client_no_cache
+            && (req_cc.no_cache
+                || req_cc.max_age == Some(0)
+                || (req.header("cache-control").is_none()
+                    && req
+                        .header("pragma")
+                        .is_some_and(|p| p.eq_ignore_ascii_case(b"no-cache"))));
+        let ranged = req.header("range").is_some();
+        c.store = req.method == Method::Get
+            && !req_cc.no_store
+            && !ranged
+            && !any_set(&conf.no_cache, req);
+        c.req_ms = cache::now_ms();
+        let mut store = self.inst.store.borrow_mut();
+        store.touch(c.hash);
+        if any_set(&conf.bypass, req) {
+            c.mode = Mode::Bypass;
+            return Flow::Continue;
+        }
+        let authorized = req.header("authorization").is_some();
+        let found = store
+            .get(&c.key, |e| e.matches(req))
+            .filter(|e| !authorized || e.auth_ok);
+        let now = c.req_ms;
+        c.mode = match found {
+            None if ranged || (authorized && store.contains(&c.key)) => Mode::Bypass,
+            None => Mode::Miss,
+            Some(e) if e.is_fresh(now) && !client_no_cache => Mode::Hit(e),
+            Some(e) if !client_no_cache && e.in_swr(now) => Mode::StaleRefresh(e),
+            Some(e) if e.has_validator() => Mode::Revalidate(e),
+            Some(e) => Mode::Expired(e),
+        };
+        if ranged && !matches!(c.mode, Mode::Hit(_) | Mode::StaleRefresh(_)) {
+            // A partial response is neither stored nor coalesced with full fetches.
+            c.store = false;
+        }
+        Flow::Continue
+    }
+}
