@@ -271,7 +271,7 @@ impl Entry {
             return false;
         }
         self.lifetime_ms = lifetime.unwrap_or(0).saturating_mul(1000);
-        self.initial_age_ms = rules::initial_age(&facts, req_ms / 1000, now_s) * 1000;
+        self.initial_age_ms = rules::initial_age(&facts, req_ms, now_ms);
         self.stored_ms = now_ms;
         self.swr_ms = cc.stale_while_revalidate.unwrap_or(0).saturating_mul(1000);
         self.sie_ms = cc.stale_if_error.unwrap_or(0).saturating_mul(1000);

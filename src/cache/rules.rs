@@ -161,10 +161,14 @@ pub fn lifetime(f: &Facts, status: u16, default_ttl: Option<u64>) -> Option<u64>
     }
 }
 
-/// Age of a stored response at receipt (RFC 9111 4.2.3), given request and response times.
-pub fn initial_age(f: &Facts, request_time: u64, response_time: u64) -> u64 {
-    let apparent = f.date.map_or(0, |d| response_time.saturating_sub(d));
-    let corrected_age = f.age.unwrap_or(0) + response_time.saturating_sub(request_time);
+/// Age in milliseconds of a stored response at receipt (RFC 9111 4.2.3), given request and
+/// response times in milliseconds. `Date` has whole seconds, so the apparent age takes the end
+/// of its second (never ages a response by truncation alone).
+pub fn initial_age(f: &Facts, request_ms: u64, response_ms: u64) -> u64 {
+    let apparent = f
+        .date
+        .map_or(0, |d| response_ms.saturating_sub(d * 1000 + 999));
+    let corrected_age = f.age.unwrap_or(0) * 1000 + response_ms.saturating_sub(request_ms);
     apparent.max(corrected_age)
 }
 
@@ -317,8 +321,8 @@ mod tests {
             age: Some(5),
             ..Facts::default()
         };
-        assert_eq!(initial_age(&f, 110, 112), 12);
-        assert_eq!(initial_age(&f, 100, 101), 6);
+        assert_eq!(initial_age(&f, 110_000, 112_500), 11_501);
+        assert_eq!(initial_age(&f, 100_000, 100_200), 5_200);
     }
 
     #[test]
