@@ -95,7 +95,10 @@ fn valid_file_is_swapped_in_and_invalid_is_refused() {
 fn new_listen_port_opens_without_dropping_connections() {
     let a = Origin::start("a", |_| Resp::text(200, "ok").into());
     let first = free_port().to_string();
-    let p = Proc::start("reload-listen", &cfg(std::slice::from_ref(&first), a.addr, false));
+    let p = Proc::start(
+        "reload-listen",
+        &cfg(std::slice::from_ref(&first), a.addr, false),
+    );
     let mut kept = Client::connect(p.addr);
     assert_eq!(kept.get("/x").status, 200);
     let second = free_port();

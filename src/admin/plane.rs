@@ -24,6 +24,8 @@ pub struct Plane {
     inner: Mutex<Inner>,
     /// Serialises swaps (admin changes, SIGHUP) so generations commit in order.
     swap: Mutex<()>,
+    /// The admin API's document, when the admin listener is enabled.
+    pub store: Mutex<Option<super::store::Store>>,
 }
 
 struct Inner {
@@ -48,6 +50,7 @@ impl Plane {
                 active: BTreeMap::new(),
             }),
             swap: Mutex::new(()),
+            store: Mutex::new(None),
         })
     }
 
@@ -92,23 +95,26 @@ impl Plane {
                 sent += 1;
             }
         }
-        let deadline = Instant::now() + PREPARE_WAIT;
-        let mut got = 0;
-        while got < sent {
-            match acks.recv_deadline(deadline) {
-                Ok(_) => got += 1,
-                Err(_) => break,
-            }
-        }
+        let got = wait_acks(&acks, sent);
         if got < sent {
             // Channels are ordered: a slow shard still prepares before it sees the commit.
             log::warn!(
                 "config generation {generation}: {got}/{sent} shards prepared in time; committing"
             );
         }
+        let mut sent = 0;
         for tx in &self.senders {
-            let _ = tx.send(Control::Commit(generation));
+            let msg = Control::Commit {
+                generation,
+                ack: ack.clone(),
+            };
+            if tx.send(msg).is_ok() {
+                sent += 1;
+            }
         }
+        // Waiting for the commits means a caller (the admin API) answers only once every
+        // shard's next request will use the new generation.
+        wait_acks(&acks, sent);
         let mut inner = self.inner();
         inner.generation = generation;
         inner.cfg = cfg;
@@ -178,6 +184,15 @@ impl Plane {
     }
 }
 
+fn wait_acks(acks: &crossbeam_channel::Receiver<usize>, n: usize) -> usize {
+    let deadline = Instant::now() + PREPARE_WAIT;
+    let mut got = 0;
+    while got < n && acks.recv_deadline(deadline).is_ok() {
+        got += 1;
+    }
+    got
+}
+
 impl Plane {
     /// SIGHUP: re-reads the config file. Invalid -> logged, the current generation stays;
     /// valid -> new listen addresses are bound and handed to the shards, then the swap.
@@ -186,8 +201,18 @@ impl Plane {
         let Some(path) = cur.source.clone() else {
             return;
         };
-        let new = match crate::config::load(&path) {
-            Ok(c) => c,
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        // With the admin API on, its state file overlays the file's collections.
+        let loaded = match store.as_ref() {
+            Some(s) => super::store::Store::open(&path, s.state_file.clone()).and_then(|fresh| {
+                let c = fresh.build()?;
+                *store = Some(fresh);
+                Ok(c)
+            }),
+            None => crate::config::load(&path),
+        };
+        let new = match loaded {
+            Ok(c) => super::with_source(c, self),
             Err(e) => {
                 self.note_failure();
                 log::error!(

@@ -204,6 +204,17 @@ pub fn from_str_in(text: &str, dir: &Path) -> Result<Config, ConfigError> {
     validate::validate(raw, dir)
 }
 
+/// Validates a config given as JSON (the admin API's document: the TOML file's shape), with
+/// relative paths resolved against `dir`. Errors name the key path like the TOML loader's.
+pub fn from_json_in(doc: serde_json::Value, dir: &Path) -> Result<Config, ConfigError> {
+    let raw: raw::RawConfig = serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::new(path, e.into_inner().to_string())
+    })?;
+    validate::validate(raw, dir)
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;

@@ -20,6 +20,7 @@ use shard::{Control, Shard};
 
 /// Runs the gateway until a termination signal; returns once shards have drained.
 pub fn run(cfg: Config) -> Result<(), String> {
+    let cfg = crate::admin::startup_config(cfg)?;
     // Signals are claimed before anything serves, so an early SIGTERM still drains cleanly.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -53,6 +54,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     let plane = crate::admin::Plane::new(cfg.clone(), senders.clone());
     crate::admin::start_status(&plane)?;
+    crate::admin::start_admin(&plane)?;
     for sig in signals.forever() {
         if sig == SIGUSR1 {
             crate::accesslog::reopen();

@@ -32,7 +32,7 @@ pub enum Control {
     },
     /// Step two: the pending generation becomes current. New requests use it; requests
     /// already running finish on the generation they started with.
-    Commit(u64),
+    Commit { generation: u64, ack: Sender<usize> },
     /// Copy this shard's counters out for the status thread.
     Snapshot(Sender<crate::metrics::ShardSnapshot>),
     /// Listeners added by a reload (plain, one socket per shard).
@@ -177,7 +177,8 @@ pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receive
                     pending = Some(Rc::new(current(&shard).next(cfg, generation)));
                     let _ = ack.send(shard.id);
                 }
-                Ok(Control::Commit(generation)) => {
+                Ok(Control::Commit { generation, ack }) => {
+                    let _ = ack.send(shard.id);
                     if let Some(next) = pending.take().filter(|p| p.generation == generation) {
                         let old = current(&shard);
                         CURRENT.with(|c| *c.borrow_mut() = Some(next.clone()));

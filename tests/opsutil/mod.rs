@@ -383,7 +383,6 @@ pub fn promtool_check(text: &str) {
     );
 }
 
-
 /// A gateway started from a config file the test owns (so it can rewrite it and send SIGHUP).
 pub struct Proc {
     child: std::process::Child,
@@ -419,6 +418,12 @@ impl Proc {
             logs,
             path,
         }
+    }
+
+    /// Kills the process but keeps its files (config, admin state) for a restart.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn rewrite(&self, config: &str) {

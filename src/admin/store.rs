@@ -1,0 +1,240 @@
+//! The admin API's document: the config file's content as JSON, with the collections the admin
+//! API edits (routes, upstreams, consumers, global rules) overlaid from the state file. Builds a
+//! validated `Config` from it and persists the collections. No I/O besides the state file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::config::{Config, ConfigError};
+
+/// An admin collection: its URL segment, its key in the document, and the field holding the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Routes,
+    Upstreams,
+    Consumers,
+    GlobalRules,
+}
+
+impl Kind {
+    pub fn parse(seg: &str) -> Option<Kind> {
+        Some(match seg {
+            "routes" => Kind::Routes,
+            "upstreams" => Kind::Upstreams,
+            "consumers" => Kind::Consumers,
+            "global_rules" => Kind::GlobalRules,
+            _ => return None,
+        })
+    }
+
+    pub fn seg(self) -> &'static str {
+        match self {
+            Kind::Routes => "routes",
+            Kind::Upstreams => "upstreams",
+            Kind::Consumers => "consumers",
+            Kind::GlobalRules => "global_rules",
+        }
+    }
+
+    /// The field that names an object (its id in the URL).
+    pub fn id_field(self) -> &'static str {
+        match self {
+            Kind::Routes | Kind::Upstreams => "name",
+            Kind::Consumers => "username",
+            Kind::GlobalRules => "id",
+        }
+    }
+}
+
+pub const KINDS: [Kind; 4] = [
+    Kind::Routes,
+    Kind::Upstreams,
+    Kind::Consumers,
+    Kind::GlobalRules,
+];
+
+pub struct Store {
+    /// The config file as JSON, minus the four collections (kept in `sets`).
+    base: Value,
+    /// Per kind: id -> object (with its id field set).
+    pub sets: BTreeMap<&'static str, BTreeMap<String, Value>>,
+    dir: PathBuf,
+    pub state_file: Option<PathBuf>,
+}
+
+fn read_toml(path: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| ConfigError::new("", e.to_string()))
+}
+
+impl Store {
+    /// The config file plus the state file (if the admin API has written one).
+    pub fn open(source: &Path, state_file: Option<PathBuf>) -> Result<Store, ConfigError> {
+        let mut base = read_toml(source)?;
+        let dir = source
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let mut sets = BTreeMap::new();
+        let obj = base
+            .as_object_mut()
+            .ok_or_else(|| ConfigError::new("", "not a table"))?;
+        for k in KINDS {
+            let mut set = BTreeMap::new();
+            match k {
+                Kind::GlobalRules => {
+                    if let Some(Value::Object(p)) = obj.remove("global_plugins") {
+                        if !p.is_empty() {
+                            set.insert(
+                                "default".to_string(),
+                                serde_json::json!({"id": "default", "plugins": p}),
+                            );
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(Value::Array(list)) = obj.remove(k.seg()) {
+                        for v in list {
+                            let id = v
+                                .get(k.id_field())
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_string();
+                            set.insert(id, v);
+                        }
+                    }
+                }
+            }
+            sets.insert(k.seg(), set);
+        }
+        let mut store = Store {
+            base,
+            sets,
+            dir,
+            state_file,
+        };
+        if let Some(p) = &store.state_file {
+            if p.exists() {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigError::new("", format!("cannot read {}: {e}", p.display()))
+                })?;
+                let state: Map<String, Value> = serde_json::from_str(&text)
+                    .map_err(|e| ConfigError::new("", format!("{}: {e}", p.display())))?;
+                for k in KINDS {
+                    if let Some(Value::Object(m)) = state.get(k.seg()) {
+                        store.sets.insert(k.seg(), m.clone().into_iter().collect());
+                    }
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// The whole document in the config file's shape.
+    pub fn document(&self) -> Value {
+        let mut doc = self.base.clone();
+        if let Some(obj) = doc.as_object_mut() {
+            for k in [Kind::Routes, Kind::Upstreams, Kind::Consumers] {
+                obj.insert(
+                    k.seg().into(),
+                    Value::Array(self.sets[k.seg()].values().cloned().collect()),
+                );
+            }
+            let mut global = Map::new();
+            for rule in self.sets["global_rules"].values() {
+                if let Some(Value::Object(p)) = rule.get("plugins") {
+                    for (n, v) in p {
+                        global.insert(n.clone(), v.clone());
+                    }
+                }
+            }
+            obj.insert("global_plugins".into(), Value::Object(global));
+        }
+        doc
+    }
+
+    /// Validates and compiles the document; errors name `kind/id.field` where they can.
+    pub fn build(&self) -> Result<Config, ConfigError> {
+        crate::config::from_json_in(self.document(), &self.dir).map_err(|e| self.locate(e))
+    }
+
+    /// `routes[3].upstream` -> `routes/<id>.upstream`: the admin user knows ids, not positions.
+    fn locate(&self, mut e: ConfigError) -> ConfigError {
+        for k in [Kind::Routes, Kind::Upstreams, Kind::Consumers] {
+            let prefix = format!("{}[", k.seg());
+            if let Some(rest) = e.path.strip_prefix(&prefix) {
+                if let Some((idx, tail)) = rest.split_once(']') {
+                    if let Some(id) = idx
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| self.sets[k.seg()].keys().nth(i))
+                    {
+                        e.path = format!("{}/{id}{tail}", k.seg());
+                    }
+                }
+            }
+        }
+        e
+    }
+
+    /// Writes the collections to the state file (atomically: temp file, then rename).
+    pub fn persist(&self) -> Result<(), String> {
+        let Some(p) = &self.state_file else {
+            return Ok(());
+        };
+        let mut state = Map::new();
+        for k in KINDS {
+            state.insert(
+                k.seg().into(),
+                Value::Object(self.sets[k.seg()].clone().into_iter().collect()),
+            );
+        }
+        let tmp = p.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(&Value::Object(state)).map_err(|e| e.to_string())?;
+        std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, p).map_err(|e| format!("cannot rename to {}: {e}", p.display()))
+    }
+
+    /// Who refers to `kind/id` (only routes refer to upstreams by name).
+    pub fn references(&self, kind: Kind, id: &str) -> Vec<String> {
+        if kind != Kind::Upstreams {
+            return Vec::new();
+        }
+        self.sets["routes"]
+            .iter()
+            .filter(|(_, r)| r.get("upstream").and_then(Value::as_str) == Some(id))
+            .map(|(rid, _)| format!("routes/{rid}"))
+            .collect()
+    }
+}
+
+/// The state file's default place: beside the config file.
+pub fn default_state_file(source: &Path) -> PathBuf {
+    let mut name = source.file_name().unwrap_or_default().to_os_string();
+    name.push(".state.json");
+    source.with_file_name(name)
+}
+
+/// RFC 7386 JSON merge patch.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(Map::new());
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
