@@ -1,9 +1,9 @@
 //! ringway: a thread-per-core HTTP/1.1 API gateway on io_uring.
 //! Module map; what tests/ and perf/ reach. See README for the request flow.
 
-pub mod cache;
 pub mod accesslog;
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -165,7 +165,7 @@ fn full_windows(admitted: &[Instant], window: Duration, limit: usize) -> Vec<usi
             .iter()
             .map(|&c| (c as f64 - limit as f64).abs())
             .fold(0.0, f64::max);
-        if best.as_ref().is_none_or(|(w, _)| worst < *w) {
+        if best.as_ref().map_or(true, |(w, _)| worst < *w) {
             best = Some((worst, full));
         }
         phase += step;

@@ -30,7 +30,10 @@ impl UpstreamState {
             balancer: RefCell::new(Balancer::with_node_keys(
                 cfg.policy,
                 &weights,
-                &cfg.nodes.iter().map(|n| n.host.as_str()).collect::<Vec<_>>(),
+                &cfg.nodes
+                    .iter()
+                    .map(|n| n.host.as_str())
+                    .collect::<Vec<_>>(),
             )),
             health: RefCell::new(PassiveHealth::new(
                 cfg.nodes.len(),
