@@ -181,7 +181,9 @@ pub fn current_shard() -> Option<Rc<Shard>> {
 }
 
 /// The shard's cache loop: drains purge inboxes every `PURGE_TICK` and sweeps dead entries
-/// once a second, until the shard drains. Returns at once on shards without a cache.
+/// once a second, until the shard drains or its config generation is retired (the next
+/// generation runs its own loop; stores start empty after a reload). Returns at once on shards
+/// without a cache.
 pub async fn shard_loop(shard: Rc<Shard>) {
     SHARD.with(|s| *s.borrow_mut() = Rc::downgrade(&shard));
     if INSTANCES.with(|v| v.borrow().is_empty()) {
@@ -192,6 +194,8 @@ pub async fn shard_loop(shard: Rc<Shard>) {
         monoio::select! {
             _ = monoio::time::sleep(PURGE_TICK) => {}
             _ = shard.drain.wait() => return,
+            // A config reload spawned the next generation's loop.
+            _ = shard.retired.wait() => return,
         }
         let sweep = last_sweep.elapsed() >= Duration::from_secs(1);
         if sweep {
@@ -204,6 +208,10 @@ pub async fn shard_loop(shard: Rc<Shard>) {
                 if sweep {
                     inst.store.borrow_mut().sweep(now, 4096);
                 }
+            }
+            if sweep {
+                // Instances of retired config generations go once their last request is done.
+                v.borrow_mut().retain(|w| w.strong_count() > 0);
             }
         });
     }

@@ -183,6 +183,7 @@ pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receive
                         let old = current(&shard);
                         CURRENT.with(|c| *c.borrow_mut() = Some(next.clone()));
                         old.retired.fire();
+                        monoio::spawn(crate::cache::shard_loop(next.clone()));
                         monoio::spawn(crate::plugin::chain::sync_loop(next));
                         log::debug!("shard {}: now on config generation {generation}", shard.id);
                     }
