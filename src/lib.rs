@@ -7,6 +7,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod limit;
 pub mod metrics;

@@ -155,8 +155,9 @@ impl Plane {
         }
     }
 
-    /// Records an active check result and tells every shard when a node's state flips.
-    pub fn node_checked(&self, upstream: &str, node: usize, addr: &str, up: bool) {
+    /// Records one active probe (`passed`) and the node's verdict (`up`); tells every shard
+    /// when the verdict flips. Called by the health thread (src/health) only.
+    pub fn node_checked(&self, upstream: &str, node: usize, addr: &str, passed: bool, up: bool) {
         let flipped = {
             let mut inner = self.inner();
             let e = inner
@@ -165,7 +166,7 @@ impl Plane {
                 .or_insert((true, 0, 0));
             let was = e.0;
             e.0 = up;
-            if up {
+            if passed {
                 e.1 += 1
             } else {
                 e.2 += 1
@@ -173,14 +174,25 @@ impl Plane {
             was != up
         };
         if flipped {
-            for tx in &self.senders {
-                let _ = tx.send(Control::NodeDown {
-                    upstream: upstream.to_string(),
-                    node,
-                    down: !up,
-                });
-            }
+            self.publish_down(upstream, node, !up);
         }
+    }
+
+    /// Sends one node's active verdict to every shard (also used to re-send verdicts after a
+    /// config swap, whose rebuilt upstream state starts with every node up).
+    pub fn publish_down(&self, upstream: &str, node: usize, down: bool) {
+        for tx in &self.senders {
+            let _ = tx.send(Control::NodeDown {
+                upstream: upstream.to_string(),
+                node,
+                down,
+            });
+        }
+    }
+
+    /// Forgets active results for nodes no longer checked (removed by a config change).
+    pub fn retain_active(&self, keep: impl Fn(&(String, String)) -> bool) {
+        self.inner().active.retain(|k, _| keep(k));
     }
 }
 

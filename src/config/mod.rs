@@ -1,6 +1,7 @@
 //! Validated runtime configuration and the loader that turns a TOML file into it.
 //! Shards only ever see these types; the raw serde shapes stay in `raw.rs`.
 
+mod checks;
 pub mod ops;
 mod raw;
 mod tls;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use crate::route::Router;
 use crate::upstream::balance::Policy;
 
+pub use checks::{ActiveCheck, CheckKind};
 pub use validate::parse_duration;
 
 /// A configuration error: which key is wrong and what was expected.
@@ -126,6 +128,8 @@ pub struct UpstreamConfig {
     pub pool: PoolConfig,
     /// `scheme = "https"` / `tls = { ... }`: connections to every node are TLS.
     pub tls: Option<crate::net::tls_client::UpstreamTls>,
+    /// `[upstreams.checks.active]`: probed by the health thread (src/health), not by shards.
+    pub checks: Option<std::sync::Arc<ActiveCheck>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -222,6 +222,61 @@ pub struct RawUpstream {
     pub scheme: Option<String>,
     #[serde(default)]
     pub tls: Option<RawUpstreamTls>,
+    /// `[upstreams.checks]`: active health checks (APISIX's `checks.active`).
+    #[serde(default)]
+    pub checks: Option<RawChecks>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChecks {
+    #[serde(default)]
+    pub active: Option<RawActive>,
+}
+
+/// `[upstreams.checks.active]`; validated in `checks.rs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawActive {
+    /// `"http"` (default) or `"tcp"`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub http_path: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<RawDuration>,
+    #[serde(default)]
+    pub healthy: Option<RawHealthy>,
+    #[serde(default)]
+    pub unhealthy: Option<RawUnhealthy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthy {
+    #[serde(default)]
+    pub interval: Option<RawDuration>,
+    #[serde(default)]
+    pub http_statuses: Option<Vec<i64>>,
+    #[serde(default)]
+    pub successes: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUnhealthy {
+    #[serde(default)]
+    pub interval: Option<RawDuration>,
+    #[serde(default)]
+    pub http_statuses: Option<Vec<i64>>,
+    #[serde(default)]
+    pub http_failures: Option<i64>,
+    #[serde(default)]
+    pub tcp_failures: Option<i64>,
+    #[serde(default)]
+    pub timeouts: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

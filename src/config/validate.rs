@@ -317,6 +317,7 @@ fn upstream(i: usize, u: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
         fail_timeout: dur(&at("fail_timeout"), &u.fail_timeout, 10)?,
         pool,
         tls: None,
+        checks: super::checks::active(&at("checks.active"), u)?,
     })
 }
 
@@ -474,7 +475,11 @@ fn socket_addr(path: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-fn dur(path: &str, v: &Option<RawDuration>, default_secs: u64) -> Result<Duration, ConfigError> {
+pub(super) fn dur(
+    path: &str,
+    v: &Option<RawDuration>,
+    default_secs: u64,
+) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(Duration::from_secs(default_secs)),
         Some(RawDuration::Seconds(s)) if *s >= 0 && (*s as u64) <= MAX_DURATION.as_secs() => {

@@ -55,6 +55,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let plane = crate::admin::Plane::new(cfg.clone(), senders.clone());
     crate::admin::start_status(&plane)?;
     crate::admin::start_admin(&plane)?;
+    crate::health::start(plane.clone())?;
     for sig in signals.forever() {
         if sig == SIGUSR1 {
             crate::accesslog::reopen();
