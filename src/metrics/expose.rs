@@ -31,6 +31,7 @@ struct Merged {
     nodes: BTreeMap<(String, String), (u64, u64, bool)>,
     log_lines: u64,
     log_dropped: u64,
+    rate_limited: [u64; 3],
 }
 
 fn merge(snaps: &[ShardSnapshot]) -> Merged {
@@ -42,6 +43,9 @@ fn merge(snaps: &[ShardSnapshot]) -> Merged {
         m.active += s.active_connections;
         m.log_lines += s.log_lines;
         m.log_dropped += s.log_dropped;
+        for (a, b) in m.rate_limited.iter_mut().zip(s.rate_limited) {
+            *a += b;
+        }
         for (name, c) in &s.routes {
             m.routes.entry(name.clone()).or_default().add(c);
         }
@@ -259,6 +263,15 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
         "Access log lines dropped because the writer fell behind.",
     );
     let _ = writeln!(o, "{ACCESSLOG_DROPPED} {}", m.log_dropped);
+    family(
+        &mut o,
+        RATE_LIMITED,
+        "counter",
+        "Requests rejected by a rate-limit plugin (limit-count, limit-req, limit-conn).",
+    );
+    for (plugin, n) in super::LIMITERS.iter().zip(m.rate_limited) {
+        let _ = writeln!(o, "{RATE_LIMITED}{{plugin=\"{plugin}\"}} {n}");
+    }
     o
 }
 

@@ -113,6 +113,33 @@ impl ShardMetrics {
     }
 }
 
+/// Which limit plugin rejected a request: the index into the per-shard rejection counters.
+#[derive(Debug, Clone, Copy)]
+pub enum Limiter {
+    Count = 0,
+    Req = 1,
+    Conn = 2,
+}
+
+/// Plugin label per `Limiter`, in index order.
+pub const LIMITERS: [&str; 3] = ["limit-count", "limit-req", "limit-conn"];
+
+thread_local! {
+    /// Rate-limit rejections on this shard's thread, by `Limiter`. Thread-local plain cells, so
+    /// the limit plugins count without any handle to the shard; read by `Shard::snapshot`.
+    static RATE_LIMITED: [Cell<u64>; 3] = const { [Cell::new(0), Cell::new(0), Cell::new(0)] };
+}
+
+#[inline]
+pub fn count_rate_limited(by: Limiter) {
+    RATE_LIMITED.with(|c| bump(&c[by as usize], 1));
+}
+
+/// This thread's rejection counts, in `LIMITERS` order.
+pub fn rate_limited() -> [u64; 3] {
+    RATE_LIMITED.with(|c| c.each_ref().map(Cell::get))
+}
+
 /// One upstream node as a shard sees it.
 #[derive(Debug, Clone, Default)]
 pub struct NodeSnap {
@@ -142,6 +169,8 @@ pub struct ShardSnapshot {
     pub upstreams: Vec<UpstreamSnap>,
     pub log_lines: u64,
     pub log_dropped: u64,
+    /// Rate-limit rejections, in `LIMITERS` order.
+    pub rate_limited: [u64; 3],
 }
 
 #[cfg(test)]

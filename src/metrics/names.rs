@@ -17,6 +17,7 @@ pub const UPSTREAM_NODE_UP: &str = "ringway_upstream_node_up";
 pub const ACCESSLOG_DROPPED: &str = "ringway_accesslog_lines_dropped_total";
 pub const ACCESSLOG_LINES: &str = "ringway_accesslog_lines_total";
 pub const ACTIVE_CHECKS: &str = "ringway_health_checks_total";
+pub const RATE_LIMITED: &str = "ringway_rate_limited_total";
 
 /// Route label for requests that matched no route (404s, malformed heads).
 pub const UNROUTED: &str = "";

@@ -16,6 +16,7 @@ use super::{Ctx, Flow, Plugin, PluginFactory};
 use crate::config::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::conc::Concurrency;
+use crate::metrics::Limiter;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,7 +121,7 @@ impl Plugin for LimitConn {
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
         let key = key_hash(&self.s.key, req, cx, self.consumers.name(cx.consumer));
         match self.state.borrow_mut().acquire(key, self.s.max) {
-            None => Flow::Respond(reject_reply(self.s.code, &self.s.msg)),
+            None => Flow::Respond(reject_reply(Limiter::Conn, self.s.code, &self.s.msg)),
             Some(total) => {
                 cx.held.push((self.s.limiter, key));
                 if total > self.s.conn {

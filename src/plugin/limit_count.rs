@@ -12,6 +12,7 @@ use super::consumer::Consumers;
 use super::util::{duration, err, key_hash, key_parts, num, parse, positive, KeyPart, RawDur};
 use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
 use crate::config::ConfigError;
+use crate::metrics::Limiter;
 use crate::http::parse::RequestHead;
 use crate::limit::count::{CountLimiter, CountParams};
 
@@ -61,7 +62,8 @@ pub fn rejection(
     Ok((code, msg))
 }
 
-pub fn reject_reply(code: u16, msg: &Option<String>) -> Reply {
+pub fn reject_reply(by: Limiter, code: u16, msg: &Option<String>) -> Reply {
+    crate::metrics::count_rate_limited(by);
     match msg {
         Some(m) => Reply::json_message(code, m),
         None => Reply::json_message(code, crate::http::write::reason(code)),
@@ -218,7 +220,7 @@ impl Plugin for LimitCount {
         if d.allowed {
             Flow::Continue
         } else {
-            Flow::Respond(reject_reply(self.s.code, &self.s.msg))
+            Flow::Respond(reject_reply(Limiter::Count, self.s.code, &self.s.msg))
         }
     }
 }

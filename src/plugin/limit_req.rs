@@ -16,6 +16,7 @@ use super::{Ctx, Flow, Plugin, PluginFactory};
 use crate::config::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::bucket::{Bucket, BucketParams};
+use crate::metrics::Limiter;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,7 +132,7 @@ impl Plugin for LimitReq {
         let key = key_hash(&self.s.key, req, cx, self.consumers.name(cx.consumer));
         let now = self.epoch.elapsed().as_millis() as u64;
         match self.state.borrow_mut().check(key, now) {
-            Err(_) => Flow::Respond(reject_reply(self.s.code, &self.s.msg)),
+            Err(_) => Flow::Respond(reject_reply(Limiter::Req, self.s.code, &self.s.msg)),
             Ok(delay_ms) => {
                 if !self.s.nodelay && delay_ms > 0 {
                     cx.delay += Duration::from_millis(delay_ms);

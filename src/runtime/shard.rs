@@ -317,6 +317,7 @@ impl Shard {
             upstreams,
             log_lines,
             log_dropped,
+            rate_limited: crate::metrics::rate_limited(),
         }
     }
 }
