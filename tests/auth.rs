@@ -9,10 +9,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 
-fn get(c: &mut Client, path: &str, extra: &str) -> Response {
-    c.request(format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n"))
-}
-
 const CONSUMERS: &str = r#"
 [[consumers]]
 username = "alice"
@@ -52,17 +48,17 @@ fn key_auth_header_query_and_consumer_to_upstream() {
         &route("api", &["/api/*"], "backend", "[routes.plugins.key-auth]\n"),
     );
     let mut c = gw.client();
-    let r = get(&mut c, "/api/x", "");
+    let r = get_with(&mut c, "/api/x", "");
     assert_eq!(r.status, 401);
     assert!(r.header("WWW-Authenticate").is_some());
     assert_eq!(r.json()["message"], "Missing API key in request");
-    let r = get(&mut c, "/api/x", "apikey: wrong\r\n");
+    let r = get_with(&mut c, "/api/x", "apikey: wrong\r\n");
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["message"], "Invalid API key in request");
     assert_eq!(o.request_count(), 0);
 
     assert_eq!(
-        get(&mut c, "/api/x", "apikey: alice-secret\r\n").status,
+        get_with(&mut c, "/api/x", "apikey: alice-secret\r\n").status,
         200
     );
     let req = o.last_request();
@@ -74,7 +70,7 @@ fn key_auth_header_query_and_consumer_to_upstream() {
     );
 
     // Query form; a client cannot forge the consumer header.
-    let r = get(
+    let r = get_with(
         &mut c,
         "/api/y?apikey=bob-secret",
         "X-Consumer-Username: mallory\r\n",
@@ -99,13 +95,19 @@ fn key_auth_hide_credentials_and_custom_header() {
         ),
     );
     let mut c = gw.client();
-    assert_eq!(get(&mut c, "/a", "apikey: alice-secret\r\n").status, 401);
-    assert_eq!(get(&mut c, "/a", "X-Key: alice-secret\r\n").status, 200);
+    assert_eq!(
+        get_with(&mut c, "/a", "apikey: alice-secret\r\n").status,
+        401
+    );
+    assert_eq!(
+        get_with(&mut c, "/a", "X-Key: alice-secret\r\n").status,
+        200
+    );
     assert!(
         !o.last_request().has_header("X-Key"),
         "header hidden from upstream"
     );
-    let r = get(&mut c, "/a?x=1&k=alice-secret&y=2", "");
+    let r = get_with(&mut c, "/a?x=1&k=alice-secret&y=2", "");
     assert_eq!(r.status, 200);
     assert_eq!(
         r.body_str(),
@@ -122,15 +124,15 @@ fn basic_auth() {
         &route("b", &["/*"], "backend", "[routes.plugins.basic-auth]\n"),
     );
     let mut c = gw.client();
-    let r = get(&mut c, "/", "");
+    let r = get_with(&mut c, "/", "");
     assert_eq!(r.status, 401);
     assert_eq!(r.header("WWW-Authenticate"), Some("Basic realm='.'"));
     // base64("alice:wrong"), base64("alice:wonderland")
     assert_eq!(
-        get(&mut c, "/", "Authorization: Basic YWxpY2U6d3Jvbmc=\r\n").status,
+        get_with(&mut c, "/", "Authorization: Basic YWxpY2U6d3Jvbmc=\r\n").status,
         401
     );
-    let r = get(
+    let r = get_with(
         &mut c,
         "/",
         "Authorization: Basic YWxpY2U6d29uZGVybGFuZA==\r\n",
@@ -167,55 +169,55 @@ fn jwt_auth_header_query_cookie_and_expiry() {
         &route("j", &["/*"], "backend", "[routes.plugins.jwt-auth]\n"),
     );
     let mut c = gw.client();
-    let r = get(&mut c, "/", "");
+    let r = get_with(&mut c, "/", "");
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["message"], "Missing JWT token in request");
     assert!(r.header("WWW-Authenticate").is_some());
 
     let good = token(Algorithm::HS256, "alice-jwt", "alice-hmac-secret", 60);
-    let r = get(&mut c, "/", &format!("Authorization: Bearer {good}\r\n"));
+    let r = get_with(&mut c, "/", &format!("Authorization: Bearer {good}\r\n"));
     assert_eq!(r.status, 200);
     assert_eq!(
         o.last_request().header("X-Consumer-Username"),
         Some("alice")
     );
-    assert_eq!(get(&mut c, &format!("/?jwt={good}"), "").status, 200);
+    assert_eq!(get_with(&mut c, &format!("/?jwt={good}"), "").status, 200);
     assert_eq!(
-        get(&mut c, "/", &format!("Cookie: a=1; jwt={good}\r\n")).status,
+        get_with(&mut c, "/", &format!("Cookie: a=1; jwt={good}\r\n")).status,
         200
     );
 
     let bob = token(Algorithm::HS512, "bob-jwt", "bob-hmac-secret", 60);
     assert_eq!(
-        get(&mut c, "/", &format!("Authorization: {bob}\r\n")).status,
+        get_with(&mut c, "/", &format!("Authorization: {bob}\r\n")).status,
         200
     );
     assert_eq!(o.last_request().header("X-Consumer-Username"), Some("bob"));
 
     let forged = token(Algorithm::HS256, "alice-jwt", "not-the-secret", 60);
     assert_eq!(
-        get(&mut c, "/", &format!("Authorization: Bearer {forged}\r\n")).status,
+        get_with(&mut c, "/", &format!("Authorization: Bearer {forged}\r\n")).status,
         401
     );
     let expired = token(Algorithm::HS256, "alice-jwt", "alice-hmac-secret", -120);
-    let r = get(&mut c, "/", &format!("Authorization: Bearer {expired}\r\n"));
+    let r = get_with(&mut c, "/", &format!("Authorization: Bearer {expired}\r\n"));
     assert_eq!(r.status, 401);
     assert!(r.json()["message"].as_str().unwrap().contains("expired"));
     // Expired 2 s ago: inside the default 5 s leeway.
     let just = token(Algorithm::HS256, "alice-jwt", "alice-hmac-secret", -2);
     assert_eq!(
-        get(&mut c, "/", &format!("Authorization: Bearer {just}\r\n")).status,
+        get_with(&mut c, "/", &format!("Authorization: Bearer {just}\r\n")).status,
         200
     );
     let unknown = token(Algorithm::HS256, "nobody", "x", 60);
     assert_eq!(
-        get(&mut c, "/", &format!("Authorization: Bearer {unknown}\r\n")).status,
+        get_with(&mut c, "/", &format!("Authorization: Bearer {unknown}\r\n")).status,
         401
     );
     // Alg confusion: an HS384 token for an HS256 consumer is refused.
     let wrong_alg = token(Algorithm::HS384, "alice-jwt", "alice-hmac-secret", 60);
     assert_eq!(
-        get(
+        get_with(
             &mut c,
             "/",
             &format!("Authorization: Bearer {wrong_alg}\r\n")
@@ -240,16 +242,22 @@ fn consumer_is_the_rate_limit_key() {
     let mut c = gw.client();
     // key-auth (2500) runs before limit-count (1002): the consumer is known to the limit.
     for _ in 0..2 {
-        assert_eq!(get(&mut c, "/", "apikey: alice-secret\r\n").status, 200);
+        assert_eq!(
+            get_with(&mut c, "/", "apikey: alice-secret\r\n").status,
+            200
+        );
     }
-    assert_eq!(get(&mut c, "/", "apikey: alice-secret\r\n").status, 503);
     assert_eq!(
-        get(&mut c, "/", "apikey: bob-secret\r\n").status,
+        get_with(&mut c, "/", "apikey: alice-secret\r\n").status,
+        503
+    );
+    assert_eq!(
+        get_with(&mut c, "/", "apikey: bob-secret\r\n").status,
         200,
         "bob has his own count"
     );
     // Unauthenticated requests are refused before they count against anyone.
-    assert_eq!(get(&mut c, "/", "").status, 401);
+    assert_eq!(get_with(&mut c, "/", "").status, 401);
 }
 
 #[test]
@@ -267,10 +275,10 @@ fn global_plugins_apply_to_every_route_and_run_before_route_plugins() {
     );
     let gw = gateway(&o, &routes);
     let mut c = gw.client();
-    assert_eq!(get(&mut c, "/a", "").status, 401);
-    assert_eq!(get(&mut c, "/b", "").status, 401);
-    assert_eq!(get(&mut c, "/a", "apikey: bob-secret\r\n").status, 200);
-    let r = get(&mut c, "/b", "apikey: bob-secret\r\n");
+    assert_eq!(get_with(&mut c, "/a", "").status, 401);
+    assert_eq!(get_with(&mut c, "/b", "").status, 401);
+    assert_eq!(get_with(&mut c, "/a", "apikey: bob-secret\r\n").status, 200);
+    let r = get_with(&mut c, "/b", "apikey: bob-secret\r\n");
     assert_eq!(r.status, 200);
     assert_eq!(
         r.header("X-Who"),

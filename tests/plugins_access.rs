@@ -7,27 +7,6 @@ use std::collections::HashSet;
 
 use common::*;
 
-fn get(c: &mut Client, path: &str, extra: &str) -> Response {
-    c.request(format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n"))
-}
-
-fn one_route(o: &Origin, server_overrides: &[(&str, &str)], plugins: &str) -> String {
-    format!(
-        "{}{}{}",
-        server(server_overrides),
-        upstream("backend", &[o.addr], ""),
-        route("r", &["/*"], "backend", plugins)
-    )
-}
-
-fn assert_rejected(cfg: &str, want: &[&str]) {
-    let out = check_config(cfg);
-    assert!(!out.status.success(), "accepted:\n{cfg}");
-    for w in want {
-        assert!(out.all().contains(w), "want {w:?} in:\n{}", out.all());
-    }
-}
-
 #[test]
 fn ip_restriction_whitelist_and_blacklist_ipv4() {
     let o = Origin::named("o");
@@ -56,17 +35,17 @@ fn ip_restriction_whitelist_and_blacklist_ipv4() {
     );
     let gw = Gateway::start(&cfg);
     let mut c = gw.client();
-    assert_eq!(get(&mut c, "/allow", "").status, 200);
-    let r = get(&mut c, "/deny", "");
+    assert_eq!(get_with(&mut c, "/allow", "").status, 200);
+    let r = get_with(&mut c, "/deny", "");
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["message"], "go away");
     assert_eq!(r.header("Content-Type"), Some("application/json"));
-    let r = get(&mut c, "/other", "");
+    let r = get_with(&mut c, "/other", "");
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["message"], "Your IP address is not allowed");
     // X-Forwarded-For is not trusted: the socket's address decides.
     assert_eq!(
-        get(&mut c, "/other", "X-Forwarded-For: 192.168.1.1\r\n").status,
+        get_with(&mut c, "/other", "X-Forwarded-For: 192.168.1.1\r\n").status,
         403
     );
     assert_eq!(
@@ -75,7 +54,7 @@ fn ip_restriction_whitelist_and_blacklist_ipv4() {
         "denied requests never reach the upstream"
     );
     // The connection stays usable after a 403.
-    assert_eq!(get(&mut c, "/allow", "").status, 200);
+    assert_eq!(get_with(&mut c, "/allow", "").status, 200);
 }
 
 #[test]
@@ -101,9 +80,9 @@ fn ip_restriction_ipv6_cidrs() {
     let gw = Gateway::start(&cfg);
     assert!(gw.addr.is_ipv6(), "listening on {}", gw.addr);
     let mut c = gw.client();
-    assert_eq!(get(&mut c, "/v6", "").status, 200);
+    assert_eq!(get_with(&mut c, "/v6", "").status, 200);
     assert_eq!(
-        get(&mut c, "/v6deny", "").status,
+        get_with(&mut c, "/v6deny", "").status,
         403,
         "::1 is inside ::/96"
     );
@@ -114,16 +93,16 @@ fn ip_restriction_ipv6_cidrs() {
 fn ip_restriction_config_errors() {
     let o = Origin::named("o");
     let base = |p: &str| one_route(&o, &[], &format!("[routes.plugins.ip-restriction]\n{p}"));
-    assert_rejected(
+    assert_config_rejected(
         &base("whitelist = [\"10.0.0.300/8\"]\n"),
         &["routes[0].plugins.ip-restriction.whitelist[0]", "not an IP"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("whitelist = [\"::1\"]\nblacklist = [\"::2\"]\n"),
         &["routes[0].plugins.ip-restriction", "exactly one"],
     );
-    assert_rejected(&base(""), &["exactly one"]);
-    assert_rejected(&base("blacklist = []\n"), &["blacklist", "at least one"]);
+    assert_config_rejected(&base(""), &["exactly one"]);
+    assert_config_rejected(&base("blacklist = []\n"), &["blacklist", "at least one"]);
 }
 
 const PREFLIGHT: &str = "OPTIONS /api HTTP/1.1\r\nHost: t\r\nOrigin: https://a.example\r\nAccess-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: X-Token\r\n\r\n";
@@ -155,7 +134,7 @@ fn cors_preflight_answered_at_gateway_and_headers_on_actual_requests() {
         "a preflight never reaches the upstream"
     );
 
-    let r = get(&mut c, "/api", "Origin: https://b.example\r\n");
+    let r = get_with(&mut c, "/api", "Origin: https://b.example\r\n");
     assert_eq!(r.status, 200);
     assert_eq!(r.body_str(), "o");
     assert_eq!(
@@ -166,7 +145,7 @@ fn cors_preflight_answered_at_gateway_and_headers_on_actual_requests() {
     assert_eq!(r.header("Access-Control-Allow-Credentials"), Some("true"));
 
     // An origin not listed gets no CORS headers (the browser then blocks it).
-    let r = get(&mut c, "/api", "Origin: https://evil.example\r\n");
+    let r = get_with(&mut c, "/api", "Origin: https://evil.example\r\n");
     assert_eq!(r.status, 200);
     assert!(
         !r.has_header("Access-Control-Allow-Origin"),
@@ -202,7 +181,7 @@ fn cors_wildcard_regex_and_headers_on_plugin_replies() {
     );
     let gw = Gateway::start(&cfg);
     let mut c = gw.client();
-    let r = get(&mut c, "/star", "Origin: https://x.example\r\n");
+    let r = get_with(&mut c, "/star", "Origin: https://x.example\r\n");
     assert_eq!(r.header("Access-Control-Allow-Origin"), Some("*"));
     assert_eq!(
         r.header("Access-Control-Allow-Methods"),
@@ -214,15 +193,15 @@ fn cors_wildcard_regex_and_headers_on_plugin_replies() {
         "APISIX's default"
     );
     assert!(!r.has_header("Access-Control-Allow-Credentials"));
-    let r = get(&mut c, "/re", "Origin: https://api.test.com\r\n");
+    let r = get_with(&mut c, "/re", "Origin: https://api.test.com\r\n");
     assert_eq!(
         r.header("Access-Control-Allow-Origin"),
         Some("https://api.test.com")
     );
-    let r = get(&mut c, "/re", "Origin: https://api.test.com.evil\r\n");
+    let r = get_with(&mut c, "/re", "Origin: https://api.test.com.evil\r\n");
     assert!(!r.has_header("Access-Control-Allow-Origin"));
     // cors runs before key-auth: the 401 carries the CORS headers so a browser can read it.
-    let r = get(&mut c, "/auth", "Origin: https://x.example\r\n");
+    let r = get_with(&mut c, "/auth", "Origin: https://x.example\r\n");
     assert_eq!(r.status, 401);
     assert_eq!(r.header("Access-Control-Allow-Origin"), Some("*"));
     // ...and the preflight needs no key at all.
@@ -235,19 +214,19 @@ fn cors_wildcard_regex_and_headers_on_plugin_replies() {
 fn cors_config_errors() {
     let o = Origin::named("o");
     let base = |p: &str| one_route(&o, &[], &format!("[routes.plugins.cors]\n{p}"));
-    assert_rejected(
+    assert_config_rejected(
         &base("allow_credential = true\n"),
         &["routes[0].plugins.cors.allow_origins", "allow_credential"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("allow_credential = true\nallow_origins = \"https://a\"\nallow_methods = \"GET\"\n"),
         &["routes[0].plugins.cors.allow_headers"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("allow_origins_by_regex = [\"(\"]\n"),
         &["allow_origins_by_regex[0]", "bad regex"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("allow_origin = \"*\"\n"),
         &["routes[0].plugins.cors", "allow_origin"],
     );
@@ -270,7 +249,7 @@ fn request_id_generated_propagated_and_replaced_when_invalid() {
     let mut c = gw.client();
     let mut seen = HashSet::new();
     for i in 0..50 {
-        let r = get(&mut c, "/id", "");
+        let r = get_with(&mut c, "/id", "");
         assert_eq!(r.status, 200);
         let id = r
             .header("X-Request-Id")
@@ -286,12 +265,12 @@ fn request_id_generated_propagated_and_replaced_when_invalid() {
         );
     }
     // A valid incoming id is kept, upstream and in the response.
-    let r = get(&mut c, "/id", "X-Request-Id: abc-123\r\n");
+    let r = get_with(&mut c, "/id", "X-Request-Id: abc-123\r\n");
     assert_eq!(r.header("X-Request-Id"), Some("abc-123"));
     assert_eq!(o.last_request().header_all("X-Request-Id"), vec!["abc-123"]);
     // An invalid one (too long) is replaced, not forwarded beside ours.
     let long = "x".repeat(200);
-    let r = get(&mut c, "/id", &format!("X-Request-Id: {long}\r\n"));
+    let r = get_with(&mut c, "/id", &format!("X-Request-Id: {long}\r\n"));
     let id = r.header("X-Request-Id").unwrap().to_string();
     assert_eq!(id.len(), 36);
     assert_eq!(
@@ -299,7 +278,7 @@ fn request_id_generated_propagated_and_replaced_when_invalid() {
         vec![id.as_str()]
     );
     // Custom header, not in the response; the key-auth 401 carries no id either.
-    let r = get(&mut c, "/quiet", "");
+    let r = get_with(&mut c, "/quiet", "");
     assert_eq!(r.status, 401);
     assert!(!r.has_header("X-Trace-Id"));
 }
@@ -314,7 +293,7 @@ fn request_id_on_plugin_replies_and_config_errors() {
     );
     let gw = Gateway::start(&cfg);
     let mut c = gw.client();
-    let r = get(&mut c, "/x", "");
+    let r = get_with(&mut c, "/x", "");
     assert_eq!(r.status, 401);
     assert_eq!(
         r.header("X-Request-Id").map(str::len),
@@ -323,11 +302,11 @@ fn request_id_on_plugin_replies_and_config_errors() {
         r.raw_head
     );
     let base = |p: &str| one_route(&o, &[], &format!("[routes.plugins.request-id]\n{p}"));
-    assert_rejected(
+    assert_config_rejected(
         &base("algorithm = \"snowflake\"\n"),
         &["routes[0].plugins.request-id.algorithm", "uuid"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("header_name = \"bad name\"\n"),
         &["routes[0].plugins.request-id.header_name"],
     );

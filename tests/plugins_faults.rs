@@ -10,27 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn get(c: &mut Client, path: &str, extra: &str) -> Response {
-    c.request(format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n"))
-}
-
-fn one_route(o: &Origin, plugins: &str) -> String {
-    format!(
-        "{}{}{}",
-        server(&[]),
-        upstream("backend", &[o.addr], ""),
-        route("r", &["/*"], "backend", plugins)
-    )
-}
-
-fn assert_rejected(cfg: &str, want: &[&str]) {
-    let out = check_config(cfg);
-    assert!(!out.status.success(), "accepted:\n{cfg}");
-    for w in want {
-        assert!(out.all().contains(w), "want {w:?} in:\n{}", out.all());
-    }
-}
-
 #[test]
 fn fault_injection_abort_with_vars_and_delay() {
     let o = Origin::named("o");
@@ -43,10 +22,10 @@ fn fault_injection_abort_with_vars_and_delay() {
     );
     let gw = Gateway::start(&cfg);
     let mut c = gw.client();
-    let r = get(&mut c, "/abort?name=jack", "");
+    let r = get_with(&mut c, "/abort?name=jack", "");
     assert_eq!(r.status, 418);
     assert_eq!(r.body_str(), "teapot");
-    assert_eq!(get(&mut c, "/abort?name=jill", "").status, 200);
+    assert_eq!(get_with(&mut c, "/abort?name=jill", "").status, 200);
     assert_eq!(
         o.request_count(),
         1,
@@ -54,7 +33,7 @@ fn fault_injection_abort_with_vars_and_delay() {
     );
 
     let t = Instant::now();
-    assert_eq!(get(&mut c, "/delay", "").status, 200);
+    assert_eq!(get_with(&mut c, "/delay", "").status, 200);
     let took = t.elapsed();
     assert!(
         took >= Duration::from_millis(300) && took < Duration::from_secs(3),
@@ -62,7 +41,7 @@ fn fault_injection_abort_with_vars_and_delay() {
     );
     // Delay first, then abort (as APISIX).
     let t = Instant::now();
-    assert_eq!(get(&mut c, "/delay", "X-Fail: 1\r\n").status, 503);
+    assert_eq!(get_with(&mut c, "/delay", "X-Fail: 1\r\n").status, 503);
     assert!(t.elapsed() >= Duration::from_millis(300));
     assert_eq!(o.request_count(), 2);
 }
@@ -72,12 +51,13 @@ fn fault_injection_percentage_is_roughly_honoured() {
     let o = Origin::named("o");
     let cfg = one_route(
         &o,
+        &[],
         "[routes.plugins.fault-injection.abort]\nhttp_status = 500\npercentage = 30\n",
     );
     let gw = Gateway::start(&cfg);
     let mut c = gw.client();
     let aborted = (0..400)
-        .filter(|_| get(&mut c, "/p", "").status == 500)
+        .filter(|_| get_with(&mut c, "/p", "").status == 500)
         .count();
     // Binomial(400, 0.3): mean 120, sd ~9.2; ±5 sd.
     assert!((74..=166).contains(&aborted), "aborted {aborted} of 400");
@@ -87,24 +67,24 @@ fn fault_injection_percentage_is_roughly_honoured() {
 #[test]
 fn fault_injection_config_errors() {
     let o = Origin::named("o");
-    let base = |p: &str| one_route(&o, p);
-    assert_rejected(
+    let base = |p: &str| one_route(&o, &[], p);
+    assert_config_rejected(
         &base("[routes.plugins.fault-injection]\n"),
         &["routes[0].plugins.fault-injection", "abort, delay"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("[routes.plugins.fault-injection.abort]\nhttp_status = 99\n"),
         &["fault-injection.abort.http_status"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("[routes.plugins.fault-injection.delay]\nduration = -1.0\n"),
         &["fault-injection.delay.duration"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("[routes.plugins.fault-injection.abort]\nhttp_status = 500\npercentage = 150.0\n"),
         &["abort.percentage"],
     );
-    assert_rejected(&base("[routes.plugins.fault-injection.abort]\nhttp_status = 500\nvars = [[[\"arg_a\", \"??\", \"1\"]]]\n"), &["abort.vars[0][0]", "unknown operator"]);
+    assert_config_rejected(&base("[routes.plugins.fault-injection.abort]\nhttp_status = 500\nvars = [[[\"arg_a\", \"??\", \"1\"]]]\n"), &["abort.vars[0][0]", "unknown operator"]);
 }
 
 /// An origin answering with whatever status the test sets.
@@ -122,6 +102,7 @@ fn api_breaker_trips_doubles_and_recovers() {
     let (o, status) = switchable();
     let cfg = one_route(
         &o,
+        &[],
         "[routes.plugins.api-breaker]\nbreak_response_code = 502\nbreak_response_body = \"breaker open\"\nbreak_response_headers = [{ key = \"X-Breaker\", value = \"open\" }]\nunhealthy = { http_statuses = [500, 503], failures = 3 }\nhealthy = { http_statuses = [200], successes = 2 }\n",
     );
     let gw = Gateway::start(&cfg);
@@ -129,17 +110,17 @@ fn api_breaker_trips_doubles_and_recovers() {
     // A healthy answer in between resets the run: 2 failures, 1 success, 2 failures: still closed.
     for s in [500, 503, 200, 500, 500] {
         status.store(s, Ordering::SeqCst);
-        assert_eq!(get(&mut c, "/", "").status, s);
+        assert_eq!(get_with(&mut c, "/", "").status, s);
     }
     status.store(500, Ordering::SeqCst);
     assert_eq!(
-        get(&mut c, "/", "").status,
+        get_with(&mut c, "/", "").status,
         500,
         "third failure in a row trips"
     );
     let tripped = Instant::now();
     let seen = o.request_count();
-    let r = get(&mut c, "/", "");
+    let r = get_with(&mut c, "/", "");
     assert_eq!(r.status, 502);
     assert_eq!(r.body_str(), "breaker open");
     assert_eq!(r.header("X-Breaker"), Some("open"));
@@ -152,7 +133,7 @@ fn api_breaker_trips_doubles_and_recovers() {
     // First trip: open for 2 s. The half-open probe fails: open again for 4 s.
     thread::sleep(Duration::from_millis(2100).saturating_sub(tripped.elapsed()));
     assert_eq!(
-        get(&mut c, "/", "").status,
+        get_with(&mut c, "/", "").status,
         500,
         "half-open lets a request through"
     );
@@ -160,7 +141,7 @@ fn api_breaker_trips_doubles_and_recovers() {
     assert_eq!(o.request_count(), seen + 1);
     thread::sleep(Duration::from_millis(2500).saturating_sub(retripped.elapsed()));
     assert_eq!(
-        get(&mut c, "/", "").status,
+        get_with(&mut c, "/", "").status,
         502,
         "second trip lasts 4 s, not 2"
     );
@@ -169,13 +150,13 @@ fn api_breaker_trips_doubles_and_recovers() {
     // After 4 s the upstream is healthy again: 2 successes close the breaker for good.
     status.store(200, Ordering::SeqCst);
     thread::sleep(Duration::from_millis(4100).saturating_sub(retripped.elapsed()));
-    assert_eq!(get(&mut c, "/", "").status, 200);
-    assert_eq!(get(&mut c, "/", "").status, 200);
+    assert_eq!(get_with(&mut c, "/", "").status, 200);
+    assert_eq!(get_with(&mut c, "/", "").status, 200);
     // Closed again: one failure does not trip (it takes 3 in a row).
     status.store(500, Ordering::SeqCst);
-    assert_eq!(get(&mut c, "/", "").status, 500);
+    assert_eq!(get_with(&mut c, "/", "").status, 500);
     status.store(200, Ordering::SeqCst);
-    assert_eq!(get(&mut c, "/", "").status, 200);
+    assert_eq!(get_with(&mut c, "/", "").status, 200);
 }
 
 #[test]
@@ -191,32 +172,36 @@ fn api_breaker_counts_unreachable_upstream_and_not_plugin_replies() {
     );
     let gw = Gateway::start(&cfg);
     let mut c = gw.client();
-    assert_eq!(get(&mut c, "/dead", "").status, 502);
-    assert_eq!(get(&mut c, "/dead", "").status, 502);
-    assert_eq!(get(&mut c, "/dead", "").status, 503, "open after two 502s");
+    assert_eq!(get_with(&mut c, "/dead", "").status, 502);
+    assert_eq!(get_with(&mut c, "/dead", "").status, 502);
+    assert_eq!(
+        get_with(&mut c, "/dead", "").status,
+        503,
+        "open after two 502s"
+    );
     // key-auth's 401 is a plugin reply, not an upstream status: the breaker never trips.
     for _ in 0..3 {
-        assert_eq!(get(&mut c, "/auth", "").status, 401);
+        assert_eq!(get_with(&mut c, "/auth", "").status, 401);
     }
 }
 
 #[test]
 fn api_breaker_config_errors() {
     let o = Origin::named("o");
-    let base = |p: &str| one_route(&o, &format!("[routes.plugins.api-breaker]\n{p}"));
-    assert_rejected(
+    let base = |p: &str| one_route(&o, &[], &format!("[routes.plugins.api-breaker]\n{p}"));
+    assert_config_rejected(
         &base(""),
         &["routes[0].plugins.api-breaker", "break_response_code"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("break_response_code = 502\nmax_breaker_sec = 1\n"),
         &["api-breaker.max_breaker_sec"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("break_response_code = 502\nunhealthy = { failures = 0 }\n"),
         &["api-breaker.unhealthy.failures"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("break_response_code = 502\nhealthy = { http_statuses = [99] }\n"),
         &["healthy.http_statuses"],
     );

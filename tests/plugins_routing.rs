@@ -5,18 +5,6 @@ mod common;
 
 use common::*;
 
-fn get(c: &mut Client, path: &str, extra: &str) -> Response {
-    c.request(format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n"))
-}
-
-fn assert_rejected(cfg: &str, want: &[&str]) {
-    let out = check_config(cfg);
-    assert!(!out.status.success(), "accepted:\n{cfg}");
-    for w in want {
-        assert!(out.all().contains(w), "want {w:?} in:\n{}", out.all());
-    }
-}
-
 #[test]
 fn proxy_rewrite_uri_regex_host_and_headers() {
     let o = Origin::echo_target("o");
@@ -34,14 +22,14 @@ fn proxy_rewrite_uri_regex_host_and_headers() {
     );
     let gw = Gateway::start(&cfg);
     let mut c = gw.client();
-    let r = get(&mut c, "/fixed/a?q=1", "");
+    let r = get_with(&mut c, "/fixed/a?q=1", "");
     assert_eq!(r.status, 200);
     // The original query follows a rewritten uri without one, as in APISIX.
     assert_eq!(r.body_str(), "/new/place?q=1");
     let req = o.last_request();
     assert_eq!(req.header("Host"), Some("upstream.internal"));
 
-    let r = get(
+    let r = get_with(
         &mut c,
         "/api/v2/users/7?x=y",
         "X-Secret: s\r\nX-Api: client\r\nX-Extra: mine\r\n",
@@ -70,7 +58,7 @@ fn proxy_rewrite_uri_regex_host_and_headers() {
         "host untouched without host ="
     );
     // No match: the uri is sent as it came.
-    let r = get(&mut c, "/api/other", "");
+    let r = get_with(&mut c, "/api/other", "");
     assert_eq!(r.body_str(), "/api/other");
 }
 
@@ -90,20 +78,20 @@ fn proxy_rewrite_config_errors() {
             )
         )
     };
-    assert_rejected(
+    assert_config_rejected(
         &base("regex_uri = [\"^/(\"  , \"/x\"]\n"),
         &["routes[0].plugins.proxy-rewrite.regex_uri[0]", "bad regex"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("regex_uri = [\"^/a\"]\n"),
         &["regex_uri", "[regex, replacement]"],
     );
-    assert_rejected(&base("uri = \"no-slash\"\n"), &["proxy-rewrite.uri"]);
-    assert_rejected(
+    assert_config_rejected(&base("uri = \"no-slash\"\n"), &["proxy-rewrite.uri"]);
+    assert_config_rejected(
         &base(""),
         &["routes[0].plugins.proxy-rewrite", "nothing to rewrite"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("[routes.plugins.proxy-rewrite.headers.set]\n\"bad name\" = \"v\"\n"),
         &["proxy-rewrite.headers"],
     );
@@ -130,7 +118,9 @@ fn traffic_split_weighted_one_to_nine_smoothly() {
     );
     let gw = Gateway::start(&cfg);
     let mut c = gw.client();
-    let bodies: Vec<String> = (0..100).map(|_| get(&mut c, "/x", "").body_str()).collect();
+    let bodies: Vec<String> = (0..100)
+        .map(|_| get_with(&mut c, "/x", "").body_str())
+        .collect();
     let n = bodies.iter().filter(|b| *b == "canary").count();
     assert_eq!(n, 10, "exactly 1 in 10 with smooth WRR on one shard");
     assert!(
@@ -153,13 +143,25 @@ fn traffic_split_by_header_and_arg_match() {
     );
     let gw = Gateway::start(&cfg);
     let mut c = gw.client();
-    assert_eq!(get(&mut c, "/x", "X-Canary: 1\r\n").body_str(), "canary");
-    assert_eq!(get(&mut c, "/x", "X-Canary: 0\r\n").body_str(), "stable");
-    assert_eq!(get(&mut c, "/x", "").body_str(), "stable");
+    assert_eq!(
+        get_with(&mut c, "/x", "X-Canary: 1\r\n").body_str(),
+        "canary"
+    );
+    assert_eq!(
+        get_with(&mut c, "/x", "X-Canary: 0\r\n").body_str(),
+        "stable"
+    );
+    assert_eq!(get_with(&mut c, "/x", "").body_str(), "stable");
     // Second match entry: both of its conditions must hold.
-    assert_eq!(get(&mut c, "/x?v=2.1&beta=yes", "").body_str(), "canary");
-    assert_eq!(get(&mut c, "/x?v=2.1", "").body_str(), "stable");
-    assert_eq!(get(&mut c, "/x?v=1.9&beta=yes", "").body_str(), "stable");
+    assert_eq!(
+        get_with(&mut c, "/x?v=2.1&beta=yes", "").body_str(),
+        "canary"
+    );
+    assert_eq!(get_with(&mut c, "/x?v=2.1", "").body_str(), "stable");
+    assert_eq!(
+        get_with(&mut c, "/x?v=1.9&beta=yes", "").body_str(),
+        "stable"
+    );
     assert_eq!(canary.request_count(), 2);
     assert_eq!(stable.request_count(), 4);
 }
@@ -175,7 +177,7 @@ fn traffic_split_config_errors() {
             &format!("[[routes.plugins.traffic-split.rules]]\n{rule}"),
         )
     };
-    assert_rejected(
+    assert_config_rejected(
         &base("weighted_upstreams = [{ upstream = \"nope\", weight = 1 }]\n"),
         &[
             "routes[0].plugins.traffic-split.rules[0].weighted_upstreams[0].upstream",
@@ -183,15 +185,15 @@ fn traffic_split_config_errors() {
             "canary",
         ],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("match = [{ vars = [[\"bogus_var\", \"==\", \"1\"]] }]\nweighted_upstreams = [{ weight = 1 }]\n"),
         &["rules[0].match[0].vars[0]", "unknown variable"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("match = [{ vars = [[\"http_x\", \"=~\", \"1\"]] }]\nweighted_upstreams = [{ weight = 1 }]\n"),
         &["unknown operator"],
     );
-    assert_rejected(
+    assert_config_rejected(
         &base("weighted_upstreams = [{ weight = 0 }]\n"),
         &["all weights are 0"],
     );

@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn get(c: &mut Client, path: &str, extra: &str) -> Response {
-    c.request(format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n"))
-}
-
 #[test]
 fn limit_count_counts_down_then_rejects_with_headers() {
     let o = Origin::named("o");
@@ -32,14 +28,14 @@ fn limit_count_counts_down_then_rejects_with_headers() {
     let gw = Gateway::start(&cfg);
     let mut c = gw.client();
     for want in ["2", "1", "0"] {
-        let r = get(&mut c, "/a", "");
+        let r = get_with(&mut c, "/a", "");
         assert_eq!(r.status, 200);
         assert_eq!(r.header("X-RateLimit-Limit"), Some("3"));
         assert_eq!(r.header("X-RateLimit-Remaining"), Some(want));
         let reset: u64 = r.header("X-RateLimit-Reset").unwrap().parse().unwrap();
         assert!((1..=60).contains(&reset), "reset {reset}");
     }
-    let r = get(&mut c, "/a", "");
+    let r = get_with(&mut c, "/a", "");
     assert_eq!(r.status, 503, "APISIX's default rejected_code");
     assert_eq!(r.header("X-RateLimit-Remaining"), Some("0"));
     assert_eq!(r.header("X-RateLimit-Limit"), Some("3"));
@@ -49,7 +45,7 @@ fn limit_count_counts_down_then_rejects_with_headers() {
         "rejected requests never reach the upstream"
     );
     // The connection stays usable after a rejection.
-    assert_eq!(get(&mut c, "/a", "").status, 503);
+    assert_eq!(get_with(&mut c, "/a", "").status, 503);
 }
 
 #[test]
@@ -69,14 +65,14 @@ fn limit_count_key_code_message_and_group() {
     let gw = Gateway::start(&cfg);
     let mut c = gw.client();
     // Route a and b share group g: two requests in total for tenant t1.
-    assert_eq!(get(&mut c, "/a", "X-Tenant: t1\r\n").status, 200);
-    assert_eq!(get(&mut c, "/b", "X-Tenant: t1\r\n").status, 200);
-    let r = get(&mut c, "/a", "X-Tenant: t1\r\n");
+    assert_eq!(get_with(&mut c, "/a", "X-Tenant: t1\r\n").status, 200);
+    assert_eq!(get_with(&mut c, "/b", "X-Tenant: t1\r\n").status, 200);
+    let r = get_with(&mut c, "/a", "X-Tenant: t1\r\n");
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["message"], "slow down");
     // Another tenant has its own count; route c (no group) its own too.
-    assert_eq!(get(&mut c, "/b", "X-Tenant: t2\r\n").status, 200);
-    assert_eq!(get(&mut c, "/c", "X-Tenant: t1\r\n").status, 200);
+    assert_eq!(get_with(&mut c, "/b", "X-Tenant: t2\r\n").status, 200);
+    assert_eq!(get_with(&mut c, "/c", "X-Tenant: t1\r\n").status, 200);
 }
 
 /// Learns which shard serves each of `n` connections (response-rewrite's `$shard_id`).
@@ -84,7 +80,7 @@ fn connections_by_shard(gw: &Gateway, n: usize) -> HashMap<String, Vec<Client>> 
     let mut by: HashMap<String, Vec<Client>> = HashMap::new();
     for _ in 0..n {
         let mut c = gw.client();
-        let r = get(&mut c, "/whoami", "");
+        let r = get_with(&mut c, "/whoami", "");
         assert_eq!(r.status, 200);
         let shard = r.header("X-Shard").expect("X-Shard header").to_string();
         by.entry(shard).or_default().push(c);
@@ -104,7 +100,7 @@ fn drive(gw: &Gateway, clients: Vec<Client>, tenant: &str, dur: Duration) -> (Ve
                 let mut ok = Vec::new();
                 let mut total = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let r = get(&mut c, "/limited", &format!("X-Tenant: {tenant}\r\n"));
+                    let r = get_with(&mut c, "/limited", &format!("X-Tenant: {tenant}\r\n"));
                     total += 1;
                     match r.status {
                         200 => ok.push(Instant::now()),
@@ -249,11 +245,11 @@ fn limit_req_rejects_beyond_burst_and_recovers() {
     );
     let gw = Gateway::start(&cfg);
     let mut c = gw.client();
-    let statuses: Vec<u16> = (0..6).map(|_| get(&mut c, "/x", "").status).collect();
+    let statuses: Vec<u16> = (0..6).map(|_| get_with(&mut c, "/x", "").status).collect();
     assert_eq!(statuses[0], 200);
     assert!(statuses[1..].contains(&429), "{statuses:?}");
     thread::sleep(Duration::from_millis(450));
-    assert_eq!(get(&mut c, "/x", "").status, 200, "bucket refilled");
+    assert_eq!(get_with(&mut c, "/x", "").status, 200, "bucket refilled");
 }
 
 #[test]
@@ -274,7 +270,7 @@ fn limit_req_delays_within_burst() {
     let mut c = gw.client();
     let t = Instant::now();
     for _ in 0..4 {
-        assert_eq!(get(&mut c, "/x", "").status, 200);
+        assert_eq!(get_with(&mut c, "/x", "").status, 200);
     }
     // Requests 2..4 were in the burst: delayed by excess / rate (~100 ms each at most).
     assert!(
@@ -306,18 +302,18 @@ fn limit_conn_rejects_concurrent_requests_and_releases() {
     let addr = gw.addr;
     let first = thread::spawn(move || {
         let mut c = Client::connect(addr);
-        get(&mut c, "/slow", "").status
+        get_with(&mut c, "/slow", "").status
     });
     thread::sleep(Duration::from_millis(200));
     let mut c = gw.client();
     assert_eq!(
-        get(&mut c, "/x", "").status,
+        get_with(&mut c, "/x", "").status,
         429,
         "second concurrent request"
     );
     assert_eq!(first.join().unwrap(), 200);
     assert_eq!(
-        get(&mut c, "/x", "").status,
+        get_with(&mut c, "/x", "").status,
         200,
         "slot released after the first finished"
     );

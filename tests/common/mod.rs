@@ -1937,3 +1937,28 @@ pub fn raise_nofile(want: u64) -> u64 {
     }
     rl.rlim_cur
 }
+
+/// `GET path` with `Host: t` and `extra` raw header lines (each ending in CRLF).
+pub fn get_with(c: &mut Client, path: &str, extra: &str) -> Response {
+    c.request(format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n"))
+}
+
+/// A config with one route "r" on "/*" to upstream "backend" (the origin `o`); `plugins` is
+/// appended to the route's table.
+pub fn one_route(o: &Origin, server_overrides: &[(&str, &str)], plugins: &str) -> String {
+    format!(
+        "{}{}{}",
+        server(server_overrides),
+        upstream("backend", &[o.addr], ""),
+        route("r", &["/*"], "backend", plugins)
+    )
+}
+
+/// `ringway check` refuses `cfg`, and its output names each of `want`.
+pub fn assert_config_rejected(cfg: &str, want: &[&str]) {
+    let out = check_config(cfg);
+    assert!(!out.status.success(), "accepted:\n{cfg}");
+    for w in want {
+        assert!(out.all().contains(w), "want {w:?} in:\n{}", out.all());
+    }
+}
