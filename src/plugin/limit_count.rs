@@ -12,9 +12,9 @@ use super::consumer::Consumers;
 use super::util::{duration, err, key_hash, key_parts, num, parse, positive, KeyPart, RawDur};
 use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
 use crate::config::ConfigError;
-use crate::metrics::Limiter;
 use crate::http::parse::RequestHead;
 use crate::limit::count::{CountLimiter, CountParams};
+use crate::metrics::Limiter;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
