@@ -272,7 +272,34 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
     for (plugin, n) in super::LIMITERS.iter().zip(m.rate_limited) {
         let _ = writeln!(o, "{RATE_LIMITED}{{plugin=\"{plugin}\"}} {n}");
     }
+    loggers(&mut o);
     o
+}
+
+/// http-logger / tcp-logger delivery counters (process-wide, kept by their sender threads).
+fn loggers(o: &mut String) {
+    let counts = crate::plugin::logship::counts();
+    let families = [
+        (
+            LOGGER_SENT,
+            "Log entries delivered to the sink, by logger plugin.",
+        ),
+        (
+            LOGGER_DROPPED,
+            "Log entries dropped (buffer full while the sink was down, or retries exhausted).",
+        ),
+        (
+            LOGGER_FAILURES,
+            "Failed deliveries of a batch to the sink (each retry counts).",
+        ),
+    ];
+    for (i, (name, help)) in families.iter().enumerate() {
+        family(o, name, "counter", help);
+        for (plugin, sent, dropped, failed) in counts {
+            let v = [sent, dropped, failed][i];
+            let _ = writeln!(o, "{name}{{plugin=\"{plugin}\"}} {v}");
+        }
+    }
 }
 
 /// The `/status` body.

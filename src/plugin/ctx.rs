@@ -129,6 +129,8 @@ pub struct Ctx {
     pub forwarded: bool,
     /// proxy-cache: what the lookup decided and the response being stored (cache/mod.rs).
     pub cache: crate::cache::CacheCx,
+    /// Request line and host for http-logger / tcp-logger, taken in `rewrite` (None otherwise).
+    pub log_req: Option<Box<super::logship::ReqSummary>>,
 }
 
 impl Ctx {
@@ -152,6 +154,7 @@ impl Ctx {
             request_id: None,
             forwarded: false,
             cache: crate::cache::CacheCx::default(),
+            log_req: None,
         }
     }
 
@@ -173,6 +176,7 @@ impl Ctx {
         self.request_id = None;
         self.forwarded = false;
         self.cache.reset();
+        self.log_req = None;
     }
 }
 

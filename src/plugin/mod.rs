@@ -9,6 +9,7 @@
 pub mod chain;
 pub mod consumer;
 pub mod ctx;
+pub mod logship;
 pub mod rand;
 pub mod registry;
 pub mod util;
@@ -18,6 +19,7 @@ mod api_breaker;
 mod basic_auth;
 mod cors;
 mod fault_injection;
+mod http_logger;
 mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
@@ -28,6 +30,7 @@ mod proxy_cache;
 mod proxy_rewrite;
 mod request_id;
 mod response_rewrite;
+mod tcp_logger;
 mod traffic_split;
 
 use std::rc::Rc;

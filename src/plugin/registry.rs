@@ -27,6 +27,8 @@ pub const PLUGINS: &[(&str, i32, Builder)] = &[
     ("limit-req", 1001, super::limit_req::factory),
     ("traffic-split", 966, super::traffic_split::factory),
     ("response-rewrite", 899, super::response_rewrite::factory),
+    ("http-logger", 410, super::http_logger::factory),
+    ("tcp-logger", 405, super::tcp_logger::factory),
 ];
 
 fn builder(name: &str) -> Option<Builder> {

@@ -1,0 +1,190 @@
+//! http-logger (priority 410): POSTs request entries as a JSON array to `uri`, batched on the
+//! shard and sent by a blocking sender thread (see `logship`), never from the shard itself.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use serde::Deserialize;
+
+use super::chain::{BuildCx, FactoryRef, ShardCx};
+use super::logship::{self, BatchConf, RawBatch, ShardBatch, Sink};
+use super::util::{duration, err, parse, RawDur};
+use super::{Ctx, Flow, Plugin, PluginFactory};
+use crate::config::ConfigError;
+use crate::http::parse::RequestHead;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Conf {
+    uri: String,
+    #[serde(default)]
+    auth_header: Option<String>,
+    #[serde(default)]
+    timeout: Option<RawDur>,
+    #[serde(default)]
+    batch_max_size: Option<i64>,
+    #[serde(default)]
+    inactive_timeout: Option<RawDur>,
+    #[serde(default)]
+    max_retry_count: Option<i64>,
+    #[serde(default)]
+    retry_delay: Option<RawDur>,
+    #[serde(default)]
+    max_pending_entries: Option<i64>,
+}
+
+impl Conf {
+    /// The batch keys (spelled out here: `deny_unknown_fields` does not work with `flatten`).
+    fn batch(&self) -> RawBatch {
+        RawBatch {
+            batch_max_size: self.batch_max_size,
+            inactive_timeout: self.inactive_timeout.clone(),
+            max_retry_count: self.max_retry_count,
+            retry_delay: self.retry_delay.clone(),
+            max_pending_entries: self.max_pending_entries,
+        }
+    }
+}
+
+/// `http://host:port/path` -> (address, Host header, path).
+fn parse_uri(path: &str, uri: &str) -> Result<(SocketAddr, String, String), ConfigError> {
+    let bad = |m: &str| err(path, "uri", format!("{m}, got {uri:?}"));
+    let rest = uri
+        .strip_prefix("http://")
+        .ok_or_else(|| bad("expected http://HOST:PORT/PATH (https is not supported)"))?;
+    let (authority, p) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let p = if p.is_empty() { "/" } else { p };
+    if authority.is_empty() || !p.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("expected http://HOST:PORT/PATH without spaces"));
+    }
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    // Resolved once at load, like upstream nodes.
+    let addr = with_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| bad("cannot resolve the host"))?;
+    Ok((addr, authority.to_string(), p.to_string()))
+}
+
+pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+    let c: Conf = parse(v, path)?;
+    let (addr, host, target) = parse_uri(path, &c.uri)?;
+    if let Some(h) = &c.auth_header {
+        if h.bytes().any(|b| b == b'\r' || b == b'\n') {
+            return Err(err(path, "auth_header", "must not contain CR or LF"));
+        }
+    }
+    let timeout = match &c.timeout {
+        None => Duration::from_secs(3),
+        Some(t) => duration(path, "timeout", t)?.max(Duration::from_millis(1)),
+    };
+    let conf = BatchConf::from_raw(path, &c.batch())?;
+    let sink = HttpSink {
+        addr,
+        host,
+        target,
+        auth: c.auth_header,
+        timeout,
+    };
+    let tx = logship::start("http-logger", conf.clone(), Box::new(sink), &logship::HTTP)
+        .map_err(|e| ConfigError::new(path, e))?;
+    Ok(Arc::new(Factory { tx, conf }))
+}
+
+struct HttpSink {
+    addr: SocketAddr,
+    host: String,
+    target: String,
+    auth: Option<String>,
+    timeout: Duration,
+}
+
+impl Sink for HttpSink {
+    /// One connection per batch: batches are large and rare, and a fresh connection notices
+    /// a restarted sink at once.
+    fn send(&mut self, entries: &[&String]) -> Result<(), String> {
+        let mut body = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+        body.push(b'[');
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(e.as_bytes());
+        }
+        body.push(b']');
+        let auth = self
+            .auth
+            .as_deref()
+            .map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n",
+            self.target,
+            self.host,
+            body.len()
+        );
+        let mut s =
+            TcpStream::connect_timeout(&self.addr, self.timeout).map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(self.timeout))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(self.timeout))
+            .map_err(|e| e.to_string())?;
+        s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+        s.write_all(&body).map_err(|e| e.to_string())?;
+        let mut line = [0u8; 12];
+        s.read_exact(&mut line).map_err(|e| e.to_string())?;
+        let status = std::str::from_utf8(&line[9..12])
+            .ok()
+            .and_then(|d| d.parse::<u16>().ok());
+        match status {
+            Some(200..=299) => Ok(()),
+            Some(s) => Err(format!("sink answered {s}")),
+            None => Err("not an HTTP response".into()),
+        }
+    }
+}
+
+struct Factory {
+    tx: Sender<Vec<String>>,
+    conf: BatchConf,
+}
+
+impl PluginFactory for Factory {
+    fn name(&self) -> &'static str {
+        "http-logger"
+    }
+    fn priority(&self) -> i32 {
+        410
+    }
+    fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
+        Rc::new(HttpLogger(ShardBatch::new(self.tx.clone(), &self.conf)))
+    }
+}
+
+struct HttpLogger(ShardBatch);
+
+impl Plugin for HttpLogger {
+    fn name(&self) -> &'static str {
+        "http-logger"
+    }
+
+    fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
+        logship::capture(req, cx);
+        Flow::Continue
+    }
+
+    fn log(&self, cx: &mut Ctx) {
+        self.0.push(logship::entry(cx));
+    }
+}
