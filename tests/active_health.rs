@@ -1,6 +1,5 @@
-//! Active health checks against the real binary: a node failing its probe is taken out of
-//! rotation on every shard and comes back, TCP probes of a closed port, probing once per gateway,
-//! verdicts across config reloads, and config errors that name the key path.
+//! Active health checks against the real binary: failing nodes leave and rejoin rotation on every
+//! shard, TCP probes, one prober per gateway, verdicts across reloads, config key paths.
 
 mod common;
 mod opsutil;

@@ -1,6 +1,5 @@
-//! config/prometheus-alerts.yml and config/grafana-dashboard.json against the real gateway:
-//! every metric they query is declared in src/metrics/names.rs and present in a live /metrics
-//! scrape; the files are well formed (and `promtool check rules` passes when it is installed).
+//! config/prometheus-alerts.yml and config/grafana-dashboard.json: every metric they query is in
+//! names.rs and in a live /metrics scrape; well formed (promtool check rules when installed).
 
 mod common;
 mod opsutil;

@@ -1,6 +1,5 @@
-//! http-logger and tcp-logger against the real binary: JSON entries reach a test HTTP sink in
-//! batches, a sink that is down and comes back gets later entries (drops are counted), NDJSON
-//! reaches a TCP sink, a stuck sink does not slow requests, and config errors name the key.
+//! http-logger and tcp-logger against the real binary: batches reach HTTP and TCP sinks, a sink that
+//! is down then up gets later entries with drops counted, a stuck sink does not slow requests.
 
 mod common;
 mod opsutil;

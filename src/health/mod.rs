@@ -1,8 +1,8 @@
 //! Active health checks: one prober thread for the whole gateway (never on a shard, never once
-//! per shard) that probes every checked node and publishes flips to all shards via the `Plane`.
-//!
-//! Targets follow the current config generation: after every swap they are rebuilt (counters
-//! kept for unchanged nodes) and the down set is re-sent, since a rebuilt upstream starts all up.
+//! per shard) probes every checked node and publishes verdict flips to all shards via the `Plane`.
+
+// Targets follow the current config generation: after every swap they are rebuilt (counters
+// kept for unchanged nodes) and the down set is re-sent, since a rebuilt upstream starts all up.
 
 pub mod probe;
 pub mod verdict;

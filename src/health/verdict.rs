@@ -1,6 +1,5 @@
-//! One node's active-check verdict: consecutive-result counters with APISIX's thresholds
-//! (`healthy.successes`, `unhealthy.http_failures` / `tcp_failures` / `timeouts`). Pure state.
-//! No I/O and no clock: the prober feeds it probe outcomes in order.
+//! One node's active-check verdict: consecutive-result counters with APISIX's thresholds.
+//! Pure state (no I/O, no clock): the prober feeds it probe outcomes in order.
 
 use crate::config::ActiveCheck;
 

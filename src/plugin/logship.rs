@@ -1,10 +1,10 @@
-//! Log shipping shared by http-logger and tcp-logger: JSON entries built in the `log` phase,
-//! batched on the shard, handed over a crossbeam channel to one blocking sender thread per plugin config.
-//!
-//! The shard never blocks and never waits on a socket: it only appends to its batch and, per
-//! full or stale batch, does one send on an unbounded channel. The sender thread owns the bounded
-//! buffer (oldest entries dropped and counted when the sink is down), retries with backoff,
-//! and the process-wide counters exported on /metrics (touched by sender threads only).
+//! Log shipping for http-logger and tcp-logger: JSON entries batched on the shard, handed over a
+//! crossbeam channel to one blocking sender thread per plugin config. The shard never blocks.
+
+// The shard only appends to its batch and, per full or stale batch, does one send on an
+// unbounded channel. The sender thread owns the bounded buffer (oldest entries dropped and
+// counted when the sink is down), retries with backoff, and the process-wide counters exported
+// on /metrics (touched by sender threads only, never per request).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
