@@ -60,9 +60,25 @@ fn node_up(status: SocketAddr, node: SocketAddr) -> f64 {
     )
 }
 
+/// Waits for the verdict, then scrapes once more: that scrape's snapshot requests reach each
+/// shard after the verdict's control message (sent before the verdict is visible), so once it
+/// answers with every shard, every shard routes by the verdict.
 fn wait_node_up(status: SocketAddr, node: SocketAddr, want: f64) {
     let ok = wait_until(Duration::from_secs(10), || node_up(status, node) == want);
     assert!(ok, "node {node} never reached up={want}");
+    let s = scrape(status);
+    assert_eq!(
+        value(&s, "ringway_shards_reporting", &[]),
+        value(&s, "ringway_shards", &[])
+    );
+    assert_eq!(
+        value(
+            &s,
+            "ringway_upstream_node_up",
+            &[("node", &node.to_string())]
+        ),
+        want
+    );
 }
 
 /// Round-robin over both nodes; returns how many of `n` requests `o` served.
@@ -205,7 +221,6 @@ fn verdicts_follow_config_reloads() {
     let changed = HTTP_CHECK.replace("max_fails = 0\n", "max_fails = 0\nretries = 1\n");
     p.rewrite(&config("2", &[a.addr, b.addr], &changed));
     assert!(p.reload(1).contains("config reloaded"), "{}", p.logs.text());
-    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(node_up(status, a.addr), 0.0);
     assert_eq!(spread(get, &a, 20), 0, "still out after the reload");
 

@@ -158,22 +158,21 @@ impl Plane {
     /// Records one active probe (`passed`) and the node's verdict (`up`); tells every shard
     /// when the verdict flips. Called by the health thread (src/health) only.
     pub fn node_checked(&self, upstream: &str, node: usize, addr: &str, passed: bool, up: bool) {
-        let flipped = {
-            let mut inner = self.inner();
-            let e = inner
-                .active
-                .entry((upstream.to_string(), addr.to_string()))
-                .or_insert((true, 0, 0));
-            let was = e.0;
-            e.0 = up;
-            if passed {
-                e.1 += 1
-            } else {
-                e.2 += 1
-            }
-            was != up
-        };
-        if flipped {
+        let mut inner = self.inner();
+        let e = inner
+            .active
+            .entry((upstream.to_string(), addr.to_string()))
+            .or_insert((true, 0, 0));
+        let was = e.0;
+        e.0 = up;
+        if passed {
+            e.1 += 1
+        } else {
+            e.2 += 1
+        }
+        // Sent before the lock is released: whoever reads the new verdict (a scrape) asks the
+        // shards after this message, so their answers already reflect it.
+        if was != up {
             self.publish_down(upstream, node, !up);
         }
     }

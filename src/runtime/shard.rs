@@ -251,6 +251,21 @@ impl Shard {
             .map(|u| match old.get(u.name.as_str()) {
                 // Debug output covers every field; cheaper to keep than a hand-written PartialEq.
                 Some(o) if format!("{:?}", o.cfg) == format!("{u:?}") => Rc::clone(o),
+                Some(o) if u.checks.is_some() => {
+                    // Active verdicts carry over by node address, so a node down by active
+                    // checks stays out from the first request of the new generation (the
+                    // prober also re-sends its down set once it sees the swap).
+                    let fresh = UpstreamState::new(u);
+                    {
+                        let (was, mut now) = (o.health.borrow(), fresh.health.borrow_mut());
+                        for (i, n) in u.nodes.iter().enumerate() {
+                            if let Some(j) = o.cfg.nodes.iter().position(|m| m.host == n.host) {
+                                now.set_down(i, was.is_down(j));
+                            }
+                        }
+                    }
+                    Rc::new(fresh)
+                }
                 _ => Rc::new(UpstreamState::new(u)),
             })
             .collect();

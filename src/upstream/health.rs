@@ -159,6 +159,11 @@ impl PassiveHealth {
         }
     }
 
+    /// True while active health checks hold `node` down.
+    pub fn is_down(&self, node: usize) -> bool {
+        self.down.get(node).copied().unwrap_or(false)
+    }
+
     /// Failures counted in the node's current window (0 if unknown node).
     pub fn fails(&self, node: usize) -> u32 {
         self.nodes.get(node).map_or(0, |s| s.fails)
