@@ -167,7 +167,7 @@ fn probes_run_once_per_gateway_not_once_per_shard() {
     let n = health_requests(&a) - before;
     // One prober: ~10 probes in 2 s (fewer on a loaded machine). Four per-shard probers: ~40.
     assert!(
-        (5..=15).contains(&n),
+        (2..=15).contains(&n),
         "{n} probes in 2 s at a 200 ms interval"
     );
 }
