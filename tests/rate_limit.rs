@@ -284,7 +284,7 @@ fn limit_req_delays_within_burst() {
 fn limit_conn_rejects_concurrent_requests_and_releases() {
     let o = Origin::start("slow", |_| {
         Resp::text(200, "slow")
-            .delay(Duration::from_millis(600))
+            .delay(Duration::from_millis(1500))
             .into()
     });
     let cfg = format!(
@@ -304,7 +304,12 @@ fn limit_conn_rejects_concurrent_requests_and_releases() {
         let mut c = Client::connect(addr);
         get_with(&mut c, "/slow", "").status
     });
-    thread::sleep(Duration::from_millis(200));
+    // The first request must hold its slot before the second arrives: wait until the
+    // origin has it (a fixed sleep lost that race on a loaded machine).
+    assert!(
+        o.wait_requests(1, Duration::from_secs(5)),
+        "first request never reached the origin"
+    );
     let mut c = gw.client();
     assert_eq!(
         get_with(&mut c, "/x", "").status,
