@@ -1,13 +1,19 @@
 //! Criterion benches for the request path's hot pieces, each beside its naive baseline:
-//! head parse, router lookup (10 and 10k routes), balancer pick. `cargo bench -p ringway-perf`.
+//! head parse, router lookup (10 and 10k routes), balancer pick, token bucket, cache lookup.
+//! `cargo bench -p ringway-perf`.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use ringway::cache::entry::Entry;
+use ringway::cache::store::Store;
 use ringway::http::parse::{HeadLimits, RequestHead};
+use ringway::limit::bucket::{Bucket, BucketParams};
 use ringway::route::{Params, RequestView, RouteSpec, Router};
 use ringway::upstream::balance::{Balancer, NodeSet, Policy};
-use ringway_perf::{naive_parse_head, NaiveRouter, NaiveWrr};
+use ringway_perf::{
+    naive_parse_head, NaiveBucket, NaiveLru, NaiveRouter, NaiveSmoothWrr, NaiveWrr,
+};
 
 const HEAD: &[u8] = b"GET /api/v1/users/12345?expand=orders HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) bench\r\nAccept: application/json\r\nAccept-Encoding: gzip, deflate, br\r\nAccept-Language: en-US,en;q=0.9\r\nAuthorization: Bearer abcdefghijklmnopqrstuvwxyz0123456789\r\nX-Request-Id: 7f1c2d3e-4b5a-6978-8a9b-0c1d2e3f4a5b\r\nConnection: keep-alive\r\n\r\n";
 
@@ -96,8 +102,91 @@ fn balance(c: &mut Criterion) {
     g.bench_function("naive_expanded_list", |b| {
         b.iter(|| black_box(naive.pick(&[])))
     });
+    let mut smooth = NaiveSmoothWrr::new(&weights);
+    g.bench_function("naive_smooth_wrr", |b| {
+        b.iter(|| black_box(smooth.pick(&[])))
+    });
     g.finish();
 }
 
-criterion_group!(benches, parse, router, balance);
+fn bucket(c: &mut Criterion) {
+    let mut g = c.benchmark_group("token_bucket");
+    let keys: Vec<String> = (0..1000)
+        .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+        .collect();
+    let hashes: Vec<u64> = keys
+        .iter()
+        .map(|k| xxhash_rust::xxh3::xxh3_64(k.as_bytes()))
+        .collect();
+    let mut bk = Bucket::new(
+        BucketParams {
+            rate: 1e9,
+            burst: 1e9,
+            max_keys: 100_000,
+        },
+        0,
+        1,
+    );
+    let mut i = 0usize;
+    let mut now = 0u64;
+    g.bench_function("ringway_bucket", |b| {
+        b.iter(|| {
+            i = (i + 1) % hashes.len();
+            now += 1;
+            black_box(bk.check(hashes[i], now).is_ok())
+        })
+    });
+    let mut naive = NaiveBucket::new(1e9, 1e9);
+    g.bench_function("naive_string_map", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            now += 1;
+            black_box(naive.check(&keys[i], now))
+        })
+    });
+    g.finish();
+}
+
+fn cache(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cache_lookup_10k");
+    let keys: Vec<String> = (0..10_000)
+        .map(|i| format!("api.example.com/items/{i}"))
+        .collect();
+    let mut store = Store::new(256 << 20, Some(10_000));
+    let mut naive = NaiveLru::new();
+    for k in &keys {
+        let e = Entry {
+            status: 200,
+            headers: Vec::new(),
+            body: bytes::Bytes::from_static(b"hello"),
+            vary: Vec::new(),
+            stored_ms: 0,
+            initial_age_ms: 0,
+            lifetime_ms: 600_000,
+            swr_ms: 0,
+            sie_ms: 0,
+            no_cache: false,
+            no_stale: false,
+            auth_ok: false,
+        };
+        store.insert(k.as_bytes(), xxhash_rust::xxh3::xxh3_64(k.as_bytes()), e);
+        naive.insert(k, b"hello".to_vec());
+    }
+    let mut i = 0usize;
+    g.bench_function("ringway_store", |b| {
+        b.iter(|| {
+            i = (i + 7919) % keys.len();
+            black_box(store.get(keys[i].as_bytes(), |_| true).is_some())
+        })
+    });
+    g.bench_function("naive_map_and_recency_list", |b| {
+        b.iter(|| {
+            i = (i + 7919) % keys.len();
+            black_box(naive.get(&keys[i]).is_some())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse, router, balance, bucket, cache);
 criterion_main!(benches);

@@ -146,6 +146,7 @@ pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryR
         code,
         msg,
         headers: c.show_limit_quota_header.unwrap_or(true),
+        limit_text: count.to_string().into_bytes(),
     }))))
 }
 
@@ -155,6 +156,8 @@ struct Shared {
     code: u16,
     msg: Option<String>,
     headers: bool,
+    /// X-RateLimit-Limit, formatted once: the limit is the configured count on every request.
+    limit_text: Vec<u8>,
 }
 
 struct Factory(Arc<Shared>);
@@ -208,8 +211,9 @@ impl Plugin for LimitCount {
         let d = self.state.borrow_mut().check(key, now);
         if self.s.headers {
             let mut buf = [0u8; 20];
+            debug_assert_eq!(self.s.limit_text, d.limit.to_string().as_bytes());
             cx.resp_headers
-                .set(b"X-RateLimit-Limit", num(d.limit, &mut buf));
+                .set(b"X-RateLimit-Limit", &self.s.limit_text);
             cx.resp_headers
                 .set(b"X-RateLimit-Remaining", num(d.remaining, &mut buf));
             cx.resp_headers.set(

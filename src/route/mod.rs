@@ -7,6 +7,7 @@ use pattern::{HostPattern, PathPattern, Seg, MAX_HOST};
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::BuildHasherDefault;
 use std::ops::Range;
 
 /// A validated route as the config layer hands it over. Route id = index in the spec slice.
@@ -124,9 +125,13 @@ struct Term {
     params: Box<[(u32, u16)]>,
 }
 
+/// Segment and host maps: one-shot xxh3 instead of SipHash (a lookup hashes one key per path
+/// segment; SipHash made the 10-route lookup slower than a linear scan in perf/benches).
+type KeyMap = HashMap<Box<[u8]>, u32, BuildHasherDefault<crate::plugin::util::BytesHasher>>;
+
 #[derive(Debug, Default)]
 struct Node {
-    statics: HashMap<Box<[u8]>, u32>,
+    statics: KeyMap,
     param: Option<u32>,
     /// Patterns ending exactly here; sorted by rank.
     exact: Vec<Term>,
@@ -161,8 +166,8 @@ pub struct Router {
     names: Vec<Box<str>>,
     nodes: Vec<Node>,
     any_root: Option<u32>,
-    exact_hosts: HashMap<Box<[u8]>, u32>,
-    wildcard_hosts: HashMap<Box<[u8]>, u32>,
+    exact_hosts: KeyMap,
+    wildcard_hosts: KeyMap,
     /// Shortest and longest wildcard suffix: host suffixes outside this range cannot hit,
     /// so a long many-label Host header costs no hashing for them.
     wildcard_lens: (usize, usize),
@@ -216,8 +221,8 @@ impl Router {
             names: Vec::new(),
             nodes: Vec::new(),
             any_root: None,
-            exact_hosts: HashMap::new(),
-            wildcard_hosts: HashMap::new(),
+            exact_hosts: KeyMap::default(),
+            wildcard_hosts: KeyMap::default(),
             wildcard_lens: (usize::MAX, 0),
         };
         let mut interned = HashMap::new();
@@ -358,7 +363,12 @@ impl Router {
         };
         let mut best: Option<&Term> = None;
         let mut buf = [0u8; MAX_HOST];
-        if let Some(h) = pattern::normalize_host(host, &mut buf) {
+        let by_host = !self.exact_hosts.is_empty() || !self.wildcard_hosts.is_empty();
+        // Without host routes the Host header is not looked at (no normalisation copy).
+        if let Some(h) = by_host
+            .then(|| pattern::normalize_host(host, &mut buf))
+            .flatten()
+        {
             if let Some(&root) = self.exact_hosts.get(h) {
                 self.search(root, 1, &ctx, &mut best);
             }

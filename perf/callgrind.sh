@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Instructions per request under callgrind: repeatable where wall clock on the shared box is not.
+# One ringway shard under `valgrind --tool=callgrind`, origin `ringway-bench serve` (not profiled);
+# per route: zero the counters, drive it with ringway-bench for a fixed time, dump, and divide the
+# dump's total Ir by the requests the load generator completed (ringway-bench counts every
+# request the server received). Startup and config load are excluded by the zeroing.
+#
+#   perf/callgrind.sh                 # routes: plain (no plugins) and auth (key-auth + limit-count)
+#   SECS=5 CONNS=8 perf/callgrind.sh
+#   ANNOTATE=1 perf/callgrind.sh      # also print the top functions per route (callgrind_annotate)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${SECS:-4}
+CONNS=${CONNS:-8}
+T=${CARGO_TARGET_DIR:-target}/release
+for tool in valgrind callgrind_control callgrind_annotate; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y valgrind" >&2; exit 1; }
+done
+DIR=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); GW=$(free_port)
+"$T/ringway-bench" serve --listen "127.0.0.1:$UP" -t 1 --body-size 128 >/dev/null 2>&1 &
+pids+=($!)
+cat >"$DIR/gw.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$GW"]
+workers = 1
+keepalive_requests = 1000000
+[[upstreams]]
+name = "origin"
+nodes = [{ addr = "127.0.0.1:$UP" }]
+[[routes]]
+name = "plain"
+paths = ["/plain"]
+upstream = "origin"
+[[routes]]
+name = "auth"
+paths = ["/auth"]
+upstream = "origin"
+[routes.plugins.key-auth]
+[routes.plugins.limit-count]
+count = 1000000000
+time_window = 60
+key = "consumer"
+[[consumers]]
+username = "bench"
+[consumers.plugins.key-auth]
+key = "bench-key"
+TOML
+RINGWAY_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.%p" \
+  "$T/ringway" run -c "$DIR/gw.toml" >"$DIR/gw.log" 2>&1 &
+VG=$!
+pids+=($VG)
+for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.1; done
+# Warm the connection pool and allocator before counting.
+"$T/ringway-bench" -t 1 -c "$CONNS" -d 2s -H 'apikey: bench-key' "http://127.0.0.1:$GW/auth" >/dev/null 2>&1
+"$T/ringway-bench" -t 1 -c "$CONNS" -d 2s "http://127.0.0.1:$GW/plain" >/dev/null 2>&1
+n=0
+for route in plain auth; do
+  n=$((n + 1))
+  callgrind_control -z "$VG" >/dev/null
+  reqs=$("$T/ringway-bench" -t 1 -c "$CONNS" -d "${SECS}s" --json -H 'apikey: bench-key' \
+    "http://127.0.0.1:$GW/$route" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
+  callgrind_control -d "$route" "$VG" >/dev/null
+  sleep 0.5
+  f=$(ls -t "$DIR"/cg.* | head -1)
+  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
+  echo "$route requests=$reqs Ir=$ir Ir/request=$((ir / reqs))"
+  mkdir -p "${OUT:-perf/out}"
+  cp "$f" "${OUT:-perf/out}/callgrind-$route.out"
+  if [ "${ANNOTATE:-0}" = 1 ]; then
+    # Self cost per function, divided by the request count.
+    callgrind_annotate "$f" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | sed -n '2,31p' \
+      | awk -v r="$reqs" '{gsub(",","",$1); printf "%8.0f  %s\n", $1/r, substr($0, index($0,$3))}'
+  fi
+done

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Memory per idle keep-alive client connection: one ringway shard in front of `ringway-bench
+# serve`; a Python client opens N connections, sends one small GET on each (so every
+# per-connection buffer has been used once, as in real keep-alive traffic), reads the answer and
+# then holds them all idle. RSS of the gateway (VmRSS) before the connections and with all of
+# them idle gives KiB per connection.
+#
+#   perf/idle-rss.sh            # N=10000
+#   N=2000 perf/idle-rss.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-10000}
+T=${CARGO_TARGET_DIR:-target}/release
+# Each process (gateway, client) holds N sockets; raise the soft limit as far as allowed.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+DIR=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); GW=$(free_port)
+"$T/ringway-bench" serve --listen "127.0.0.1:$UP" -t 1 --body-size 128 >/dev/null 2>&1 &
+pids+=($!)
+cat >"$DIR/gw.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$GW"]
+workers = 1
+max_connections = $((N * 2))
+keepalive_timeout = "300s"
+[[upstreams]]
+name = "origin"
+nodes = [{ addr = "127.0.0.1:$UP" }]
+[[routes]]
+name = "all"
+paths = ["/*"]
+upstream = "origin"
+TOML
+RINGWAY_LOG=warn "$T/ringway" run -c "$DIR/gw.toml" >"$DIR/gw.log" 2>&1 &
+GWPID=$!
+pids+=($GWPID)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.05; done
+sleep 0.3
+rss() { awk '/VmRSS/ {print $2}' "/proc/$GWPID/status"; }
+python3 - "$GW" "$N" "$GWPID" <<'PY'
+import socket, sys, time, selectors
+port, n, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+def rss():
+    for l in open(f"/proc/{pid}/status"):
+        if l.startswith("VmRSS"):
+            return int(l.split()[1])
+# Warm-up: one connection, a few requests, so one-off allocations (pools, upstream conn) are in the base.
+w = socket.create_connection(("127.0.0.1", port))
+for _ in range(3):
+    w.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < 128:
+        got += w.recv(65536)
+time.sleep(0.3)
+base = rss()
+socks = []
+req = b"GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: idle-rss\r\n\r\n"
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(req)
+    socks.append(s)
+    if len(socks) % 500 == 0:
+        for t in socks[-500:]:
+            got = b""
+            while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < 128:
+                d = t.recv(65536)
+                if not d:
+                    sys.exit("connection closed early")
+                got += d
+for t in socks[len(socks) - len(socks) % 500:]:
+    t.recv(65536)
+time.sleep(1.0)
+held = rss()
+print(f"connections={n} rss_before={base} KiB rss_idle={held} KiB per_connection={(held - base) * 1024 / n / 1024:.2f} KiB")
+PY
