@@ -2,5 +2,6 @@
 //! Pure byte work; sockets are the proxy's business.
 
 pub mod chunked;
+pub mod edits;
 pub mod parse;
 pub mod write;

@@ -3,8 +3,8 @@
 
 use bytes::{BufMut, BytesMut};
 
+use super::edits::HeaderEdits;
 use super::parse::{BodyKind, RequestHead, ResponseHead};
-use crate::plugin::HeaderEdits;
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 7.6.1), plus the
 /// ones the gateway regenerates itself.
