@@ -3,19 +3,15 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use serde::Deserialize;
 
-use super::chain::{BuildCx, FactoryRef, ShardCx};
-use super::logship::{self, BatchConf, RawBatch, ShardBatch, Sink};
+use super::chain::{BuildCx, FactoryRef};
+use super::logship::{self, BatchConf, RawBatch, Sink};
 use super::util::{duration, err, parse, RawDur};
-use super::{Ctx, Flow, Plugin, PluginFactory};
 use crate::config::ConfigError;
-use crate::http::parse::RequestHead;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,7 +96,12 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
     };
     let tx = logship::start("http-logger", conf.clone(), Box::new(sink), &logship::HTTP)
         .map_err(|e| ConfigError::new(path, e))?;
-    Ok(Arc::new(Factory { tx, conf }))
+    Ok(Arc::new(logship::LoggerFactory {
+        name: "http-logger",
+        priority: 410,
+        tx,
+        conf,
+    }))
 }
 
 struct HttpSink {
@@ -152,39 +153,5 @@ impl Sink for HttpSink {
             Some(s) => Err(format!("sink answered {s}")),
             None => Err("not an HTTP response".into()),
         }
-    }
-}
-
-struct Factory {
-    tx: Sender<Vec<String>>,
-    conf: BatchConf,
-}
-
-impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "http-logger"
-    }
-    fn priority(&self) -> i32 {
-        410
-    }
-    fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
-        Rc::new(HttpLogger(ShardBatch::new(self.tx.clone(), &self.conf)))
-    }
-}
-
-struct HttpLogger(ShardBatch);
-
-impl Plugin for HttpLogger {
-    fn name(&self) -> &'static str {
-        "http-logger"
-    }
-
-    fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
-        logship::capture(req, cx);
-        Flow::Continue
-    }
-
-    fn log(&self, cx: &mut Ctx) {
-        self.0.push(logship::entry(cx));
     }
 }

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::chain::ShardCx;
 use super::util::{duration, err, RawDur};
-use super::Ctx;
+use super::{Ctx, Flow, Plugin, PluginFactory};
 use crate::config::ConfigError;
 use crate::http::parse::RequestHead;
 
@@ -342,6 +343,50 @@ async fn tick(buf: Weak<RefCell<Batch>>, tx: Sender<Vec<String>>, inactive: Dura
         if stale {
             flush(&b, &tx);
         }
+    }
+}
+
+/// The plugin side both loggers share: capture the request in `rewrite`, batch one JSON entry
+/// per request in `log`; only the sink (and its config) differs between them.
+pub struct LoggerFactory {
+    pub name: &'static str,
+    pub priority: i32,
+    pub tx: Sender<Vec<String>>,
+    pub conf: BatchConf,
+}
+
+impl PluginFactory for LoggerFactory {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn priority(&self) -> i32 {
+        self.priority
+    }
+    fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
+        Rc::new(Logger {
+            name: self.name,
+            batch: ShardBatch::new(self.tx.clone(), &self.conf),
+        })
+    }
+}
+
+struct Logger {
+    name: &'static str,
+    batch: ShardBatch,
+}
+
+impl Plugin for Logger {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
+        capture(req, cx);
+        Flow::Continue
+    }
+
+    fn log(&self, cx: &mut Ctx) {
+        self.batch.push(entry(cx));
     }
 }
 

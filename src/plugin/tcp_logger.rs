@@ -3,19 +3,15 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use serde::Deserialize;
 
-use super::chain::{BuildCx, FactoryRef, ShardCx};
-use super::logship::{self, BatchConf, RawBatch, ShardBatch, Sink};
+use super::chain::{BuildCx, FactoryRef};
+use super::logship::{self, BatchConf, RawBatch, Sink};
 use super::util::{duration, err, parse, RawDur};
-use super::{Ctx, Flow, Plugin, PluginFactory};
 use crate::config::ConfigError;
-use crate::http::parse::RequestHead;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,7 +73,12 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
         &logship::TCP,
     )
     .map_err(|e| ConfigError::new(path, e))?;
-    Ok(Arc::new(Factory { tx, conf }))
+    Ok(Arc::new(logship::LoggerFactory {
+        name: "tcp-logger",
+        priority: 405,
+        tx,
+        conf,
+    }))
 }
 
 struct TcpSink {
@@ -100,39 +101,5 @@ impl Sink for TcpSink {
             .map_err(|e| e.to_string())?;
         s.write_all(&buf).map_err(|e| e.to_string())?;
         s.flush().map_err(|e| e.to_string())
-    }
-}
-
-struct Factory {
-    tx: Sender<Vec<String>>,
-    conf: BatchConf,
-}
-
-impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "tcp-logger"
-    }
-    fn priority(&self) -> i32 {
-        405
-    }
-    fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
-        Rc::new(TcpLogger(ShardBatch::new(self.tx.clone(), &self.conf)))
-    }
-}
-
-struct TcpLogger(ShardBatch);
-
-impl Plugin for TcpLogger {
-    fn name(&self) -> &'static str {
-        "tcp-logger"
-    }
-
-    fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
-        logship::capture(req, cx);
-        Flow::Continue
-    }
-
-    fn log(&self, cx: &mut Ctx) {
-        self.0.push(logship::entry(cx));
     }
 }
