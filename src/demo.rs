@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use bytes::{Buf, BytesMut};
-use monoio::net::{ListenerOpts, TcpListener, TcpStream};
+use monoio::net::{TcpListener, TcpStream};
 
 use crate::config::DriverKind;
 use crate::http::parse::{BodyKind, HeadLimits, RequestHead, Status};
@@ -33,7 +33,6 @@ pub fn start(addr: SocketAddr, driver: DriverKind, entries: u32) -> std::io::Res
                         return;
                     }
                 };
-                let _ = ListenerOpts::new();
                 while let Ok((s, _)) = listener.accept().await {
                     monoio::spawn(serve(s));
                 }
