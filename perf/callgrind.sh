@@ -8,6 +8,7 @@
 #   perf/callgrind.sh                 # routes: plain (no plugins) and auth (key-auth + limit-count)
 #   SECS=5 CONNS=8 perf/callgrind.sh
 #   ANNOTATE=1 perf/callgrind.sh      # also print the top functions per route (callgrind_annotate)
+#   OUT=/tmp/cg perf/callgrind.sh     # keep the dumps there (default perf/out) to diff routes or builds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-4}
@@ -50,7 +51,7 @@ username = "bench"
 [consumers.plugins.key-auth]
 key = "bench-key"
 TOML
-RINGWAY_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.%p" \
+RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$DIR/cg.%p" \
   "$T/ringway" run -c "$DIR/gw.toml" >"$DIR/gw.log" 2>&1 &
 VG=$!
 pids+=($VG)
@@ -72,8 +73,11 @@ for route in plain auth; do
   mkdir -p "${OUT:-perf/out}"
   cp "$f" "${OUT:-perf/out}/callgrind-$route.out"
   if [ "${ANNOTATE:-0}" = 1 ]; then
-    # Self cost per function, divided by the request count.
-    callgrind_annotate "$f" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | sed -n '2,31p' \
-      | awk -v r="$reqs" '{gsub(",","",$1); printf "%8.0f  %s\n", $1/r, substr($0, index($0,$3))}'
+    # Self cost per function (inlined code counted where it was written), per request. The
+    # thread-entry frames carry everything inclusively, so they are left out.
+    callgrind_annotate --threshold=100 --inclusive=no --auto=no "$f" 2>/dev/null \
+      | grep -E '^ *[0-9,]+ \(' | grep -vE 'PROGRAM TOTALS|clone\.S|start_thread|thread_start|vtable\.shim' \
+      | sed -n '1,30p' \
+      | awk -v r="$reqs" '{n=$1; gsub(",","",n); sub(/^[^)]*\) +/, ""); printf "%8.0f  %s\n", n/r, $0}'
   fi
 done

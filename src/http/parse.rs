@@ -154,9 +154,16 @@ fn at(buf: &[u8], s: Span) -> &[u8] {
 
 /// First header named `name` (ASCII case-insensitive); shared by request and response heads.
 fn first_header<'a>(buf: &'a [u8], headers: &[HeaderPos], name: &[u8]) -> Option<&'a [u8]> {
+    // Lengths from the spans first: most names differ in length. Then an exact compare, the
+    // usual case, before the byte-by-byte case fold (callgrind: ~13 Ir per byte).
     headers
         .iter()
-        .find(|h| at(buf, h.name).eq_ignore_ascii_case(name))
+        .find(|h| {
+            h.name.1.wrapping_sub(h.name.0) as usize == name.len() && {
+                let n = at(buf, h.name);
+                n == name || n.eq_ignore_ascii_case(name)
+            }
+        })
         .map(|h| at(buf, h.value))
 }
 

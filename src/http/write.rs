@@ -96,9 +96,7 @@ pub fn upstream_request_edited(
         out.put_slice(req.value(h));
         out.put_slice(b"\r\n");
     }
-    for (name, value) in edits.written() {
-        header(out, name, value);
-    }
+    edits.write_to(out);
     // Earlier proxies' X-Forwarded-For values are kept in order, then this hop's client.
     out.put_slice(b"X-Forwarded-For: ");
     for h in &req.headers {
@@ -213,9 +211,7 @@ pub fn client_response_edited(
         out.put_slice(resp.value(h));
         out.put_slice(b"\r\n");
     }
-    for (name, value) in edits.written() {
-        header(out, name, value);
-    }
+    edits.write_to(out);
     match framing {
         ClientFraming::Length(n) => {
             out.put_slice(b"Content-Length: ");

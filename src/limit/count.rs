@@ -101,7 +101,8 @@ impl CountLimiter {
     }
 
     fn entry(&mut self, key: u64, now_ms: u64) -> &mut Entry {
-        if !self.map.contains_key(&key) && self.map.len() >= self.p.max_keys {
+        // Length first: the lookup is only needed when the map is full.
+        if self.map.len() >= self.p.max_keys && !self.map.contains_key(&key) {
             self.sweep(now_ms);
             if self.map.len() >= self.p.max_keys {
                 // Still full of live keys: drop one arbitrary key rather than grow.

@@ -197,6 +197,10 @@ impl Plugin for ApiBreaker {
         "api-breaker"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::ACCESS | super::phase::LOG
+    }
+
     fn access(&self, _req: &RequestHead, _cx: &mut Ctx) -> Flow {
         match self.state.borrow().open_until {
             Some(until) if Instant::now() < until => Flow::Respond(self.reply.clone()),

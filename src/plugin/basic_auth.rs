@@ -79,6 +79,10 @@ impl Plugin for BasicAuth {
         "basic-auth"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::ACCESS
+    }
+
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
         let Some(h) = req.header("authorization") else {
             return unauthorized(CHALLENGE, "Missing authorization in request");

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::consumer::Consumers;
 use super::ctx::Ctx;
-use super::{Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Flow, Plugin, PluginFactory, Reply};
 use crate::http::parse::{RequestHead, ResponseHead};
 use crate::limit::bucket::{Bucket, BucketParams};
 use crate::limit::conc::Concurrency;
@@ -22,6 +22,30 @@ pub type FactoryRef = Arc<dyn PluginFactory>;
 
 /// One request phase of a plugin, so the runner can loop over phases.
 type Phase = fn(&dyn Plugin, &RequestHead, &mut Ctx) -> Flow;
+
+/// A plugin in a route's chain with the phases it implements.
+struct Link {
+    phases: u8,
+    plugin: Rc<dyn Plugin>,
+}
+
+/// One route's chain: global instances, then the route's; `phases` is the union.
+#[derive(Default)]
+struct Chain {
+    links: Vec<Link>,
+    phases: u8,
+}
+
+impl Chain {
+    /// The plugins that implement `bit`, in order.
+    #[inline]
+    fn with(&self, bit: u8) -> impl Iterator<Item = &dyn Plugin> {
+        self.links
+            .iter()
+            .filter(move |l| l.phases & bit != 0)
+            .map(|l| l.plugin.as_ref())
+    }
+}
 
 /// What a limiter id stands for; each shard builds one state machine per id.
 #[derive(Debug, Clone)]
@@ -115,7 +139,9 @@ pub struct ShardCx {
 /// A shard's plugin chains and limit state.
 pub struct ShardPlugins {
     /// Per route: global instances, then the route's.
-    chains: Vec<Vec<Rc<dyn Plugin>>>,
+    chains: Vec<Chain>,
+    /// What an unknown route index gets.
+    no_plugins: Chain,
     limiters: Vec<ShardLimiter>,
     endpoint: Endpoint,
     epoch: Instant,
@@ -164,11 +190,22 @@ impl ShardPlugins {
             .map(|r| {
                 let mut c = global.clone();
                 c.extend(r.iter().map(|f| f.build(&cx)));
-                c
+                let links: Vec<Link> = c
+                    .into_iter()
+                    .map(|plugin| Link {
+                        phases: plugin.phases(),
+                        plugin,
+                    })
+                    .collect();
+                Chain {
+                    phases: links.iter().fold(0, |m, l| m | l.phases),
+                    links,
+                }
             })
             .collect();
         ShardPlugins {
             chains,
+            no_plugins: Chain::default(),
             limiters,
             endpoint,
             epoch: set.epoch,
@@ -176,24 +213,37 @@ impl ShardPlugins {
         }
     }
 
-    /// The route's chain; empty when neither it nor the global set has plugins.
+    fn route_chain(&self, route: usize) -> &Chain {
+        self.chains.get(route).unwrap_or(&self.no_plugins)
+    }
+
+    /// True when neither the route nor the global set has plugins.
     #[inline]
-    pub fn chain(&self, route: usize) -> &[Rc<dyn Plugin>] {
-        self.chains.get(route).map_or(&[], |c| c.as_slice())
+    pub fn is_empty(&self, route: usize) -> bool {
+        self.route_chain(route).links.is_empty()
+    }
+
+    /// True when some plugin of the route has a response phase (headers or body).
+    #[inline]
+    pub fn has_response_phases(&self, route: usize) -> bool {
+        self.route_chain(route).phases & (phase::RESPONSE_HEADERS | phase::RESPONSE_BODY) != 0
     }
 
     /// Runs rewrite, access and before_upstream over the chain (phase by phase, as APISIX
     /// does). A plugin's reply carries the response header edits made so far.
     pub fn request_phases(&self, route: usize, req: &RequestHead, cx: &mut Ctx) -> Option<Reply> {
-        let chain = self.chain(route);
-        let phases: [Phase; 3] = [
-            |p, r, c| p.rewrite(r, c),
-            |p, r, c| p.access(r, c),
-            |p, r, c| p.before_upstream(r, c),
+        let chain = self.route_chain(route);
+        let phases: [(u8, Phase); 3] = [
+            (phase::REWRITE, |p, r, c| p.rewrite(r, c)),
+            (phase::ACCESS, |p, r, c| p.access(r, c)),
+            (phase::BEFORE_UPSTREAM, |p, r, c| p.before_upstream(r, c)),
         ];
-        for phase in phases {
-            for p in chain {
-                if let Flow::Respond(mut reply) = phase(p.as_ref(), req, cx) {
+        for (bit, run) in phases {
+            if chain.phases & bit == 0 {
+                continue;
+            }
+            for p in chain.with(bit) {
+                if let Flow::Respond(mut reply) = run(p, req, cx) {
                     for (n, v) in cx.resp_headers.written() {
                         if !reply.headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n)) {
                             reply
@@ -209,7 +259,7 @@ impl ShardPlugins {
     }
 
     pub fn response_headers(&self, route: usize, resp: &ResponseHead, cx: &mut Ctx) {
-        for p in self.chain(route) {
+        for p in self.route_chain(route).with(phase::RESPONSE_HEADERS) {
             p.response_headers(resp, cx);
         }
     }
@@ -217,7 +267,7 @@ impl ShardPlugins {
     /// The last replacement body any plugin asked for.
     pub fn response_body(&self, route: usize, cx: &mut Ctx) -> Option<Bytes> {
         let mut body = None;
-        for p in self.chain(route) {
+        for p in self.route_chain(route).with(phase::RESPONSE_BODY) {
             if let Some(b) = p.response_body(cx) {
                 body = Some(b);
             }
@@ -226,7 +276,11 @@ impl ShardPlugins {
     }
 
     pub fn log(&self, route: usize, cx: &mut Ctx) {
-        for p in self.chain(route) {
+        let chain = self.route_chain(route);
+        if chain.phases & phase::LOG == 0 {
+            return;
+        }
+        for p in chain.with(phase::LOG) {
             p.log(cx);
         }
     }

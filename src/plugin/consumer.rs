@@ -11,6 +11,9 @@ use super::jwt_auth::JwtCred;
 #[derive(Debug)]
 pub struct Consumer {
     pub username: String,
+    /// The limit key `key = "consumer"` makes for this consumer (`util::key_hash`), hashed
+    /// once here instead of on every request.
+    pub key_hash: u64,
 }
 
 /// Every consumer and its credentials, indexed the way each auth plugin looks them up.
@@ -79,6 +82,7 @@ pub fn build(raw: &[RawConsumerRef<'_>]) -> Result<Consumers, ConfigError> {
         }
         c.list.push(Consumer {
             username: r.username.to_string(),
+            key_hash: super::util::consumer_key_hash(r.username),
         });
         for (name, v) in r.plugins {
             let path = format!("{at}.plugins.{name}");

@@ -181,6 +181,10 @@ impl Plugin for Cors {
         "cors"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::REWRITE
+    }
+
     fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
         let s = &self.0;
         let origin = req.header("origin");

@@ -17,6 +17,8 @@ pub struct Ctx {
     pub client_ip: IpAddr,
     /// Index into the consumer table, set by an auth plugin.
     pub consumer: Option<usize>,
+    /// When the request's head was read: the request's one clock reading, which plugins share
+    /// (`now_ms`) instead of each reading the clock again. Set by the connection, not `reset`.
     pub start: Instant,
     /// Upstream chosen by a plugin (traffic-split), instead of the route's.
     pub upstream: Option<usize>,
@@ -72,11 +74,17 @@ impl Ctx {
         }
     }
 
+    /// Milliseconds from `epoch` (the node's limit clock) to this request's start.
+    #[inline]
+    pub fn now_ms(&self, epoch: Instant) -> u64 {
+        let d = self.start.saturating_duration_since(epoch);
+        d.as_secs() * 1000 + u64::from(d.subsec_millis())
+    }
+
     /// Ready for the next request on the same connection.
     pub fn reset(&mut self, route: usize) {
         self.route = route;
         self.consumer = None;
-        self.start = Instant::now();
         self.upstream = None;
         self.uri = None;
         self.query = None;

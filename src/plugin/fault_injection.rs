@@ -167,6 +167,10 @@ impl Plugin for FaultInjection {
         "fault-injection"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::REWRITE
+    }
+
     fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
         // As APISIX: the delay happens first, then the abort (the driver sleeps before replying).
         if let Some((d, w)) = &self.s.delay {

@@ -122,6 +122,10 @@ impl Plugin for IpRestriction {
         "ip-restriction"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::ACCESS
+    }
+
     fn access(&self, _req: &RequestHead, cx: &mut Ctx) -> Flow {
         // An IPv4 client on a dual-stack listener shows as ::ffff:a.b.c.d; match it as IPv4.
         let ip = cx.client_ip.to_canonical();

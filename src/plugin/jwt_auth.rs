@@ -190,6 +190,10 @@ impl Plugin for JwtAuth {
         "jwt-auth"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::ACCESS
+    }
+
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
         let found = req
             .header(&self.c.header)

@@ -94,6 +94,10 @@ impl Plugin for KeyAuth {
         "key-auth"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::ACCESS
+    }
+
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
         let (key, from_query) = match req.header(&self.c.header) {
             Some(k) => (k, false),

@@ -118,8 +118,12 @@ impl Plugin for LimitConn {
         "limit-conn"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::ACCESS | super::phase::LOG
+    }
+
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
-        let key = key_hash(&self.s.key, req, cx, self.consumers.name(cx.consumer));
+        let key = key_hash(&self.s.key, req, cx, &self.consumers);
         match self.state.borrow_mut().acquire(key, self.s.max) {
             None => Flow::Respond(reject_reply(Limiter::Conn, self.s.code, &self.s.msg)),
             Some(total) => {

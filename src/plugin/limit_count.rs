@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
 use super::consumer::Consumers;
-use super::util::{duration, err, key_hash, key_parts, num, parse, positive, KeyPart, RawDur};
+use super::util::{duration, err, key_hash, key_parts, parse, positive, KeyPart, RawDur};
 use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
 use crate::config::ConfigError;
 use crate::http::parse::RequestHead;
@@ -205,21 +205,20 @@ impl Plugin for LimitCount {
         "limit-count"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::ACCESS
+    }
+
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
-        let key = key_hash(&self.s.key, req, cx, self.consumers.name(cx.consumer));
-        let now = self.epoch.elapsed().as_millis() as u64;
+        let key = key_hash(&self.s.key, req, cx, &self.consumers);
+        let now = cx.now_ms(self.epoch);
         let d = self.state.borrow_mut().check(key, now);
         if self.s.headers {
-            let mut buf = [0u8; 20];
             debug_assert_eq!(self.s.limit_text, d.limit.to_string().as_bytes());
-            cx.resp_headers
-                .set(b"X-RateLimit-Limit", &self.s.limit_text);
-            cx.resp_headers
-                .set(b"X-RateLimit-Remaining", num(d.remaining, &mut buf));
-            cx.resp_headers.set(
-                b"X-RateLimit-Reset",
-                num(d.reset_ms.div_ceil(1000), &mut buf),
-            );
+            let h = &mut cx.resp_headers;
+            h.set(b"X-RateLimit-Limit", &self.s.limit_text);
+            h.set_u64(b"X-RateLimit-Remaining", d.remaining);
+            h.set_u64(b"X-RateLimit-Reset", d.reset_ms.div_ceil(1000));
         }
         if d.allowed {
             Flow::Continue

@@ -128,9 +128,13 @@ impl Plugin for LimitReq {
         "limit-req"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::ACCESS
+    }
+
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
-        let key = key_hash(&self.s.key, req, cx, self.consumers.name(cx.consumer));
-        let now = self.epoch.elapsed().as_millis() as u64;
+        let key = key_hash(&self.s.key, req, cx, &self.consumers);
+        let now = cx.now_ms(self.epoch);
         match self.state.borrow_mut().check(key, now) {
             Err(_) => Flow::Respond(reject_reply(Limiter::Req, self.s.code, &self.s.msg)),
             Ok(delay_ms) => {

@@ -380,6 +380,10 @@ impl Plugin for Logger {
         self.name
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::REWRITE | super::phase::LOG
+    }
+
     fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
         capture(req, cx);
         Flow::Continue

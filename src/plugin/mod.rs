@@ -87,10 +87,28 @@ pub enum Flow {
     Respond(Reply),
 }
 
+/// Phase bits for `Plugin::phases`.
+pub mod phase {
+    pub const REWRITE: u8 = 1;
+    pub const ACCESS: u8 = 2;
+    pub const BEFORE_UPSTREAM: u8 = 4;
+    pub const RESPONSE_HEADERS: u8 = 8;
+    pub const RESPONSE_BODY: u8 = 16;
+    pub const LOG: u8 = 32;
+    pub const ALL: u8 = 63;
+}
+
 /// One plugin instance on one shard. Every phase has a no-op default, so a plugin writes only
 /// what it needs. Instances are built once per shard; state lives in `Cell`/`RefCell`.
 pub trait Plugin {
     fn name(&self) -> &'static str;
+
+    /// The phases this plugin implements (`phase::*` bits); the chain calls no others. The
+    /// default, all of them, is always correct; narrowing it saves the no-op calls (callgrind:
+    /// ~20 Ir each, ten per request for a route with two plugins).
+    fn phases(&self) -> u8 {
+        phase::ALL
+    }
 
     /// First look at the request: rewrite it (uri, host, headers) before any decision.
     fn rewrite(&self, _req: &RequestHead, _cx: &mut Ctx) -> Flow {

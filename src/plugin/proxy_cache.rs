@@ -359,6 +359,10 @@ impl Plugin for ProxyCache {
         "proxy-cache"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::BEFORE_UPSTREAM
+    }
+
     fn before_upstream(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
         let conf = &self.inst.conf;
         let cacheable = match req.method {

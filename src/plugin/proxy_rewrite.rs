@@ -188,6 +188,10 @@ impl Plugin for ProxyRewrite {
         "proxy-rewrite"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::REWRITE
+    }
+
     fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
         let s = &self.s;
         if let Some(u) = &s.uri {

@@ -96,6 +96,10 @@ impl Plugin for RequestId {
         "request-id"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::REWRITE
+    }
+
     fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
         let name = self.s.header.as_bytes();
         let id = match req.header(&self.s.header).filter(|v| valid(v)) {

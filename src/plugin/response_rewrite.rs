@@ -178,6 +178,10 @@ impl Plugin for ResponseRewrite {
         "response-rewrite"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::RESPONSE_HEADERS | super::phase::RESPONSE_BODY
+    }
+
     fn response_headers(&self, _resp: &ResponseHead, cx: &mut Ctx) {
         if let Some(s) = self.s.status {
             cx.status_override = Some(s);

@@ -155,6 +155,10 @@ impl Plugin for TrafficSplit {
         "traffic-split"
     }
 
+    fn phases(&self) -> u8 {
+        super::phase::ACCESS
+    }
+
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
         for (rule, cur) in self.rules.iter().zip(&self.current) {
             let hit =

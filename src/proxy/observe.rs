@@ -18,7 +18,9 @@ impl<S: ClientStream> ClientConn<S> {
         self.cx.status = 0;
         self.cx.status_override = None;
         self.resp.status = 0;
-        Instant::now()
+        // One clock reading per request, shared with the plugins (`Ctx::now_ms`).
+        self.cx.start = Instant::now();
+        self.cx.start
     }
 
     pub(super) fn observe_end(&self, shard: &Shard, started: Instant) {

@@ -15,7 +15,7 @@ impl<S: ClientStream> ClientConn<S> {
     /// Routes without plugins go straight to `forward`.
     pub(super) async fn with_plugins(&mut self, shard: &Shard, route: usize) -> After {
         self.cx.reset(route);
-        if shard.plugins.chain(route).is_empty() {
+        if shard.plugins.is_empty(route) {
             return self.forward(shard, route).await;
         }
         let after = match shard.plugins.request_phases(route, &self.req, &mut self.cx) {
@@ -125,7 +125,7 @@ impl<S: ClientStream> ClientConn<S> {
     pub(super) fn response_phase(&mut self, shard: &Shard) -> Option<Bytes> {
         self.cx.status = self.resp.status;
         let route = self.cx.route;
-        if shard.plugins.chain(route).is_empty() {
+        if !shard.plugins.has_response_phases(route) {
             return None;
         }
         shard
