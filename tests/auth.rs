@@ -323,3 +323,55 @@ fn plugin_config_errors_name_route_and_plugin() {
         assert!(out.all().contains(want), "want {want:?} in:\n{}", out.all());
     }
 }
+
+#[test]
+fn rejected_request_body_is_drained_and_the_connection_kept() {
+    let o = Origin::echo_body("o");
+    let gw = gateway(
+        &o,
+        &route("api", &["/api/*"], "backend", "[routes.plugins.key-auth]\n"),
+    );
+    let ok = "GET /api/next HTTP/1.1\r\nHost: t\r\napikey: alice-secret\r\n\r\n";
+    let mut c = gw.client();
+    // Content-Length body, rejected: 401 without Connection: close, then the same
+    // connection serves the next request (the body was not taken for a request head).
+    let r = c.request("POST /api/x HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world");
+    assert_eq!(r.status, 401);
+    assert!(!r.connection_close(), "{}", r.raw_head);
+    assert_eq!(c.request(ok).status, 200);
+    // Chunked body sent in two pieces, the second after the reply.
+    c.send("POST /api/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 401);
+    assert!(!r.connection_close(), "{}", r.raw_head);
+    c.send("6\r\n world\r\n0\r\n\r\n");
+    assert_eq!(c.request(ok).status, 200);
+    // Pipelined behind a rejected body in one write: both answered, in order.
+    c.send(format!(
+        "POST /api/x HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nabcd{ok}"
+    ));
+    assert_eq!(c.read_response().status, 401);
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        o.request_count(),
+        3,
+        "only the authorised GETs went upstream"
+    );
+    assert!(o.requests().iter().all(|q| q.path() == "/api/next"));
+
+    // A large body is not worth reading: the reply says close and the connection ends.
+    let mut c = gw.client();
+    let r = c.request("POST /api/x HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\nxx");
+    assert_eq!(r.status, 401);
+    assert!(r.connection_close(), "{}", r.raw_head);
+    assert!(c.wait_closed(IO_TIMEOUT).is_ok());
+    // A client waiting for 100 Continue may never send its body: close rather than guess.
+    let mut c = gw.client();
+    let r = c.request(
+        "POST /api/x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    );
+    assert_eq!(r.status, 401);
+    assert!(r.connection_close(), "{}", r.raw_head);
+    assert!(c.wait_closed(IO_TIMEOUT).is_ok());
+}

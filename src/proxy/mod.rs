@@ -3,6 +3,7 @@
 
 mod cached;
 mod conn;
+mod discard;
 mod forward;
 pub mod io;
 mod observe;

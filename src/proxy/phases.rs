@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes};
 
 use super::conn::{After, ClientConn, ClientStream};
 use super::io::write_all;
-use crate::http::parse::{BodyKind, Method};
+use crate::http::parse::Method;
 use crate::http::write::{put_u64, reason};
 use crate::plugin::Reply;
 use crate::runtime::shard::Shard;
@@ -43,10 +43,11 @@ impl<S: ClientStream> ClientConn<S> {
         after
     }
 
-    /// Writes a plugin's reply. The connection is kept only if no request body is left unread.
+    /// Writes a plugin's reply. The connection is kept if the unread request body, if any, is
+    /// small enough to read and drop afterwards (discard.rs).
     async fn send_reply(&mut self, shard: &Shard, reply: Reply) -> After {
         let keep = self.req.keep_alive
-            && self.req.body == BodyKind::Empty
+            && self.body_discardable()
             && !shard.drain.is_draining()
             && self.served < shard.cfg.server.keepalive_requests;
         let w = &mut self.wbuf;
@@ -85,7 +86,7 @@ impl<S: ClientStream> ClientConn<S> {
         )
         .await
         .is_ok();
-        if ok && keep {
+        if ok && keep && self.discard_body(shard).await {
             After::KeepAlive
         } else {
             After::Close
