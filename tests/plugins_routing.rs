@@ -95,6 +95,53 @@ fn proxy_rewrite_config_errors() {
         &base("[routes.plugins.proxy-rewrite.headers.set]\n\"bad name\" = \"v\"\n"),
         &["proxy-rewrite.headers"],
     );
+    for m in ["get", "HEAD", "CONNECT", "FETCH", ""] {
+        assert_config_rejected(
+            &base(&format!("method = {m:?}\n")),
+            &["routes[0].plugins.proxy-rewrite.method", "expected one of"],
+        );
+    }
+}
+
+#[test]
+fn proxy_rewrite_method() {
+    let o = Origin::start("o", |r| {
+        Resp::text(200, format!("{} {} {}", r.method, r.target, r.body.len())).into()
+    });
+    let cfg = format!(
+        "{}{}{}{}",
+        server(&[]),
+        upstream("backend", &[o.addr], ""),
+        route(
+            "post",
+            &["/post/*"],
+            "backend",
+            "[routes.plugins.proxy-rewrite]\nmethod = \"POST\"\n"
+        ),
+        route(
+            "dav",
+            &["/dav/*"],
+            "backend",
+            "[routes.plugins.proxy-rewrite]\nmethod = \"PROPFIND\"\nuri = \"/props\"\n"
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = gw.client();
+    let r = get_with(&mut c, "/post/a?q=1", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body_str(), "POST /post/a?q=1 0");
+    // The body and its framing go along with the new method.
+    let r = c.request("PUT /post/b HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc");
+    assert_eq!(r.body_str(), "POST /post/b 3");
+    let r = get_with(&mut c, "/dav/x", "");
+    assert_eq!(r.body_str(), "PROPFIND /props 0");
+    // HEAD stays HEAD (its client expects no body), and the connection stays in step.
+    c.send("HEAD /post/c HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.try_read_response_ext(true).expect("HEAD response");
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert_eq!(o.last_request().method, "HEAD");
+    assert_eq!(get_with(&mut c, "/post/d", "").body_str(), "POST /post/d 0");
 }
 
 fn split_config(stable: &Origin, canary: &Origin, plugin: &str) -> String {

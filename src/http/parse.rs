@@ -28,7 +28,7 @@ pub enum Method {
 }
 
 impl Method {
-    fn from_bytes(m: &[u8]) -> Method {
+    pub fn from_bytes(m: &[u8]) -> Method {
         match m {
             b"GET" => Method::Get,
             b"HEAD" => Method::Head,

@@ -32,6 +32,8 @@ pub struct UpstreamRequest<'a> {
     pub proto: &'a [u8],
     /// Body framing to announce upstream.
     pub body: BodyKind,
+    /// Method to send instead of the client's (proxy-rewrite).
+    pub method: Option<&'a [u8]>,
 }
 
 pub fn put_u64(out: &mut BytesMut, mut n: u64) {
@@ -69,7 +71,7 @@ pub fn upstream_request_edited(
     up: &UpstreamRequest<'_>,
     edits: &HeaderEdits,
 ) {
-    out.put_slice(req.method_bytes());
+    out.put_slice(up.method.unwrap_or(req.method_bytes()));
     out.put_u8(b' ');
     out.put_slice(up.path);
     out.put_slice(b" HTTP/1.1\r\n");
@@ -326,6 +328,7 @@ mod tests {
                 client_ip: b"127.0.0.1",
                 proto: b"http",
                 body: BodyKind::Chunked,
+                method: None,
             },
         );
         let text = std::str::from_utf8(&out).unwrap();

@@ -28,6 +28,8 @@ pub struct Ctx {
     pub query: Option<Vec<u8>>,
     /// Host header to send upstream (proxy-rewrite).
     pub host: Option<Vec<u8>>,
+    /// Method to send upstream instead of the client's (proxy-rewrite; never HEAD or CONNECT).
+    pub method: Option<&'static str>,
     pub req_headers: HeaderEdits,
     pub resp_headers: HeaderEdits,
     /// Response status sent to the client instead of the upstream's (response-rewrite).
@@ -61,6 +63,7 @@ impl Ctx {
             uri: None,
             query: None,
             host: None,
+            method: None,
             req_headers: HeaderEdits::default(),
             resp_headers: HeaderEdits::default(),
             status_override: None,
@@ -89,6 +92,7 @@ impl Ctx {
         self.uri = None;
         self.query = None;
         self.host = None;
+        self.method = None;
         self.req_headers.clear();
         self.resp_headers.clear();
         self.status_override = None;

@@ -1,5 +1,5 @@
 //! proxy-rewrite (priority 1008): rewrites what is sent upstream: uri (fixed or `regex_uri`
-//! with `$1` captures), host, and request headers (APISIX 3.x `headers.set/add/remove`).
+//! with `$1` captures), method, host, and request headers (APISIX 3.x `headers.set/add/remove`).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -14,7 +14,7 @@ use super::response_rewrite::expand;
 use super::util::{err, parse};
 use super::{Ctx, Flow, Plugin, PluginFactory};
 use crate::config::ConfigError;
-use crate::http::parse::RequestHead;
+use crate::http::parse::{Method, RequestHead};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -35,10 +35,31 @@ struct Conf {
     #[serde(default)]
     regex_uri: Option<Vec<String>>,
     #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
     host: Option<String>,
     #[serde(default)]
     headers: Option<HeaderConf>,
 }
+
+/// Methods `method` may name: APISIX's list less HEAD and CONNECT, which change how the
+/// response is framed (a HEAD answer has no body; CONNECT becomes a tunnel).
+const METHODS: [&str; 14] = [
+    "GET",
+    "POST",
+    "PUT",
+    "DELETE",
+    "OPTIONS",
+    "PATCH",
+    "TRACE",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "PROPFIND",
+    "PROPPATCH",
+    "LOCK",
+    "UNLOCK",
+];
 
 fn header_name(n: &str) -> bool {
     !n.is_empty()
@@ -87,6 +108,22 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
             ));
         }
     }
+    let method = match &c.method {
+        None => None,
+        Some(m) => match METHODS.iter().find(|k| **k == m.as_str()) {
+            Some(k) => Some(*k),
+            None => {
+                return Err(err(
+                    path,
+                    "method",
+                    format!(
+                        "{m:?} is not supported; expected one of {}",
+                        METHODS.join(", ")
+                    ),
+                ))
+            }
+        },
+    };
     let mut regex_uri = Vec::new();
     if let Some(r) = &c.regex_uri {
         if r.is_empty() || r.len() % 2 != 0 {
@@ -128,6 +165,7 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
         }
     }
     if c.uri.is_none()
+        && method.is_none()
         && regex_uri.is_empty()
         && c.host.is_none()
         && h.set.is_empty()
@@ -136,12 +174,13 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
     {
         return Err(ConfigError::new(
             path,
-            "nothing to rewrite: set uri, regex_uri, host or headers",
+            "nothing to rewrite: set uri, regex_uri, method, host or headers",
         ));
     }
     Ok(Arc::new(Factory(Arc::new(Shared {
         uri: c.uri,
         regex_uri,
+        method,
         host: c.host,
         set: h.set.into_iter().collect(),
         add: h.add.into_iter().collect(),
@@ -153,6 +192,7 @@ struct Shared {
     uri: Option<String>,
     /// (regex, replacement with braced `${N}` references); the first match applies.
     regex_uri: Vec<(Regex, String)>,
+    method: Option<&'static str>,
     host: Option<String>,
     set: Vec<(String, String)>,
     add: Vec<(String, String)>,
@@ -202,6 +242,10 @@ impl Plugin for ProxyRewrite {
             if let Some((re, rep)) = s.regex_uri.iter().find(|(re, _)| re.is_match(path)) {
                 cx.uri = Some(re.replace(path, rep.as_bytes()).into_owned());
             }
+        }
+        // A HEAD request stays HEAD: its client expects no body, whatever the upstream sends.
+        if s.method.is_some() && req.method != Method::Head {
+            cx.method = s.method;
         }
         if let Some(h) = &s.host {
             cx.host = Some(h.as_bytes().to_vec());

@@ -197,7 +197,10 @@ impl<S: ClientStream> ClientConn<S> {
     ) -> Exchange {
         let server = &shard.cfg.server;
         let cfg = &up.cfg;
-        let idempotent = self.req.method.idempotent();
+        let idempotent = match self.cx.method {
+            Some(m) => Method::from_bytes(m.as_bytes()).idempotent(),
+            None => self.req.method.idempotent(),
+        };
         self.wbuf.clear();
         {
             let node_host = cfg.nodes[node].host.as_bytes();
@@ -220,6 +223,7 @@ impl<S: ClientStream> ClientConn<S> {
                         b"http"
                     },
                     body: self.req.body,
+                    method: self.cx.method.map(str::as_bytes),
                 },
                 &self.cx.req_headers,
             );
