@@ -221,6 +221,7 @@ pub fn request_head(data: &[u8]) {
             client_ip: b"127.0.0.1",
             proto: b"http",
             body: h.body,
+            method: None,
         },
     );
     let mut up = RequestHead::default();
