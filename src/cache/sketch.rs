@@ -53,10 +53,10 @@ impl Sketch {
     pub fn increment(&mut self, hash: u64) {
         // Conservative update: only the counters at the current minimum grow, so a key's
         // collisions with hot keys do not inflate it further.
-        let min = self.estimate(hash);
+        let at: [usize; ROWS] = std::array::from_fn(|row| self.index(hash, row));
+        let min = at.iter().map(|&i| self.counters[i]).min().unwrap_or(MAX);
         if min < MAX {
-            for row in 0..ROWS {
-                let i = self.index(hash, row);
+            for i in at {
                 if self.counters[i] == min {
                     self.counters[i] += 1;
                 }
