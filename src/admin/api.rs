@@ -40,6 +40,9 @@ pub fn handle(plane: &Plane, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Res
         Some(_) => return Response::error(404, format!("no such endpoint: {}", r.path)),
         None => (rest, None),
     };
+    if seg == "cache" && id == Some("purge") {
+        return super::purge::handle(plane, r);
+    }
     if seg == "status" && id.is_none() && r.method == "GET" {
         return Response::json(200, &json!({ "config_generation": plane.generation() }));
     }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod http;
 pub mod plane;
+pub mod purge;
 pub mod store;
 
 use std::net::TcpListener;

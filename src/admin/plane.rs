@@ -189,6 +189,14 @@ impl Plane {
         }
     }
 
+    /// Sends one message per shard, built by `msg`; returns how many shards it reached.
+    pub fn send_all(&self, msg: impl Fn() -> Control) -> usize {
+        self.senders
+            .iter()
+            .filter(|tx| tx.send(msg()).is_ok())
+            .count()
+    }
+
     /// Forgets active results for nodes no longer checked (removed by a config change).
     pub fn retain_active(&self, keep: impl Fn(&(String, String)) -> bool) {
         self.inner().active.retain(|k, _| keep(k));

@@ -6,6 +6,7 @@
 //! `max_bytes / shards`, so the node total can never exceed it. Purges travel over one crossbeam
 //! channel per shard, drained by the shard's cache loop every `PURGE_TICK`.
 
+pub mod admin;
 pub mod entry;
 pub mod rules;
 pub mod sketch;
@@ -171,9 +172,54 @@ thread_local! {
     static SHARD: RefCell<Weak<Shard>> = const { RefCell::new(Weak::new()) };
 }
 
-/// Called when a shard builds an instance (on the shard's own thread).
-pub fn register(inst: &Rc<Instance>) {
-    INSTANCES.with(|v| v.borrow_mut().push(Rc::downgrade(inst)));
+/// The last instance built for one cache identity on this shard, and the plugin set (by its
+/// epoch) it was built or adopted for.
+struct Adopted {
+    inst: Weak<Instance>,
+    set: Instant,
+}
+
+thread_local! {
+    static ADOPTED: RefCell<HashMap<String, Adopted>> = RefCell::new(HashMap::new());
+    /// Epochs of the plugin sets this shard built last and the one before.
+    static BUILDS: Cell<(Option<Instant>, Option<Instant>)> = const { Cell::new((None, None)) };
+}
+
+/// The cache instance for `ident` (plugin path, settings, shard count) in the plugin set with
+/// epoch `set`: the one the previous generation used if that had the same identity, so a
+/// reload that leaves a cache's settings alone keeps its contents, purge channels and in-flight
+/// fetches; otherwise a fresh one from `build`. Only the generation built just before counts:
+/// an older instance still held by a draining request may be gone on other shards, and every
+/// shard must make the same choice (their purge channels pair up).
+pub fn adopt(ident: &str, set: Instant, build: impl FnOnce() -> Rc<Instance>) -> Rc<Instance> {
+    let (prev, last) = BUILDS.with(Cell::get);
+    let prev = if last == Some(set) {
+        prev
+    } else {
+        BUILDS.with(|b| b.set((last, Some(set))));
+        last
+    };
+    ADOPTED.with(|a| {
+        let mut a = a.borrow_mut();
+        let found = a
+            .get(ident)
+            .filter(|e| Some(e.set) == prev || e.set == set)
+            .and_then(|e| e.inst.upgrade());
+        let inst = found.unwrap_or_else(|| {
+            let i = build();
+            INSTANCES.with(|v| v.borrow_mut().push(Rc::downgrade(&i)));
+            i
+        });
+        a.retain(|_, e| e.inst.strong_count() > 0);
+        a.insert(
+            ident.to_string(),
+            Adopted {
+                inst: Rc::downgrade(&inst),
+                set,
+            },
+        );
+        inst
+    })
 }
 
 pub fn current_shard() -> Option<Rc<Shard>> {
@@ -182,8 +228,8 @@ pub fn current_shard() -> Option<Rc<Shard>> {
 
 /// The shard's cache loop: drains purge inboxes every `PURGE_TICK` and sweeps dead entries
 /// once a second, until the shard drains or its config generation is retired (the next
-/// generation runs its own loop; stores start empty after a reload). Returns at once on shards
-/// without a cache.
+/// generation runs its own loop over the same instances, see `adopt`). Returns at once on
+/// shards without a cache.
 pub async fn shard_loop(shard: Rc<Shard>) {
     SHARD.with(|s| *s.borrow_mut() = Rc::downgrade(&shard));
     if INSTANCES.with(|v| v.borrow().is_empty()) {

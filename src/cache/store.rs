@@ -1,5 +1,5 @@
 //! One shard's cache store: entries by primary key with Vary variants, a byte budget that is
-//! never exceeded, LRU order in a slab-backed list, TinyLFU admission, purge and expiry sweeps.
+//! never exceeded, W-TinyLFU eviction (or plain LRU) over slab-backed lists, purge and sweeps.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -14,15 +14,45 @@ pub const ENTRY_OVERHEAD: usize = 192;
 /// Variants kept per primary key; the least recently used one goes first.
 const MAX_VARIANTS: usize = 16;
 const NIL: u32 = u32::MAX;
+/// W-TinyLFU proportions (Caffeine's defaults): the admission window holds 1% of the bytes,
+/// the protected segment up to 80% of the main region.
+const WINDOW_PERCENT: usize = 1;
+const PROTECTED_PERCENT: usize = 80;
+
+/// Which list an entry is on. With admission off everything lives in `Window`, a plain LRU.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Region {
+    /// New entries: recency only.
+    Window = 0,
+    /// Admitted from the window, not hit since: the main region's victims come from here.
+    Probation = 1,
+    /// Hit while on probation.
+    Protected = 2,
+}
 
 struct Node {
     key: Rc<[u8]>,
     entry: Rc<Entry>,
     size: usize,
     hash: u64,
+    region: Region,
     prev: u32,
     next: u32,
 }
+
+/// A doubly linked list threaded through the slab: `head` most recent, `tail` the next victim.
+#[derive(Clone, Copy)]
+struct List {
+    head: u32,
+    tail: u32,
+    bytes: usize,
+}
+
+const EMPTY: List = List {
+    head: NIL,
+    tail: NIL,
+    bytes: 0,
+};
 
 /// Counters for the shard loop and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,16 +65,20 @@ pub struct StoreStats {
     pub rejected: u64,
 }
 
+/// W-TinyLFU (Einziger, Eytan, Friedman; as in Caffeine): a small LRU window takes every new
+/// entry; when it overflows, its oldest entry may enter the segmented-LRU main region only by
+/// evicting entries the sketch says were asked for less often. Every operation is O(1) except
+/// admitting an entry larger than the victims it displaces (one step per victim).
 pub struct Store {
     map: HashMap<Rc<[u8]>, Vec<u32>>,
     slab: Vec<Option<Node>>,
     free: Vec<u32>,
-    /// Most recently used.
-    head: u32,
-    /// Least recently used: the next victim.
-    tail: u32,
+    lists: [List; 3],
     bytes: usize,
     budget: usize,
+    window_max: usize,
+    main_max: usize,
+    protected_max: usize,
     peak: usize,
     evictions: u64,
     rejected: u64,
@@ -60,14 +94,23 @@ impl Store {
             .map(Sketch::new)
             .filter(|s| s.bytes() * 4 <= budget);
         let budget = budget - sketch.as_ref().map_or(0, Sketch::bytes);
+        let (window_max, main_max) = match sketch {
+            Some(_) => {
+                let w = (budget / 100 * WINDOW_PERCENT).max(1);
+                (w, budget - w)
+            }
+            None => (budget, 0),
+        };
         Store {
             map: HashMap::new(),
             slab: Vec::new(),
             free: Vec::new(),
-            head: NIL,
-            tail: NIL,
+            lists: [EMPTY; 3],
             bytes: 0,
             budget,
+            window_max,
+            main_max,
+            protected_max: main_max / 100 * PROTECTED_PERCENT,
             peak: 0,
             evictions: 0,
             rejected: 0,
@@ -94,15 +137,23 @@ impl Store {
         }
     }
 
-    /// The variant of `key` whose Vary values `matches` accepts; moves it to the front.
+    /// The variant of `key` whose Vary values `matches` accepts; records the hit (a hit on
+    /// probation promotes the entry to the protected segment).
     pub fn get(&mut self, key: &[u8], matches: impl Fn(&Entry) -> bool) -> Option<Rc<Entry>> {
         let ids = self.map.get(key)?;
         let id = *ids
             .iter()
             .find(|&&i| self.node(i).is_some_and(|n| matches(&n.entry)))?;
+        let (region, entry) = self.node(id).map(|n| (n.region, n.entry.clone()))?;
         self.unlink(id);
-        self.push_front(id);
-        self.node(id).map(|n| n.entry.clone())
+        match region {
+            Region::Probation => {
+                self.link(id, Region::Protected);
+                self.demote_protected();
+            }
+            r => self.link(id, r),
+        }
+        Some(entry)
     }
 
     /// True if any variant of `key` is stored.
@@ -111,10 +162,10 @@ impl Store {
     }
 
     /// Stores `entry` under `key`, replacing a variant with the same Vary values. Returns false
-    /// if it was not admitted (too large for the budget, or colder than what it would evict).
+    /// if it was not kept (too large for the budget, or colder than what it would evict).
     pub fn insert(&mut self, key: &[u8], hash: u64, entry: Entry) -> bool {
         let size = key.len() + entry.size() + ENTRY_OVERHEAD;
-        if size > self.budget {
+        if size > self.window_max.max(self.main_max) {
             self.rejected += 1;
             return false;
         }
@@ -123,18 +174,12 @@ impl Store {
                 .copied()
                 .find(|&i| self.node(i).is_some_and(|n| n.entry.same_variant(&entry)))
         });
-        // A key already resident is a refresh: always admitted.
-        let resident = replaced.is_some();
+        // A refresh keeps its place in the main region: it has already been admitted.
+        let region = replaced
+            .and_then(|old| self.node(old))
+            .map_or(Region::Window, |n| n.region);
         if let Some(old) = replaced {
             self.remove_id(old);
-        }
-        if self.bytes + size > self.budget && !resident && !self.admit(hash, size) {
-            self.rejected += 1;
-            return false;
-        }
-        while self.bytes + size > self.budget && self.tail != NIL {
-            self.remove_id(self.tail);
-            self.evictions += 1;
         }
         let key: Rc<[u8]> = match self.map.get_key_value(key) {
             Some((k, _)) => k.clone(),
@@ -145,6 +190,7 @@ impl Store {
             entry: Rc::new(entry),
             size,
             hash,
+            region,
             prev: NIL,
             next: NIL,
         };
@@ -158,9 +204,7 @@ impl Store {
                 (self.slab.len() - 1) as u32
             }
         };
-        self.push_front(id);
-        self.bytes += size;
-        self.peak = self.peak.max(self.bytes);
+        self.link(id, region);
         let ids = self.map.entry(key).or_default();
         ids.push(id);
         if ids.len() > MAX_VARIANTS {
@@ -173,23 +217,105 @@ impl Store {
                 self.remove_id(o);
             }
         }
-        true
+        self.settle();
+        self.peak = self.peak.max(self.bytes);
+        // `settle` only removes, so `id` cannot have been reused by another entry.
+        self.node(id).is_some()
     }
 
-    /// TinyLFU: a newcomer may evict only entries it has been asked for more often than.
-    fn admit(&self, hash: u64, size: usize) -> bool {
-        let Some(s) = &self.sketch else { return true };
+    /// Brings every region back within its share: window overflow goes to admission, a main
+    /// region grown by refreshes sheds probation (then protected) entries.
+    fn settle(&mut self) {
+        while self.lists[Region::Window as usize].bytes > self.window_max {
+            let c = self.lists[Region::Window as usize].tail;
+            if c == NIL {
+                break;
+            }
+            if self.admit(c) {
+                self.unlink(c);
+                self.link(c, Region::Probation);
+            } else {
+                self.remove_id(c);
+                if self.sketch.is_some() {
+                    self.rejected += 1;
+                } else {
+                    self.evictions += 1;
+                }
+            }
+        }
+        while self.main_bytes() > self.main_max {
+            let Some(v) = self.victim() else { break };
+            self.remove_id(v);
+            self.evictions += 1;
+        }
+        self.demote_protected();
+    }
+
+    fn main_bytes(&self) -> usize {
+        self.lists[Region::Probation as usize].bytes + self.lists[Region::Protected as usize].bytes
+    }
+
+    /// The main region's next victim: probation's oldest, else protected's oldest.
+    fn victim(&self) -> Option<u32> {
+        [Region::Probation, Region::Protected]
+            .iter()
+            .map(|&r| self.lists[r as usize].tail)
+            .find(|&t| t != NIL)
+    }
+
+    /// Keeps the protected segment within its share by moving its oldest back to probation.
+    fn demote_protected(&mut self) {
+        while self.lists[Region::Protected as usize].bytes > self.protected_max {
+            let t = self.lists[Region::Protected as usize].tail;
+            if t == NIL {
+                break;
+            }
+            self.unlink(t);
+            self.link(t, Region::Probation);
+        }
+    }
+
+    /// TinyLFU between the window and the main region: the window's oldest entry `c` gets in
+    /// if there is room, or if the sketch counts it more often asked for than every victim it
+    /// would displace (which are then evicted).
+    fn admit(&mut self, c: u32) -> bool {
+        let Some((size, hash)) = self.node(c).map(|n| (n.size, n.hash)) else {
+            return false;
+        };
+        if self.main_bytes() + size <= self.main_max {
+            return true;
+        }
+        let Some(s) = &self.sketch else { return false };
         let want = s.estimate(hash);
-        let (mut freed, mut at) = (0usize, self.tail);
-        while self.bytes - freed + size > self.budget && at != NIL {
-            let Some(n) = self.node(at) else { break };
+        let need = self.main_bytes() + size - self.main_max;
+        let (mut freed, mut region, mut at) =
+            (0, Region::Probation, self.victim_from(Region::Probation));
+        while freed < need {
+            if at == NIL {
+                if region == Region::Protected {
+                    return false;
+                }
+                region = Region::Protected;
+                at = self.victim_from(region);
+                continue;
+            }
+            let Some(n) = self.node(at) else { return false };
             if s.estimate(n.hash) >= want {
                 return false;
             }
             freed += n.size;
             at = n.prev;
         }
+        while self.main_bytes() + size > self.main_max {
+            let Some(v) = self.victim() else { break };
+            self.remove_id(v);
+            self.evictions += 1;
+        }
         true
+    }
+
+    fn victim_from(&self, r: Region) -> u32 {
+        self.lists[r as usize].tail
     }
 
     /// Removes every variant of `key`; returns how many there were.
@@ -240,13 +366,17 @@ impl Store {
         self.slab.get(i as usize).and_then(Option::as_ref)
     }
 
+    fn node_mut(&mut self, i: u32) -> Option<&mut Node> {
+        self.slab.get_mut(i as usize).and_then(Option::as_mut)
+    }
+
+    /// Unlinks and frees a linked entry.
     fn remove_id(&mut self, id: u32) {
         self.unlink(id);
         let Some(node) = self.slab.get_mut(id as usize).and_then(Option::take) else {
             return;
         };
         self.free.push(id);
-        self.bytes -= node.size;
         if let Some(ids) = self.map.get_mut(&node.key) {
             ids.retain(|&i| i != id);
             if ids.is_empty() {
@@ -255,34 +385,37 @@ impl Store {
         }
     }
 
+    /// Takes a linked entry off its region's list (its bytes leave the region and the total).
     fn unlink(&mut self, id: u32) {
         let Some(n) = self.node(id) else { return };
-        let (prev, next) = (n.prev, n.next);
-        match self.slab.get_mut(prev as usize).and_then(Option::as_mut) {
+        let (prev, next, size, r) = (n.prev, n.next, n.size, n.region as usize);
+        match self.node_mut(prev) {
             Some(p) => p.next = next,
-            None => self.head = next,
+            None => self.lists[r].head = next,
         }
-        match self.slab.get_mut(next as usize).and_then(Option::as_mut) {
+        match self.node_mut(next) {
             Some(n) => n.prev = prev,
-            None => self.tail = prev,
+            None => self.lists[r].tail = prev,
         }
-        if let Some(n) = self.slab.get_mut(id as usize).and_then(Option::as_mut) {
-            n.prev = NIL;
-            n.next = NIL;
-        }
+        self.lists[r].bytes -= size;
+        self.bytes -= size;
     }
 
-    fn push_front(&mut self, id: u32) {
-        let old = self.head;
-        if let Some(n) = self.slab.get_mut(id as usize).and_then(Option::as_mut) {
-            n.prev = NIL;
-            n.next = old;
-        }
-        match self.slab.get_mut(old as usize).and_then(Option::as_mut) {
+    /// Puts an unlinked entry at the front of region `r`.
+    fn link(&mut self, id: u32, r: Region) {
+        let old = self.lists[r as usize].head;
+        let Some(n) = self.node_mut(id) else { return };
+        n.prev = NIL;
+        n.next = old;
+        n.region = r;
+        let size = n.size;
+        match self.node_mut(old) {
             Some(o) => o.prev = id,
-            None => self.tail = id,
+            None => self.lists[r as usize].tail = id,
         }
-        self.head = id;
+        self.lists[r as usize].head = id;
+        self.lists[r as usize].bytes += size;
+        self.bytes += size;
     }
 }
 
@@ -295,73 +428,5 @@ pub fn test_entry(body: usize) -> Entry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(i: u64) -> Vec<u8> {
-        format!("k{i}").into_bytes()
-    }
-
-    #[test]
-    fn lru_evicts_oldest_and_never_exceeds_budget() {
-        let one = key(0).len() + test_entry(100).size() + ENTRY_OVERHEAD;
-        let mut s = Store::new(one * 3, None);
-        for i in 0..3 {
-            assert!(s.insert(&key(i), i, test_entry(100)));
-        }
-        assert!(s.get(&key(0), |_| true).is_some(), "0 becomes most recent");
-        assert!(s.insert(&key(3), 3, test_entry(100)));
-        assert!(s.get(&key(1), |_| true).is_none(), "1 was least recent");
-        assert!(s.get(&key(0), |_| true).is_some());
-        for i in 10..1000 {
-            s.insert(&key(i), i, test_entry(50 + (i as usize % 200)));
-            assert!(s.stats().bytes <= s.stats().budget);
-        }
-        assert!(s.stats().peak <= s.stats().budget);
-        assert!(
-            !s.insert(b"big", 1, test_entry(one * 3)),
-            "larger than the budget"
-        );
-    }
-
-    #[test]
-    fn tinylfu_keeps_hot_entries_against_one_hit_wonders() {
-        let one = key(0).len() + test_entry(100).size() + ENTRY_OVERHEAD;
-        let mut s = Store::new(one * 10 + 256, Some(64));
-        for i in 0..10 {
-            for _ in 0..5 {
-                s.touch(i);
-            }
-            assert!(s.insert(&key(i), i, test_entry(100)));
-        }
-        for i in 100..200 {
-            s.touch(i);
-            s.insert(&key(i), i, test_entry(100));
-        }
-        let kept = (0..10)
-            .filter(|&i| s.get(&key(i), |_| true).is_some())
-            .count();
-        assert_eq!(kept, 10, "a scan of new keys did not flush the hot set");
-        assert!(s.stats().rejected >= 90);
-    }
-
-    #[test]
-    fn variants_remove_and_prefix() {
-        let mut s = Store::new(1 << 20, None);
-        let mut a = test_entry(1);
-        a.vary = vec![("accept".into(), Some(Bytes::from_static(b"a")))];
-        let mut b = test_entry(1);
-        b.vary = vec![("accept".into(), Some(Bytes::from_static(b"b")))];
-        s.insert(b"h/x", 1, a);
-        s.insert(b"h/x", 1, b);
-        s.insert(b"h/y", 2, test_entry(1));
-        let pick = |v: &'static [u8]| move |e: &Entry| e.vary[0].1.as_deref() == Some(v);
-        assert!(s.get(b"h/x", pick(b"a")).is_some());
-        assert!(s.get(b"h/x", pick(b"b")).is_some());
-        assert_eq!(s.remove(b"h/x"), 2);
-        assert_eq!(s.remove(b"h/x"), 0);
-        assert_eq!(s.remove_where(Some(b"h/"), None), 1);
-        assert_eq!(s.stats().bytes, 0);
-        assert_eq!(s.stats().entries, 0);
-    }
-}
+#[path = "store_tests.rs"]
+mod tests;

@@ -77,7 +77,11 @@ fn plugins(
     upstreams: &HashMap<String, usize>,
     workers: usize,
 ) -> Result<crate::plugin::PluginSet, ConfigError> {
-    let routes: Vec<_> = raw.routes.iter().map(|r| &r.plugins).collect();
+    let routes: Vec<_> = raw
+        .routes
+        .iter()
+        .map(|r| (r.name.as_str(), &r.plugins))
+        .collect();
     let consumers: Vec<_> = raw
         .consumers
         .iter()

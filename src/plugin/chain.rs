@@ -105,6 +105,9 @@ pub struct BuildCx<'a> {
     /// limit-count `group` -> (limiter id, the config it was defined with).
     pub groups: HashMap<String, (u32, String)>,
     pub sync_interval: Option<Duration>,
+    /// Whose plugin table is being built: `route "name"` or `global_plugins`. Unlike the table's
+    /// path (`routes[i]`), it does not change when routes are reordered.
+    pub owner: String,
 }
 
 impl BuildCx<'_> {

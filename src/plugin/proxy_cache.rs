@@ -84,7 +84,7 @@ fn part(path: &str, key: &str, s: &str) -> Result<KeyPart, ConfigError> {
     })
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let r: Raw = parse(v, path)?;
     let parts = |key: &str, list: &[String]| {
         list.iter()
@@ -221,6 +221,8 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
         admission,
     };
     Ok(Arc::new(Factory {
+        // Debug output covers every setting; an equal identity on reload keeps the contents.
+        ident: format!("{}|{conf:?}", cx.owner),
         conf: Arc::new(conf),
         mesh: Mutex::new(None),
     }))
@@ -232,6 +234,8 @@ type Mesh = (
 );
 
 struct Factory {
+    /// Where the table sits in the config and what it says: see `cache::adopt`.
+    ident: String,
     conf: Arc<CacheConf>,
     /// Purge channels, made when the first shard builds (the shard count is known then).
     mesh: Mutex<Option<Mesh>>,
@@ -246,8 +250,19 @@ impl PluginFactory for Factory {
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         let shards = shard.shards.max(1);
+        let ident = format!("{}|{shards}", self.ident);
+        let inst = cache::adopt(&ident, shard.epoch, || self.instance(shard, shards));
+        Rc::new(ProxyCache {
+            inst,
+            consumers: shard.consumers.clone(),
+        })
+    }
+}
+
+impl Factory {
+    fn instance(&self, shard: &ShardCx, shards: usize) -> Rc<Instance> {
         let (peers, inbox) = {
-            // Start-up only; never on the request path.
+            // Start-up and reloads only; never on the request path.
             let mut m = self.mesh.lock().unwrap_or_else(|p| p.into_inner());
             let (tx, rx) = m.get_or_insert_with(|| {
                 let (t, r): (Vec<_>, Vec<_>) =
@@ -263,18 +278,13 @@ impl PluginFactory for Factory {
         let budget = self.conf.max_bytes / shards;
         // The sketch is sized for objects of ~1 KiB; fewer, larger objects only make it roomier.
         let expected = self.conf.admission.then_some((budget / 1024).max(64));
-        let inst = Rc::new(Instance {
+        Rc::new(Instance {
             conf: self.conf.clone(),
             shard: shard.id,
             store: std::cell::RefCell::new(Store::new(budget, expected)),
             inflight: Default::default(),
             peers,
             inbox,
-        });
-        cache::register(&inst);
-        Rc::new(ProxyCache {
-            inst,
-            consumers: shard.consumers.clone(),
         })
     }
 }

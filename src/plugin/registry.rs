@@ -69,7 +69,7 @@ fn chain(
 /// Builds every plugin factory and the consumer table from the config's raw tables.
 pub fn build(
     global: &BTreeMap<String, toml::Value>,
-    routes: &[&BTreeMap<String, toml::Value>],
+    routes: &[(&str, &BTreeMap<String, toml::Value>)],
     consumers: &[RawConsumerRef<'_>],
     upstreams: &HashMap<String, usize>,
     workers: usize,
@@ -81,10 +81,12 @@ pub fn build(
         limiters: Vec::new(),
         groups: HashMap::new(),
         sync_interval: None,
+        owner: "global_plugins".into(),
     };
     let global = chain(global, "global_plugins", &mut cx)?;
     let mut per_route = Vec::with_capacity(routes.len());
-    for (i, r) in routes.iter().enumerate() {
+    for (i, (name, r)) in routes.iter().enumerate() {
+        cx.owner = format!("route {name:?}");
         per_route.push(chain(r, &format!("routes[{i}].plugins"), &mut cx)?);
     }
     let mut set = PluginSet {

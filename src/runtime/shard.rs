@@ -37,6 +37,11 @@ pub enum Control {
     Snapshot(Sender<crate::metrics::ShardSnapshot>),
     /// Listeners added by a reload (plain, one socket per shard).
     Listen(Vec<StdListener>),
+    /// An admin-API purge: remove matches from every cache on this shard and report.
+    CachePurge {
+        target: crate::cache::admin::AdminTarget,
+        ack: Sender<crate::cache::admin::AdminAck>,
+    },
     /// Active health verdict for one node of the named upstream.
     NodeDown {
         upstream: String,
@@ -201,6 +206,9 @@ pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receive
                 }
                 Ok(Control::Snapshot(reply)) => {
                     let _ = reply.send(current(&shard).snapshot());
+                }
+                Ok(Control::CachePurge { target, ack }) => {
+                    let _ = ack.send(crate::cache::admin::purge_here(shard.id, &target));
                 }
                 Ok(Control::NodeDown {
                     upstream,
