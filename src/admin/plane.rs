@@ -79,6 +79,17 @@ impl Plane {
     /// Sends `cfg` to every shard: each builds its next generation and acks (prepare), then all
     /// are told to switch (commit). Returns the new generation number and how long it took.
     pub fn apply(&self, cfg: Config) -> (u64, Duration) {
+        self.swap_in(cfg, None)
+    }
+
+    /// Like `apply`, for a config that `config::with_route` made from the current one: shards
+    /// rebuild route `id`'s state only. `cfg` must have been made from `config()` while the
+    /// caller held the admin store lock, so no other change came in between.
+    pub fn apply_route(&self, cfg: Config, id: usize) -> (u64, Duration) {
+        self.swap_in(cfg, Some(id))
+    }
+
+    fn swap_in(&self, cfg: Config, route: Option<usize>) -> (u64, Duration) {
         let t0 = Instant::now();
         let _one = self.swap.lock().unwrap_or_else(|e| e.into_inner());
         let cfg = Arc::new(cfg);
@@ -89,6 +100,7 @@ impl Plane {
             let msg = Control::Prepare {
                 generation,
                 cfg: cfg.clone(),
+                route,
                 ack: ack.clone(),
             };
             if tx.send(msg).is_ok() {

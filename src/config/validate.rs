@@ -62,7 +62,7 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
         server,
         demo,
         upstreams,
-        routes,
+        routes: super::RouteTable::new(routes),
         router: Arc::new(router),
         plugins,
         status: super::ops::status(&raw)?,
@@ -330,7 +330,7 @@ fn hash_on_error(path: String, got: &str) -> ConfigError {
     )
 }
 
-fn route(
+pub(super) fn route(
     i: usize,
     r: &RawRoute,
     upstreams: &HashMap<String, usize>,

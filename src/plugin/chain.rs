@@ -17,6 +17,7 @@ use crate::limit::bucket::{Bucket, BucketParams};
 use crate::limit::conc::Concurrency;
 use crate::limit::count::{CountLimiter, CountParams};
 use crate::limit::sync::{Endpoint, Report};
+use crate::route::cow::CowVec;
 
 pub type FactoryRef = Arc<dyn PluginFactory>;
 
@@ -35,8 +36,8 @@ pub enum LimiterSpec {
 pub struct PluginSet {
     /// `[global_plugins]`, run for every route before the route's own.
     pub global: Vec<FactoryRef>,
-    /// Per route (same index as `Config::routes`), sorted by priority.
-    pub routes: Vec<Vec<FactoryRef>>,
+    /// Per route id (as in `Config::routes`), sorted by priority; shared between generations.
+    pub routes: CowVec<Arc<[FactoryRef]>>,
     pub consumers: Arc<Consumers>,
     pub limiters: Vec<LimiterSpec>,
     /// How often shards exchange limit state.
@@ -51,7 +52,7 @@ impl Default for PluginSet {
     fn default() -> Self {
         PluginSet {
             global: Vec::new(),
-            routes: Vec::new(),
+            routes: CowVec::default(),
             consumers: Arc::new(Consumers::default()),
             limiters: Vec::new(),
             sync_interval: Duration::from_millis(20),
@@ -61,12 +62,28 @@ impl Default for PluginSet {
     }
 }
 
+impl PluginSet {
+    /// A copy for the next generation of a one-route change: factories, consumers and limiter
+    /// specs are shared; shards keep the sync endpoints they have (`ShardPlugins::with_route`).
+    pub fn share(&self) -> PluginSet {
+        PluginSet {
+            global: self.global.clone(),
+            routes: self.routes.clone(),
+            consumers: self.consumers.clone(),
+            limiters: self.limiters.clone(),
+            sync_interval: self.sync_interval,
+            epoch: self.epoch,
+            endpoints: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 impl std::fmt::Debug for PluginSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names = |v: &Vec<FactoryRef>| v.iter().map(|p| p.name()).collect::<Vec<_>>();
+        let names = |v: &[FactoryRef]| v.iter().map(|p| p.name()).collect::<Vec<_>>();
         f.debug_struct("PluginSet")
             .field("global", &names(&self.global))
-            .field("routes", &self.routes.iter().map(names).collect::<Vec<_>>())
+            .field("routes", &self.routes.iter().map(|r| names(r)).collect::<Vec<_>>())
             .field("consumers", &self.consumers)
             .field("limiters", &self.limiters.len())
             .finish()
@@ -112,12 +129,17 @@ pub struct ShardCx {
     pub limiters: Vec<ShardLimiter>,
 }
 
+type Chain = Rc<[Rc<dyn Plugin>]>;
+
 /// A shard's plugin chains and limit state.
 pub struct ShardPlugins {
     /// Per route: global instances, then the route's.
-    chains: Vec<Vec<Rc<dyn Plugin>>>,
+    chains: CowVec<Chain>,
+    global: Vec<Rc<dyn Plugin>>,
+    consumers: Arc<Consumers>,
     limiters: Vec<ShardLimiter>,
-    endpoint: Endpoint,
+    /// Shared by generations made by one-route changes (they keep the limiters too).
+    endpoint: Rc<Endpoint>,
     epoch: Instant,
     sync_interval: Duration,
 }
@@ -161,25 +183,47 @@ impl ShardPlugins {
         let chains = set
             .routes
             .iter()
-            .map(|r| {
-                let mut c = global.clone();
-                c.extend(r.iter().map(|f| f.build(&cx)));
-                c
-            })
+            .map(|r| chain_of(&global, r, &cx))
             .collect();
         ShardPlugins {
             chains,
+            global,
+            consumers: set.consumers.clone(),
             limiters,
-            endpoint,
+            endpoint: Rc::new(endpoint),
             epoch: set.epoch,
             sync_interval: set.sync_interval,
+        }
+    }
+
+    /// The next generation after a one-route change: only route `id`'s chain is built (from
+    /// `set`); the other chains, the global instances and the limit state are shared.
+    pub fn with_route(&self, set: &PluginSet, id: usize) -> ShardPlugins {
+        let cx = ShardCx {
+            id: self.endpoint.id,
+            shards: self.endpoint.shards,
+            epoch: self.epoch,
+            consumers: self.consumers.clone(),
+            limiters: self.limiters.clone(),
+        };
+        let mut chains = self.chains.clone();
+        let route = set.routes.get(id).cloned().unwrap_or_default();
+        chains.put(id, chain_of(&self.global, &route, &cx));
+        ShardPlugins {
+            chains,
+            global: self.global.clone(),
+            consumers: self.consumers.clone(),
+            limiters: self.limiters.clone(),
+            endpoint: self.endpoint.clone(),
+            epoch: self.epoch,
+            sync_interval: self.sync_interval,
         }
     }
 
     /// The route's chain; empty when neither it nor the global set has plugins.
     #[inline]
     pub fn chain(&self, route: usize) -> &[Rc<dyn Plugin>] {
-        self.chains.get(route).map_or(&[], |c| c.as_slice())
+        self.chains.get(route).map_or(&[], |c| c)
     }
 
     /// Runs rewrite, access and before_upstream over the chain (phase by phase, as APISIX
@@ -295,6 +339,15 @@ impl ShardPlugins {
 }
 
 /// The shard's limit-sync task: ticks at the configured interval until the shard drains.
+/// Global instances, then the route's own, built for this shard.
+fn chain_of(global: &[Rc<dyn Plugin>], route: &[FactoryRef], cx: &ShardCx) -> Chain {
+    global
+        .iter()
+        .cloned()
+        .chain(route.iter().map(|f| f.build(cx)))
+        .collect()
+}
+
 pub async fn sync_loop(shard: Rc<crate::runtime::shard::Shard>) {
     let plugins = &shard.plugins;
     if !plugins.has_limiters() {

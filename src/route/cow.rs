@@ -72,6 +72,17 @@ impl<T: Clone> CowVec<T> {
         }
     }
 
+    /// Sets entry `i`, first growing the vector with defaults up to it.
+    pub fn put(&mut self, i: usize, v: T)
+    where
+        T: Default,
+    {
+        while self.len <= i {
+            self.push(T::default());
+        }
+        self.set(i, v);
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
         self.chunks.iter().flat_map(|c| c.iter())
     }

@@ -12,6 +12,7 @@ use monoio::net::{TcpListener, TcpStream};
 
 use super::drain::Drain;
 use crate::config::Config;
+use crate::route::cow::CowVec;
 use crate::http::parse::HeadLimits;
 use crate::upstream::UpstreamState;
 
@@ -28,6 +29,9 @@ pub enum Control {
     Prepare {
         generation: u64,
         cfg: Arc<Config>,
+        /// `Some(id)`: `cfg` differs from the previous generation in route `id` only, so the
+        /// shard updates that route's state and shares the rest.
+        route: Option<usize>,
         ack: Sender<usize>,
     },
     /// Step two: the pending generation becomes current. New requests use it; requests
@@ -92,7 +96,7 @@ pub struct Shard {
     pub stats: Rc<ShardStats>,
     /// Shard-wide metric registry; `route_stats[route id]` are this generation's handles into it.
     pub metrics: Rc<crate::metrics::ShardMetrics>,
-    pub route_stats: Vec<Rc<crate::metrics::RouteStats>>,
+    pub route_stats: CowVec<Option<Rc<crate::metrics::RouteStats>>>,
     /// This shard's access log buffer, if `[access_log]` is configured.
     pub log: Option<Rc<crate::accesslog::ShardLog>>,
     /// This shard's plugin instances (built once per shard) and limit state.
@@ -121,7 +125,7 @@ impl Shard {
                 .iter()
                 .map(|u| Rc::new(UpstreamState::new(u)))
                 .collect(),
-            route_stats: metrics.for_routes(cfg.routes.iter().map(|r| r.name.as_str())),
+            route_stats: metrics.for_routes(cfg.routes.by_id().map(|r| r.map(|r| r.name.as_str()))),
             metrics,
             log: crate::accesslog::ShardLog::for_shard(id),
             plugins: crate::plugin::ShardPlugins::for_shard(&cfg.plugins, id),
@@ -172,9 +176,18 @@ pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receive
                 Ok(Control::Prepare {
                     generation,
                     cfg,
+                    route,
                     ack,
                 }) => {
-                    pending = Some(Rc::new(current(&shard).next(cfg, generation)));
+                    let cur = current(&shard);
+                    let next = match route {
+                        // Only valid on top of the generation the change was made from.
+                        Some(id) if cur.generation + 1 == generation => {
+                            cur.with_route(cfg, generation, id)
+                        }
+                        _ => cur.next(cfg, generation),
+                    };
+                    pending = Some(Rc::new(next));
                     let _ = ack.send(shard.id);
                 }
                 Ok(Control::Commit { generation, ack }) => {
@@ -275,7 +288,7 @@ impl Shard {
             upstreams,
             route_stats: self
                 .metrics
-                .for_routes(cfg.routes.iter().map(|r| r.name.as_str())),
+                .for_routes(cfg.routes.by_id().map(|r| r.map(|r| r.name.as_str()))),
             metrics: self.metrics.clone(),
             log: self.log.clone(),
             plugins: crate::plugin::ShardPlugins::for_shard(&cfg.plugins, self.id),
@@ -283,6 +296,30 @@ impl Shard {
                 max_header_bytes: cfg.server.max_header_bytes,
                 max_request_line_bytes: cfg.server.max_request_line_bytes,
             },
+            cfg,
+            drain: self.drain.clone(),
+            retired: Drain::default(),
+            conns: self.conns.clone(),
+            stats: self.stats.clone(),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// The next generation after a one-route change: upstream state, limiters and every other
+    /// route's counters and plugin instances are shared; only route `id`'s are (re)built.
+    pub fn with_route(&self, cfg: Arc<Config>, generation: u64, id: usize) -> Shard {
+        let mut route_stats = self.route_stats.clone();
+        let stats = cfg.routes.get(id).map(|r| self.metrics.for_route(&r.name));
+        route_stats.put(id, stats);
+        Shard {
+            id: self.id,
+            generation,
+            upstreams: self.upstreams.clone(),
+            route_stats,
+            metrics: self.metrics.clone(),
+            log: self.log.clone(),
+            plugins: self.plugins.with_route(&cfg.plugins, id),
+            limits: self.limits,
             cfg,
             drain: self.drain.clone(),
             retired: Drain::default(),
