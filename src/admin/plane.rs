@@ -255,7 +255,22 @@ impl Plane {
             return;
         }
         self.add_listeners(&cur, &new);
+        let removed: Vec<_> = cur
+            .server
+            .listen
+            .iter()
+            .filter(|a| !new.server.listen.contains(a))
+            .copied()
+            .collect();
         let (generation, took) = self.apply(new);
+        if !removed.is_empty() {
+            for tx in &self.senders {
+                let _ = tx.send(Control::Unlisten(removed.clone()));
+            }
+            for a in &removed {
+                log::info!("stopped listening on {a} (removed by reload; open connections stay)");
+            }
+        }
         log::info!(
             "SIGHUP: config reloaded from {}: generation {generation} applied in {took:?}",
             path.display()
@@ -291,7 +306,7 @@ impl Plane {
             match crate::net::listen::bind_all(&[*addr], self.senders.len()) {
                 Ok(b) => {
                     for (tx, ls) in self.senders.iter().zip(b.per_shard) {
-                        let _ = tx.send(Control::Listen(ls));
+                        let _ = tx.send(Control::Listen(ls.into_iter().map(|l| (*addr, l)).collect()));
                     }
                     for a in b.addrs {
                         log::info!("listening on {a} (added by reload)");

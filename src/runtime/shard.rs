@@ -39,8 +39,11 @@ pub enum Control {
     Commit { generation: u64, ack: Sender<usize> },
     /// Copy this shard's counters out for the status thread.
     Snapshot(Sender<crate::metrics::ShardSnapshot>),
-    /// Listeners added by a reload (plain, one socket per shard).
-    Listen(Vec<StdListener>),
+    /// Listeners added by a reload (plain, one socket per shard), by configured address.
+    Listen(Vec<(SocketAddr, StdListener)>),
+    /// Listen addresses a reload removed: stop accepting on them and close the sockets;
+    /// connections already accepted on them are served to the end.
+    Unlisten(Vec<SocketAddr>),
     /// Active health verdict for one node of the named upstream.
     NodeDown {
         upstream: String,
@@ -148,10 +151,15 @@ pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receive
     monoio::spawn(crate::plugin::chain::sync_loop(shard.clone()));
     monoio::spawn(crate::cache::shard_loop(shard.clone()));
     let mut pending: Option<Rc<Shard>> = None;
-    for (index, l) in listeners.into_iter().enumerate() {
+    // Per configured listen address, what stops its accept loop (a reload may remove it).
+    let mut open: Vec<(SocketAddr, Rc<Drain>)> = Vec::new();
+    let configured = shard.cfg.server.listen.clone();
+    for (index, (l, addr)) in listeners.into_iter().zip(configured).enumerate() {
         match TcpListener::from_std(l) {
             Ok(l) => {
-                monoio::spawn(accept_loop(shard.clone(), l, index));
+                let stop = Rc::new(Drain::default());
+                open.push((addr, stop.clone()));
+                monoio::spawn(accept_loop(shard.clone(), l, index, stop));
             }
             Err(e) => log::error!("shard {}: cannot adopt listener: {e}", shard.id),
         }
@@ -202,15 +210,26 @@ pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receive
                     }
                 }
                 Ok(Control::Listen(ls)) => {
-                    for l in ls {
+                    for (addr, l) in ls {
                         match TcpListener::from_std(l) {
                             // Index past the TLS table: served as plain HTTP.
                             Ok(l) => {
-                                monoio::spawn(accept_loop(shard.clone(), l, usize::MAX));
+                                let stop = Rc::new(Drain::default());
+                                open.push((addr, stop.clone()));
+                                monoio::spawn(accept_loop(shard.clone(), l, usize::MAX, stop));
                             }
                             Err(e) => log::error!("shard {}: cannot adopt listener: {e}", shard.id),
                         }
                     }
+                }
+                Ok(Control::Unlisten(addrs)) => {
+                    open.retain(|(a, stop)| {
+                        let gone = addrs.contains(a);
+                        if gone {
+                            stop.fire();
+                        }
+                        !gone
+                    });
                 }
                 Ok(Control::Snapshot(reply)) => {
                     let _ = reply.send(current(&shard).snapshot());
@@ -374,13 +393,16 @@ impl Shard {
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, index: usize) {
+/// Accepts until the shard drains or `stop` fires (its address was removed by a reload);
+/// returning drops `listener`, which closes this shard's socket for the address.
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, index: usize, stop: Rc<Drain>) {
     let max = shard.cfg.server.max_connections;
     let mut warned_fd = false;
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
             _ = shard.drain.wait() => return,
+            _ = stop.wait() => return,
         };
         match accepted {
             Ok((stream, peer)) => {
