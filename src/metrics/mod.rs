@@ -205,10 +205,12 @@ mod tests {
     #[test]
     fn same_name_same_counters_across_generations() {
         let m = ShardMetrics::default();
-        let a = m.for_routes(["r1", "r2"].into_iter());
-        a[1].record(200, Duration::ZERO);
-        let b = m.for_routes(["r2", "r3"].into_iter());
-        assert_eq!(b[0].snapshot().total(), 1);
+        let a = m.for_routes([Some("r1"), Some("r2")].into_iter());
+        a.get(1).cloned().flatten().unwrap().record(200, Duration::ZERO);
+        let b = m.for_routes([Some("r2"), None, Some("r3")].into_iter());
+        assert_eq!(b.get(0).cloned().flatten().unwrap().snapshot().total(), 1);
+        assert!(b.get(1).unwrap().is_none());
+        assert_eq!(m.for_route("r2").snapshot().total(), 1);
         assert_eq!(m.route_counts().len(), 1);
     }
 }
