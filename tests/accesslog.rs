@@ -157,7 +157,12 @@ fn malformed_heads_answered_4xx_are_logged() {
         // "- - HTTP/1.1" STATUS BYTES: method and URI unknown, bytes of the error body sent.
         let req = l.split('"').nth(1).unwrap_or_default();
         assert_eq!(req, "- - HTTP/1.1", "{l}");
-        let rest: Vec<&str> = l.split('"').nth(2).unwrap_or_default().split_whitespace().collect();
+        let rest: Vec<&str> = l
+            .split('"')
+            .nth(2)
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
         assert!(rest[1].parse::<u64>().is_ok_and(|n| n > 0), "{l}");
         statuses.push(rest[0]);
     }

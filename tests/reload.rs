@@ -141,9 +141,16 @@ fn removed_listen_port_closes_but_its_connections_finish() {
         "{second} still accepts after its removal:\n{}",
         p.logs.text()
     );
-    assert!(p.logs.text().contains(&format!("stopped listening on {second}")));
+    assert!(p
+        .logs
+        .text()
+        .contains(&format!("stopped listening on {second}")));
     for c in &mut kept {
-        assert_eq!(c.get("/x").status, 200, "connection from before the removal");
+        assert_eq!(
+            c.get("/x").status,
+            200,
+            "connection from before the removal"
+        );
     }
     assert_eq!(Client::connect(p.addr).get("/x").status, 200);
     // Listing it again opens it again.

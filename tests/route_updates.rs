@@ -121,7 +121,10 @@ fn fifty_thousand_routes_single_route_changes_reach_every_shard() {
         r#"{"paths":["/posted/*"],"upstream":"b","priority":5}"#,
     );
     assert_eq!(code, 201, "{v}");
-    let posted = v["value"]["name"].as_str().expect("generated id").to_string();
+    let posted = v["value"]["name"]
+        .as_str()
+        .expect("generated id")
+        .to_string();
     let (code, v) = api(
         adm,
         "PATCH",
@@ -206,7 +209,11 @@ fn journaled_route_changes_survive_restart_and_match_a_full_rebuild() {
 
     p.stop();
     let mut p2 = Proc::start("route-updates-journal", &cfg);
-    assert!(p2.logs.text().contains("admin state loaded"), "{}", p2.logs.text());
+    assert!(
+        p2.logs.text().contains("admin state loaded"),
+        "{}",
+        p2.logs.text()
+    );
     expect_everywhere(p2.addr, &checks);
     let adm2 = opsutil::listener(&p2.logs, "admin");
     let (code, v) = api(
@@ -216,8 +223,15 @@ fn journaled_route_changes_survive_restart_and_match_a_full_rebuild() {
         &format!(r#"{{"nodes":[{{"addr":"{}"}}]}}"#, b.addr),
     );
     assert_eq!(code, 201, "{v}");
-    assert!(applied(&p2, 1).contains("(full rebuild)"), "{}", p2.logs.text());
-    assert!(!journal.exists(), "a full write folds the journal into the state file");
+    assert!(
+        applied(&p2, 1).contains("(full rebuild)"),
+        "{}",
+        p2.logs.text()
+    );
+    assert!(
+        !journal.exists(),
+        "a full write folds the journal into the state file"
+    );
     expect_everywhere(p2.addr, &checks);
     p2.stop();
     let p3 = Proc::start("route-updates-journal", &cfg);

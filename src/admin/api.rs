@@ -134,7 +134,10 @@ fn route_change(
     };
     let done = plane.apply_route(cfg, slot);
     if let Err(e) = store.persist_change(Kind::Routes, id, obj.as_ref()) {
-        log::error!("admin: applied generation {} but could not persist it: {e}", done.0);
+        log::error!(
+            "admin: applied generation {} but could not persist it: {e}",
+            done.0
+        );
     }
     Ok(Some(done))
 }

@@ -306,7 +306,9 @@ impl Plane {
             match crate::net::listen::bind_all(&[*addr], self.senders.len()) {
                 Ok(b) => {
                     for (tx, ls) in self.senders.iter().zip(b.per_shard) {
-                        let _ = tx.send(Control::Listen(ls.into_iter().map(|l| (*addr, l)).collect()));
+                        let _ = tx.send(Control::Listen(
+                            ls.into_iter().map(|l| (*addr, l)).collect(),
+                        ));
                     }
                     for a in b.addrs {
                         log::info!("listening on {a} (added by reload)");

@@ -147,13 +147,20 @@ impl Store {
             return;
         };
         for line in text.split_inclusive('\n') {
-            let entry = serde_json::from_str::<Value>(line).ok().filter(|_| line.ends_with('\n'));
+            let entry = serde_json::from_str::<Value>(line)
+                .ok()
+                .filter(|_| line.ends_with('\n'));
             let parsed = entry.as_ref().and_then(|e| {
-                let kind = KINDS.into_iter().find(|k| Some(k.seg()) == e["kind"].as_str())?;
+                let kind = KINDS
+                    .into_iter()
+                    .find(|k| Some(k.seg()) == e["kind"].as_str())?;
                 Some((kind, e["id"].as_str()?, &e["value"]))
             });
             let Some((kind, id, value)) = parsed else {
-                log::warn!("admin state journal {}: stopping at a torn or unreadable entry", j.display());
+                log::warn!(
+                    "admin state journal {}: stopping at a torn or unreadable entry",
+                    j.display()
+                );
                 break;
             };
             let set = self.sets.entry(kind.seg()).or_default();
@@ -168,7 +175,12 @@ impl Store {
     /// Records one change (`None` = deleted) by appending a line to the journal beside the
     /// state file: the cost of a change, not of the whole state. Every `COMPACT_AFTER` changes
     /// (or when there is no state file yet) the whole state is written instead.
-    pub fn persist_change(&mut self, kind: Kind, id: &str, obj: Option<&Value>) -> Result<(), String> {
+    pub fn persist_change(
+        &mut self,
+        kind: Kind,
+        id: &str,
+        obj: Option<&Value>,
+    ) -> Result<(), String> {
         use std::io::Write;
         let Some(p) = &self.state_file else {
             return Ok(());

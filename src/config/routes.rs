@@ -95,7 +95,11 @@ pub fn with_route(
     };
     let r: RawRoute = serde_path_to_error::deserialize(raw).map_err(|e| {
         let path = e.path().to_string();
-        let path = if path == "." { at.clone() } else { format!("{at}.{path}") };
+        let path = if path == "." {
+            at.clone()
+        } else {
+            format!("{at}.{path}")
+        };
         ConfigError::new(path, e.into_inner().to_string())
     })?;
     let upstreams: HashMap<String, usize> = cur

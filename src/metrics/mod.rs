@@ -206,7 +206,11 @@ mod tests {
     fn same_name_same_counters_across_generations() {
         let m = ShardMetrics::default();
         let a = m.for_routes([Some("r1"), Some("r2")].into_iter());
-        a.get(1).cloned().flatten().unwrap().record(200, Duration::ZERO);
+        a.get(1)
+            .cloned()
+            .flatten()
+            .unwrap()
+            .record(200, Duration::ZERO);
         let b = m.for_routes([Some("r2"), None, Some("r3")].into_iter());
         assert_eq!(b.get(0).cloned().flatten().unwrap().snapshot().total(), 1);
         assert!(b.get(1).unwrap().is_none());

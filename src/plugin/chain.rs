@@ -83,7 +83,10 @@ impl std::fmt::Debug for PluginSet {
         let names = |v: &[FactoryRef]| v.iter().map(|p| p.name()).collect::<Vec<_>>();
         f.debug_struct("PluginSet")
             .field("global", &names(&self.global))
-            .field("routes", &self.routes.iter().map(|r| names(r)).collect::<Vec<_>>())
+            .field(
+                "routes",
+                &self.routes.iter().map(|r| names(r)).collect::<Vec<_>>(),
+            )
             .field("consumers", &self.consumers)
             .field("limiters", &self.limiters.len())
             .finish()

@@ -61,7 +61,11 @@ impl<S: ClientStream> ClientConn<S> {
             s => s,
         };
         let route = shard.cfg.routes.get(self.cx.route);
-        match shard.route_stats.get(self.cx.route).and_then(Option::as_ref) {
+        match shard
+            .route_stats
+            .get(self.cx.route)
+            .and_then(Option::as_ref)
+        {
             Some(r) => r.record(status, took),
             None => shard.metrics.unrouted.record(status, took),
         }

@@ -232,7 +232,10 @@ mod tests {
         assert_eq!(a.get(700), Some(&700));
         assert_eq!(b.get(700), Some(&7));
         assert_eq!((a.len(), b.len()), (1000, 1001));
-        assert_eq!(b.iter().copied().sum::<u32>(), (0..1001).sum::<u32>() - 700 + 7);
+        assert_eq!(
+            b.iter().copied().sum::<u32>(),
+            (0..1001).sum::<u32>() - 700 + 7
+        );
     }
 
     #[test]
@@ -246,8 +249,14 @@ mod tests {
         assert_eq!(b.remove(b"42"), Some(42));
         assert_eq!(b.insert(b"43".to_vec().into(), 0), Some(43));
         *b.get_mut(b"44").unwrap() = 1;
-        assert_eq!((a.get(b"42"), a.get(b"43"), a.get(b"44")), (Some(&42), Some(&43), Some(&44)));
-        assert_eq!((b.get(b"42"), b.get(b"43"), b.get(b"44")), (None, Some(&0), Some(&1)));
+        assert_eq!(
+            (a.get(b"42"), a.get(b"43"), a.get(b"44")),
+            (Some(&42), Some(&43), Some(&44))
+        );
+        assert_eq!(
+            (b.get(b"42"), b.get(b"43"), b.get(b"44")),
+            (None, Some(&0), Some(&1))
+        );
         assert_eq!((a.len(), b.len(), b.iter().count()), (5000, 4999, 4999));
     }
 }

@@ -190,7 +190,10 @@ impl Node {
     }
 
     fn is_empty(&self) -> bool {
-        self.statics.is_empty() && self.param.is_none() && self.exact.is_empty() && self.wild.is_empty()
+        self.statics.is_empty()
+            && self.param.is_none()
+            && self.exact.is_empty()
+            && self.wild.is_empty()
     }
 }
 
@@ -277,9 +280,16 @@ impl Router {
     /// Puts route `id` (replacing what it had) or, with `None`, removes it. `order` breaks
     /// ties after every precedence rule (lower first) and must differ from every other route's.
     /// Costs the trie paths of the old and the new route, not the table.
-    pub fn set(&mut self, id: usize, spec: Option<&RouteSpec>, order: u64) -> Result<(), RouteError> {
+    pub fn set(
+        &mut self,
+        id: usize,
+        spec: Option<&RouteSpec>,
+        order: u64,
+    ) -> Result<(), RouteError> {
         let next = match spec {
-            Some(s) => Some(compile(s, order).map_err(|message| RouteError { route: id, message })?),
+            Some(s) => {
+                Some(compile(s, order).map_err(|message| RouteError { route: id, message })?)
+            }
             None => None,
         };
         u32::try_from(id).map_err(|_| RouteError {
@@ -532,7 +542,10 @@ fn remove(node: &mut Arc<Node>, segs: &[Seg], wild: bool, id: u32) -> bool {
         None if wild => n.wild.retain(|t| t.route != id),
         None => n.exact.retain(|t| t.route != id),
         Some((Seg::Static(s), rest)) => {
-            if n.statics.get_mut(s).is_some_and(|c| remove(c, rest, wild, id)) {
+            if n.statics
+                .get_mut(s)
+                .is_some_and(|c| remove(c, rest, wild, id))
+            {
                 n.statics.remove(s);
             }
         }

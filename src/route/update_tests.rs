@@ -9,7 +9,12 @@ const SLOTS: usize = 8;
 
 /// What a full rebuild answers, translated back to slot ids: live routes in slot order, so
 /// ties break the way `set` orders them ((slot + 1) * ORDER_STEP).
-fn rebuilt(live: &[Option<RouteSpec>], host: &str, path: &str, method: &[u8]) -> Option<(usize, Vec<Vec<u8>>)> {
+fn rebuilt(
+    live: &[Option<RouteSpec>],
+    host: &str,
+    path: &str,
+    method: &[u8],
+) -> Option<(usize, Vec<Vec<u8>>)> {
     let ids: Vec<usize> = (0..live.len()).filter(|&i| live[i].is_some()).collect();
     let specs: Vec<RouteSpec> = live.iter().flatten().cloned().collect();
     let r = Router::build(&specs).expect("generated routes are valid");
@@ -18,7 +23,14 @@ fn rebuilt(live: &[Option<RouteSpec>], host: &str, path: &str, method: &[u8]) ->
 
 fn lookup(r: &Router, host: &str, path: &str, method: &[u8]) -> Option<(usize, Vec<Vec<u8>>)> {
     let mut p = Params::new();
-    let id = r.find(host.as_bytes(), path.as_bytes(), b"", method, &Headers::default(), &mut p)?;
+    let id = r.find(
+        host.as_bytes(),
+        path.as_bytes(),
+        b"",
+        method,
+        &Headers::default(),
+        &mut p,
+    )?;
     let mut vals: Vec<Vec<u8>> = (0..p.len())
         .filter_map(|i| p.value(i, path.as_bytes()).map(<[u8]>::to_vec))
         .collect();
@@ -34,13 +46,17 @@ fn put_replace_delete_track_the_table() {
     };
     let mut r = Router::build(&[spec("/a"), spec("/b/{x}")]).expect("valid");
     let before = r.clone();
-    r.set(1, Some(&spec("/c/{y}")), 2 * ORDER_STEP).expect("valid");
+    r.set(1, Some(&spec("/c/{y}")), 2 * ORDER_STEP)
+        .expect("valid");
     r.set(2, Some(&spec("/d")), 3 * ORDER_STEP).expect("valid");
     r.set(0, None, 0).expect("removal");
     assert_eq!(r.len(), 2);
     assert_eq!(lookup(&r, "h", "/a", b"GET"), None);
     assert_eq!(lookup(&r, "h", "/b/1", b"GET"), None);
-    assert_eq!(lookup(&r, "h", "/c/1", b"GET"), Some((1, vec![b"1".to_vec()])));
+    assert_eq!(
+        lookup(&r, "h", "/c/1", b"GET"),
+        Some((1, vec![b"1".to_vec()]))
+    );
     assert_eq!(lookup(&r, "h", "/d", b"GET").map(|x| x.0), Some(2));
     // The clone taken before is untouched: shards still on it keep their answers.
     assert_eq!(before.len(), 2);
@@ -56,7 +72,11 @@ fn put_replace_delete_track_the_table() {
 fn fifty_thousand_routes_one_update() {
     let specs: Vec<RouteSpec> = (0..50_000)
         .map(|i| RouteSpec {
-            hosts: if i % 2 == 0 { vec![format!("h{i}.example.com")] } else { vec![] },
+            hosts: if i % 2 == 0 {
+                vec![format!("h{i}.example.com")]
+            } else {
+                vec![]
+            },
             paths: vec![format!("/r{i}/{{id}}")],
             ..RouteSpec::default()
         })
@@ -70,9 +90,15 @@ fn fifty_thousand_routes_one_update() {
     r.set(777, Some(&moved), 778 * ORDER_STEP).expect("valid");
     assert_eq!(lookup(&r, "x", "/r777/5", b"GET"), None);
     assert_eq!(lookup(&r, "x", "/moved/q", b"GET").map(|x| x.0), Some(777));
-    assert_eq!(lookup(&r, "h778.example.com", "/r778/1", b"GET").map(|x| x.0), Some(778));
+    assert_eq!(
+        lookup(&r, "h778.example.com", "/r778/1", b"GET").map(|x| x.0),
+        Some(778)
+    );
     assert_eq!(lookup(&r, "x", "/r779/1", b"GET").map(|x| x.0), Some(779));
-    assert_eq!(lookup(&base, "x", "/r777/5", b"GET").map(|x| x.0), Some(777));
+    assert_eq!(
+        lookup(&base, "x", "/r777/5", b"GET").map(|x| x.0),
+        Some(777)
+    );
 }
 
 proptest! {

@@ -12,8 +12,8 @@ use monoio::net::{TcpListener, TcpStream};
 
 use super::drain::Drain;
 use crate::config::Config;
-use crate::route::cow::CowVec;
 use crate::http::parse::HeadLimits;
+use crate::route::cow::CowVec;
 use crate::upstream::UpstreamState;
 
 /// Messages from the main thread to a shard.
