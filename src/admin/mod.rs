@@ -44,22 +44,23 @@ fn state_file(cfg: &crate::config::Config) -> Option<std::path::PathBuf> {
         .or_else(|| cfg.source.as_deref().map(store::default_state_file))
 }
 
-/// At start-up with the admin API on, the config is built from the admin document: the file,
-/// with its routes, upstreams, consumers and global rules replaced by the state file's if there
-/// is one (changes survive restarts). Built this way route ids follow route names, which is what
-/// lets the admin API apply a one-route change without a full rebuild from the first change on.
-pub fn startup_config(cfg: crate::config::Config) -> Result<crate::config::Config, String> {
+/// At start-up with the admin API on: with a state file present, the file's routes, upstreams,
+/// consumers and global rules are replaced by the state file's (changes survive restarts).
+/// Either way ties between routes are then broken by route name, as a build from the admin
+/// document does, which lets the admin API apply one-route changes without a full rebuild.
+pub fn startup_config(mut cfg: crate::config::Config) -> Result<crate::config::Config, String> {
     let (Some(src), Some(state)) = (cfg.source.clone(), state_file(&cfg)) else {
         return Ok(cfg);
     };
-    let had_state = state.exists();
+    if !state.exists() {
+        crate::config::order_routes_by_name(&mut cfg);
+        return Ok(cfg);
+    }
     let mut built = store::Store::open(&src, Some(state.clone()))
         .and_then(|s| s.build())
         .map_err(|e| format!("admin state {}: {e}", state.display()))?;
     built.source = Some(src);
-    if had_state {
-        log::info!("admin state loaded from {}", state.display());
-    }
+    log::info!("admin state loaded from {}", state.display());
     Ok(built)
 }
 

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::metrics::expose::PlaneInfo;
 use crate::metrics::ShardSnapshot;
 use crate::runtime::shard::Control;
+use crate::runtime::wake::Nudge;
 
 /// How long a scrape waits for shards (they answer on their next 50 ms tick).
 const SNAPSHOT_WAIT: Duration = Duration::from_millis(500);
@@ -20,6 +21,8 @@ const PREPARE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Plane {
     senders: Vec<Sender<Control>>,
+    /// Per shard, what wakes its control loop at once (a swap need not wait for its tick).
+    nudges: Vec<Option<Nudge>>,
     started: Instant,
     inner: Mutex<Inner>,
     /// Serialises swaps (admin changes, SIGHUP) so generations commit in order.
@@ -38,9 +41,14 @@ struct Inner {
 }
 
 impl Plane {
-    pub fn new(cfg: Arc<Config>, senders: Vec<Sender<Control>>) -> Arc<Plane> {
+    pub fn new(
+        cfg: Arc<Config>,
+        senders: Vec<Sender<Control>>,
+        nudges: Vec<Option<Nudge>>,
+    ) -> Arc<Plane> {
         Arc::new(Plane {
             senders,
+            nudges,
             started: Instant::now(),
             inner: Mutex::new(Inner {
                 generation: 1,
@@ -107,6 +115,7 @@ impl Plane {
                 sent += 1;
             }
         }
+        self.nudge_all();
         let got = wait_acks(&acks, sent);
         if got < sent {
             // Channels are ordered: a slow shard still prepares before it sees the commit.
@@ -124,6 +133,7 @@ impl Plane {
                 sent += 1;
             }
         }
+        self.nudge_all();
         // Waiting for the commits means a caller (the admin API) answers only once every
         // shard's next request will use the new generation.
         wait_acks(&acks, sent);
@@ -132,6 +142,12 @@ impl Plane {
         inner.cfg = cfg;
         inner.reloads_ok += 1;
         (generation, t0.elapsed())
+    }
+
+    fn nudge_all(&self) {
+        for n in self.nudges.iter().flatten() {
+            n.nudge();
+        }
     }
 
     /// Asks every shard for its counters; shards that do not answer in time are left out.

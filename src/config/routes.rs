@@ -14,8 +14,9 @@ pub struct RouteTable {
     slots: CowVec<Option<Arc<RouteConfig>>>,
     by_name: CowMap<usize>,
     live: usize,
-    /// Ids were given in name order (a config built from the admin API's document), so a
-    /// one-route change can place a route by name and rank ties as a full rebuild would.
+    /// Ties between routes are broken in name order (a config built from the admin API's
+    /// document, or re-ranked by `order_routes_by_name`), so a one-route change can place a
+    /// route by name and rank ties as a full rebuild would.
     pub name_ordered: bool,
 }
 
@@ -69,6 +70,25 @@ impl RouteTable {
         }
         self.slots.put(id, r.map(Arc::new));
     }
+}
+
+/// Re-ranks ties between routes by route name (what a build from the admin document gives),
+/// keeping route ids; costs a router rebuild, not a revalidation.
+pub fn order_routes_by_name(cfg: &mut Config) {
+    let mut ids: Vec<(&str, usize)> = cfg
+        .routes
+        .slots
+        .iter()
+        .enumerate()
+        .filter_map(|(id, r)| Some((r.as_deref()?.name.as_str(), id)))
+        .collect();
+    ids.sort_unstable();
+    let mut order = vec![0; cfg.routes.slots.len()];
+    for (rank, &(_, id)) in ids.iter().enumerate() {
+        order[id] = (rank as u64 + 1).saturating_mul(crate::route::ORDER_STEP);
+    }
+    cfg.router = Arc::new(cfg.router.reordered(|id| order.get(id).copied().unwrap_or(0)));
+    cfg.routes.name_ordered = true;
 }
 
 /// A copy of `cur` with route `name` put (`Some(route JSON)`) or removed, sharing everything

@@ -234,7 +234,7 @@ pub struct Router {
     interned: Arc<HashMap<Box<str>, u32>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Compiled {
     hosts: Vec<HostPattern>,
     paths: Vec<PathPattern>,

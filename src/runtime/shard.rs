@@ -146,7 +146,13 @@ impl Shard {
 }
 
 /// The shard's main future: accept loops plus the control/housekeeping tick.
-pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receiver<Control>) {
+pub async fn run(
+    shard: Rc<Shard>,
+    listeners: Vec<StdListener>,
+    control: Receiver<Control>,
+    wake: Option<std::os::unix::net::UnixStream>,
+) {
+    let mut wake = super::wake::Wakeup::new(wake);
     CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
     monoio::spawn(crate::plugin::chain::sync_loop(shard.clone()));
     monoio::spawn(crate::cache::shard_loop(shard.clone()));
@@ -167,7 +173,7 @@ pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receive
     let mut last_sweep = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
     loop {
-        monoio::time::sleep(TICK).await;
+        wake.sleep(TICK).await;
         loop {
             match control.try_recv() {
                 Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => {
