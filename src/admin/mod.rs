@@ -52,7 +52,7 @@ pub fn startup_config(mut cfg: crate::config::Config) -> Result<crate::config::C
     let (Some(src), Some(state)) = (cfg.source.clone(), state_file(&cfg)) else {
         return Ok(cfg);
     };
-    if !state.exists() {
+    if !state.exists() && !store::journal_file(&state).exists() {
         crate::config::order_routes_by_name(&mut cfg);
         return Ok(cfg);
     }

@@ -131,14 +131,15 @@ impl Store {
                         store.sets.insert(k.seg(), m.clone().into_iter().collect());
                     }
                 }
-                store.replay_journal();
             }
         }
+        store.replay_journal();
         Ok(store)
     }
 
-    /// Applies the changes journaled after the state file was written. A torn last line (a
-    /// crash mid-append) ends the replay: that change was never acknowledged.
+    /// Applies the changes journaled after the state file was written (or, before there is
+    /// one, on top of the config file's collections). A torn last line (a crash mid-append)
+    /// ends the replay: that change was never acknowledged.
     fn replay_journal(&mut self) {
         let Some(j) = self.state_file.as_deref().map(journal_file) else {
             return;
@@ -174,7 +175,7 @@ impl Store {
 
     /// Records one change (`None` = deleted) by appending a line to the journal beside the
     /// state file: the cost of a change, not of the whole state. Every `COMPACT_AFTER` changes
-    /// (or when there is no state file yet) the whole state is written instead.
+    /// the whole state is written instead (and the journal cleared).
     pub fn persist_change(
         &mut self,
         kind: Kind,
@@ -185,7 +186,7 @@ impl Store {
         let Some(p) = &self.state_file else {
             return Ok(());
         };
-        if self.journaled >= COMPACT_AFTER || !p.exists() {
+        if self.journaled >= COMPACT_AFTER {
             return self.persist();
         }
         let j = journal_file(p);
