@@ -338,3 +338,60 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
         other => *target = other.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn setup(tag: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("ringway-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("gw.toml");
+        std::fs::write(
+            &src,
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[[upstreams]]\nname = \"a\"\nnodes = [{ addr = \"127.0.0.1:9\" }]\n[[routes]]\nname = \"r1\"\npaths = [\"/1\"]\nupstream = \"a\"\n",
+        )
+        .unwrap();
+        let state = default_state_file(&src);
+        (src, state)
+    }
+
+    fn route_ids(s: &Store) -> Vec<&str> {
+        s.sets["routes"].keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn journal_replays_and_a_torn_tail_is_dropped() {
+        let (src, state) = setup("journal");
+        let mut s = Store::open(&src, Some(state.clone())).unwrap();
+        let r2 = json!({"name": "r2", "paths": ["/2"], "upstream": "a"});
+        s.sets
+            .get_mut("routes")
+            .unwrap()
+            .insert("r2".into(), r2.clone());
+        s.persist_change(Kind::Routes, "r2", Some(&r2)).unwrap();
+        s.sets.get_mut("routes").unwrap().remove("r1");
+        s.persist_change(Kind::Routes, "r1", None).unwrap();
+        assert!(
+            !state.exists(),
+            "no whole-state write for a one-route change"
+        );
+        let j = journal_file(&state);
+        // A crash mid-append leaves a line without its newline: it was never acknowledged.
+        let mut text = std::fs::read_to_string(&j).unwrap();
+        text.push_str(r#"{"kind":"routes","id":"r3","value":{"na"#);
+        std::fs::write(&j, text).unwrap();
+        let back = Store::open(&src, Some(state.clone())).unwrap();
+        assert_eq!(route_ids(&back), ["r2"]);
+        assert!(back.build().is_ok());
+
+        // A whole write folds the journal in and removes it.
+        let mut back = back;
+        back.persist().unwrap();
+        assert!(state.exists() && !j.exists());
+        assert_eq!(route_ids(&Store::open(&src, Some(state)).unwrap()), ["r2"]);
+        let _ = std::fs::remove_dir_all(src.parent().unwrap());
+    }
+}

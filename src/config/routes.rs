@@ -87,7 +87,10 @@ pub fn order_routes_by_name(cfg: &mut Config) {
     for (rank, &(_, id)) in ids.iter().enumerate() {
         order[id] = (rank as u64 + 1).saturating_mul(crate::route::ORDER_STEP);
     }
-    cfg.router = Arc::new(cfg.router.reordered(|id| order.get(id).copied().unwrap_or(0)));
+    cfg.router = Arc::new(
+        cfg.router
+            .reordered(|id| order.get(id).copied().unwrap_or(0)),
+    );
     cfg.routes.name_ordered = true;
 }
 

@@ -125,3 +125,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn reordered_breaks_ties_by_the_new_order_keeping_ids() {
+    let tie = RouteSpec {
+        paths: vec!["/t/*".into()],
+        ..RouteSpec::default()
+    };
+    let specs = [tie.clone(), tie.clone(), tie];
+    let r = Router::build(&specs).expect("valid");
+    assert_eq!(lookup(&r, "h", "/t/x", b"GET").map(|x| x.0), Some(0));
+    // Reversed orders: the last id now wins the tie, and every id keeps its routes.
+    let rev = r.reordered(|id| (3 - id as u64) * ORDER_STEP);
+    assert_eq!(lookup(&rev, "h", "/t/x", b"GET").map(|x| x.0), Some(2));
+    assert_eq!(
+        (rev.len(), rev.order(0), rev.order(2)),
+        (3, Some(3 * ORDER_STEP), Some(ORDER_STEP))
+    );
+    let mut rev = rev;
+    rev.set(2, None, 0).expect("removal");
+    assert_eq!(lookup(&rev, "h", "/t/x", b"GET").map(|x| x.0), Some(1));
+}
