@@ -147,7 +147,7 @@ fn route_change(
 /// between its neighbours by name. `None` when that is not possible without renumbering.
 fn route_order(store: &Store, cfg: &crate::config::Config, id: &str) -> Option<u64> {
     use std::ops::Bound::{Excluded, Unbounded};
-    if !cfg.routes.name_ordered {
+    if !cfg.routes.name_ordered() {
         return None;
     }
     let order_of = |name: &str| cfg.router.order(cfg.routes.id(name)?);

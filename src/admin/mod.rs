@@ -44,16 +44,14 @@ fn state_file(cfg: &crate::config::Config) -> Option<std::path::PathBuf> {
         .or_else(|| cfg.source.as_deref().map(store::default_state_file))
 }
 
-/// At start-up with the admin API on: with a state file present, the file's routes, upstreams,
-/// consumers and global rules are replaced by the state file's (changes survive restarts).
-/// Either way ties between routes are then broken by route name, as a build from the admin
-/// document does, which lets the admin API apply one-route changes without a full rebuild.
-pub fn startup_config(mut cfg: crate::config::Config) -> Result<crate::config::Config, String> {
+/// At start-up: with the admin API on and a state file (or its journal) present, the file's
+/// routes, upstreams, consumers and global rules are replaced by the state's (changes survive
+/// restarts).
+pub fn startup_config(cfg: crate::config::Config) -> Result<crate::config::Config, String> {
     let (Some(src), Some(state)) = (cfg.source.clone(), state_file(&cfg)) else {
         return Ok(cfg);
     };
     if !state.exists() && !store::journal_file(&state).exists() {
-        crate::config::order_routes_by_name(&mut cfg);
         return Ok(cfg);
     }
     let mut built = store::Store::open(&src, Some(state.clone()))

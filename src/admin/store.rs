@@ -233,11 +233,7 @@ impl Store {
 
     /// Validates and compiles the document; errors name `kind/id.field` where they can.
     pub fn build(&self) -> Result<Config, ConfigError> {
-        let mut cfg =
-            crate::config::from_json_in(self.document(), &self.dir).map_err(|e| self.locate(e))?;
-        // `document()` lists routes in id order, and a route's id is its name.
-        cfg.routes.name_ordered = true;
-        Ok(cfg)
+        crate::config::from_json_in(self.document(), &self.dir).map_err(|e| self.locate(e))
     }
 
     /// `routes[3].upstream` -> `routes/<id>.upstream`: the admin user knows ids, not positions.

@@ -17,7 +17,7 @@ use crate::route::Router;
 use crate::upstream::balance::Policy;
 
 pub use checks::{ActiveCheck, CheckKind};
-pub use routes::{order_routes_by_name, with_route, RouteTable};
+pub use routes::{with_route, RouteTable};
 pub use validate::parse_duration;
 
 /// A configuration error: which key is wrong and what was expected.

@@ -14,15 +14,17 @@ pub struct RouteTable {
     slots: CowVec<Option<Arc<RouteConfig>>>,
     by_name: CowMap<usize>,
     live: usize,
-    /// Ties between routes are broken in name order (a config built from the admin API's
-    /// document, or re-ranked by `order_routes_by_name`), so a one-route change can place a
-    /// route by name and rank ties as a full rebuild would.
-    pub name_ordered: bool,
+    /// Ties between routes are broken in name order (the admin API is on: see `validate`), so
+    /// a one-route change can place a route by name and rank ties as a full rebuild would.
+    name_ordered: bool,
 }
 
 impl RouteTable {
-    pub(super) fn new(routes: Vec<RouteConfig>) -> RouteTable {
-        let mut t = RouteTable::default();
+    pub(super) fn new(routes: Vec<RouteConfig>, name_ordered: bool) -> RouteTable {
+        let mut t = RouteTable {
+            name_ordered,
+            ..RouteTable::default()
+        };
         for (i, r) in routes.into_iter().enumerate() {
             t.set(i, Some(r));
         }
@@ -32,6 +34,10 @@ impl RouteTable {
     #[inline]
     pub fn get(&self, id: usize) -> Option<&RouteConfig> {
         self.slots.get(id)?.as_deref()
+    }
+
+    pub fn name_ordered(&self) -> bool {
+        self.name_ordered
     }
 
     /// The id of the route named `name`.
@@ -70,28 +76,6 @@ impl RouteTable {
         }
         self.slots.put(id, r.map(Arc::new));
     }
-}
-
-/// Re-ranks ties between routes by route name (what a build from the admin document gives),
-/// keeping route ids; costs a router rebuild, not a revalidation.
-pub fn order_routes_by_name(cfg: &mut Config) {
-    let mut ids: Vec<(&str, usize)> = cfg
-        .routes
-        .slots
-        .iter()
-        .enumerate()
-        .filter_map(|(id, r)| Some((r.as_deref()?.name.as_str(), id)))
-        .collect();
-    ids.sort_unstable();
-    let mut order = vec![0; cfg.routes.slots.len()];
-    for (rank, &(_, id)) in ids.iter().enumerate() {
-        order[id] = (rank as u64 + 1).saturating_mul(crate::route::ORDER_STEP);
-    }
-    cfg.router = Arc::new(
-        cfg.router
-            .reordered(|id| order.get(id).copied().unwrap_or(0)),
-    );
-    cfg.routes.name_ordered = true;
 }
 
 /// A copy of `cur` with route `name` put (`Some(route JSON)`) or removed, sharing everything

@@ -234,7 +234,7 @@ pub struct Router {
     interned: Arc<HashMap<Box<str>, u32>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Compiled {
     hosts: Vec<HostPattern>,
     paths: Vec<PathPattern>,
@@ -262,12 +262,20 @@ impl Default for Router {
 impl Router {
     /// Route id = index in `specs`; ties after every precedence rule go to the lower id.
     pub fn build(specs: &[RouteSpec]) -> Result<Router, RouteError> {
+        Router::build_with(specs, |id| (id as u64 + 1).saturating_mul(ORDER_STEP))
+    }
+
+    /// Like `build`, with ties after every precedence rule broken by `order(id)` (lower
+    /// first; orders must differ).
+    pub fn build_with(
+        specs: &[RouteSpec],
+        order: impl Fn(usize) -> u64,
+    ) -> Result<Router, RouteError> {
         let compiled = specs
             .iter()
             .enumerate()
             .map(|(id, spec)| {
-                compile(spec, (id as u64 + 1).saturating_mul(ORDER_STEP))
-                    .map_err(|message| RouteError { route: id, message })
+                compile(spec, order(id)).map_err(|message| RouteError { route: id, message })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut router = Router::default();

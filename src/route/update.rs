@@ -7,20 +7,6 @@ use super::pattern::{HostPattern, PathPattern, Seg};
 use super::{Compiled, Node, Rank, Router, Term};
 
 impl Router {
-    /// The same routes under the same ids with tie-break orders `order(id)`.
-    pub fn reordered(&self, order: impl Fn(usize) -> u64) -> Router {
-        let mut r = Router::default();
-        for (id, slot) in self.slots.iter().enumerate() {
-            r.slots.push(None);
-            if let Some(c) = slot {
-                let mut c = Compiled::clone(c);
-                c.order = order(id);
-                r.put(id, Arc::new(c));
-            }
-        }
-        r
-    }
-
     fn intern(&mut self, name: &str) -> u32 {
         if let Some(&id) = self.interned.get(name) {
             return id;
