@@ -138,7 +138,8 @@ type Chain = Rc<[Rc<dyn Plugin>]>;
 pub struct ShardPlugins {
     /// Per route: global instances, then the route's.
     chains: CowVec<Chain>,
-    global: Vec<Rc<dyn Plugin>>,
+    /// The global instances: also the chain of every route without plugins of its own.
+    global: Chain,
     consumers: Arc<Consumers>,
     limiters: Vec<ShardLimiter>,
     /// Shared by generations made by one-route changes (they keep the limiters too).
@@ -182,7 +183,7 @@ impl ShardPlugins {
             consumers: set.consumers.clone(),
             limiters: limiters.clone(),
         };
-        let global: Vec<Rc<dyn Plugin>> = set.global.iter().map(|f| f.build(&cx)).collect();
+        let global: Chain = set.global.iter().map(|f| f.build(&cx)).collect();
         let chains = set
             .routes
             .iter()
@@ -342,8 +343,12 @@ impl ShardPlugins {
 }
 
 /// The shard's limit-sync task: ticks at the configured interval until the shard drains.
-/// Global instances, then the route's own, built for this shard.
-fn chain_of(global: &[Rc<dyn Plugin>], route: &[FactoryRef], cx: &ShardCx) -> Chain {
+/// Global instances, then the route's own, built for this shard. Routes without plugins of
+/// their own share the global chain (one allocation per shard, not per route).
+fn chain_of(global: &Chain, route: &[FactoryRef], cx: &ShardCx) -> Chain {
+    if route.is_empty() {
+        return global.clone();
+    }
     global
         .iter()
         .cloned()

@@ -157,7 +157,7 @@ struct Term {
     wild: bool,
     depth: u16,
     /// (interned name, segment index) of each param, in segment order.
-    params: Arc<[(u32, u16)]>,
+    params: Box<[(u32, u16)]>,
     conds: Arc<Conds>,
 }
 
@@ -220,8 +220,8 @@ struct Ctx<'a> {
 /// clone is cheap and `set` on the clone copies only what one route touches.
 #[derive(Debug, Clone)]
 pub struct Router {
-    /// By route id: what was inserted for it (to take it out again), or None.
-    slots: CowVec<Option<Arc<Compiled>>>,
+    /// By route id: what it was inserted with (to take it out again), or None.
+    slots: CowVec<Option<Arc<Kept>>>,
     live: usize,
     any_root: Option<Arc<Node>>,
     exact_hosts: KeyMap,
@@ -232,6 +232,26 @@ pub struct Router {
     /// Interned param names; append-only so ids in `Params` stay valid across updates.
     names: CowVec<Box<str>>,
     interned: Arc<HashMap<Box<str>, u32>>,
+}
+
+/// A route's host and path patterns as written (parsed again to take it out: kept compact,
+/// since every route has one) and its tie-break order.
+#[derive(Debug)]
+struct Kept {
+    hosts: Box<[Box<str>]>,
+    paths: Box<[Box<str>]>,
+    order: u64,
+}
+
+impl Kept {
+    fn new(spec: &RouteSpec, order: u64) -> Kept {
+        let strs = |v: &[String]| v.iter().map(|s| Box::from(s.as_str())).collect();
+        Kept {
+            hosts: strs(&spec.hosts),
+            paths: strs(&spec.paths),
+            order,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -281,7 +301,7 @@ impl Router {
         let mut router = Router::default();
         for (id, c) in compiled.into_iter().enumerate() {
             router.slots.push(None);
-            router.put(id, Arc::new(c));
+            router.put(id, c, Kept::new(&specs[id], order(id)));
         }
         Ok(router)
     }
@@ -296,9 +316,10 @@ impl Router {
         order: u64,
     ) -> Result<(), RouteError> {
         let next = match spec {
-            Some(s) => {
-                Some(compile(s, order).map_err(|message| RouteError { route: id, message })?)
-            }
+            Some(s) => Some((
+                compile(s, order).map_err(|message| RouteError { route: id, message })?,
+                Kept::new(s, order),
+            )),
             None => None,
         };
         u32::try_from(id).map_err(|_| RouteError {
@@ -311,15 +332,15 @@ impl Router {
         if let Some(old) = self.slots.get(id).cloned().flatten() {
             self.take_out(id, &old);
         }
-        if let Some(c) = next {
-            self.put(id, Arc::new(c));
+        if let Some((c, k)) = next {
+            self.put(id, c, k);
         }
         Ok(())
     }
 
     /// The tie-break order route `id` was given, if it is in the table.
     pub fn order(&self, id: usize) -> Option<u64> {
-        self.slots.get(id)?.as_ref().map(|c| c.order)
+        self.slots.get(id)?.as_ref().map(|k| k.order)
     }
 
     /// Number of routes in the table.
@@ -442,26 +463,33 @@ impl Router {
     }
 }
 
+/// Host and path patterns of a route (no hosts = any host, no paths = "/*").
+fn patterns<S: AsRef<str>>(
+    hosts: &[S],
+    paths: &[S],
+) -> Result<(Vec<HostPattern>, Vec<PathPattern>), String> {
+    let mut h = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| pattern::parse_host(i, h.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if h.is_empty() {
+        h.push(HostPattern::Any);
+    }
+    h.dedup();
+    let mut p = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| pattern::parse_path(i, p.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if p.is_empty() {
+        p.push(PathPattern::any());
+    }
+    Ok((h, p))
+}
+
 fn compile(spec: &RouteSpec, order: u64) -> Result<Compiled, String> {
-    let mut hosts = spec
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| pattern::parse_host(i, h))
-        .collect::<Result<Vec<_>, _>>()?;
-    if hosts.is_empty() {
-        hosts.push(HostPattern::Any);
-    }
-    hosts.dedup();
-    let mut paths = spec
-        .paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| pattern::parse_path(i, p))
-        .collect::<Result<Vec<_>, _>>()?;
-    if paths.is_empty() {
-        paths.push(PathPattern::any());
-    }
+    let (hosts, paths) = patterns(&spec.hosts, &spec.paths)?;
     let methods = spec
         .methods
         .iter()

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::pattern::{HostPattern, PathPattern, Seg};
-use super::{Compiled, Node, Rank, Router, Term};
+use super::{Compiled, Kept, Node, Rank, Router, Term};
 
 impl Router {
     fn intern(&mut self, name: &str) -> u32 {
@@ -17,7 +17,7 @@ impl Router {
         id
     }
 
-    pub(super) fn put(&mut self, id: usize, c: Arc<Compiled>) {
+    pub(super) fn put(&mut self, id: usize, c: Compiled, kept: Kept) {
         let npaths = c.paths.len();
         for (h, host) in c.hosts.iter().enumerate() {
             for (p, pat) in c.paths.iter().enumerate() {
@@ -40,14 +40,16 @@ impl Router {
                 insert(self.root_mut(host), pat, term);
             }
         }
-        self.slots.set(id, Some(c));
+        self.slots.set(id, Some(Arc::new(kept)));
         self.live += 1;
     }
 
-    pub(super) fn take_out(&mut self, id: usize, c: &Compiled) {
+    pub(super) fn take_out(&mut self, id: usize, kept: &Kept) {
         let id32 = id as u32;
-        for host in &c.hosts {
-            for pat in &c.paths {
+        // These parsed when the route was put, so they parse the same now.
+        let (hosts, paths) = super::patterns(&kept.hosts, &kept.paths).unwrap_or_default();
+        for host in &hosts {
+            for pat in &paths {
                 let emptied = match host {
                     HostPattern::Any => self
                         .any_root
