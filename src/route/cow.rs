@@ -147,7 +147,8 @@ fn bucket_of(key: &[u8], n: usize) -> usize {
     let k = key.len().min(8);
     let (head, tail) = (word(&key[..k]), word(&key[key.len() - k..]));
     let h = (head ^ tail.rotate_left(29) ^ key.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    ((h >> 32) as usize) & (n - 1)
+    // Fibonacci hashing: the product's top bits depend on every input bit.
+    (h >> (64 - n.trailing_zeros())) as usize
 }
 
 impl<V: Clone> CowMap<V> {
