@@ -280,7 +280,11 @@ mod tests {
         }
         let biggest = m.buckets.iter().map(|b| b.len()).max().unwrap_or(0);
         // 512 buckets of ~98 on average; an update copies one of them.
-        assert!(biggest < 4 * BUCKET_LOAD, "{} buckets, biggest {biggest}", m.buckets.len());
+        assert!(
+            biggest < 4 * BUCKET_LOAD,
+            "{} buckets, biggest {biggest}",
+            m.buckets.len()
+        );
         assert!((0..50_000u32).all(|i| m.get(format!("/svc{i}").as_bytes()) == Some(&i)));
     }
 }
