@@ -109,6 +109,12 @@ pub fn with_route(
         };
         ConfigError::new(path, e.into_inner().to_string())
     })?;
+    if r.name != name {
+        return Err(ConfigError::new(
+            format!("{at}.name"),
+            format!("{:?} differs from the route's id {name:?}", r.name),
+        ));
+    }
     let upstreams: HashMap<String, usize> = cur
         .upstreams
         .iter()
