@@ -121,6 +121,61 @@ fn json_lines_carry_configured_fields() {
 }
 
 #[test]
+fn malformed_heads_answered_4xx_are_logged() {
+    let origin = Origin::start("o", |_| Resp::text(200, "12345").into());
+    let p = log_path("malformed");
+    let gw = Gateway::start(&config(
+        origin.addr,
+        &format!("[access_log]\npath = {:?}\n", p.to_str().unwrap()),
+    ));
+    // Not HTTP at all; a header line without a colon; an over-long request line.
+    assert_eq!(gw.client().request("GARBAGE\r\n\r\n").status, 400);
+    assert_eq!(
+        gw.client()
+            .request("GET /api/x HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n")
+            .status,
+        400
+    );
+    let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(70_000));
+    assert_eq!(gw.client().request(long).status, 414);
+    // A good request, then a bad one on the same connection: the bad one's line must not
+    // repeat the good request's method or URI.
+    let mut c = gw.client();
+    assert_eq!(get_with(&mut c, "/api/first").status, 200);
+    assert_eq!(c.request("BAD\x01 / HTTP/1.1\r\n\r\n").status, 400);
+    assert!(
+        wait_until(Duration::from_secs(5), || lines(&p).len() == 5),
+        "{:?}",
+        lines(&p)
+    );
+    let all = lines(&p);
+    let bad: Vec<&String> = all.iter().filter(|l| !l.contains("/api/first")).collect();
+    assert_eq!(bad.len(), 4, "{all:#?}");
+    let mut statuses: Vec<&str> = Vec::new();
+    for l in &bad {
+        assert!(l.starts_with("127.0.0.1 - - ["), "{l}");
+        // "- - HTTP/1.1" STATUS BYTES: method and URI unknown, bytes of the error body sent.
+        let req = l.split('"').nth(1).unwrap_or_default();
+        assert_eq!(req, "- - HTTP/1.1", "{l}");
+        let rest: Vec<&str> = l
+            .split('"')
+            .nth(2)
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert!(rest[1].parse::<u64>().is_ok_and(|n| n > 0), "{l}");
+        statuses.push(rest[0]);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, ["400", "400", "400", "414"], "{all:#?}");
+    let _ = std::fs::remove_file(&p);
+}
+
+fn get_with(c: &mut common::Client, path: &str) -> common::Response {
+    c.request(format!("GET {path} HTTP/1.1\r\nHost: example.com\r\n\r\n"))
+}
+
+#[test]
 fn sigusr1_reopens_after_rotation() {
     let origin = Origin::start("o", |_| Resp::text(200, "ok").into());
     let p = log_path("rotate");

@@ -1,6 +1,7 @@
 //! SIGHUP hot reload against the real binary: a valid file is swapped in (new generation), an
-//! invalid one is refused with the old config kept, new listen ports open without dropping
-//! existing connections, and a load loop sees zero failed requests across several reloads.
+//! invalid one is refused with the old config kept, new listen ports open and removed ones close
+//! without dropping existing connections, and a load loop sees zero failed requests across
+//! several reloads.
 
 mod common;
 mod opsutil;
@@ -117,6 +118,51 @@ fn new_listen_port_opens_without_dropping_connections() {
         "connection from before the reload still served"
     );
     assert_eq!(Client::connect(p.addr).get("/x").status, 200);
+}
+
+#[test]
+fn removed_listen_port_closes_but_its_connections_finish() {
+    let a = Origin::start("a", |_| Resp::text(200, "ok").into());
+    let first = free_port().to_string();
+    let second = free_port();
+    let both = [first.clone(), second.to_string()];
+    let p = Proc::start("reload-unlisten", &cfg(&both, a.addr, false));
+    // Connections on the port to be removed, open across the reload (several, so both
+    // shards are likely to hold one).
+    let mut kept: Vec<Client> = (0..6).map(|_| Client::connect(second)).collect();
+    for c in &mut kept {
+        assert_eq!(c.get("/x").status, 200);
+    }
+    p.rewrite(&cfg(std::slice::from_ref(&first), a.addr, false));
+    assert!(p.reload(1).contains("config reloaded"), "{}", p.logs.text());
+    assert!(
+        wait_until(Duration::from_secs(3), || Client::try_connect(second)
+            .is_err()),
+        "{second} still accepts after its removal:\n{}",
+        p.logs.text()
+    );
+    assert!(p
+        .logs
+        .text()
+        .contains(&format!("stopped listening on {second}")));
+    for c in &mut kept {
+        assert_eq!(
+            c.get("/x").status,
+            200,
+            "connection from before the removal"
+        );
+    }
+    assert_eq!(Client::connect(p.addr).get("/x").status, 200);
+    // Listing it again opens it again.
+    p.rewrite(&cfg(&both, a.addr, false));
+    p.reload(2);
+    assert!(
+        wait_until(Duration::from_secs(3), || Client::try_connect(second)
+            .is_ok()),
+        "{}",
+        p.logs.text()
+    );
+    assert_eq!(Client::connect(second).get("/x").status, 200);
 }
 
 #[test]

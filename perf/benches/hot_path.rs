@@ -9,7 +9,7 @@ use ringway::cache::entry::Entry;
 use ringway::cache::store::Store;
 use ringway::http::parse::{HeadLimits, RequestHead};
 use ringway::limit::bucket::{Bucket, BucketParams};
-use ringway::route::{Params, RequestView, RouteSpec, Router};
+use ringway::route::{Params, RequestView, RouteSpec, Router, ORDER_STEP};
 use ringway::upstream::balance::{Balancer, NodeSet, Policy};
 use ringway_perf::{
     naive_parse_head, NaiveBucket, NaiveLru, NaiveRouter, NaiveSmoothWrr, NaiveWrr,
@@ -80,6 +80,33 @@ fn router(c: &mut Criterion) {
         });
         g.finish();
     }
+}
+
+/// One route replaced in a 50k-route table: the copy-on-write update (clone the shared router,
+/// `set` one route) against the full rebuild every admin change used to cost.
+fn route_update(c: &mut Criterion) {
+    let (specs, _) = routes(50_000);
+    let router = Router::build(&specs).expect("routes build");
+    let moved = RouteSpec {
+        paths: vec!["/moved/{id}".into()],
+        ..Default::default()
+    };
+    let mut g = c.benchmark_group("route_update_50k");
+    g.sample_size(10);
+    g.bench_function("ringway_set_one", |b| {
+        b.iter(|| {
+            let mut next = router.clone();
+            next.set(25_000, Some(&moved), 25_001 * ORDER_STEP)
+                .expect("valid");
+            black_box(next)
+        })
+    });
+    g.bench_function("naive_full_rebuild", |b| {
+        let mut changed = specs.clone();
+        changed[25_000] = moved.clone();
+        b.iter(|| black_box(Router::build(black_box(&changed)).expect("routes build")))
+    });
+    g.finish();
 }
 
 fn balance(c: &mut Criterion) {
@@ -188,5 +215,5 @@ fn cache(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, router, balance, bucket, cache);
+criterion_group!(benches, parse, router, route_update, balance, bucket, cache);
 criterion_main!(benches);

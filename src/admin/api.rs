@@ -1,6 +1,7 @@
 //! The admin REST API (APISIX-like): routes, upstreams, consumers and global rules under
-//! `/apisix/admin/`, with key auth, a viewer key and a client allow-list. Every change is
-//! validated as a whole config, applied to all shards through the plane, then persisted.
+//! `/apisix/admin/`, with key auth, a viewer key and a client allow-list. A change to one route
+//! is validated and applied as that route alone; any other change is validated as a whole
+//! config. Either way it reaches all shards through the plane, then is persisted.
 
 use serde_json::{json, Value};
 
@@ -118,6 +119,56 @@ pub fn handle(plane: &Plane, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Res
     }
 }
 
+/// One route put or removed without a full rebuild: only that route is validated, the router
+/// and shards update that route only, and the state file gets one journal line. `Ok(None)`
+/// when the change needs the full path (see `config::with_route`).
+fn route_change(
+    plane: &Plane,
+    store: &mut Store,
+    id: &str,
+    obj: Option<Value>,
+) -> Result<Option<(u64, std::time::Duration)>, crate::config::ConfigError> {
+    let cur = plane.config();
+    let Some(order) = route_order(store, &cur, id) else {
+        return Ok(None);
+    };
+    let Some((cfg, slot)) = crate::config::with_route(&cur, id, obj.clone(), order)? else {
+        return Ok(None);
+    };
+    let done = plane.apply_route(cfg, slot);
+    if let Err(e) = store.persist_change(Kind::Routes, id, obj.as_ref()) {
+        log::error!(
+            "admin: applied generation {} but could not persist it: {e}",
+            done.0
+        );
+    }
+    Ok(Some(done))
+}
+
+/// Where route `id` goes among routes of equal precedence: a full build from the store ranks
+/// them in id (= name) order, so a replaced route keeps its order and a new one gets an order
+/// between its neighbours by name. `None` when that is not possible without renumbering.
+fn route_order(store: &Store, cfg: &crate::config::Config, id: &str) -> Option<u64> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    if !cfg.routes.name_ordered() {
+        return None;
+    }
+    let order_of = |name: &str| cfg.router.order(cfg.routes.id(name)?);
+    if let Some(slot) = cfg.routes.id(id) {
+        return cfg.router.order(slot);
+    }
+    let set = &store.sets[Kind::Routes.seg()];
+    let lo = match set.range::<str, _>((Unbounded, Excluded(id))).next_back() {
+        Some((name, _)) => order_of(name)?,
+        None => 0,
+    };
+    let hi = match set.range::<str, _>((Excluded(id), Unbounded)).next() {
+        Some((name, _)) => order_of(name)?,
+        None => lo.saturating_add(2 * crate::route::ORDER_STEP),
+    };
+    (hi > lo + 1 && hi <= crate::route::ORDER_MAX).then(|| lo + (hi - lo) / 2)
+}
+
 fn item(kind: Kind, id: &str, v: &Value) -> Value {
     json!({ "key": format!("/apisix/{}/{id}", kind.seg()), "value": v })
 }
@@ -188,20 +239,31 @@ fn change(
             );
         }
     }
-    let cfg = match store.build() {
-        Ok(c) => c,
+    let applied = match kind {
+        Kind::Routes => route_change(plane, store, &id, obj.clone()),
+        _ => Ok(None),
+    };
+    let applied = match applied {
+        Ok(Some((g, t))) => Ok((g, t, "one route")),
+        Ok(None) => store.build().map(|cfg| {
+            let (g, t) = plane.apply(super::with_source(cfg, plane));
+            if let Err(e) = store.persist() {
+                log::error!("admin: applied generation {g} but could not persist it: {e}");
+            }
+            (g, t, "full rebuild")
+        }),
+        Err(e) => Err(e),
+    };
+    let (generation, took, how) = match applied {
+        Ok(done) => done,
         Err(e) => {
             restore(store);
             plane.note_failure();
             return Response::error(400, e.to_string());
         }
     };
-    let (generation, took) = plane.apply(super::with_source(cfg, plane));
-    if let Err(e) = store.persist() {
-        log::error!("admin: applied generation {generation} but could not persist it: {e}");
-    }
     log::info!(
-        "admin: {} {}/{id}: generation {generation} applied in {took:?}",
+        "admin: {} {}/{id}: generation {generation} applied in {took:?} ({how})",
         if obj.is_some() { "put" } else { "deleted" },
         kind.seg()
     );

@@ -45,13 +45,14 @@ fn state_file(cfg: &crate::config::Config) -> Option<std::path::PathBuf> {
         .or_else(|| cfg.source.as_deref().map(store::default_state_file))
 }
 
-/// At start-up: with the admin API on and a state file present, the file's routes, upstreams,
-/// consumers and global rules are replaced by the state file's (changes survive restarts).
+/// At start-up: with the admin API on and a state file (or its journal) present, the file's
+/// routes, upstreams, consumers and global rules are replaced by the state's (changes survive
+/// restarts).
 pub fn startup_config(cfg: crate::config::Config) -> Result<crate::config::Config, String> {
     let (Some(src), Some(state)) = (cfg.source.clone(), state_file(&cfg)) else {
         return Ok(cfg);
     };
-    if !state.exists() {
+    if !state.exists() && !store::journal_file(&state).exists() {
         return Ok(cfg);
     }
     let mut built = store::Store::open(&src, Some(state.clone()))

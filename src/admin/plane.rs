@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::metrics::expose::PlaneInfo;
 use crate::metrics::ShardSnapshot;
 use crate::runtime::shard::Control;
+use crate::runtime::wake::Nudge;
 
 /// How long a scrape waits for shards (they answer on their next 50 ms tick).
 const SNAPSHOT_WAIT: Duration = Duration::from_millis(500);
@@ -20,6 +21,8 @@ const PREPARE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Plane {
     senders: Vec<Sender<Control>>,
+    /// Per shard, what wakes its control loop at once (a swap need not wait for its tick).
+    nudges: Vec<Option<Nudge>>,
     started: Instant,
     inner: Mutex<Inner>,
     /// Serialises swaps (admin changes, SIGHUP) so generations commit in order.
@@ -38,9 +41,14 @@ struct Inner {
 }
 
 impl Plane {
-    pub fn new(cfg: Arc<Config>, senders: Vec<Sender<Control>>) -> Arc<Plane> {
+    pub fn new(
+        cfg: Arc<Config>,
+        senders: Vec<Sender<Control>>,
+        nudges: Vec<Option<Nudge>>,
+    ) -> Arc<Plane> {
         Arc::new(Plane {
             senders,
+            nudges,
             started: Instant::now(),
             inner: Mutex::new(Inner {
                 generation: 1,
@@ -79,6 +87,17 @@ impl Plane {
     /// Sends `cfg` to every shard: each builds its next generation and acks (prepare), then all
     /// are told to switch (commit). Returns the new generation number and how long it took.
     pub fn apply(&self, cfg: Config) -> (u64, Duration) {
+        self.swap_in(cfg, None)
+    }
+
+    /// Like `apply`, for a config that `config::with_route` made from the current one: shards
+    /// rebuild route `id`'s state only. `cfg` must have been made from `config()` while the
+    /// caller held the admin store lock, so no other change came in between.
+    pub fn apply_route(&self, cfg: Config, id: usize) -> (u64, Duration) {
+        self.swap_in(cfg, Some(id))
+    }
+
+    fn swap_in(&self, cfg: Config, route: Option<usize>) -> (u64, Duration) {
         let t0 = Instant::now();
         let _one = self.swap.lock().unwrap_or_else(|e| e.into_inner());
         let cfg = Arc::new(cfg);
@@ -89,12 +108,14 @@ impl Plane {
             let msg = Control::Prepare {
                 generation,
                 cfg: cfg.clone(),
+                route,
                 ack: ack.clone(),
             };
             if tx.send(msg).is_ok() {
                 sent += 1;
             }
         }
+        self.nudge_all();
         let got = wait_acks(&acks, sent);
         if got < sent {
             // Channels are ordered: a slow shard still prepares before it sees the commit.
@@ -112,6 +133,7 @@ impl Plane {
                 sent += 1;
             }
         }
+        self.nudge_all();
         // Waiting for the commits means a caller (the admin API) answers only once every
         // shard's next request will use the new generation.
         wait_acks(&acks, sent);
@@ -120,6 +142,12 @@ impl Plane {
         inner.cfg = cfg;
         inner.reloads_ok += 1;
         (generation, t0.elapsed())
+    }
+
+    fn nudge_all(&self) {
+        for n in self.nudges.iter().flatten() {
+            n.nudge();
+        }
     }
 
     /// Asks every shard for its counters; shards that do not answer in time are left out.
@@ -251,7 +279,22 @@ impl Plane {
             return;
         }
         self.add_listeners(&cur, &new);
+        let removed: Vec<_> = cur
+            .server
+            .listen
+            .iter()
+            .filter(|a| !new.server.listen.contains(a))
+            .copied()
+            .collect();
         let (generation, took) = self.apply(new);
+        if !removed.is_empty() {
+            for tx in &self.senders {
+                let _ = tx.send(Control::Unlisten(removed.clone()));
+            }
+            for a in &removed {
+                log::info!("stopped listening on {a} (removed by reload; open connections stay)");
+            }
+        }
         log::info!(
             "SIGHUP: config reloaded from {}: generation {generation} applied in {took:?}",
             path.display()
@@ -287,7 +330,9 @@ impl Plane {
             match crate::net::listen::bind_all(&[*addr], self.senders.len()) {
                 Ok(b) => {
                     for (tx, ls) in self.senders.iter().zip(b.per_shard) {
-                        let _ = tx.send(Control::Listen(ls));
+                        let _ = tx.send(Control::Listen(
+                            ls.into_iter().map(|l| (*addr, l)).collect(),
+                        ));
                     }
                     for a in b.addrs {
                         log::info!("listening on {a} (added by reload)");

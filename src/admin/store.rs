@@ -62,6 +62,8 @@ pub struct Store {
     pub sets: BTreeMap<&'static str, BTreeMap<String, Value>>,
     dir: PathBuf,
     pub state_file: Option<PathBuf>,
+    /// Changes appended since the state file was last written whole.
+    journaled: usize,
 }
 
 fn read_toml(path: &Path) -> Result<Value, ConfigError> {
@@ -115,6 +117,7 @@ impl Store {
             sets,
             dir,
             state_file,
+            journaled: 0,
         };
         if let Some(p) = &store.state_file {
             if p.exists() {
@@ -130,7 +133,79 @@ impl Store {
                 }
             }
         }
+        store.replay_journal();
         Ok(store)
+    }
+
+    /// Applies the changes journaled after the state file was written (or, before there is
+    /// one, on top of the config file's collections). A torn last line (a crash mid-append)
+    /// ends the replay: that change was never acknowledged.
+    fn replay_journal(&mut self) {
+        let Some(j) = self.state_file.as_deref().map(journal_file) else {
+            return;
+        };
+        let Ok(text) = std::fs::read_to_string(&j) else {
+            return;
+        };
+        for line in text.split_inclusive('\n') {
+            let entry = serde_json::from_str::<Value>(line)
+                .ok()
+                .filter(|_| line.ends_with('\n'));
+            let parsed = entry.as_ref().and_then(|e| {
+                let kind = KINDS
+                    .into_iter()
+                    .find(|k| Some(k.seg()) == e["kind"].as_str())?;
+                Some((kind, e["id"].as_str()?, &e["value"]))
+            });
+            let Some((kind, id, value)) = parsed else {
+                log::warn!(
+                    "admin state journal {}: stopping at a torn or unreadable entry",
+                    j.display()
+                );
+                break;
+            };
+            let set = self.sets.entry(kind.seg()).or_default();
+            match value {
+                Value::Null => set.remove(id),
+                v => set.insert(id.to_string(), v.clone()),
+            };
+            self.journaled += 1;
+        }
+    }
+
+    /// Records one change (`None` = deleted) by appending a line to the journal beside the
+    /// state file: the cost of a change, not of the whole state. Every `COMPACT_AFTER` changes
+    /// the whole state is written instead (and the journal cleared).
+    pub fn persist_change(
+        &mut self,
+        kind: Kind,
+        id: &str,
+        obj: Option<&Value>,
+    ) -> Result<(), String> {
+        use std::io::Write;
+        let Some(p) = &self.state_file else {
+            return Ok(());
+        };
+        if self.journaled >= COMPACT_AFTER {
+            return self.persist();
+        }
+        let j = journal_file(p);
+        let mut line = serde_json::to_vec(&serde_json::json!({
+            "kind": kind.seg(),
+            "id": id,
+            "value": obj.unwrap_or(&Value::Null),
+        }))
+        .map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        // One write of a whole line in append mode; a crash can only tear the last line.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&j)
+            .and_then(|mut f| f.write_all(&line))
+            .map_err(|e| format!("cannot append to {}: {e}", j.display()))?;
+        self.journaled += 1;
+        Ok(())
     }
 
     /// The whole document in the config file's shape.
@@ -181,7 +256,7 @@ impl Store {
     }
 
     /// Writes the collections to the state file (atomically: temp file, then rename).
-    pub fn persist(&self) -> Result<(), String> {
+    pub fn persist(&mut self) -> Result<(), String> {
         let Some(p) = &self.state_file else {
             return Ok(());
         };
@@ -195,7 +270,18 @@ impl Store {
         let tmp = p.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(&Value::Object(state)).map_err(|e| e.to_string())?;
         std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, p).map_err(|e| format!("cannot rename to {}: {e}", p.display()))
+        std::fs::rename(&tmp, p).map_err(|e| format!("cannot rename to {}: {e}", p.display()))?;
+        // The state file now holds every journaled change; replaying them again would be
+        // harmless (puts and deletes by id), but there is no need.
+        let j = journal_file(p);
+        match std::fs::remove_file(&j) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("cannot remove {}: {e}", j.display()))
+            }
+            _ => {}
+        }
+        self.journaled = 0;
+        Ok(())
     }
 
     /// Who refers to `kind/id` (only routes refer to upstreams by name).
@@ -209,6 +295,16 @@ impl Store {
             .map(|(rid, _)| format!("routes/{rid}"))
             .collect()
     }
+}
+
+/// Journal entries after which a change rewrites the whole state file (and clears the journal).
+const COMPACT_AFTER: usize = 4096;
+
+/// The journal of changes since the state file was written: `<state file>.journal`.
+pub fn journal_file(state: &Path) -> PathBuf {
+    let mut name = state.file_name().unwrap_or_default().to_os_string();
+    name.push(".journal");
+    state.with_file_name(name)
 }
 
 /// The state file's default place: beside the config file.
@@ -236,5 +332,62 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
             }
         }
         other => *target = other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn setup(tag: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("ringway-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("gw.toml");
+        std::fs::write(
+            &src,
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[[upstreams]]\nname = \"a\"\nnodes = [{ addr = \"127.0.0.1:9\" }]\n[[routes]]\nname = \"r1\"\npaths = [\"/1\"]\nupstream = \"a\"\n",
+        )
+        .unwrap();
+        let state = default_state_file(&src);
+        (src, state)
+    }
+
+    fn route_ids(s: &Store) -> Vec<&str> {
+        s.sets["routes"].keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn journal_replays_and_a_torn_tail_is_dropped() {
+        let (src, state) = setup("journal");
+        let mut s = Store::open(&src, Some(state.clone())).unwrap();
+        let r2 = json!({"name": "r2", "paths": ["/2"], "upstream": "a"});
+        s.sets
+            .get_mut("routes")
+            .unwrap()
+            .insert("r2".into(), r2.clone());
+        s.persist_change(Kind::Routes, "r2", Some(&r2)).unwrap();
+        s.sets.get_mut("routes").unwrap().remove("r1");
+        s.persist_change(Kind::Routes, "r1", None).unwrap();
+        assert!(
+            !state.exists(),
+            "no whole-state write for a one-route change"
+        );
+        let j = journal_file(&state);
+        // A crash mid-append leaves a line without its newline: it was never acknowledged.
+        let mut text = std::fs::read_to_string(&j).unwrap();
+        text.push_str(r#"{"kind":"routes","id":"r3","value":{"na"#);
+        std::fs::write(&j, text).unwrap();
+        let back = Store::open(&src, Some(state.clone())).unwrap();
+        assert_eq!(route_ids(&back), ["r2"]);
+        assert!(back.build().is_ok());
+
+        // A whole write folds the journal in and removes it.
+        let mut back = back;
+        back.persist().unwrap();
+        assert!(state.exists() && !j.exists());
+        assert_eq!(route_ids(&Store::open(&src, Some(state)).unwrap()), ["r2"]);
+        let _ = std::fs::remove_dir_all(src.parent().unwrap());
     }
 }

@@ -4,6 +4,7 @@
 mod checks;
 pub mod ops;
 mod raw;
+mod routes;
 mod tls;
 mod validate;
 
@@ -16,6 +17,7 @@ use crate::route::Router;
 use crate::upstream::balance::Policy;
 
 pub use checks::{ActiveCheck, CheckKind};
+pub use routes::{with_route, RouteTable};
 pub use validate::parse_duration;
 
 /// A configuration error: which key is wrong and what was expected.
@@ -155,8 +157,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub demo: Option<SocketAddr>,
     pub upstreams: Vec<UpstreamConfig>,
-    pub routes: Vec<RouteConfig>,
-    /// Compiled once and shared read-only by every shard.
+    /// By route id, the id `router` returns.
+    pub routes: RouteTable,
+    /// Shared read-only by every shard; a one-route change makes a copy-on-write update.
     pub router: Arc<Router>,
     /// Plugin factories (global and per route) and consumers.
     pub plugins: crate::plugin::PluginSet,

@@ -56,13 +56,28 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
         routes.push(rc);
         specs.push(spec);
     }
-    let router = Router::build(&specs).map_err(|e| ConfigError::new("routes", e.to_string()))?;
+    // With the admin API on, ties between routes go to the lower name: that is the order of the
+    // admin document (routes by id = name), so a file load, a build from the admin document and
+    // a one-route change (which places a route among its neighbours by name) all agree.
+    let name_order = raw.admin.is_some();
+    let router = if name_order {
+        let mut ids: Vec<usize> = (0..raw.routes.len()).collect();
+        ids.sort_unstable_by(|&a, &b| raw.routes[a].name.cmp(&raw.routes[b].name));
+        let mut order = vec![0; ids.len()];
+        for (rank, id) in ids.into_iter().enumerate() {
+            order[id] = (rank as u64 + 1).saturating_mul(crate::route::ORDER_STEP);
+        }
+        Router::build_with(&specs, |id| order.get(id).copied().unwrap_or(0))
+    } else {
+        Router::build(&specs)
+    }
+    .map_err(|e| ConfigError::new("routes", e.to_string()))?;
     let plugins = plugins(&raw, &by_name, server.workers)?;
     Ok(Config {
         server,
         demo,
         upstreams,
-        routes,
+        routes: super::RouteTable::new(routes, name_order),
         router: Arc::new(router),
         plugins,
         status: super::ops::status(&raw)?,
@@ -334,7 +349,7 @@ fn hash_on_error(path: String, got: &str) -> ConfigError {
     )
 }
 
-fn route(
+pub(super) fn route(
     i: usize,
     r: &RawRoute,
     upstreams: &HashMap<String, usize>,

@@ -259,7 +259,8 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 /// The gateway's own error response: `{"error":"...","status":N}`.
-pub fn error_response(out: &mut BytesMut, status: u16, message: &str, keep_alive: bool) {
+/// Returns the body's length (for the access log).
+pub fn error_response(out: &mut BytesMut, status: u16, message: &str, keep_alive: bool) -> u64 {
     let escapes = message.bytes().filter(|&b| b == b'"' || b == b'\\').count();
     // {"error":"<message>","status":NNN}
     let body_len = 10 + message.len() + escapes + 11 + 3 + 1;
@@ -285,6 +286,7 @@ pub fn error_response(out: &mut BytesMut, status: u16, message: &str, keep_alive
     out.put_slice(b"\",\"status\":");
     put_u64(out, u64::from(status));
     out.put_u8(b'}');
+    body_len as u64
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod expose;
 pub mod names;
 
+use crate::route::cow::CowVec;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -88,12 +89,21 @@ pub struct ShardMetrics {
 }
 
 impl ShardMetrics {
-    /// The counters for each route of a new generation, in route-id order.
-    pub fn for_routes<'a>(&self, names: impl Iterator<Item = &'a str>) -> Vec<Rc<RouteStats>> {
-        let mut map = self.routes.borrow_mut();
-        names
-            .map(|n| map.entry(n.into()).or_default().clone())
-            .collect()
+    /// The counters for each route id of a new generation (`None` for unused ids).
+    pub fn for_routes<'a>(
+        &self,
+        names: impl Iterator<Item = Option<&'a str>>,
+    ) -> CowVec<Option<Rc<RouteStats>>> {
+        names.map(|n| n.map(|n| self.for_route(n))).collect()
+    }
+
+    /// One route's counters, kept by name across generations.
+    pub fn for_route(&self, name: &str) -> Rc<RouteStats> {
+        self.routes
+            .borrow_mut()
+            .entry(name.into())
+            .or_default()
+            .clone()
     }
 
     /// Non-zero routes only, so a scrape of a 50k-route table sends what was used.
@@ -195,10 +205,16 @@ mod tests {
     #[test]
     fn same_name_same_counters_across_generations() {
         let m = ShardMetrics::default();
-        let a = m.for_routes(["r1", "r2"].into_iter());
-        a[1].record(200, Duration::ZERO);
-        let b = m.for_routes(["r2", "r3"].into_iter());
-        assert_eq!(b[0].snapshot().total(), 1);
+        let a = m.for_routes([Some("r1"), Some("r2")].into_iter());
+        a.get(1)
+            .cloned()
+            .flatten()
+            .unwrap()
+            .record(200, Duration::ZERO);
+        let b = m.for_routes([Some("r2"), None, Some("r3")].into_iter());
+        assert_eq!(b.get(0).cloned().flatten().unwrap().snapshot().total(), 1);
+        assert!(b.get(1).unwrap().is_none());
+        assert_eq!(m.for_route("r2").snapshot().total(), 1);
         assert_eq!(m.route_counts().len(), 1);
     }
 }

@@ -17,6 +17,7 @@ use crate::limit::bucket::{Bucket, BucketParams};
 use crate::limit::conc::Concurrency;
 use crate::limit::count::{CountLimiter, CountParams};
 use crate::limit::sync::{Endpoint, Report};
+use crate::route::cow::CowVec;
 
 pub type FactoryRef = Arc<dyn PluginFactory>;
 
@@ -24,6 +25,7 @@ pub type FactoryRef = Arc<dyn PluginFactory>;
 type Phase = fn(&dyn Plugin, &RequestHead, &mut Ctx) -> Flow;
 
 /// A plugin in a route's chain with the phases it implements.
+#[derive(Clone)]
 struct Link {
     phases: u8,
     plugin: Rc<dyn Plugin>,
@@ -37,6 +39,19 @@ struct Chain {
 }
 
 impl Chain {
+    fn of(plugins: impl Iterator<Item = Rc<dyn Plugin>>) -> Chain {
+        let links: Vec<Link> = plugins
+            .map(|plugin| Link {
+                phases: plugin.phases(),
+                plugin,
+            })
+            .collect();
+        Chain {
+            phases: links.iter().fold(0, |m, l| m | l.phases),
+            links,
+        }
+    }
+
     /// The plugins that implement `bit`, in order.
     #[inline]
     fn with(&self, bit: u8) -> impl Iterator<Item = &dyn Plugin> {
@@ -59,8 +74,8 @@ pub enum LimiterSpec {
 pub struct PluginSet {
     /// `[global_plugins]`, run for every route before the route's own.
     pub global: Vec<FactoryRef>,
-    /// Per route (same index as `Config::routes`), sorted by priority.
-    pub routes: Vec<Vec<FactoryRef>>,
+    /// Per route id (as in `Config::routes`), sorted by priority; shared between generations.
+    pub routes: CowVec<Arc<[FactoryRef]>>,
     pub consumers: Arc<Consumers>,
     pub limiters: Vec<LimiterSpec>,
     /// How often shards exchange limit state.
@@ -75,7 +90,7 @@ impl Default for PluginSet {
     fn default() -> Self {
         PluginSet {
             global: Vec::new(),
-            routes: Vec::new(),
+            routes: CowVec::default(),
             consumers: Arc::new(Consumers::default()),
             limiters: Vec::new(),
             sync_interval: Duration::from_millis(20),
@@ -85,12 +100,31 @@ impl Default for PluginSet {
     }
 }
 
+impl PluginSet {
+    /// A copy for the next generation of a one-route change: factories, consumers and limiter
+    /// specs are shared; shards keep the sync endpoints they have (`ShardPlugins::with_route`).
+    pub fn share(&self) -> PluginSet {
+        PluginSet {
+            global: self.global.clone(),
+            routes: self.routes.clone(),
+            consumers: self.consumers.clone(),
+            limiters: self.limiters.clone(),
+            sync_interval: self.sync_interval,
+            epoch: self.epoch,
+            endpoints: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 impl std::fmt::Debug for PluginSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names = |v: &Vec<FactoryRef>| v.iter().map(|p| p.name()).collect::<Vec<_>>();
+        let names = |v: &[FactoryRef]| v.iter().map(|p| p.name()).collect::<Vec<_>>();
         f.debug_struct("PluginSet")
             .field("global", &names(&self.global))
-            .field("routes", &self.routes.iter().map(names).collect::<Vec<_>>())
+            .field(
+                "routes",
+                &self.routes.iter().map(|r| names(r)).collect::<Vec<_>>(),
+            )
             .field("consumers", &self.consumers)
             .field("limiters", &self.limiters.len())
             .finish()
@@ -142,11 +176,15 @@ pub struct ShardCx {
 /// A shard's plugin chains and limit state.
 pub struct ShardPlugins {
     /// Per route: global instances, then the route's.
-    chains: Vec<Chain>,
+    chains: CowVec<Rc<Chain>>,
+    /// The global instances: also the chain of every route without plugins of its own.
+    global: Rc<Chain>,
     /// What an unknown route index gets.
     no_plugins: Chain,
+    consumers: Arc<Consumers>,
     limiters: Vec<ShardLimiter>,
-    endpoint: Endpoint,
+    /// Shared by generations made by one-route changes (they keep the limiters too).
+    endpoint: Rc<Endpoint>,
     epoch: Instant,
     sync_interval: Duration,
 }
@@ -186,38 +224,51 @@ impl ShardPlugins {
             consumers: set.consumers.clone(),
             limiters: limiters.clone(),
         };
-        let global: Vec<Rc<dyn Plugin>> = set.global.iter().map(|f| f.build(&cx)).collect();
+        let global = Rc::new(Chain::of(set.global.iter().map(|f| f.build(&cx))));
         let chains = set
             .routes
             .iter()
-            .map(|r| {
-                let mut c = global.clone();
-                c.extend(r.iter().map(|f| f.build(&cx)));
-                let links: Vec<Link> = c
-                    .into_iter()
-                    .map(|plugin| Link {
-                        phases: plugin.phases(),
-                        plugin,
-                    })
-                    .collect();
-                Chain {
-                    phases: links.iter().fold(0, |m, l| m | l.phases),
-                    links,
-                }
-            })
+            .map(|r| chain_of(&global, r, &cx))
             .collect();
         ShardPlugins {
             chains,
+            global,
             no_plugins: Chain::default(),
+            consumers: set.consumers.clone(),
             limiters,
-            endpoint,
+            endpoint: Rc::new(endpoint),
             epoch: set.epoch,
             sync_interval: set.sync_interval,
         }
     }
 
+    /// The next generation after a one-route change: only route `id`'s chain is built (from
+    /// `set`); the other chains, the global instances and the limit state are shared.
+    pub fn with_route(&self, set: &PluginSet, id: usize) -> ShardPlugins {
+        let cx = ShardCx {
+            id: self.endpoint.id,
+            shards: self.endpoint.shards,
+            epoch: self.epoch,
+            consumers: self.consumers.clone(),
+            limiters: self.limiters.clone(),
+        };
+        let mut chains = self.chains.clone();
+        let route = set.routes.get(id).cloned().unwrap_or_default();
+        chains.put(id, chain_of(&self.global, &route, &cx));
+        ShardPlugins {
+            chains,
+            global: self.global.clone(),
+            no_plugins: Chain::default(),
+            consumers: self.consumers.clone(),
+            limiters: self.limiters.clone(),
+            endpoint: self.endpoint.clone(),
+            epoch: self.epoch,
+            sync_interval: self.sync_interval,
+        }
+    }
+
     fn route_chain(&self, route: usize) -> &Chain {
-        self.chains.get(route).unwrap_or(&self.no_plugins)
+        self.chains.get(route).map_or(&self.no_plugins, |c| c)
     }
 
     /// True when neither the route nor the global set has plugins.
@@ -352,6 +403,21 @@ impl ShardPlugins {
 }
 
 /// The shard's limit-sync task: ticks at the configured interval until the shard drains.
+/// Global instances, then the route's own, built for this shard. Routes without plugins of
+/// their own share the global chain (one allocation per shard, not per route).
+fn chain_of(global: &Rc<Chain>, route: &[FactoryRef], cx: &ShardCx) -> Rc<Chain> {
+    if route.is_empty() {
+        return global.clone();
+    }
+    Rc::new(Chain::of(
+        global
+            .links
+            .iter()
+            .map(|l| l.plugin.clone())
+            .chain(route.iter().map(|f| f.build(cx))),
+    ))
+}
+
 pub async fn sync_loop(shard: Rc<crate::runtime::shard::Shard>) {
     let plugins = &shard.plugins;
     if !plugins.has_limiters() {

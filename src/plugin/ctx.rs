@@ -36,6 +36,8 @@ pub struct Ctx {
     pub status_override: Option<u16>,
     /// Final status (the upstream's, a plugin's, or the gateway's error), for `log`.
     pub status: u16,
+    /// Body length of the gateway's own error response, if it sent one (access log bytes).
+    pub error_body: u64,
     /// Wait this long before going on (limit-req, limit-conn, fault-injection delays).
     pub delay: Duration,
     /// Key hashes limit-conn took a slot for; released in `log`. (limiter id, key)
@@ -67,6 +69,7 @@ impl Ctx {
             req_headers: HeaderEdits::default(),
             resp_headers: HeaderEdits::default(),
             status_override: None,
+            error_body: 0,
             status: 0,
             delay: Duration::ZERO,
             held: Vec::new(),

@@ -66,6 +66,29 @@ fn chain(
     Ok(out)
 }
 
+/// One route's chain on top of an existing set (the admin API's one-route change). `None`
+/// when the chain defines rate-limit state, which is numbered across the whole set and so
+/// needs a full build.
+pub fn route_chain(
+    name: &str,
+    plugins: &BTreeMap<String, toml::Value>,
+    at: &str,
+    set: &PluginSet,
+    upstreams: &HashMap<String, usize>,
+) -> Result<Option<Arc<[FactoryRef]>>, ConfigError> {
+    let mut cx = BuildCx {
+        upstreams,
+        consumers: set.consumers.clone(),
+        limiters: Vec::new(),
+        groups: HashMap::new(),
+        sync_interval: None,
+        owner: format!("route {name:?}"),
+    };
+    let out = chain(plugins, at, &mut cx)?;
+    let standalone = cx.limiters.is_empty() && cx.groups.is_empty() && cx.sync_interval.is_none();
+    Ok(standalone.then(|| out.into()))
+}
+
 /// Builds every plugin factory and the consumer table from the config's raw tables.
 pub fn build(
     global: &BTreeMap<String, toml::Value>,
@@ -87,11 +110,11 @@ pub fn build(
     let mut per_route = Vec::with_capacity(routes.len());
     for (i, (name, r)) in routes.iter().enumerate() {
         cx.owner = format!("route {name:?}");
-        per_route.push(chain(r, &format!("routes[{i}].plugins"), &mut cx)?);
+        per_route.push(chain(r, &format!("routes[{i}].plugins"), &mut cx)?.into());
     }
     let mut set = PluginSet {
         global,
-        routes: per_route,
+        routes: per_route.into_iter().collect(),
         consumers,
         limiters: cx.limiters,
         ..PluginSet::default()

@@ -130,7 +130,9 @@ impl<S: ClientStream> ClientConn<S> {
                 HeadRead::Ready => {}
                 HeadRead::Close => return None,
                 HeadRead::Fail(e) => {
+                    let started = self.observe_start();
                     self.respond_error(&shard, e.into(), false).await;
+                    self.observe_bad_head(&shard, started);
                     return None;
                 }
             }
@@ -274,7 +276,8 @@ impl<S: ClientStream> ClientConn<S> {
         shard.stats.errors.set(shard.stats.errors.get() + 1);
         self.cx.status = err.status();
         self.wbuf.clear();
-        write::error_response(&mut self.wbuf, err.status(), err.message(), keep);
+        self.cx.error_body =
+            write::error_response(&mut self.wbuf, err.status(), err.message(), keep);
         write_all(
             &mut self.stream,
             &mut self.wbuf,

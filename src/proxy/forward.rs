@@ -46,7 +46,10 @@ enum Exchange {
 
 impl<S: ClientStream> ClientConn<S> {
     pub(super) async fn forward(&mut self, shard: &Shard, route_id: usize) -> After {
-        let route = &shard.cfg.routes[route_id];
+        // The router only returns ids the route table has; a miss would be a bug, not input.
+        let Some(route) = shard.cfg.routes.get(route_id) else {
+            return self.fail(shard, ProxyError::NoRoute).await;
+        };
         // A plugin (traffic-split) may have picked another upstream.
         let up = &shard.upstreams[self.cx.upstream.unwrap_or(route.upstream)];
         self.build_path(route);

@@ -17,10 +17,41 @@ impl<S: ClientStream> ClientConn<S> {
         self.cx.route = NO_ROUTE;
         self.cx.status = 0;
         self.cx.status_override = None;
+        self.cx.error_body = 0;
         self.resp.status = 0;
         // One clock reading per request, shared with the plugins (`Ctx::now_ms`).
         self.cx.start = Instant::now();
         self.cx.start
+    }
+
+    /// A request head that could not be parsed and was answered with a 4xx before any routing:
+    /// counted as unrouted and logged with the client, status and bytes. Method and URI are
+    /// logged as empty ("-" in the combined format): the parser's fields may still hold the
+    /// previous request of this connection.
+    pub(super) fn observe_bad_head(&self, shard: &Shard, started: Instant) {
+        let took = started.elapsed();
+        let status = self.cx.status;
+        shard.metrics.unrouted.record(status, took);
+        let Some(log) = &shard.log else {
+            return;
+        };
+        log.record(&Entry {
+            remote_addr: self.cx.client_ip,
+            method: b"",
+            uri: b"",
+            path: b"",
+            version: 1,
+            status,
+            body_bytes: Some(self.cx.error_body),
+            took,
+            host: b"",
+            referer: None,
+            user_agent: None,
+            route: "",
+            upstream: "",
+            request_id: None,
+            shard: shard.id,
+        });
     }
 
     pub(super) fn observe_end(&self, shard: &Shard, started: Instant) {
@@ -32,7 +63,11 @@ impl<S: ClientStream> ClientConn<S> {
             s => s,
         };
         let route = shard.cfg.routes.get(self.cx.route);
-        match shard.route_stats.get(self.cx.route) {
+        match shard
+            .route_stats
+            .get(self.cx.route)
+            .and_then(Option::as_ref)
+        {
             Some(r) => r.record(status, took),
             None => shard.metrics.unrouted.record(status, took),
         }
@@ -49,6 +84,7 @@ impl<S: ClientStream> ClientConn<S> {
             .map_or("", |u| u.name.as_str());
         let body_bytes = match self.resp.body {
             BodyKind::Length(n) if self.resp.status != 0 => Some(n),
+            _ if self.cx.error_body > 0 => Some(self.cx.error_body),
             _ => None,
         };
         log.record(&Entry {

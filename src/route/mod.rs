@@ -1,14 +1,18 @@
-//! Compiled route matcher: host index + path segment trie, built once, read-only per shard.
+//! Compiled route matcher: host index + path segment trie, shared read-only by shards and
+//! updated copy-on-write one route at a time.
 //! Owns route matching and precedence only; must not touch config parsing, I/O or proxying.
 
+pub mod cow;
 mod pattern;
+mod update;
 
-use pattern::{HostPattern, PathPattern, Seg, MAX_HOST};
+use cow::{CowMap, CowVec};
+use pattern::{HostPattern, PathPattern, MAX_HOST};
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::BuildHasherDefault;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// A validated route as the config layer hands it over. Route id = index in the spec slice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -113,32 +117,85 @@ impl Params {
     }
 }
 
-#[derive(Debug)]
+/// Precedence key: lower wins. `.0` packs, most significant first, priority (higher first),
+/// host specificity, path specificity, condition count (more first) and the route's order;
+/// `.1` is the (host, path) pair inside the route. A route's key does not depend on the other
+/// routes, which is what lets one route be added or removed without re-ranking the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank(u128, u32);
+
+impl Rank {
+    const MAX: Rank = Rank(u128::MAX, u32::MAX);
+
+    fn new(prio: i32, host: &HostPattern, path: &PathPattern, c: &Compiled, pair: u32) -> Rank {
+        let prio = (i64::from(i32::MAX) - i64::from(prio)) as u128;
+        let rev = |n: usize| 255 - n.min(255) as u128;
+        let (hc, Reverse(hl)) = host.specificity();
+        let (pc, Reverse(a), Reverse(b)) = path.specificity();
+        let host = u128::from(hc) << 8 | rev(hl);
+        let path = u128::from(pc) << 16 | rev(a) << 8 | rev(b);
+        let nconds = 0xF_FFFF - c.nconds.min(0xF_FFFF) as u128;
+        let order = u128::from(c.order.min(ORDER_MAX));
+        Rank(
+            prio << 96 | host << 86 | path << 68 | nconds << 48 | order,
+            pair,
+        )
+    }
+}
+
+/// Spacing of the orders `Router::build` gives routes (the tie-break after every precedence
+/// rule: lower first), leaving room to place a new route between two existing ones.
+pub const ORDER_STEP: u64 = 1 << 16;
+/// Orders are 48-bit.
+pub const ORDER_MAX: u64 = (1 << 48) - 1;
+
+#[derive(Debug, Clone)]
 struct Term {
-    /// Position in the global precedence order: lower wins.
-    rank: u32,
+    rank: Rank,
     route: u32,
     /// Pattern ends in '*'; `depth` segments precede it.
     wild: bool,
     depth: u16,
     /// (interned name, segment index) of each param, in segment order.
     params: Box<[(u32, u16)]>,
+    conds: Arc<Conds>,
 }
 
 /// Segment and host maps: one-shot xxh3 instead of SipHash (a lookup hashes one key per path
 /// segment; SipHash made the 10-route lookup slower than a linear scan in perf/benches).
-type KeyMap = HashMap<Box<[u8]>, u32, BuildHasherDefault<crate::plugin::util::BytesHasher>>;
+/// Copy-on-write so an update copies only the nodes on its path.
+type KeyMap = CowMap<Arc<Node>>;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone)]
 struct Node {
     statics: KeyMap,
-    param: Option<u32>,
+    param: Option<Arc<Node>>,
     /// Patterns ending exactly here; sorted by rank.
     exact: Vec<Term>,
     /// Patterns "<prefix>/*" whose prefix ends here; sorted by rank.
     wild: Vec<Term>,
-    /// Best rank anywhere in this subtree: lets a lookup skip subtrees that cannot win.
-    min_rank: u32,
+    /// No rank in this subtree is lower: lets a lookup skip subtrees that cannot win. Removals
+    /// leave it as it was (still a lower bound), so a removal touches only its own path.
+    min_rank: Rank,
+}
+
+impl Node {
+    fn new() -> Arc<Node> {
+        Arc::new(Node {
+            statics: KeyMap::default(),
+            param: None,
+            exact: Vec::new(),
+            wild: Vec::new(),
+            min_rank: Rank::MAX,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.statics.is_empty()
+            && self.param.is_none()
+            && self.exact.is_empty()
+            && self.wild.is_empty()
+    }
 }
 
 /// (name, wanted value); None = merely present.
@@ -159,185 +216,140 @@ struct Ctx<'a> {
 }
 
 /// Compiled route table. Lookup cost depends on the host's label count and the path's
-/// segment count, not on the number of routes.
-#[derive(Debug)]
+/// segment count, not on the number of routes. Every part is shared copy-on-write, so a
+/// clone is cheap and `set` on the clone copies only what one route touches.
+#[derive(Debug, Clone)]
 pub struct Router {
-    conds: Vec<Conds>,
-    names: Vec<Box<str>>,
-    nodes: Vec<Node>,
-    any_root: Option<u32>,
+    /// By route id: what it was inserted with (to take it out again), or None.
+    slots: CowVec<Option<Arc<Kept>>>,
+    live: usize,
+    any_root: Option<Arc<Node>>,
     exact_hosts: KeyMap,
     wildcard_hosts: KeyMap,
     /// Shortest and longest wildcard suffix: host suffixes outside this range cannot hit,
-    /// so a long many-label Host header costs no hashing for them.
+    /// so a long many-label Host header costs no hashing for them. Removals keep the bounds.
     wildcard_lens: (usize, usize),
+    /// Interned param names; append-only so ids in `Params` stay valid across updates.
+    names: CowVec<Box<str>>,
+    interned: Arc<HashMap<Box<str>, u32>>,
 }
 
-struct Entry {
-    route: usize,
-    host: usize,
-    path: usize,
+/// A route's host and path patterns as written (parsed again to take it out: kept compact,
+/// since every route has one) and its tie-break order.
+#[derive(Debug)]
+struct Kept {
+    hosts: Box<[Box<str>]>,
+    paths: Box<[Box<str>]>,
+    order: u64,
 }
 
+impl Kept {
+    fn new(spec: &RouteSpec, order: u64) -> Kept {
+        let strs = |v: &[String]| v.iter().map(|s| Box::from(s.as_str())).collect();
+        Kept {
+            hosts: strs(&spec.hosts),
+            paths: strs(&spec.paths),
+            order,
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Compiled {
     hosts: Vec<HostPattern>,
     paths: Vec<PathPattern>,
     nconds: usize,
+    priority: i32,
+    order: u64,
+    conds: Arc<Conds>,
 }
 
-impl Router {
-    pub fn build(specs: &[RouteSpec]) -> Result<Router, RouteError> {
-        let mut compiled = Vec::with_capacity(specs.len());
-        let mut conds = Vec::with_capacity(specs.len());
-        for (id, spec) in specs.iter().enumerate() {
-            let (c, k) = compile(spec).map_err(|message| RouteError { route: id, message })?;
-            compiled.push(c);
-            conds.push(k);
-        }
-
-        // One entry per (host, path) pair; sorting them once turns the whole precedence
-        // rule set into a single integer comparison at lookup time.
-        let mut entries = Vec::new();
-        for (route, c) in compiled.iter().enumerate() {
-            for host in 0..c.hosts.len() {
-                for path in 0..c.paths.len() {
-                    entries.push(Entry { route, host, path });
-                }
-            }
-        }
-        entries.sort_by_key(|e| {
-            let c = &compiled[e.route];
-            (
-                Reverse(specs[e.route].priority),
-                c.hosts[e.host].specificity(),
-                c.paths[e.path].specificity(),
-                Reverse(c.nconds),
-                e.route,
-            )
-        });
-
-        let mut router = Router {
-            conds,
-            names: Vec::new(),
-            nodes: Vec::new(),
+impl Default for Router {
+    fn default() -> Self {
+        Router {
+            slots: CowVec::default(),
+            live: 0,
             any_root: None,
             exact_hosts: KeyMap::default(),
             wildcard_hosts: KeyMap::default(),
             wildcard_lens: (usize::MAX, 0),
-        };
-        let mut interned = HashMap::new();
-        for (rank, e) in entries.iter().enumerate() {
-            let c = &compiled[e.route];
-            let root = router.root_for(&c.hosts[e.host]);
-            let rank = u32::try_from(rank).unwrap_or(u32::MAX - 1);
-            router.insert(root, &c.paths[e.path], rank, e.route as u32, &mut interned);
+            names: CowVec::default(),
+            interned: Arc::default(),
         }
-        // Children are always pushed after their parent, so a reverse sweep sees every
-        // child's final min_rank before the parent's.
-        for i in (0..router.nodes.len()).rev() {
-            let n = &router.nodes[i];
-            let mut m = u32::MAX;
-            m = m.min(n.exact.first().map_or(u32::MAX, |t| t.rank));
-            m = m.min(n.wild.first().map_or(u32::MAX, |t| t.rank));
-            for &c in n.statics.values().chain(n.param.iter()) {
-                m = m.min(router.nodes[c as usize].min_rank);
-            }
-            router.nodes[i].min_rank = m;
+    }
+}
+
+impl Router {
+    /// Route id = index in `specs`; ties after every precedence rule go to the lower id.
+    pub fn build(specs: &[RouteSpec]) -> Result<Router, RouteError> {
+        Router::build_with(specs, |id| (id as u64 + 1).saturating_mul(ORDER_STEP))
+    }
+
+    /// Like `build`, with ties after every precedence rule broken by `order(id)` (lower
+    /// first; orders must differ).
+    pub fn build_with(
+        specs: &[RouteSpec],
+        order: impl Fn(usize) -> u64,
+    ) -> Result<Router, RouteError> {
+        let compiled = specs
+            .iter()
+            .enumerate()
+            .map(|(id, spec)| {
+                compile(spec, order(id)).map_err(|message| RouteError { route: id, message })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut router = Router::default();
+        for (id, c) in compiled.into_iter().enumerate() {
+            router.slots.push(None);
+            router.put(id, c, Kept::new(&specs[id], order(id)));
         }
         Ok(router)
     }
 
-    /// Number of routes the table was built from.
+    /// Puts route `id` (replacing what it had) or, with `None`, removes it. `order` breaks
+    /// ties after every precedence rule (lower first) and must differ from every other route's.
+    /// Costs the trie paths of the old and the new route, not the table.
+    pub fn set(
+        &mut self,
+        id: usize,
+        spec: Option<&RouteSpec>,
+        order: u64,
+    ) -> Result<(), RouteError> {
+        let next = match spec {
+            Some(s) => Some((
+                compile(s, order).map_err(|message| RouteError { route: id, message })?,
+                Kept::new(s, order),
+            )),
+            None => None,
+        };
+        u32::try_from(id).map_err(|_| RouteError {
+            route: id,
+            message: "too many routes".into(),
+        })?;
+        while self.slots.len() <= id {
+            self.slots.push(None);
+        }
+        if let Some(old) = self.slots.get(id).cloned().flatten() {
+            self.take_out(id, &old);
+        }
+        if let Some((c, k)) = next {
+            self.put(id, c, k);
+        }
+        Ok(())
+    }
+
+    /// The tie-break order route `id` was given, if it is in the table.
+    pub fn order(&self, id: usize) -> Option<u64> {
+        self.slots.get(id)?.as_ref().map(|k| k.order)
+    }
+
+    /// Number of routes in the table.
     pub fn len(&self) -> usize {
-        self.conds.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.conds.is_empty()
-    }
-
-    fn new_node(&mut self) -> u32 {
-        self.nodes.push(Node {
-            min_rank: u32::MAX,
-            ..Node::default()
-        });
-        (self.nodes.len() - 1) as u32
-    }
-
-    fn root_for(&mut self, host: &HostPattern) -> u32 {
-        let existing = match host {
-            HostPattern::Any => self.any_root,
-            HostPattern::Exact(h) => self.exact_hosts.get(h).copied(),
-            HostPattern::Wildcard(s) => self.wildcard_hosts.get(s).copied(),
-        };
-        if let Some(root) = existing {
-            return root;
-        }
-        let root = self.new_node();
-        match host {
-            HostPattern::Any => self.any_root = Some(root),
-            HostPattern::Exact(h) => drop(self.exact_hosts.insert(h.clone(), root)),
-            HostPattern::Wildcard(s) => {
-                let (lo, hi) = self.wildcard_lens;
-                self.wildcard_lens = (lo.min(s.len()), hi.max(s.len()));
-                self.wildcard_hosts.insert(s.clone(), root);
-            }
-        }
-        root
-    }
-
-    fn insert(
-        &mut self,
-        root: u32,
-        pat: &PathPattern,
-        rank: u32,
-        route: u32,
-        interned: &mut HashMap<Box<str>, u32>,
-    ) {
-        let mut node = root;
-        let mut params = Vec::new();
-        for (k, seg) in pat.segs.iter().enumerate() {
-            let existing = match seg {
-                Seg::Static(s) => self.nodes[node as usize].statics.get(s).copied(),
-                Seg::Param(_) => self.nodes[node as usize].param,
-            };
-            let child = match existing {
-                Some(c) => c,
-                None => {
-                    let c = self.new_node();
-                    let n = &mut self.nodes[node as usize];
-                    match seg {
-                        Seg::Static(s) => drop(n.statics.insert(s.clone(), c)),
-                        Seg::Param(_) => n.param = Some(c),
-                    }
-                    c
-                }
-            };
-            if let Seg::Param(name) = seg {
-                let next_id = self.names.len() as u32;
-                let id = *interned.entry(name.clone()).or_insert(next_id);
-                if id == next_id {
-                    self.names.push(name.clone());
-                }
-                // MAX_SEGMENTS keeps k within u16.
-                params.push((id, k as u16));
-            }
-            node = child;
-        }
-        let term = Term {
-            rank,
-            route,
-            wild: pat.wildcard,
-            depth: pat.segs.len() as u16,
-            params: params.into(),
-        };
-        // Entries arrive in rank order, so pushing keeps each list sorted.
-        let n = &mut self.nodes[node as usize];
-        if pat.wildcard {
-            n.wild.push(term);
-        } else {
-            n.exact.push(term);
-        }
+        self.live == 0
     }
 
     /// Finds the winning route for a request, filling `params`. `host` may carry ":port" and
@@ -369,8 +381,8 @@ impl Router {
             .then(|| pattern::normalize_host(host, &mut buf))
             .flatten()
         {
-            if let Some(&root) = self.exact_hosts.get(h) {
-                self.search(root, 1, &ctx, &mut best);
+            if let Some(root) = self.exact_hosts.get(h) {
+                Self::search(root, 1, &ctx, &mut best);
             }
             if !self.wildcard_hosts.is_empty() {
                 // Every proper suffix that starts after a '.', so "*.example.com" sees
@@ -384,14 +396,14 @@ impl Router {
                     if suffix.len() < lo {
                         break;
                     }
-                    if let Some(&root) = self.wildcard_hosts.get(suffix) {
-                        self.search(root, 1, &ctx, &mut best);
+                    if let Some(root) = self.wildcard_hosts.get(suffix) {
+                        Self::search(root, 1, &ctx, &mut best);
                     }
                 }
             }
         }
-        if let Some(root) = self.any_root {
-            self.search(root, 1, &ctx, &mut best);
+        if let Some(root) = &self.any_root {
+            Self::search(root, 1, &ctx, &mut best);
         }
         let term = best?;
         fill_params(term, path, params);
@@ -401,34 +413,33 @@ impl Router {
     /// `pos` is the start of the next unmatched segment; `pos > path.len()` means the path is
     /// fully consumed. Each trie node sits at a fixed depth and is reached at most once, so the
     /// backtracking is bounded by the trie size, and `min_rank` prunes most of it.
-    fn search<'s>(&'s self, ni: u32, pos: usize, ctx: &Ctx<'_>, best: &mut Option<&'s Term>) {
-        let node = &self.nodes[ni as usize];
-        let best_rank = best.map_or(u32::MAX, |t| t.rank);
+    fn search<'s>(node: &'s Node, pos: usize, ctx: &Ctx<'_>, best: &mut Option<&'s Term>) {
+        let best_rank = best.map_or(Rank::MAX, |t| t.rank);
         if node.min_rank >= best_rank {
             return;
         }
         let path = ctx.path;
         if pos > path.len() {
-            self.check(&node.exact, ctx, best);
+            Self::check(&node.exact, ctx, best);
             return;
         }
-        self.check(&node.wild, ctx, best);
+        Self::check(&node.wild, ctx, best);
         let rest = &path[pos..];
         let len = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
         let seg = &rest[..len];
         let next = pos + len + 1;
-        if let Some(&child) = node.statics.get(seg) {
-            self.search(child, next, ctx, best);
+        if let Some(child) = node.statics.get(seg) {
+            Self::search(child, next, ctx, best);
         }
-        if let (Some(child), false) = (node.param, seg.is_empty()) {
-            self.search(child, next, ctx, best);
+        if let (Some(child), false) = (&node.param, seg.is_empty()) {
+            Self::search(child, next, ctx, best);
         }
     }
 
-    fn check<'s>(&'s self, terms: &'s [Term], ctx: &Ctx<'_>, best: &mut Option<&'s Term>) {
-        let best_rank = best.map_or(u32::MAX, |t| t.rank);
+    fn check<'s>(terms: &'s [Term], ctx: &Ctx<'_>, best: &mut Option<&'s Term>) {
+        let best_rank = best.map_or(Rank::MAX, |t| t.rank);
         for t in terms.iter().take_while(|t| t.rank < best_rank) {
-            if self.conds[t.route as usize].hold(ctx) {
+            if t.conds.hold(ctx) {
                 *best = Some(t);
                 return;
             }
@@ -452,26 +463,33 @@ impl Router {
     }
 }
 
-fn compile(spec: &RouteSpec) -> Result<(Compiled, Conds), String> {
-    let mut hosts = spec
-        .hosts
+/// Host and path patterns of a route (no hosts = any host, no paths = "/*").
+fn patterns<S: AsRef<str>>(
+    hosts: &[S],
+    paths: &[S],
+) -> Result<(Vec<HostPattern>, Vec<PathPattern>), String> {
+    let mut h = hosts
         .iter()
         .enumerate()
-        .map(|(i, h)| pattern::parse_host(i, h))
+        .map(|(i, h)| pattern::parse_host(i, h.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
-    if hosts.is_empty() {
-        hosts.push(HostPattern::Any);
+    if h.is_empty() {
+        h.push(HostPattern::Any);
     }
-    hosts.dedup();
-    let mut paths = spec
-        .paths
+    h.dedup();
+    let mut p = paths
         .iter()
         .enumerate()
-        .map(|(i, p)| pattern::parse_path(i, p))
+        .map(|(i, p)| pattern::parse_path(i, p.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
-    if paths.is_empty() {
-        paths.push(PathPattern::any());
+    if p.is_empty() {
+        p.push(PathPattern::any());
     }
+    Ok((h, p))
+}
+
+fn compile(spec: &RouteSpec, order: u64) -> Result<Compiled, String> {
+    let (hosts, paths) = patterns(&spec.hosts, &spec.paths)?;
     let methods = spec
         .methods
         .iter()
@@ -497,18 +515,18 @@ fn compile(spec: &RouteSpec) -> Result<(Compiled, Conds), String> {
         })
         .collect::<Result<Box<[_]>, String>>()?;
     let nconds = usize::from(!methods.is_empty()) + headers.len() + args.len();
-    Ok((
-        Compiled {
-            hosts,
-            paths,
-            nconds,
-        },
-        Conds {
+    Ok(Compiled {
+        hosts,
+        paths,
+        nconds,
+        priority: spec.priority,
+        order,
+        conds: Arc::new(Conds {
             methods,
             headers,
             args,
-        },
-    ))
+        }),
+    })
 }
 
 impl Conds {
@@ -561,3 +579,5 @@ fn fill_params(term: &Term, path: &[u8], params: &mut Params) {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod update_tests;

@@ -6,7 +6,7 @@ use super::*;
 use proptest::prelude::*;
 
 #[derive(Default)]
-struct Headers(Vec<(&'static str, &'static [u8])>);
+pub(super) struct Headers(pub(super) Vec<(&'static str, &'static [u8])>);
 
 impl RequestView for Headers {
     fn header(&self, name: &str) -> Option<&[u8]> {
@@ -437,7 +437,7 @@ fn arb_path_pattern() -> impl Strategy<Value = String> {
     })
 }
 
-fn arb_spec() -> impl Strategy<Value = RouteSpec> {
+pub(super) fn arb_spec() -> impl Strategy<Value = RouteSpec> {
     let host = prop_oneof![
         Just("a.com"),
         Just("*.a.com"),

@@ -4,6 +4,7 @@
 
 pub mod drain;
 pub mod shard;
+pub mod wake;
 
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
@@ -42,6 +43,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::with_capacity(workers);
     let mut senders = Vec::with_capacity(workers);
+    let mut nudges = Vec::with_capacity(workers);
     for (id, listeners) in bound.per_shard.into_iter().enumerate() {
         let cpu = match &cfg.server.cpu_affinity {
             Some(list) => Some(list[id % list.len()]),
@@ -50,9 +52,17 @@ pub fn run(cfg: Config) -> Result<(), String> {
         };
         let (tx, rx) = unbounded();
         senders.push(tx);
-        handles.push(spawn_shard(id, cpu, cfg.clone(), listeners, rx)?);
+        let (nudge, end) = match wake::pair() {
+            Ok((n, e)) => (Some(n), Some(e)),
+            Err(e) => {
+                log::warn!("shard {id}: no control wake-up ({e}); swaps wait for its tick");
+                (None, None)
+            }
+        };
+        nudges.push(nudge);
+        handles.push(spawn_shard(id, cpu, cfg.clone(), listeners, (rx, end))?);
     }
-    let plane = crate::admin::Plane::new(cfg.clone(), senders.clone());
+    let plane = crate::admin::Plane::new(cfg.clone(), senders.clone(), nudges);
     crate::admin::start_status(&plane)?;
     crate::admin::start_admin(&plane)?;
     crate::health::start(plane.clone())?;
@@ -128,7 +138,7 @@ fn spawn_shard(
     cpu: Option<usize>,
     cfg: Arc<Config>,
     listeners: Vec<StdListener>,
-    rx: Receiver<Control>,
+    control: (Receiver<Control>, Option<std::os::unix::net::UnixStream>),
 ) -> Result<JoinHandle<()>, String> {
     std::thread::Builder::new()
         .name(format!("ringway-shard-{id}"))
@@ -144,7 +154,7 @@ fn spawn_shard(
             let main = move |driver_name: &str| {
                 log::info!("shard {id} started: cpu {cpu_text}, driver {driver_name}");
                 let shard = Rc::new(Shard::new(id, cfg));
-                shard::run(shard, listeners, rx)
+                shard::run(shard, listeners, control.0, control.1)
             };
             block_on(driver, entries, main);
         })

@@ -13,6 +13,7 @@ use monoio::net::{TcpListener, TcpStream};
 use super::drain::Drain;
 use crate::config::Config;
 use crate::http::parse::HeadLimits;
+use crate::route::cow::CowVec;
 use crate::upstream::UpstreamState;
 
 /// Messages from the main thread to a shard.
@@ -28,6 +29,9 @@ pub enum Control {
     Prepare {
         generation: u64,
         cfg: Arc<Config>,
+        /// `Some(id)`: `cfg` differs from the previous generation in route `id` only, so the
+        /// shard updates that route's state and shares the rest.
+        route: Option<usize>,
         ack: Sender<usize>,
     },
     /// Step two: the pending generation becomes current. New requests use it; requests
@@ -35,8 +39,11 @@ pub enum Control {
     Commit { generation: u64, ack: Sender<usize> },
     /// Copy this shard's counters out for the status thread.
     Snapshot(Sender<crate::metrics::ShardSnapshot>),
-    /// Listeners added by a reload (plain, one socket per shard).
-    Listen(Vec<StdListener>),
+    /// Listeners added by a reload (plain, one socket per shard), by configured address.
+    Listen(Vec<(SocketAddr, StdListener)>),
+    /// Listen addresses a reload removed: stop accepting on them and close the sockets;
+    /// connections already accepted on them are served to the end.
+    Unlisten(Vec<SocketAddr>),
     /// An admin-API purge: remove matches from every cache on this shard and report.
     CachePurge {
         target: crate::cache::admin::AdminTarget,
@@ -97,7 +104,7 @@ pub struct Shard {
     pub stats: Rc<ShardStats>,
     /// Shard-wide metric registry; `route_stats[route id]` are this generation's handles into it.
     pub metrics: Rc<crate::metrics::ShardMetrics>,
-    pub route_stats: Vec<Rc<crate::metrics::RouteStats>>,
+    pub route_stats: CowVec<Option<Rc<crate::metrics::RouteStats>>>,
     /// This shard's access log buffer, if `[access_log]` is configured.
     pub log: Option<Rc<crate::accesslog::ShardLog>>,
     /// This shard's plugin instances (built once per shard) and limit state.
@@ -126,7 +133,7 @@ impl Shard {
                 .iter()
                 .map(|u| Rc::new(UpstreamState::new(u)))
                 .collect(),
-            route_stats: metrics.for_routes(cfg.routes.iter().map(|r| r.name.as_str())),
+            route_stats: metrics.for_routes(cfg.routes.by_id().map(|r| r.map(|r| r.name.as_str()))),
             metrics,
             log: crate::accesslog::ShardLog::for_shard(id),
             plugins: crate::plugin::ShardPlugins::for_shard(&cfg.plugins, id),
@@ -144,15 +151,26 @@ impl Shard {
 }
 
 /// The shard's main future: accept loops plus the control/housekeeping tick.
-pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receiver<Control>) {
+pub async fn run(
+    shard: Rc<Shard>,
+    listeners: Vec<StdListener>,
+    control: Receiver<Control>,
+    wake: Option<std::os::unix::net::UnixStream>,
+) {
+    let mut wake = super::wake::Wakeup::new(wake);
     CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
     monoio::spawn(crate::plugin::chain::sync_loop(shard.clone()));
     monoio::spawn(crate::cache::shard_loop(shard.clone()));
     let mut pending: Option<Rc<Shard>> = None;
-    for (index, l) in listeners.into_iter().enumerate() {
+    // Per configured listen address, what stops its accept loop (a reload may remove it).
+    let mut open: Vec<(SocketAddr, Rc<Drain>)> = Vec::new();
+    let configured = shard.cfg.server.listen.clone();
+    for (index, (l, addr)) in listeners.into_iter().zip(configured).enumerate() {
         match TcpListener::from_std(l) {
             Ok(l) => {
-                monoio::spawn(accept_loop(shard.clone(), l, index));
+                let stop = Rc::new(Drain::default());
+                open.push((addr, stop.clone()));
+                monoio::spawn(accept_loop(shard.clone(), l, index, stop));
             }
             Err(e) => log::error!("shard {}: cannot adopt listener: {e}", shard.id),
         }
@@ -160,7 +178,7 @@ pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receive
     let mut last_sweep = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
     loop {
-        monoio::time::sleep(TICK).await;
+        wake.sleep(TICK).await;
         loop {
             match control.try_recv() {
                 Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => {
@@ -177,9 +195,18 @@ pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receive
                 Ok(Control::Prepare {
                     generation,
                     cfg,
+                    route,
                     ack,
                 }) => {
-                    pending = Some(Rc::new(current(&shard).next(cfg, generation)));
+                    let cur = current(&shard);
+                    let next = match route {
+                        // Only valid on top of the generation the change was made from.
+                        Some(id) if cur.generation + 1 == generation => {
+                            cur.with_route(cfg, generation, id)
+                        }
+                        _ => cur.next(cfg, generation),
+                    };
+                    pending = Some(Rc::new(next));
                     let _ = ack.send(shard.id);
                 }
                 Ok(Control::Commit { generation, ack }) => {
@@ -194,15 +221,26 @@ pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receive
                     }
                 }
                 Ok(Control::Listen(ls)) => {
-                    for l in ls {
+                    for (addr, l) in ls {
                         match TcpListener::from_std(l) {
                             // Index past the TLS table: served as plain HTTP.
                             Ok(l) => {
-                                monoio::spawn(accept_loop(shard.clone(), l, usize::MAX));
+                                let stop = Rc::new(Drain::default());
+                                open.push((addr, stop.clone()));
+                                monoio::spawn(accept_loop(shard.clone(), l, usize::MAX, stop));
                             }
                             Err(e) => log::error!("shard {}: cannot adopt listener: {e}", shard.id),
                         }
                     }
+                }
+                Ok(Control::Unlisten(addrs)) => {
+                    open.retain(|(a, stop)| {
+                        let gone = addrs.contains(a);
+                        if gone {
+                            stop.fire();
+                        }
+                        !gone
+                    });
                 }
                 Ok(Control::Snapshot(reply)) => {
                     let _ = reply.send(current(&shard).snapshot());
@@ -283,7 +321,7 @@ impl Shard {
             upstreams,
             route_stats: self
                 .metrics
-                .for_routes(cfg.routes.iter().map(|r| r.name.as_str())),
+                .for_routes(cfg.routes.by_id().map(|r| r.map(|r| r.name.as_str()))),
             metrics: self.metrics.clone(),
             log: self.log.clone(),
             plugins: crate::plugin::ShardPlugins::for_shard(&cfg.plugins, self.id),
@@ -291,6 +329,30 @@ impl Shard {
                 max_header_bytes: cfg.server.max_header_bytes,
                 max_request_line_bytes: cfg.server.max_request_line_bytes,
             },
+            cfg,
+            drain: self.drain.clone(),
+            retired: Drain::default(),
+            conns: self.conns.clone(),
+            stats: self.stats.clone(),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// The next generation after a one-route change: upstream state, limiters and every other
+    /// route's counters and plugin instances are shared; only route `id`'s are (re)built.
+    pub fn with_route(&self, cfg: Arc<Config>, generation: u64, id: usize) -> Shard {
+        let mut route_stats = self.route_stats.clone();
+        let stats = cfg.routes.get(id).map(|r| self.metrics.for_route(&r.name));
+        route_stats.put(id, stats);
+        Shard {
+            id: self.id,
+            generation,
+            upstreams: self.upstreams.clone(),
+            route_stats,
+            metrics: self.metrics.clone(),
+            log: self.log.clone(),
+            plugins: self.plugins.with_route(&cfg.plugins, id),
+            limits: self.limits,
             cfg,
             drain: self.drain.clone(),
             retired: Drain::default(),
@@ -345,13 +407,16 @@ impl Shard {
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, index: usize) {
+/// Accepts until the shard drains or `stop` fires (its address was removed by a reload);
+/// returning drops `listener`, which closes this shard's socket for the address.
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, index: usize, stop: Rc<Drain>) {
     let max = shard.cfg.server.max_connections;
     let mut warned_fd = false;
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
             _ = shard.drain.wait() => return,
+            _ = stop.wait() => return,
         };
         match accepted {
             Ok((stream, peer)) => {

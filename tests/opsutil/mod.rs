@@ -457,5 +457,6 @@ impl Drop for Proc {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.path);
         let _ = std::fs::remove_file(self.path.with_extension("toml.state.json"));
+        let _ = std::fs::remove_file(self.path.with_extension("toml.state.json.journal"));
     }
 }

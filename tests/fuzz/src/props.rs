@@ -866,7 +866,7 @@ pub fn config(data: &[u8]) {
                 assert!(!u.nodes.is_empty(), "upstream {} without nodes", u.name);
                 assert!(u.nodes.iter().all(|n| n.weight >= 1));
             }
-            for r in &cfg.routes {
+            for r in cfg.routes.iter() {
                 assert!(r.upstream < cfg.upstreams.len(), "route {} dangles", r.name);
             }
             assert_eq!(cfg.router.len(), cfg.routes.len());
