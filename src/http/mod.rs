@@ -4,4 +4,5 @@
 pub mod chunked;
 pub mod edits;
 pub mod parse;
+mod spare;
 pub mod write;

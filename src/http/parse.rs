@@ -122,14 +122,15 @@ pub struct RequestHead {
 impl Default for RequestHead {
     fn default() -> Self {
         RequestHead {
-            buf: BytesMut::with_capacity(1024),
+            // Storage comes from `spare` at the first parse.
+            buf: BytesMut::new(),
             method: Method::Get,
             method_span: (0, 0),
             target: (0, 0),
             path: (0, 0),
             query: None,
             version: 1,
-            headers: Vec::with_capacity(32),
+            headers: Vec::new(),
             host: None,
             body: BodyKind::Empty,
             keep_alive: true,
@@ -216,6 +217,17 @@ impl RequestHead {
         listed(&self.buf, &self.conn_tokens, name)
     }
 
+    /// Gives the head's storage to the thread's spare list while the connection is idle; the
+    /// next `parse` takes storage back. Until then the head reads as an empty `GET /`.
+    pub fn release(&mut self) {
+        self.reset();
+        self.method = Method::Get;
+        self.method_span = (0, 0);
+        self.target = (0, 0);
+        self.path = (0, 0);
+        super::spare::give(&mut self.buf, &mut self.headers);
+    }
+
     fn reset(&mut self) {
         self.buf.clear();
         self.headers.clear();
@@ -273,6 +285,9 @@ impl RequestHead {
         };
         if n > limits.max_header_bytes {
             return Err(ClientError::HeaderTooLarge);
+        }
+        if self.buf.capacity() == 0 {
+            super::spare::take(&mut self.buf, &mut self.headers);
         }
         self.reset();
         self.buf.extend_from_slice(&input[..n]);
@@ -543,11 +558,12 @@ pub struct ResponseHead {
 impl Default for ResponseHead {
     fn default() -> Self {
         ResponseHead {
-            buf: BytesMut::with_capacity(1024),
+            // Storage comes from `spare` at the first parse.
+            buf: BytesMut::new(),
             status: 0,
             reason: (0, 0),
             version: 1,
-            headers: Vec::with_capacity(32),
+            headers: Vec::new(),
             body: BodyKind::Empty,
             keep_alive: true,
             conn_tokens: Vec::new(),
@@ -574,6 +590,14 @@ impl ResponseHead {
     }
     pub fn listed_in_connection(&self, name: &[u8]) -> bool {
         listed(&self.buf, &self.conn_tokens, name)
+    }
+
+    /// Gives the head's storage to the thread's spare list while the connection is idle; the
+    /// next `parse` takes storage back. Until then the head has no headers.
+    pub fn release(&mut self) {
+        self.conn_tokens.clear();
+        self.reason = (0, 0);
+        super::spare::give(&mut self.buf, &mut self.headers);
     }
 
     /// Parses an upstream response head; `request_method` decides whether a body follows.
@@ -604,6 +628,9 @@ impl ResponseHead {
             return Err(UpstreamError::BadResponse(
                 "upstream response header too large",
             ));
+        }
+        if self.buf.capacity() == 0 {
+            super::spare::take(&mut self.buf, &mut self.headers);
         }
         self.buf.clear();
         self.headers.clear();

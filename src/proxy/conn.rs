@@ -68,6 +68,8 @@ enum HeadRead {
 const IDLE_READ: usize = 2048;
 /// Write buffer size taken for a request when the free list is empty.
 const WBUF: usize = 4096;
+/// Scratch for the upstream path, taken per request like the write buffer.
+const PATH: usize = 256;
 
 /// Serves one accepted connection to completion.
 pub async fn serve<S: ClientStream>(
@@ -88,7 +90,8 @@ pub async fn serve<S: ClientStream>(
         req: RequestHead::default(),
         resp: ResponseHead::default(),
         params: Params::new(),
-        path: BytesMut::with_capacity(256),
+        // Taken from the shard's free list when a request arrives (`handle`).
+        path: BytesMut::new(),
         served: 0,
         cx: crate::plugin::Ctx::new(shard.id, peer.ip()),
         tls,
@@ -97,13 +100,14 @@ pub async fn serve<S: ClientStream>(
         let ClientConn {
             stream, rbuf, ubuf, ..
         } = c;
-        tunnel::run(
+        // Boxed: inline, the tunnel's state would size every connection's task (idle memory).
+        Box::pin(tunnel::run(
             stream,
             rbuf,
             upstream,
             ubuf,
             shard.cfg.server.tunnel_idle_timeout,
-        )
+        ))
         .await;
     } else if c.tls.is_some() {
         // close_notify: without it OpenSSL-based clients treat our close as a truncation and
@@ -130,7 +134,8 @@ impl<S: ClientStream> ClientConn<S> {
                 HeadRead::Ready => {}
                 HeadRead::Close => return None,
                 HeadRead::Fail(e) => {
-                    self.respond_error(&shard, e.into(), false).await;
+                    // Boxed (rare path) so its write timer does not size the idle task.
+                    Box::pin(self.respond_error(&shard, e.into(), false)).await;
                     return None;
                 }
             }
@@ -142,7 +147,9 @@ impl<S: ClientStream> ClientConn<S> {
             self.served += 1;
             shard.stats.requests.set(shard.stats.requests.get() + 1);
             let started = self.observe_start();
-            let after = self.handle(&shard).await;
+            // Boxed for the request's duration: the exchange's state machine is ~5 KiB, and
+            // inline it would stay allocated in the task of every idle keep-alive connection.
+            let after = Box::pin(self.handle(&shard)).await;
             self.observe_end(&shard, started);
             match after {
                 After::KeepAlive if !shard.drain.is_draining() => {}
@@ -207,11 +214,15 @@ impl<S: ClientStream> ClientConn<S> {
         }
     }
 
-    /// Gives the write and upstream buffers back while the connection waits for a request, and
+    /// Gives the write, upstream and path buffers and the heads' storage back while the
+    /// connection waits for a request (nothing reads them until the next head), and
     /// swaps a read buffer grown past the idle size (large head, request body) for a small one.
     fn park_buffers(&mut self, read_buffer_bytes: usize) {
         bufs::give(&mut self.wbuf);
         bufs::give(&mut self.ubuf);
+        bufs::give(&mut self.path);
+        self.req.release();
+        self.resp.release();
         if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * IDLE_READ {
             self.rbuf = BytesMut::with_capacity(IDLE_READ.min(read_buffer_bytes));
         }
@@ -223,6 +234,9 @@ impl<S: ClientStream> ClientConn<S> {
         }
         if self.ubuf.capacity() == 0 {
             self.ubuf = bufs::take(shard.cfg.server.read_buffer_bytes);
+        }
+        if self.path.capacity() == 0 {
+            self.path = bufs::take(PATH);
         }
         let cfg = &shard.cfg;
         let route = {

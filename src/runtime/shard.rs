@@ -413,13 +413,22 @@ pub mod bufs {
     /// Buffers grown past this (large coalesced bodies) are not kept.
     const MAX_CAP: usize = 64 * 1024;
 
+    /// Below this capacity a buffer is "small" (path scratch); the rest (exchange and read
+    /// buffers) are kept apart so a request never grows a small one into a large one.
+    const SMALL: usize = 4096;
+
     thread_local! {
-        static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        static FREE: RefCell<[Vec<BytesMut>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
     }
 
-    /// A cleared buffer from the list, or a new one of `cap` bytes.
+    #[inline]
+    fn class(cap: usize) -> usize {
+        usize::from(cap >= SMALL)
+    }
+
+    /// A cleared buffer from the list of `cap`'s class, or a new one of `cap` bytes.
     pub fn take(cap: usize) -> BytesMut {
-        FREE.with(|f| f.borrow_mut().pop())
+        FREE.with(|f| f.borrow_mut()[class(cap)].pop())
             .unwrap_or_else(|| BytesMut::with_capacity(cap))
     }
 
@@ -434,7 +443,8 @@ pub mod bufs {
         }
         b.clear();
         FREE.with(|f| {
-            let mut f = f.borrow_mut();
+            let mut lists = f.borrow_mut();
+            let f = &mut lists[class(b.capacity())];
             if f.len() < KEEP {
                 f.push(b);
             }
