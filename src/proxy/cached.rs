@@ -324,7 +324,7 @@ impl<S: ClientStream> ClientConn<S> {
                 return After::Close;
             }
             // Large bodies go out straight from the shared entry, never copied.
-            match monoio::time::timeout(send, self.stream.write_all(body)).await {
+            match crate::runtime::deadline::within(send, self.stream.write_all(body)).await {
                 Ok((Ok(_), _)) => {}
                 _ => return After::Close,
             }

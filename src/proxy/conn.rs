@@ -113,7 +113,7 @@ pub async fn serve<S: ClientStream>(
         // close_notify: without it OpenSSL-based clients treat our close as a truncation and
         // drop the session, so they never resume (measured: s_time -reuse fell to full-handshake rate).
         let send = shard.cfg.server.send_timeout;
-        let _ = monoio::time::timeout(send, c.stream.shutdown()).await;
+        let _ = crate::runtime::deadline::within(send, c.stream.shutdown()).await;
     }
 }
 

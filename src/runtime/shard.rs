@@ -141,6 +141,7 @@ impl Shard {
 /// The shard's main future: accept loops plus the control/housekeeping tick.
 pub async fn run(shard: Rc<Shard>, listeners: Vec<StdListener>, control: Receiver<Control>) {
     CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
+    monoio::spawn(super::deadline::sweeper());
     monoio::spawn(crate::plugin::chain::sync_loop(shard.clone()));
     monoio::spawn(crate::cache::shard_loop(shard.clone()));
     let mut pending: Option<Rc<Shard>> = None;
