@@ -4,5 +4,4 @@
 pub mod chunked;
 pub mod edits;
 pub mod parse;
-mod spare;
 pub mod write;

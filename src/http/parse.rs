@@ -96,6 +96,38 @@ struct ConnInfo {
     upgrade: bool,
 }
 
+/// A head's bytes and header slots, kept apart from the head while its connection is idle.
+#[derive(Debug)]
+pub struct HeadStorage {
+    buf: BytesMut,
+    headers: Vec<HeaderPos>,
+}
+
+impl HeadStorage {
+    /// Enough for most heads without growing.
+    pub fn new() -> HeadStorage {
+        HeadStorage {
+            buf: BytesMut::with_capacity(1024),
+            headers: Vec::with_capacity(32),
+        }
+    }
+
+    fn take(buf: &mut BytesMut, headers: &mut Vec<HeaderPos>) -> HeadStorage {
+        buf.clear();
+        headers.clear();
+        HeadStorage {
+            buf: std::mem::take(buf),
+            headers: std::mem::take(headers),
+        }
+    }
+}
+
+impl Default for HeadStorage {
+    fn default() -> Self {
+        HeadStorage::new()
+    }
+}
+
 /// A parsed request head. Reused across requests on a connection: `clear` keeps capacity.
 #[derive(Debug)]
 pub struct RequestHead {
@@ -122,7 +154,7 @@ pub struct RequestHead {
 impl Default for RequestHead {
     fn default() -> Self {
         RequestHead {
-            // Storage comes from `spare` at the first parse.
+            // No storage until the first parse or `restore` (idle connections hold none).
             buf: BytesMut::new(),
             method: Method::Get,
             method_span: (0, 0),
@@ -217,15 +249,19 @@ impl RequestHead {
         listed(&self.buf, &self.conn_tokens, name)
     }
 
-    /// Gives the head's storage to the thread's spare list while the connection is idle; the
-    /// next `parse` takes storage back. Until then the head reads as an empty `GET /`.
-    pub fn release(&mut self) {
+    /// Moves the head's storage out (cleared) while the connection is idle; until `restore`
+    /// the head reads as an empty `GET /` and a `parse` would allocate.
+    pub fn release(&mut self) -> HeadStorage {
         self.reset();
         self.method = Method::Get;
         self.method_span = (0, 0);
         self.target = (0, 0);
         self.path = (0, 0);
-        super::spare::give(&mut self.buf, &mut self.headers);
+        HeadStorage::take(&mut self.buf, &mut self.headers)
+    }
+
+    pub fn restore(&mut self, s: HeadStorage) {
+        (self.buf, self.headers) = (s.buf, s.headers);
     }
 
     fn reset(&mut self) {
@@ -285,9 +321,6 @@ impl RequestHead {
         };
         if n > limits.max_header_bytes {
             return Err(ClientError::HeaderTooLarge);
-        }
-        if self.buf.capacity() == 0 {
-            super::spare::take(&mut self.buf, &mut self.headers);
         }
         self.reset();
         self.buf.extend_from_slice(&input[..n]);
@@ -558,7 +591,7 @@ pub struct ResponseHead {
 impl Default for ResponseHead {
     fn default() -> Self {
         ResponseHead {
-            // Storage comes from `spare` at the first parse.
+            // No storage until the first parse or `restore` (idle connections hold none).
             buf: BytesMut::new(),
             status: 0,
             reason: (0, 0),
@@ -592,12 +625,16 @@ impl ResponseHead {
         listed(&self.buf, &self.conn_tokens, name)
     }
 
-    /// Gives the head's storage to the thread's spare list while the connection is idle; the
-    /// next `parse` takes storage back. Until then the head has no headers.
-    pub fn release(&mut self) {
+    /// Moves the head's storage out (cleared) while the connection is idle; until `restore`
+    /// the head has no headers.
+    pub fn release(&mut self) -> HeadStorage {
         self.conn_tokens.clear();
         self.reason = (0, 0);
-        super::spare::give(&mut self.buf, &mut self.headers);
+        HeadStorage::take(&mut self.buf, &mut self.headers)
+    }
+
+    pub fn restore(&mut self, s: HeadStorage) {
+        (self.buf, self.headers) = (s.buf, s.headers);
     }
 
     /// Parses an upstream response head; `request_method` decides whether a body follows.
@@ -628,9 +665,6 @@ impl ResponseHead {
             return Err(UpstreamError::BadResponse(
                 "upstream response header too large",
             ));
-        }
-        if self.buf.capacity() == 0 {
-            super::spare::take(&mut self.buf, &mut self.headers);
         }
         self.buf.clear();
         self.headers.clear();

@@ -15,7 +15,7 @@ use crate::http::parse::{BodyKind, RequestHead, ResponseHead, Status};
 use crate::http::write;
 use crate::net::tls::TlsInfo;
 use crate::route::{Params, RequestView};
-use crate::runtime::shard::{bufs, Shard};
+use crate::runtime::shard::Shard;
 use crate::upstream::stream::UpstreamStream;
 
 impl RequestView for RequestHead {
@@ -66,10 +66,6 @@ enum HeadRead {
 /// in one read, small enough that 10k idle connections stay under 8 KiB each. A head or body
 /// that needs more grows the buffer to `read_buffer_bytes`; it shrinks back when idle.
 const IDLE_READ: usize = 2048;
-/// Write buffer size taken for a request when the free list is empty.
-const WBUF: usize = 4096;
-/// Scratch for the upstream path, taken per request like the write buffer.
-const PATH: usize = 256;
 
 /// Serves one accepted connection to completion.
 pub async fn serve<S: ClientStream>(
@@ -84,13 +80,12 @@ pub async fn serve<S: ClientStream>(
         stream,
         ip: peer.ip().to_string(),
         rbuf: BytesMut::with_capacity(IDLE_READ.min(buf)),
-        // Taken from the shard's free list when a request arrives (`handle`).
+        // These five come from the thread's idle list when a request's bytes arrive (idle.rs).
         wbuf: BytesMut::new(),
         ubuf: BytesMut::new(),
         req: RequestHead::default(),
         resp: ResponseHead::default(),
         params: Params::new(),
-        // Taken from the shard's free list when a request arrives (`handle`).
         path: BytesMut::new(),
         served: 0,
         cx: crate::plugin::Ctx::new(shard.id, peer.ip()),
@@ -109,11 +104,15 @@ pub async fn serve<S: ClientStream>(
             shard.cfg.server.tunnel_idle_timeout,
         ))
         .await;
-    } else if c.tls.is_some() {
-        // close_notify: without it OpenSSL-based clients treat our close as a truncation and
-        // drop the session, so they never resume (measured: s_time -reuse fell to full-handshake rate).
-        let send = shard.cfg.server.send_timeout;
-        let _ = crate::runtime::deadline::within(send, c.stream.shutdown()).await;
+    } else {
+        // Recycled for the next connection (a new connection per request skips the allocator).
+        c.park();
+        if c.tls.is_some() {
+            // close_notify: without it OpenSSL-based clients treat our close as a truncation and
+            // drop the session, so they never resume (measured: s_time -reuse fell to full-handshake rate).
+            let send = shard.cfg.server.send_timeout;
+            let _ = crate::runtime::deadline::within(send, c.stream.shutdown()).await;
+        }
     }
 }
 
@@ -205,7 +204,8 @@ impl<S: ClientStream> ClientConn<S> {
                 }
             };
             match res {
-                Ok(_) => {}
+                // Bytes of a request: it gets its buffers before it is parsed.
+                Ok(_) => self.unpark(server.read_buffer_bytes),
                 Err(IoFail::Timeout) if deadline.is_some() => {
                     return HeadRead::Fail(ClientError::HeaderTimeout)
                 }
@@ -214,30 +214,18 @@ impl<S: ClientStream> ClientConn<S> {
         }
     }
 
-    /// Gives the write, upstream and path buffers and the heads' storage back while the
-    /// connection waits for a request (nothing reads them until the next head), and
+    /// Parks the request-time buffers while the connection waits for a request (idle.rs), and
     /// swaps a read buffer grown past the idle size (large head, request body) for a small one.
     fn park_buffers(&mut self, read_buffer_bytes: usize) {
-        bufs::give(&mut self.wbuf);
-        bufs::give(&mut self.ubuf);
-        bufs::give(&mut self.path);
-        self.req.release();
-        self.resp.release();
+        self.park();
         if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * IDLE_READ {
             self.rbuf = BytesMut::with_capacity(IDLE_READ.min(read_buffer_bytes));
         }
     }
 
     async fn handle(&mut self, shard: &Shard) -> After {
-        if self.wbuf.capacity() == 0 {
-            self.wbuf = bufs::take(WBUF);
-        }
-        if self.ubuf.capacity() == 0 {
-            self.ubuf = bufs::take(shard.cfg.server.read_buffer_bytes);
-        }
-        if self.path.capacity() == 0 {
-            self.path = bufs::take(PATH);
-        }
+        // Normally taken when the head's bytes arrived (read_head).
+        self.unpark(shard.cfg.server.read_buffer_bytes);
         let cfg = &shard.cfg;
         let route = {
             let req = &self.req;

@@ -523,7 +523,8 @@ async fn connect(up: &UpstreamState, node: usize) -> Result<UpstreamStream, Upst
             },
         }
     };
-    match monoio::time::timeout(up.cfg.connect_timeout, open).await {
+    // Boxed (only new connections pay): an inline monoio timer would over-align the request future.
+    match Box::pin(monoio::time::timeout(up.cfg.connect_timeout, open)).await {
         Err(_) => Err(UpstreamError::ConnectTimeout),
         Ok(r) => r,
     }

@@ -4,6 +4,7 @@
 mod cached;
 mod conn;
 mod forward;
+mod idle;
 pub mod io;
 mod observe;
 mod phases;
