@@ -2,7 +2,9 @@
 //! node-wide rate split between shards by demand. Pure: time in ms since the node epoch.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
+use super::count::KeyHasher;
 use super::sync::Item;
 use super::weight;
 
@@ -38,7 +40,8 @@ pub struct Bucket {
     p: BucketParams,
     me: usize,
     n: usize,
-    map: HashMap<u64, Entry>,
+    /// Keys are already xxh3 hashes: identity-hashed (SipHash here cost more than the bucket math).
+    map: HashMap<u64, Entry, BuildHasherDefault<KeyHasher>>,
     dirty: Vec<u64>,
 }
 
@@ -48,7 +51,7 @@ impl Bucket {
             p,
             me,
             n: shards.max(1),
-            map: HashMap::new(),
+            map: HashMap::default(),
             dirty: Vec::new(),
         }
     }
@@ -77,7 +80,7 @@ impl Bucket {
     }
 
     pub fn check(&mut self, key: u64, now_ms: u64) -> BucketDecision {
-        if !self.map.contains_key(&key) && self.map.len() >= self.p.max_keys {
+        if self.map.len() >= self.p.max_keys && !self.map.contains_key(&key) {
             self.sweep(now_ms);
             if self.map.len() >= self.p.max_keys {
                 if let Some(k) = self.map.keys().next().copied() {
@@ -86,6 +89,7 @@ impl Bucket {
             }
         }
         let (me, n) = (self.me, self.n);
+        // One lookup per check (this used to hash the key three times).
         let e = self.map.entry(key).or_insert_with(|| Entry {
             excess: 0.0,
             last_ms: now_ms,
@@ -97,9 +101,10 @@ impl Bucket {
             dirty: false,
         });
         e.demand = e.demand.saturating_add(1);
-        let newly = !e.dirty;
-        e.dirty = true;
-        let e: &Entry = e;
+        if !e.dirty {
+            e.dirty = true;
+            self.dirty.push(key);
+        }
         let w = Self::share(me, n, e);
         let (rate, burst) = (self.p.rate * w, self.p.burst * w);
         let excess = if e.seen {
@@ -108,17 +113,12 @@ impl Bucket {
         } else {
             0.0
         };
-        if newly {
-            self.dirty.push(key);
-        }
         if excess > burst {
             return Err(Rejected);
         }
-        if let Some(e) = self.map.get_mut(&key) {
-            e.excess = excess;
-            e.last_ms = now_ms;
-            e.seen = true;
-        }
+        e.excess = excess;
+        e.last_ms = now_ms;
+        e.seen = true;
         Ok(if rate > 0.0 {
             (excess / rate * 1000.0) as u64
         } else {
