@@ -146,9 +146,10 @@ impl<S: ClientStream> ClientConn<S> {
             self.served += 1;
             shard.stats.requests.set(shard.stats.requests.get() + 1);
             let started = self.observe_start();
-            // Boxed for the request's duration: the exchange's state machine is ~5 KiB, and
-            // inline it would stay allocated in the task of every idle keep-alive connection.
-            let after = Box::pin(self.handle(&shard)).await;
+            // On the heap for the request's duration: the exchange's state machine is ~2 KiB,
+            // and inline it would stay allocated in the task of every idle keep-alive
+            // connection. A recycled block, not a Box: see reuse.rs.
+            let after = super::reuse::Pooled::new(self.handle(&shard)).await;
             self.observe_end(&shard, started);
             match after {
                 After::KeepAlive if !shard.drain.is_draining() => {}

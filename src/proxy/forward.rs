@@ -86,7 +86,8 @@ impl<S: ClientStream> ClientConn<S> {
         let mut fresh_for: Option<usize> = None;
         let mut last = UpstreamError::ConnectRefused;
         loop {
-            let now = Instant::now();
+            // Pool ages and health windows are seconds: the sweeper's clock saves two reads.
+            let now = crate::runtime::deadline::coarse_now();
             let node = match fresh_for.take() {
                 Some(n) => n,
                 None => {
@@ -135,9 +136,11 @@ impl<S: ClientStream> ClientConn<S> {
                 Exchange::Done { client, reusable } => {
                     up.health.borrow_mut().report_success(node);
                     if reusable {
-                        up.pools[node]
-                            .borrow_mut()
-                            .put(conn, &cfg.pool, Instant::now());
+                        up.pools[node].borrow_mut().put(
+                            conn,
+                            &cfg.pool,
+                            crate::runtime::deadline::coarse_now(),
+                        );
                     }
                     return client;
                 }

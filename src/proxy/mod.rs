@@ -9,6 +9,7 @@ pub mod io;
 mod observe;
 mod phases;
 mod pump;
+mod reuse;
 mod tunnel;
 
 pub use conn::{serve, ClientStream};

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Tick of the sweeper; the lateness bound of every deadline is two of these.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -32,6 +32,8 @@ struct Sweep {
     /// A sweeper runs on this thread (otherwise waits fall back to monoio timers).
     running: bool,
     tick: u64,
+    /// The clock at the last tick (`coarse_now`).
+    now: Option<Instant>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     /// No registered wait fires before this tick: the sweeper skips the scan until then.
@@ -43,11 +45,19 @@ thread_local! {
         RefCell::new(Sweep {
             running: false,
             tick: 1,
+            now: None,
             slots: Vec::new(),
             free: Vec::new(),
             next_scan: u64::MAX,
         })
     };
+}
+
+/// The clock as of the sweeper's last tick (at most `TICK` old, never ahead): for ages measured
+/// in seconds (pooled connection idle time, health windows) without a clock read per request.
+/// Threads without a sweeper read the clock.
+pub fn coarse_now() -> Instant {
+    SWEEP.with(|s| s.borrow().now).unwrap_or_else(Instant::now)
 }
 
 /// Ticks this thread's deadlines for as long as the runtime runs it (spawned once per shard).
@@ -56,7 +66,11 @@ pub async fn sweeper() {
     struct Stop;
     impl Drop for Stop {
         fn drop(&mut self) {
-            let _ = SWEEP.try_with(|s| s.borrow_mut().running = false);
+            let _ = SWEEP.try_with(|s| {
+                let mut s = s.borrow_mut();
+                s.running = false;
+                s.now = None;
+            });
         }
     }
     if SWEEP.with(|s| std::mem::replace(&mut s.borrow_mut().running, true)) {
@@ -69,6 +83,7 @@ pub async fn sweeper() {
         SWEEP.with(|s| {
             let s = &mut *s.borrow_mut();
             s.tick += 1;
+            s.now = Some(Instant::now());
             if s.tick < s.next_scan {
                 return;
             }
@@ -206,8 +221,6 @@ pub async fn within<F: Future>(limit: Duration, fut: F) -> Result<F::Output, Ela
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use super::*;
 
     #[test]
