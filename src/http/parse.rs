@@ -96,6 +96,38 @@ struct ConnInfo {
     upgrade: bool,
 }
 
+/// A head's bytes and header slots, kept apart from the head while its connection is idle.
+#[derive(Debug)]
+pub struct HeadStorage {
+    buf: BytesMut,
+    headers: Vec<HeaderPos>,
+}
+
+impl HeadStorage {
+    /// Enough for most heads without growing.
+    pub fn new() -> HeadStorage {
+        HeadStorage {
+            buf: BytesMut::with_capacity(1024),
+            headers: Vec::with_capacity(32),
+        }
+    }
+
+    fn take(buf: &mut BytesMut, headers: &mut Vec<HeaderPos>) -> HeadStorage {
+        buf.clear();
+        headers.clear();
+        HeadStorage {
+            buf: std::mem::take(buf),
+            headers: std::mem::take(headers),
+        }
+    }
+}
+
+impl Default for HeadStorage {
+    fn default() -> Self {
+        HeadStorage::new()
+    }
+}
+
 /// A parsed request head. Reused across requests on a connection: `clear` keeps capacity.
 #[derive(Debug)]
 pub struct RequestHead {
@@ -122,14 +154,15 @@ pub struct RequestHead {
 impl Default for RequestHead {
     fn default() -> Self {
         RequestHead {
-            buf: BytesMut::with_capacity(1024),
+            // No storage until the first parse or `restore` (idle connections hold none).
+            buf: BytesMut::new(),
             method: Method::Get,
             method_span: (0, 0),
             target: (0, 0),
             path: (0, 0),
             query: None,
             version: 1,
-            headers: Vec::with_capacity(32),
+            headers: Vec::new(),
             host: None,
             body: BodyKind::Empty,
             keep_alive: true,
@@ -223,6 +256,21 @@ impl RequestHead {
         listed(&self.buf, &self.conn_tokens, name)
     }
 
+    /// Moves the head's storage out (cleared) while the connection is idle; until `restore`
+    /// the head reads as an empty `GET /` and a `parse` would allocate.
+    pub fn release(&mut self) -> HeadStorage {
+        self.reset();
+        self.method = Method::Get;
+        self.method_span = (0, 0);
+        self.target = (0, 0);
+        self.path = (0, 0);
+        HeadStorage::take(&mut self.buf, &mut self.headers)
+    }
+
+    pub fn restore(&mut self, s: HeadStorage) {
+        (self.buf, self.headers) = (s.buf, s.headers);
+    }
+
     fn reset(&mut self) {
         self.buf.clear();
         self.headers.clear();
@@ -237,27 +285,22 @@ impl RequestHead {
     /// Parses and validates a request head at the start of `input`. On `Complete(n)` the head
     /// (the first `n` bytes) has been copied into `self.buf` and the caller should drop them from `input`.
     pub fn parse(&mut self, input: &[u8], limits: &HeadLimits) -> Result<Status, ClientError> {
-        // The request line's limit is checked before the whole head's so an over-long
-        // URI gets 414 rather than 431.
-        let line_end = input
-            .iter()
-            .take(limits.max_request_line_bytes + 2)
-            .position(|&b| b == b'\n');
-        match line_end {
-            None if input.len() > limits.max_request_line_bytes + 1 => {
-                return Err(ClientError::UriTooLong)
-            }
-            Some(p) if p > limits.max_request_line_bytes + 1 => {
-                return Err(ClientError::UriTooLong)
-            }
-            _ => {}
-        }
         let mut raw: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
             [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
-        let n = match httparse::ParserConfig::default()
-            .parse_request_with_uninit_headers(&mut req, input, &mut raw)
-        {
+        let parsed = httparse::ParserConfig::default()
+            .parse_request_with_uninit_headers(&mut req, input, &mut raw);
+        // The request line's limit is checked before the whole head's (and before httparse's
+        // verdict) so an over-long URI gets 414 rather than 431 or 400. A complete head has
+        // its line's end just after the target, so only those few bytes are scanned.
+        let line_from = match (&parsed, req.path) {
+            (Ok(httparse::Status::Complete(_)), Some(t)) => span_of(input, t.as_bytes()).1 as usize,
+            _ => 0,
+        };
+        if line_too_long(input, line_from, limits.max_request_line_bytes) {
+            return Err(ClientError::UriTooLong);
+        }
+        let n = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
                 if input.len() > limits.max_header_bytes {
@@ -437,13 +480,37 @@ fn strip_scheme(t: &[u8]) -> Option<&[u8]> {
     None
 }
 
+/// The request line (up to its LF, searched from `from`, a point before it) is longer than
+/// `max` bytes plus its line ending, or no LF came within that many bytes.
+#[allow(clippy::manual_contains)] // measured: see the comment inside
+fn line_too_long(input: &[u8], from: usize, max: usize) -> bool {
+    let end = input.len().min(max + 2);
+    // A byte loop, not `contains` (memchr): the LF is a few bytes in, and memchr's setup for a
+    // window of up to `max` bytes cost more than the loop (callgrind: ~100 vs ~30 Ir).
+    if from < end && input[from..end].iter().any(|&b| b == b'\n') {
+        return false;
+    }
+    input.len() > max + 1
+}
+
 /// Host header or authority: reg-name / IPv4 / [IPv6] with optional port. Anything else could
 /// be used to confuse routing or the upstream, so it is refused.
 fn valid_host(v: &[u8]) -> bool {
-    v.iter().all(|&b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']' | b'%')
-    })
+    // One table load per byte instead of five range/equality tests (callgrind: 47 -> ~20 Ir).
+    v.iter().all(|&b| HOST_BYTE[usize::from(b)])
 }
+
+const HOST_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'.' | b'-' | b'_' | b':' | b'[' | b']' | b'%');
+        b += 1;
+    }
+    t
+};
 
 /// `1*DIGIT`, or a comma list of identical such values (RFC 9112 6.3 allows collapsing them).
 pub fn parse_content_length(v: &[u8]) -> Option<u64> {
@@ -550,11 +617,12 @@ pub struct ResponseHead {
 impl Default for ResponseHead {
     fn default() -> Self {
         ResponseHead {
-            buf: BytesMut::with_capacity(1024),
+            // No storage until the first parse or `restore` (idle connections hold none).
+            buf: BytesMut::new(),
             status: 0,
             reason: (0, 0),
             version: 1,
-            headers: Vec::with_capacity(32),
+            headers: Vec::new(),
             body: BodyKind::Empty,
             keep_alive: true,
             conn_tokens: Vec::new(),
@@ -581,6 +649,18 @@ impl ResponseHead {
     }
     pub fn listed_in_connection(&self, name: &[u8]) -> bool {
         listed(&self.buf, &self.conn_tokens, name)
+    }
+
+    /// Moves the head's storage out (cleared) while the connection is idle; until `restore`
+    /// the head has no headers.
+    pub fn release(&mut self) -> HeadStorage {
+        self.conn_tokens.clear();
+        self.reason = (0, 0);
+        HeadStorage::take(&mut self.buf, &mut self.headers)
+    }
+
+    pub fn restore(&mut self, s: HeadStorage) {
+        (self.buf, self.headers) = (s.buf, s.headers);
     }
 
     /// Parses an upstream response head; `request_method` decides whether a body follows.

@@ -171,3 +171,33 @@ fn responses() {
     assert!(resp("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", Method::Get).is_err());
     assert!(resp("HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", Method::Get).is_err());
 }
+
+/// The request-line limit (414) at its boundary, for complete, partial and malformed heads,
+/// against the plain rule: no LF within the first `max + 2` bytes and more than `max + 1` bytes.
+#[test]
+fn request_line_limit_boundary() {
+    let max = LIMITS.max_request_line_bytes;
+    let old_rule = |input: &[u8]| {
+        let w = &input[..input.len().min(max + 2)];
+        !w.contains(&b'\n') && input.len() > max + 1
+    };
+    for len in max - 20..max + 5 {
+        let target = format!("/{}", "a".repeat(len - "GET / HTTP/1.1".len() + 1));
+        for head in [
+            format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n"),
+            format!("GET {target} HTTP/1.1\nHost: a\n\n"),
+            format!("GET {target} HTTP/1.1\r\nHost: a\r\n"),
+            format!("GET {target} HTTP/1.1"),
+            format!("GET {target} HTTP/9.9\r\nHost: a\r\n\r\n"),
+        ] {
+            let mut h = RequestHead::default();
+            let got = h.parse(head.as_bytes(), &LIMITS);
+            assert_eq!(
+                got == Err(ClientError::UriTooLong),
+                old_rule(head.as_bytes()),
+                "line of {len} bytes: {:?} -> {got:?}",
+                &head[head.len().saturating_sub(30)..]
+            );
+        }
+    }
+}

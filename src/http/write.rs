@@ -37,6 +37,18 @@ pub struct UpstreamRequest<'a> {
 }
 
 pub fn put_u64(out: &mut BytesMut, mut n: u64) {
+    if n < 1000 {
+        // Status codes and small bodies: no loop (callgrind: ~55 -> ~25 Ir a call).
+        let n = n as u16;
+        let d = [
+            b'0' + (n / 100) as u8,
+            b'0' + (n / 10 % 10) as u8,
+            b'0' + (n % 10) as u8,
+        ];
+        let skip = usize::from(n < 100) + usize::from(n < 10);
+        out.put_slice(&d[skip..]);
+        return;
+    }
     let mut tmp = [0u8; 20];
     let mut at = tmp.len();
     loop {
@@ -293,6 +305,15 @@ pub fn error_response(out: &mut BytesMut, status: u16, message: &str, keep_alive
 mod tests {
     use super::*;
     use crate::http::parse::{HeadLimits, Method};
+
+    #[test]
+    fn put_u64_matches_display_around_the_short_path() {
+        for n in (0..1100).chain([9_999, 10_000, 123_456_789, u64::MAX]) {
+            let mut b = BytesMut::new();
+            put_u64(&mut b, n);
+            assert_eq!(&b[..], n.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn error_body_is_json_with_right_length() {

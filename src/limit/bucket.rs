@@ -2,7 +2,9 @@
 //! node-wide rate split between shards by demand. Pure: time in ms since the node epoch.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
+use super::count::KeyHasher;
 use super::sync::Item;
 
 #[derive(Debug, Clone)]
@@ -59,7 +61,8 @@ pub struct Bucket {
     p: BucketParams,
     me: usize,
     n: usize,
-    map: HashMap<u64, Entry>,
+    /// Keys are already xxh3 hashes: identity-hashed (SipHash here cost more than the bucket math).
+    map: HashMap<u64, Entry, BuildHasherDefault<KeyHasher>>,
     dirty: Vec<u64>,
 }
 
@@ -69,7 +72,7 @@ impl Bucket {
             p,
             me,
             n: shards.max(1),
-            map: HashMap::new(),
+            map: HashMap::default(),
             dirty: Vec::new(),
         }
     }

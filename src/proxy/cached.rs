@@ -68,7 +68,9 @@ impl<S: ClientStream> ClientConn<S> {
                 Err(gate) => {
                     // Another request on this shard is fetching this key: wait for it, then
                     // serve what it stored, or go to the origin ourselves.
-                    let _ = monoio::time::timeout(inst.conf.lock_timeout, gate.wait()).await;
+                    // Boxed: an inline monoio timer would over-align the request future.
+                    let _ =
+                        Box::pin(monoio::time::timeout(inst.conf.lock_timeout, gate.wait())).await;
                     let now = now_ms();
                     let auth = self.req.header("authorization").is_some();
                     let found = inst
@@ -324,7 +326,7 @@ impl<S: ClientStream> ClientConn<S> {
                 return After::Close;
             }
             // Large bodies go out straight from the shared entry, never copied.
-            match monoio::time::timeout(send, self.stream.write_all(body)).await {
+            match crate::runtime::deadline::within(send, self.stream.write_all(body)).await {
                 Ok((Ok(_), _)) => {}
                 _ => return After::Close,
             }
@@ -352,7 +354,7 @@ impl<S: ClientStream> ClientConn<S> {
                 got += 1;
             }
             if got < expect {
-                monoio::time::sleep(Duration::from_millis(1)).await;
+                Box::pin(monoio::time::sleep(Duration::from_millis(1))).await;
             }
         }
         shards.sort_by_key(|s| s.0);

@@ -15,7 +15,7 @@ use crate::http::parse::{BodyKind, RequestHead, ResponseHead, Status};
 use crate::http::write;
 use crate::net::tls::TlsInfo;
 use crate::route::{Params, RequestView};
-use crate::runtime::shard::{bufs, Shard};
+use crate::runtime::shard::Shard;
 use crate::upstream::stream::UpstreamStream;
 
 impl RequestView for RequestHead {
@@ -66,8 +66,6 @@ enum HeadRead {
 /// in one read, small enough that 10k idle connections stay under 8 KiB each. A head or body
 /// that needs more grows the buffer to `read_buffer_bytes`; it shrinks back when idle.
 const IDLE_READ: usize = 2048;
-/// Write buffer size taken for a request when the free list is empty.
-const WBUF: usize = 4096;
 
 /// Serves one accepted connection to completion.
 pub async fn serve<S: ClientStream>(
@@ -82,13 +80,13 @@ pub async fn serve<S: ClientStream>(
         stream,
         ip: peer.ip().to_string(),
         rbuf: BytesMut::with_capacity(IDLE_READ.min(buf)),
-        // Taken from the shard's free list when a request arrives (`handle`).
+        // These five come from the thread's idle list when a request's bytes arrive (idle.rs).
         wbuf: BytesMut::new(),
         ubuf: BytesMut::new(),
         req: RequestHead::default(),
         resp: ResponseHead::default(),
         params: Params::new(),
-        path: BytesMut::with_capacity(256),
+        path: BytesMut::new(),
         served: 0,
         cx: crate::plugin::Ctx::new(shard.id, peer.ip()),
         tls,
@@ -97,19 +95,24 @@ pub async fn serve<S: ClientStream>(
         let ClientConn {
             stream, rbuf, ubuf, ..
         } = c;
-        tunnel::run(
+        // Boxed: inline, the tunnel's state would size every connection's task (idle memory).
+        Box::pin(tunnel::run(
             stream,
             rbuf,
             upstream,
             ubuf,
             shard.cfg.server.tunnel_idle_timeout,
-        )
+        ))
         .await;
-    } else if c.tls.is_some() {
-        // close_notify: without it OpenSSL-based clients treat our close as a truncation and
-        // drop the session, so they never resume (measured: s_time -reuse fell to full-handshake rate).
-        let send = shard.cfg.server.send_timeout;
-        let _ = monoio::time::timeout(send, c.stream.shutdown()).await;
+    } else {
+        // Recycled for the next connection (a new connection per request skips the allocator).
+        c.park();
+        if c.tls.is_some() {
+            // close_notify: without it OpenSSL-based clients treat our close as a truncation and
+            // drop the session, so they never resume (measured: s_time -reuse fell to full-handshake rate).
+            let send = shard.cfg.server.send_timeout;
+            let _ = crate::runtime::deadline::within(send, c.stream.shutdown()).await;
+        }
     }
 }
 
@@ -131,7 +134,8 @@ impl<S: ClientStream> ClientConn<S> {
                 HeadRead::Close => return None,
                 HeadRead::Fail(e) => {
                     let started = self.observe_start();
-                    self.respond_error(&shard, e.into(), false).await;
+                    // Boxed (rare path) so its write timer does not size the idle task.
+                    Box::pin(self.respond_error(&shard, e.into(), false)).await;
                     self.observe_bad_head(&shard, started);
                     return None;
                 }
@@ -144,7 +148,10 @@ impl<S: ClientStream> ClientConn<S> {
             self.served += 1;
             shard.stats.requests.set(shard.stats.requests.get() + 1);
             let started = self.observe_start();
-            let after = self.handle(&shard).await;
+            // On the heap for the request's duration: the exchange's state machine is ~2 KiB,
+            // and inline it would stay allocated in the task of every idle keep-alive
+            // connection. A recycled block, not a Box: see reuse.rs.
+            let after = super::reuse::Pooled::new(self.handle(&shard)).await;
             self.observe_end(&shard, started);
             match after {
                 After::KeepAlive if !shard.drain.is_draining() => {}
@@ -200,7 +207,8 @@ impl<S: ClientStream> ClientConn<S> {
                 }
             };
             match res {
-                Ok(_) => {}
+                // Bytes of a request: it gets its buffers before it is parsed.
+                Ok(_) => self.unpark(server.read_buffer_bytes),
                 Err(IoFail::Timeout) if deadline.is_some() => {
                     return HeadRead::Fail(ClientError::HeaderTimeout)
                 }
@@ -209,23 +217,18 @@ impl<S: ClientStream> ClientConn<S> {
         }
     }
 
-    /// Gives the write and upstream buffers back while the connection waits for a request, and
+    /// Parks the request-time buffers while the connection waits for a request (idle.rs), and
     /// swaps a read buffer grown past the idle size (large head, request body) for a small one.
     fn park_buffers(&mut self, read_buffer_bytes: usize) {
-        bufs::give(&mut self.wbuf);
-        bufs::give(&mut self.ubuf);
+        self.park();
         if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * IDLE_READ {
             self.rbuf = BytesMut::with_capacity(IDLE_READ.min(read_buffer_bytes));
         }
     }
 
     async fn handle(&mut self, shard: &Shard) -> After {
-        if self.wbuf.capacity() == 0 {
-            self.wbuf = bufs::take(WBUF);
-        }
-        if self.ubuf.capacity() == 0 {
-            self.ubuf = bufs::take(shard.cfg.server.read_buffer_bytes);
-        }
+        // Normally taken when the head's bytes arrived (read_head).
+        self.unpark(shard.cfg.server.read_buffer_bytes);
         let cfg = &shard.cfg;
         let route = {
             let req = &self.req;

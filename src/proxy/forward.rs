@@ -89,7 +89,8 @@ impl<S: ClientStream> ClientConn<S> {
         let mut fresh_for: Option<usize> = None;
         let mut last = UpstreamError::ConnectRefused;
         loop {
-            let now = Instant::now();
+            // Pool ages and health windows are seconds: the sweeper's clock saves two reads.
+            let now = crate::runtime::deadline::coarse_now();
             let node = match fresh_for.take() {
                 Some(n) => n,
                 None => {
@@ -138,9 +139,11 @@ impl<S: ClientStream> ClientConn<S> {
                 Exchange::Done { client, reusable } => {
                     up.health.borrow_mut().report_success(node);
                     if reusable {
-                        up.pools[node]
-                            .borrow_mut()
-                            .put(conn, &cfg.pool, Instant::now());
+                        up.pools[node].borrow_mut().put(
+                            conn,
+                            &cfg.pool,
+                            crate::runtime::deadline::coarse_now(),
+                        );
                     }
                     return client;
                 }
@@ -530,7 +533,8 @@ async fn connect(up: &UpstreamState, node: usize) -> Result<UpstreamStream, Upst
             },
         }
     };
-    match monoio::time::timeout(up.cfg.connect_timeout, open).await {
+    // Boxed (only new connections pay): an inline monoio timer would over-align the request future.
+    match Box::pin(monoio::time::timeout(up.cfg.connect_timeout, open)).await {
         Err(_) => Err(UpstreamError::ConnectTimeout),
         Ok(r) => r,
     }

@@ -5,10 +5,12 @@ mod cached;
 mod conn;
 mod discard;
 mod forward;
+mod idle;
 pub mod io;
 mod observe;
 mod phases;
 mod pump;
+mod reuse;
 mod tunnel;
 
 pub use conn::{serve, ClientStream};

@@ -21,14 +21,16 @@ impl<S: ClientStream> ClientConn<S> {
         let after = match shard.plugins.request_phases(route, &self.req, &mut self.cx) {
             Some(reply) => {
                 if !self.cx.delay.is_zero() {
-                    monoio::time::sleep(self.cx.delay).await;
+                    // Boxed: a `Sleep` is 640 bytes aligned to 128, and inline it would make the
+                    // per-request future (boxed in conn.rs) an over-aligned, slow allocation.
+                    Box::pin(monoio::time::sleep(self.cx.delay)).await;
                 }
                 self.cx.status = reply.status;
                 self.send_reply(shard, reply).await
             }
             None => {
                 if !self.cx.delay.is_zero() {
-                    monoio::time::sleep(self.cx.delay).await;
+                    Box::pin(monoio::time::sleep(self.cx.delay)).await;
                 }
                 self.cx.forwarded = true;
                 if self.cx.cache.active() {

@@ -2,6 +2,7 @@
 //! SIGTERM/SIGINT into a drain and SIGHUP into a certificate reload over each shard's control
 //! channel. The only code that spans shards.
 
+pub mod deadline;
 pub mod drain;
 pub mod shard;
 pub mod wake;

@@ -159,6 +159,7 @@ pub async fn run(
 ) {
     let mut wake = super::wake::Wakeup::new(wake);
     CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
+    monoio::spawn(super::deadline::sweeper());
     monoio::spawn(crate::plugin::chain::sync_loop(shard.clone()));
     monoio::spawn(crate::cache::shard_loop(shard.clone()));
     let mut pending: Option<Rc<Shard>> = None;
@@ -467,50 +468,5 @@ async fn serve_tls(
             shard.conns.set(shard.conns.get().saturating_sub(1));
             log::debug!("shard {}: TLS handshake with {peer} failed: {e}", shard.id);
         }
-    }
-}
-
-/// Per-shard free list of I/O buffers. A keep-alive connection needs its write and
-/// upstream-response buffers only during an exchange; parking them here while it waits for its
-/// next request keeps an idle connection's memory small (perf/idle-rss.sh: 48 KiB per idle
-/// connection before) while busy connections reuse warm buffers instead of allocating.
-/// Thread-local because a shard is one thread; no lock, no sharing.
-pub mod bufs {
-    use std::cell::RefCell;
-
-    use bytes::BytesMut;
-
-    /// Buffers kept at most; more than this many in the list means that many exchanges ran at
-    /// once recently, and the rest go back to the allocator.
-    const KEEP: usize = 512;
-    /// Buffers grown past this (large coalesced bodies) are not kept.
-    const MAX_CAP: usize = 64 * 1024;
-
-    thread_local! {
-        static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// A cleared buffer from the list, or a new one of `cap` bytes.
-    pub fn take(cap: usize) -> BytesMut {
-        FREE.with(|f| f.borrow_mut().pop())
-            .unwrap_or_else(|| BytesMut::with_capacity(cap))
-    }
-
-    /// Parks `b` (emptied) for another connection; `b` is left empty without capacity.
-    pub fn give(b: &mut BytesMut) {
-        if b.capacity() == 0 {
-            return;
-        }
-        let mut b = std::mem::take(b);
-        if b.capacity() > MAX_CAP {
-            return;
-        }
-        b.clear();
-        FREE.with(|f| {
-            let mut f = f.borrow_mut();
-            if f.len() < KEEP {
-                f.push(b);
-            }
-        });
     }
 }

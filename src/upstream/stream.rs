@@ -10,6 +10,8 @@ use monoio::BufResult;
 
 use crate::net::tls_client::ClientStream;
 
+/// The TLS arms box their futures: rustls' are ~700 bytes, and inline they would size (and be
+/// copied with) every plain-TCP read and write of the exchange too.
 pub enum UpstreamStream {
     Plain(TcpStream),
     /// Boxed: the rustls session and its buffers are large and TLS is the rarer case.
@@ -20,14 +22,14 @@ impl AsyncReadRent for UpstreamStream {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             UpstreamStream::Plain(s) => s.read(buf).await,
-            UpstreamStream::Tls(s) => s.read(buf).await,
+            UpstreamStream::Tls(s) => Box::pin(s.read(buf)).await,
         }
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             UpstreamStream::Plain(s) => s.readv(buf).await,
-            UpstreamStream::Tls(s) => s.readv(buf).await,
+            UpstreamStream::Tls(s) => Box::pin(s.readv(buf)).await,
         }
     }
 }
@@ -36,28 +38,28 @@ impl AsyncWriteRent for UpstreamStream {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             UpstreamStream::Plain(s) => s.write(buf).await,
-            UpstreamStream::Tls(s) => s.write(buf).await,
+            UpstreamStream::Tls(s) => Box::pin(s.write(buf)).await,
         }
     }
 
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             UpstreamStream::Plain(s) => s.writev(buf).await,
-            UpstreamStream::Tls(s) => s.writev(buf).await,
+            UpstreamStream::Tls(s) => Box::pin(s.writev(buf)).await,
         }
     }
 
     async fn flush(&mut self) -> io::Result<()> {
         match self {
             UpstreamStream::Plain(s) => s.flush().await,
-            UpstreamStream::Tls(s) => s.flush().await,
+            UpstreamStream::Tls(s) => Box::pin(s.flush()).await,
         }
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {
         match self {
             UpstreamStream::Plain(s) => s.shutdown().await,
-            UpstreamStream::Tls(s) => s.shutdown().await,
+            UpstreamStream::Tls(s) => Box::pin(s.shutdown()).await,
         }
     }
 }

@@ -5,43 +5,63 @@ use super::NodeSet;
 
 #[derive(Debug, Clone)]
 pub(super) struct RoundRobin {
-    weights: Vec<i64>,
-    current: Vec<i64>,
+    /// (weight, current weight) per node, side by side so one pass touches one array.
+    nodes: Vec<(i64, i64)>,
+    /// Sum of all weights: the total when nothing is skipped (the common case).
+    total: i64,
 }
 
 impl RoundRobin {
     pub(super) fn new(weights: &[u32]) -> RoundRobin {
+        let nodes: Vec<(i64, i64)> = weights.iter().map(|&w| (i64::from(w.max(1)), 0)).collect();
         RoundRobin {
-            weights: weights.iter().map(|&w| i64::from(w.max(1))).collect(),
-            current: vec![0; weights.len()],
+            total: nodes.iter().map(|n| n.0).sum(),
+            nodes,
         }
     }
 
     pub(super) fn len(&self) -> usize {
-        self.weights.len()
+        self.nodes.len()
     }
 
     /// Skipped nodes neither gain current weight nor count towards the total, as nginx does
     /// for tried peers, so the remaining nodes keep their relative smooth ordering.
     pub(super) fn pick(&mut self, skip: &NodeSet) -> Option<usize> {
-        if self.weights.len() == 1 {
-            return (!skip.contains(0)).then_some(0);
+        match self.nodes.len() {
+            0 => return None,
+            1 => return (!skip.contains(0)).then_some(0),
+            _ => {}
+        }
+        if skip.is_empty() {
+            // First tries (almost every pick): no membership test per node, total precomputed.
+            let mut best = 0;
+            let mut best_cur = i64::MIN;
+            for (i, (w, cur)) in self.nodes.iter_mut().enumerate() {
+                *cur += *w;
+                // Strict '>' keeps the first maximum, which yields nginx's exact sequence.
+                // Written as two selects (cmov, no branch): the winner changes pick to pick in
+                // a pattern the branch predictor misses.
+                let c = *cur;
+                best = if c > best_cur { i } else { best };
+                best_cur = best_cur.max(c);
+            }
+            self.nodes[best].1 -= self.total;
+            return Some(best);
         }
         let mut best: Option<(usize, i64)> = None;
         let mut total = 0i64;
-        for (i, (cur, &w)) in self.current.iter_mut().zip(&self.weights).enumerate() {
+        for (i, (w, cur)) in self.nodes.iter_mut().enumerate() {
             if skip.contains(i) {
                 continue;
             }
-            *cur += w;
-            total += w;
-            // Strict '>' keeps the first maximum, which yields nginx's exact sequence.
+            *cur += *w;
+            total += *w;
             if best.map_or(true, |(_, c)| *cur > c) {
                 best = Some((i, *cur));
             }
         }
         let (b, _) = best?;
-        self.current[b] -= total;
+        self.nodes[b].1 -= total;
         Some(b)
     }
 }

@@ -1,0 +1,266 @@
+//! Coarse deadlines for socket reads and writes: one sweeper task per shard counts ticks and wakes
+//! the waits whose tick has come. Owns this thread's tick counter and wait slots; knows no sockets.
+//!
+//! Why not `monoio::time::timeout` per operation: each one reads the clock, builds a 640-byte
+//! `Sleep` (moved with the future), and inserts into and removes from the timer wheel; callgrind
+//! put that at ~900 instructions of a ~13.9k-instruction proxied request (four timed steps). Here a
+//! step costs a slot push/pop and no clock read. The price is precision: a wait ends between
+//! `limit` and `limit + 2 * TICK` after it started (never early, since ticks are at least `TICK`
+//! apart), which is far inside what the client/upstream timeouts are for.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Tick of the sweeper; the lateness bound of every deadline is two of these.
+pub const TICK: Duration = Duration::from_millis(10);
+const TICK_MS: u64 = 10;
+
+/// The wait ran past its limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Elapsed;
+
+struct Slot {
+    /// Tick at which the wait ends; 0 = slot free.
+    fire: u64,
+    waker: Option<Waker>,
+}
+
+struct Sweep {
+    /// A sweeper runs on this thread (otherwise waits fall back to monoio timers).
+    running: bool,
+    tick: u64,
+    /// The clock at the last tick (`coarse_now`).
+    now: Option<Instant>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// No registered wait fires before this tick: the sweeper skips the scan until then.
+    next_scan: u64,
+}
+
+thread_local! {
+    static SWEEP: RefCell<Sweep> = const {
+        RefCell::new(Sweep {
+            running: false,
+            tick: 1,
+            now: None,
+            slots: Vec::new(),
+            free: Vec::new(),
+            next_scan: u64::MAX,
+        })
+    };
+}
+
+/// The clock as of the sweeper's last tick (at most `TICK` old, never ahead): for ages measured
+/// in seconds (pooled connection idle time, health windows) without a clock read per request.
+/// Threads without a sweeper read the clock.
+pub fn coarse_now() -> Instant {
+    SWEEP.with(|s| s.borrow().now).unwrap_or_else(Instant::now)
+}
+
+/// Ticks this thread's deadlines for as long as the runtime runs it (spawned once per shard).
+pub async fn sweeper() {
+    /// Threads whose sweeper is gone fall back to monoio timers instead of waiting forever.
+    struct Stop;
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = SWEEP.try_with(|s| {
+                let mut s = s.borrow_mut();
+                s.running = false;
+                s.now = None;
+            });
+        }
+    }
+    if SWEEP.with(|s| std::mem::replace(&mut s.borrow_mut().running, true)) {
+        return; // already one on this thread
+    }
+    let _stop = Stop;
+    let mut due: Vec<Waker> = Vec::new();
+    loop {
+        monoio::time::sleep(TICK).await;
+        SWEEP.with(|s| {
+            let s = &mut *s.borrow_mut();
+            s.tick += 1;
+            s.now = Some(Instant::now());
+            if s.tick < s.next_scan {
+                return;
+            }
+            let tick = s.tick;
+            let mut next = u64::MAX;
+            for slot in s.slots.iter_mut().filter(|slot| slot.fire != 0) {
+                if slot.fire <= tick {
+                    due.extend(slot.waker.take());
+                } else {
+                    next = next.min(slot.fire);
+                }
+            }
+            s.next_scan = next;
+        });
+        // Woken outside the borrow: a waker may touch the slots again.
+        for w in due.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// The deadline of one I/O step, polled beside it; registers lazily (a step that completes on its
+/// first poll costs nothing) and deregisters on drop. 40 bytes, so it is cheap to keep in futures.
+pub struct Wait {
+    limit: Duration,
+    key: u32,
+    fire: u64,
+    /// Threads without a sweeper (admin, tests): a monoio timer, boxed so that this rare case
+    /// does not put a 640-byte `Sleep` into every caller's future.
+    fallback: Option<Pin<Box<monoio::time::Sleep>>>,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl Wait {
+    pub fn new(limit: Duration) -> Wait {
+        Wait {
+            limit,
+            key: NONE,
+            fire: 0,
+            fallback: None,
+        }
+    }
+
+    /// Polls `op` and then the deadline: `Some` with the op's output, `None` once the limit has
+    /// passed. Polled beside the op (not wrapping it) so the caller moves the op's future once.
+    pub fn poll_with<F: Future>(
+        &mut self,
+        op: Pin<&mut F>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<F::Output>> {
+        match op.poll(cx) {
+            Poll::Ready(v) => Poll::Ready(Some(v)),
+            Poll::Pending => self.poll_elapsed(cx).map(|()| None),
+        }
+    }
+
+    /// Ready once the limit has passed.
+    fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(sleep) = &mut self.fallback {
+            return sleep.as_mut().poll(cx);
+        }
+        let waker = cx.waker();
+        let registered = SWEEP.with(|s| {
+            let s = &mut *s.borrow_mut();
+            if self.key != NONE {
+                if s.tick >= self.fire {
+                    return Some(Poll::Ready(()));
+                }
+                let slot = &mut s.slots[self.key as usize];
+                if !slot.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    slot.waker = Some(waker.clone());
+                }
+                return Some(Poll::Pending);
+            }
+            if !s.running {
+                return None;
+            }
+            // +1: the current tick is already partly over.
+            let ticks = (self.limit.as_millis() as u64).div_ceil(TICK_MS) + 1;
+            self.fire = s.tick.saturating_add(ticks);
+            let slot = Slot {
+                fire: self.fire,
+                waker: Some(waker.clone()),
+            };
+            self.key = match s.free.pop() {
+                Some(k) => {
+                    s.slots[k as usize] = slot;
+                    k
+                }
+                None => {
+                    s.slots.push(slot);
+                    (s.slots.len() - 1) as u32
+                }
+            };
+            s.next_scan = s.next_scan.min(self.fire);
+            Some(Poll::Pending)
+        });
+        match registered {
+            Some(p) => p,
+            None => {
+                let sleep = self
+                    .fallback
+                    .insert(Box::pin(monoio::time::sleep(self.limit)));
+                sleep.as_mut().poll(cx)
+            }
+        }
+    }
+}
+
+impl Drop for Wait {
+    fn drop(&mut self) {
+        if self.key == NONE {
+            return;
+        }
+        let _ = SWEEP.try_with(|s| {
+            let s = &mut *s.borrow_mut();
+            if let Some(slot) = s.slots.get_mut(self.key as usize) {
+                slot.fire = 0;
+                slot.waker = None;
+                s.free.push(self.key);
+            }
+        });
+    }
+}
+
+/// Runs `fut`, giving up once `limit` has passed (see the module notes for the precision).
+pub async fn within<F: Future>(limit: Duration, fut: F) -> Result<F::Output, Elapsed> {
+    let mut fut = pin!(fut);
+    let mut wait = Wait::new(limit);
+    poll_fn(|cx| wait.poll_with(fut.as_mut(), cx))
+        .await
+        .ok_or(Elapsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_end_never_early_with_and_without_a_sweeper() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let limit = Duration::from_millis(30);
+            // No sweeper on this thread yet: the monoio-timer fallback.
+            let t = Instant::now();
+            assert_eq!(
+                within(limit, std::future::pending::<()>()).await,
+                Err(Elapsed)
+            );
+            assert!(t.elapsed() >= limit);
+
+            monoio::spawn(sweeper());
+            monoio::time::sleep(TICK).await;
+            assert!(SWEEP.with(|s| s.borrow().running));
+            for _ in 0..3 {
+                let t = Instant::now();
+                assert_eq!(
+                    within(limit, std::future::pending::<()>()).await,
+                    Err(Elapsed)
+                );
+                assert!(t.elapsed() >= limit, "ended early: {:?}", t.elapsed());
+            }
+            assert_eq!(within(limit, async { 7 }).await, Ok(7));
+            // A step that completes before its deadline leaves no live slot behind.
+            let done = within(limit, monoio::time::sleep(Duration::from_millis(1))).await;
+            assert_eq!(done, Ok(()));
+            SWEEP.with(|s| {
+                let s = s.borrow();
+                assert!(s
+                    .slots
+                    .iter()
+                    .all(|slot| slot.fire == 0 && slot.waker.is_none()));
+            });
+        });
+    }
+}
