@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use bytes::{Buf, BytesMut};
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::config::DriverKind;
+use crate::config::RingOpts;
 use crate::http::parse::{BodyKind, HeadLimits, RequestHead, Status};
 use crate::http::write::put_u64;
 use crate::proxy::io::{read_some, write_all};
@@ -17,7 +17,7 @@ const LIMITS: HeadLimits = HeadLimits {
 };
 
 /// Binds now (so a taken port fails start-up) and serves on a background thread.
-pub fn start(addr: SocketAddr, driver: DriverKind, entries: u32) -> std::io::Result<()> {
+pub fn start(addr: SocketAddr, ring: RingOpts) -> std::io::Result<()> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let real = std_listener.local_addr()?;
@@ -25,7 +25,7 @@ pub fn start(addr: SocketAddr, driver: DriverKind, entries: u32) -> std::io::Res
     std::thread::Builder::new()
         .name("ringway-demo".into())
         .spawn(move || {
-            crate::runtime::block_on(driver, entries, move |_| async move {
+            crate::runtime::block_on(ring, move |_| async move {
                 let listener = match TcpListener::from_std(std_listener) {
                     Ok(l) => l,
                     Err(e) => {

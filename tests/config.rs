@@ -96,6 +96,7 @@ listen = ["127.0.0.1:0"]
 workers = "auto"
 driver = "auto"
 io_uring_entries = 1024
+io_uring_taskrun = "coop"
 max_connections = 10000
 max_header_bytes = 16384
 max_request_line_bytes = 8192

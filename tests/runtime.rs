@@ -130,6 +130,59 @@ fn io_uring_driver_explicit() {
 }
 
 #[test]
+fn every_io_uring_taskrun_mode_serves_keepalive_requests() {
+    let origin = Origin::echo_body("o");
+    for mode in ["coop", "defer", "kernel"] {
+        let gw = Gateway::start(&simple_config(
+            origin.addr,
+            &[
+                ("workers", "2"),
+                ("io_uring_taskrun", &format!("\"{mode}\"")),
+            ],
+        ));
+        let lines = wait_shard_lines(&gw, 2);
+        if io_uring_allowed() {
+            // The mode is in force, or the kernel refused it and said so.
+            let taken = lines
+                .iter()
+                .all(|l| l.contains(&format!("driver io_uring (taskrun {mode})")));
+            assert!(
+                taken || gw.logs().contains("refused by the kernel"),
+                "io_uring_taskrun = {mode}: {lines:?}"
+            );
+        }
+        // Several connections (both shards), five keep-alive requests each.
+        for c in 0..6 {
+            let mut cl = gw.client();
+            for i in 0..5 {
+                let body = format!("{mode}-{c}-{i}");
+                let r = cl.request(format!(
+                    "POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ));
+                assert_eq!((r.status, r.body_str()), (200, body));
+            }
+        }
+    }
+}
+
+#[test]
+fn unknown_io_uring_taskrun_is_refused_with_its_key() {
+    let tmp = TempFile::new(&simple_config(
+        closed_port(),
+        &[("io_uring_taskrun", "\"fast\"")],
+    ));
+    let out = run_cli(&["check", "-c", tmp.path_str()], Duration::from_secs(10));
+    assert!(!out.status.success(), "{}", out.all());
+    assert!(
+        out.all().contains("server.io_uring_taskrun")
+            && out.all().contains("\"coop\", \"defer\" or \"kernel\""),
+        "{}",
+        out.all()
+    );
+}
+
+#[test]
 fn shard_line_cpu_matches_actual_affinity_without_cpu_affinity() {
     // cpu_affinity left out: whatever the gateway chooses, the `cpu X` / `cpu none`
     // it reports must match the thread's real affinity.

@@ -58,6 +58,36 @@ pub enum DriverKind {
     Legacy,
 }
 
+/// How the kernel runs a shard's io_uring completion work (`server.io_uring_taskrun`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskRun {
+    /// COOP_TASKRUN + TASKRUN_FLAG + SINGLE_ISSUER: completion work runs when the shard next
+    /// enters the kernel, not through an interrupt per completion (kernel 6.0+).
+    Coop,
+    /// `Coop` plus DEFER_TASKRUN: completion work waits until the shard waits for events (6.1+).
+    Defer,
+    /// The kernel's default: completion work signalled to the shard as it happens.
+    Kernel,
+}
+
+impl TaskRun {
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskRun::Coop => "coop",
+            TaskRun::Defer => "defer",
+            TaskRun::Kernel => "kernel",
+        }
+    }
+}
+
+/// What a shard's (or the demo upstream's) runtime is built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingOpts {
+    pub driver: DriverKind,
+    pub entries: u32,
+    pub taskrun: TaskRun,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
@@ -67,6 +97,7 @@ pub struct ServerConfig {
     pub cpu_affinity: Option<Vec<usize>>,
     pub driver: DriverKind,
     pub io_uring_entries: u32,
+    pub io_uring_taskrun: TaskRun,
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_request_line_bytes: usize,
@@ -80,6 +111,16 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
+}
+
+impl ServerConfig {
+    pub fn ring(&self) -> RingOpts {
+        RingOpts {
+            driver: self.driver,
+            entries: self.io_uring_entries,
+            taskrun: self.io_uring_taskrun,
+        }
+    }
 }
 
 /// A TLS listener: the files it was built from (for SIGHUP) and the built rustls config.

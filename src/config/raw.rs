@@ -96,6 +96,8 @@ pub struct RawServer {
     #[serde(default)]
     pub io_uring_entries: Option<u32>,
     #[serde(default)]
+    pub io_uring_taskrun: Option<String>,
+    #[serde(default)]
     pub max_connections: Option<usize>,
     #[serde(default)]
     pub max_header_bytes: Option<usize>,

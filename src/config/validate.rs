@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::raw::{RawConfig, RawDuration, RawListen, RawRoute, RawUpstream, RawWorkers};
 use super::{
     Config, ConfigError, DriverKind, HashOn, NodeConfig, PassHost, PoolConfig, RouteConfig,
-    ServerConfig, UpstreamConfig,
+    ServerConfig, TaskRun, UpstreamConfig,
 };
 use crate::net::tls::new_ticketer;
 use crate::route::{Cond, RouteSpec, Router};
@@ -190,6 +190,17 @@ fn server(raw: &RawConfig, dir: &Path) -> Result<ServerConfig, ConfigError> {
             format!("expected 8..=32768, got {entries}"),
         ));
     }
+    let taskrun = match s.io_uring_taskrun.as_deref() {
+        None | Some("coop") => TaskRun::Coop,
+        Some("defer") => TaskRun::Defer,
+        Some("kernel") => TaskRun::Kernel,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "server.io_uring_taskrun",
+                format!("expected \"coop\", \"defer\" or \"kernel\", got {other:?}"),
+            ))
+        }
+    };
     let max_header_bytes = s.max_header_bytes.unwrap_or(16 * 1024);
     if !(256..=1024 * 1024).contains(&max_header_bytes) {
         return Err(ConfigError::new(
@@ -227,6 +238,7 @@ fn server(raw: &RawConfig, dir: &Path) -> Result<ServerConfig, ConfigError> {
         cpu_affinity: s.cpu_affinity.clone(),
         driver,
         io_uring_entries: entries,
+        io_uring_taskrun: taskrun,
         max_connections,
         max_header_bytes,
         max_request_line_bytes,

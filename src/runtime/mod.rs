@@ -17,7 +17,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
-use crate::config::{Config, DriverKind};
+use crate::config::{Config, DriverKind, RingOpts, TaskRun};
 use shard::{Control, Shard};
 
 /// Runs the gateway until a termination signal; returns once shards have drained.
@@ -33,9 +33,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         log::info!("listening on {a} ({workers} shards)");
     }
     if let Some(addr) = cfg.demo {
-        let entries = cfg.server.io_uring_entries;
-        let driver = cfg.server.driver;
-        crate::demo::start(addr, driver, entries).map_err(|e| format!("demo upstream: {e}"))?;
+        crate::demo::start(addr, cfg.server.ring()).map_err(|e| format!("demo upstream: {e}"))?;
     }
     if let Some(al) = &cfg.access_log {
         crate::accesslog::start(al)?;
@@ -150,33 +148,48 @@ fn spawn_shard(
                 log::warn!("shard {id}: could not pin to cpu {cpu:?}; running unpinned");
             }
             let cpu_text = pinned.map_or("none".to_string(), |c| c.to_string());
-            let driver = cfg.server.driver;
-            let entries = cfg.server.io_uring_entries;
+            let ring = cfg.server.ring();
             let main = move |driver_name: &str| {
                 log::info!("shard {id} started: cpu {cpu_text}, driver {driver_name}");
                 let shard = Rc::new(Shard::new(id, cfg));
                 shard::run(shard, listeners, control.0, control.1)
             };
-            block_on(driver, entries, main);
+            block_on(ring, main);
         })
         .map_err(|e| format!("cannot start shard {id}: {e}"))
 }
 
-/// Builds the runtime for `driver` and runs `main` on it. io_uring is preferred; where the
-/// kernel refuses it (old kernel, seccomp, io_uring_disabled) the epoll driver takes over, with one log line.
-pub fn block_on<F, Fut>(driver: DriverKind, entries: u32, main: F)
+/// Builds the runtime `ring` asks for and runs `main` on it. io_uring is preferred; where the
+/// kernel refuses it (old kernel, seccomp, io_uring_disabled) the epoll driver takes over, with
+/// one log line. `main` gets the driver's name, e.g. `io_uring (taskrun coop)` or `legacy`.
+pub fn block_on<F, Fut>(ring: RingOpts, main: F)
 where
-    F: FnOnce(&'static str) -> Fut,
+    F: FnOnce(&str) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    if driver != DriverKind::Legacy {
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(entries)
-            .enable_timer()
-            .build()
-        {
+    if ring.driver != DriverKind::Legacy {
+        let mut taskrun = ring.taskrun;
+        let built = loop {
+            match uring_runtime(ring.entries, taskrun) {
+                Ok(rt) => break Ok(rt),
+                // Setup flags newer than the kernel: say so once and use the kernel's default.
+                Err(e) if taskrun != TaskRun::Kernel => {
+                    static ONCE: std::sync::Once = std::sync::Once::new();
+                    ONCE.call_once(|| {
+                        log::warn!(
+                            "io_uring_taskrun = {:?} refused by the kernel ({e}); using \"kernel\"",
+                            taskrun.name()
+                        )
+                    });
+                    taskrun = TaskRun::Kernel;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match built {
             Ok(mut rt) => {
-                rt.block_on(main("io_uring"));
+                let name = format!("io_uring (taskrun {})", taskrun.name());
+                rt.block_on(main(&name));
                 return;
             }
             Err(e) => {
@@ -196,4 +209,28 @@ where
         Ok(mut rt) => rt.block_on(main("legacy")),
         Err(e) => log::error!("cannot build any runtime: {e}"),
     }
+}
+
+/// An io_uring runtime whose ring runs completion work as `taskrun` says. A shard submits
+/// only from its own thread, which is what SINGLE_ISSUER promises the kernel; without
+/// COOP_TASKRUN every completion interrupts the shard to run its task work (measured: ~20%
+/// more requests/s per core with it, perf/RESULTS.md).
+fn uring_runtime(
+    entries: u32,
+    taskrun: TaskRun,
+) -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+    let mut urb = io_uring::IoUring::builder();
+    if taskrun != TaskRun::Kernel {
+        urb.setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .setup_single_issuer();
+    }
+    if taskrun == TaskRun::Defer {
+        urb.setup_defer_taskrun();
+    }
+    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(entries)
+        .uring_builder(urb)
+        .enable_timer()
+        .build()
 }
