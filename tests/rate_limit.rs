@@ -169,10 +169,9 @@ fn full_windows(admitted: &[Instant], window: Duration, limit: usize) -> Vec<usi
     best.map(|(_, w)| w).unwrap_or_default()
 }
 
-#[test]
-fn node_wide_limit_within_5_percent_with_uneven_shards() {
-    const LIMIT: usize = 200;
-    let o = Origin::named("o");
+/// A 2-shard gateway with `/whoami` (names the shard) and `/limited` (carrying
+/// `limited_plugin`), plus 24 keep-alive connections split by the shard they landed on.
+fn uneven_shards_gateway(o: &Origin, limited_plugin: &str) -> (Gateway, Vec<Client>, Vec<Client>) {
     let cfg = format!(
         "{}{}{}{}",
         // Connections must stay on their shard for the whole run.
@@ -184,18 +183,24 @@ fn node_wide_limit_within_5_percent_with_uneven_shards() {
             "backend",
             "[routes.plugins.response-rewrite]\nheaders.set = { X-Shard = \"$shard_id\" }\n"
         ),
-        route(
-            "limited",
-            &["/limited"],
-            "backend",
-            &format!("[routes.plugins.limit-count]\ncount = {LIMIT}\ntime_window = 1\nkey = \"header:X-Tenant\"\nsync_interval = \"10ms\"\n")
-        ),
+        route("limited", &["/limited"], "backend", limited_plugin),
     );
     let gw = Gateway::start(&cfg);
     let mut by = connections_by_shard(&gw, 24);
     assert_eq!(by.len(), 2, "24 connections all landed on one shard");
-    let mut s0 = by.remove("0").expect("shard 0 connections");
-    let mut s1 = by.remove("1").expect("shard 1 connections");
+    let s0 = by.remove("0").expect("shard 0 connections");
+    let s1 = by.remove("1").expect("shard 1 connections");
+    (gw, s0, s1)
+}
+
+#[test]
+fn node_wide_limit_within_5_percent_with_uneven_shards() {
+    const LIMIT: usize = 200;
+    let o = Origin::named("o");
+    let (gw, mut s0, mut s1) = uneven_shards_gateway(
+        &o,
+        &format!("[routes.plugins.limit-count]\ncount = {LIMIT}\ntime_window = 1\nkey = \"header:X-Tenant\"\nsync_interval = \"10ms\"\n"),
+    );
     assert!(
         (s0.len() >= 4 && !s1.is_empty()) || (s1.len() >= 4 && !s0.is_empty()),
         "need 4 connections on one shard and 1 on the other: {} / {}",
@@ -345,29 +350,10 @@ fn limit_req_node_wide_rate_within_5_percent_with_uneven_shards() {
     // request at each admission and admits below `rate`; that is not what is measured here.
     const RATE: f64 = 100.0;
     let o = Origin::named("o");
-    let cfg = format!(
-        "{}{}{}{}",
-        // Connections must stay on their shard for the whole run.
-        server(&[("workers", "2"), ("keepalive_requests", "10000000")]),
-        upstream("backend", &[o.addr], ""),
-        route(
-            "whoami",
-            &["/whoami"],
-            "backend",
-            "[routes.plugins.response-rewrite]\nheaders.set = { X-Shard = \"$shard_id\" }\n"
-        ),
-        route(
-            "limited",
-            &["/limited"],
-            "backend",
-            &format!("[routes.plugins.limit-req]\nrate = {RATE}\nburst = 20\nnodelay = true\nkey = \"header:X-Tenant\"\n")
-        ),
+    let (gw, mut s0, mut s1) = uneven_shards_gateway(
+        &o,
+        &format!("[routes.plugins.limit-req]\nrate = {RATE}\nburst = 20\nnodelay = true\nkey = \"header:X-Tenant\"\n"),
     );
-    let gw = Gateway::start(&cfg);
-    let mut by = connections_by_shard(&gw, 24);
-    assert_eq!(by.len(), 2, "24 connections all landed on one shard");
-    let mut s0 = by.remove("0").expect("shard 0 connections");
-    let mut s1 = by.remove("1").expect("shard 1 connections");
     if s0.len() < s1.len() {
         std::mem::swap(&mut s0, &mut s1);
     }
