@@ -12,6 +12,9 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
+    // Linux clones an accepted socket from its listener, TCP_NODELAY included: set once here
+    // instead of one setsockopt per accepted connection.
+    socket.set_nodelay(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }

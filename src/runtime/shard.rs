@@ -426,7 +426,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, index: usize, stop
                     drop(stream);
                     continue;
                 }
-                let _ = stream.set_nodelay(true);
+                // TCP_NODELAY comes from the listener (net/listen.rs), no syscall here.
                 shard.conns.set(shard.conns.get() + 1);
                 shard.stats.accepted.set(shard.stats.accepted.get() + 1);
                 // Looked up per connection so a reload applies to the next handshake.
