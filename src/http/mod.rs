@@ -4,4 +4,5 @@
 pub mod chunked;
 pub mod edits;
 pub mod parse;
+pub mod response_head;
 pub mod write;

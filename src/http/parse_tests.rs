@@ -2,6 +2,7 @@
 //! Pure: no sockets.
 
 use super::*;
+use crate::error::UpstreamError;
 
 const LIMITS: HeadLimits = HeadLimits {
     max_header_bytes: 8192,
