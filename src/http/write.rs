@@ -62,8 +62,9 @@ pub fn put_u64(out: &mut BytesMut, mut n: u64) {
     out.put_slice(&tmp[at..]);
 }
 
+/// `name: value\r\n`.
 #[inline]
-fn header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+pub fn header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(name);
     out.put_slice(b": ");
     out.put_slice(value);
@@ -191,20 +192,10 @@ pub fn client_response_edited(
     edits: &HeaderEdits,
     status: Option<u16>,
 ) {
-    out.put_slice(b"HTTP/1.1 ");
     match status {
-        Some(s) => {
-            put_u64(out, u64::from(s));
-            out.put_u8(b' ');
-            out.put_slice(reason(s).as_bytes());
-        }
-        None => {
-            put_u64(out, u64::from(resp.status));
-            out.put_u8(b' ');
-            out.put_slice(resp.reason());
-        }
+        Some(s) => status_line(out, s, reason(s).as_bytes()),
+        None => status_line(out, resp.status, resp.reason()),
     }
-    out.put_slice(b"\r\n");
     let upgrade = resp.status == 101;
     for h in &resp.headers {
         let name = resp.name(h);
@@ -245,10 +236,27 @@ pub fn client_response_edited(
     out.put_slice(b"\r\n");
 }
 
+/// `HTTP/1.1 <status> <reason>\r\n`: the status line of every response the gateway writes itself.
+#[inline]
+pub fn status_line(out: &mut BytesMut, status: u16, reason: &[u8]) {
+    out.put_slice(b"HTTP/1.1 ");
+    put_u64(out, u64::from(status));
+    out.put_u8(b' ');
+    out.put_slice(reason);
+    out.put_slice(b"\r\n");
+}
+
 pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        206 => "Partial Content",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        304 => "Not Modified",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -257,6 +265,8 @@ pub fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         413 => "Content Too Large",
         414 => "URI Too Long",
+        410 => "Gone",
+        416 => "Range Not Satisfiable",
         417 => "Expectation Failed",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -276,11 +286,8 @@ pub fn error_response(out: &mut BytesMut, status: u16, message: &str, keep_alive
     let escapes = message.bytes().filter(|&b| b == b'"' || b == b'\\').count();
     // {"error":"<message>","status":NNN}
     let body_len = 10 + message.len() + escapes + 11 + 3 + 1;
-    out.put_slice(b"HTTP/1.1 ");
-    put_u64(out, u64::from(status));
-    out.put_u8(b' ');
-    out.put_slice(reason(status).as_bytes());
-    out.put_slice(b"\r\nServer: ringway\r\nContent-Type: application/json\r\nContent-Length: ");
+    status_line(out, status, reason(status).as_bytes());
+    out.put_slice(b"Server: ringway\r\nContent-Type: application/json\r\nContent-Length: ");
     put_u64(out, body_len as u64);
     out.put_slice(if keep_alive {
         &b"\r\n\r\n"[..]

@@ -16,27 +16,12 @@ use crate::cache::entry::{self, Entry};
 use crate::cache::{now_ms, CacheCx, Instance, Leader, Mode, Target, Tee};
 use crate::error::ProxyError;
 use crate::http::parse::{BodyKind, Method, RequestHead, ResponseHead, Status};
-use crate::http::write::put_u64;
+use crate::http::write::{header, put_u64, reason, status_line};
 use crate::route::Params;
 use crate::runtime::shard::Shard;
 
 /// Bodies up to this size go out in one write with their head.
 const COALESCE: usize = 32 * 1024;
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        203 => "Non-Authoritative Information",
-        204 => "No Content",
-        206 => "Partial Content",
-        300 => "Multiple Choices",
-        301 => "Moved Permanently",
-        304 => "Not Modified",
-        308 => "Permanent Redirect",
-        410 => "Gone",
-        416 => "Range Not Satisfiable",
-        s => crate::http::write::reason(s),
-    }
-}
 
 impl<S: ClientStream> ClientConn<S> {
     /// Runs a request the cache plugin looked up (`cx.cache` is active).
@@ -249,11 +234,7 @@ impl<S: ClientStream> ClientConn<S> {
             && self.served < shard.cfg.server.keepalive_requests;
         let w = &mut self.wbuf;
         w.clear();
-        w.put_slice(b"HTTP/1.1 ");
-        put_u64(w, u64::from(status));
-        w.put_u8(b' ');
-        w.put_slice(reason(status).as_bytes());
-        w.put_slice(b"\r\n");
+        status_line(w, status, reason(status).as_bytes());
         let edits = &self.cx.resp_headers;
         for (n, v) in &e.headers {
             let hidden = conf.hide_cache_headers
@@ -373,11 +354,8 @@ impl<S: ClientStream> ClientConn<S> {
             self.req.keep_alive && self.req.body == BodyKind::Empty && !shard.drain.is_draining();
         let w = &mut self.wbuf;
         w.clear();
-        w.put_slice(b"HTTP/1.1 ");
-        put_u64(w, u64::from(status));
-        w.put_u8(b' ');
-        w.put_slice(reason(status).as_bytes());
-        w.put_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
+        status_line(w, status, reason(status).as_bytes());
+        w.put_slice(b"Content-Type: application/json\r\nContent-Length: ");
         put_u64(w, body.len() as u64);
         w.put_slice(if keep {
             b"\r\n\r\n"
@@ -463,13 +441,6 @@ impl<S: ClientStream> ClientConn<S> {
             c.commit();
         });
     }
-}
-
-fn header(w: &mut BytesMut, n: &[u8], v: &[u8]) {
-    w.put_slice(n);
-    w.put_slice(b": ");
-    w.put_slice(v);
-    w.put_slice(b"\r\n");
 }
 
 /// The "client" of a background refresh: reads see EOF, writes vanish.

@@ -6,7 +6,7 @@ use bytes::{BufMut, Bytes};
 use super::conn::{After, ClientConn, ClientStream};
 use super::io::write_all;
 use crate::http::parse::Method;
-use crate::http::write::{put_u64, reason};
+use crate::http::write::{header, put_u64, reason, status_line};
 use crate::plugin::Reply;
 use crate::runtime::shard::Shard;
 
@@ -54,19 +54,13 @@ impl<S: ClientStream> ClientConn<S> {
             && self.served < shard.cfg.server.keepalive_requests;
         let w = &mut self.wbuf;
         w.clear();
-        w.put_slice(b"HTTP/1.1 ");
-        put_u64(w, u64::from(reply.status));
-        w.put_u8(b' ');
-        w.put_slice(reason(reply.status).as_bytes());
-        w.put_slice(b"\r\nServer: ringway\r\n");
+        status_line(w, reply.status, reason(reply.status).as_bytes());
+        w.put_slice(b"Server: ringway\r\n");
         for (n, v) in &reply.headers {
             if n.eq_ignore_ascii_case(b"content-length") || n.eq_ignore_ascii_case(b"connection") {
                 continue;
             }
-            w.put_slice(n);
-            w.put_slice(b": ");
-            w.put_slice(v);
-            w.put_slice(b"\r\n");
+            header(w, n, v);
         }
         let no_body = matches!(reply.status, 204 | 304) || reply.status < 200;
         if !no_body {
