@@ -47,13 +47,7 @@ impl<S: ClientStream> ClientConn<S> {
                     if left == 0 {
                         return true;
                     }
-                    let read = read_some(
-                        &mut self.stream,
-                        &mut self.rbuf,
-                        reserve,
-                        server.client_body_timeout,
-                    );
-                    if read.await.is_err() {
+                    if !self.discard_read(reserve, server.client_body_timeout).await {
                         return false;
                     }
                 }
@@ -74,18 +68,19 @@ impl<S: ClientStream> ClientConn<S> {
                     if seen > DISCARD_MAX {
                         return false;
                     }
-                    let read = read_some(
-                        &mut self.stream,
-                        &mut self.rbuf,
-                        reserve,
-                        server.client_body_timeout,
-                    );
-                    if read.await.is_err() {
+                    if !self.discard_read(reserve, server.client_body_timeout).await {
                         return false;
                     }
                 }
             }
             BodyKind::Length(_) | BodyKind::UntilClose => false,
         }
+    }
+
+    /// More of the body to drop; false if the client stalls past `timeout`, errs or goes.
+    async fn discard_read(&mut self, reserve: usize, timeout: std::time::Duration) -> bool {
+        read_some(&mut self.stream, &mut self.rbuf, reserve, timeout)
+            .await
+            .is_ok()
     }
 }
