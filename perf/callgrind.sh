@@ -17,15 +17,12 @@ T=${CARGO_TARGET_DIR:-target}/release
 for tool in valgrind callgrind_control callgrind_annotate; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y valgrind" >&2; exit 1; }
 done
-DIR=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+work=$(mktemp -d)
+. perf/lib.sh
 UP=$(free_port); GW=$(free_port)
 "$T/ringway-bench" serve --listen "127.0.0.1:$UP" -t 1 --body-size 128 >/dev/null 2>&1 &
 pids+=($!)
-cat >"$DIR/gw.toml" <<TOML
+cat >"$work/gw.toml" <<TOML
 [server]
 listen = ["127.0.0.1:$GW"]
 workers = 1
@@ -51,8 +48,8 @@ username = "bench"
 [consumers.plugins.key-auth]
 key = "bench-key"
 TOML
-RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$DIR/cg.%p" \
-  "$T/ringway" run -c "$DIR/gw.toml" >"$DIR/gw.log" 2>&1 &
+RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
+  "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
 VG=$!
 pids+=($VG)
 for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.1; done
@@ -67,7 +64,7 @@ for route in plain auth; do
     "http://127.0.0.1:$GW/$route" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
   callgrind_control -d "$route" "$VG" >/dev/null
   sleep 0.5
-  f=$(ls -t "$DIR"/cg.* | head -1)
+  f=$(ls -t "$work"/cg.* | head -1)
   ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
   echo "$route requests=$reqs Ir=$ir Ir/request=$((ir / reqs))"
   mkdir -p "${OUT:-perf/out}"

@@ -29,7 +29,7 @@ ALL="get-16 get-64 get-256 get4k-64 get64k-64 post1k-64 newconn-64 auth-64 cache
 SCENARIOS=${SCENARIOS:-$ALL}
 TARGET=${CARGO_TARGET_DIR:-target}
 
-need() { command -v "$1" >/dev/null || { echo "missing $1: $2" >&2; exit 1; }; }
+. perf/lib.sh
 need nginx "apt-get install -y nginx-light"
 need haproxy "apt-get install -y haproxy"
 need taskset "apt-get install -y util-linux"
@@ -46,13 +46,8 @@ RW=$TARGET/release/ringway
 BENCH=$TARGET/release/ringway-bench
 mkdir -p "$OUT"
 work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; tail -n 5 "$work"/*.log >&2; exit 1; }
 
 # Upstreams: 128 B, 4 KiB and 64 KiB bodies.
 UPS=$(free_port); UP4=$(free_port); UP64=$(free_port)

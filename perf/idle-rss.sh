@@ -13,15 +13,12 @@ N=${N:-10000}
 T=${CARGO_TARGET_DIR:-target}/release
 # Each process (gateway, client) holds N sockets; raise the soft limit as far as allowed.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-DIR=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+work=$(mktemp -d)
+. perf/lib.sh
 UP=$(free_port); GW=$(free_port)
 "$T/ringway-bench" serve --listen "127.0.0.1:$UP" -t 1 --body-size 128 >/dev/null 2>&1 &
 pids+=($!)
-cat >"$DIR/gw.toml" <<TOML
+cat >"$work/gw.toml" <<TOML
 [server]
 listen = ["127.0.0.1:$GW"]
 workers = 1
@@ -35,7 +32,7 @@ name = "all"
 paths = ["/*"]
 upstream = "origin"
 TOML
-RINGWAY_LOG=warn "$T/ringway" run -c "$DIR/gw.toml" >"$DIR/gw.log" 2>&1 &
+RINGWAY_LOG=warn "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
 GWPID=$!
 pids+=($GWPID)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.05; done

@@ -26,12 +26,8 @@ cargo build --release -q -p ringway -p ringway-bench
 RW=${CARGO_TARGET_DIR:-target}/release/ringway
 BENCH=${CARGO_TARGET_DIR:-target}/release/ringway-bench
 work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. perf/lib.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 UP1=$(free_port); UP64=$(free_port); NGX=$(free_port); RWP=$(free_port)
 taskset -c "$LOAD_CPU" "$BENCH" serve --listen "127.0.0.1:$UP1" -t 1 --body-size 1024 2>"$work/up1.log" &
