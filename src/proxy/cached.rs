@@ -425,6 +425,7 @@ impl<S: ClientStream> ClientConn<S> {
                 served: 0,
                 cx: crate::plugin::Ctx::new(shard.id, client_ip),
                 tls: None,
+                nonblocking: false,
             };
             if !matches!(c.req.parse(&head, &shard.limits), Ok(Status::Complete(_))) {
                 return;
@@ -474,3 +475,5 @@ impl AsyncWriteRent for NullStream {
 
 // SAFETY: `NullStream` has no state at all, so its read and write halves cannot interfere.
 unsafe impl Split for NullStream {}
+
+impl ClientStream for NullStream {}

@@ -32,9 +32,22 @@ pub(super) enum After {
     Tunnel(UpstreamStream),
 }
 
-/// A client-side byte stream: plain TCP today, TLS later; anything monoio can read, write and split.
-pub trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + 'static {}
-impl<T: AsyncReadRent + AsyncWriteRent + Split + 'static> ClientStream for T {}
+/// A client-side byte stream (plain TCP or TLS): anything monoio can read, write and split.
+pub trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + 'static {
+    /// The socket itself when nothing sits between it and the bytes of HTTP: bodies can then
+    /// be spliced to it (splice.rs).
+    fn plain_tcp(&self) -> Option<&monoio::net::TcpStream> {
+        None
+    }
+}
+
+impl ClientStream for monoio::net::TcpStream {
+    fn plain_tcp(&self) -> Option<&monoio::net::TcpStream> {
+        Some(self)
+    }
+}
+
+impl ClientStream for crate::net::tls::ServerStream {}
 
 pub(super) struct ClientConn<S> {
     pub(super) stream: S,
@@ -54,6 +67,8 @@ pub(super) struct ClientConn<S> {
     /// What the TLS handshake negotiated (`None` on plain listeners): X-Forwarded-Proto,
     /// and the verified client identity (mTLS) for plugins and logs.
     pub(super) tls: Option<Box<TlsInfo>>,
+    /// The socket was put in O_NONBLOCK mode for splicing (once per connection).
+    pub(super) nonblocking: bool,
 }
 
 enum HeadRead {
@@ -90,6 +105,7 @@ pub async fn serve<S: ClientStream>(
         served: 0,
         cx: crate::plugin::Ctx::new(shard.id, peer.ip()),
         tls,
+        nonblocking: false,
     };
     if let Some(upstream) = c.run(&shard).await {
         let ClientConn {

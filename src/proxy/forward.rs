@@ -11,6 +11,7 @@ use crate::upstream::stream::UpstreamStream;
 use super::conn::{After, ClientConn, ClientStream};
 use super::io::{read_some, write_all, IoFail};
 use super::pump::{pump, pump_tee, PumpCfg, PumpFail};
+use super::splice;
 use crate::config::{HashOn, PassHost, RouteConfig};
 use crate::error::{ClientError, ProxyError, UpstreamError};
 use crate::http::parse::{BodyKind, Method, Status};
@@ -408,17 +409,31 @@ impl<S: ClientStream> ClientConn<S> {
             limit: 0,
             max_trailer: server.max_header_bytes,
         };
-        let relayed = pump_tee(
-            stream,
-            &mut self.ubuf,
-            &mut self.stream,
-            &mut self.wbuf,
-            self.resp.body,
-            framing == ClientFraming::Chunked,
-            &pc,
-            self.cx.cache.tee.as_mut(),
-        )
-        .await;
+        // A long fixed-length body nobody needs to see (no cache copy) skips user space.
+        let spliced = match (self.resp.body, framing, &self.cx.cache.tee) {
+            (BodyKind::Length(n), ClientFraming::Length(_), None)
+                if n.saturating_sub(self.ubuf.len() as u64) >= splice::MIN_BYTES =>
+            {
+                self.splice_body(conn, n, &pc).await
+            }
+            _ => None,
+        };
+        let relayed = match spliced {
+            Some(r) => r,
+            None => {
+                pump_tee(
+                    &mut conn.stream,
+                    &mut self.ubuf,
+                    &mut self.stream,
+                    &mut self.wbuf,
+                    self.resp.body,
+                    framing == ClientFraming::Chunked,
+                    &pc,
+                    self.cx.cache.tee.as_mut(),
+                )
+                .await
+            }
+        };
         match relayed {
             Ok(_) => {}
             Err(PumpFail::Dst(_)) => return Exchange::Abort { node_failed: false },
@@ -429,6 +444,49 @@ impl<S: ClientStream> ClientConn<S> {
             client: if keep { After::KeepAlive } else { After::Close },
             reusable,
         }
+    }
+
+    /// Relays a response whose body is `n` bytes by splicing (splice.rs): the head and the body
+    /// bytes already read go out through the buffer, the rest from socket to socket. `None` (and
+    /// nothing written) when either side is not plain TCP or cannot be made non-blocking.
+    async fn splice_body(
+        &mut self,
+        conn: &mut PooledConn,
+        n: u64,
+        pc: &PumpCfg,
+    ) -> Option<Result<u64, PumpFail>> {
+        {
+            let (up, client) = plain_pair(&conn.stream, &self.stream)?;
+            if !conn.nonblocking {
+                splice::set_nonblocking(up).ok()?;
+                conn.nonblocking = true;
+            }
+            if !self.nonblocking {
+                splice::set_nonblocking(client).ok()?;
+                self.nonblocking = true;
+            }
+        }
+        let buffered = (self.ubuf.len() as u64).min(n);
+        if let Err(e) = pump(
+            &mut conn.stream,
+            &mut self.ubuf,
+            &mut self.stream,
+            &mut self.wbuf,
+            BodyKind::Length(buffered),
+            false,
+            pc,
+        )
+        .await
+        {
+            return Some(Err(e));
+        }
+        let (up, client) = plain_pair(&conn.stream, &self.stream)?;
+        let rest = n - buffered;
+        Some(
+            splice::relay(up, client, rest, pc.read_timeout, pc.write_timeout)
+                .await
+                .map(|()| n),
+        )
     }
 
     /// Relays a 101 and hands both sockets to the tunnel.
@@ -501,6 +559,17 @@ fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
         let (k, v) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
         (k == name).then(|| &v[1..])
     })
+}
+
+/// Both sockets, when both are plain TCP.
+fn plain_pair<'a, S: ClientStream>(
+    up: &'a UpstreamStream,
+    client: &'a S,
+) -> Option<(&'a TcpStream, &'a TcpStream)> {
+    match up {
+        UpstreamStream::Plain(u) => Some((u, client.plain_tcp()?)),
+        UpstreamStream::Tls(_) => None,
+    }
 }
 
 fn arg<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {

@@ -11,6 +11,7 @@ mod observe;
 mod phases;
 mod pump;
 mod reuse;
+mod splice;
 mod tunnel;
 
 pub use conn::{serve, ClientStream};

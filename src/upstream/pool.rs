@@ -10,6 +10,8 @@ pub struct PooledConn {
     pub stream: UpstreamStream,
     /// Requests already served on this connection.
     pub requests: u32,
+    /// The socket was put in O_NONBLOCK mode for splicing bodies (once per connection).
+    pub nonblocking: bool,
     idle_since: Instant,
 }
 
@@ -18,6 +20,7 @@ impl PooledConn {
         PooledConn {
             stream,
             requests: 0,
+            nonblocking: false,
             idle_since: Instant::now(),
         }
     }
