@@ -98,6 +98,7 @@ driver = "auto"
 io_uring_entries = 1024
 io_uring_taskrun = "coop"
 max_connections = 10000
+defer_first_ack = true
 max_header_bytes = 16384
 max_request_line_bytes = 8192
 max_body_bytes = 0

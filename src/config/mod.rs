@@ -99,6 +99,8 @@ pub struct ServerConfig {
     pub io_uring_entries: u32,
     pub io_uring_taskrun: TaskRun,
     pub max_connections: usize,
+    /// TCP_QUICKACK off on accepted sockets: the request's ACK rides on the response.
+    pub defer_first_ack: bool,
     pub max_header_bytes: usize,
     pub max_request_line_bytes: usize,
     /// 0 means unlimited.

@@ -100,6 +100,8 @@ pub struct RawServer {
     #[serde(default)]
     pub max_connections: Option<usize>,
     #[serde(default)]
+    pub defer_first_ack: Option<bool>,
+    #[serde(default)]
     pub max_header_bytes: Option<usize>,
     #[serde(default)]
     pub max_request_line_bytes: Option<usize>,

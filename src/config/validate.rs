@@ -240,6 +240,7 @@ fn server(raw: &RawConfig, dir: &Path) -> Result<ServerConfig, ConfigError> {
         io_uring_entries: entries,
         io_uring_taskrun: taskrun,
         max_connections,
+        defer_first_ack: s.defer_first_ack.unwrap_or(true),
         max_header_bytes,
         max_request_line_bytes,
         max_body_bytes: s.max_body_bytes.unwrap_or(0),

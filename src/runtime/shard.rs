@@ -426,17 +426,22 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, index: usize, stop
                     drop(stream);
                     continue;
                 }
-                // TCP_NODELAY comes from the listener (net/listen.rs), no syscall here.
                 shard.conns.set(shard.conns.get() + 1);
                 shard.stats.accepted.set(shard.stats.accepted.get() + 1);
+                // The generation a reload may have swapped in applies from this connection on.
+                let gen = current(&shard);
+                // TCP_NODELAY comes from the listener (net/listen.rs), no syscall here.
+                if gen.cfg.server.defer_first_ack {
+                    crate::net::listen::defer_first_ack(std::os::fd::AsRawFd::as_raw_fd(&stream));
+                }
                 // Looked up per connection so a reload applies to the next handshake.
                 let tls = shard.tls.borrow().get(index).cloned().flatten();
                 match tls {
                     None => {
-                        monoio::spawn(crate::proxy::serve(current(&shard), stream, peer, None));
+                        monoio::spawn(crate::proxy::serve(gen, stream, peer, None));
                     }
                     Some(cfg) => {
-                        monoio::spawn(serve_tls(current(&shard), cfg, stream, peer));
+                        monoio::spawn(serve_tls(gen, cfg, stream, peer));
                     }
                 }
             }
