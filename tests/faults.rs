@@ -35,17 +35,11 @@ struct Rig {
 }
 
 fn rig(origin: &RawOrigin, server_extra: &[(&str, &str)]) -> Rig {
-    let config = format!(
-        "{}{}{}",
-        server(server_extra),
-        upstream(
-            "backend",
-            &[origin.addr],
-            "read_timeout = \"1s\"\nmax_fails = 0"
-        ),
-        route("default", &["/*"], "backend", "")
-    );
-    let gw = Gateway::start(&config);
+    let gw = Gateway::start(&simple_config_with(
+        origin.addr,
+        server_extra,
+        "read_timeout = \"1s\"\nmax_fails = 0",
+    ));
     // Warm up: one clean exchange, so the pool holds its one connection before we count.
     assert_ok(&gw);
     thread::sleep(Duration::from_millis(100));

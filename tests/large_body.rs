@@ -83,21 +83,7 @@ fn upload_64mib_streams_with_bounded_memory() {
     c.send(format!(
         "POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: {SIZE}\r\n\r\n"
     ));
-    let mut w = c.stream.try_clone().expect("clone client stream");
-    let writer = std::thread::spawn(move || -> Result<u64, String> {
-        let mut hash = Fnv::default();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut off = 0u64;
-        while off < SIZE {
-            let n = ((SIZE - off) as usize).min(buf.len());
-            pattern_fill(off, &mut buf[..n]);
-            hash.update(&buf[..n]);
-            w.write_all(&buf[..n])
-                .map_err(|e| format!("upload write failed at {off}: {e}"))?;
-            off += n as u64;
-        }
-        Ok(hash.0)
-    });
+    let writer = upload_pattern(&c.stream, SIZE, b"");
     c.set_read_timeout(Duration::from_secs(60));
     let r = c.read_final_response();
     let sent_hash = writer.join().expect("writer thread").expect("upload");

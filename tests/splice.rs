@@ -1,8 +1,9 @@
-//! Long fixed-length response bodies between plain sockets go socket to pipe to socket
+//! Long fixed-length bodies between plain sockets go socket to pipe to socket, both ways
 //! (src/proxy/splice.rs). These drive that path through its waits and failures over real
 //! sockets: an upstream that trickles, a client that reads slowly or not at all, an upstream that
-//! stops, resets or sends more than it declared, pipelined requests behind a spliced body.
-//! In every case the bytes must be exact, the connection boundaries right, and nothing hang.
+//! stops, resets or sends more than it declared, pipelined requests behind a spliced body, uploads
+//! that stall on either side. In every case the bytes must be exact, the connection boundaries
+//! right, and nothing hang.
 mod common;
 use common::*;
 use std::io::{Read, Write};
@@ -37,18 +38,11 @@ fn write_pattern(s: &mut TcpStream, len: u64, piece: usize, pause: Duration) -> 
     true
 }
 
+/// The upstream's timeouts are short so a stall shows within the tests' margins.
+const UPSTREAM: &str = "read_timeout = \"1s\"\nsend_timeout = \"1s\"\nmax_fails = 0";
+
 fn gateway(origin: &RawOrigin, server_extra: &[(&str, &str)]) -> Gateway {
-    let config = format!(
-        "{}{}{}",
-        server(server_extra),
-        upstream(
-            "backend",
-            &[origin.addr],
-            "read_timeout = \"1s\"\nmax_fails = 0"
-        ),
-        route("default", &["/*"], "backend", "")
-    );
-    Gateway::start(&config)
+    Gateway::start(&simple_config_with(origin.addr, server_extra, UPSTREAM))
 }
 
 fn assert_pattern(r: &Response, len: u64) {
@@ -289,4 +283,114 @@ fn client_that_never_reads_is_dropped_after_the_send_timeout() {
     drop(c);
     let n = wait_fds_at_most(gw.pid, before, Duration::from_secs(5));
     assert!(n <= before, "fd leak: {n} open fds, {before} before");
+}
+
+/// An origin that answers every request with "<body length> <body hash>" (and "ok" for /ok).
+fn sink_origin(opts: OriginOpts) -> Origin {
+    Origin::start_with("127.0.0.1:0", "sink", opts, |r| {
+        if r.path() == "/ok" {
+            return Resp::text(200, "ok").into();
+        }
+        Resp::text(200, format!("{} {:x}", r.body_len, r.body_hash)).into()
+    })
+    .expect("start sink origin")
+}
+
+#[test]
+fn spliced_upload_arrives_exact_and_a_pipelined_request_follows() {
+    let o = sink_origin(OriginOpts {
+        keep_body: false,
+        ..OriginOpts::default()
+    });
+    let gw = Gateway::start(&simple_config_with(o.addr, &[], UPSTREAM));
+    let mut c = gw.client();
+    let len: u64 = 3 * 1024 * 1024 + 7;
+    c.send(format!(
+        "POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: {len}\r\n\r\n"
+    ));
+    // The next request rides right behind the body: the splice must stop exactly at its end.
+    let w = upload_pattern(
+        &c.stream,
+        len,
+        b"GET /ok HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    );
+    c.set_read_timeout(Duration::from_secs(30));
+    let r = c.read_response();
+    let hash = w.join().expect("writer").expect("upload");
+    assert_eq!(r.status, 200, "{}", r.raw_head);
+    assert_eq!(
+        r.body_str(),
+        format!("{len} {hash:x}"),
+        "origin got another body"
+    );
+    assert_eq!(c.read_response().body_str(), "ok");
+    // Both connections carry on.
+    let mut c2 = gw.client();
+    assert_eq!(c2.get("/ok").body_str(), "ok");
+}
+
+#[test]
+fn upload_stalling_mid_body_is_408_or_cut_within_the_body_timeout() {
+    let o = sink_origin(OriginOpts {
+        keep_body: false,
+        ..OriginOpts::default()
+    });
+    let gw = Gateway::start(&simple_config_with(
+        o.addr,
+        &[("client_body_timeout", "\"1s\"")],
+        UPSTREAM,
+    ));
+    let mut c = gw.client();
+    c.send("POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1000000\r\n\r\n");
+    c.send(vec![b'x'; 100_000]);
+    let t = Instant::now();
+    // The rest never comes: the gateway must give up on the splice's wait for the client.
+    let closed = c.wait_closed(Duration::from_secs(10));
+    match closed {
+        Ok(_) => {}
+        // An error answer before the close is fine too (the upstream has had nothing back).
+        Err(e) => assert!(e.contains("408") || e.contains("502"), "{e}"),
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        t.elapsed()
+    );
+    let mut c = gw.client();
+    assert_eq!(c.get("/ok").body_str(), "ok");
+}
+
+#[test]
+fn upstream_not_reading_an_upload_gives_up_after_its_send_timeout() {
+    // The origin stops reading after 64 KiB for longer than the upstream send_timeout (1s).
+    let o = sink_origin(OriginOpts {
+        keep_body: false,
+        read_pause: Some((64 * 1024, Duration::from_secs(8))),
+        ..OriginOpts::default()
+    });
+    let gw = Gateway::start(&simple_config_with(o.addr, &[], UPSTREAM));
+    let mut c = gw.client();
+    let len: u64 = 64 * 1024 * 1024;
+    c.send(format!(
+        "POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: {len}\r\n\r\n"
+    ));
+    let w = upload_pattern(&c.stream, len, b"");
+    c.set_read_timeout(Duration::from_secs(10));
+    let t = Instant::now();
+    match c.try_read_response() {
+        Ok(r) => assert!(
+            r.status == 504 || r.status == 502,
+            "expected the gateway to give up with 502/504, got {}",
+            r.raw_head
+        ),
+        Err(e) => assert!(!e.is_timeout(), "gateway never gave up: {e}"),
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(7),
+        "took {:?}",
+        t.elapsed()
+    );
+    // The writer may still be blocked on a socket nobody reads: end it.
+    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+    let _ = w.join();
 }

@@ -476,4 +476,8 @@ impl AsyncWriteRent for NullStream {
 // SAFETY: `NullStream` has no state at all, so its read and write halves cannot interfere.
 unsafe impl Split for NullStream {}
 
-impl ClientStream for NullStream {}
+impl super::splice::PlainSocket for NullStream {
+    fn plain_tcp(&self) -> Option<&monoio::net::TcpStream> {
+        None
+    }
+}

@@ -9,6 +9,7 @@ use bytes::{Buf, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
 use super::io::{read_some, write_all, IoFail};
+use super::splice::PlainSocket;
 use super::tunnel;
 use crate::error::{ClientError, ProxyError};
 use crate::http::parse::{BodyKind, RequestHead, ResponseHead, Status};
@@ -32,22 +33,10 @@ pub(super) enum After {
     Tunnel(UpstreamStream),
 }
 
-/// A client-side byte stream (plain TCP or TLS): anything monoio can read, write and split.
-pub trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + 'static {
-    /// The socket itself when nothing sits between it and the bytes of HTTP: bodies can then
-    /// be spliced to it (splice.rs).
-    fn plain_tcp(&self) -> Option<&monoio::net::TcpStream> {
-        None
-    }
-}
-
-impl ClientStream for monoio::net::TcpStream {
-    fn plain_tcp(&self) -> Option<&monoio::net::TcpStream> {
-        Some(self)
-    }
-}
-
-impl ClientStream for crate::net::tls::ServerStream {}
+/// A client-side byte stream (plain TCP or TLS): anything monoio can read, write and split, and
+/// that says whether it is a bare socket (bodies can then be spliced, splice.rs).
+pub trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + PlainSocket + 'static {}
+impl<T: AsyncReadRent + AsyncWriteRent + Split + PlainSocket + 'static> ClientStream for T {}
 
 pub(super) struct ClientConn<S> {
     pub(super) stream: S,

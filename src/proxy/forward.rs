@@ -10,8 +10,7 @@ use crate::upstream::stream::UpstreamStream;
 
 use super::conn::{After, ClientConn, ClientStream};
 use super::io::{read_some, write_all, IoFail};
-use super::pump::{pump, pump_tee, PumpCfg, PumpFail};
-use super::splice;
+use super::pump::{pump_body, PumpCfg, PumpFail};
 use crate::config::{HashOn, PassHost, RouteConfig};
 use crate::error::{ClientError, ProxyError, UpstreamError};
 use crate::http::parse::{BodyKind, Method, Status};
@@ -235,11 +234,10 @@ impl<S: ClientStream> ClientConn<S> {
                 &self.cx.req_headers,
             );
         }
-        let stream = &mut conn.stream;
         match replay {
             Some(n) => {
                 self.wbuf.put_slice(&self.rbuf[..n]);
-                match write_all(stream, &mut self.wbuf, cfg.send_timeout).await {
+                match write_all(&mut conn.stream, &mut self.wbuf, cfg.send_timeout).await {
                     Ok(()) => {}
                     Err(IoFail::Timeout) => {
                         return Exchange::Fail(UpstreamError::SendTimeout.into())
@@ -260,14 +258,15 @@ impl<S: ClientStream> ClientConn<S> {
                     max_trailer: server.max_header_bytes,
                 };
                 let chunked = self.req.body == BodyKind::Chunked;
-                let sent = pump(
-                    &mut self.stream,
+                let sent = pump_body(
+                    (&mut self.stream, &mut self.nonblocking),
                     &mut self.rbuf,
-                    stream,
+                    (&mut conn.stream, &mut conn.nonblocking),
                     &mut self.wbuf,
                     self.req.body,
                     chunked,
                     &pc,
+                    None,
                 )
                 .await;
                 if let Err(e) = sent {
@@ -311,7 +310,7 @@ impl<S: ClientStream> ClientConn<S> {
                 }
             }
             match read_some(
-                stream,
+                &mut conn.stream,
                 &mut self.ubuf,
                 server.read_buffer_bytes,
                 cfg.read_timeout,
@@ -409,31 +408,17 @@ impl<S: ClientStream> ClientConn<S> {
             limit: 0,
             max_trailer: server.max_header_bytes,
         };
-        // A long fixed-length body nobody needs to see (no cache copy) skips user space.
-        let spliced = match (self.resp.body, framing, &self.cx.cache.tee) {
-            (BodyKind::Length(n), ClientFraming::Length(_), None)
-                if n.saturating_sub(self.ubuf.len() as u64) >= splice::MIN_BYTES =>
-            {
-                self.splice_body(conn, n, &pc).await
-            }
-            _ => None,
-        };
-        let relayed = match spliced {
-            Some(r) => r,
-            None => {
-                pump_tee(
-                    &mut conn.stream,
-                    &mut self.ubuf,
-                    &mut self.stream,
-                    &mut self.wbuf,
-                    self.resp.body,
-                    framing == ClientFraming::Chunked,
-                    &pc,
-                    self.cx.cache.tee.as_mut(),
-                )
-                .await
-            }
-        };
+        let relayed = pump_body(
+            (&mut conn.stream, &mut conn.nonblocking),
+            &mut self.ubuf,
+            (&mut self.stream, &mut self.nonblocking),
+            &mut self.wbuf,
+            self.resp.body,
+            framing == ClientFraming::Chunked,
+            &pc,
+            self.cx.cache.tee.as_mut(),
+        )
+        .await;
         match relayed {
             Ok(_) => {}
             Err(PumpFail::Dst(_)) => return Exchange::Abort { node_failed: false },
@@ -444,49 +429,6 @@ impl<S: ClientStream> ClientConn<S> {
             client: if keep { After::KeepAlive } else { After::Close },
             reusable,
         }
-    }
-
-    /// Relays a response whose body is `n` bytes by splicing (splice.rs): the head and the body
-    /// bytes already read go out through the buffer, the rest from socket to socket. `None` (and
-    /// nothing written) when either side is not plain TCP or cannot be made non-blocking.
-    async fn splice_body(
-        &mut self,
-        conn: &mut PooledConn,
-        n: u64,
-        pc: &PumpCfg,
-    ) -> Option<Result<u64, PumpFail>> {
-        {
-            let (up, client) = plain_pair(&conn.stream, &self.stream)?;
-            if !conn.nonblocking {
-                splice::set_nonblocking(up).ok()?;
-                conn.nonblocking = true;
-            }
-            if !self.nonblocking {
-                splice::set_nonblocking(client).ok()?;
-                self.nonblocking = true;
-            }
-        }
-        let buffered = (self.ubuf.len() as u64).min(n);
-        if let Err(e) = pump(
-            &mut conn.stream,
-            &mut self.ubuf,
-            &mut self.stream,
-            &mut self.wbuf,
-            BodyKind::Length(buffered),
-            false,
-            pc,
-        )
-        .await
-        {
-            return Some(Err(e));
-        }
-        let (up, client) = plain_pair(&conn.stream, &self.stream)?;
-        let rest = n - buffered;
-        Some(
-            splice::relay(up, client, rest, pc.read_timeout, pc.write_timeout)
-                .await
-                .map(|()| n),
-        )
     }
 
     /// Relays a 101 and hands both sockets to the tunnel.
@@ -559,17 +501,6 @@ fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
         let (k, v) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
         (k == name).then(|| &v[1..])
     })
-}
-
-/// Both sockets, when both are plain TCP.
-fn plain_pair<'a, S: ClientStream>(
-    up: &'a UpstreamStream,
-    client: &'a S,
-) -> Option<(&'a TcpStream, &'a TcpStream)> {
-    match up {
-        UpstreamStream::Plain(u) => Some((u, client.plain_tcp()?)),
-        UpstreamStream::Tls(_) => None,
-    }
 }
 
 fn arg<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {

@@ -8,6 +8,7 @@ use bytes::{Buf, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::io::{read_some, write_all, write_range, IoFail};
+use super::splice::{self, PlainSocket};
 use crate::cache::Tee;
 use crate::http::chunked::{put_chunk_header, ChunkError, ChunkedDecoder};
 use crate::http::parse::BodyKind;
@@ -161,6 +162,97 @@ pub async fn pump_tee<R: AsyncReadRent, W: AsyncWriteRent>(
         t.finish();
     }
     Ok(total)
+}
+
+/// `pump_tee`, but a long `Length` body that nothing needs to see (no tee) between two plain
+/// TCP sockets is spliced instead (`pump_spliced`). Each side comes with its "already
+/// non-blocking" flag.
+#[allow(clippy::too_many_arguments)]
+pub async fn pump_body<R, W>(
+    (src, src_nonblocking): (&mut R, &mut bool),
+    src_buf: &mut BytesMut,
+    (dst, dst_nonblocking): (&mut W, &mut bool),
+    out: &mut BytesMut,
+    kind: BodyKind,
+    chunk_out: bool,
+    cfg: &PumpCfg,
+    tee: Option<&mut Tee>,
+) -> Result<u64, PumpFail>
+where
+    R: AsyncReadRent + PlainSocket,
+    W: AsyncWriteRent + PlainSocket,
+{
+    if let (BodyKind::Length(n), None, false) = (kind, &tee, chunk_out) {
+        let spliced = pump_spliced(
+            (&mut *src, src_nonblocking),
+            src_buf,
+            (&mut *dst, dst_nonblocking),
+            out,
+            n,
+            cfg,
+        )
+        .await;
+        if let Some(r) = spliced {
+            return r;
+        }
+    }
+    pump_tee(src, src_buf, dst, out, kind, chunk_out, cfg, tee).await
+}
+
+/// `pump` for a `Length(n)` body between two plain TCP sockets, each given with its "already
+/// non-blocking" flag: the bytes already in `src_buf` go out through `out` (after the head it
+/// may hold), the rest is spliced socket to socket (splice.rs). `None`, with nothing written,
+/// when less than `splice::MIN_BYTES` is left to read or either side is not plain TCP (or
+/// cannot be made non-blocking): the caller pumps as usual.
+async fn pump_spliced<R, W>(
+    (src, src_nonblocking): (&mut R, &mut bool),
+    src_buf: &mut BytesMut,
+    (dst, dst_nonblocking): (&mut W, &mut bool),
+    out: &mut BytesMut,
+    n: u64,
+    cfg: &PumpCfg,
+) -> Option<Result<u64, PumpFail>>
+where
+    R: AsyncReadRent + PlainSocket,
+    W: AsyncWriteRent + PlainSocket,
+{
+    let buffered = (src_buf.len() as u64).min(n);
+    if n - buffered < splice::MIN_BYTES {
+        return None;
+    }
+    {
+        let (s, d) = (src.plain_tcp()?, dst.plain_tcp()?);
+        if !*src_nonblocking {
+            splice::set_nonblocking(s).ok()?;
+            *src_nonblocking = true;
+        }
+        if !*dst_nonblocking {
+            splice::set_nonblocking(d).ok()?;
+            *dst_nonblocking = true;
+        }
+    }
+    if let Err(e) = pump(
+        src,
+        src_buf,
+        dst,
+        out,
+        BodyKind::Length(buffered),
+        false,
+        cfg,
+    )
+    .await
+    {
+        return Some(Err(e));
+    }
+    let (Some(s), Some(d)) = (src.plain_tcp(), dst.plain_tcp()) else {
+        return Some(Err(PumpFail::Src(IoFail::Error)));
+    };
+    let rest = n - buffered;
+    Some(
+        splice::relay(s, d, rest, cfg.read_timeout, cfg.write_timeout)
+            .await
+            .map(|()| n),
+    )
 }
 
 async fn flush<W: AsyncWriteRent>(

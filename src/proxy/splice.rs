@@ -22,6 +22,33 @@ use monoio::net::TcpStream;
 use super::io::IoFail;
 use super::pump::PumpFail;
 use crate::runtime::deadline::within;
+use crate::upstream::stream::UpstreamStream;
+
+/// A stream that may be a bare TCP socket: bodies can then be spliced to or from it.
+pub trait PlainSocket {
+    fn plain_tcp(&self) -> Option<&TcpStream>;
+}
+
+impl PlainSocket for TcpStream {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl PlainSocket for UpstreamStream {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        match self {
+            UpstreamStream::Plain(s) => Some(s),
+            UpstreamStream::Tls(_) => None,
+        }
+    }
+}
+
+impl PlainSocket for crate::net::tls::ServerStream {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
 
 /// Bodies with less than this left to relay are copied: below it the two splice calls (and the
 /// pipe's page references) cost about what the copies would.

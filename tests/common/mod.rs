@@ -118,10 +118,19 @@ pub fn route(name: &str, paths: &[&str], upstream: &str, extra: &str) -> String 
 
 /// One upstream "backend" over `origin`, one catch-all route, server overrides.
 pub fn simple_config(origin: SocketAddr, server_overrides: &[(&str, &str)]) -> String {
+    simple_config_with(origin, server_overrides, "")
+}
+
+/// `simple_config` with raw TOML lines added to the upstream (timeouts, pool, ...).
+pub fn simple_config_with(
+    origin: SocketAddr,
+    server_overrides: &[(&str, &str)],
+    upstream_extra: &str,
+) -> String {
     format!(
         "{}{}{}",
         server(server_overrides),
-        upstream("backend", &[origin], ""),
+        upstream("backend", &[origin], upstream_extra),
         route("default", &["/*"], "backend", "")
     )
 }
@@ -486,6 +495,32 @@ pub fn pattern_fill(offset: u64, buf: &mut [u8]) {
     for (k, b) in buf.iter_mut().enumerate() {
         *b = pattern_byte(offset + k as u64);
     }
+}
+
+/// Writes `len` pattern bytes and then `then` to `stream` from a thread (so the caller can read
+/// while it writes); the thread returns the FNV hash of the pattern bytes.
+pub fn upload_pattern(
+    stream: &TcpStream,
+    len: u64,
+    then: &'static [u8],
+) -> thread::JoinHandle<Result<u64, String>> {
+    let mut w = stream.try_clone().expect("clone client stream");
+    thread::spawn(move || {
+        let mut hash = Fnv::default();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut off = 0u64;
+        while off < len {
+            let n = ((len - off) as usize).min(buf.len());
+            pattern_fill(off, &mut buf[..n]);
+            hash.update(&buf[..n]);
+            w.write_all(&buf[..n])
+                .map_err(|e| format!("upload write failed at {off}: {e}"))?;
+            off += n as u64;
+        }
+        w.write_all(then)
+            .map_err(|e| format!("trailing write: {e}"))?;
+        Ok(hash.0)
+    })
 }
 
 /// Incremental FNV-1a 64.
