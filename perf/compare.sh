@@ -14,8 +14,9 @@
 # bodies), newconn-64 (a new connection per request), auth-64 (key-auth + limit-count; nginx:
 # header check + limit_req, HAProxy: header ACL + stick-table counter), cache-64 (every request a
 # cache hit: ringway proxy-cache, nginx proxy_cache, HAProxy cache).
-# Output: a markdown table (median of rounds; req/s, p50, p99, ratio to nginx and to HAProxy)
-# and $OUT/compare-$TOOL.json with every run.
+# Output: a markdown table (median of rounds; req/s, p50, p99, ratio to nginx and to HAProxy,
+# and the CPU time each proxy spent per request: the per-core cost, which still compares when the
+# load generator's core is the one that saturates) and $OUT/compare-$TOOL.json with every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -96,7 +97,7 @@ http {
 }
 NGINX
 nginx -c "$work/nginx.conf" -p "$work" &
-pids+=($!)
+pids+=($!); NGX_PID=$!
 
 cat >"$work/haproxy.cfg" <<HAP
 global
@@ -142,7 +143,7 @@ backend cached
   server s 127.0.0.1:$UPS
 HAP
 taskset -c "$PROXY_CPU" haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
-pids+=($!)
+pids+=($!); HAP_PID=$!
 
 cat >"$work/ringway.toml" <<TOML
 [server]
@@ -196,7 +197,7 @@ username = "bench"
 key = "bench-key"
 TOML
 RINGWAY_LOG=warn "$RW" run -c "$work/ringway.toml" 2>"$work/ringway.log" &
-pids+=($!)
+pids+=($!); RW_PID=$!
 for p in $UPS $UP4 $UP64 $NGX $HAP $RWP; do wait_port "$p"; done
 
 head -c 1024 /dev/zero | tr '\0' x >"$work/body1k"
@@ -241,12 +242,31 @@ for t in nginx haproxy ringway; do
   echo "cache check $t: X-Cache-Status=$hit"
 done
 
+# CPU the proxy itself spent (user + system ticks, all its threads and nginx's worker): the
+# per-core cost, which still compares when the load generator's core is the one that saturates.
+proxy_pids() {
+  case $1 in
+    nginx) echo "$NGX_PID" $(pgrep -P "$NGX_PID") ;;
+    haproxy) echo "$HAP_PID" ;;
+    ringway) echo "$RW_PID" ;;
+  esac
+}
+cpu_ticks() {
+  local t=0 p
+  for p in $(proxy_pids "$1"); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
 run() { # target scenario round
   local conns path kind port
   read -r conns path kind <<<"$(spec "$2")"
   port=$(port_of "$1" "$path")
   local url="http://127.0.0.1:$port$path"
-  local rps p50 p99 errs
+  local rps p50 p99 errs c0 c1
+  c0=$(cpu_ticks "$1")
   if [ "$TOOL" = wrk ]; then
     local extra=()
     case $kind in
@@ -291,7 +311,11 @@ except Exception:
 PY
 )
   fi
-  echo "$1 $2 $3 $rps $p50 $p99 $errs" | tee -a "$work/raw.txt"
+  c1=$(cpu_ticks "$1")
+  local secs=${DURATION%s}
+  local cpu_us
+  cpu_us=$(python3 -c "r=$rps*$secs; print(round(($c1-$c0)*$TICK_US/r, 2) if r else 0)")
+  echo "$1 $2 $3 $rps $p50 $p99 $errs $cpu_us" | tee -a "$work/raw.txt"
 }
 
 : >"$work/raw.txt"
@@ -311,20 +335,24 @@ import json, sys, collections
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 order = sys.argv[3].split()
 runs = collections.defaultdict(list)
-for t, s, r, rps, p50, p99, errs in rows:
-    runs[(s, t)].append(dict(round=int(r), rps=float(rps), p50_ms=float(p50), p99_ms=float(p99), errors=int(errs)))
+for t, s, r, rps, p50, p99, errs, cpu in rows:
+    runs[(s, t)].append(dict(round=int(r), rps=float(rps), p50_ms=float(p50), p99_ms=float(p99), errors=int(errs), cpu_us_per_req=float(cpu)))
 def med(s, t):
     v = sorted(runs.get((s, t), []), key=lambda x: x["rps"])
-    return v[len(v) // 2] if v else dict(rps=0, p50_ms=0, p99_ms=0, errors=0)
+    return v[len(v) // 2] if v else dict(rps=0, p50_ms=0, p99_ms=0, errors=0, cpu_us_per_req=0)
+def med_cpu(s, t):
+    v = sorted(x["cpu_us_per_req"] for x in runs.get((s, t), []))
+    return v[len(v) // 2] if v else 0
 out = []
-print("| scenario | upstream req/s | nginx req/s (p50/p99 ms) | HAProxy req/s (p50/p99 ms) | ringway req/s (p50/p99 ms) | ringway/nginx | ringway/HAProxy | errors n/h/r |")
-print("|---|---:|---:|---:|---:|---:|---:|---|")
+print("| scenario | upstream req/s | nginx req/s (p50/p99 ms) | HAProxy req/s (p50/p99 ms) | ringway req/s (p50/p99 ms) | ringway/nginx | ringway/HAProxy | proxy CPU µs/req n/h/r | errors n/h/r |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
 for s in order:
     u, n, h, w = (med(s, t) for t in ("upstream", "nginx", "haproxy", "ringway"))
     rn = w["rps"] / n["rps"] if n["rps"] else 0
     rh = w["rps"] / h["rps"] if h["rps"] else 0
     f = lambda m: f'{m["rps"]:,.0f} ({m["p50_ms"]:.2f}/{m["p99_ms"]:.2f})'
-    print(f'| {s} | {u["rps"]:,.0f} | {f(n)} | {f(h)} | {f(w)} | {rn:.2f} | {rh:.2f} | {n["errors"]}/{h["errors"]}/{w["errors"]} |')
+    cpu = "/".join(f'{med_cpu(s, t):.1f}' for t in ("nginx", "haproxy", "ringway"))
+    print(f'| {s} | {u["rps"]:,.0f} | {f(n)} | {f(h)} | {f(w)} | {rn:.2f} | {rh:.2f} | {cpu} | {n["errors"]}/{h["errors"]}/{w["errors"]} |')
     out.append(dict(scenario=s, tool=sys.argv[4], ratio_to_nginx=round(rn, 3), ratio_to_haproxy=round(rh, 3),
                     median={t: med(s, t) for t in ("upstream", "nginx", "haproxy", "ringway")},
                     runs={t: runs.get((s, t), []) for t in ("upstream", "nginx", "haproxy", "ringway")}))
