@@ -9,6 +9,7 @@
 #   perf/compare.sh                                  # wrk, 5s per run, 1 round, all scenarios
 #   TOOL=ringway-bench perf/compare.sh               # same with the bundled load generator
 #   DURATION=10s ROUNDS=3 SCENARIOS="get-64 get-256" perf/compare.sh
+#   WARMUP=0 perf/compare.sh                         # no unrecorded warm-up run (default 1s)
 #
 # Scenarios: get-16/64/256 (128 B GET keep-alive), get4k-64, get64k-64, post1k-64 (1 KiB POST
 # bodies), newconn-64 (a new connection per request), auth-64 (key-auth + limit-count; nginx:
@@ -22,6 +23,9 @@ cd "$(dirname "$0")/.."
 
 TOOL=${TOOL:-wrk}
 DURATION=${DURATION:-5s}
+# Each target gets one unrecorded run of this length per scenario before round 1 (fresh upstream
+# pools, socket buffers, free lists), so round 1 is not a cold start: 0 disables it.
+WARMUP=${WARMUP:-1s}
 ROUNDS=${ROUNDS:-1}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
@@ -315,10 +319,18 @@ PY
   local secs=${DURATION%s}
   local cpu_us
   cpu_us=$(python3 -c "r=$rps*$secs; print(round(($c1-$c0)*$TICK_US/r, 2) if r else 0)")
+  [ "$3" = warmup ] && return 0
   echo "$1 $2 $3 $rps $p50 $p99 $errs $cpu_us" | tee -a "$work/raw.txt"
 }
 
 : >"$work/raw.txt"
+if [ "$WARMUP" != 0 ]; then
+  for s in $SCENARIOS; do
+    for t in upstream nginx haproxy ringway; do
+      DURATION=$WARMUP run "$t" "$s" warmup
+    done
+  done
+fi
 for r in $(seq "$ROUNDS"); do
   for s in $SCENARIOS; do
     for t in upstream nginx haproxy ringway; do
