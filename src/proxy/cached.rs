@@ -476,8 +476,4 @@ impl AsyncWriteRent for NullStream {
 // SAFETY: `NullStream` has no state at all, so its read and write halves cannot interfere.
 unsafe impl Split for NullStream {}
 
-impl super::splice::PlainSocket for NullStream {
-    fn plain_tcp(&self) -> Option<&monoio::net::TcpStream> {
-        None
-    }
-}
+impl super::splice::PlainSocket for NullStream {}

@@ -24,9 +24,12 @@ use super::pump::PumpFail;
 use crate::runtime::deadline::within;
 use crate::upstream::stream::UpstreamStream;
 
-/// A stream that may be a bare TCP socket: bodies can then be spliced to or from it.
+/// A stream that may be a bare TCP socket: bodies can then be spliced to or from it. Streams
+/// with something between them and the socket (TLS) keep the default.
 pub trait PlainSocket {
-    fn plain_tcp(&self) -> Option<&TcpStream>;
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
 }
 
 impl PlainSocket for TcpStream {
@@ -44,11 +47,7 @@ impl PlainSocket for UpstreamStream {
     }
 }
 
-impl PlainSocket for crate::net::tls::ServerStream {
-    fn plain_tcp(&self) -> Option<&TcpStream> {
-        None
-    }
-}
+impl PlainSocket for crate::net::tls::ServerStream {}
 
 /// Bodies with less than this left to relay are copied: below it the two splice calls (and the
 /// pipe's page references) cost about what the copies would.
@@ -91,7 +90,6 @@ impl Pipe {
 /// leaves a connection failure without fds to show for it.
 struct Lease {
     pipe: Option<Pipe>,
-    held: usize,
     done: bool,
 }
 
@@ -103,7 +101,6 @@ impl Lease {
         };
         Ok(Lease {
             pipe: Some(pipe),
-            held: 0,
             done: false,
         })
     }
@@ -112,7 +109,8 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(p) = self.pipe.take() {
-            if self.done && self.held == 0 {
+            // A completed relay drained the pipe: every byte put in was taken out.
+            if self.done {
                 SPARE.with(|s| {
                     let mut s = s.borrow_mut();
                     if s.len() < KEEP {
@@ -198,11 +196,11 @@ pub async fn relay(
             }
         };
         left -= got as u64;
-        lease.held = got;
-        while lease.held > 0 {
-            match splice(pr, dfd, lease.held) {
+        let mut held = got;
+        while held > 0 {
+            match splice(pr, dfd, held) {
                 Ok(0) => return Err(PumpFail::Dst(IoFail::Closed)),
-                Ok(n) => lease.held -= n,
+                Ok(n) => held -= n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready(within(write_timeout, dst.writable(false)).await)
                         .map_err(PumpFail::Dst)?
