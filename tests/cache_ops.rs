@@ -8,27 +8,11 @@ mod opsutil;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{route, server, upstream, Client, Origin, Resp};
+use common::{route, server, tagged_cache_origin, upstream, Client, Origin};
 use opsutil::{http, Proc};
 
 const KEY: &str = "admin-key-0123456789";
 const VIEWER: &str = "viewer-key-0123456789";
-
-fn origin() -> Origin {
-    Origin::start("o", |r| {
-        Resp::text(200, format!("v-{}", r.target))
-            .header("Cache-Control", "max-age=600")
-            .header(
-                "Surrogate-Key",
-                if r.path().starts_with("/p/") {
-                    "grp"
-                } else {
-                    "other"
-                },
-            )
-            .into()
-    })
-}
 
 /// Two shards, the admin API, route `c` caching everything, route `other` with `other_paths`.
 fn config(o: &Origin, cache_extra: &str, other_paths: &[&str]) -> String {
@@ -76,7 +60,7 @@ fn purge(adm: SocketAddr, key: &str, body: &str) -> (u16, serde_json::Value) {
 
 #[test]
 fn admin_purge_by_url_prefix_and_tag_on_every_shard() {
-    let o = origin();
+    let o = tagged_cache_origin();
     let p = Proc::start("cache-admin-purge", &config(&o, "", &["/none"]));
     let adm = opsutil::listener(&p.logs, "admin");
     fill_both_shards(p.addr, &o, "/k");
@@ -118,7 +102,7 @@ fn admin_purge_by_url_prefix_and_tag_on_every_shard() {
 
 #[test]
 fn cached_objects_survive_a_reload_that_keeps_the_cache_settings() {
-    let o = origin();
+    let o = tagged_cache_origin();
     let p = Proc::start("cache-reload", &config(&o, "cache_ttl = 60", &["/none"]));
     let adm = opsutil::listener(&p.logs, "admin");
     fill_both_shards(p.addr, &o, "/k");

@@ -273,19 +273,7 @@ fn purge(g: &Gateway, path: &str, extra: &str) -> (u16, serde_json::Value) {
 
 #[test]
 fn purge_is_visible_on_every_shard() {
-    let o = Origin::start("o", |r| {
-        Resp::text(200, format!("v-{}", r.target))
-            .header("Cache-Control", "max-age=600")
-            .header(
-                "Surrogate-Key",
-                if r.path().starts_with("/p/") {
-                    "grp"
-                } else {
-                    "other"
-                },
-            )
-            .into()
-    });
+    let o = tagged_cache_origin();
     let g = gw_with(&o, "purge_allow = [\"127.0.0.1/32\"]", 2);
     // New connections spread over both shards: keep asking until each shard stored /k.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -799,6 +799,24 @@ struct OriginShared {
     opts: OriginOpts,
 }
 
+/// An origin for cache tests: answers "v-<target>", cacheable for 10 minutes, tagged with
+/// Surrogate-Key "grp" under /p/ and "other" elsewhere (purge by tag).
+pub fn tagged_cache_origin() -> Origin {
+    Origin::start("o", |r| {
+        Resp::text(200, format!("v-{}", r.target))
+            .header("Cache-Control", "max-age=600")
+            .header(
+                "Surrogate-Key",
+                if r.path().starts_with("/p/") {
+                    "grp"
+                } else {
+                    "other"
+                },
+            )
+            .into()
+    })
+}
+
 /// A scripted blocking HTTP/1.1 origin on 127.0.0.1.
 pub struct Origin {
     pub addr: SocketAddr,
