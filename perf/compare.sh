@@ -10,6 +10,8 @@
 #   TOOL=ringway-bench perf/compare.sh               # same with the bundled load generator
 #   DURATION=10s ROUNDS=3 SCENARIOS="get-64 get-256" perf/compare.sh
 #   WARMUP=0 perf/compare.sh                         # no unrecorded warm-up run (default 1s)
+#   RATE=8000 TOOL=ringway-bench perf/compare.sh     # open loop: every target gets the same
+#                                                    # offered load; compare p50/p99, not req/s
 #
 # Scenarios: get-16/64/256 (128 B GET keep-alive), get4k-64, get64k-64, post1k-64 (1 KiB POST
 # bodies), newconn-64 (a new connection per request), auth-64 (key-auth + limit-count; nginx:
@@ -40,6 +42,11 @@ need haproxy "apt-get install -y haproxy"
 need taskset "apt-get install -y util-linux"
 need python3 "apt-get install -y python3"
 need curl "apt-get install -y curl"
+# Open loop (a fixed request rate, latency from each request's intended send time) needs
+# ringway-bench: wrk has no rate option. It is how to compare tails when the closed loop
+# saturates the load core first, since then each target's p99 includes the load side's queueing.
+RATE=${RATE:-}
+[ -z "$RATE" ] || [ "$TOOL" = ringway-bench ] || { echo "RATE needs TOOL=ringway-bench (wrk has no fixed-rate mode)" >&2; exit 1; }
 case $TOOL in
   wrk) need wrk "apt-get install -y wrk" ;;
   ringway-bench) ;;
@@ -303,12 +310,14 @@ PY
       close) extra=(--no-keepalive) ;;
       auth) extra=(-H "apikey: bench-key") ;;
     esac
-    taskset -c "$LOAD_CPU" "$BENCH" -t 1 -c "$conns" -d "$DURATION" --json "${extra[@]}" "$url" >"$work/load.json" 2>/dev/null || true
+    taskset -c "$LOAD_CPU" "$BENCH" -t 1 -c "$conns" -d "$DURATION" ${RATE:+-R "$RATE"} --json "${extra[@]}" "$url" >"$work/load.json" 2>/dev/null || true
     read -r rps p50 p99 errs < <(python3 - "$work/load.json" <<'PY'
 import sys, json
 try:
     j = json.load(open(sys.argv[1]))
-    l = j["latency_uncorrected_us"]
+    # open loop: from each request's intended send time, so a stall also counts the requests
+    # it held back (coordinated omission)
+    l = j.get("latency_corrected_us") or j["latency_uncorrected_us"]
     print(j["rps"], l["p50"] / 1000, l["p99"] / 1000, j["errors"]["total"])
 except Exception:
     print(0, 0, 0, -1)
@@ -341,7 +350,7 @@ done
 
 echo
 echo "machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), kernel $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ), load average at end $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "tool $TOOL; proxies on CPU $PROXY_CPU, load generator + upstreams on CPU $LOAD_CPU; $DURATION x $ROUNDS rounds; ringway $(git rev-parse --short HEAD)$(git diff --quiet -- src || echo +dirty), $(nginx -v 2>&1 | cut -d' ' -f3), HAProxy $(haproxy -v | head -1 | cut -d' ' -f3)"
+echo "tool $TOOL${RATE:+, open loop at $RATE req/s}; proxies on CPU $PROXY_CPU, load generator + upstreams on CPU $LOAD_CPU; $DURATION x $ROUNDS rounds; ringway $(git rev-parse --short HEAD)$(git diff --quiet -- src || echo +dirty), $(nginx -v 2>&1 | cut -d' ' -f3), HAProxy $(haproxy -v | head -1 | cut -d' ' -f3)"
 python3 - "$work/raw.txt" "$OUT/compare-$TOOL.json" "$SCENARIOS" "$TOOL" <<'PY'
 import json, sys, collections
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]

@@ -7,6 +7,11 @@
 //! step costs a slot push/pop and no clock read. The price is precision: a wait ends between
 //! `limit` and `limit + 2 * TICK` after it started (never early, since ticks are at least `TICK`
 //! apart), which is far inside what the client/upstream timeouts are for.
+//!
+//! A quiet shard should not wake 100 times a second for nothing: once no wait has registered for
+//! `QUIET_TICKS`, the sweeper dozes until the earliest registered wait is due (or indefinitely
+//! when none is). A wait registering during a doze brings the tick up to the clock first and
+//! wakes the sweeper, so the doze changes when ticks are counted, never how long a wait lasts.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -17,6 +22,10 @@ use std::time::{Duration, Instant};
 /// Tick of the sweeper; the lateness bound of every deadline is two of these.
 pub const TICK: Duration = Duration::from_millis(10);
 const TICK_MS: u64 = 10;
+
+/// Ticks without a new registration before the sweeper dozes: long enough that a loaded shard
+/// (which registers waits all the time) never dozes and pays nothing for the doze.
+const QUIET_TICKS: u32 = 10;
 
 /// The wait ran past its limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,8 +41,15 @@ struct Sweep {
     /// A sweeper runs on this thread (otherwise waits fall back to monoio timers).
     running: bool,
     tick: u64,
-    /// The clock at the last tick (`coarse_now`).
+    /// When `tick` began: ticks are counted from here when a doze ends.
+    tick_at: Option<Instant>,
+    /// The clock at the last tick (`coarse_now`); None while dozing.
     now: Option<Instant>,
+    /// Waits registered so far (the sweeper dozes once this stops moving).
+    registered: u64,
+    /// The sweeper is dozing; a registration must catch the tick up and wake it.
+    dozing: bool,
+    sweeper: Option<Waker>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     /// No registered wait fires before this tick: the sweeper skips the scan until then.
@@ -45,7 +61,11 @@ thread_local! {
         RefCell::new(Sweep {
             running: false,
             tick: 1,
+            tick_at: None,
             now: None,
+            registered: 0,
+            dozing: false,
+            sweeper: None,
             slots: Vec::new(),
             free: Vec::new(),
             next_scan: u64::MAX,
@@ -55,9 +75,60 @@ thread_local! {
 
 /// The clock as of the sweeper's last tick (at most `TICK` old, never ahead): for ages measured
 /// in seconds (pooled connection idle time, health windows) without a clock read per request.
-/// Threads without a sweeper read the clock.
+/// Threads without a sweeper, or whose sweeper dozes, read the clock.
 pub fn coarse_now() -> Instant {
     SWEEP.with(|s| s.borrow().now).unwrap_or_else(Instant::now)
+}
+
+impl Sweep {
+    /// Counts the whole ticks that passed since `tick_at` (a doze skipped counting them); the
+    /// part of a tick left over stays uncounted, so ticks remain at least `TICK` apart.
+    fn catch_up(&mut self, now: Instant) {
+        let Some(at) = self.tick_at else { return };
+        let n = now.saturating_duration_since(at).as_millis() as u64 / TICK_MS;
+        if n > 0 {
+            self.tick = self.tick.saturating_add(n);
+            self.tick_at = Some(at + Duration::from_millis(n.saturating_mul(TICK_MS)));
+        }
+    }
+}
+
+/// Sleeps until `ticks` from now (None: for good) or until a registration ends the doze.
+async fn doze(ticks: Option<u64>) {
+    SWEEP.with(|s| {
+        let mut s = s.borrow_mut();
+        s.dozing = true;
+        s.now = None; // coarse_now reads the clock meanwhile
+    });
+    let woken = poll_fn(|cx| {
+        SWEEP.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.dozing {
+                s.sweeper = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+    });
+    match ticks {
+        Some(n) => {
+            let limit = Duration::from_millis(n.saturating_mul(TICK_MS));
+            monoio::select! {
+                _ = monoio::time::sleep(limit) => {}
+                _ = woken => {}
+            }
+        }
+        None => woken.await,
+    }
+    SWEEP.with(|s| {
+        let mut s = s.borrow_mut();
+        let now = Instant::now();
+        s.dozing = false;
+        s.sweeper = None;
+        s.catch_up(now);
+        s.now = Some(now);
+    });
 }
 
 /// Ticks this thread's deadlines for as long as the runtime runs it (spawned once per shard).
@@ -70,6 +141,8 @@ pub async fn sweeper() {
                 let mut s = s.borrow_mut();
                 s.running = false;
                 s.now = None;
+                s.dozing = false;
+                s.sweeper = None;
             });
         }
     }
@@ -78,29 +151,53 @@ pub async fn sweeper() {
     }
     let _stop = Stop;
     let mut due: Vec<Waker> = Vec::new();
+    let (mut seen, mut quiet) = (0u64, 0u32);
+    SWEEP.with(|s| {
+        let mut s = s.borrow_mut();
+        s.tick_at = Some(Instant::now());
+        s.now = s.tick_at;
+    });
     loop {
         monoio::time::sleep(TICK).await;
-        SWEEP.with(|s| {
+        let doze_for = SWEEP.with(|s| {
             let s = &mut *s.borrow_mut();
+            let now = Instant::now();
             s.tick += 1;
-            s.now = Some(Instant::now());
-            if s.tick < s.next_scan {
-                return;
+            s.tick_at = Some(now);
+            s.now = Some(now);
+            if s.registered == seen {
+                quiet = quiet.saturating_add(1);
+            } else {
+                (seen, quiet) = (s.registered, 0);
             }
-            let tick = s.tick;
-            let mut next = u64::MAX;
-            for slot in s.slots.iter_mut().filter(|slot| slot.fire != 0) {
-                if slot.fire <= tick {
-                    due.extend(slot.waker.take());
-                } else {
-                    next = next.min(slot.fire);
+            if s.tick >= s.next_scan {
+                let tick = s.tick;
+                let mut next = u64::MAX;
+                for slot in s.slots.iter_mut().filter(|slot| slot.fire != 0) {
+                    if slot.fire <= tick {
+                        due.extend(slot.waker.take());
+                    } else {
+                        next = next.min(slot.fire);
+                    }
                 }
+                s.next_scan = next;
             }
-            s.next_scan = next;
+            // Wake one tick early: the tick that follows the doze is the one that fires.
+            let ahead = s.next_scan.saturating_sub(s.tick);
+            match (quiet >= QUIET_TICKS, s.next_scan) {
+                (false, _) => None,
+                (true, u64::MAX) => Some(None),
+                (true, _) if ahead > 2 => Some(Some(ahead - 1)),
+                _ => None,
+            }
         });
         // Woken outside the borrow: a waker may touch the slots again.
         for w in due.drain(..) {
             w.wake();
+        }
+        if let Some(ticks) = doze_for {
+            doze(ticks).await;
+            quiet = 0;
         }
     }
 }
@@ -147,6 +244,7 @@ impl Wait {
             return sleep.as_mut().poll(cx);
         }
         let waker = cx.waker();
+        let mut sweeper = None;
         let registered = SWEEP.with(|s| {
             let s = &mut *s.borrow_mut();
             if self.key != NONE {
@@ -162,6 +260,14 @@ impl Wait {
             if !s.running {
                 return None;
             }
+            if s.dozing {
+                // The tick stopped counting when the doze began: bring it up to the clock so
+                // that `fire` below is not early, and let the sweeper count ticks again.
+                s.catch_up(Instant::now());
+                s.dozing = false;
+                sweeper = s.sweeper.take();
+            }
+            s.registered += 1;
             // +1: the current tick is already partly over.
             let ticks = (self.limit.as_millis() as u64).div_ceil(TICK_MS) + 1;
             self.fire = s.tick.saturating_add(ticks);
@@ -182,6 +288,9 @@ impl Wait {
             s.next_scan = s.next_scan.min(self.fire);
             Some(Poll::Pending)
         });
+        if let Some(w) = sweeper {
+            w.wake();
+        }
         match registered {
             Some(p) => p,
             None => {
@@ -251,6 +360,45 @@ mod tests {
                 assert!(t.elapsed() >= limit, "ended early: {:?}", t.elapsed());
             }
             assert_eq!(within(limit, async { 7 }).await, Ok(7));
+            // Quiet for QUIET_TICKS: the sweeper dozes (no wait is registered, so for good),
+            // and coarse_now reads the clock instead of a tick that stopped moving.
+            monoio::time::sleep(TICK * (QUIET_TICKS + 3)).await;
+            assert!(SWEEP.with(|s| s.borrow().dozing), "sweeper still ticking");
+            let before = Instant::now();
+            assert!(coarse_now() >= before);
+            // A wait registered during the doze wakes it and still ends on time, never early.
+            let t = Instant::now();
+            assert_eq!(
+                within(limit, std::future::pending::<()>()).await,
+                Err(Elapsed)
+            );
+            let took = t.elapsed();
+            assert!(took >= limit, "ended early: {took:?}");
+            assert!(
+                took < Duration::from_secs(2),
+                "doze swallowed the wait: {took:?}"
+            );
+            // Quiet again with one long wait pending: the doze ends when that wait is due.
+            let long = Duration::from_millis(400);
+            let dozed = std::cell::Cell::new(false);
+            let t = Instant::now();
+            let res = within(long, async {
+                monoio::time::sleep(TICK * (QUIET_TICKS + 5)).await;
+                dozed.set(SWEEP.with(|s| s.borrow().dozing));
+                std::future::pending::<()>().await
+            })
+            .await;
+            assert_eq!(res, Err(Elapsed));
+            assert!(
+                dozed.get(),
+                "sweeper kept ticking with only a far wait pending"
+            );
+            let took = t.elapsed();
+            assert!(took >= long, "ended early: {took:?}");
+            assert!(
+                took < Duration::from_secs(3),
+                "doze swallowed the wait: {took:?}"
+            );
             // A step that completes before its deadline leaves no live slot behind.
             let done = within(limit, monoio::time::sleep(Duration::from_millis(1))).await;
             assert_eq!(done, Ok(()));
