@@ -73,4 +73,18 @@ for t in socks[len(socks) - len(socks) % 500:]:
 time.sleep(1.0)
 held = rss()
 print(f"connections={n} rss_before={base} KiB rss_idle={held} KiB per_connection={(held - base) * 1024 / n / 1024:.2f} KiB")
+# How often the idle shard is woken while it holds them (timeslices in /proc/<pid>/task/*/schedstat):
+# every connection has its keep-alive timeout pending, which is what a ticking timer would poll.
+import glob
+def slices():
+    out = {}
+    for t in glob.glob(f"/proc/{pid}/task/*"):
+        try:
+            out[open(t + "/comm").read().strip()] = int(open(t + "/schedstat").read().split()[2])
+        except OSError:
+            pass
+    return out
+a = slices(); time.sleep(3.0); b = slices()
+for name in sorted(k for k in b if k.startswith("ringway-shard") and k in a):
+    print(f"{name} wakeups_per_s_idle={(b[name] - a[name]) / 3.0:.1f}")
 PY
