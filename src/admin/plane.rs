@@ -3,28 +3,29 @@
 //! control channels, and gathers counter snapshots. Runs on the status/admin/main threads only.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Sender};
+use crossbeam_channel::{bounded, unbounded};
 
 use crate::config::Config;
 use crate::metrics::expose::PlaneInfo;
 use crate::metrics::ShardSnapshot;
 use crate::runtime::shard::Control;
-use crate::runtime::wake::Nudge;
+use crate::runtime::wake::ShardLink;
 
-/// How long a scrape waits for shards (they answer on their next 50 ms tick).
+/// How long a scrape waits for shards (nudged, they answer as soon as their thread is free).
 const SNAPSHOT_WAIT: Duration = Duration::from_millis(500);
 /// How long a swap waits for every shard to build its next generation.
 const PREPARE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Plane {
-    senders: Vec<Sender<Control>>,
-    /// Per shard, what wakes its control loop at once (a swap need not wait for its tick).
-    nudges: Vec<Option<Nudge>>,
+    /// Per shard, its control channel (each send also wakes the shard to read it at once).
+    links: Vec<ShardLink>,
     started: Instant,
     inner: Mutex<Inner>,
+    /// Signalled when a new generation commits (the prober waits on it instead of polling).
+    swapped: Condvar,
     /// Serialises swaps (admin changes, SIGHUP) so generations commit in order.
     swap: Mutex<()>,
     /// The admin API's document, when the admin listener is enabled.
@@ -41,14 +42,9 @@ struct Inner {
 }
 
 impl Plane {
-    pub fn new(
-        cfg: Arc<Config>,
-        senders: Vec<Sender<Control>>,
-        nudges: Vec<Option<Nudge>>,
-    ) -> Arc<Plane> {
+    pub fn new(cfg: Arc<Config>, links: Vec<ShardLink>) -> Arc<Plane> {
         Arc::new(Plane {
-            senders,
-            nudges,
+            links,
             started: Instant::now(),
             inner: Mutex::new(Inner {
                 generation: 1,
@@ -57,6 +53,7 @@ impl Plane {
                 reloads_failed: 0,
                 active: BTreeMap::new(),
             }),
+            swapped: Condvar::new(),
             swap: Mutex::new(()),
             store: Mutex::new(None),
         })
@@ -75,8 +72,18 @@ impl Plane {
         self.inner().generation
     }
 
+    /// Blocks until the generation differs from `seen` or `timeout` passes; returns the
+    /// current generation.
+    pub fn wait_for_swap(&self, seen: u64, timeout: Duration) -> u64 {
+        let (inner, _) = self
+            .swapped
+            .wait_timeout_while(self.inner(), timeout, |i| i.generation == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        inner.generation
+    }
+
     pub fn shards(&self) -> usize {
-        self.senders.len()
+        self.links.len()
     }
 
     /// Counts a change that failed validation (it never reached the shards).
@@ -104,18 +111,17 @@ impl Plane {
         let generation = self.generation() + 1;
         let (ack, acks) = unbounded();
         let mut sent = 0;
-        for tx in &self.senders {
+        for tx in &self.links {
             let msg = Control::Prepare {
                 generation,
                 cfg: cfg.clone(),
                 route,
                 ack: ack.clone(),
             };
-            if tx.send(msg).is_ok() {
+            if tx.send(msg) {
                 sent += 1;
             }
         }
-        self.nudge_all();
         let got = wait_acks(&acks, sent);
         if got < sent {
             // Channels are ordered: a slow shard still prepares before it sees the commit.
@@ -124,38 +130,32 @@ impl Plane {
             );
         }
         let mut sent = 0;
-        for tx in &self.senders {
+        for tx in &self.links {
             let msg = Control::Commit {
                 generation,
                 ack: ack.clone(),
             };
-            if tx.send(msg).is_ok() {
+            if tx.send(msg) {
                 sent += 1;
             }
         }
-        self.nudge_all();
         // Waiting for the commits means a caller (the admin API) answers only once every
         // shard's next request will use the new generation.
         wait_acks(&acks, sent);
         let mut inner = self.inner();
         inner.generation = generation;
+        self.swapped.notify_all();
         inner.cfg = cfg;
         inner.reloads_ok += 1;
         (generation, t0.elapsed())
     }
 
-    fn nudge_all(&self) {
-        for n in self.nudges.iter().flatten() {
-            n.nudge();
-        }
-    }
-
     /// Asks every shard for its counters; shards that do not answer in time are left out.
     pub fn gather(&self) -> Vec<ShardSnapshot> {
-        let (tx, rx) = bounded(self.senders.len().max(1));
+        let (tx, rx) = bounded(self.links.len().max(1));
         let mut asked = 0;
-        for s in &self.senders {
-            if s.send(Control::Snapshot(tx.clone())).is_ok() {
+        for s in &self.links {
+            if s.send(Control::Snapshot(tx.clone())) {
                 asked += 1;
             }
         }
@@ -177,7 +177,7 @@ impl Plane {
             generation: inner.generation,
             reloads_ok: inner.reloads_ok,
             reloads_failed: inner.reloads_failed,
-            shards: self.senders.len(),
+            shards: self.links.len(),
             uptime_secs: self.started.elapsed().as_secs(),
             active: inner.active.clone(),
         }
@@ -208,7 +208,7 @@ impl Plane {
     /// Sends one node's active verdict to every shard (also used to re-send verdicts after a
     /// config swap, whose rebuilt upstream state starts with every node up).
     pub fn publish_down(&self, upstream: &str, node: usize, down: bool) {
-        for tx in &self.senders {
+        for tx in &self.links {
             let _ = tx.send(Control::NodeDown {
                 upstream: upstream.to_string(),
                 node,
@@ -219,10 +219,7 @@ impl Plane {
 
     /// Sends one message per shard, built by `msg`; returns how many shards it reached.
     pub fn send_all(&self, msg: impl Fn() -> Control) -> usize {
-        self.senders
-            .iter()
-            .filter(|tx| tx.send(msg()).is_ok())
-            .count()
+        self.links.iter().filter(|tx| tx.send(msg())).count()
     }
 
     /// Forgets active results for nodes no longer checked (removed by a config change).
@@ -288,7 +285,7 @@ impl Plane {
             .collect();
         let (generation, took) = self.apply(new);
         if !removed.is_empty() {
-            for tx in &self.senders {
+            for tx in &self.links {
                 let _ = tx.send(Control::Unlisten(removed.clone()));
             }
             for a in &removed {
@@ -327,9 +324,9 @@ impl Plane {
                 log::warn!("SIGHUP: new TLS listener {addr} needs a restart; not added");
                 continue;
             }
-            match crate::net::listen::bind_all(&[*addr], self.senders.len()) {
+            match crate::net::listen::bind_all(&[*addr], self.links.len()) {
                 Ok(b) => {
-                    for (tx, ls) in self.senders.iter().zip(b.per_shard) {
+                    for (tx, ls) in self.links.iter().zip(b.per_shard) {
                         let _ = tx.send(Control::Listen(
                             ls.into_iter().map(|l| (*addr, l)).collect(),
                         ));

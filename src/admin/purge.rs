@@ -10,7 +10,7 @@ use super::Plane;
 use crate::cache::admin::{AdminAck, AdminTarget};
 use crate::runtime::shard::Control;
 
-/// Shards read their control channel every 50 ms tick; a busy shard gets this long to answer.
+/// A purge wakes each shard (see `ShardLink`); a busy shard gets this long to answer.
 const WAIT: Duration = Duration::from_secs(2);
 
 pub fn handle(plane: &Plane, r: &Request) -> Response {

@@ -16,8 +16,8 @@ use crate::admin::Plane;
 use crate::config::{ActiveCheck, Config};
 use verdict::{Outcome, Verdict};
 
-/// Upper bound on the prober's sleep, so a config swap is noticed quickly.
-const TICK: Duration = Duration::from_millis(50);
+/// Longest sleep with nothing to probe; a config swap ends any sleep at once.
+const IDLE: Duration = Duration::from_secs(60);
 /// Probes run in parallel (one scoped thread each) in batches of this many, so one slow node
 /// does not delay the others by its whole timeout.
 const BATCH: usize = 32;
@@ -99,10 +99,8 @@ fn run(plane: &Plane) {
             }
         }
         let next = targets.iter().map(|t| t.next).min();
-        let wait = next.map_or(TICK, |n| {
-            n.saturating_duration_since(Instant::now()).min(TICK)
-        });
-        std::thread::sleep(wait.max(Duration::from_millis(1)));
+        let wait = next.map_or(IDLE, |n| n.saturating_duration_since(Instant::now()));
+        plane.wait_for_swap(generation, wait.max(Duration::from_millis(1)));
     }
 }
 

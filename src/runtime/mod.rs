@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Receiver};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
@@ -41,8 +41,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::with_capacity(workers);
-    let mut senders = Vec::with_capacity(workers);
-    let mut nudges = Vec::with_capacity(workers);
+    let mut links = Vec::with_capacity(workers);
     for (id, listeners) in bound.per_shard.into_iter().enumerate() {
         let cpu = match &cfg.server.cpu_affinity {
             Some(list) => Some(list[id % list.len()]),
@@ -50,18 +49,17 @@ pub fn run(cfg: Config) -> Result<(), String> {
             None => None,
         };
         let (tx, rx) = unbounded();
-        senders.push(tx);
         let (nudge, end) = match wake::pair() {
             Ok((n, e)) => (Some(n), Some(e)),
             Err(e) => {
-                log::warn!("shard {id}: no control wake-up ({e}); swaps wait for its tick");
+                log::warn!("shard {id}: no control wake-up ({e}); messages wait for its tick");
                 (None, None)
             }
         };
-        nudges.push(nudge);
+        links.push(wake::ShardLink::new(tx, nudge));
         handles.push(spawn_shard(id, cpu, cfg.clone(), listeners, (rx, end))?);
     }
-    let plane = crate::admin::Plane::new(cfg.clone(), senders.clone(), nudges);
+    let plane = crate::admin::Plane::new(cfg.clone(), links.clone());
     crate::admin::start_status(&plane)?;
     crate::admin::start_admin(&plane)?;
     crate::health::start(plane.clone())?;
@@ -71,7 +69,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             continue;
         }
         if sig == SIGHUP {
-            reload_tls(&cfg, &senders);
+            reload_tls(&cfg, &links);
             plane.reload_file();
             continue;
         }
@@ -81,7 +79,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         );
         break;
     }
-    shutdown(&senders, handles, cfg.server.shutdown_timeout);
+    shutdown(&links, handles, cfg.server.shutdown_timeout);
     crate::accesslog::sync(Duration::from_secs(2));
     Ok(())
 }
@@ -89,7 +87,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
 /// Re-reads every TLS listener's certificate files (here, on the main thread) and hands the new
 /// configs to the shards. All or nothing: one bad file keeps every listener on its current
 /// certificates. The ticketer is carried over, so tickets issued before the reload still resume.
-fn reload_tls(cfg: &Config, senders: &[Sender<Control>]) {
+fn reload_tls(cfg: &Config, links: &[wake::ShardLink]) {
     let mut configs = Vec::with_capacity(cfg.server.tls.len());
     for (i, t) in cfg.server.tls.iter().enumerate() {
         let Some(t) = t else {
@@ -109,15 +107,15 @@ fn reload_tls(cfg: &Config, senders: &[Sender<Control>]) {
         log::info!("SIGHUP: no TLS listeners, nothing to reload");
         return;
     }
-    for tx in senders {
-        let _ = tx.send(Control::ReloadTls(configs.clone()));
+    for link in links {
+        link.send(Control::ReloadTls(configs.clone()));
     }
     log::info!("SIGHUP: TLS certificates reloaded for {n} listener(s)");
 }
 
-fn shutdown(senders: &[Sender<Control>], handles: Vec<JoinHandle<()>>, timeout: Duration) {
-    for tx in senders {
-        let _ = tx.send(Control::Shutdown);
+fn shutdown(links: &[wake::ShardLink], handles: Vec<JoinHandle<()>>, timeout: Duration) {
+    for link in links {
+        link.send(Control::Shutdown);
     }
     // Shards stop themselves at the drain deadline; this is a backstop on top of it.
     let deadline = Instant::now() + timeout + Duration::from_secs(1);

@@ -101,6 +101,8 @@ pub struct Shard {
     pub retired: Drain,
     /// Open client connections.
     pub conns: Rc<Cell<usize>>,
+    /// Ends the control loop's idle sleep when the first connection arrives.
+    pub bell: Rc<super::wake::Bell>,
     pub stats: Rc<ShardStats>,
     /// Shard-wide metric registry; `route_stats[route id]` are this generation's handles into it.
     pub metrics: Rc<crate::metrics::ShardMetrics>,
@@ -114,6 +116,10 @@ pub struct Shard {
 }
 
 const TICK: Duration = Duration::from_millis(50);
+/// The control tick while the shard has no connections: nothing is logged then, and control
+/// messages and the first new connection wake the loop anyway, so it only paces the 1 s upstream
+/// sweep.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 impl Shard {
     pub fn new(id: usize, cfg: Arc<Config>) -> Shard {
@@ -145,6 +151,7 @@ impl Shard {
             drain: Rc::new(Drain::default()),
             retired: Drain::default(),
             conns: Rc::new(Cell::new(0)),
+            bell: Rc::default(),
             stats: Rc::new(ShardStats::default()),
         }
     }
@@ -179,7 +186,9 @@ pub async fn run(
     let mut last_sweep = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
     loop {
-        wake.sleep(TICK).await;
+        let idle = shard.conns.get() == 0 && drain_deadline.is_none();
+        wake.sleep(if idle { IDLE_TICK } else { TICK }, &shard.bell)
+            .await;
         loop {
             match control.try_recv() {
                 Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => {
@@ -334,6 +343,7 @@ impl Shard {
             drain: self.drain.clone(),
             retired: Drain::default(),
             conns: self.conns.clone(),
+            bell: self.bell.clone(),
             stats: self.stats.clone(),
             tls: self.tls.clone(),
         }
@@ -358,6 +368,7 @@ impl Shard {
             drain: self.drain.clone(),
             retired: Drain::default(),
             conns: self.conns.clone(),
+            bell: self.bell.clone(),
             stats: self.stats.clone(),
             tls: self.tls.clone(),
         }
@@ -427,6 +438,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, index: usize, stop
                     continue;
                 }
                 shard.conns.set(shard.conns.get() + 1);
+                if shard.conns.get() == 1 {
+                    shard.bell.ring();
+                }
                 shard.stats.accepted.set(shard.stats.accepted.get() + 1);
                 // The generation a reload may have swapped in applies from this connection on.
                 let gen = current(&shard);

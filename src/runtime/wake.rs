@@ -1,14 +1,21 @@
-//! Wakes a shard's control loop as soon as the plane sends it a config swap, instead of at its
-//! next tick: a socketpair per shard, one byte per nudge. Must not carry data; `Control` does.
+//! Wakes a shard's control loop as soon as something is sent to it, instead of at its next tick:
+//! a socketpair per shard, one byte per nudge, and a same-thread bell. Must not carry data.
 
-use std::future::Future;
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
+
+use crossbeam_channel::Sender;
 
 use monoio::io::AsyncReadRent;
 use monoio::net::UnixStream;
+
+use super::shard::Control;
 
 /// The plane's end.
 pub struct Nudge(StdUnixStream);
@@ -17,6 +24,63 @@ impl Nudge {
     /// Never blocks: a full socket buffer already holds a wake-up the shard has not read.
     pub fn nudge(&self) {
         let _ = (&self.0).write(&[1]);
+    }
+}
+
+/// The one way to send a shard a control message: onto its channel, then a nudge, so the shard
+/// reads it now rather than at its next tick (which is long when the shard is idle).
+#[derive(Clone)]
+pub struct ShardLink {
+    tx: Sender<Control>,
+    nudge: Option<Arc<Nudge>>,
+}
+
+impl ShardLink {
+    pub fn new(tx: Sender<Control>, nudge: Option<Nudge>) -> ShardLink {
+        ShardLink {
+            tx,
+            nudge: nudge.map(Arc::new),
+        }
+    }
+
+    /// False once the shard is gone.
+    pub fn send(&self, msg: Control) -> bool {
+        if self.tx.send(msg).is_err() {
+            return false;
+        }
+        if let Some(n) = &self.nudge {
+            n.nudge();
+        }
+        true
+    }
+}
+
+/// Same-thread wake-up for the control loop's idle sleep: rung when a shard without connections
+/// accepts one, so its ticks (log flushes) are back to the short interval at once.
+#[derive(Default)]
+pub struct Bell {
+    rung: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Bell {
+    pub fn ring(&self) {
+        self.rung.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Ready once rung since the last wait ended.
+    async fn rung(&self) {
+        poll_fn(|cx| {
+            if self.rung.replace(false) {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -46,14 +110,18 @@ impl Wakeup {
         Wakeup(stream.map(|s| read_one(s, Vec::with_capacity(64))))
     }
 
-    /// Waits `timeout`, or less if nudged.
-    pub async fn sleep(&mut self, timeout: Duration) {
+    /// Waits `timeout`, or less if nudged or `bell` rings.
+    pub async fn sleep(&mut self, timeout: Duration, bell: &Bell) {
         let Some(read) = self.0.as_mut() else {
-            monoio::time::sleep(timeout).await;
+            monoio::select! {
+                _ = monoio::time::sleep(timeout) => {}
+                _ = bell.rung() => {}
+            }
             return;
         };
         let woke = monoio::select! {
             _ = monoio::time::sleep(timeout) => None,
+            _ = bell.rung() => None,
             r = read => Some(r),
         };
         if let Some(r) = woke {
