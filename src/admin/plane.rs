@@ -72,14 +72,12 @@ impl Plane {
         self.inner().generation
     }
 
-    /// Blocks until the generation differs from `seen` or `timeout` passes; returns the
-    /// current generation.
-    pub fn wait_for_swap(&self, seen: u64, timeout: Duration) -> u64 {
-        let (inner, _) = self
+    /// Blocks until the generation differs from `seen` or `timeout` passes.
+    pub fn wait_for_swap(&self, seen: u64, timeout: Duration) {
+        let _ = self
             .swapped
             .wait_timeout_while(self.inner(), timeout, |i| i.generation == seen)
             .unwrap_or_else(|e| e.into_inner());
-        inner.generation
     }
 
     pub fn shards(&self) -> usize {

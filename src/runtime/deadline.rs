@@ -41,10 +41,9 @@ struct Sweep {
     /// A sweeper runs on this thread (otherwise waits fall back to monoio timers).
     running: bool,
     tick: u64,
-    /// When `tick` began: ticks are counted from here when a doze ends.
+    /// When `tick` began (at most `TICK` ago unless dozing): what `coarse_now` returns, and
+    /// where counting resumes when a doze ends. None while no sweeper runs.
     tick_at: Option<Instant>,
-    /// The clock at the last tick (`coarse_now`); None while dozing.
-    now: Option<Instant>,
     /// Waits registered so far (the sweeper dozes once this stops moving).
     registered: u64,
     /// The sweeper is dozing; a registration must catch the tick up and wake it.
@@ -62,7 +61,6 @@ thread_local! {
             running: false,
             tick: 1,
             tick_at: None,
-            now: None,
             registered: 0,
             dozing: false,
             sweeper: None,
@@ -77,7 +75,12 @@ thread_local! {
 /// in seconds (pooled connection idle time, health windows) without a clock read per request.
 /// Threads without a sweeper, or whose sweeper dozes, read the clock.
 pub fn coarse_now() -> Instant {
-    SWEEP.with(|s| s.borrow().now).unwrap_or_else(Instant::now)
+    SWEEP
+        .with(|s| {
+            let s = s.borrow();
+            s.tick_at.filter(|_| !s.dozing)
+        })
+        .unwrap_or_else(Instant::now)
 }
 
 impl Sweep {
@@ -97,8 +100,7 @@ impl Sweep {
 async fn doze(ticks: Option<u64>) {
     SWEEP.with(|s| {
         let mut s = s.borrow_mut();
-        s.dozing = true;
-        s.now = None; // coarse_now reads the clock meanwhile
+        s.dozing = true; // coarse_now reads the clock meanwhile
     });
     let woken = poll_fn(|cx| {
         SWEEP.with(|s| {
@@ -123,11 +125,9 @@ async fn doze(ticks: Option<u64>) {
     }
     SWEEP.with(|s| {
         let mut s = s.borrow_mut();
-        let now = Instant::now();
         s.dozing = false;
         s.sweeper = None;
-        s.catch_up(now);
-        s.now = Some(now);
+        s.catch_up(Instant::now());
     });
 }
 
@@ -140,7 +140,7 @@ pub async fn sweeper() {
             let _ = SWEEP.try_with(|s| {
                 let mut s = s.borrow_mut();
                 s.running = false;
-                s.now = None;
+                s.tick_at = None;
                 s.dozing = false;
                 s.sweeper = None;
             });
@@ -155,16 +155,13 @@ pub async fn sweeper() {
     SWEEP.with(|s| {
         let mut s = s.borrow_mut();
         s.tick_at = Some(Instant::now());
-        s.now = s.tick_at;
     });
     loop {
         monoio::time::sleep(TICK).await;
         let doze_for = SWEEP.with(|s| {
             let s = &mut *s.borrow_mut();
-            let now = Instant::now();
             s.tick += 1;
-            s.tick_at = Some(now);
-            s.now = Some(now);
+            s.tick_at = Some(Instant::now());
             if s.registered == seen {
                 quiet = quiet.saturating_add(1);
             } else {
