@@ -17,3 +17,4 @@ pub mod proxy;
 pub mod route;
 pub mod runtime;
 pub mod upstream;
+pub mod util;

@@ -16,38 +16,10 @@ use std::time::Duration;
 use crate::route::Router;
 use crate::upstream::balance::Policy;
 
+pub use crate::error::ConfigError;
+pub use crate::util::units::parse_duration;
 pub use checks::{ActiveCheck, CheckKind};
 pub use routes::{with_route, RouteTable};
-pub use validate::parse_duration;
-
-/// A configuration error: which key is wrong and what was expected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Dotted key path such as `routes[0].upstream`; empty for file-level errors.
-    pub path: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Which monoio driver the shards run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

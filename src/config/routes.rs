@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::raw::RawRoute;
 use super::{Config, ConfigError, RouteConfig};
-use crate::route::cow::{CowMap, CowVec};
+use crate::util::cow::{CowMap, CowVec};
 
 /// Route configs by route id (the ids the router returns). Ids of removed routes stay empty.
 #[derive(Debug, Clone, Default)]

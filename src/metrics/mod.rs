@@ -4,7 +4,7 @@
 pub mod expose;
 pub mod names;
 
-use crate::route::cow::CowVec;
+use crate::util::cow::CowVec;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;

@@ -12,7 +12,7 @@ use super::consumer::Consumers;
 use super::key_auth::{set_consumer, unauthorized};
 use super::util::parse;
 use super::{Ctx, Flow, Plugin, PluginFactory};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 
 #[derive(Deserialize)]

@@ -17,7 +17,7 @@ use crate::limit::bucket::{Bucket, BucketParams};
 use crate::limit::conc::Concurrency;
 use crate::limit::count::{CountLimiter, CountParams};
 use crate::limit::sync::{Endpoint, Report};
-use crate::route::cow::CowVec;
+use crate::util::cow::CowVec;
 
 pub type FactoryRef = Arc<dyn PluginFactory>;
 

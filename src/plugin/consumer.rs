@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 use super::jwt_auth::JwtCred;
 
@@ -23,7 +23,7 @@ pub struct Consumers {
     /// key-auth key -> consumer.
     /// Hashed with xxh3 (the keys come from config, so no flooding concern): SipHash was a
     /// visible share of a key-auth request in callgrind.
-    pub keys: HashMap<Vec<u8>, usize, BuildHasherDefault<super::util::BytesHasher>>,
+    pub keys: HashMap<Vec<u8>, usize, BuildHasherDefault<crate::util::hash::BytesHasher>>,
     /// basic-auth username -> (password, consumer).
     pub basic: HashMap<Vec<u8>, (Vec<u8>, usize)>,
     /// jwt-auth key (the token's `key` claim) -> (credential, consumer).

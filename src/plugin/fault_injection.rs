@@ -13,7 +13,7 @@ use super::rand::Rng;
 use super::util::{err, parse};
 use super::vars::{self, Conds};
 use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 
 #[derive(Deserialize)]

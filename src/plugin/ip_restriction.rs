@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::util::{err, parse};
 use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 
 #[derive(Deserialize)]

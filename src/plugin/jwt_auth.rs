@@ -15,7 +15,7 @@ use super::consumer::Consumers;
 use super::key_auth::{set_consumer, unauthorized};
 use super::util::{cookie, parse, query_arg, query_without};
 use super::{Ctx, Flow, Plugin, PluginFactory};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 
 /// A consumer's verification material.

@@ -10,7 +10,7 @@ use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::util::{parse, query_arg, query_without};
 use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 
 #[derive(Deserialize)]

@@ -13,7 +13,7 @@ use super::consumer::Consumers;
 use super::limit_count::{reject_reply, rejection};
 use super::util::{duration, err, key_hash, key_parts, parse, positive, KeyPart, RawDur};
 use super::{Ctx, Flow, Plugin, PluginFactory};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::conc::Concurrency;
 use crate::metrics::Limiter;

@@ -11,7 +11,7 @@ use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
 use super::consumer::Consumers;
 use super::util::{duration, err, key_hash, key_parts, parse, positive, KeyPart, RawDur};
 use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::count::{CountLimiter, CountParams};
 use crate::metrics::Limiter;

@@ -13,7 +13,7 @@ use super::consumer::Consumers;
 use super::limit_count::{reject_reply, rejection};
 use super::util::{err, key_hash, key_parts, parse, KeyPart};
 use super::{Ctx, Flow, Plugin, PluginFactory};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::bucket::{Bucket, BucketParams};
 use crate::metrics::Limiter;

@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::chain::ShardCx;
 use super::util::{duration, err, RawDur};
 use super::{Ctx, Flow, Plugin, PluginFactory};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 
 /// Longest backoff between retries of one batch.

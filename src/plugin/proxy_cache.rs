@@ -13,7 +13,7 @@ use super::consumer::Consumers;
 use super::util::{cookie, duration, err, parse, query_arg, RawDur};
 use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
 use crate::cache::{self, rules, CacheConf, Instance, KeyPart, Mode, PurgeMsg, Store, Target};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::{Method, RequestHead};
 
 #[derive(Deserialize)]

@@ -13,7 +13,7 @@ use super::consumer::Consumers;
 use super::response_rewrite::expand;
 use super::util::{err, parse};
 use super::{Ctx, Flow, Plugin, PluginFactory};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::{Method, RequestHead};
 
 #[derive(Deserialize, Default)]

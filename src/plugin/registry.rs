@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::chain::{BuildCx, FactoryRef, PluginSet};
 use super::consumer::{self, RawConsumerRef};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 type Builder = fn(&toml::Value, &str, &mut BuildCx) -> Result<FactoryRef, ConfigError>;
 

@@ -10,7 +10,7 @@ use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::rand::Rng;
 use super::util::{err, parse};
 use super::{Ctx, Flow, Plugin, PluginFactory};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 
 #[derive(Deserialize)]

@@ -14,7 +14,7 @@ use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::util::{err, parse};
 use super::{Ctx, Plugin, PluginFactory};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::ResponseHead;
 
 #[derive(Deserialize, Default)]

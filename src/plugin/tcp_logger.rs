@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef};
 use super::logship::{self, BatchConf, RawBatch, Sink};
 use super::util::{duration, err, parse, RawDur};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,7 +11,7 @@ use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::util::{err, parse};
 use super::vars::{self, Conds};
 use super::{Ctx, Flow, Plugin, PluginFactory};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 
 #[derive(Deserialize)]

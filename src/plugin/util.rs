@@ -9,7 +9,7 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use super::consumer::Consumers;
 use super::ctx::Ctx;
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 
 /// Deserialises a plugin's table; errors carry `path` plus the inner key, e.g.
@@ -54,7 +54,7 @@ pub enum RawDur {
 pub fn duration(path: &str, key: &str, v: &RawDur) -> Result<Duration, ConfigError> {
     match v {
         RawDur::Secs(s) if s.is_finite() && *s >= 0.0 => Ok(Duration::from_secs_f64(*s)),
-        RawDur::Text(t) => crate::config::parse_duration(t).ok_or_else(|| {
+        RawDur::Text(t) => crate::util::units::parse_duration(t).ok_or_else(|| {
             err(
                 path,
                 key,
@@ -197,22 +197,6 @@ fn put_ip(put: &mut impl FnMut(&[u8]), ip: IpAddr) {
     match ip {
         IpAddr::V4(v) => put(&v.octets()),
         IpAddr::V6(v) => put(&v.octets()),
-    }
-}
-
-/// A `Hasher` for byte-string map keys: one-shot xxh3 per written piece.
-#[derive(Default)]
-pub struct BytesHasher(u64);
-
-impl std::hash::Hasher for BytesHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.0 = self.0.rotate_left(5) ^ n as u64;
     }
 }
 

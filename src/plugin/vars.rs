@@ -5,7 +5,7 @@ use regex::bytes::Regex;
 
 use super::ctx::Ctx;
 use super::util::{cookie, query_arg};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 
 /// Where a condition's left-hand side comes from.

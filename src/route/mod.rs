@@ -2,11 +2,10 @@
 //! updated copy-on-write one route at a time.
 //! Owns route matching and precedence only; must not touch config parsing, I/O or proxying.
 
-pub mod cow;
 mod pattern;
 mod update;
 
-use cow::{CowMap, CowVec};
+use crate::util::cow::{CowMap, CowVec};
 use pattern::{HostPattern, PathPattern, MAX_HOST};
 use std::cmp::Reverse;
 use std::collections::HashMap;

@@ -13,8 +13,8 @@ use monoio::net::{TcpListener, TcpStream};
 use super::drain::Drain;
 use crate::config::Config;
 use crate::http::parse::HeadLimits;
-use crate::route::cow::CowVec;
 use crate::upstream::UpstreamState;
+use crate::util::cow::CowVec;
 
 /// Messages from the main thread to a shard.
 #[derive(Debug)]

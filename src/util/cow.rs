@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
-use crate::plugin::util::BytesHasher;
+use super::hash::BytesHasher;
 
 /// Entries per chunk: an update copies one chunk (and the chunk pointers), never the table.
 const CHUNK: usize = 256;

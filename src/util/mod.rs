@@ -1,0 +1,6 @@
+//! Leaf utilities every layer may use: copy-on-write containers, byte-key hashers, unit parsing.
+//! Must not import any other module of the crate.
+
+pub mod cow;
+pub mod hash;
+pub mod units;
