@@ -10,6 +10,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod limit;
+pub mod local;
 pub mod metrics;
 pub mod net;
 pub mod plugin;

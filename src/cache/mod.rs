@@ -26,8 +26,6 @@ use crossbeam_channel::{Receiver, Sender};
 pub use entry::Entry;
 pub use store::{Store, StoreStats};
 
-use crate::runtime::shard::Shard;
-
 /// How often each shard drains its purge inbox: a purge is visible on every shard within
 /// this (plus scheduling delay); the PURGE response itself waits for every shard's answer.
 pub const PURGE_TICK: Duration = Duration::from_millis(10);
@@ -168,8 +166,6 @@ impl Instance {
 thread_local! {
     /// This shard's cache instances, for the cache loop (purge inbox, expiry sweep).
     static INSTANCES: RefCell<Vec<Weak<Instance>>> = const { RefCell::new(Vec::new()) };
-    /// This shard, for background refreshes spawned from a request.
-    static SHARD: RefCell<Weak<Shard>> = const { RefCell::new(Weak::new()) };
 }
 
 /// The last instance built for one cache identity on this shard, and the plugin set (by its
@@ -222,45 +218,27 @@ pub fn adopt(ident: &str, set: Instant, build: impl FnOnce() -> Rc<Instance>) ->
     })
 }
 
-pub fn current_shard() -> Option<Rc<Shard>> {
-    SHARD.with(|s| s.borrow().upgrade())
+/// Whether this shard has cache instances, so a generation needs the cache's housekeeping.
+pub fn has_instances() -> bool {
+    INSTANCES.with(|v| !v.borrow().is_empty())
 }
 
-/// The shard's cache loop: drains purge inboxes every `PURGE_TICK` and sweeps dead entries
-/// once a second, until the shard drains or its config generation is retired (the next
-/// generation runs its own loop over the same instances, see `adopt`). Returns at once on
-/// shards without a cache.
-pub async fn shard_loop(shard: Rc<Shard>) {
-    SHARD.with(|s| *s.borrow_mut() = Rc::downgrade(&shard));
-    if INSTANCES.with(|v| v.borrow().is_empty()) {
-        return;
-    }
-    let mut last_sweep = Instant::now();
-    loop {
-        monoio::select! {
-            _ = monoio::time::sleep(PURGE_TICK) => {}
-            _ = shard.drain.wait() => return,
-            // A config reload spawned the next generation's loop.
-            _ = shard.retired.wait() => return,
-        }
-        let sweep = last_sweep.elapsed() >= Duration::from_secs(1);
-        if sweep {
-            last_sweep = Instant::now();
-        }
-        let now = now_ms();
-        INSTANCES.with(|v| {
-            for inst in v.borrow().iter().filter_map(Weak::upgrade) {
-                inst.drain_inbox();
-                if sweep {
-                    inst.store.borrow_mut().sweep(now, 4096);
-                }
-            }
+/// One housekeeping tick of this shard's caches (every `PURGE_TICK`): drain the purge inboxes,
+/// and with `sweep` (about once a second) remove dead entries and forget instances of retired
+/// generations once their last request is done.
+pub fn tick(sweep: bool) {
+    let now = now_ms();
+    INSTANCES.with(|v| {
+        for inst in v.borrow().iter().filter_map(Weak::upgrade) {
+            inst.drain_inbox();
             if sweep {
-                // Instances of retired config generations go once their last request is done.
-                v.borrow_mut().retain(|w| w.strong_count() > 0);
+                inst.store.borrow_mut().sweep(now, 4096);
             }
-        });
-    }
+        }
+        if sweep {
+            v.borrow_mut().retain(|w| w.strong_count() > 0);
+        }
+    });
 }
 
 pub fn now_ms() -> u64 {

@@ -402,7 +402,6 @@ impl ShardPlugins {
     }
 }
 
-/// The shard's limit-sync task: ticks at the configured interval until the shard drains.
 /// Global instances, then the route's own, built for this shard. Routes without plugins of
 /// their own share the global chain (one allocation per shard, not per route).
 fn chain_of(global: &Rc<Chain>, route: &[FactoryRef], cx: &ShardCx) -> Rc<Chain> {
@@ -416,26 +415,4 @@ fn chain_of(global: &Rc<Chain>, route: &[FactoryRef], cx: &ShardCx) -> Rc<Chain>
             .map(|l| l.plugin.clone())
             .chain(route.iter().map(|f| f.build(cx))),
     ))
-}
-
-pub async fn sync_loop(shard: Rc<crate::runtime::shard::Shard>) {
-    let plugins = &shard.plugins;
-    if !plugins.has_limiters() {
-        return;
-    }
-    let every = plugins.sync_interval();
-    let mut last_sweep = Instant::now();
-    loop {
-        monoio::select! {
-            _ = monoio::time::sleep(every) => {}
-            _ = shard.drain.wait() => return,
-            // A config swap replaced this generation; the new one runs its own loop.
-            _ = shard.retired.wait() => return,
-        }
-        let sweep = last_sweep.elapsed() >= Duration::from_secs(1);
-        if sweep {
-            last_sweep = Instant::now();
-        }
-        plugins.sync_tick(sweep);
-    }
 }

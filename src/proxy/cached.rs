@@ -12,13 +12,13 @@ use monoio::BufResult;
 
 use super::conn::{After, ClientConn, ClientStream};
 use super::io::write_all;
+use super::shard::Shard;
 use crate::cache::entry::{self, Entry};
 use crate::cache::{now_ms, CacheCx, Instance, Leader, Mode, Target, Tee};
 use crate::error::ProxyError;
 use crate::http::parse::{BodyKind, Method, RequestHead, ResponseHead, Status};
 use crate::http::write::{header, put_u64, reason, status_line};
 use crate::route::Params;
-use crate::runtime::shard::Shard;
 
 /// Bodies up to this size go out in one write with their head.
 const COALESCE: usize = 32 * 1024;
@@ -307,7 +307,7 @@ impl<S: ClientStream> ClientConn<S> {
                 return After::Close;
             }
             // Large bodies go out straight from the shared entry, never copied.
-            match crate::runtime::deadline::within(send, self.stream.write_all(body)).await {
+            match crate::local::deadline::within(send, self.stream.write_all(body)).await {
                 Ok((Ok(_), _)) => {}
                 _ => return After::Close,
             }
@@ -383,7 +383,7 @@ impl<S: ClientStream> ClientConn<S> {
         let Ok(leader) = Leader::claim(inst, &self.cx.cache.key) else {
             return;
         };
-        let Some(shard) = crate::cache::current_shard() else {
+        let Some(shard) = super::shard::current_here() else {
             return;
         };
         let head = self.req.buf.clone();

@@ -9,6 +9,7 @@ use bytes::{Buf, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
 use super::io::{read_some, write_all, IoFail};
+use super::shard::Shard;
 use super::splice::PlainSocket;
 use super::tunnel;
 use crate::error::{ClientError, ProxyError};
@@ -16,7 +17,6 @@ use crate::http::parse::{BodyKind, RequestHead, ResponseHead, Status};
 use crate::http::write;
 use crate::net::tls::TlsInfo;
 use crate::route::{Params, RequestView};
-use crate::runtime::shard::Shard;
 use crate::upstream::stream::UpstreamStream;
 
 impl RequestView for RequestHead {
@@ -116,7 +116,7 @@ pub async fn serve<S: ClientStream>(
             // close_notify: without it OpenSSL-based clients treat our close as a truncation and
             // drop the session, so they never resume (measured: s_time -reuse fell to full-handshake rate).
             let send = shard.cfg.server.send_timeout;
-            let _ = crate::runtime::deadline::within(send, c.stream.shutdown()).await;
+            let _ = crate::local::deadline::within(send, c.stream.shutdown()).await;
         }
     }
 }
@@ -147,7 +147,7 @@ impl<S: ClientStream> ClientConn<S> {
             }
             // Request boundary: a config swapped in since the last request applies from here;
             // `shard` keeps the generation this request started on alive until it is done.
-            if let Some(newer) = crate::runtime::shard::newer(&shard) {
+            if let Some(newer) = super::shard::newer(&shard) {
                 shard = newer;
             }
             self.served += 1;

@@ -5,9 +5,9 @@ use bytes::Buf;
 
 use super::conn::{ClientConn, ClientStream};
 use super::io::read_some;
+use super::shard::Shard;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::parse::BodyKind;
-use crate::runtime::shard::Shard;
 
 /// Request bodies up to this size are read and dropped; a larger one closes the connection
 /// (reading it would cost more than the client's reconnect).

@@ -11,11 +11,11 @@ use crate::upstream::stream::UpstreamStream;
 use super::conn::{After, ClientConn, ClientStream};
 use super::io::{read_some, write_all, IoFail};
 use super::pump::{pump_body, PumpCfg, PumpFail};
+use super::shard::Shard;
 use crate::config::{HashOn, PassHost, RouteConfig};
 use crate::error::{ClientError, ProxyError, UpstreamError};
 use crate::http::parse::{BodyKind, Method, Status};
 use crate::http::write::{self, ClientFraming, UpstreamRequest};
-use crate::runtime::shard::Shard;
 use crate::upstream::balance::{hash_key, NodeSet, Policy};
 use crate::upstream::pool::PooledConn;
 use crate::upstream::UpstreamState;
@@ -90,7 +90,7 @@ impl<S: ClientStream> ClientConn<S> {
         let mut last = UpstreamError::ConnectRefused;
         loop {
             // Pool ages and health windows are seconds: the sweeper's clock saves two reads.
-            let now = crate::runtime::deadline::coarse_now();
+            let now = crate::local::deadline::coarse_now();
             let node = match fresh_for.take() {
                 Some(n) => n,
                 None => {
@@ -142,7 +142,7 @@ impl<S: ClientStream> ClientConn<S> {
                         up.pools[node].borrow_mut().put(
                             conn,
                             &cfg.pool,
-                            crate::runtime::deadline::coarse_now(),
+                            crate::local::deadline::coarse_now(),
                         );
                     }
                     return client;

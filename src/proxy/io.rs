@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use crate::runtime::deadline::Wait;
+use crate::local::deadline::Wait;
 
 /// Why an I/O step failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

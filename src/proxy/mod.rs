@@ -11,6 +11,7 @@ mod observe;
 mod phases;
 mod pump;
 mod reuse;
+pub mod shard;
 mod splice;
 mod tunnel;
 

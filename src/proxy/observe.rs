@@ -4,9 +4,9 @@
 use std::time::Instant;
 
 use super::conn::{ClientConn, ClientStream};
+use super::shard::Shard;
 use crate::accesslog::Entry;
 use crate::http::parse::BodyKind;
-use crate::runtime::shard::Shard;
 
 /// `cx.route` before routing: "no route" until `with_plugins` sets it.
 const NO_ROUTE: usize = usize::MAX;

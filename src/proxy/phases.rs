@@ -5,10 +5,10 @@ use bytes::{BufMut, Bytes};
 
 use super::conn::{After, ClientConn, ClientStream};
 use super::io::write_all;
+use super::shard::Shard;
 use crate::http::parse::Method;
 use crate::http::write::{header, put_u64, reason, status_line};
 use crate::plugin::Reply;
-use crate::runtime::shard::Shard;
 
 impl<S: ClientStream> ClientConn<S> {
     /// Routed request -> plugin request phases -> forward (or the plugin's reply) -> log.

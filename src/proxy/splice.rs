@@ -21,7 +21,7 @@ use monoio::net::TcpStream;
 
 use super::io::IoFail;
 use super::pump::PumpFail;
-use crate::runtime::deadline::within;
+use crate::local::deadline::within;
 use crate::upstream::stream::UpstreamStream;
 
 /// A stream that may be a bare TCP socket: bodies can then be spliced to or from it. Streams
@@ -214,7 +214,7 @@ pub async fn relay(
     Ok(())
 }
 
-fn ready(r: Result<io::Result<()>, crate::runtime::deadline::Elapsed>) -> Result<(), IoFail> {
+fn ready(r: Result<io::Result<()>, crate::local::deadline::Elapsed>) -> Result<(), IoFail> {
     match r {
         Err(_) => Err(IoFail::Timeout),
         Ok(Err(_)) => Err(IoFail::Error),

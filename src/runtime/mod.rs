@@ -2,8 +2,6 @@
 //! SIGTERM/SIGINT into a drain and SIGHUP into a certificate reload over each shard's control
 //! channel. The only code that spans shards.
 
-pub mod deadline;
-pub mod drain;
 pub mod shard;
 pub mod wake;
 
@@ -18,7 +16,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::config::{Config, DriverKind, RingOpts, TaskRun};
-use shard::{Control, Shard};
+use crate::proxy::shard::Shard;
+use shard::Control;
 
 /// Runs the gateway until a termination signal; returns once shards have drained.
 pub fn run(cfg: Config) -> Result<(), String> {

@@ -1,13 +1,12 @@
 //! Wakes a shard's control loop as soon as something is sent to it, instead of at its next tick:
-//! a socketpair per shard, one byte per nudge, and a same-thread bell. Must not carry data.
+//! a socketpair per shard, one byte per nudge. Must not carry data (the same-thread bell is local/bell.rs).
 
-use std::cell::{Cell, RefCell};
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -55,35 +54,6 @@ impl ShardLink {
     }
 }
 
-/// Same-thread wake-up for the control loop's idle sleep: rung when a shard without connections
-/// accepts one, so its ticks (log flushes) are back to the short interval at once.
-#[derive(Default)]
-pub struct Bell {
-    rung: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Bell {
-    pub fn ring(&self) {
-        self.rung.set(true);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    /// Ready once rung since the last wait ended.
-    async fn rung(&self) {
-        poll_fn(|cx| {
-            if self.rung.replace(false) {
-                return Poll::Ready(());
-            }
-            *self.waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-}
-
 /// A connected pair: the plane's `Nudge` and the shard's end (adopted by `Wakeup::new` on the
 /// shard's own runtime).
 pub fn pair() -> io::Result<(Nudge, StdUnixStream)> {
@@ -111,7 +81,7 @@ impl Wakeup {
     }
 
     /// Waits `timeout`, or less if nudged or `bell` rings.
-    pub async fn sleep(&mut self, timeout: Duration, bell: &Bell) {
+    pub async fn sleep(&mut self, timeout: Duration, bell: &crate::local::bell::Bell) {
         let Some(read) = self.0.as_mut() else {
             monoio::select! {
                 _ = monoio::time::sleep(timeout) => {}

@@ -5,6 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 /// Fires once; every pending and future `wait()` then completes.
 #[derive(Default)]
@@ -85,5 +86,29 @@ impl Drop for DrainWait<'_> {
                 self.drain.free.borrow_mut().push(i);
             }
         }
+    }
+}
+
+/// A generation's housekeeping loop: calls `tick(sweep)` every `every` until `drain` (the shard
+/// stops) or `retired` (a swap replaced the generation; the next one runs its own loop) fires.
+/// `sweep` is true about once a second, for the slower expiry sweeps.
+pub async fn tick_until(
+    every: Duration,
+    drain: &Drain,
+    retired: &Drain,
+    mut tick: impl FnMut(bool),
+) {
+    let mut last_sweep = Instant::now();
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(every) => {}
+            _ = drain.wait() => return,
+            _ = retired.wait() => return,
+        }
+        let sweep = last_sweep.elapsed() >= Duration::from_secs(1);
+        if sweep {
+            last_sweep = Instant::now();
+        }
+        tick(sweep);
     }
 }

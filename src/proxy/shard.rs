@@ -1,0 +1,273 @@
+//! One shard's per-generation state: what a config generation built on one shard (upstream
+//! state, plugin instances, route counters) plus the shard-wide parts generations share, and the
+//! shard's "current generation" slot. Single-threaded; knows nothing of threads or channels.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::http::parse::HeadLimits;
+use crate::local::drain::{tick_until, Drain};
+use crate::upstream::UpstreamState;
+use crate::util::cow::CowVec;
+
+thread_local! {
+    /// The generation new requests on this shard use; set at start and on `Commit`.
+    static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// The shard's current generation if it is not `shard`'s own (a swap happened since).
+#[inline]
+pub fn newer(shard: &Shard) -> Option<Rc<Shard>> {
+    CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|cur| cur.generation != shard.generation)
+            .cloned()
+    })
+}
+
+/// The current generation (or `shard` itself before the first is set).
+pub fn current(shard: &Rc<Shard>) -> Rc<Shard> {
+    newer(shard).unwrap_or_else(|| shard.clone())
+}
+
+/// Makes `shard` the generation new connections and requests on this thread use.
+pub fn set_current(shard: &Rc<Shard>) {
+    CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
+}
+
+/// This thread's current generation, if a shard runs here.
+pub fn current_here() -> Option<Rc<Shard>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// Shard-local counters: plain cells, no atomics on the request path.
+#[derive(Default)]
+pub struct ShardStats {
+    pub accepted: Cell<u64>,
+    pub requests: Cell<u64>,
+    pub errors: Cell<u64>,
+}
+
+/// One config generation on one shard. A swap builds a new `Shard` that shares the
+/// shard-wide parts (`Rc` fields: drain, counters, TLS configs, access log) with the old one.
+pub struct Shard {
+    pub id: usize,
+    /// Config generation this instance was built from (1 = the file at start-up).
+    pub generation: u64,
+    pub cfg: Arc<Config>,
+    /// `Rc` so a swap keeps the pools and passive health of upstreams whose config is unchanged.
+    pub upstreams: Vec<Rc<UpstreamState>>,
+    pub limits: HeadLimits,
+    pub drain: Rc<Drain>,
+    /// Fired when a newer generation replaces this one (stops this generation's tasks).
+    pub retired: Drain,
+    /// Open client connections.
+    pub conns: Rc<Cell<usize>>,
+    /// Ends the control loop's idle sleep when the first connection arrives.
+    pub bell: Rc<crate::local::bell::Bell>,
+    pub stats: Rc<ShardStats>,
+    /// Shard-wide metric registry; `route_stats[route id]` are this generation's handles into it.
+    pub metrics: Rc<crate::metrics::ShardMetrics>,
+    pub route_stats: CowVec<Option<Rc<crate::metrics::RouteStats>>>,
+    /// This shard's access log buffer, if `[access_log]` is configured.
+    pub log: Option<Rc<crate::accesslog::ShardLog>>,
+    /// This shard's plugin instances (built once per shard) and limit state.
+    pub plugins: crate::plugin::ShardPlugins,
+    /// Per listener, the TLS config new handshakes use; swapped by `Control::ReloadTls`.
+    pub tls: Rc<RefCell<Vec<Option<Arc<rustls::ServerConfig>>>>>,
+}
+
+impl Shard {
+    pub fn new(id: usize, cfg: Arc<Config>) -> Shard {
+        let metrics = Rc::new(crate::metrics::ShardMetrics::default());
+        Shard {
+            id,
+            generation: 1,
+            tls: Rc::new(RefCell::new(
+                cfg.server
+                    .tls
+                    .iter()
+                    .map(|t| t.as_ref().map(|t| t.config.clone()))
+                    .collect(),
+            )),
+            upstreams: cfg
+                .upstreams
+                .iter()
+                .map(|u| Rc::new(UpstreamState::new(u)))
+                .collect(),
+            route_stats: metrics.for_routes(cfg.routes.by_id().map(|r| r.map(|r| r.name.as_str()))),
+            metrics,
+            log: crate::accesslog::ShardLog::for_shard(id),
+            plugins: crate::plugin::ShardPlugins::for_shard(&cfg.plugins, id),
+            limits: HeadLimits {
+                max_header_bytes: cfg.server.max_header_bytes,
+                max_request_line_bytes: cfg.server.max_request_line_bytes,
+            },
+            cfg,
+            drain: Rc::new(Drain::default()),
+            retired: Drain::default(),
+            conns: Rc::new(Cell::new(0)),
+            bell: Rc::default(),
+            stats: Rc::new(ShardStats::default()),
+        }
+    }
+}
+
+impl Shard {
+    /// Builds the next generation from `cfg`. Runs on the shard thread at a control tick, not
+    /// per request; upstreams whose config is unchanged keep their pools and health state.
+    pub fn next(&self, cfg: Arc<Config>, generation: u64) -> Shard {
+        let old: std::collections::HashMap<&str, &Rc<UpstreamState>> = self
+            .upstreams
+            .iter()
+            .map(|u| (u.cfg.name.as_str(), u))
+            .collect();
+        let upstreams = cfg
+            .upstreams
+            .iter()
+            .map(|u| match old.get(u.name.as_str()) {
+                // Debug output covers every field; cheaper to keep than a hand-written PartialEq.
+                Some(o) if format!("{:?}", o.cfg) == format!("{u:?}") => Rc::clone(o),
+                Some(o) if u.checks.is_some() => {
+                    // Active verdicts carry over by node address, so a node down by active
+                    // checks stays out from the first request of the new generation (the
+                    // prober also re-sends its down set once it sees the swap).
+                    let fresh = UpstreamState::new(u);
+                    {
+                        let (was, mut now) = (o.health.borrow(), fresh.health.borrow_mut());
+                        for (i, n) in u.nodes.iter().enumerate() {
+                            if let Some(j) = o.cfg.nodes.iter().position(|m| m.host == n.host) {
+                                now.set_down(i, was.is_down(j));
+                            }
+                        }
+                    }
+                    Rc::new(fresh)
+                }
+                _ => Rc::new(UpstreamState::new(u)),
+            })
+            .collect();
+        Shard {
+            id: self.id,
+            generation,
+            upstreams,
+            route_stats: self
+                .metrics
+                .for_routes(cfg.routes.by_id().map(|r| r.map(|r| r.name.as_str()))),
+            metrics: self.metrics.clone(),
+            log: self.log.clone(),
+            plugins: crate::plugin::ShardPlugins::for_shard(&cfg.plugins, self.id),
+            limits: HeadLimits {
+                max_header_bytes: cfg.server.max_header_bytes,
+                max_request_line_bytes: cfg.server.max_request_line_bytes,
+            },
+            cfg,
+            drain: self.drain.clone(),
+            retired: Drain::default(),
+            conns: self.conns.clone(),
+            bell: self.bell.clone(),
+            stats: self.stats.clone(),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// The next generation after a one-route change: upstream state, limiters and every other
+    /// route's counters and plugin instances are shared; only route `id`'s are (re)built.
+    pub fn with_route(&self, cfg: Arc<Config>, generation: u64, id: usize) -> Shard {
+        let mut route_stats = self.route_stats.clone();
+        let stats = cfg.routes.get(id).map(|r| self.metrics.for_route(&r.name));
+        route_stats.put(id, stats);
+        Shard {
+            id: self.id,
+            generation,
+            upstreams: self.upstreams.clone(),
+            route_stats,
+            metrics: self.metrics.clone(),
+            log: self.log.clone(),
+            plugins: self.plugins.with_route(&cfg.plugins, id),
+            limits: self.limits,
+            cfg,
+            drain: self.drain.clone(),
+            retired: Drain::default(),
+            conns: self.conns.clone(),
+            bell: self.bell.clone(),
+            stats: self.stats.clone(),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// This shard's counters, copied for the status thread.
+    pub fn snapshot(&self) -> crate::metrics::ShardSnapshot {
+        let now = Instant::now();
+        let upstreams = self
+            .upstreams
+            .iter()
+            .map(|u| {
+                let h = u.health.borrow();
+                crate::metrics::UpstreamSnap {
+                    name: u.cfg.name.clone(),
+                    nodes: u
+                        .cfg
+                        .nodes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| {
+                            let (successes, failures) = h.counts(i);
+                            crate::metrics::NodeSnap {
+                                addr: n.host.clone(),
+                                successes,
+                                failures,
+                                ejected: h.is_ejected(i, now),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let (log_lines, log_dropped) = self.log.as_ref().map_or((0, 0), |l| l.counts());
+        crate::metrics::ShardSnapshot {
+            shard: self.id,
+            generation: self.generation,
+            accepted: self.stats.accepted.get(),
+            requests: self.stats.requests.get(),
+            errors: self.stats.errors.get(),
+            active_connections: self.conns.get() as u64,
+            routes: self.metrics.route_counts(),
+            upstreams,
+            log_lines,
+            log_dropped,
+            rate_limited: crate::metrics::rate_limited(),
+        }
+    }
+}
+
+/// Starts `shard`'s housekeeping for this generation: the limit-sync tick (when it has
+/// limiters) and the cache tick (when this shard has caches). Both end when the shard drains
+/// or the generation is retired by a swap, whose commit calls this for the next one.
+pub fn spawn_housekeeping(shard: &Rc<Shard>) {
+    if shard.plugins.has_limiters() {
+        let s = shard.clone();
+        monoio::spawn(async move {
+            let every = s.plugins.sync_interval();
+            tick_until(every, &s.drain, &s.retired, |sweep| {
+                s.plugins.sync_tick(sweep)
+            })
+            .await
+        });
+    }
+    if crate::cache::has_instances() {
+        let s = shard.clone();
+        monoio::spawn(async move {
+            tick_until(
+                crate::cache::PURGE_TICK,
+                &s.drain,
+                &s.retired,
+                crate::cache::tick,
+            )
+            .await
+        });
+    }
+}
