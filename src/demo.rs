@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use bytes::{Buf, BytesMut};
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::config::RingOpts;
 use crate::http::parse::{BodyKind, HeadLimits, RequestHead, Status};
 use crate::http::write::put_u64;
-use crate::proxy::io::{read_some, write_all};
+use crate::net::io::{read_some, write_all};
+use crate::net::ring::RingOpts;
 
 const LIMITS: HeadLimits = HeadLimits {
     max_header_bytes: 16 * 1024,
@@ -25,7 +25,7 @@ pub fn start(addr: SocketAddr, ring: RingOpts) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("ringway-demo".into())
         .spawn(move || {
-            crate::runtime::block_on(ring, move |_| async move {
+            crate::net::ring::block_on(ring, move |_| async move {
                 let listener = match TcpListener::from_std(std_listener) {
                     Ok(l) => l,
                     Err(e) => {

@@ -3,6 +3,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod build;
 pub mod cache;
 pub mod config;
 pub mod demo;
@@ -17,5 +18,6 @@ pub mod plugin;
 pub mod proxy;
 pub mod route;
 pub mod runtime;
+pub mod server;
 pub mod upstream;
 pub mod util;

@@ -43,14 +43,14 @@ fn main() -> ExitCode {
     .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Check { config } => match ringway::config::load(&config) {
+        Cmd::Check { config } => match ringway::build::load(&config) {
             Ok(cfg) => {
                 println!(
                     "{}: ok ({} routes, {} upstreams, {} workers)",
                     config.display(),
-                    cfg.routes.len(),
-                    cfg.upstreams.len(),
-                    cfg.server.workers
+                    cfg.cfg.routes.len(),
+                    cfg.cfg.upstreams.len(),
+                    cfg.cfg.server.workers
                 );
                 ExitCode::SUCCESS
             }
@@ -60,14 +60,14 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run { config } => {
-            let cfg = match ringway::config::load(&config) {
+            let cfg = match ringway::build::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("ringway: {}: {e}", config.display());
                     return ExitCode::from(2);
                 }
             };
-            match ringway::runtime::run(cfg) {
+            match ringway::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ringway: {e}");

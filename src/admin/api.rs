@@ -7,8 +7,9 @@ use serde_json::{json, Value};
 
 use super::http::{Request, Response};
 use super::store::{merge_patch, Kind, Store};
-use super::Plane;
+use super::Ops;
 use crate::config::ops::AdminConfig;
+use crate::runtime::plane::Plane;
 
 pub const OPENAPI: &str = include_str!("../../config/admin-openapi.json");
 
@@ -17,7 +18,8 @@ pub struct Keys {
     pub viewer: Option<String>,
 }
 
-pub fn handle(plane: &Plane, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Response {
+pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Response {
+    let plane = &*ops.plane;
     if !cfg.allows(r.peer.ip()) {
         return Response::error(403, format!("client {} is not in admin.allow", r.peer.ip()));
     }
@@ -55,7 +57,7 @@ pub fn handle(plane: &Plane, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Res
             ),
         );
     };
-    let mut guard = plane.store.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = ops.store.lock().unwrap_or_else(|e| e.into_inner());
     let Some(store) = guard.as_mut() else {
         return Response::error(
             503,
@@ -121,7 +123,7 @@ pub fn handle(plane: &Plane, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Res
 
 /// One route put or removed without a full rebuild: only that route is validated, the router
 /// and shards update that route only, and the state file gets one journal line. `Ok(None)`
-/// when the change needs the full path (see `config::with_route`).
+/// when the change needs the full path (see `build::with_route`).
 fn route_change(
     plane: &Plane,
     store: &mut Store,
@@ -132,7 +134,7 @@ fn route_change(
     let Some(order) = route_order(store, &cur, id) else {
         return Ok(None);
     };
-    let Some((cfg, slot)) = crate::config::with_route(&cur, id, obj.clone(), order)? else {
+    let Some((cfg, slot)) = crate::build::with_route(&cur, id, obj.clone(), order)? else {
         return Ok(None);
     };
     let done = plane.apply_route(cfg, slot);
@@ -148,14 +150,15 @@ fn route_change(
 /// Where route `id` goes among routes of equal precedence: a full build from the store ranks
 /// them in id (= name) order, so a replaced route keeps its order and a new one gets an order
 /// between its neighbours by name. `None` when that is not possible without renumbering.
-fn route_order(store: &Store, cfg: &crate::config::Config, id: &str) -> Option<u64> {
+fn route_order(store: &Store, built: &crate::build::Built, id: &str) -> Option<u64> {
     use std::ops::Bound::{Excluded, Unbounded};
+    let (cfg, router) = (&built.cfg, &built.router);
     if !cfg.routes.name_ordered() {
         return None;
     }
-    let order_of = |name: &str| cfg.router.order(cfg.routes.id(name)?);
+    let order_of = |name: &str| router.order(cfg.routes.id(name)?);
     if let Some(slot) = cfg.routes.id(id) {
-        return cfg.router.order(slot);
+        return router.order(slot);
     }
     let set = &store.sets[Kind::Routes.seg()];
     let lo = match set.range::<str, _>((Unbounded, Excluded(id))).next_back() {

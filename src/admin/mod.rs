@@ -4,20 +4,76 @@
 
 pub mod api;
 pub mod http;
-pub mod plane;
 pub mod purge;
 pub mod store;
 
 use std::net::TcpListener;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use crate::build::Built;
+use crate::runtime::plane::Plane;
 use http::{Request, Response};
-pub use plane::Plane;
+
+/// What the admin and status threads and the SIGHUP handler share: the runtime's plane and,
+/// with the admin API on, its document (the file's collections overlaid by admin changes).
+pub struct Ops {
+    pub plane: Arc<Plane>,
+    pub store: Mutex<Option<store::Store>>,
+}
+
+impl Ops {
+    pub fn new(plane: Arc<Plane>) -> Arc<Ops> {
+        Arc::new(Ops {
+            plane,
+            store: Mutex::new(None),
+        })
+    }
+
+    /// SIGHUP: re-reads the config file (with the admin state overlaid when the admin API is
+    /// on). Invalid -> logged, the current generation stays; valid -> the plane reloads it.
+    pub fn reload_file(&self) {
+        let plane = &self.plane;
+        let Some(path) = plane.config().cfg.source.clone() else {
+            return;
+        };
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = match store.as_ref() {
+            Some(s) => store::Store::open(&path, s.state_file.clone()).and_then(|fresh| {
+                let c = fresh.build()?;
+                *store = Some(fresh);
+                Ok(c)
+            }),
+            None => crate::build::load(&path),
+        };
+        let new = match loaded {
+            Ok(c) => with_source(c, plane),
+            Err(e) => {
+                plane.note_failure();
+                log::error!(
+                    "SIGHUP: {}: {e}; keeping config generation {}",
+                    path.display(),
+                    plane.generation()
+                );
+                return;
+            }
+        };
+        match plane.reload(new) {
+            Ok((generation, took)) => log::info!(
+                "SIGHUP: config reloaded from {}: generation {generation} applied in {took:?}",
+                path.display()
+            ),
+            Err(e) => log::error!(
+                "SIGHUP: {e}; keeping config generation {}",
+                plane.generation()
+            ),
+        }
+    }
+}
 
 /// Binds and starts the status listener if `[status]` is configured (after the shards'
 /// "listening on" lines, which tests read first).
 pub fn start_status(plane: &Arc<Plane>) -> Result<(), String> {
-    let Some(st) = plane.config().status.clone() else {
+    let Some(st) = plane.config().cfg.status.clone() else {
         return Ok(());
     };
     let l = TcpListener::bind(st.listen)
@@ -31,9 +87,9 @@ pub fn start_status(plane: &Arc<Plane>) -> Result<(), String> {
 }
 
 /// A config built from the admin document carries the file it came from, like a loaded one.
-pub fn with_source(mut cfg: crate::config::Config, plane: &Plane) -> crate::config::Config {
-    cfg.source = plane.config().source.clone();
-    cfg
+pub fn with_source(mut built: Built, plane: &Plane) -> Built {
+    built.cfg.source = plane.config().cfg.source.clone();
+    built
 }
 
 /// The state file the admin API persists to, if it has one.
@@ -48,34 +104,35 @@ fn state_file(cfg: &crate::config::Config) -> Option<std::path::PathBuf> {
 /// At start-up: with the admin API on and a state file (or its journal) present, the file's
 /// routes, upstreams, consumers and global rules are replaced by the state's (changes survive
 /// restarts).
-pub fn startup_config(cfg: crate::config::Config) -> Result<crate::config::Config, String> {
-    let (Some(src), Some(state)) = (cfg.source.clone(), state_file(&cfg)) else {
-        return Ok(cfg);
+pub fn startup_config(file: Built) -> Result<Built, String> {
+    let (Some(src), Some(state)) = (file.cfg.source.clone(), state_file(&file.cfg)) else {
+        return Ok(file);
     };
     if !state.exists() && !store::journal_file(&state).exists() {
-        return Ok(cfg);
+        return Ok(file);
     }
     let mut built = store::Store::open(&src, Some(state.clone()))
         .and_then(|s| s.build())
         .map_err(|e| format!("admin state {}: {e}", state.display()))?;
-    built.source = Some(src);
+    built.cfg.source = Some(src);
     log::info!("admin state loaded from {}", state.display());
     Ok(built)
 }
 
 /// Binds and starts the admin API listener if `[admin]` is configured.
-pub fn start_admin(plane: &Arc<Plane>) -> Result<(), String> {
-    let cfg = plane.config();
+pub fn start_admin(ops: &Arc<Ops>) -> Result<(), String> {
+    let built = ops.plane.config();
+    let cfg = &built.cfg;
     let Some(admin) = cfg.admin.clone() else {
         return Ok(());
     };
     let store = match &cfg.source {
         Some(src) => {
-            Some(store::Store::open(src, state_file(&cfg)).map_err(|e| format!("admin: {e}"))?)
+            Some(store::Store::open(src, state_file(cfg)).map_err(|e| format!("admin: {e}"))?)
         }
         None => None,
     };
-    *plane.store.lock().unwrap_or_else(|e| e.into_inner()) = store;
+    *ops.store.lock().unwrap_or_else(|e| e.into_inner()) = store;
     let key = match &admin.key {
         Some(k) => k.clone(),
         None => {
@@ -92,11 +149,11 @@ pub fn start_admin(plane: &Arc<Plane>) -> Result<(), String> {
     let l = TcpListener::bind(admin.listen)
         .map_err(|e| format!("admin: cannot listen on {}: {e}", admin.listen))?;
     let addr = l.local_addr().map_err(|e| e.to_string())?;
-    let p = plane.clone();
+    let o = ops.clone();
     http::spawn(
         l,
         "admin",
-        Arc::new(move |r: &Request| api::handle(&p, &admin, &keys, r)),
+        Arc::new(move |r: &Request| api::handle(&o, &admin, &keys, r)),
     )
     .map_err(|e| format!("admin: cannot start thread: {e}"))?;
     log::info!("admin listening on {addr}");

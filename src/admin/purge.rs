@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::http::{Request, Response};
-use super::Plane;
 use crate::cache::admin::{AdminAck, AdminTarget};
+use crate::runtime::plane::Plane;
 use crate::runtime::shard::Control;
 
 /// A purge wakes each shard (see `ShardLink`); a busy shard gets this long to answer.

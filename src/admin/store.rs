@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::config::{Config, ConfigError};
+use crate::build::Built;
+use crate::config::ConfigError;
 
 /// An admin collection: its URL segment, its key in the document, and the field holding the id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,8 +233,10 @@ impl Store {
     }
 
     /// Validates and compiles the document; errors name `kind/id.field` where they can.
-    pub fn build(&self) -> Result<Config, ConfigError> {
-        crate::config::from_json_in(self.document(), &self.dir).map_err(|e| self.locate(e))
+    pub fn build(&self) -> Result<Built, ConfigError> {
+        crate::config::from_json_in(self.document(), &self.dir)
+            .and_then(crate::build::build)
+            .map_err(|e| self.locate(e))
     }
 
     /// `routes[3].upstream` -> `routes/<id>.upstream`: the admin user knows ids, not positions.

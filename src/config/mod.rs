@@ -8,57 +8,17 @@ mod routes;
 mod tls;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::route::Router;
-use crate::upstream::balance::Policy;
-
 pub use crate::error::ConfigError;
+pub use crate::net::ring::{DriverKind, RingOpts, TaskRun};
 pub use crate::util::units::parse_duration;
 pub use checks::{ActiveCheck, CheckKind};
-pub use routes::{with_route, RouteTable};
-
-/// Which monoio driver the shards run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DriverKind {
-    /// io_uring, falling back to the legacy (epoll) driver with one warning.
-    Auto,
-    IoUring,
-    Legacy,
-}
-
-/// How the kernel runs a shard's io_uring completion work (`server.io_uring_taskrun`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskRun {
-    /// COOP_TASKRUN + TASKRUN_FLAG + SINGLE_ISSUER: completion work runs when the shard next
-    /// enters the kernel, not through an interrupt per completion (kernel 6.0+).
-    Coop,
-    /// `Coop` plus DEFER_TASKRUN: completion work waits until the shard waits for events (6.1+).
-    Defer,
-    /// The kernel's default: completion work signalled to the shard as it happens.
-    Kernel,
-}
-
-impl TaskRun {
-    pub fn name(self) -> &'static str {
-        match self {
-            TaskRun::Coop => "coop",
-            TaskRun::Defer => "defer",
-            TaskRun::Kernel => "kernel",
-        }
-    }
-}
-
-/// What a shard's (or the demo upstream's) runtime is built with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RingOpts {
-    pub driver: DriverKind,
-    pub entries: u32,
-    pub taskrun: TaskRun,
-}
+pub use routes::{with_route, Cond, RouteSpec, RouteTable};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -102,6 +62,14 @@ impl ServerConfig {
 pub struct ListenerTls {
     pub spec: crate::net::tls::ListenTlsSpec,
     pub config: Arc<rustls::ServerConfig>,
+}
+
+/// Which balancing algorithm an upstream uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    RoundRobin,
+    LeastConn,
+    Chash,
 }
 
 /// What a consistent-hash upstream hashes on.
@@ -164,20 +132,32 @@ pub struct RouteConfig {
     pub strip_prefix: Option<String>,
     pub pass_host: PassHost,
     pub websocket: bool,
+    /// What the router matches on (compiled by the build step).
+    pub spec: RouteSpec,
+    /// Plugin name -> its table, as written; each plugin validates it when the set is built.
+    pub plugins: BTreeMap<String, toml::Value>,
 }
 
-/// Everything a shard needs, validated and compiled once.
-#[derive(Debug)]
+/// One `[[consumers]]` entry: a name and one credential table per auth plugin, checked by
+/// those plugins when the set is built.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub username: String,
+    pub plugins: BTreeMap<String, toml::Value>,
+}
+
+/// The validated configuration as plain data. What shards run is built from it (router, plugin
+/// factories) by `crate::build`; nothing here is compiled or shared with shards' mutable state.
+#[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
     pub demo: Option<SocketAddr>,
     pub upstreams: Vec<UpstreamConfig>,
     /// By route id, the id `router` returns.
     pub routes: RouteTable,
-    /// Shared read-only by every shard; a one-route change makes a copy-on-write update.
-    pub router: Arc<Router>,
-    /// Plugin factories (global and per route) and consumers.
-    pub plugins: crate::plugin::PluginSet,
+    /// `[global_plugins]`: plugin name -> table, run before every route's own.
+    pub global_plugins: Arc<BTreeMap<String, toml::Value>>,
+    pub consumers: Arc<[ConsumerConfig]>,
     pub status: Option<ops::StatusConfig>,
     pub admin: Option<ops::AdminConfig>,
     pub access_log: Option<crate::accesslog::AccessLogConfig>,

@@ -1,5 +1,5 @@
-//! A config's route table (route configs by id, ids by name) and the one-route change: validate
-//! one route and apply it to a copy of a config that shares everything else. No I/O, no shards.
+//! A config's route table (route configs by id, ids by name), the route match data, and the
+//! one-route change: validate one route into a copy of a config that shares everything else.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,6 +7,32 @@ use std::sync::Arc;
 use super::raw::RawRoute;
 use super::{Config, ConfigError, RouteConfig};
 use crate::util::cow::{CowMap, CowVec};
+
+/// A validated route as the config layer hands it over. Route id = index in the spec slice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Empty = any host. "api.example.com" exact, "*.example.com" any strict subdomain
+    /// (any depth, not example.com itself). Case-insensitive.
+    pub hosts: Vec<String>,
+    /// "/exact", "/users/{id}" ({param} = one non-empty segment), "/api/*" (matches "/api/"
+    /// and below, not "/api"), "/*". Empty = any path.
+    pub paths: Vec<String>,
+    /// Empty = any method.
+    pub methods: Vec<String>,
+    /// All must hold. Names are case-insensitive.
+    pub headers: Vec<Cond>,
+    /// Query-string arguments; all must hold. Raw (not percent-decoded) comparison.
+    pub args: Vec<Cond>,
+    /// Higher wins, before any specificity rule.
+    pub priority: i32,
+}
+
+/// `value` None = present (any value, even empty); Some = exact equality of the first occurrence.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cond {
+    pub name: String,
+    pub value: Option<String>,
+}
 
 /// Route configs by route id (the ids the router returns). Ids of removed routes stay empty.
 #[derive(Debug, Clone, Default)]
@@ -79,25 +105,21 @@ impl RouteTable {
 }
 
 /// A copy of `cur` with route `name` put (`Some(route JSON)`) or removed, sharing everything
-/// else with `cur`; `order` places it among routes of equal precedence (see
-/// `route::ORDER_STEP`). Returns the new config and the route's id, or `Ok(None)` when the
-/// change needs a full build (the route defines rate-limit state, or there is no such route to
-/// remove). Errors name `routes/<name>.<key>`.
+/// else with `cur` copy-on-write. Returns the new config and the route's id, or `Ok(None)` when
+/// there is no such route to remove. Errors name `routes/<name>.<key>`. The build step
+/// (`crate::build::with_route`) then updates the router and the route's plugin chain.
 pub fn with_route(
     cur: &Config,
     name: &str,
     raw: Option<serde_json::Value>,
-    order: u64,
 ) -> Result<Option<(Config, usize)>, ConfigError> {
     let at = format!("routes/{name}");
-    let mut next = share(cur);
+    let mut next = cur.clone();
     let Some(raw) = raw else {
         let Some(id) = cur.routes.id(name) else {
             return Ok(None);
         };
         next.routes.set(id, None);
-        next.plugins.routes.put(id, Arc::default());
-        set_route(&mut next, id, None, order, &at)?;
         return Ok(Some((next, id)));
     };
     let r: RawRoute = serde_path_to_error::deserialize(raw).map_err(|e| {
@@ -127,51 +149,8 @@ pub fn with_route(
         }
         e
     };
-    let (rc, spec) = super::validate::route(0, &r, &upstreams).map_err(relocate)?;
-    let plugins = crate::plugin::registry::route_chain(
-        name,
-        &r.plugins,
-        &format!("{at}.plugins"),
-        &cur.plugins,
-        &upstreams,
-    )?;
-    let Some(plugins) = plugins else {
-        return Ok(None);
-    };
+    let rc = super::validate::route(0, &r, &upstreams).map_err(relocate)?;
     let id = cur.routes.id(name).unwrap_or(cur.routes.slots.len());
     next.routes.set(id, Some(rc));
-    next.plugins.routes.put(id, plugins);
-    set_route(&mut next, id, Some(&spec), order, &at)?;
     Ok(Some((next, id)))
-}
-
-fn set_route(
-    next: &mut Config,
-    id: usize,
-    spec: Option<&crate::route::RouteSpec>,
-    order: u64,
-    at: &str,
-) -> Result<(), ConfigError> {
-    let mut router = (*next.router).clone();
-    router
-        .set(id, spec, order)
-        .map_err(|e| ConfigError::new(at, e.message))?;
-    next.router = Arc::new(router);
-    Ok(())
-}
-
-/// A shallow copy: the route table, router and plugin factories are shared copy-on-write.
-fn share(cur: &Config) -> Config {
-    Config {
-        server: cur.server.clone(),
-        demo: cur.demo,
-        upstreams: cur.upstreams.clone(),
-        routes: cur.routes.clone(),
-        router: cur.router.clone(),
-        plugins: cur.plugins.share(),
-        status: cur.status.clone(),
-        admin: cur.admin.clone(),
-        access_log: cur.access_log.clone(),
-        source: cur.source.clone(),
-    }
 }

@@ -1,4 +1,4 @@
-//! Turns the raw file into the runtime `Config`: defaults, cross-checks, compiled router.
+//! Turns the raw file into the validated `Config`: defaults, cross-checks, plain data.
 //! Every error names the key path and says what would be accepted; nothing here runs per request.
 
 use std::collections::HashMap;
@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::{RawConfig, RawDuration, RawListen, RawRoute, RawUpstream, RawWorkers};
+use super::{Cond, ConsumerConfig, RouteSpec};
 use super::{
-    Config, ConfigError, DriverKind, HashOn, NodeConfig, PassHost, PoolConfig, RouteConfig,
+    Config, ConfigError, DriverKind, HashOn, NodeConfig, PassHost, Policy, PoolConfig, RouteConfig,
     ServerConfig, TaskRun, UpstreamConfig,
 };
 use crate::net::tls::new_ticketer;
-use crate::route::{Cond, RouteSpec, Router};
-use crate::upstream::balance::Policy;
 
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "PURGE",
@@ -43,7 +42,6 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
         upstreams.push(up);
     }
     let mut routes = Vec::with_capacity(raw.routes.len());
-    let mut specs = Vec::with_capacity(raw.routes.len());
     let mut route_names = HashMap::new();
     for (i, r) in raw.routes.iter().enumerate() {
         if route_names.insert(r.name.clone(), i).is_some() {
@@ -52,60 +50,35 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
                 format!("duplicate route name {:?}; names must be unique", r.name),
             ));
         }
-        let (rc, spec) = route(i, r, &by_name)?;
-        routes.push(rc);
-        specs.push(spec);
+        routes.push(route(i, r, &by_name)?);
     }
     // With the admin API on, ties between routes go to the lower name: that is the order of the
     // admin document (routes by id = name), so a file load, a build from the admin document and
     // a one-route change (which places a route among its neighbours by name) all agree.
     let name_order = raw.admin.is_some();
-    let router = if name_order {
-        let mut ids: Vec<usize> = (0..raw.routes.len()).collect();
-        ids.sort_unstable_by(|&a, &b| raw.routes[a].name.cmp(&raw.routes[b].name));
-        let mut order = vec![0; ids.len()];
-        for (rank, id) in ids.into_iter().enumerate() {
-            order[id] = (rank as u64 + 1).saturating_mul(crate::route::ORDER_STEP);
-        }
-        Router::build_with(&specs, |id| order.get(id).copied().unwrap_or(0))
-    } else {
-        Router::build(&specs)
-    }
-    .map_err(|e| ConfigError::new("routes", e.to_string()))?;
-    let plugins = plugins(&raw, &by_name, server.workers)?;
+    let status = super::ops::status(&raw)?;
+    let admin = super::ops::admin(&raw, dir)?;
+    let access_log = super::ops::access_log(&raw, dir)?;
+    let consumers: Vec<ConsumerConfig> = raw
+        .consumers
+        .into_iter()
+        .map(|c| ConsumerConfig {
+            username: c.username,
+            plugins: c.plugins,
+        })
+        .collect();
     Ok(Config {
         server,
         demo,
         upstreams,
         routes: super::RouteTable::new(routes, name_order),
-        router: Arc::new(router),
-        plugins,
-        status: super::ops::status(&raw)?,
-        admin: super::ops::admin(&raw, dir)?,
-        access_log: super::ops::access_log(&raw, dir)?,
+        global_plugins: Arc::new(raw.global_plugins),
+        consumers: consumers.into(),
+        status,
+        admin,
+        access_log,
         source: None,
     })
-}
-
-fn plugins(
-    raw: &RawConfig,
-    upstreams: &HashMap<String, usize>,
-    workers: usize,
-) -> Result<crate::plugin::PluginSet, ConfigError> {
-    let routes: Vec<_> = raw
-        .routes
-        .iter()
-        .map(|r| (r.name.as_str(), &r.plugins))
-        .collect();
-    let consumers: Vec<_> = raw
-        .consumers
-        .iter()
-        .map(|c| crate::plugin::consumer::RawConsumerRef {
-            username: &c.username,
-            plugins: &c.plugins,
-        })
-        .collect();
-    crate::plugin::registry::build(&raw.global_plugins, &routes, &consumers, upstreams, workers)
 }
 
 fn server(raw: &RawConfig, dir: &Path) -> Result<ServerConfig, ConfigError> {
@@ -366,7 +339,7 @@ pub(super) fn route(
     i: usize,
     r: &RawRoute,
     upstreams: &HashMap<String, usize>,
-) -> Result<(RouteConfig, RouteSpec), ConfigError> {
+) -> Result<RouteConfig, ConfigError> {
     let at = |key: &str| format!("routes[{i}].{key}");
     let upstream = *upstreams.get(&r.upstream).ok_or_else(|| {
         let mut known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
@@ -466,24 +439,22 @@ pub(super) fn route(
             ))
         }
     };
-    let spec = RouteSpec {
-        hosts: r.hosts.clone(),
-        paths: r.paths.clone(),
-        methods,
-        headers,
-        args,
-        priority: r.priority,
-    };
-    Ok((
-        RouteConfig {
-            name: r.name.clone(),
-            upstream,
-            strip_prefix: r.strip_prefix.clone(),
-            pass_host,
-            websocket: r.enable_websocket.unwrap_or(true),
+    Ok(RouteConfig {
+        name: r.name.clone(),
+        upstream,
+        strip_prefix: r.strip_prefix.clone(),
+        pass_host,
+        websocket: r.enable_websocket.unwrap_or(true),
+        spec: RouteSpec {
+            hosts: r.hosts.clone(),
+            paths: r.paths.clone(),
+            methods,
+            headers,
+            args,
+            priority: r.priority,
         },
-        spec,
-    ))
+        plugins: r.plugins.clone(),
+    })
 }
 
 fn socket_addr(path: &str, text: &str) -> Result<SocketAddr, ConfigError> {

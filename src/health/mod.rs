@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::admin::Plane;
 use crate::config::{ActiveCheck, Config};
+use crate::runtime::plane::Plane;
 use verdict::{Outcome, Verdict};
 
 /// Longest sleep with nothing to probe; a config swap ends any sleep at once.
@@ -51,7 +51,7 @@ fn run(plane: &Plane) {
         let g = plane.generation();
         if g != generation {
             generation = g;
-            targets = rebuild(std::mem::take(&mut targets), &plane.config());
+            targets = rebuild(std::mem::take(&mut targets), &plane.config().cfg);
             let keep: HashSet<(String, String)> = targets
                 .iter()
                 .map(|t| (t.upstream.clone(), t.host.clone()))

@@ -2,6 +2,8 @@
 //! (termination in `tls`, upstream in `tls_client`); nothing here knows about HTTP.
 
 pub mod guard;
+pub mod io;
 pub mod listen;
+pub mod ring;
 pub mod tls;
 pub mod tls_client;

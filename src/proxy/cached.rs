@@ -11,13 +11,13 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
 use monoio::BufResult;
 
 use super::conn::{After, ClientConn, ClientStream};
-use super::io::write_all;
 use super::shard::Shard;
 use crate::cache::entry::{self, Entry};
 use crate::cache::{now_ms, CacheCx, Instance, Leader, Mode, Target, Tee};
 use crate::error::ProxyError;
 use crate::http::parse::{BodyKind, Method, RequestHead, ResponseHead, Status};
 use crate::http::write::{header, put_u64, reason, status_line};
+use crate::net::io::write_all;
 use crate::route::Params;
 
 /// Bodies up to this size go out in one write with their head.
@@ -231,7 +231,7 @@ impl<S: ClientStream> ClientConn<S> {
         let keep = self.req.keep_alive
             && self.req.body == BodyKind::Empty
             && !shard.drain.is_draining()
-            && self.served < shard.cfg.server.keepalive_requests;
+            && self.served < shard.built.cfg.server.keepalive_requests;
         let w = &mut self.wbuf;
         w.clear();
         status_line(w, status, reason(status).as_bytes());
@@ -290,7 +290,7 @@ impl<S: ClientStream> ClientConn<S> {
         } else {
             Bytes::slice(&e.body, a as usize..b as usize)
         };
-        let send = shard.cfg.server.send_timeout;
+        let send = shard.built.cfg.server.send_timeout;
         if body.len() <= COALESCE {
             self.wbuf.put_slice(&body);
             if write_all(&mut self.stream, &mut self.wbuf, send)
@@ -366,7 +366,7 @@ impl<S: ClientStream> ClientConn<S> {
         let ok = write_all(
             &mut self.stream,
             &mut self.wbuf,
-            shard.cfg.server.send_timeout,
+            shard.built.cfg.server.send_timeout,
         )
         .await
         .is_ok();

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
-use super::io::{read_some, write_all, IoFail};
 use super::shard::Shard;
 use super::splice::PlainSocket;
 use super::tunnel;
 use crate::error::{ClientError, ProxyError};
 use crate::http::parse::{BodyKind, RequestHead, ResponseHead, Status};
 use crate::http::write;
+use crate::net::io::{read_some, write_all, IoFail};
 use crate::net::tls::TlsInfo;
 use crate::route::{Params, RequestView};
 use crate::upstream::stream::UpstreamStream;
@@ -79,7 +79,7 @@ pub async fn serve<S: ClientStream>(
     tls: Option<Box<TlsInfo>>,
 ) {
     let _guard = ConnGuard(shard.clone());
-    let buf = shard.cfg.server.read_buffer_bytes;
+    let buf = shard.built.cfg.server.read_buffer_bytes;
     let mut c = ClientConn {
         stream,
         ip: peer.ip().to_string(),
@@ -106,7 +106,7 @@ pub async fn serve<S: ClientStream>(
             rbuf,
             upstream,
             ubuf,
-            shard.cfg.server.tunnel_idle_timeout,
+            shard.built.cfg.server.tunnel_idle_timeout,
         ))
         .await;
     } else {
@@ -115,7 +115,7 @@ pub async fn serve<S: ClientStream>(
         if c.tls.is_some() {
             // close_notify: without it OpenSSL-based clients treat our close as a truncation and
             // drop the session, so they never resume (measured: s_time -reuse fell to full-handshake rate).
-            let send = shard.cfg.server.send_timeout;
+            let send = shard.built.cfg.server.send_timeout;
             let _ = crate::local::deadline::within(send, c.stream.shutdown()).await;
         }
     }
@@ -167,7 +167,7 @@ impl<S: ClientStream> ClientConn<S> {
     }
 
     async fn read_head(&mut self, shard: &Shard) -> HeadRead {
-        let server = &shard.cfg.server;
+        let server = &shard.built.cfg.server;
         let mut deadline: Option<Instant> = None;
         loop {
             if !self.rbuf.is_empty() {
@@ -233,12 +233,12 @@ impl<S: ClientStream> ClientConn<S> {
 
     async fn handle(&mut self, shard: &Shard) -> After {
         // Normally taken when the head's bytes arrived (read_head).
-        self.unpark(shard.cfg.server.read_buffer_bytes);
-        let cfg = &shard.cfg;
+        self.unpark(shard.built.cfg.server.read_buffer_bytes);
+        let built = &shard.built;
         let route = {
             let req = &self.req;
             self.params.clear();
-            cfg.router.find(
+            built.router.find(
                 req.host(),
                 req.path(),
                 req.query(),
@@ -250,7 +250,7 @@ impl<S: ClientStream> ClientConn<S> {
         let Some(route) = route else {
             return self.fail(shard, ProxyError::NoRoute).await;
         };
-        let max_body = cfg.server.max_body_bytes;
+        let max_body = built.cfg.server.max_body_bytes;
         if let BodyKind::Length(n) = self.req.body {
             if max_body > 0 && n > max_body {
                 return self.fail(shard, ClientError::BodyTooLarge.into()).await;
@@ -289,7 +289,7 @@ impl<S: ClientStream> ClientConn<S> {
         write_all(
             &mut self.stream,
             &mut self.wbuf,
-            shard.cfg.server.send_timeout,
+            shard.built.cfg.server.send_timeout,
         )
         .await
         .is_ok()

@@ -4,10 +4,10 @@
 use bytes::Buf;
 
 use super::conn::{ClientConn, ClientStream};
-use super::io::read_some;
 use super::shard::Shard;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::parse::BodyKind;
+use crate::net::io::read_some;
 
 /// Request bodies up to this size are read and dropped; a larger one closes the connection
 /// (reading it would cost more than the client's reconnect).
@@ -34,7 +34,7 @@ impl<S: ClientStream> ClientConn<S> {
     /// Reads the request body and drops it, leaving any pipelined bytes after it in `rbuf`.
     /// False if the body is larger than `DISCARD_MAX`, malformed, or the client stalls or goes.
     pub(super) async fn discard_body(&mut self, shard: &Shard) -> bool {
-        let server = &shard.cfg.server;
+        let server = &shard.built.cfg.server;
         let reserve = READ.min(server.read_buffer_bytes);
         match self.req.body {
             BodyKind::Empty => true,

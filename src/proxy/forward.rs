@@ -9,13 +9,13 @@ use monoio::net::TcpStream;
 use crate::upstream::stream::UpstreamStream;
 
 use super::conn::{After, ClientConn, ClientStream};
-use super::io::{read_some, write_all, IoFail};
 use super::pump::{pump_body, PumpCfg, PumpFail};
 use super::shard::Shard;
 use crate::config::{HashOn, PassHost, RouteConfig};
 use crate::error::{ClientError, ProxyError, UpstreamError};
 use crate::http::parse::{BodyKind, Method, Status};
 use crate::http::write::{self, ClientFraming, UpstreamRequest};
+use crate::net::io::{read_some, write_all, IoFail};
 use crate::upstream::balance::{hash_key, NodeSet, Policy};
 use crate::upstream::pool::PooledConn;
 use crate::upstream::UpstreamState;
@@ -47,7 +47,7 @@ enum Exchange {
 impl<S: ClientStream> ClientConn<S> {
     pub(super) async fn forward(&mut self, shard: &Shard, route_id: usize) -> After {
         // The router only returns ids the route table has; a miss would be a bug, not input.
-        let Some(route) = shard.cfg.routes.get(route_id) else {
+        let Some(route) = shard.built.cfg.routes.get(route_id) else {
             return self.fail(shard, ProxyError::NoRoute).await;
         };
         // A plugin (traffic-split) may have picked another upstream.
@@ -201,7 +201,7 @@ impl<S: ClientStream> ClientConn<S> {
         was_pooled: bool,
         replay: Option<usize>,
     ) -> Exchange {
-        let server = &shard.cfg.server;
+        let server = &shard.built.cfg.server;
         let cfg = &up.cfg;
         let idempotent = match self.cx.method {
             Some(m) => Method::from_bytes(m.as_bytes()).idempotent(),

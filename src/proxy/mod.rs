@@ -6,7 +6,7 @@ mod conn;
 mod discard;
 mod forward;
 mod idle;
-pub mod io;
+
 mod observe;
 mod phases;
 mod pump;

@@ -62,7 +62,7 @@ impl<S: ClientStream> ClientConn<S> {
             0 => 499,
             s => s,
         };
-        let route = shard.cfg.routes.get(self.cx.route);
+        let route = shard.built.cfg.routes.get(self.cx.route);
         match shard
             .route_stats
             .get(self.cx.route)
@@ -77,6 +77,7 @@ impl<S: ClientStream> ClientConn<S> {
         let upstream = route
             .and_then(|r| {
                 shard
+                    .built
                     .cfg
                     .upstreams
                     .get(self.cx.upstream.unwrap_or(r.upstream))

@@ -4,10 +4,10 @@
 use bytes::{BufMut, Bytes};
 
 use super::conn::{After, ClientConn, ClientStream};
-use super::io::write_all;
 use super::shard::Shard;
 use crate::http::parse::Method;
 use crate::http::write::{header, put_u64, reason, status_line};
+use crate::net::io::write_all;
 use crate::plugin::Reply;
 
 impl<S: ClientStream> ClientConn<S> {
@@ -51,7 +51,7 @@ impl<S: ClientStream> ClientConn<S> {
         let keep = self.req.keep_alive
             && self.body_discardable()
             && !shard.drain.is_draining()
-            && self.served < shard.cfg.server.keepalive_requests;
+            && self.served < shard.built.cfg.server.keepalive_requests;
         let w = &mut self.wbuf;
         w.clear();
         status_line(w, reply.status, reason(reply.status).as_bytes());
@@ -78,7 +78,7 @@ impl<S: ClientStream> ClientConn<S> {
         let ok = write_all(
             &mut self.stream,
             &mut self.wbuf,
-            shard.cfg.server.send_timeout,
+            shard.built.cfg.server.send_timeout,
         )
         .await
         .is_ok();

@@ -7,11 +7,11 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use super::io::{read_some, write_all, write_range, IoFail};
 use super::splice::{self, PlainSocket};
 use crate::cache::Tee;
 use crate::http::chunked::{put_chunk_header, ChunkError, ChunkedDecoder};
 use crate::http::parse::BodyKind;
+use crate::net::io::{read_some, write_all, write_range, IoFail};
 
 /// Bodies up to this size ride in the same write as the head before them.
 const COALESCE: usize = 32 * 1024;

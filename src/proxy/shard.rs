@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::Config;
+use crate::build::Built;
 use crate::http::parse::HeadLimits;
 use crate::local::drain::{tick_until, Drain};
 use crate::upstream::UpstreamState;
@@ -58,7 +58,8 @@ pub struct Shard {
     pub id: usize,
     /// Config generation this instance was built from (1 = the file at start-up).
     pub generation: u64,
-    pub cfg: Arc<Config>,
+    /// The config generation this was built from: data (`built.cfg`), router and plugin factories.
+    pub built: Arc<Built>,
     /// `Rc` so a swap keeps the pools and passive health of upstreams whose config is unchanged.
     pub upstreams: Vec<Rc<UpstreamState>>,
     pub limits: HeadLimits,
@@ -82,7 +83,8 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(id: usize, cfg: Arc<Config>) -> Shard {
+    pub fn new(id: usize, built: Arc<Built>) -> Shard {
+        let cfg = &built.cfg;
         let metrics = Rc::new(crate::metrics::ShardMetrics::default());
         Shard {
             id,
@@ -102,12 +104,12 @@ impl Shard {
             route_stats: metrics.for_routes(cfg.routes.by_id().map(|r| r.map(|r| r.name.as_str()))),
             metrics,
             log: crate::accesslog::ShardLog::for_shard(id),
-            plugins: crate::plugin::ShardPlugins::for_shard(&cfg.plugins, id),
+            plugins: crate::plugin::ShardPlugins::for_shard(&built.plugins, id),
             limits: HeadLimits {
                 max_header_bytes: cfg.server.max_header_bytes,
                 max_request_line_bytes: cfg.server.max_request_line_bytes,
             },
-            cfg,
+            built: built.clone(),
             drain: Rc::new(Drain::default()),
             retired: Drain::default(),
             conns: Rc::new(Cell::new(0)),
@@ -120,7 +122,8 @@ impl Shard {
 impl Shard {
     /// Builds the next generation from `cfg`. Runs on the shard thread at a control tick, not
     /// per request; upstreams whose config is unchanged keep their pools and health state.
-    pub fn next(&self, cfg: Arc<Config>, generation: u64) -> Shard {
+    pub fn next(&self, built: Arc<Built>, generation: u64) -> Shard {
+        let cfg = &built.cfg;
         let old: std::collections::HashMap<&str, &Rc<UpstreamState>> = self
             .upstreams
             .iter()
@@ -159,12 +162,12 @@ impl Shard {
                 .for_routes(cfg.routes.by_id().map(|r| r.map(|r| r.name.as_str()))),
             metrics: self.metrics.clone(),
             log: self.log.clone(),
-            plugins: crate::plugin::ShardPlugins::for_shard(&cfg.plugins, self.id),
+            plugins: crate::plugin::ShardPlugins::for_shard(&built.plugins, self.id),
             limits: HeadLimits {
                 max_header_bytes: cfg.server.max_header_bytes,
                 max_request_line_bytes: cfg.server.max_request_line_bytes,
             },
-            cfg,
+            built: built.clone(),
             drain: self.drain.clone(),
             retired: Drain::default(),
             conns: self.conns.clone(),
@@ -176,7 +179,8 @@ impl Shard {
 
     /// The next generation after a one-route change: upstream state, limiters and every other
     /// route's counters and plugin instances are shared; only route `id`'s are (re)built.
-    pub fn with_route(&self, cfg: Arc<Config>, generation: u64, id: usize) -> Shard {
+    pub fn with_route(&self, built: Arc<Built>, generation: u64, id: usize) -> Shard {
+        let cfg = &built.cfg;
         let mut route_stats = self.route_stats.clone();
         let stats = cfg.routes.get(id).map(|r| self.metrics.for_route(&r.name));
         route_stats.put(id, stats);
@@ -187,9 +191,9 @@ impl Shard {
             route_stats,
             metrics: self.metrics.clone(),
             log: self.log.clone(),
-            plugins: self.plugins.with_route(&cfg.plugins, id),
+            plugins: self.plugins.with_route(&built.plugins, id),
             limits: self.limits,
-            cfg,
+            built: built.clone(),
             drain: self.drain.clone(),
             retired: Drain::default(),
             conns: self.conns.clone(),

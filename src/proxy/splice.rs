@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
-use super::io::IoFail;
 use super::pump::PumpFail;
 use crate::local::deadline::within;
+use crate::net::io::IoFail;
 use crate::upstream::stream::UpstreamStream;
 
 /// A stream that may be a bare TCP socket: bodies can then be spliced to or from it. Streams

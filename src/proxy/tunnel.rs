@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split, Splitable};
 
-use super::io::{read_some, write_all, IoFail};
+use crate::net::io::{read_some, write_all, IoFail};
 
 const CHUNK: usize = 16 * 1024;
 

@@ -13,31 +13,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-/// A validated route as the config layer hands it over. Route id = index in the spec slice.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RouteSpec {
-    /// Empty = any host. "api.example.com" exact, "*.example.com" any strict subdomain
-    /// (any depth, not example.com itself). Case-insensitive.
-    pub hosts: Vec<String>,
-    /// "/exact", "/users/{id}" ({param} = one non-empty segment), "/api/*" (matches "/api/"
-    /// and below, not "/api"), "/*". Empty = any path.
-    pub paths: Vec<String>,
-    /// Empty = any method.
-    pub methods: Vec<String>,
-    /// All must hold. Names are case-insensitive.
-    pub headers: Vec<Cond>,
-    /// Query-string arguments; all must hold. Raw (not percent-decoded) comparison.
-    pub args: Vec<Cond>,
-    /// Higher wins, before any specificity rule.
-    pub priority: i32,
-}
-
-/// `value` None = present (any value, even empty); Some = exact equality of the first occurrence.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Cond {
-    pub name: String,
-    pub value: Option<String>,
-}
+pub use crate::config::{Cond, RouteSpec};
 
 /// The request headers a route condition may look at.
 pub trait RequestView {

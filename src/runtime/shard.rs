@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::config::Config;
+use crate::build::Built;
 use crate::local::drain::Drain;
 use crate::proxy::shard::{current, set_current, Shard};
 
@@ -25,7 +25,7 @@ pub enum Control {
     /// state, plugin instances, counters), keep it pending and ack with the shard id.
     Prepare {
         generation: u64,
-        cfg: Arc<Config>,
+        cfg: Arc<Built>,
         /// `Some(id)`: `cfg` differs from the previous generation in route `id` only, so the
         /// shard updates that route's state and shares the rest.
         route: Option<usize>,
@@ -74,7 +74,7 @@ pub async fn run(
     let mut pending: Option<Rc<Shard>> = None;
     // Per configured listen address, what stops its accept loop (a reload may remove it).
     let mut open: Vec<(SocketAddr, Rc<Drain>)> = Vec::new();
-    let configured = shard.cfg.server.listen.clone();
+    let configured = shard.built.cfg.server.listen.clone();
     for (index, (l, addr)) in listeners.into_iter().zip(configured).enumerate() {
         match TcpListener::from_std(l) {
             Ok(l) => {
@@ -96,7 +96,8 @@ pub async fn run(
                 Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => {
                     if !shard.drain.is_draining() {
                         shard.drain.fire();
-                        drain_deadline = Some(Instant::now() + shard.cfg.server.shutdown_timeout);
+                        drain_deadline =
+                            Some(Instant::now() + shard.built.cfg.server.shutdown_timeout);
                     }
                     break;
                 }
@@ -196,7 +197,7 @@ pub async fn run(
 /// Accepts until the shard drains or `stop` fires (its address was removed by a reload);
 /// returning drops `listener`, which closes this shard's socket for the address.
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, index: usize, stop: Rc<Drain>) {
-    let max = shard.cfg.server.max_connections;
+    let max = shard.built.cfg.server.max_connections;
     let mut warned_fd = false;
     loop {
         let accepted = monoio::select! {
@@ -219,7 +220,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, index: usize, stop
                 // The generation a reload may have swapped in applies from this connection on.
                 let gen = current(&shard);
                 // TCP_NODELAY comes from the listener (net/listen.rs), no syscall here.
-                if gen.cfg.server.defer_first_ack {
+                if gen.built.cfg.server.defer_first_ack {
                     crate::net::listen::defer_first_ack(std::os::fd::AsRawFd::as_raw_fd(&stream));
                 }
                 // Looked up per connection so a reload applies to the next handshake.
@@ -253,7 +254,7 @@ async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let limit = shard.cfg.server.client_header_timeout;
+    let limit = shard.built.cfg.server.client_header_timeout;
     match crate::net::tls::accept(cfg, stream, limit).await {
         Ok((tls, info)) => crate::proxy::serve(shard, tls, peer, Some(Box::new(info))).await,
         Err(e) => {

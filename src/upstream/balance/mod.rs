@@ -9,13 +9,7 @@ use chash::Chash;
 use least_conn::LeastConn;
 use rr::RoundRobin;
 
-/// Which balancing algorithm an upstream uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    RoundRobin,
-    LeastConn,
-    Chash,
-}
+pub use crate::config::Policy;
 
 /// Per-shard balancer state for one upstream. Node index = position in the node list.
 #[derive(Debug, Clone)]

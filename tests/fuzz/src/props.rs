@@ -854,11 +854,13 @@ pub fn route(data: &[u8]) {
 // config
 // ---------------------------------------------------------------------------
 
-/// The TOML loader: never panics; accepted configs are consistent; errors say something.
+/// The TOML loader and build step: never panic; accepted configs are consistent; errors say
+/// something.
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    match ringway::config::from_str(&text) {
-        Ok(cfg) => {
+    match ringway::build::from_str(&text) {
+        Ok(built) => {
+            let cfg = &built.cfg;
             assert!(!cfg.server.listen.is_empty());
             assert!(cfg.server.workers >= 1);
             assert!(!cfg.upstreams.is_empty() || cfg.routes.is_empty());
@@ -869,7 +871,7 @@ pub fn config(data: &[u8]) {
             for r in cfg.routes.iter() {
                 assert!(r.upstream < cfg.upstreams.len(), "route {} dangles", r.name);
             }
-            assert_eq!(cfg.router.len(), cfg.routes.len());
+            assert_eq!(built.router.len(), cfg.routes.len());
         }
         Err(e) => assert!(!e.to_string().is_empty(), "empty error for {text:?}"),
     }

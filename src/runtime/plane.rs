@@ -1,6 +1,7 @@
 //! The control plane: the one place that changes what shards run. Holds the current config and
 //! its generation, applies a new config to every shard in two steps (prepare, commit) over their
-//! control channels, and gathers counter snapshots. Runs on the status/admin/main threads only.
+//! control channels, and gathers counter snapshots. Runs on the status/admin/main threads only;
+//! what a change is made from (file, admin document) is decided above it, in admin/ and server.rs.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -8,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded};
 
+use super::shard::Control;
+use super::wake::ShardLink;
+use crate::build::Built;
 use crate::config::Config;
 use crate::metrics::expose::PlaneInfo;
 use crate::metrics::ShardSnapshot;
-use crate::runtime::shard::Control;
-use crate::runtime::wake::ShardLink;
 
 /// How long a scrape waits for shards (nudged, they answer as soon as their thread is free).
 const SNAPSHOT_WAIT: Duration = Duration::from_millis(500);
@@ -28,13 +30,11 @@ pub struct Plane {
     swapped: Condvar,
     /// Serialises swaps (admin changes, SIGHUP) so generations commit in order.
     swap: Mutex<()>,
-    /// The admin API's document, when the admin listener is enabled.
-    pub store: Mutex<Option<super::store::Store>>,
 }
 
 struct Inner {
     generation: u64,
-    cfg: Arc<Config>,
+    cfg: Arc<Built>,
     reloads_ok: u64,
     reloads_failed: u64,
     /// Active health results: (upstream, node addr) -> (up, passes, fails).
@@ -42,7 +42,7 @@ struct Inner {
 }
 
 impl Plane {
-    pub fn new(cfg: Arc<Config>, links: Vec<ShardLink>) -> Arc<Plane> {
+    pub fn new(cfg: Arc<Built>, links: Vec<ShardLink>) -> Arc<Plane> {
         Arc::new(Plane {
             links,
             started: Instant::now(),
@@ -55,7 +55,6 @@ impl Plane {
             }),
             swapped: Condvar::new(),
             swap: Mutex::new(()),
-            store: Mutex::new(None),
         })
     }
 
@@ -64,7 +63,7 @@ impl Plane {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn config(&self) -> Arc<Config> {
+    pub fn config(&self) -> Arc<Built> {
         self.inner().cfg.clone()
     }
 
@@ -91,18 +90,18 @@ impl Plane {
 
     /// Sends `cfg` to every shard: each builds its next generation and acks (prepare), then all
     /// are told to switch (commit). Returns the new generation number and how long it took.
-    pub fn apply(&self, cfg: Config) -> (u64, Duration) {
+    pub fn apply(&self, cfg: Built) -> (u64, Duration) {
         self.swap_in(cfg, None)
     }
 
     /// Like `apply`, for a config that `config::with_route` made from the current one: shards
     /// rebuild route `id`'s state only. `cfg` must have been made from `config()` while the
     /// caller held the admin store lock, so no other change came in between.
-    pub fn apply_route(&self, cfg: Config, id: usize) -> (u64, Duration) {
+    pub fn apply_route(&self, cfg: Built, id: usize) -> (u64, Duration) {
         self.swap_in(cfg, Some(id))
     }
 
-    fn swap_in(&self, cfg: Config, route: Option<usize>) -> (u64, Duration) {
+    fn swap_in(&self, cfg: Built, route: Option<usize>) -> (u64, Duration) {
         let t0 = Instant::now();
         let _one = self.swap.lock().unwrap_or_else(|e| e.into_inner());
         let cfg = Arc::new(cfg);
@@ -236,52 +235,25 @@ fn wait_acks(acks: &crossbeam_channel::Receiver<usize>, n: usize) -> usize {
 }
 
 impl Plane {
-    /// SIGHUP: re-reads the config file. Invalid -> logged, the current generation stays;
-    /// valid -> new listen addresses are bound and handed to the shards, then the swap.
-    pub fn reload_file(&self) {
+    /// Applies a re-read config file (SIGHUP): refused if it changes what needs a restart;
+    /// otherwise new listen addresses are bound and handed to the shards, the swap runs, and
+    /// removed addresses stop accepting. Returns the new generation and how long the swap took.
+    pub fn reload(&self, new: Built) -> Result<(u64, Duration), String> {
         let cur = self.config();
-        let Some(path) = cur.source.clone() else {
-            return;
-        };
-        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-        // With the admin API on, its state file overlays the file's collections.
-        let loaded = match store.as_ref() {
-            Some(s) => super::store::Store::open(&path, s.state_file.clone()).and_then(|fresh| {
-                let c = fresh.build()?;
-                *store = Some(fresh);
-                Ok(c)
-            }),
-            None => crate::config::load(&path),
-        };
-        let new = match loaded {
-            Ok(c) => super::with_source(c, self),
-            Err(e) => {
-                self.note_failure();
-                log::error!(
-                    "SIGHUP: {}: {e}; keeping config generation {}",
-                    path.display(),
-                    self.generation()
-                );
-                return;
-            }
-        };
-        if let Err(e) = self.check_restart_only(&cur, &new) {
+        if let Err(e) = self.check_restart_only(&cur.cfg, &new.cfg) {
             self.note_failure();
-            log::error!(
-                "SIGHUP: {e}; keeping config generation {}",
-                self.generation()
-            );
-            return;
+            return Err(e);
         }
-        self.add_listeners(&cur, &new);
+        self.add_listeners(&cur.cfg, &new.cfg);
         let removed: Vec<_> = cur
+            .cfg
             .server
             .listen
             .iter()
-            .filter(|a| !new.server.listen.contains(a))
+            .filter(|a| !new.cfg.server.listen.contains(a))
             .copied()
             .collect();
-        let (generation, took) = self.apply(new);
+        let done = self.apply(new);
         if !removed.is_empty() {
             for tx in &self.links {
                 let _ = tx.send(Control::Unlisten(removed.clone()));
@@ -290,10 +262,7 @@ impl Plane {
                 log::info!("stopped listening on {a} (removed by reload; open connections stay)");
             }
         }
-        log::info!(
-            "SIGHUP: config reloaded from {}: generation {generation} applied in {took:?}",
-            path.display()
-        );
+        Ok(done)
     }
 
     /// Settings a running gateway cannot change in place.
