@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 
 use super::http::{Request, Response};
 use crate::cache::admin::{AdminAck, AdminTarget};
+use crate::runtime::control::Control;
 use crate::runtime::plane::Plane;
-use crate::runtime::shard::Control;
 
 /// A purge wakes each shard (see `ShardLink`); a busy shard gets this long to answer.
 const WAIT: Duration = Duration::from_secs(2);

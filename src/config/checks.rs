@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::raw::dur;
 use super::raw::RawUpstream;
-use super::validate::dur;
 use super::ConfigError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,11 @@
 //! The TOML file as written by users: serde structs with `deny_unknown_fields`.
-//! Owns only the file's shape and defaults; meaning and cross-checks live in `validate.rs`.
+//! Owns only the file's shape, defaults and the duration reader every section shares; meaning
+//! and cross-checks live in `validate.rs`, `routes.rs`, `checks.rs` and `ops.rs`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::error::ConfigError;
 
 use serde::Deserialize;
 
@@ -337,4 +341,33 @@ pub struct RawCond {
     pub name: String,
     #[serde(default)]
     pub value: Option<String>,
+}
+
+pub fn dur(
+    path: &str,
+    v: &Option<RawDuration>,
+    default_secs: u64,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(Duration::from_secs(default_secs)),
+        Some(RawDuration::Seconds(s))
+            if *s >= 0 && (*s as u64) <= crate::util::units::MAX_DURATION.as_secs() =>
+        {
+            Ok(Duration::from_secs(*s as u64))
+        }
+        Some(RawDuration::Seconds(s)) if *s >= 0 => Err(ConfigError::new(
+            path,
+            format!("a duration must be at most 10 years, got {s} s"),
+        )),
+        Some(RawDuration::Seconds(s)) => Err(ConfigError::new(
+            path,
+            format!("a duration cannot be negative, got {s}"),
+        )),
+        Some(RawDuration::Text(t)) => crate::util::units::parse_duration(t).ok_or_else(|| {
+            ConfigError::new(
+                path,
+                format!("{t:?} is not a duration; write e.g. \"500ms\", \"10s\", \"2m\" or \"1h\""),
+            )
+        }),
+    }
 }

@@ -1,12 +1,16 @@
-//! A config's route table (route configs by id, ids by name), the route match data, and the
-//! one-route change: validate one route into a copy of a config that shares everything else.
+//! A config's routes: the route table (route configs by id, ids by name), the match data, the
+//! checks of one route, and the one-route change into a copy that shares everything else.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::raw::RawRoute;
-use super::{Config, ConfigError, RouteConfig};
+use super::{Config, ConfigError, PassHost, RouteConfig};
 use crate::util::cow::{CowMap, CowVec};
+
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "PURGE",
+];
 
 /// A validated route as the config layer hands it over. Route id = index in the spec slice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -149,8 +153,130 @@ pub fn with_route(
         }
         e
     };
-    let rc = super::validate::route(0, &r, &upstreams).map_err(relocate)?;
+    let rc = route(0, &r, &upstreams).map_err(relocate)?;
     let id = cur.routes.id(name).unwrap_or(cur.routes.slots.len());
     next.routes.set(id, Some(rc));
     Ok(Some((next, id)))
+}
+
+pub(super) fn route(
+    i: usize,
+    r: &RawRoute,
+    upstreams: &HashMap<String, usize>,
+) -> Result<RouteConfig, ConfigError> {
+    let at = |key: &str| format!("routes[{i}].{key}");
+    let upstream = *upstreams.get(&r.upstream).ok_or_else(|| {
+        let mut known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        ConfigError::new(
+            at("upstream"),
+            format!("no upstream named {:?} (defined: {known:?})", r.upstream),
+        )
+    })?;
+    if r.paths.is_empty() {
+        return Err(ConfigError::new(
+            at("paths"),
+            "a route needs at least one path, e.g. paths = [\"/*\"]",
+        ));
+    }
+    for (n, p) in r.paths.iter().enumerate() {
+        if !p.starts_with('/') {
+            return Err(ConfigError::new(
+                at(&format!("paths[{n}]")),
+                format!("{p:?} must start with '/'"),
+            ));
+        }
+    }
+    let mut methods = Vec::with_capacity(r.methods.len());
+    for (n, m) in r.methods.iter().enumerate() {
+        let up = m.to_ascii_uppercase();
+        if !METHODS.contains(&up.as_str()) {
+            return Err(ConfigError::new(
+                at(&format!("methods[{n}]")),
+                format!("unknown method {m:?}; expected one of {METHODS:?}"),
+            ));
+        }
+        methods.push(up);
+    }
+    for (n, h) in r.hosts.iter().enumerate() {
+        let body = h.strip_prefix("*.").unwrap_or(h);
+        if body.is_empty()
+            || body.contains('*')
+            || !body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
+            return Err(ConfigError::new(
+                at(&format!("hosts[{n}]")),
+                format!("{h:?} is not a host name or a \"*.suffix\" wildcard"),
+            ));
+        }
+    }
+    let cond = |list: &[super::raw::RawCond], key: &str| -> Result<Vec<Cond>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(n, c)| {
+                if c.name.is_empty() {
+                    Err(ConfigError::new(
+                        at(&format!("{key}[{n}].name")),
+                        "must not be empty",
+                    ))
+                } else {
+                    Ok(Cond {
+                        name: c.name.clone(),
+                        value: c.value.clone(),
+                    })
+                }
+            })
+            .collect()
+    };
+    let headers = cond(&r.headers, "headers")?;
+    let args = cond(&r.args, "args")?;
+    if let Some(p) = &r.strip_prefix {
+        if !p.starts_with('/') || p.len() < 2 {
+            return Err(ConfigError::new(
+                at("strip_prefix"),
+                format!("{p:?} must start with '/' and name a prefix such as \"/api\""),
+            ));
+        }
+    }
+    let pass_host = match (r.pass_host.as_deref(), &r.upstream_host) {
+        (None | Some("pass"), None) => PassHost::Pass,
+        (Some("node"), None) => PassHost::Node,
+        (Some("rewrite"), Some(h)) if !h.is_empty() => PassHost::Rewrite(h.clone()),
+        (Some("rewrite"), _) => {
+            return Err(ConfigError::new(
+                at("upstream_host"),
+                "pass_host = \"rewrite\" needs a non-empty upstream_host",
+            ))
+        }
+        (None | Some("pass") | Some("node"), Some(_)) => {
+            return Err(ConfigError::new(
+                at("upstream_host"),
+                "only used with pass_host = \"rewrite\"",
+            ))
+        }
+        (Some(other), _) => {
+            return Err(ConfigError::new(
+                at("pass_host"),
+                format!("expected \"pass\", \"node\" or \"rewrite\", got {other:?}"),
+            ))
+        }
+    };
+    Ok(RouteConfig {
+        name: r.name.clone(),
+        upstream,
+        strip_prefix: r.strip_prefix.clone(),
+        pass_host,
+        websocket: r.enable_websocket.unwrap_or(true),
+        spec: RouteSpec {
+            hosts: r.hosts.clone(),
+            paths: r.paths.clone(),
+            methods,
+            headers,
+            args,
+            priority: r.priority,
+        },
+        plugins: r.plugins.clone(),
+    })
 }

@@ -7,17 +7,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawDuration, RawListen, RawRoute, RawUpstream, RawWorkers};
-use super::{Cond, ConsumerConfig, RouteSpec};
+use super::raw::{dur, RawConfig, RawListen, RawUpstream, RawWorkers};
+use super::ConsumerConfig;
 use super::{
-    Config, ConfigError, DriverKind, HashOn, NodeConfig, PassHost, Policy, PoolConfig, RouteConfig,
-    ServerConfig, TaskRun, UpstreamConfig,
+    Config, ConfigError, DriverKind, HashOn, NodeConfig, Policy, PoolConfig, ServerConfig, TaskRun,
+    UpstreamConfig,
 };
 use crate::net::tls::new_ticketer;
-
-const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "PURGE",
-];
 
 pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
     let server = server(&raw, dir)?;
@@ -50,7 +46,7 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
                 format!("duplicate route name {:?}; names must be unique", r.name),
             ));
         }
-        routes.push(route(i, r, &by_name)?);
+        routes.push(super::routes::route(i, r, &by_name)?);
     }
     // With the admin API on, ties between routes go to the lower name: that is the order of the
     // admin document (routes by id = name), so a file load, a build from the admin document and
@@ -335,128 +331,6 @@ fn hash_on_error(path: String, got: &str) -> ConfigError {
     )
 }
 
-pub(super) fn route(
-    i: usize,
-    r: &RawRoute,
-    upstreams: &HashMap<String, usize>,
-) -> Result<RouteConfig, ConfigError> {
-    let at = |key: &str| format!("routes[{i}].{key}");
-    let upstream = *upstreams.get(&r.upstream).ok_or_else(|| {
-        let mut known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-        known.sort_unstable();
-        ConfigError::new(
-            at("upstream"),
-            format!("no upstream named {:?} (defined: {known:?})", r.upstream),
-        )
-    })?;
-    if r.paths.is_empty() {
-        return Err(ConfigError::new(
-            at("paths"),
-            "a route needs at least one path, e.g. paths = [\"/*\"]",
-        ));
-    }
-    for (n, p) in r.paths.iter().enumerate() {
-        if !p.starts_with('/') {
-            return Err(ConfigError::new(
-                at(&format!("paths[{n}]")),
-                format!("{p:?} must start with '/'"),
-            ));
-        }
-    }
-    let mut methods = Vec::with_capacity(r.methods.len());
-    for (n, m) in r.methods.iter().enumerate() {
-        let up = m.to_ascii_uppercase();
-        if !METHODS.contains(&up.as_str()) {
-            return Err(ConfigError::new(
-                at(&format!("methods[{n}]")),
-                format!("unknown method {m:?}; expected one of {METHODS:?}"),
-            ));
-        }
-        methods.push(up);
-    }
-    for (n, h) in r.hosts.iter().enumerate() {
-        let body = h.strip_prefix("*.").unwrap_or(h);
-        if body.is_empty()
-            || body.contains('*')
-            || !body
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-        {
-            return Err(ConfigError::new(
-                at(&format!("hosts[{n}]")),
-                format!("{h:?} is not a host name or a \"*.suffix\" wildcard"),
-            ));
-        }
-    }
-    let cond = |list: &[super::raw::RawCond], key: &str| -> Result<Vec<Cond>, ConfigError> {
-        list.iter()
-            .enumerate()
-            .map(|(n, c)| {
-                if c.name.is_empty() {
-                    Err(ConfigError::new(
-                        at(&format!("{key}[{n}].name")),
-                        "must not be empty",
-                    ))
-                } else {
-                    Ok(Cond {
-                        name: c.name.clone(),
-                        value: c.value.clone(),
-                    })
-                }
-            })
-            .collect()
-    };
-    let headers = cond(&r.headers, "headers")?;
-    let args = cond(&r.args, "args")?;
-    if let Some(p) = &r.strip_prefix {
-        if !p.starts_with('/') || p.len() < 2 {
-            return Err(ConfigError::new(
-                at("strip_prefix"),
-                format!("{p:?} must start with '/' and name a prefix such as \"/api\""),
-            ));
-        }
-    }
-    let pass_host = match (r.pass_host.as_deref(), &r.upstream_host) {
-        (None | Some("pass"), None) => PassHost::Pass,
-        (Some("node"), None) => PassHost::Node,
-        (Some("rewrite"), Some(h)) if !h.is_empty() => PassHost::Rewrite(h.clone()),
-        (Some("rewrite"), _) => {
-            return Err(ConfigError::new(
-                at("upstream_host"),
-                "pass_host = \"rewrite\" needs a non-empty upstream_host",
-            ))
-        }
-        (None | Some("pass") | Some("node"), Some(_)) => {
-            return Err(ConfigError::new(
-                at("upstream_host"),
-                "only used with pass_host = \"rewrite\"",
-            ))
-        }
-        (Some(other), _) => {
-            return Err(ConfigError::new(
-                at("pass_host"),
-                format!("expected \"pass\", \"node\" or \"rewrite\", got {other:?}"),
-            ))
-        }
-    };
-    Ok(RouteConfig {
-        name: r.name.clone(),
-        upstream,
-        strip_prefix: r.strip_prefix.clone(),
-        pass_host,
-        websocket: r.enable_websocket.unwrap_or(true),
-        spec: RouteSpec {
-            hosts: r.hosts.clone(),
-            paths: r.paths.clone(),
-            methods,
-            headers,
-            args,
-            priority: r.priority,
-        },
-        plugins: r.plugins.clone(),
-    })
-}
-
 fn socket_addr(path: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     if let Ok(a) = text.parse::<SocketAddr>() {
         return Ok(a);
@@ -476,33 +350,4 @@ fn socket_addr(path: &str, text: &str) -> Result<SocketAddr, ConfigError> {
             format!("{text:?} is not an address; expected HOST:PORT such as \"127.0.0.1:8080\""),
         )
     })
-}
-
-pub(super) fn dur(
-    path: &str,
-    v: &Option<RawDuration>,
-    default_secs: u64,
-) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(Duration::from_secs(default_secs)),
-        Some(RawDuration::Seconds(s))
-            if *s >= 0 && (*s as u64) <= crate::util::units::MAX_DURATION.as_secs() =>
-        {
-            Ok(Duration::from_secs(*s as u64))
-        }
-        Some(RawDuration::Seconds(s)) if *s >= 0 => Err(ConfigError::new(
-            path,
-            format!("a duration must be at most 10 years, got {s} s"),
-        )),
-        Some(RawDuration::Seconds(s)) => Err(ConfigError::new(
-            path,
-            format!("a duration cannot be negative, got {s}"),
-        )),
-        Some(RawDuration::Text(t)) => crate::util::units::parse_duration(t).ok_or_else(|| {
-            ConfigError::new(
-                path,
-                format!("{t:?} is not a duration; write e.g. \"500ms\", \"10s\", \"2m\" or \"1h\""),
-            )
-        }),
-    }
 }

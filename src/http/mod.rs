@@ -3,6 +3,7 @@
 
 pub mod chunked;
 pub mod edits;
+pub mod head;
 pub mod parse;
 pub mod response_head;
 pub mod write;

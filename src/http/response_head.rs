@@ -1,11 +1,11 @@
 //! Upstream response head parsing: status line, headers and framing (`ResponseHead`), using the
-//! shared span/framing helpers in parse.rs. Byte work only; never touches sockets or requests.
+//! shared span/framing helpers in head.rs. Byte work only; never touches sockets or requests.
 
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
 
-use super::parse::{
+use super::head::{
     connection_tokens, first_header, listed, parse_content_length, span_of, transfer_coding,
     BodyKind, ConnInfo, HeadStorage, HeaderPos, Method, Span, Status, MAX_HEADERS,
 };

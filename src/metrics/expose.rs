@@ -278,7 +278,7 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
 
 /// http-logger / tcp-logger delivery counters (process-wide, kept by their sender threads).
 fn loggers(o: &mut String) {
-    let counts = crate::plugin::logship::counts();
+    let counts = super::logship::counts();
     let families = [
         (
             LOGGER_SENT,

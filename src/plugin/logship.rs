@@ -9,7 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -66,38 +66,7 @@ pub fn entry(cx: &Ctx) -> String {
     .to_string()
 }
 
-/// Counters for one logger plugin, summed over its configs and generations.
-pub struct Counters {
-    pub sent: AtomicU64,
-    pub dropped: AtomicU64,
-    pub failed: AtomicU64,
-}
-
-impl Counters {
-    const fn new() -> Counters {
-        Counters {
-            sent: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-        }
-    }
-}
-
-pub static HTTP: Counters = Counters::new();
-pub static TCP: Counters = Counters::new();
-
-/// (plugin, entries sent, entries dropped, failed send attempts) for /metrics.
-pub fn counts() -> [(&'static str, u64, u64, u64); 2] {
-    let c = |n, c: &Counters| {
-        (
-            n,
-            c.sent.load(Relaxed),
-            c.dropped.load(Relaxed),
-            c.failed.load(Relaxed),
-        )
-    };
-    [c("http-logger", &HTTP), c("tcp-logger", &TCP)]
-}
+pub use crate::metrics::logship::{Counters, HTTP, TCP};
 
 /// Batch and retry keys shared by both loggers (APISIX's batch processor names).
 #[derive(Default)]

@@ -2,6 +2,7 @@
 //! that swaps config generations across them, drain and certificate hand-over. Must not start
 //! services of its own (admin, status, health, demo, logs): start-up (server.rs) does.
 
+pub mod control;
 pub mod plane;
 pub mod shard;
 pub mod wake;
@@ -18,8 +19,8 @@ use crate::build::Built;
 use crate::config::Config;
 use crate::net::ring::block_on;
 use crate::proxy::shard::Shard;
+use control::Control;
 use plane::Plane;
-use shard::Control;
 
 /// The running shards: the plane that reaches them and their threads.
 pub struct Shards {

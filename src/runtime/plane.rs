@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded};
 
-use super::shard::Control;
+use super::control::Control;
 use super::wake::ShardLink;
 use crate::build::Built;
 use crate::config::Config;

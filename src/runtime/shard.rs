@@ -6,53 +6,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, TryRecvError};
+
+use super::control::Control;
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::build::Built;
 use crate::local::drain::Drain;
 use crate::proxy::shard::{current, set_current, Shard};
-
-/// Messages from the main thread to a shard.
-#[derive(Debug)]
-pub enum Control {
-    /// Stop accepting, finish in-flight requests, exit.
-    Shutdown,
-    /// New TLS configs (SIGHUP certificate reload), one per listener in `listen` order (`None`
-    /// for plain ones). Used for new handshakes; open connections keep the session they have.
-    ReloadTls(Vec<Option<Arc<rustls::ServerConfig>>>),
-    /// Step one of a config swap: build this shard's next generation from `cfg` (upstream
-    /// state, plugin instances, counters), keep it pending and ack with the shard id.
-    Prepare {
-        generation: u64,
-        cfg: Arc<Built>,
-        /// `Some(id)`: `cfg` differs from the previous generation in route `id` only, so the
-        /// shard updates that route's state and shares the rest.
-        route: Option<usize>,
-        ack: Sender<usize>,
-    },
-    /// Step two: the pending generation becomes current. New requests use it; requests
-    /// already running finish on the generation they started with.
-    Commit { generation: u64, ack: Sender<usize> },
-    /// Copy this shard's counters out for the status thread.
-    Snapshot(Sender<crate::metrics::ShardSnapshot>),
-    /// Listeners added by a reload (plain, one socket per shard), by configured address.
-    Listen(Vec<(SocketAddr, StdListener)>),
-    /// Listen addresses a reload removed: stop accepting on them and close the sockets;
-    /// connections already accepted on them are served to the end.
-    Unlisten(Vec<SocketAddr>),
-    /// An admin-API purge: remove matches from every cache on this shard and report.
-    CachePurge {
-        target: crate::cache::admin::AdminTarget,
-        ack: Sender<crate::cache::admin::AdminAck>,
-    },
-    /// Active health verdict for one node of the named upstream.
-    NodeDown {
-        upstream: String,
-        node: usize,
-        down: bool,
-    },
-}
 
 const TICK: Duration = Duration::from_millis(50);
 /// The control tick while the shard has no connections: nothing is logged then, and control

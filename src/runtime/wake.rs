@@ -14,7 +14,7 @@ use crossbeam_channel::Sender;
 use monoio::io::AsyncReadRent;
 use monoio::net::UnixStream;
 
-use super::shard::Control;
+use super::control::Control;
 
 /// The plane's end.
 pub struct Nudge(StdUnixStream);
