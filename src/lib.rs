@@ -2,13 +2,13 @@
 //! Module map; what tests/ and perf/ reach. See README for the request flow.
 
 pub mod accesslog;
+pub mod active_health;
 pub mod admin;
 pub mod build;
 pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
-pub mod health;
 pub mod http;
 pub mod limit;
 pub mod local;

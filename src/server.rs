@@ -35,7 +35,7 @@ pub fn run(built: Built) -> Result<(), String> {
     let ops = crate::admin::Ops::new(shards.plane.clone());
     crate::admin::start_status(&shards.plane)?;
     crate::admin::start_admin(&ops)?;
-    crate::health::start(shards.plane.clone())?;
+    crate::active_health::start(shards.plane.clone())?;
     for sig in signals.forever() {
         if sig == SIGUSR1 {
             crate::accesslog::reopen();

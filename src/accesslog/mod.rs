@@ -18,7 +18,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 pub use format::{Entry, Field};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub enum Destination {
     Stdout,
     File(PathBuf),
 }
@@ -33,7 +33,7 @@ pub enum Format {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessLogConfig {
-    pub target: Target,
+    pub target: Destination,
     pub format: Format,
 }
 
@@ -94,10 +94,10 @@ enum Out {
     File(File),
 }
 
-fn open(target: &Target) -> Result<Out, String> {
+fn open(target: &Destination) -> Result<Out, String> {
     match target {
-        Target::Stdout => Ok(Out::Stdout),
-        Target::File(p) => OpenOptions::new()
+        Destination::Stdout => Ok(Out::Stdout),
+        Destination::File(p) => OpenOptions::new()
             .create(true)
             .append(true)
             .open(p)
@@ -106,7 +106,7 @@ fn open(target: &Target) -> Result<Out, String> {
     }
 }
 
-fn write_loop(rx: Receiver<Msg>, target: Target, mut out: Out) {
+fn write_loop(rx: Receiver<Msg>, target: Destination, mut out: Out) {
     while let Ok(msg) = rx.recv() {
         match msg {
             Msg::Lines(buf) => {

@@ -5,8 +5,8 @@
 
 use serde_json::{json, Value};
 
+use super::document::{merge_patch, Document, Kind};
 use super::http::{Request, Response};
-use super::store::{merge_patch, Kind, Store};
 use super::Ops;
 use crate::config::ops::AdminConfig;
 use crate::runtime::plane::Plane;
@@ -126,7 +126,7 @@ pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Respons
 /// when the change needs the full path (see `build::with_route`).
 fn route_change(
     plane: &Plane,
-    store: &mut Store,
+    store: &mut Document,
     id: &str,
     obj: Option<Value>,
 ) -> Result<Option<(u64, std::time::Duration)>, crate::config::ConfigError> {
@@ -150,7 +150,7 @@ fn route_change(
 /// Where route `id` goes among routes of equal precedence: a full build from the store ranks
 /// them in id (= name) order, so a replaced route keeps its order and a new one gets an order
 /// between its neighbours by name. `None` when that is not possible without renumbering.
-fn route_order(store: &Store, built: &crate::build::Built, id: &str) -> Option<u64> {
+fn route_order(store: &Document, built: &crate::build::Built, id: &str) -> Option<u64> {
     use std::ops::Bound::{Excluded, Unbounded};
     let (cfg, router) = (&built.cfg, &built.router);
     if !cfg.routes.name_ordered() {
@@ -188,7 +188,7 @@ fn body(r: &Request) -> Result<Value, Response> {
     }
 }
 
-fn new_id(store: &Store, kind: Kind) -> String {
+fn new_id(store: &Document, kind: Kind) -> String {
     let base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -203,7 +203,7 @@ fn new_id(store: &Store, kind: Kind) -> String {
 /// every shard and persists. On any error nothing changes.
 fn change(
     plane: &Plane,
-    store: &mut Store,
+    store: &mut Document,
     kind: Kind,
     id: String,
     obj: Option<Value>,
@@ -223,7 +223,7 @@ fn change(
         Some(v) => set.insert(id.clone(), v.clone()),
         None => set.remove(&id),
     };
-    let restore = |store: &mut Store| {
+    let restore = |store: &mut Document| {
         let set = store
             .sets
             .get_mut(kind.seg())

@@ -3,9 +3,9 @@
 //! reached from the request path: shards only ever see what arrives on their control channels.
 
 pub mod api;
+pub mod document;
 pub mod http;
 pub mod purge;
-pub mod store;
 
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,7 @@ use http::{Request, Response};
 /// with the admin API on, its document (the file's collections overlaid by admin changes).
 pub struct Ops {
     pub plane: Arc<Plane>,
-    pub store: Mutex<Option<store::Store>>,
+    pub store: Mutex<Option<document::Document>>,
 }
 
 impl Ops {
@@ -38,7 +38,7 @@ impl Ops {
         };
         let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
         let loaded = match store.as_ref() {
-            Some(s) => store::Store::open(&path, s.state_file.clone()).and_then(|fresh| {
+            Some(s) => document::Document::open(&path, s.state_file.clone()).and_then(|fresh| {
                 let c = fresh.build()?;
                 *store = Some(fresh);
                 Ok(c)
@@ -98,7 +98,7 @@ fn state_file(cfg: &crate::config::Config) -> Option<std::path::PathBuf> {
     admin
         .state_file
         .clone()
-        .or_else(|| cfg.source.as_deref().map(store::default_state_file))
+        .or_else(|| cfg.source.as_deref().map(document::default_state_file))
 }
 
 /// At start-up: with the admin API on and a state file (or its journal) present, the file's
@@ -108,10 +108,10 @@ pub fn startup_config(file: Built) -> Result<Built, String> {
     let (Some(src), Some(state)) = (file.cfg.source.clone(), state_file(&file.cfg)) else {
         return Ok(file);
     };
-    if !state.exists() && !store::journal_file(&state).exists() {
+    if !state.exists() && !document::journal_file(&state).exists() {
         return Ok(file);
     }
-    let mut built = store::Store::open(&src, Some(state.clone()))
+    let mut built = document::Document::open(&src, Some(state.clone()))
         .and_then(|s| s.build())
         .map_err(|e| format!("admin state {}: {e}", state.display()))?;
     built.cfg.source = Some(src);
@@ -127,9 +127,9 @@ pub fn start_admin(ops: &Arc<Ops>) -> Result<(), String> {
         return Ok(());
     };
     let store = match &cfg.source {
-        Some(src) => {
-            Some(store::Store::open(src, state_file(cfg)).map_err(|e| format!("admin: {e}"))?)
-        }
+        Some(src) => Some(
+            document::Document::open(src, state_file(cfg)).map_err(|e| format!("admin: {e}"))?,
+        ),
         None => None,
     };
     *ops.store.lock().unwrap_or_else(|e| e.into_inner()) = store;

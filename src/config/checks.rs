@@ -1,5 +1,5 @@
 //! `[upstreams.checks.active]`: APISIX-style active health check settings, defaults and checks.
-//! Owns only the validated shape; the prober that uses it lives in `src/health`.
+//! Owns only the validated shape; the prober that uses it lives in `src/active_health`.
 
 use std::sync::Arc;
 use std::time::Duration;

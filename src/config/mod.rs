@@ -113,7 +113,7 @@ pub struct UpstreamConfig {
     pub pool: PoolConfig,
     /// `scheme = "https"` / `tls = { ... }`: connections to every node are TLS.
     pub tls: Option<crate::net::tls_client::UpstreamTls>,
-    /// `[upstreams.checks.active]`: probed by the health thread (src/health), not by shards.
+    /// `[upstreams.checks.active]`: probed by the health thread (src/active_health), not by shards.
     pub checks: Option<std::sync::Arc<ActiveCheck>>,
 }
 

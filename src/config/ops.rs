@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::raw::RawConfig;
 use super::ConfigError;
-use crate::accesslog::{AccessLogConfig, Field, Format, Target};
+use crate::accesslog::{AccessLogConfig, Destination, Field, Format};
 
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:9091";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
@@ -126,8 +126,8 @@ pub(super) fn access_log(
                 "must be a file path or \"stdout\"",
             ))
         }
-        "stdout" => Target::Stdout,
-        p => Target::File(dir.join(p)),
+        "stdout" => Destination::Stdout,
+        p => Destination::File(dir.join(p)),
     };
     let format = match (l.format.as_deref(), &l.fields) {
         (None | Some("combined"), None) => Format::Combined,

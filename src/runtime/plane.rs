@@ -181,7 +181,7 @@ impl Plane {
     }
 
     /// Records one active probe (`passed`) and the node's verdict (`up`); tells every shard
-    /// when the verdict flips. Called by the health thread (src/health) only.
+    /// when the verdict flips. Called by the health thread (src/active_health) only.
     pub fn node_checked(&self, upstream: &str, node: usize, addr: &str, passed: bool, up: bool) {
         let mut inner = self.inner();
         let e = inner

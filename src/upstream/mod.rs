@@ -2,7 +2,7 @@
 //! Owned by one shard and borrowed briefly (never across an await).
 
 pub mod balance;
-pub mod health;
+pub mod passive_health;
 pub mod pool;
 pub mod stream;
 
@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crate::config::UpstreamConfig;
 use balance::Balancer;
-use health::PassiveHealth;
+use passive_health::PassiveHealth;
 use pool::Pool;
 
 pub struct UpstreamState {

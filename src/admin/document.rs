@@ -56,7 +56,7 @@ pub const KINDS: [Kind; 4] = [
     Kind::GlobalRules,
 ];
 
-pub struct Store {
+pub struct Document {
     /// The config file as JSON, minus the four collections (kept in `sets`).
     base: Value,
     /// Per kind: id -> object (with its id field set).
@@ -73,9 +73,9 @@ fn read_toml(path: &Path) -> Result<Value, ConfigError> {
     toml::from_str(&text).map_err(|e| ConfigError::new("", e.to_string()))
 }
 
-impl Store {
+impl Document {
     /// The config file plus the state file (if the admin API has written one).
-    pub fn open(source: &Path, state_file: Option<PathBuf>) -> Result<Store, ConfigError> {
+    pub fn open(source: &Path, state_file: Option<PathBuf>) -> Result<Document, ConfigError> {
         let mut base = read_toml(source)?;
         let dir = source
             .parent()
@@ -113,7 +113,7 @@ impl Store {
             }
             sets.insert(k.seg(), set);
         }
-        let mut store = Store {
+        let mut store = Document {
             base,
             sets,
             dir,
@@ -357,14 +357,14 @@ mod tests {
         (src, state)
     }
 
-    fn route_ids(s: &Store) -> Vec<&str> {
+    fn route_ids(s: &Document) -> Vec<&str> {
         s.sets["routes"].keys().map(String::as_str).collect()
     }
 
     #[test]
     fn journal_replays_and_a_torn_tail_is_dropped() {
         let (src, state) = setup("journal");
-        let mut s = Store::open(&src, Some(state.clone())).unwrap();
+        let mut s = Document::open(&src, Some(state.clone())).unwrap();
         let r2 = json!({"name": "r2", "paths": ["/2"], "upstream": "a"});
         s.sets
             .get_mut("routes")
@@ -382,7 +382,7 @@ mod tests {
         let mut text = std::fs::read_to_string(&j).unwrap();
         text.push_str(r#"{"kind":"routes","id":"r3","value":{"na"#);
         std::fs::write(&j, text).unwrap();
-        let back = Store::open(&src, Some(state.clone())).unwrap();
+        let back = Document::open(&src, Some(state.clone())).unwrap();
         assert_eq!(route_ids(&back), ["r2"]);
         assert!(back.build().is_ok());
 
@@ -390,7 +390,10 @@ mod tests {
         let mut back = back;
         back.persist().unwrap();
         assert!(state.exists() && !j.exists());
-        assert_eq!(route_ids(&Store::open(&src, Some(state)).unwrap()), ["r2"]);
+        assert_eq!(
+            route_ids(&Document::open(&src, Some(state)).unwrap()),
+            ["r2"]
+        );
         let _ = std::fs::remove_dir_all(src.parent().unwrap());
     }
 }
