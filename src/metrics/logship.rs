@@ -20,6 +20,12 @@ impl Counters {
     }
 }
 
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters::new()
+    }
+}
+
 pub static HTTP: Counters = Counters::new();
 pub static TCP: Counters = Counters::new();
 
