@@ -83,13 +83,7 @@ fn plugins(cfg: &Config) -> Result<PluginSet, ConfigError> {
             plugins: &c.plugins,
         })
         .collect();
-    crate::plugin::registry::build(
-        &cfg.global_plugins,
-        &routes,
-        &consumers,
-        &upstream_ids(cfg),
-        cfg.server.workers,
-    )
+    crate::plugin::registry::build(&cfg.global_plugins, &routes, &consumers, &upstream_ids(cfg))
 }
 
 /// `cur` with route `name` put (`Some(route JSON)`) or removed, sharing everything else;

@@ -1,10 +1,11 @@
-//! The proxy cache's shard-side machinery: per-shard instances (store, in-flight fetches, purge
-//! inbox), the per-request `CacheCx` carried in `Ctx`, the body tee, and the shard's cache loop.
+//! The proxy cache's shard-side machinery: per-shard instances (store, in-flight fetches), purges
+//! between shards, the per-request `CacheCx` carried in `Ctx`, the body tee and the expiry sweep.
 //!
 //! Sharding: each shard owns its store in a `RefCell` (no lock, no shared atomic on the hit
 //! path); a cache's node-wide `max_bytes` is split evenly, each shard holding at most
-//! `max_bytes / shards`, so the node total can never exceed it. Purges travel over one crossbeam
-//! channel per shard, drained by the shard's cache loop every `PURGE_TICK`.
+//! `max_bytes / shards`, so the node total can never exceed it. Purges travel over the node
+//! mesh's purge lane (one for every cache, addressed by the cache's identity); a send wakes the
+//! receiving shard, which delivers them at once (`deliver`).
 
 pub mod admin;
 pub mod entry;
@@ -19,16 +20,14 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
 pub use entry::Entry;
 pub use store::{Store, StoreStats};
 
-/// How often each shard drains its purge inbox: a purge is visible on every shard within
-/// this (plus scheduling delay); the PURGE response itself waits for every shard's answer.
-pub const PURGE_TICK: Duration = Duration::from_millis(10);
+use crate::util::mesh::Lane;
 
 /// One part of a cache key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,8 +96,10 @@ pub enum Target {
     Tag(Vec<u8>),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PurgeMsg {
+    /// The cache it is for (`Instance::key`): the same on every shard.
+    pub cache: u64,
     pub target: Target,
     /// Where to report what was removed; `None` for fire-and-forget invalidations.
     pub ack: Option<Sender<Ack>>,
@@ -118,9 +119,10 @@ pub struct Instance {
     pub store: RefCell<Store>,
     /// Keys being fetched from the origin on this shard, for request coalescing.
     pub inflight: RefCell<HashMap<Vec<u8>, Rc<Gate>>>,
-    /// Every shard's purge inbox (own index included, unused).
-    pub peers: Vec<Sender<PurgeMsg>>,
-    pub inbox: Receiver<PurgeMsg>,
+    /// Names this cache on every shard (a hash of its identity, see `adopt`): purges carry it.
+    pub key: u64,
+    /// This shard's end of the purge lane.
+    pub lane: Rc<Lane<PurgeMsg>>,
 }
 
 impl Instance {
@@ -133,111 +135,87 @@ impl Instance {
         }
     }
 
-    /// Sends `t` to every other shard; returns how many were sent.
+    /// Sends `t` to this cache on every other shard (each is woken to purge it at once);
+    /// returns how many were sent, which is how many acks to expect when `ack` is given.
     pub fn broadcast(&self, t: &Target, ack: Option<&Sender<Ack>>) -> usize {
-        let mut sent = 0;
-        for (i, p) in self.peers.iter().enumerate() {
-            if i != self.shard {
-                let msg = PurgeMsg {
-                    target: t.clone(),
-                    ack: ack.cloned(),
-                };
-                sent += usize::from(p.send(msg).is_ok());
-            }
-        }
-        sent
-    }
-
-    fn drain_inbox(&self) {
-        while let Ok(m) = self.inbox.try_recv() {
-            let removed = self.purge_local(&m.target);
-            if let Some(a) = m.ack {
-                let stats = self.store.borrow().stats();
-                let _ = a.send(Ack {
-                    shard: self.shard,
-                    removed,
-                    stats,
-                });
-            }
-        }
+        self.lane.broadcast(PurgeMsg {
+            cache: self.key,
+            target: t.clone(),
+            ack: ack.cloned(),
+        })
     }
 }
 
 thread_local! {
-    /// This shard's cache instances, for the cache loop (purge inbox, expiry sweep).
+    /// This shard's cache instances, for purges and the expiry sweep.
     static INSTANCES: RefCell<Vec<Weak<Instance>>> = const { RefCell::new(Vec::new()) };
+    /// The instance built for each cache identity on this shard.
+    static ADOPTED: RefCell<HashMap<String, Weak<Instance>>> = RefCell::new(HashMap::new());
 }
 
-/// The last instance built for one cache identity on this shard, and the plugin set (by its
-/// epoch) it was built or adopted for.
-struct Adopted {
-    inst: Weak<Instance>,
-    set: Instant,
+/// The key purges name a cache with: the same for the same identity on every shard.
+pub fn key_of(ident: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(ident.as_bytes())
 }
 
-thread_local! {
-    static ADOPTED: RefCell<HashMap<String, Adopted>> = RefCell::new(HashMap::new());
-    /// Epochs of the plugin sets this shard built last and the one before.
-    static BUILDS: Cell<(Option<Instant>, Option<Instant>)> = const { Cell::new((None, None)) };
-}
-
-/// The cache instance for `ident` (plugin path, settings, shard count) in the plugin set with
-/// epoch `set`: the one the previous generation used if that had the same identity, so a
-/// reload that leaves a cache's settings alone keeps its contents, purge channels and in-flight
-/// fetches; otherwise a fresh one from `build`. Only the generation built just before counts:
-/// an older instance still held by a draining request may be gone on other shards, and every
-/// shard must make the same choice (their purge channels pair up).
-pub fn adopt(ident: &str, set: Instant, build: impl FnOnce() -> Rc<Instance>) -> Rc<Instance> {
-    let (prev, last) = BUILDS.with(Cell::get);
-    let prev = if last == Some(set) {
-        prev
-    } else {
-        BUILDS.with(|b| b.set((last, Some(set))));
-        last
-    };
+/// The cache instance for `ident` (plugin path, settings, shard count): the live one with that
+/// identity on this shard if there is one, so a reload that leaves a cache's settings alone
+/// keeps its contents and in-flight fetches (also across a swap that was prepared and then
+/// aborted); otherwise a fresh one from `build`. Any live instance will do: purges reach every
+/// live instance of a cache on every shard (they are addressed by identity), so none has
+/// missed one, and shards need not make the same choice.
+pub fn adopt(ident: &str, build: impl FnOnce() -> Rc<Instance>) -> Rc<Instance> {
     ADOPTED.with(|a| {
         let mut a = a.borrow_mut();
-        let found = a
-            .get(ident)
-            .filter(|e| Some(e.set) == prev || e.set == set)
-            .and_then(|e| e.inst.upgrade());
+        let found = a.get(ident).and_then(Weak::upgrade);
         let inst = found.unwrap_or_else(|| {
             let i = build();
             INSTANCES.with(|v| v.borrow_mut().push(Rc::downgrade(&i)));
             i
         });
-        a.retain(|_, e| e.inst.strong_count() > 0);
-        a.insert(
-            ident.to_string(),
-            Adopted {
-                inst: Rc::downgrade(&inst),
-                set,
-            },
-        );
+        a.retain(|_, w| w.strong_count() > 0);
+        a.insert(ident.to_string(), Rc::downgrade(&inst));
         inst
     })
 }
 
-/// Whether this shard has cache instances, so a generation needs the cache's housekeeping.
-pub fn has_instances() -> bool {
-    INSTANCES.with(|v| !v.borrow().is_empty())
+/// Carries out the purges other shards sent this one (called whenever the shard wakes): each
+/// removes matches from every live instance of its cache here and, if asked, reports back.
+pub fn deliver(lane: &Lane<PurgeMsg>) {
+    while let Some(m) = lane.try_recv() {
+        let mut removed = 0;
+        let mut stats = StoreStats::default();
+        let live: Vec<Rc<Instance>> = INSTANCES.with(|v| {
+            v.borrow()
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|i| i.key == m.cache)
+                .collect()
+        });
+        for inst in live {
+            removed += inst.purge_local(&m.target);
+            stats = inst.store.borrow().stats();
+        }
+        if let Some(a) = m.ack {
+            // Answered even when this shard has no such cache, so the sender need not wait.
+            let _ = a.send(Ack {
+                shard: lane.id(),
+                removed,
+                stats,
+            });
+        }
+    }
 }
 
-/// One housekeeping tick of this shard's caches (every `PURGE_TICK`): drain the purge inboxes,
-/// and with `sweep` (about once a second) remove dead entries and forget instances of retired
-/// generations once their last request is done.
-pub fn tick(sweep: bool) {
+/// This shard's caches' expiry sweep (about once a second): removes dead entries and forgets
+/// instances of retired generations once their last request is done.
+pub fn sweep() {
     let now = now_ms();
     INSTANCES.with(|v| {
         for inst in v.borrow().iter().filter_map(Weak::upgrade) {
-            inst.drain_inbox();
-            if sweep {
-                inst.store.borrow_mut().sweep(now, 4096);
-            }
+            inst.store.borrow_mut().sweep(now, 4096);
         }
-        if sweep {
-            v.borrow_mut().retain(|w| w.strong_count() > 0);
-        }
+        v.borrow_mut().retain(|w| w.strong_count() > 0);
     });
 }
 

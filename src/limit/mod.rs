@@ -3,9 +3,9 @@
 //!
 //! Node-wide accuracy without a lock: each shard admits from its own allocation ("local
 //! share") and every sync interval sends its counts, allocation and demand per key to the other
-//! shards over crossbeam channels. A shard's allocation is its demand-weighted share of what
-//! the node has left after everyone else's reported use *and* reservation, so shares add up to
-//! at most the limit even while reports are one interval old. See README "Rate limiting".
+//! shards over the node mesh's limit lane. A shard's allocation is its demand-weighted share of
+//! what the node has left after everyone else's reported use *and* reservation, so shares add up
+//! to at most the limit even while reports are one interval old. See README "Rate limiting".
 
 pub mod bucket;
 pub mod conc;

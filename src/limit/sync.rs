@@ -1,7 +1,11 @@
-//! Cross-shard limit sync: one crossbeam channel per shard, fed by every other shard on its
-//! sync tick. Never used on the request path; only the per-shard sync task sends and receives.
+//! Cross-shard limit sync: the reports shards exchange over the node mesh's limit lane, and a
+//! shard's end of that lane. Never used on the request path; only the sync tick sends.
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+use std::time::Instant;
+
+use crate::util::mesh::Lane;
 
 /// One key's state as one shard sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,62 +22,136 @@ pub struct Item {
 /// A batch from one shard for one limiter.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The limiter set (by its epoch) the limiter id belongs to: ids are numbered per set, and
+    /// the lane outlives sets (a reload builds a new one).
+    pub set: Instant,
     pub limiter: u32,
     pub from: u16,
     pub window: u64,
     pub items: Vec<Item>,
 }
 
-/// A shard's end of the sync mesh.
+/// What a shard's limiter set does with a peer's report.
+pub trait Absorb {
+    fn absorb(&self, r: &Report);
+}
+
+/// A shard's end of the limit lane, shared by the config generations on the shard. Reports go
+/// to the live set they were sent for: the current generation's, or one prepared and not yet
+/// committed (peers that committed first already report for it); others are dropped.
 pub struct Endpoint {
-    pub id: usize,
-    pub shards: usize,
-    pub rx: Receiver<Report>,
-    /// Senders to every shard, `None` at our own index.
-    pub peers: Vec<Option<Sender<Report>>>,
+    lane: Lane<Report>,
+    sets: RefCell<Vec<(Instant, Weak<dyn Absorb>)>>,
 }
 
 impl Endpoint {
-    /// A mesh of one (tests, or a single shard): nothing to send.
-    pub fn solo() -> Endpoint {
-        let (_tx, rx) = unbounded();
+    pub fn new(lane: Lane<Report>) -> Endpoint {
         Endpoint {
-            id: 0,
-            shards: 1,
-            rx,
-            peers: vec![None],
+            lane,
+            sets: RefCell::new(Vec::new()),
         }
     }
 
+    /// A mesh of one (tests, or a single shard): nothing to send.
+    pub fn solo() -> Endpoint {
+        Endpoint::new(Lane::solo())
+    }
+
+    pub fn id(&self) -> usize {
+        self.lane.id()
+    }
+
+    pub fn shards(&self) -> usize {
+        self.lane.shards()
+    }
+
+    /// Registers a limiter set built on this shard; it receives reports until it is dropped.
+    pub fn join(&self, set: Instant, state: Weak<dyn Absorb>) {
+        let mut sets = self.sets.borrow_mut();
+        sets.retain(|(_, w)| w.strong_count() > 0);
+        sets.push((set, state));
+    }
+
+    /// Sends `r` to every other shard (each is woken to absorb it).
     pub fn broadcast(&self, r: Report) {
-        let mut left = self.peers.iter().flatten().count();
-        let mut r = Some(r);
-        for tx in self.peers.iter().flatten() {
-            left -= 1;
-            // The last peer gets the original; the others a copy.
-            let msg = if left == 0 { r.take() } else { r.clone() };
-            if let Some(m) = msg {
-                // A shard that has exited has dropped its receiver; nothing to do.
-                let _ = tx.send(m);
+        self.lane.broadcast(r);
+    }
+
+    /// Hands every queued report to the set it was sent for.
+    pub fn drain(&self) {
+        while let Some(r) = self.lane.try_recv() {
+            let to: Option<Rc<dyn Absorb>> = self
+                .sets
+                .borrow()
+                .iter()
+                .rev()
+                .find(|(s, _)| *s == r.set)
+                .and_then(|(_, w)| w.upgrade());
+            if let Some(to) = to {
+                to.absorb(&r);
             }
         }
     }
 }
 
-/// One endpoint per shard, each able to reach all others.
-pub fn mesh(n: usize) -> Vec<Endpoint> {
-    let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| unbounded::<Report>()).unzip();
-    rxs.into_iter()
-        .enumerate()
-        .map(|(id, rx)| Endpoint {
-            id,
-            shards: n,
-            rx,
-            peers: txs
-                .iter()
-                .enumerate()
-                .map(|(j, tx)| (j != id).then(|| tx.clone()))
-                .collect(),
-        })
-        .collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::mesh::{Mesh, NoWake};
+    use std::cell::Cell;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct Seen(Cell<u32>);
+
+    impl Absorb for Seen {
+        fn absorb(&self, r: &Report) {
+            self.0.set(self.0.get() + r.items.len() as u32);
+        }
+    }
+
+    fn report(set: Instant, n: usize) -> Report {
+        let it = Item {
+            key: 1,
+            count: 1,
+            alloc: 1,
+            demand: 1,
+        };
+        Report {
+            set,
+            limiter: 0,
+            from: 0,
+            window: 0,
+            items: vec![it; n],
+        }
+    }
+
+    #[test]
+    fn reports_reach_the_set_they_were_sent_for() {
+        let mesh = Mesh::new(vec![Arc::new(NoWake), Arc::new(NoWake)]);
+        let (mut lanes, _) = mesh.lane::<Report>();
+        let b = Endpoint::new(lanes.pop().unwrap());
+        let a = Endpoint::new(lanes.pop().unwrap());
+        let (old, new) = (Instant::now(), Instant::now() + Duration::from_secs(1));
+        // Shard b runs `old` and has `new` prepared; shard a already reports for `new`.
+        let (cur, pending) = (Rc::new(Seen::default()), Rc::new(Seen::default()));
+        b.join(old, Rc::downgrade(&cur) as Weak<dyn Absorb>);
+        b.join(new, Rc::downgrade(&pending) as Weak<dyn Absorb>);
+        a.broadcast(report(old, 1));
+        a.broadcast(report(new, 2));
+        a.broadcast(report(new + Duration::from_secs(1), 4));
+        b.drain();
+        assert_eq!(
+            (cur.0.get(), pending.0.get()),
+            (1, 2),
+            "unknown set dropped"
+        );
+        // A set that is gone (an aborted or retired generation) gets nothing.
+        drop(pending);
+        a.broadcast(report(new, 8));
+        b.drain();
+        assert_eq!(cur.0.get(), 1);
+        assert_eq!((a.id(), b.id(), a.shards()), (0, 1, 2));
+    }
 }

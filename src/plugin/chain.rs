@@ -1,10 +1,10 @@
 //! Plugin sets: factories from config (`PluginSet`, shared by shards), the per-shard chains
-//! built from them (`ShardPlugins`), the phase runners, and the shard's limit-sync task.
+//! built from them (`ShardPlugins`), the phase runners, and each generation's `LimitSync`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,12 +12,14 @@ use bytes::Bytes;
 use super::consumer::Consumers;
 use super::ctx::Ctx;
 use super::{phase, Flow, Plugin, PluginFactory, Reply};
+use crate::cache::PurgeMsg;
 use crate::http::parse::{RequestHead, ResponseHead};
 use crate::limit::bucket::{Bucket, BucketParams};
 use crate::limit::conc::Concurrency;
 use crate::limit::count::{CountLimiter, CountParams};
-use crate::limit::sync::{Endpoint, Report};
+use crate::limit::sync::{Absorb, Endpoint, Report};
 use crate::util::cow::CowVec;
+use crate::util::mesh::Lane;
 
 pub type FactoryRef = Arc<dyn PluginFactory>;
 
@@ -80,10 +82,9 @@ pub struct PluginSet {
     pub limiters: Vec<LimiterSpec>,
     /// How often shards exchange limit state.
     pub sync_interval: Duration,
-    /// Node-wide time origin, so every shard agrees on window boundaries.
+    /// Node-wide time origin, so every shard agrees on window boundaries; also names the
+    /// limiter set in sync reports.
     pub epoch: Instant,
-    /// Each shard's end of the limit-sync mesh, taken once when the shard starts.
-    pub endpoints: Mutex<Vec<Option<Endpoint>>>,
 }
 
 impl Default for PluginSet {
@@ -95,14 +96,13 @@ impl Default for PluginSet {
             limiters: Vec::new(),
             sync_interval: Duration::from_millis(20),
             epoch: Instant::now(),
-            endpoints: Mutex::new(Vec::new()),
         }
     }
 }
 
 impl PluginSet {
     /// A copy for the next generation of a one-route change: factories, consumers and limiter
-    /// specs are shared; shards keep the sync endpoints they have (`ShardPlugins::with_route`).
+    /// specs are shared; shards keep the limit state they have (`ShardPlugins::with_route`).
     pub fn share(&self) -> PluginSet {
         PluginSet {
             global: self.global.clone(),
@@ -111,7 +111,6 @@ impl PluginSet {
             limiters: self.limiters.clone(),
             sync_interval: self.sync_interval,
             epoch: self.epoch,
-            endpoints: Mutex::new(Vec::new()),
         }
     }
 }
@@ -171,6 +170,8 @@ pub struct ShardCx {
     pub epoch: Instant,
     pub consumers: Arc<Consumers>,
     pub limiters: Vec<ShardLimiter>,
+    /// This shard's end of the mesh's purge lane, for caches to reach their peers.
+    pub purges: Rc<Lane<PurgeMsg>>,
 }
 
 /// A shard's plugin chains and limit state.
@@ -183,25 +184,18 @@ pub struct ShardPlugins {
     no_plugins: Chain,
     consumers: Arc<Consumers>,
     limiters: Vec<ShardLimiter>,
-    /// Shared by generations made by one-route changes (they keep the limiters too).
-    endpoint: Rc<Endpoint>,
+    /// The limiters' sync (None without limiters); shared by generations made by one-route
+    /// changes, which keep the limiters too.
+    sync: Option<Rc<LimitSync>>,
+    purges: Rc<Lane<PurgeMsg>>,
     epoch: Instant,
-    sync_interval: Duration,
 }
 
 impl ShardPlugins {
-    /// Builds shard `id`'s chains, taking its sync endpoint from the set (startup only).
-    pub fn for_shard(set: &PluginSet, id: usize) -> ShardPlugins {
-        let ep = set
-            .endpoints
-            .lock()
-            .ok()
-            .and_then(|mut v| v.get_mut(id).and_then(Option::take));
-        ShardPlugins::new(set, ep.unwrap_or_else(Endpoint::solo))
-    }
-
-    pub fn new(set: &PluginSet, endpoint: Endpoint) -> ShardPlugins {
-        let (id, shards) = (endpoint.id, endpoint.shards);
+    /// Builds a shard's chains and limit state; `limit` and `purges` are the shard's ends of the
+    /// node mesh's lanes (their ids say which shard this is).
+    pub fn new(set: &PluginSet, limit: &Rc<Endpoint>, purges: &Rc<Lane<PurgeMsg>>) -> ShardPlugins {
+        let (id, shards) = (purges.id(), purges.shards());
         let limiters = set
             .limiters
             .iter()
@@ -217,12 +211,24 @@ impl ShardPlugins {
                 ))),
             })
             .collect::<Vec<_>>();
+        let sync = (!limiters.is_empty()).then(|| {
+            let sync = Rc::new(LimitSync {
+                limiters: limiters.clone(),
+                endpoint: limit.clone(),
+                epoch: set.epoch,
+                interval: set.sync_interval,
+            });
+            let weak: std::rc::Weak<dyn Absorb> = Rc::downgrade(&sync) as _;
+            limit.join(set.epoch, weak);
+            sync
+        });
         let cx = ShardCx {
             id,
             shards,
             epoch: set.epoch,
             consumers: set.consumers.clone(),
             limiters: limiters.clone(),
+            purges: purges.clone(),
         };
         let global = Rc::new(Chain::of(set.global.iter().map(|f| f.build(&cx))));
         let chains = set
@@ -236,21 +242,27 @@ impl ShardPlugins {
             no_plugins: Chain::default(),
             consumers: set.consumers.clone(),
             limiters,
-            endpoint: Rc::new(endpoint),
+            sync,
+            purges: purges.clone(),
             epoch: set.epoch,
-            sync_interval: set.sync_interval,
         }
+    }
+
+    /// One shard alone, on a mesh of one (tests, tools).
+    pub fn solo(set: &PluginSet) -> ShardPlugins {
+        ShardPlugins::new(set, &Rc::new(Endpoint::solo()), &Rc::new(Lane::solo()))
     }
 
     /// The next generation after a one-route change: only route `id`'s chain is built (from
     /// `set`); the other chains, the global instances and the limit state are shared.
     pub fn with_route(&self, set: &PluginSet, id: usize) -> ShardPlugins {
         let cx = ShardCx {
-            id: self.endpoint.id,
-            shards: self.endpoint.shards,
+            id: self.purges.id(),
+            shards: self.purges.shards(),
             epoch: self.epoch,
             consumers: self.consumers.clone(),
             limiters: self.limiters.clone(),
+            purges: self.purges.clone(),
         };
         let mut chains = self.chains.clone();
         let route = set.routes.get(id).cloned().unwrap_or_default();
@@ -261,9 +273,9 @@ impl ShardPlugins {
             no_plugins: Chain::default(),
             consumers: self.consumers.clone(),
             limiters: self.limiters.clone(),
-            endpoint: self.endpoint.clone(),
+            sync: self.sync.clone(),
+            purges: self.purges.clone(),
             epoch: self.epoch,
-            sync_interval: self.sync_interval,
         }
     }
 
@@ -343,29 +355,49 @@ impl ShardPlugins {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    pub fn has_limiters(&self) -> bool {
-        !self.limiters.is_empty()
+    /// This generation's limit sync, if it has limiters: what its housekeeping tick drives.
+    pub fn limit_sync(&self) -> Option<Rc<LimitSync>> {
+        self.sync.clone()
     }
+}
 
-    pub fn sync_interval(&self) -> Duration {
-        self.sync_interval
-    }
+/// One generation's limiter state machines on one shard and its end of the limit lane. Peers'
+/// reports are absorbed as they arrive (the shard drains the lane when woken); the shard's own
+/// report goes out every `interval`, batching what changed since.
+pub struct LimitSync {
+    limiters: Vec<ShardLimiter>,
+    endpoint: Rc<Endpoint>,
+    epoch: Instant,
+    interval: Duration,
+}
 
-    /// One sync tick: take in peers' reports, recompute shares, tell peers what changed.
-    pub fn sync_tick(&self, sweep: bool) {
-        let now = self.now_ms();
-        let me = self.endpoint.id as u16;
-        while let Ok(r) = self.endpoint.rx.try_recv() {
-            match self.limiters.get(r.limiter as usize) {
-                Some(ShardLimiter::Count(l)) => {
-                    l.borrow_mut()
-                        .absorb(r.from as usize, r.window, &r.items, now)
-                }
-                Some(ShardLimiter::Req(l)) => l.borrow_mut().absorb(r.from as usize, &r.items),
-                Some(ShardLimiter::Conn(l)) => l.borrow_mut().absorb(r.from as usize, &r.items),
-                None => {}
+impl Absorb for LimitSync {
+    fn absorb(&self, r: &Report) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        match self.limiters.get(r.limiter as usize) {
+            Some(ShardLimiter::Count(l)) => {
+                l.borrow_mut()
+                    .absorb(r.from as usize, r.window, &r.items, now)
             }
+            Some(ShardLimiter::Req(l)) => l.borrow_mut().absorb(r.from as usize, &r.items),
+            Some(ShardLimiter::Conn(l)) => l.borrow_mut().absorb(r.from as usize, &r.items),
+            None => {}
         }
+    }
+}
+
+impl LimitSync {
+    /// How often this shard reports to its peers.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// One sync tick: take in peers' reports not yet absorbed, recompute shares, tell peers
+    /// what changed.
+    pub fn tick(&self, sweep: bool) {
+        self.endpoint.drain();
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let me = self.endpoint.id() as u16;
         for (i, l) in self.limiters.iter().enumerate() {
             let (window, items) = match l {
                 ShardLimiter::Count(l) => {
@@ -390,8 +422,9 @@ impl ShardPlugins {
                     (0, l.tick())
                 }
             };
-            if !items.is_empty() && self.endpoint.shards > 1 {
+            if !items.is_empty() && self.endpoint.shards() > 1 {
                 self.endpoint.broadcast(Report {
+                    set: self.epoch,
                     limiter: i as u32,
                     from: me,
                     window,

@@ -3,7 +3,7 @@
 //! and purging are async and live in proxy/cached.rs; the rules in cache/.
 
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use xxhash_rust::xxh3::xxh3_64;
@@ -12,7 +12,7 @@ use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::util::{cookie, duration, err, parse, query_arg, RawDur};
 use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
-use crate::cache::{self, rules, CacheConf, Instance, KeyPart, Mode, PurgeMsg, Store, Target};
+use crate::cache::{self, rules, CacheConf, Instance, KeyPart, Mode, Store, Target};
 use crate::error::ConfigError;
 use crate::http::parse::{Method, RequestHead};
 
@@ -224,21 +224,13 @@ pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryR
         // Debug output covers every setting; an equal identity on reload keeps the contents.
         ident: format!("{}|{conf:?}", cx.owner),
         conf: Arc::new(conf),
-        mesh: Mutex::new(None),
     }))
 }
-
-type Mesh = (
-    Vec<crossbeam_channel::Sender<PurgeMsg>>,
-    Vec<Option<crossbeam_channel::Receiver<PurgeMsg>>>,
-);
 
 struct Factory {
     /// Where the table sits in the config and what it says: see `cache::adopt`.
     ident: String,
     conf: Arc<CacheConf>,
-    /// Purge channels, made when the first shard builds (the shard count is known then).
-    mesh: Mutex<Option<Mesh>>,
 }
 
 impl PluginFactory for Factory {
@@ -251,7 +243,9 @@ impl PluginFactory for Factory {
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         let shards = shard.shards.max(1);
         let ident = format!("{}|{shards}", self.ident);
-        let inst = cache::adopt(&ident, shard.epoch, || self.instance(shard, shards));
+        let inst = cache::adopt(&ident, || {
+            self.instance(shard, shards, cache::key_of(&ident))
+        });
         Rc::new(ProxyCache {
             inst,
             consumers: shard.consumers.clone(),
@@ -260,21 +254,7 @@ impl PluginFactory for Factory {
 }
 
 impl Factory {
-    fn instance(&self, shard: &ShardCx, shards: usize) -> Rc<Instance> {
-        let (peers, inbox) = {
-            // Start-up and reloads only; never on the request path.
-            let mut m = self.mesh.lock().unwrap_or_else(|p| p.into_inner());
-            let (tx, rx) = m.get_or_insert_with(|| {
-                let (t, r): (Vec<_>, Vec<_>) =
-                    (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
-                (t, r.into_iter().map(Some).collect())
-            });
-            let own = rx.get_mut(shard.id).and_then(Option::take);
-            (
-                tx.clone(),
-                own.unwrap_or_else(|| crossbeam_channel::unbounded().1),
-            )
-        };
+    fn instance(&self, shard: &ShardCx, shards: usize, key: u64) -> Rc<Instance> {
         let budget = self.conf.max_bytes / shards;
         // The sketch is sized for objects of ~1 KiB; fewer, larger objects only make it roomier.
         let expected = self.conf.admission.then_some((budget / 1024).max(64));
@@ -283,8 +263,8 @@ impl Factory {
             shard: shard.id,
             store: std::cell::RefCell::new(Store::new(budget, expected)),
             inflight: Default::default(),
-            peers,
-            inbox,
+            key,
+            lane: shard.purges.clone(),
         })
     }
 }

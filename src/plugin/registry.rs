@@ -95,7 +95,6 @@ pub fn build(
     routes: &[(&str, &BTreeMap<String, toml::Value>)],
     consumers: &[RawConsumerRef<'_>],
     upstreams: &HashMap<String, usize>,
-    workers: usize,
 ) -> Result<PluginSet, ConfigError> {
     let consumers = Arc::new(consumer::build(consumers)?);
     let mut cx = BuildCx {
@@ -119,12 +118,6 @@ pub fn build(
         limiters: cx.limiters,
         ..PluginSet::default()
     };
-    set.endpoints = std::sync::Mutex::new(
-        crate::limit::sync::mesh(workers)
-            .into_iter()
-            .map(Some)
-            .collect(),
-    );
     if let Some(d) = cx.sync_interval {
         set.sync_interval = d;
     }

@@ -1,6 +1,6 @@
 //! One shard's per-generation state: what a config generation built on one shard (upstream
-//! state, plugin instances, route counters) plus the shard-wide parts generations share, and the
-//! shard's "current generation" slot. Single-threaded; knows nothing of threads or channels.
+//! state, plugin instances, route counters) plus the shard-wide parts generations share (its
+//! mesh lanes among them), and the "current generation" slot. Single-threaded; starts no thread.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -8,10 +8,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::build::Built;
+use crate::cache::PurgeMsg;
 use crate::http::parse::HeadLimits;
+use crate::limit::sync::{Endpoint, Report};
 use crate::local::drain::{tick_until, Drain};
 use crate::upstream::UpstreamState;
 use crate::util::cow::CowVec;
+use crate::util::mesh::Lane;
 
 thread_local! {
     /// The generation new requests on this shard use; set at start and on `Commit`.
@@ -44,6 +47,37 @@ pub fn current_here() -> Option<Rc<Shard>> {
     CURRENT.with(|c| c.borrow().clone())
 }
 
+/// This shard's ends of the node mesh's lanes (the runtime makes the mesh and wakes the shard
+/// when one has mail), shared by every generation on the shard.
+#[derive(Clone)]
+pub struct Lanes {
+    /// Limit-sync reports from peers, for the limiter sets on this shard.
+    pub limit: Rc<Endpoint>,
+    /// Cache purges from peers.
+    pub purge: Rc<Lane<PurgeMsg>>,
+}
+
+impl Lanes {
+    pub fn new(limit: Lane<Report>, purge: Lane<PurgeMsg>) -> Lanes {
+        Lanes {
+            limit: Rc::new(Endpoint::new(limit)),
+            purge: Rc::new(purge),
+        }
+    }
+
+    /// A shard alone on a mesh of one (tests, tools).
+    pub fn solo() -> Lanes {
+        Lanes::new(Lane::solo(), Lane::solo())
+    }
+
+    /// Takes in what peers sent: limit reports go to their limiter sets, purges are carried
+    /// out (and acked). The shard calls this whenever it wakes.
+    pub fn drain(&self) {
+        self.limit.drain();
+        crate::cache::deliver(&self.purge);
+    }
+}
+
 /// Shard-local counters: plain cells, no atomics on the request path.
 #[derive(Default)]
 pub struct ShardStats {
@@ -65,7 +99,8 @@ pub struct Shard {
     pub limits: HeadLimits,
     pub drain: Rc<Drain>,
     /// Fired when a newer generation replaces this one (stops this generation's tasks).
-    pub retired: Drain,
+    pub retired: Rc<Drain>,
+    pub lanes: Lanes,
     /// Open client connections.
     pub conns: Rc<Cell<usize>>,
     /// Ends the control loop's idle sleep when the first connection arrives.
@@ -83,7 +118,7 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(id: usize, built: Arc<Built>) -> Shard {
+    pub fn new(id: usize, built: Arc<Built>, lanes: Lanes) -> Shard {
         let cfg = &built.cfg;
         let metrics = Rc::new(crate::metrics::ShardMetrics::default());
         Shard {
@@ -104,14 +139,15 @@ impl Shard {
             route_stats: metrics.for_routes(cfg.routes.by_id().map(|r| r.map(|r| r.name.as_str()))),
             metrics,
             log: crate::accesslog::ShardLog::for_shard(id),
-            plugins: crate::plugin::ShardPlugins::for_shard(&built.plugins, id),
+            plugins: crate::plugin::ShardPlugins::new(&built.plugins, &lanes.limit, &lanes.purge),
             limits: HeadLimits {
                 max_header_bytes: cfg.server.max_header_bytes,
                 max_request_line_bytes: cfg.server.max_request_line_bytes,
             },
             built: built.clone(),
             drain: Rc::new(Drain::default()),
-            retired: Drain::default(),
+            retired: Rc::default(),
+            lanes,
             conns: Rc::new(Cell::new(0)),
             bell: Rc::default(),
             stats: Rc::new(ShardStats::default()),
@@ -162,14 +198,19 @@ impl Shard {
                 .for_routes(cfg.routes.by_id().map(|r| r.map(|r| r.name.as_str()))),
             metrics: self.metrics.clone(),
             log: self.log.clone(),
-            plugins: crate::plugin::ShardPlugins::for_shard(&built.plugins, self.id),
+            plugins: crate::plugin::ShardPlugins::new(
+                &built.plugins,
+                &self.lanes.limit,
+                &self.lanes.purge,
+            ),
             limits: HeadLimits {
                 max_header_bytes: cfg.server.max_header_bytes,
                 max_request_line_bytes: cfg.server.max_request_line_bytes,
             },
             built: built.clone(),
             drain: self.drain.clone(),
-            retired: Drain::default(),
+            retired: Rc::default(),
+            lanes: self.lanes.clone(),
             conns: self.conns.clone(),
             bell: self.bell.clone(),
             stats: self.stats.clone(),
@@ -195,7 +236,8 @@ impl Shard {
             limits: self.limits,
             built: built.clone(),
             drain: self.drain.clone(),
-            retired: Drain::default(),
+            retired: Rc::default(),
+            lanes: self.lanes.clone(),
             conns: self.conns.clone(),
             bell: self.bell.clone(),
             stats: self.stats.clone(),
@@ -248,30 +290,15 @@ impl Shard {
     }
 }
 
-/// Starts `shard`'s housekeeping for this generation: the limit-sync tick (when it has
-/// limiters) and the cache tick (when this shard has caches). Both end when the shard drains
-/// or the generation is retired by a swap, whose commit calls this for the next one.
-pub fn spawn_housekeeping(shard: &Rc<Shard>) {
-    if shard.plugins.has_limiters() {
-        let s = shard.clone();
+/// Starts this generation's housekeeping: the limit-sync tick, when it has limiters. The task
+/// gets what it needs (the limit state with its lane, the drain and retire signals), not the
+/// shard; it ends when the shard drains or a swap retires the generation, whose commit calls
+/// this for the next one. Peers' mail (reports, purges) needs no tick: it wakes the shard.
+pub fn spawn_housekeeping(shard: &Shard) {
+    if let Some(sync) = shard.plugins.limit_sync() {
+        let (drain, retired) = (shard.drain.clone(), shard.retired.clone());
         monoio::spawn(async move {
-            let every = s.plugins.sync_interval();
-            tick_until(every, &s.drain, &s.retired, |sweep| {
-                s.plugins.sync_tick(sweep)
-            })
-            .await
-        });
-    }
-    if crate::cache::has_instances() {
-        let s = shard.clone();
-        monoio::spawn(async move {
-            tick_until(
-                crate::cache::PURGE_TICK,
-                &s.drain,
-                &s.retired,
-                crate::cache::tick,
-            )
-            .await
+            tick_until(sync.interval(), &drain, &retired, |sweep| sync.tick(sweep)).await
         });
     }
 }

@@ -1,6 +1,6 @@
-//! Shard mechanics: one pinned monoio runtime per shard, their control channels and the plane
-//! that swaps config generations across them, drain and certificate hand-over. Must not start
-//! services of its own (admin, status, health, demo, logs): start-up (server.rs) does.
+//! Shard mechanics: one pinned monoio runtime per shard, their control channels, the node's mesh
+//! and the plane that swaps generations across them. Must not start admin, status, health,
+//! demo or log services: start-up (server.rs) does.
 
 pub mod control;
 pub mod plane;
@@ -16,11 +16,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver};
 
 use crate::build::Built;
+use crate::cache::PurgeMsg;
 use crate::config::Config;
+use crate::limit::sync::Report;
 use crate::net::ring::block_on;
-use crate::proxy::shard::Shard;
+use crate::proxy::shard::{Lanes, Shard};
+use crate::util::mesh::{Lane, Mesh, Wake};
 use control::Control;
 use plane::Plane;
+use wake::Doorbell;
 
 /// The running shards: the plane that reaches them and their threads.
 pub struct Shards {
@@ -28,29 +32,68 @@ pub struct Shards {
     handles: Vec<JoinHandle<()>>,
 }
 
-/// Starts one pinned shard thread per entry of `per_shard` (its listeners, from
-/// `net::listen::bind_all`), each with its control channel and wake-up, and the plane over them.
-pub fn start(cfg: Arc<Built>, per_shard: Vec<Vec<StdListener>>) -> Result<Shards, String> {
-    let workers = per_shard.len();
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let mut handles = Vec::with_capacity(workers);
+/// What one shard thread is handed: its control channel, the doorbell every sender rings with
+/// its socket end, and its ends of the node mesh's lanes.
+struct Wiring {
+    control: Receiver<Control>,
+    wake: Option<std::os::unix::net::UnixStream>,
+    bell: Arc<Doorbell>,
+    limit: Lane<Report>,
+    purge: Lane<PurgeMsg>,
+}
+
+/// The plane's links to `workers` shards and each shard's wiring: one doorbell per shard, rung by
+/// its control link and by every lane of the node's one mesh (one lane per kind of cross-core
+/// mail). Adding a kind of mail is adding a lane here and a field to `proxy::shard::Lanes`.
+fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>) {
+    let mut wakes = Vec::with_capacity(workers);
+    let mut bells = Vec::with_capacity(workers);
+    for id in 0..workers {
+        let (nudge, end) = match wake::pair() {
+            Ok((n, e)) => (Some(n), Some(e)),
+            Err(e) => {
+                log::warn!("shard {id}: no wake-up ({e}); messages wait for its tick");
+                (None, None)
+            }
+        };
+        wakes.push(end);
+        bells.push(Arc::new(Doorbell::new(nudge)));
+    }
+    let mesh = Mesh::new(bells.iter().map(|b| b.clone() as Arc<dyn Wake>).collect());
+    // The inlets (senders for threads other than shards) are dropped: only shards send on
+    // these lanes so far.
+    let (limit, _) = mesh.lane::<Report>();
+    let (purge, _) = mesh.lane::<PurgeMsg>();
     let mut links = Vec::with_capacity(workers);
-    for (id, listeners) in per_shard.into_iter().enumerate() {
+    let mut wiring = Vec::with_capacity(workers);
+    for (((wake, bell), limit), purge) in wakes.into_iter().zip(bells).zip(limit).zip(purge) {
+        let (tx, control) = unbounded();
+        links.push(wake::ShardLink::new(tx, bell.clone()));
+        wiring.push(Wiring {
+            control,
+            wake,
+            bell,
+            limit,
+            purge,
+        });
+    }
+    (links, wiring)
+}
+
+/// Starts one pinned shard thread per entry of `per_shard` (its listeners, from
+/// `net::listen::bind_all`), each with its control channel and wake-up, the node's mesh between
+/// them, and the plane over them.
+pub fn start(cfg: Arc<Built>, per_shard: Vec<Vec<StdListener>>) -> Result<Shards, String> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let (links, wiring) = wire(per_shard.len());
+    let mut handles = Vec::with_capacity(per_shard.len());
+    for (id, (listeners, w)) in per_shard.into_iter().zip(wiring).enumerate() {
         let cpu = match &cfg.cfg.server.cpu_affinity {
             Some(list) => Some(list[id % list.len()]),
             None if !cores.is_empty() => Some(cores[id % cores.len()].id),
             None => None,
         };
-        let (tx, rx) = unbounded();
-        let (nudge, end) = match wake::pair() {
-            Ok((n, e)) => (Some(n), Some(e)),
-            Err(e) => {
-                log::warn!("shard {id}: no control wake-up ({e}); messages wait for its tick");
-                (None, None)
-            }
-        };
-        links.push(wake::ShardLink::new(tx, nudge));
-        handles.push(spawn_shard(id, cpu, cfg.clone(), listeners, (rx, end))?);
+        handles.push(spawn_shard(id, cpu, cfg.clone(), listeners, w)?);
     }
     Ok(Shards {
         plane: Plane::new(cfg, links),
@@ -110,7 +153,7 @@ fn spawn_shard(
     cpu: Option<usize>,
     cfg: Arc<Built>,
     listeners: Vec<StdListener>,
-    control: (Receiver<Control>, Option<std::os::unix::net::UnixStream>),
+    w: Wiring,
 ) -> Result<JoinHandle<()>, String> {
     std::thread::Builder::new()
         .name(format!("ringway-shard-{id}"))
@@ -124,8 +167,8 @@ fn spawn_shard(
             let ring = cfg.cfg.server.ring();
             let main = move |driver_name: &str| {
                 log::info!("shard {id} started: cpu {cpu_text}, driver {driver_name}");
-                let shard = Rc::new(Shard::new(id, cfg));
-                shard::run(shard, listeners, control.0, control.1)
+                let shard = Rc::new(Shard::new(id, cfg, Lanes::new(w.limit, w.purge)));
+                shard::run(shard, listeners, w.control, w.wake, w.bell)
             };
             block_on(ring, main);
         })

@@ -1,5 +1,5 @@
-//! One shard's loops: accept, and the control/housekeeping tick that applies `Control` messages
-//! (swaps, snapshots, purges). The state they act on is proxy::shard's; only `Control` arrives from outside.
+//! One shard's loops: accept, and the control tick that applies `Control` messages (swaps,
+//! snapshots, purges) and drains the mesh lanes. Acts on proxy::shard's state; owns no other.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::control::Control;
+use super::wake::Doorbell;
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::local::drain::Drain;
@@ -16,16 +17,18 @@ use crate::proxy::shard::{current, set_current, Shard};
 
 const TICK: Duration = Duration::from_millis(50);
 /// The control tick while the shard has no connections: nothing is logged then, and control
-/// messages and the first new connection wake the loop anyway, so it only paces the 1 s upstream
-/// sweep.
+/// messages, mesh mail and the first new connection wake the loop anyway, so it only paces the
+/// 1 s upstream and cache sweep.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
-/// The shard's main future: accept loops plus the control/housekeeping tick.
+/// The shard's main future: accept loops plus the control tick. `bell` is what senders ring
+/// (the control channel's and the mesh lanes'), `wake` its socket end.
 pub async fn run(
     shard: Rc<Shard>,
     listeners: Vec<StdListener>,
     control: Receiver<Control>,
     wake: Option<std::os::unix::net::UnixStream>,
+    bell: Arc<Doorbell>,
 ) {
     let mut wake = super::wake::Wakeup::new(wake);
     set_current(&shard);
@@ -51,6 +54,8 @@ pub async fn run(
         let idle = shard.conns.get() == 0 && drain_deadline.is_none();
         wake.sleep(if idle { IDLE_TICK } else { TICK }, &shard.bell)
             .await;
+        // Before reading: whatever is sent from here on rings (and wakes us) again.
+        bell.answer();
         loop {
             match control.try_recv() {
                 Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => {
@@ -133,6 +138,8 @@ pub async fn run(
                 Err(TryRecvError::Empty) => break,
             }
         }
+        // After the control messages: a report for a set prepared just now finds it.
+        shard.lanes.drain();
         let now = Instant::now();
         if let Some(deadline) = drain_deadline {
             if shard.conns.get() == 0 || now >= deadline {
@@ -147,6 +154,7 @@ pub async fn run(
             for u in &current(&shard).upstreams {
                 u.sweep(now);
             }
+            crate::cache::sweep();
         }
         if let Some(log) = &shard.log {
             log.flush();

@@ -1,12 +1,12 @@
-//! Wakes a shard's control loop as soon as something is sent to it, instead of at its next tick:
-//! a socketpair per shard, one byte per nudge. Must not carry data (the same-thread bell is local/bell.rs).
+//! Wakes a shard's control loop as soon as something is sent to it (a control message, mail on a
+//! mesh lane), instead of at its next tick: a socketpair per shard. Must not carry data.
 
 use std::future::Future;
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -16,7 +16,7 @@ use monoio::net::UnixStream;
 
 use super::control::Control;
 
-/// The plane's end.
+/// The senders' end of the socketpair.
 pub struct Nudge(StdUnixStream);
 
 impl Nudge {
@@ -26,20 +26,58 @@ impl Nudge {
     }
 }
 
-/// The one way to send a shard a control message: onto its channel, then a nudge, so the shard
-/// reads it now rather than at its next tick (which is long when the shard is idle).
+/// How every sender (plane, admin, other shards over the mesh) wakes one shard: the first send
+/// after the shard last looked writes one byte; later ones only find the bell already rung.
+/// So a burst of mesh mail costs the shard one wake-up and its senders one syscall.
+pub struct Doorbell {
+    nudge: Option<Nudge>,
+    /// Rung since the shard last called `answer`.
+    rung: AtomicBool,
+}
+
+impl Doorbell {
+    /// `None`: no wake-up (the socketpair could not be made); the shard sees mail at its tick.
+    pub fn new(nudge: Option<Nudge>) -> Doorbell {
+        Doorbell {
+            nudge,
+            rung: AtomicBool::new(false),
+        }
+    }
+
+    /// Called after the message is queued. SeqCst read-modify-write: a sender that finds the
+    /// bell rung queued its message before the shard's `answer`, so the shard's drain sees it.
+    pub fn ring(&self) {
+        if !self.rung.swap(true, SeqCst) {
+            if let Some(n) = &self.nudge {
+                n.nudge();
+            }
+        }
+    }
+
+    /// The shard, each time it wakes and before it reads its channels and lanes: anything sent
+    /// from now on rings again.
+    pub fn answer(&self) {
+        self.rung.swap(false, SeqCst);
+    }
+}
+
+impl crate::util::mesh::Wake for Doorbell {
+    fn wake(&self) {
+        self.ring();
+    }
+}
+
+/// The one way to send a shard a control message: onto its channel, then the doorbell, so the
+/// shard reads it now rather than at its next tick (which is long when the shard is idle).
 #[derive(Clone)]
 pub struct ShardLink {
     tx: Sender<Control>,
-    nudge: Option<Arc<Nudge>>,
+    bell: Arc<Doorbell>,
 }
 
 impl ShardLink {
-    pub fn new(tx: Sender<Control>, nudge: Option<Nudge>) -> ShardLink {
-        ShardLink {
-            tx,
-            nudge: nudge.map(Arc::new),
-        }
+    pub fn new(tx: Sender<Control>, bell: Arc<Doorbell>) -> ShardLink {
+        ShardLink { tx, bell }
     }
 
     /// False once the shard is gone.
@@ -47,14 +85,12 @@ impl ShardLink {
         if self.tx.send(msg).is_err() {
             return false;
         }
-        if let Some(n) = &self.nudge {
-            n.nudge();
-        }
+        self.bell.ring();
         true
     }
 }
 
-/// A connected pair: the plane's `Nudge` and the shard's end (adopted by `Wakeup::new` on the
+/// A connected pair: the senders' `Nudge` and the shard's end (adopted by `Wakeup::new` on the
 /// shard's own runtime).
 pub fn pair() -> io::Result<(Nudge, StdUnixStream)> {
     let (a, b) = StdUnixStream::pair()?;
