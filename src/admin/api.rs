@@ -121,6 +121,13 @@ pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Respons
     }
 }
 
+/// Why a change was not applied: the document refused it, or the shards did (a swap aborted
+/// because some shard failed or timed out preparing it; see `Plane::apply`).
+enum Refused {
+    Invalid(crate::config::ConfigError),
+    Aborted(String),
+}
+
 /// One route put or removed without a full rebuild: only that route is validated, the router
 /// and shards update that route only, and the state file gets one journal line. `Ok(None)`
 /// when the change needs the full path (see `build::with_route`).
@@ -129,15 +136,16 @@ fn route_change(
     store: &mut Document,
     id: &str,
     obj: Option<Value>,
-) -> Result<Option<(u64, std::time::Duration)>, crate::config::ConfigError> {
+) -> Result<Option<(u64, std::time::Duration)>, Refused> {
     let cur = plane.config();
     let Some(order) = route_order(store, &cur, id) else {
         return Ok(None);
     };
-    let Some((cfg, slot)) = crate::build::with_route(&cur, id, obj.clone(), order)? else {
+    let built = crate::build::with_route(&cur, id, obj.clone(), order).map_err(Refused::Invalid)?;
+    let Some((cfg, slot)) = built else {
         return Ok(None);
     };
-    let done = plane.apply_route(cfg, slot);
+    let done = plane.apply_route(cfg, slot).map_err(Refused::Aborted)?;
     if let Err(e) = store.persist_change(Kind::Routes, id, obj.as_ref()) {
         log::error!(
             "admin: applied generation {} but could not persist it: {e}",
@@ -248,21 +256,38 @@ fn change(
     };
     let applied = match applied {
         Ok(Some((g, t))) => Ok((g, t, "one route")),
-        Ok(None) => store.build().map(|cfg| {
-            let (g, t) = plane.apply(super::with_source(cfg, plane));
-            if let Err(e) = store.persist() {
-                log::error!("admin: applied generation {g} but could not persist it: {e}");
-            }
-            (g, t, "full rebuild")
-        }),
+        Ok(None) => match store.build() {
+            Ok(cfg) => match plane.apply(super::with_source(cfg, plane)) {
+                Ok((g, t)) => {
+                    if let Err(e) = store.persist() {
+                        log::error!("admin: applied generation {g} but could not persist it: {e}");
+                    }
+                    Ok((g, t, "full rebuild"))
+                }
+                Err(e) => Err(Refused::Aborted(e)),
+            },
+            Err(e) => Err(Refused::Invalid(e)),
+        },
         Err(e) => Err(e),
     };
     let (generation, took, how) = match applied {
         Ok(done) => done,
-        Err(e) => {
+        Err(Refused::Invalid(e)) => {
             restore(store);
             plane.note_failure();
             return Response::error(400, e.to_string());
+        }
+        Err(Refused::Aborted(e)) => {
+            // Counted and logged by the plane; nothing was persisted.
+            restore(store);
+            let keep = plane.generation();
+            return Response::error(
+                503,
+                format!(
+                    "{e}; the change was not applied: config generation {keep} \
+                     keeps running on every shard"
+                ),
+            );
         }
     };
     log::info!(

@@ -8,6 +8,14 @@ use crossbeam_channel::Sender;
 
 use crate::build::Built;
 
+/// A shard's answer to `Prepare` or `Commit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwapAck {
+    pub shard: usize,
+    /// Why the shard could not do the step.
+    pub result: Result<(), String>,
+}
+
 /// Messages from the main thread to a shard.
 #[derive(Debug)]
 pub enum Control {
@@ -17,18 +25,25 @@ pub enum Control {
     /// for plain ones). Used for new handshakes; open connections keep the session they have.
     ReloadTls(Vec<Option<Arc<rustls::ServerConfig>>>),
     /// Step one of a config swap: build this shard's next generation from `cfg` (upstream
-    /// state, plugin instances, counters), keep it pending and ack with the shard id.
+    /// state, plugin instances, counters), keep it pending and ack whether that worked.
     Prepare {
         generation: u64,
         cfg: Arc<Built>,
         /// `Some(id)`: `cfg` differs from the previous generation in route `id` only, so the
         /// shard updates that route's state and shares the rest.
         route: Option<usize>,
-        ack: Sender<usize>,
+        ack: Sender<SwapAck>,
     },
-    /// Step two: the pending generation becomes current. New requests use it; requests
-    /// already running finish on the generation they started with.
-    Commit { generation: u64, ack: Sender<usize> },
+    /// Step two, once every shard prepared: the pending generation becomes current. New
+    /// requests use it; requests already running finish on the generation they started with.
+    /// A shard without that generation pending stays where it is and acks an error.
+    Commit {
+        generation: u64,
+        ack: Sender<SwapAck>,
+    },
+    /// Step two when some shard failed or timed out in step one: drop the pending generation
+    /// and keep serving the current one.
+    Abort { generation: u64 },
     /// Copy this shard's counters out for the status thread.
     Snapshot(Sender<crate::metrics::ShardSnapshot>),
     /// Listeners added by a reload (plain, one socket per shard), by configured address.

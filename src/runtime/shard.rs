@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
-use super::control::Control;
+use super::control::{Control, SwapAck};
 use super::wake::Doorbell;
 use monoio::net::{TcpListener, TcpStream};
 
@@ -76,25 +76,64 @@ pub async fn run(
                     route,
                     ack,
                 }) => {
-                    let cur = current(&shard);
-                    let next = match route {
-                        // Only valid on top of the generation the change was made from.
-                        Some(id) if cur.generation + 1 == generation => {
-                            cur.with_route(cfg, generation, id)
-                        }
-                        _ => cur.next(cfg, generation),
+                    let result = if shard.drain.is_draining() {
+                        // Nothing would serve the new generation; the swap must not half-happen.
+                        pending = None;
+                        Err("shutting down".to_string())
+                    } else {
+                        let cur = current(&shard);
+                        let next = match route {
+                            // Only valid on top of the generation the change was made from.
+                            Some(id) if cur.generation + 1 == generation => {
+                                cur.with_route(cfg, generation, id)
+                            }
+                            _ => cur.next(cfg, generation),
+                        };
+                        pending = Some(Rc::new(next));
+                        Ok(())
                     };
-                    pending = Some(Rc::new(next));
-                    let _ = ack.send(shard.id);
+                    let _ = ack.send(SwapAck {
+                        shard: shard.id,
+                        result,
+                    });
                 }
                 Ok(Control::Commit { generation, ack }) => {
-                    let _ = ack.send(shard.id);
-                    if let Some(next) = pending.take().filter(|p| p.generation == generation) {
-                        let old = current(&shard);
-                        set_current(&next);
-                        old.retired.fire();
-                        crate::proxy::shard::spawn_housekeeping(&next);
-                        log::debug!("shard {}: now on config generation {generation}", shard.id);
+                    let result = match pending.take() {
+                        Some(next) if next.generation == generation => {
+                            let old = current(&shard);
+                            set_current(&next);
+                            old.retired.fire();
+                            crate::proxy::shard::spawn_housekeeping(&next);
+                            log::debug!(
+                                "shard {}: now on config generation {generation}",
+                                shard.id
+                            );
+                            Ok(())
+                        }
+                        other => {
+                            // Never switch to what this shard did not prepare for this swap.
+                            pending = other;
+                            let cur = current(&shard).generation;
+                            log::warn!(
+                                "shard {}: generation {generation} not pending; stays on {cur}",
+                                shard.id
+                            );
+                            Err(format!("generation {generation} is not pending here"))
+                        }
+                    };
+                    let _ = ack.send(SwapAck {
+                        shard: shard.id,
+                        result,
+                    });
+                }
+                Ok(Control::Abort { generation }) => {
+                    if pending.as_ref().is_some_and(|p| p.generation == generation) {
+                        pending = None;
+                        log::debug!(
+                            "shard {}: config generation {generation} aborted; staying on {}",
+                            shard.id,
+                            current(&shard).generation
+                        );
                     }
                 }
                 Ok(Control::Listen(ls)) => {
@@ -230,5 +269,107 @@ async fn serve_tls(
             shard.conns.set(shard.conns.get().saturating_sub(1));
             log::debug!("shard {}: TLS handshake with {peer} failed: {e}", shard.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A real shard loop on its own thread, driven over its control link.
+
+    use super::*;
+    use crate::proxy::shard::Lanes;
+    use crate::runtime::wake::{self, ShardLink};
+    use crossbeam_channel::{unbounded, Sender};
+
+    const CONFIG: &str = r#"
+[server]
+listen = ["127.0.0.1:0"]
+[[upstreams]]
+name = "u"
+nodes = [{ addr = "127.0.0.1:9" }]
+
+[[routes]]
+name = "r"
+paths = ["/*"]
+upstream = "u"
+"#;
+
+    #[test]
+    fn a_shard_switches_only_to_the_generation_it_has_pending() {
+        let built = Arc::new(crate::build::from_str(CONFIG).expect("test config builds"));
+        let (tx, rx) = unbounded();
+        let (nudge, end) = wake::pair().expect("socketpair");
+        let bell = Arc::new(Doorbell::new(Some(nudge)));
+        let link = ShardLink::new(tx, bell.clone());
+        let listener = StdListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cfg = built.clone();
+        let thread = std::thread::spawn(move || {
+            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let shard = Rc::new(Shard::new(0, cfg, Lanes::solo()));
+                run(shard, vec![listener], rx, Some(end), bell).await
+            });
+        });
+        let (ack, acks) = unbounded();
+        let step = |msg: Control| {
+            assert!(link.send(msg));
+            let a: SwapAck = acks.recv_timeout(Duration::from_secs(5)).expect("answer");
+            a.result
+        };
+        let snapshot = || {
+            let (tx, rx) = unbounded();
+            assert!(link.send(Control::Snapshot(tx)));
+            rx.recv_timeout(Duration::from_secs(5)).expect("snapshot")
+        };
+        let on = || snapshot().generation;
+        let prepare = |generation, ack: &Sender<SwapAck>| Control::Prepare {
+            generation,
+            cfg: built.clone(),
+            route: None,
+            ack: ack.clone(),
+        };
+        let commit = |generation, ack: &Sender<SwapAck>| Control::Commit {
+            generation,
+            ack: ack.clone(),
+        };
+        assert_eq!(step(prepare(2, &ack)), Ok(()));
+        assert_eq!(on(), 1, "prepared is not committed");
+        assert!(link.send(Control::Abort { generation: 2 }));
+        assert!(
+            step(commit(2, &ack)).is_err(),
+            "committed an aborted generation"
+        );
+        assert_eq!(on(), 1);
+        assert!(
+            step(commit(3, &ack)).is_err(),
+            "committed what it never prepared"
+        );
+        assert_eq!(on(), 1);
+        // Prepared again (the same number: an aborted swap does not use one up), then committed.
+        assert_eq!(step(prepare(2, &ack)), Ok(()));
+        assert_eq!(step(commit(2, &ack)), Ok(()));
+        assert_eq!(on(), 2);
+        // A draining shard refuses to prepare (a connection keeps it from finishing at once:
+        // it is idle, so the drain closes it soon, but the prepare was queued first).
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let t0 = Instant::now();
+        while snapshot().active_connections == 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "connection not accepted"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(link.send(Control::Shutdown));
+        let refused = step(prepare(3, &ack)).unwrap_err();
+        assert!(refused.contains("shutting down"), "{refused}");
+        // The idle connection is closed by the drain, and the shard's loop ends.
+        drop(client);
+        thread.join().unwrap();
     }
 }
