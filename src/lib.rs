@@ -1,5 +1,5 @@
 //! ringway: a thread-per-core HTTP/1.1 API gateway on io_uring.
-//! Module map; what tests/ and perf/ reach. See README for the request flow.
+//! Module map, in layers (see `layers`); what tests/ and perf/ reach. See README for the request flow.
 
 pub mod accesslog;
 pub mod active_health;

@@ -1,4 +1,5 @@
-//! The `ringway` command: `run` serves, `check` validates a config. Kept short: CLI -> config -> runtime.
+//! The `ringway` command: `run` serves, `check` validates and builds a config. Kept short:
+//! CLI -> `build::load` -> `server::run`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,6 +1,6 @@
 //! The admin API's document: the config file's content as JSON, with the collections the admin
-//! API edits (routes, upstreams, consumers, global rules) overlaid from the state file. Builds a
-//! validated `Config` from it and persists the collections. No I/O besides the state file.
+//! API edits (routes, upstreams, consumers, global rules) overlaid from the state file. Builds a config
+//! generation (validated, then built) from it and persists the collections. No I/O besides the state file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! The status listener (`/metrics`, `/status`, `/healthz`) and the admin API listener, each on
-//! its own thread off the shards' event loops, plus the control plane they share. Must not be
-//! reached from the request path: shards only ever see what arrives on their control channels.
+//! its own thread off the shards' event loops, and what they share with SIGHUP (`Ops`). Must not
+//! be reached from the request path: shards only ever see what arrives on their control channels.
 
 pub mod api;
 pub mod document;

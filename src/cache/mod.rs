@@ -1,5 +1,5 @@
 //! The proxy cache's shard-side machinery: per-shard instances (store, in-flight fetches, purge
-//! inbox), the per-request `CacheCx` carried in `Ctx`, the body tee, and the shard's cache loop.
+//! inbox), the per-request `CacheCx` carried in `Ctx`, the body tee, and the housekeeping tick.
 //!
 //! Sharding: each shard owns its store in a `RefCell` (no lock, no shared atomic on the hit
 //! path); a cache's node-wide `max_bytes` is split evenly, each shard holding at most

@@ -1,5 +1,5 @@
-//! Validated runtime configuration and the loader that turns a TOML file into it.
-//! Shards only ever see these types; the raw serde shapes stay in `raw.rs`.
+//! The validated configuration as plain data, and the loader that turns a TOML file (or the
+//! admin API's JSON) into it. Builds nothing: the router and plugin factories are `crate::build`'s.
 
 mod checks;
 pub mod ops;

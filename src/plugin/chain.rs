@@ -1,5 +1,5 @@
 //! Plugin sets: factories from config (`PluginSet`, shared by shards), the per-shard chains
-//! built from them (`ShardPlugins`), the phase runners, and the shard's limit-sync task.
+//! built from them (`ShardPlugins`), the phase runners and the limit-sync tick they expose.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
