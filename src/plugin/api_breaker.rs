@@ -1,4 +1,4 @@
-//! api-breaker (priority 1005): a circuit breaker on the route's upstream statuses. Trips after
+//! api-breaker: a circuit breaker on the route's upstream statuses. Trips after
 //! `unhealthy.failures` unhealthy statuses in a row; the open time doubles per trip. Per shard.
 
 use std::cell::RefCell;
@@ -11,9 +11,16 @@ use serde::Deserialize;
 
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::util::{err, parse};
-use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
+
+pub const SPEC: Spec = Spec {
+    name: "api-breaker",
+    priority: 1005,
+    phases: phase::ACCESS | phase::LOG,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,7 +86,7 @@ fn count(v: Option<u32>, path: &str, key: &str) -> Result<u32, ConfigError> {
     }
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if !(200..=599).contains(&c.break_response_code) {
         return Err(err(
@@ -165,11 +172,8 @@ struct State {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "api-breaker"
-    }
-    fn priority(&self) -> i32 {
-        1005
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
         let s = &self.0;
@@ -193,12 +197,8 @@ struct ApiBreaker {
 }
 
 impl Plugin for ApiBreaker {
-    fn name(&self) -> &'static str {
-        "api-breaker"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS | super::phase::LOG
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, _req: &RequestHead, _cx: &mut Ctx) -> Flow {

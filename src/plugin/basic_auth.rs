@@ -1,4 +1,4 @@
-//! basic-auth (priority 2520): resolves the consumer from `Authorization: Basic`.
+//! basic-auth: resolves the consumer from `Authorization: Basic`.
 //! Reads the consumer table only.
 
 use std::rc::Rc;
@@ -11,9 +11,16 @@ use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::key_auth::{set_consumer, unauthorized};
 use super::util::parse;
-use super::{Ctx, Flow, Plugin, PluginFactory};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
+
+pub const SPEC: Spec = Spec {
+    name: "basic-auth",
+    priority: 2520,
+    phases: phase::ACCESS,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +47,7 @@ pub fn consumer_cred(v: &toml::Value, path: &str) -> Result<(Vec<u8>, Vec<u8>), 
     Ok((c.username.into_bytes(), c.password.into_bytes()))
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     Ok(Arc::new(Factory(c.hide_credentials)))
 }
@@ -48,11 +55,8 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
 struct Factory(bool);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "basic-auth"
-    }
-    fn priority(&self) -> i32 {
-        2520
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(BasicAuth {
@@ -75,12 +79,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Plugin for BasicAuth {
-    fn name(&self) -> &'static str {
-        "basic-auth"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {

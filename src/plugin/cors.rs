@@ -1,4 +1,4 @@
-//! cors (priority 4000): answers CORS preflights at the gateway (200, never upstream) and adds
+//! cors: answers CORS preflights at the gateway (200, never upstream) and adds
 //! Access-Control-* headers to every other response of the route, plugin replies included.
 
 use std::rc::Rc;
@@ -9,9 +9,16 @@ use serde::Deserialize;
 
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::util::{err, parse};
-use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::{Method, RequestHead};
+
+pub const SPEC: Spec = Spec {
+    name: "cors",
+    priority: 4000,
+    phases: phase::REWRITE,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,7 +61,7 @@ struct Shared {
     credential: bool,
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     let origins_text = c.allow_origins.clone().unwrap_or_else(|| "*".into());
     let methods = c.allow_methods.clone().unwrap_or_else(|| "*".into());
@@ -150,11 +157,8 @@ fn list(t: &str) -> Vec<String> {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "cors"
-    }
-    fn priority(&self) -> i32 {
-        4000
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(Cors(self.0.clone()))
@@ -177,12 +181,8 @@ impl Cors {
 }
 
 impl Plugin for Cors {
-    fn name(&self) -> &'static str {
-        "cors"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::REWRITE
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {

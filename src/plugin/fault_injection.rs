@@ -1,4 +1,4 @@
-//! fault-injection (priority 11000): delays and/or aborts a share of requests, optionally only
+//! fault-injection: delays and/or aborts a share of requests, optionally only
 //! those matching `vars`. Runs in rewrite; the delay is served by the phase driver's sleep.
 
 use std::rc::Rc;
@@ -12,9 +12,16 @@ use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::rand::Rng;
 use super::util::{err, parse};
 use super::vars::{self, Conds};
-use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
+
+pub const SPEC: Spec = Spec {
+    name: "fault-injection",
+    priority: 11000,
+    phases: phase::REWRITE,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,7 +94,7 @@ impl When {
     }
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if c.abort.is_none() && c.delay.is_none() {
         return Err(ConfigError::new(path, "set abort, delay or both"));
@@ -138,11 +145,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "fault-injection"
-    }
-    fn priority(&self) -> i32 {
-        11000
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(FaultInjection {
@@ -163,12 +167,8 @@ struct FaultInjection {
 }
 
 impl Plugin for FaultInjection {
-    fn name(&self) -> &'static str {
-        "fault-injection"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::REWRITE
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {

@@ -1,4 +1,4 @@
-//! http-logger (priority 410): POSTs request entries as a JSON array to `uri`, batched on the
+//! http-logger: POSTs request entries as a JSON array to `uri`, batched on the
 //! shard and sent by a blocking sender thread (see `logship`), never from the shard itself.
 
 use std::io::{Read, Write};
@@ -11,7 +11,15 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef};
 use super::logship::{self, BatchConf, RawBatch, Sink};
 use super::util::{duration, err, parse, RawDur};
+use super::Spec;
 use crate::error::ConfigError;
+
+pub const SPEC: Spec = Spec {
+    name: "http-logger",
+    priority: 410,
+    phases: logship::PHASES,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,7 +82,7 @@ fn parse_uri(path: &str, uri: &str) -> Result<(SocketAddr, String, String), Conf
     Ok((addr, authority.to_string(), p.to_string()))
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     let (addr, host, target) = parse_uri(path, &c.uri)?;
     if let Some(h) = &c.auth_header {
@@ -94,11 +102,10 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
         auth: c.auth_header,
         timeout,
     };
-    let tx = logship::start("http-logger", conf.clone(), Box::new(sink), &logship::HTTP)
+    let tx = logship::start(SPEC.name, conf.clone(), Box::new(sink), &logship::HTTP)
         .map_err(|e| ConfigError::new(path, e))?;
     Ok(Arc::new(logship::LoggerFactory {
-        name: "http-logger",
-        priority: 410,
+        spec: &SPEC,
         tx,
         conf,
     }))

@@ -1,4 +1,4 @@
-//! ip-restriction (priority 3000): allow (`whitelist`) or deny (`blacklist`) client addresses
+//! ip-restriction: allow (`whitelist`) or deny (`blacklist`) client addresses
 //! by IPv4/IPv6 address or CIDR. Denied requests get 403 `{"message": ...}` in the access phase.
 
 use std::net::IpAddr;
@@ -10,9 +10,16 @@ use serde::Deserialize;
 
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::util::{err, parse};
-use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
+
+pub const SPEC: Spec = Spec {
+    name: "ip-restriction",
+    priority: 3000,
+    phases: phase::ACCESS,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +59,7 @@ fn nets(list: &[String], path: &str, key: &str) -> Result<Vec<IpNet>, ConfigErro
     Ok(out)
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     let (allow, list) = match (&c.whitelist, &c.blacklist) {
         (Some(w), None) => (true, nets(w, path, "whitelist")?),
@@ -97,11 +104,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "ip-restriction"
-    }
-    fn priority(&self) -> i32 {
-        3000
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(IpRestriction {
@@ -118,12 +122,8 @@ struct IpRestriction {
 }
 
 impl Plugin for IpRestriction {
-    fn name(&self) -> &'static str {
-        "ip-restriction"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, _req: &RequestHead, cx: &mut Ctx) -> Flow {

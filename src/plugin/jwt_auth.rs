@@ -1,4 +1,4 @@
-//! jwt-auth (priority 2510): verifies a JWT from header, query or cookie against the consumer
+//! jwt-auth: verifies a JWT from header, query or cookie against the consumer
 //! named by its `key` claim (HS256/384/512, RS256, ES256). Reads the consumer table only.
 
 use std::collections::HashSet;
@@ -14,9 +14,16 @@ use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::key_auth::{set_consumer, unauthorized};
 use super::util::{cookie, parse, query_arg, query_without};
-use super::{Ctx, Flow, Plugin, PluginFactory};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
+
+pub const SPEC: Spec = Spec {
+    name: "jwt-auth",
+    priority: 2510,
+    phases: phase::ACCESS,
+    build: factory,
+};
 
 /// A consumer's verification material.
 pub struct JwtCred {
@@ -140,7 +147,7 @@ fn default_jwt() -> String {
     "jwt".into()
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     Ok(Arc::new(Factory(Arc::new(c))))
 }
@@ -148,11 +155,8 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
 struct Factory(Arc<Conf>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "jwt-auth"
-    }
-    fn priority(&self) -> i32 {
-        2510
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(JwtAuth {
@@ -186,12 +190,8 @@ fn key_claim(token: &str) -> Option<String> {
 }
 
 impl Plugin for JwtAuth {
-    fn name(&self) -> &'static str {
-        "jwt-auth"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {

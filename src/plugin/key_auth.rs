@@ -1,4 +1,4 @@
-//! key-auth (priority 2500): finds the consumer whose key is in a header or query argument.
+//! key-auth: finds the consumer whose key is in a header or query argument.
 //! Reads the consumer table; never touches limits or the upstream.
 
 use std::rc::Rc;
@@ -9,9 +9,16 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::util::{parse, query_arg, query_without};
-use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
+
+pub const SPEC: Spec = Spec {
+    name: "key-auth",
+    priority: 2500,
+    phases: phase::ACCESS,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,7 +49,7 @@ pub fn consumer_key(v: &toml::Value, path: &str) -> Result<Vec<u8>, ConfigError>
     Ok(c.key.into_bytes())
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if c.header.is_empty() {
         return Err(ConfigError::new(
@@ -56,11 +63,8 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
 struct Factory(Arc<Conf>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "key-auth"
-    }
-    fn priority(&self) -> i32 {
-        2500
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(KeyAuth {
@@ -90,12 +94,8 @@ pub fn set_consumer(cx: &mut Ctx, consumers: &Consumers, idx: usize) {
 }
 
 impl Plugin for KeyAuth {
-    fn name(&self) -> &'static str {
-        "key-auth"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {

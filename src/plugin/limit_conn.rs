@@ -1,4 +1,4 @@
-//! limit-conn (priority 1003): concurrent requests per key (conn + burst, the excess delayed),
+//! limit-conn: concurrent requests per key (conn + burst, the excess delayed),
 //! counted node-wide from shards' reports. Takes a slot in access, gives it back in log.
 
 use std::cell::RefCell;
@@ -12,11 +12,18 @@ use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
 use super::consumer::Consumers;
 use super::limit_count::{reject_reply, rejection};
 use super::util::{duration, err, key_hash, key_parts, parse, positive, KeyPart, RawDur};
-use super::{Ctx, Flow, Plugin, PluginFactory};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::conc::Concurrency;
 use crate::metrics::Limiter;
+
+pub const SPEC: Spec = Spec {
+    name: "limit-conn",
+    priority: 1003,
+    phases: phase::ACCESS | phase::LOG,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +47,7 @@ struct Conf {
     max_keys: Option<usize>,
 }
 
-pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     let conn = positive(path, "conn", c.conn)?;
     if c.burst < 0 {
@@ -88,11 +95,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "limit-conn"
-    }
-    fn priority(&self) -> i32 {
-        1003
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         let state = match shard.limiters.get(self.0.limiter as usize) {
@@ -114,12 +118,8 @@ struct LimitConn {
 }
 
 impl Plugin for LimitConn {
-    fn name(&self) -> &'static str {
-        "limit-conn"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS | super::phase::LOG
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {

@@ -1,4 +1,4 @@
-//! limit-count (priority 1002): N requests per time window per key, node-wide via the shard's
+//! limit-count: N requests per time window per key, node-wide via the shard's
 //! `CountLimiter` share. Sends X-RateLimit-* headers; never blocks or locks.
 
 use std::cell::RefCell;
@@ -10,11 +10,18 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
 use super::consumer::Consumers;
 use super::util::{duration, err, key_hash, key_parts, parse, positive, KeyPart, RawDur};
-use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::count::{CountLimiter, CountParams};
 use crate::metrics::Limiter;
+
+pub const SPEC: Spec = Spec {
+    name: "limit-count",
+    priority: 1002,
+    phases: phase::ACCESS,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,7 +77,7 @@ pub fn reject_reply(by: Limiter, code: u16, msg: &Option<String>) -> Reply {
     }
 }
 
-pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     let count = positive(path, "count", c.count)?;
     let window_s = positive(path, "time_window", c.time_window)?;
@@ -163,11 +170,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "limit-count"
-    }
-    fn priority(&self) -> i32 {
-        1002
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         let state = match shard.limiters.get(self.0.limiter as usize) {
@@ -201,12 +205,8 @@ struct LimitCount {
 }
 
 impl Plugin for LimitCount {
-    fn name(&self) -> &'static str {
-        "limit-count"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {

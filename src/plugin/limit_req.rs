@@ -1,4 +1,4 @@
-//! limit-req (priority 1001): leaky bucket per key (rate, burst, nodelay), the node's rate
+//! limit-req: leaky bucket per key (rate, burst, nodelay), the node's rate
 //! split between shards by demand. Delays go through `Ctx::delay`; never sleeps itself.
 
 use std::cell::RefCell;
@@ -12,11 +12,18 @@ use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
 use super::consumer::Consumers;
 use super::limit_count::{reject_reply, rejection};
 use super::util::{err, key_hash, key_parts, parse, KeyPart};
-use super::{Ctx, Flow, Plugin, PluginFactory};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::bucket::{Bucket, BucketParams};
 use crate::metrics::Limiter;
+
+pub const SPEC: Spec = Spec {
+    name: "limit-req",
+    priority: 1001,
+    phases: phase::ACCESS,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,7 +44,7 @@ struct Conf {
     max_keys: Option<usize>,
 }
 
-pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if !(c.rate.is_finite() && c.rate > 0.0) {
         return Err(err(
@@ -88,11 +95,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "limit-req"
-    }
-    fn priority(&self) -> i32 {
-        1001
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         let state = match shard.limiters.get(self.0.limiter as usize) {
@@ -124,12 +128,8 @@ struct LimitReq {
 }
 
 impl Plugin for LimitReq {
-    fn name(&self) -> &'static str {
-        "limit-req"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {

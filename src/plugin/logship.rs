@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::chain::ShardCx;
 use super::util::{duration, err, RawDur};
-use super::{Ctx, Flow, Plugin, PluginFactory};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 
@@ -96,7 +96,10 @@ pub fn counts() -> [(&'static str, u64, u64, u64); 2] {
             c.failed.load(Relaxed),
         )
     };
-    [c("http-logger", &HTTP), c("tcp-logger", &TCP)]
+    [
+        c(super::http_logger::SPEC.name, &HTTP),
+        c(super::tcp_logger::SPEC.name, &TCP),
+    ]
 }
 
 /// Batch and retry keys shared by both loggers (APISIX's batch processor names).
@@ -346,42 +349,38 @@ async fn tick(buf: Weak<RefCell<Batch>>, tx: Sender<Vec<String>>, inactive: Dura
     }
 }
 
+/// The phases a logger instance implements (both loggers' `SPEC.phases`).
+pub const PHASES: u8 = phase::REWRITE | phase::LOG;
+
 /// The plugin side both loggers share: capture the request in `rewrite`, batch one JSON entry
 /// per request in `log`; only the sink (and its config) differs between them.
 pub struct LoggerFactory {
-    pub name: &'static str,
-    pub priority: i32,
+    /// The logger's own `SPEC` (http-logger or tcp-logger).
+    pub spec: &'static Spec,
     pub tx: Sender<Vec<String>>,
     pub conf: BatchConf,
 }
 
 impl PluginFactory for LoggerFactory {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn priority(&self) -> i32 {
-        self.priority
+    fn spec(&self) -> &'static Spec {
+        self.spec
     }
     fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(Logger {
-            name: self.name,
+            spec: self.spec,
             batch: ShardBatch::new(self.tx.clone(), &self.conf),
         })
     }
 }
 
 struct Logger {
-    name: &'static str,
+    spec: &'static Spec,
     batch: ShardBatch,
 }
 
 impl Plugin for Logger {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::REWRITE | super::phase::LOG
+    fn spec(&self) -> &'static Spec {
+        self.spec
     }
 
     fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {

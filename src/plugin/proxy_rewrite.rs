@@ -1,4 +1,4 @@
-//! proxy-rewrite (priority 1008): rewrites what is sent upstream: uri (fixed or `regex_uri`
+//! proxy-rewrite: rewrites what is sent upstream: uri (fixed or `regex_uri`
 //! with `$1` captures), method, host, and request headers (APISIX 3.x `headers.set/add/remove`).
 
 use std::collections::BTreeMap;
@@ -12,9 +12,16 @@ use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::response_rewrite::expand;
 use super::util::{err, parse};
-use super::{Ctx, Flow, Plugin, PluginFactory};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::{Method, RequestHead};
+
+pub const SPEC: Spec = Spec {
+    name: "proxy-rewrite",
+    priority: 1008,
+    phases: phase::REWRITE,
+    build: factory,
+};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +104,7 @@ fn nginx_replacement(r: &str) -> String {
     out
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if let Some(u) = &c.uri {
         if !u.starts_with('/') || !header_value(u) || u.contains(' ') {
@@ -202,11 +209,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "proxy-rewrite"
-    }
-    fn priority(&self) -> i32 {
-        1008
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(ProxyRewrite {
@@ -224,12 +228,8 @@ struct ProxyRewrite {
 }
 
 impl Plugin for ProxyRewrite {
-    fn name(&self) -> &'static str {
-        "proxy-rewrite"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::REWRITE
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {

@@ -6,36 +6,33 @@ use std::sync::Arc;
 
 use super::chain::{BuildCx, FactoryRef, PluginSet};
 use super::consumer::{self, RawConsumerRef};
+use super::Spec;
 use crate::error::ConfigError;
 
-type Builder = fn(&toml::Value, &str, &mut BuildCx) -> Result<FactoryRef, ConfigError>;
-
-/// Every plugin ringway knows, with its APISIX priority (higher runs first).
-pub const PLUGINS: &[(&str, i32, Builder)] = &[
-    ("request-id", 12015, super::request_id::factory),
-    ("fault-injection", 11000, super::fault_injection::factory),
-    ("cors", 4000, super::cors::factory),
-    ("ip-restriction", 3000, super::ip_restriction::factory),
-    ("basic-auth", 2520, super::basic_auth::factory),
-    ("jwt-auth", 2510, super::jwt_auth::factory),
-    ("key-auth", 2500, super::key_auth::factory),
-    ("proxy-cache", 1085, super::proxy_cache::factory),
-    ("proxy-rewrite", 1008, super::proxy_rewrite::factory),
-    ("api-breaker", 1005, super::api_breaker::factory),
-    ("limit-conn", 1003, super::limit_conn::factory),
-    ("limit-count", 1002, super::limit_count::factory),
-    ("limit-req", 1001, super::limit_req::factory),
-    ("traffic-split", 966, super::traffic_split::factory),
-    ("response-rewrite", 899, super::response_rewrite::factory),
-    ("http-logger", 410, super::http_logger::factory),
-    ("tcp-logger", 405, super::tcp_logger::factory),
+/// Every plugin ringway knows, by its `SPEC` (name, priority, phases, builder), each written
+/// once in the plugin's own file.
+pub const PLUGINS: &[&Spec] = &[
+    &super::request_id::SPEC,
+    &super::fault_injection::SPEC,
+    &super::cors::SPEC,
+    &super::ip_restriction::SPEC,
+    &super::basic_auth::SPEC,
+    &super::jwt_auth::SPEC,
+    &super::key_auth::SPEC,
+    &super::proxy_cache::SPEC,
+    &super::proxy_rewrite::SPEC,
+    &super::api_breaker::SPEC,
+    &super::limit_conn::SPEC,
+    &super::limit_count::SPEC,
+    &super::limit_req::SPEC,
+    &super::traffic_split::SPEC,
+    &super::response_rewrite::SPEC,
+    &super::http_logger::SPEC,
+    &super::tcp_logger::SPEC,
 ];
 
-fn builder(name: &str) -> Option<Builder> {
-    PLUGINS
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, _, b)| *b)
+fn spec(name: &str) -> Option<&'static Spec> {
+    PLUGINS.iter().copied().find(|s| s.name == name)
 }
 
 fn chain(
@@ -46,8 +43,8 @@ fn chain(
     let mut out = Vec::with_capacity(plugins.len());
     for (name, v) in plugins {
         let path = format!("{at}.{name}");
-        let Some(b) = builder(name) else {
-            let known: Vec<&str> = PLUGINS.iter().map(|(n, _, _)| *n).collect();
+        let Some(spec) = spec(name) else {
+            let known: Vec<&str> = PLUGINS.iter().map(|s| s.name).collect();
             return Err(ConfigError::new(
                 path,
                 format!("unknown plugin {name:?}; known plugins: {known:?}"),
@@ -59,11 +56,12 @@ fn chain(
                 "expected a table, e.g. [routes.plugins.key-auth]",
             ));
         }
-        out.push(b(v, &path, cx)?);
+        out.push((spec.priority, (spec.build)(v, &path, cx)?));
     }
-    // Stable sort: equal priorities keep name order, so the order is the same on every load.
-    out.sort_by_key(|f| std::cmp::Reverse(f.priority()));
-    Ok(out)
+    // By the SPEC's priority. Stable: equal priorities keep name order, so the order is the
+    // same on every load.
+    out.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
+    Ok(out.into_iter().map(|(_, f)| f).collect())
 }
 
 /// One route's chain on top of an existing set (the admin API's one-route change). `None`
@@ -130,3 +128,4 @@ pub fn build(
     }
     Ok(set)
 }
+

@@ -1,4 +1,4 @@
-//! request-id (priority 12015): gives every request an id (a fast UUID v4 from the shard's own
+//! request-id: gives every request an id (a fast UUID v4 from the shard's own
 //! PRNG), sends it upstream and back to the client, and keeps a valid incoming id.
 
 use std::rc::Rc;
@@ -9,9 +9,16 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::rand::Rng;
 use super::util::{err, parse};
-use super::{Ctx, Flow, Plugin, PluginFactory};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
+
+pub const SPEC: Spec = Spec {
+    name: "request-id",
+    priority: 12015,
+    phases: phase::REWRITE,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,7 +34,7 @@ struct Conf {
 /// Longest incoming id kept; longer ones are replaced (they would bloat every log line).
 const MAX_ID: usize = 128;
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     let header = c.header_name.unwrap_or_else(|| "X-Request-Id".into());
     if header.is_empty()
@@ -66,11 +73,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "request-id"
-    }
-    fn priority(&self) -> i32 {
-        12015
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(RequestId {
@@ -92,12 +96,8 @@ fn valid(id: &[u8]) -> bool {
 }
 
 impl Plugin for RequestId {
-    fn name(&self) -> &'static str {
-        "request-id"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::REWRITE
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {

@@ -1,4 +1,4 @@
-//! response-rewrite (priority 899): status, headers (set/add/remove) and body of the response
+//! response-rewrite: status, headers (set/add/remove) and body of the response
 //! to the client. Header values may use `$remote_addr`, `$consumer_name`, `$route_name`,
 //! `$request_id`, `$shard_id`. Records edits in `Ctx`; the writer applies them.
 
@@ -13,9 +13,16 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::util::{err, parse};
-use super::{Ctx, Plugin, PluginFactory};
+use super::{phase, Ctx, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::ResponseHead;
+
+pub const SPEC: Spec = Spec {
+    name: "response-rewrite",
+    priority: 899,
+    phases: phase::RESPONSE_HEADERS | phase::RESPONSE_BODY,
+    build: factory,
+};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +85,7 @@ pub fn edits(h: Option<HeaderConf>, path: &str) -> Result<Edits, ConfigError> {
     })
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if let Some(s) = c.status_code {
         if !(200..=598).contains(&s) {
@@ -121,11 +128,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "response-rewrite"
-    }
-    fn priority(&self) -> i32 {
-        899
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(ResponseRewrite {
@@ -174,12 +178,8 @@ pub fn expand(v: &str, cx: &Ctx, consumers: &Consumers, shard: &str, out: &mut V
 }
 
 impl Plugin for ResponseRewrite {
-    fn name(&self) -> &'static str {
-        "response-rewrite"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::RESPONSE_HEADERS | super::phase::RESPONSE_BODY
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn response_headers(&self, _resp: &ResponseHead, cx: &mut Ctx) {

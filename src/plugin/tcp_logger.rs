@@ -1,4 +1,4 @@
-//! tcp-logger (priority 405): writes request entries as newline-delimited JSON to host:port,
+//! tcp-logger: writes request entries as newline-delimited JSON to host:port,
 //! batched on the shard and sent by a blocking sender thread (see `logship`).
 
 use std::io::Write;
@@ -11,7 +11,15 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef};
 use super::logship::{self, BatchConf, RawBatch, Sink};
 use super::util::{duration, err, parse, RawDur};
+use super::Spec;
 use crate::error::ConfigError;
+
+pub const SPEC: Spec = Spec {
+    name: "tcp-logger",
+    priority: 405,
+    phases: logship::PHASES,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,7 +56,7 @@ impl Conf {
     }
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if c.tls == Some(true) {
         return Err(err(path, "tls", "TLS to the log sink is not supported"));
@@ -67,15 +75,14 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
     };
     let conf = BatchConf::from_raw(path, &c.batch())?;
     let tx = logship::start(
-        "tcp-logger",
+        SPEC.name,
         conf.clone(),
         Box::new(TcpSink { addr, timeout }),
         &logship::TCP,
     )
     .map_err(|e| ConfigError::new(path, e))?;
     Ok(Arc::new(logship::LoggerFactory {
-        name: "tcp-logger",
-        priority: 405,
+        spec: &SPEC,
         tx,
         conf,
     }))

@@ -1,4 +1,4 @@
-//! traffic-split (priority 966): sends matching requests to weighted upstreams (smooth
+//! traffic-split: sends matching requests to weighted upstreams (smooth
 //! weighted round-robin per shard); an entry without `upstream` means the route's own.
 
 use std::cell::RefCell;
@@ -10,9 +10,16 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::util::{err, parse};
 use super::vars::{self, Conds};
-use super::{Ctx, Flow, Plugin, PluginFactory};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
+
+pub const SPEC: Spec = Spec {
+    name: "traffic-split",
+    priority: 966,
+    phases: phase::ACCESS,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +59,7 @@ struct Rule {
     targets: Vec<(Option<usize>, i64)>,
 }
 
-pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if c.rules.is_empty() {
         return Err(err(path, "rules", "must have at least one rule"));
@@ -111,11 +118,8 @@ pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryR
 struct Factory(Arc<Vec<Rule>>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "traffic-split"
-    }
-    fn priority(&self) -> i32 {
-        966
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(TrafficSplit {
@@ -151,12 +155,8 @@ fn pick(targets: &[(Option<usize>, i64)], current: &mut [i64]) -> Option<usize> 
 }
 
 impl Plugin for TrafficSplit {
-    fn name(&self) -> &'static str {
-        "traffic-split"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
