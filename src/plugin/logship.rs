@@ -181,6 +181,11 @@ pub fn start(
     counters: &'static Counters,
 ) -> Result<Sender<Vec<String>>, String> {
     let (tx, rx) = crossbeam_channel::unbounded();
+    // Plugin unit tests read the batches themselves (testkit): no thread, nothing sent.
+    #[cfg(test)]
+    let Some(rx) = super::testkit::tap(name, rx) else {
+        return Ok(tx);
+    };
     std::thread::Builder::new()
         .name(format!("ringway-{name}"))
         .spawn(move || ship(name, &conf, sink, counters, &rx))

@@ -12,6 +12,8 @@ pub mod ctx;
 pub mod logship;
 pub mod rand;
 pub mod registry;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod util;
 pub mod vars;
 

@@ -129,3 +129,114 @@ pub fn build(
     Ok(set)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::super::phase;
+    use super::super::testkit::{self, Setup, MINIMAL};
+    use super::*;
+
+    /// (name, priority) rows of README's plugin table, in table order.
+    fn readme_table() -> Vec<(String, i32)> {
+        let readme = include_str!("../../README.md");
+        let mut rows = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| plugin | priority |"))
+            .skip(2);
+        let mut out = Vec::new();
+        for line in rows.by_ref().take_while(|l| l.starts_with('|')) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let priority = cells[2]
+                .parse()
+                .unwrap_or_else(|_| panic!("README row {line:?}: priority is not a number"));
+            out.push((cells[1].to_string(), priority));
+        }
+        out
+    }
+
+    #[test]
+    fn readme_table_lists_exactly_the_registry() {
+        let registry: Vec<(String, i32)> = PLUGINS
+            .iter()
+            .map(|s| (s.name.to_string(), s.priority))
+            .collect();
+        assert_eq!(readme_table(), registry);
+        // Prose that names a priority must agree too, e.g. "`proxy-cache` (priority 1085)".
+        let readme = include_str!("../../README.md");
+        for s in PLUGINS {
+            let at = format!("`{}` (priority ", s.name);
+            for (i, _) in readme.match_indices(&at) {
+                let rest = &readme[i + at.len()..];
+                let n = &rest[..rest.find(')').unwrap_or(0)];
+                assert_eq!(n, s.priority.to_string(), "README: {at}{n})");
+            }
+        }
+    }
+
+    #[test]
+    fn registry_is_in_run_order_with_unique_names() {
+        for w in PLUGINS.windows(2) {
+            assert!(
+                w[0].priority > w[1].priority,
+                "{} before {}",
+                w[0].name,
+                w[1].name
+            );
+        }
+        let minimal: Vec<&str> = MINIMAL.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = PLUGINS.iter().map(|s| s.name).collect();
+        assert_eq!(minimal, names, "testkit::MINIMAL covers every plugin");
+        for s in PLUGINS {
+            assert!(s.phases != 0 && s.phases & !phase::ALL == 0, "{}", s.name);
+        }
+    }
+
+    /// Factories and instances answer from their own SPEC; the chain keeps its mask.
+    #[test]
+    fn every_plugin_reports_its_spec() {
+        for (spec, (name, body)) in PLUGINS.iter().zip(MINIMAL) {
+            let gw = testkit::gateway(&format!("[{name}]\n{body}"));
+            let f = &gw.set.routes.get(testkit::ROUTE).unwrap()[0];
+            assert_eq!((f.name(), f.priority()), (spec.name, spec.priority));
+            let links = gw.links();
+            assert_eq!(links.len(), 1);
+            let (mask, p) = &links[0];
+            assert_eq!(p.name(), spec.name);
+            assert_eq!(p.phases(), spec.phases, "{name}: instance phases");
+            assert_eq!(*mask, spec.phases, "{name}: chain mask");
+        }
+    }
+
+    #[test]
+    fn chain_runs_global_first_then_by_spec_priority() {
+        let gw = Setup::route(
+            "[tcp-logger]\nhost = \"127.0.0.1\"\nport = 9\n\
+             [limit-count]\ncount = 1\ntime_window = 1\n\
+             [key-auth]\n\
+             [request-id]\n",
+        )
+        .global("[response-rewrite]\n[cors]\n")
+        .build()
+        .unwrap();
+        let order: Vec<&str> = gw.links().iter().map(|(_, p)| p.name()).collect();
+        assert_eq!(
+            order,
+            [
+                "cors",
+                "response-rewrite",
+                "request-id",
+                "key-auth",
+                "limit-count",
+                "tcp-logger"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_plugin_and_non_table_are_refused_with_their_path() {
+        let e = testkit::config_error("[no-such-plugin]\n");
+        assert_eq!(e.path, "routes[0].plugins.no-such-plugin");
+        assert!(e.message.contains("key-auth"), "{}", e.message);
+        let e = testkit::config_error("key-auth = 1\n");
+        assert_eq!(e.path, "routes[0].plugins.key-auth");
+    }
+}
