@@ -245,3 +245,84 @@ impl Plugin for ApiBreaker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::plugin::testkit::{self, Gateway};
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    /// One request that reaches the upstream and gets `status`; false if the breaker answered.
+    fn upstream_says(gw: &Gateway, status: u16) -> bool {
+        let mut x = gw.send(GET);
+        let passed = x.replied().is_none();
+        if passed {
+            x.response(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes());
+        }
+        x.log();
+        passed
+    }
+
+    #[test]
+    fn opens_after_unhealthy_statuses_in_a_row_with_the_break_response() {
+        let gw = testkit::gateway(
+            "[api-breaker]\nbreak_response_code = 503\nbreak_response_body = \"down\"\n\
+             break_response_headers = [{ key = \"X-Breaker\", value = \"open\" }]\n\
+             unhealthy = { http_statuses = [500, 502], failures = 2 }\n",
+        );
+        assert!(upstream_says(&gw, 500));
+        // A healthy status resets the run.
+        assert!(upstream_says(&gw, 200));
+        assert!(upstream_says(&gw, 502));
+        // Neither healthy nor unhealthy: changes nothing.
+        assert!(upstream_says(&gw, 404));
+        assert!(upstream_says(&gw, 500));
+        let x = gw.send(GET);
+        assert_eq!(x.replied(), Some(503));
+        assert_eq!(&x.reply().unwrap().body[..], b"down");
+        assert_eq!(x.reply_header("x-breaker"), Some(&b"open"[..]));
+        assert!(!x.cx.forwarded);
+    }
+
+    #[test]
+    fn other_plugins_replies_do_not_count() {
+        let gw = testkit::gateway(
+            "[api-breaker]\nbreak_response_code = 502\nunhealthy = { http_statuses = [401], failures = 1 }\n\
+             [key-auth]\n",
+        );
+        for _ in 0..3 {
+            let mut x = gw.send(GET);
+            assert_eq!(x.replied(), Some(401), "key-auth's own reply");
+            x.log();
+        }
+        assert_eq!(gw.send(GET).replied(), Some(401), "still closed");
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[api-breaker]\nbreak_response_code = 100\n");
+        assert_eq!(e.path, "routes[0].plugins.api-breaker.break_response_code");
+        let e = testkit::config_error(
+            "[api-breaker]\nbreak_response_code = 502\nmax_breaker_sec = 1\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.api-breaker.max_breaker_sec");
+        let e = testkit::config_error(
+            "[api-breaker]\nbreak_response_code = 502\nunhealthy = { failures = 0 }\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.api-breaker.unhealthy.failures");
+        let e = testkit::config_error(
+            "[api-breaker]\nbreak_response_code = 502\nhealthy = { http_statuses = [] }\n",
+        );
+        assert_eq!(
+            e.path,
+            "routes[0].plugins.api-breaker.healthy.http_statuses"
+        );
+        let e = testkit::config_error(
+            "[api-breaker]\nbreak_response_code = 502\nbreak_response_headers = [{ key = \"\", value = \"v\" }]\n",
+        );
+        assert_eq!(
+            e.path,
+            "routes[0].plugins.api-breaker.break_response_headers[0]"
+        );
+    }
+}

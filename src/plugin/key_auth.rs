@@ -120,3 +120,88 @@ impl Plugin for KeyAuth {
         Flow::Continue
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::plugin::testkit::{self, Setup};
+
+    const CONSUMERS: &str = r#"
+        [[consumers]]
+        username = "alice"
+        plugins.key-auth = { key = "k-alice" }
+        [[consumers]]
+        username = "bob"
+        plugins.key-auth = { key = "k-bob" }
+    "#;
+
+    fn gw(route: &str) -> testkit::Gateway {
+        Setup::route(route).consumers(CONSUMERS).build().unwrap()
+    }
+
+    #[test]
+    fn a_known_key_in_header_or_query_names_the_consumer() {
+        let gw = gw("[key-auth]\n");
+        let x = gw.send(b"GET /x HTTP/1.1\r\nHost: a\r\napikey: k-bob\r\n\r\n");
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.cx.consumer, Some(1));
+        assert_eq!(x.upstream_header("X-Consumer-Username"), Some(&b"bob"[..]));
+        let x = gw.send(b"GET /x?apikey=k-alice HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.cx.consumer, Some(0));
+        assert_eq!(x.cx.query, None, "credentials stay unless hidden");
+    }
+
+    #[test]
+    fn missing_or_unknown_key_gets_401_with_a_challenge() {
+        let gw = gw("[key-auth]\n");
+        let x = gw.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.replied(), Some(401));
+        assert_eq!(
+            x.reply_message().as_deref(),
+            Some("Missing API key in request")
+        );
+        assert_eq!(
+            x.reply_header("WWW-Authenticate"),
+            Some(&b"Key realm=\"ringway\""[..])
+        );
+        assert_eq!(x.cx.consumer, None);
+        let x = gw.send(b"GET /x?apikey=nope HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.replied(), Some(401));
+        assert_eq!(
+            x.reply_message().as_deref(),
+            Some("Invalid API key in request")
+        );
+    }
+
+    #[test]
+    fn hide_credentials_strips_the_key_it_used() {
+        let gw = gw("[key-auth]\nheader = \"X-Key\"\nquery = \"key\"\nhide_credentials = true\n");
+        let x = gw.send(b"GET /x?a=1&key=k-alice&b=2 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.cx.consumer, Some(0));
+        assert_eq!(x.cx.query.as_deref(), Some(&b"a=1&b=2"[..]));
+        let x = gw.send(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Key: k-alice\r\n\r\n");
+        assert_eq!(x.cx.consumer, Some(0));
+        assert!(x.cx.req_headers.drops(b"x-key"));
+        assert_eq!(x.cx.query, None);
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[key-auth]\nheader = \"\"\n");
+        assert_eq!(e.path, "routes[0].plugins.key-auth.header");
+        let e = Setup::route("[key-auth]\n")
+            .consumers(
+                "[[consumers]]\nusername = \"a\"\nplugins.key-auth = { key = \"same\" }\n\
+                 [[consumers]]\nusername = \"b\"\nplugins.key-auth = { key = \"same\" }\n",
+            )
+            .build()
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "consumers[1].plugins.key-auth.key");
+        let e = Setup::route("[key-auth]\n")
+            .consumers("[[consumers]]\nusername = \"a\"\nplugins.key-auth = { key = \"\" }\n")
+            .build()
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "consumers[0].plugins.key-auth.key");
+    }
+}

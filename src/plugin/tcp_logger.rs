@@ -110,3 +110,50 @@ impl Sink for TcpSink {
         s.flush().map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use crate::plugin::testkit;
+
+    #[test]
+    fn queues_an_entry_per_request_once_the_batch_is_full() {
+        let gw = testkit::gateway(
+            "[tcp-logger]\nhost = \"127.0.0.1\"\nport = 9\nbatch_max_size = 1\n[proxy-rewrite]\nuri = \"/internal\"\n",
+        );
+        let mut x = gw.send(b"DELETE /items/7 HTTP/1.1\r\nHost: shop\r\n\r\n");
+        assert_eq!(x.replied(), None);
+        assert!(x.cx.log_req.is_some(), "captured in rewrite");
+        x.response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        x.log();
+        let got = gw.shipped("tcp-logger");
+        assert_eq!(got.len(), 1);
+        assert!(!got[0].contains('\n'), "one line per entry: {}", got[0]);
+        let e: Value = serde_json::from_str(&got[0]).unwrap();
+        assert_eq!(e["request"]["method"], "DELETE");
+        assert_eq!(
+            e["request"]["uri"], "/items/7",
+            "the client's request line, not the rewrite"
+        );
+        assert_eq!(e["request"]["host"], "shop");
+        assert_eq!(e["response"]["status"], 404);
+        assert_eq!(gw.shipped("http-logger"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[tcp-logger]\nhost = \"127.0.0.1\"\nport = 9\ntls = true\n");
+        assert_eq!(e.path, "routes[0].plugins.tcp-logger.tls");
+        let e = testkit::config_error("[tcp-logger]\nhost = \"127.0.0.1\"\nport = 0\n");
+        assert_eq!(e.path, "routes[0].plugins.tcp-logger.port");
+        let e = testkit::config_error(
+            "[tcp-logger]\nhost = \"127.0.0.1\"\nport = 9\ntimeout = \"soon\"\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.tcp-logger.timeout");
+        let e = testkit::config_error(
+            "[tcp-logger]\nhost = \"127.0.0.1\"\nport = 9\nretry_delay = 0\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.tcp-logger.retry_delay");
+    }
+}
