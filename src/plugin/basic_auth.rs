@@ -111,3 +111,104 @@ impl Plugin for BasicAuth {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::plugin::testkit::{self, Setup};
+
+    const CONSUMERS: &str = r#"
+        [[consumers]]
+        username = "alice"
+        plugins.basic-auth = { username = "alice", password = "s3cret" }
+        [[consumers]]
+        username = "bob"
+        plugins.basic-auth = { username = "bob", password = "pw" }
+    "#;
+
+    fn gw(route: &str) -> testkit::Gateway {
+        Setup::route(route).consumers(CONSUMERS).build().unwrap()
+    }
+
+    /// A GET with `Authorization: <auth>`.
+    fn with_auth(auth: &str) -> Vec<u8> {
+        format!("GET / HTTP/1.1\r\nHost: a\r\nAuthorization: {auth}\r\n\r\n").into_bytes()
+    }
+
+    #[test]
+    fn right_password_names_the_consumer() {
+        let gw = gw("[basic-auth]\n");
+        // bob:pw
+        let x = gw.send(&with_auth("Basic Ym9iOnB3"));
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.cx.consumer, Some(1));
+        assert_eq!(x.upstream_header("X-Consumer-Username"), Some(&b"bob"[..]));
+        assert!(!x.cx.req_headers.drops(b"authorization"));
+        // alice:s3cret, scheme in another case
+        let x = gw.send(&with_auth("basic YWxpY2U6czNjcmV0"));
+        assert_eq!(x.cx.consumer, Some(0));
+    }
+
+    #[test]
+    fn missing_malformed_or_wrong_credentials_get_401() {
+        let gw = gw("[basic-auth]\n");
+        let x = gw.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.replied(), Some(401));
+        assert_eq!(
+            x.reply_message().as_deref(),
+            Some("Missing authorization in request")
+        );
+        assert_eq!(
+            x.reply_header("www-authenticate"),
+            Some(&b"Basic realm='.'"[..])
+        );
+        let x = gw.send(&with_auth("Bearer Ym9iOnB3"));
+        assert_eq!(
+            x.reply_message().as_deref(),
+            Some("Invalid authorization in request")
+        );
+        let x = gw.send(&with_auth("Basic !!!"));
+        assert_eq!(
+            x.reply_message().as_deref(),
+            Some("Invalid authorization in request")
+        );
+        // bob:pW
+        let x = gw.send(&with_auth("Basic Ym9iOnBX"));
+        assert_eq!(x.replied(), Some(401));
+        assert_eq!(
+            x.reply_message().as_deref(),
+            Some("Invalid user authorization")
+        );
+        assert_eq!(x.cx.consumer, None);
+    }
+
+    #[test]
+    fn hide_credentials_drops_the_authorization_header() {
+        let gw = gw("[basic-auth]\nhide_credentials = true\n");
+        let x = gw.send(&with_auth("Basic Ym9iOnB3"));
+        assert_eq!(x.cx.consumer, Some(1));
+        assert!(x.cx.req_headers.drops(b"Authorization"));
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[basic-auth]\nhide_credentials = \"yes\"\n");
+        assert_eq!(e.path, "routes[0].plugins.basic-auth.hide_credentials");
+        let e = Setup::route("[basic-auth]\n")
+            .consumers(
+                "[[consumers]]\nusername = \"a\"\nplugins.basic-auth = { username = \"a:b\", password = \"p\" }\n",
+            )
+            .build()
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "consumers[0].plugins.basic-auth.username");
+        let e = Setup::route("[basic-auth]\n")
+            .consumers(
+                "[[consumers]]\nusername = \"a\"\nplugins.basic-auth = { username = \"a\" }\n",
+            )
+            .build()
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "consumers[0].plugins.basic-auth");
+        assert!(e.message.contains("password"), "{}", e.message);
+    }
+}

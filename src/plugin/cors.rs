@@ -223,3 +223,97 @@ impl Plugin for Cors {
         Flow::Continue
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::plugin::testkit;
+
+    const PREFLIGHT: &[u8] = b"OPTIONS /x HTTP/1.1\r\nHost: a\r\nOrigin: https://app.example\r\n\
+        Access-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: X-Token\r\n\r\n";
+
+    #[test]
+    fn defaults_allow_any_origin_on_the_response() {
+        let gw = testkit::gateway("[cors]\n");
+        let x = gw.send(b"GET /x HTTP/1.1\r\nHost: a\r\nOrigin: https://app.example\r\n\r\n");
+        assert_eq!(x.replied(), None, "not a preflight: goes upstream");
+        assert_eq!(
+            x.client_header("Access-Control-Allow-Origin"),
+            Some(&b"*"[..])
+        );
+        assert_eq!(
+            x.client_header("Access-Control-Allow-Methods"),
+            Some(&b"GET,POST,PUT,DELETE,PATCH,HEAD,OPTIONS,CONNECT,TRACE"[..])
+        );
+        assert_eq!(x.client_header("Access-Control-Max-Age"), Some(&b"5"[..]));
+        assert_eq!(x.client_header("Vary"), None);
+        assert_eq!(x.client_header("Access-Control-Allow-Credentials"), None);
+    }
+
+    #[test]
+    fn preflight_is_answered_at_the_gateway_with_the_headers() {
+        let gw = testkit::gateway(
+            "[cors]\nallow_origins = \"https://app.example,https://b.example\"\n\
+             allow_methods = \"GET,PUT\"\nallow_headers = \"**\"\nmax_age = 600\nallow_credential = true\n",
+        );
+        let x = gw.send(PREFLIGHT);
+        assert_eq!(x.replied(), Some(200));
+        assert_eq!(
+            x.reply_header("Access-Control-Allow-Origin"),
+            Some(&b"https://app.example"[..])
+        );
+        assert_eq!(x.reply_header("Vary"), Some(&b"Origin"[..]));
+        assert_eq!(
+            x.reply_header("Access-Control-Allow-Methods"),
+            Some(&b"GET,PUT"[..])
+        );
+        assert_eq!(
+            x.reply_header("Access-Control-Allow-Headers"),
+            Some(&b"X-Token"[..]),
+            "** echoes the request's"
+        );
+        assert_eq!(x.reply_header("Access-Control-Max-Age"), Some(&b"600"[..]));
+        assert_eq!(
+            x.reply_header("Access-Control-Allow-Credentials"),
+            Some(&b"true"[..])
+        );
+    }
+
+    #[test]
+    fn an_unlisted_origin_gets_no_allow_headers() {
+        let gw = testkit::gateway(
+            "[cors]\nallow_origins = \"https://b.example\"\nallow_origins_by_regex = [\"^https://.*\\\\.corp$\"]\n",
+        );
+        let x = gw.send(PREFLIGHT);
+        assert_eq!(x.replied(), Some(200), "answered, but without the headers");
+        assert_eq!(x.reply_header("Access-Control-Allow-Origin"), None);
+        let x = gw.send(b"GET / HTTP/1.1\r\nHost: a\r\nOrigin: https://x.corp\r\n\r\n");
+        assert_eq!(
+            x.client_header("Access-Control-Allow-Origin"),
+            Some(&b"https://x.corp"[..])
+        );
+        let x = gw.send(b"GET / HTTP/1.1\r\nHost: a\r\nOrigin: https://b.example\r\n\r\n");
+        assert_eq!(
+            x.client_header("Access-Control-Allow-Origin"),
+            Some(&b"https://b.example"[..])
+        );
+        // OPTIONS without Access-Control-Request-Method is not a preflight.
+        let x = gw.send(b"OPTIONS / HTTP/1.1\r\nHost: a\r\nOrigin: https://b.example\r\n\r\n");
+        assert_eq!(x.replied(), None);
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[cors]\nallow_credential = true\n");
+        assert_eq!(e.path, "routes[0].plugins.cors.allow_origins");
+        let e = testkit::config_error(
+            "[cors]\nallow_credential = true\nallow_origins = \"https://a\"\nallow_methods = \"*\"\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.cors.allow_methods");
+        let e = testkit::config_error("[cors]\nallow_origins_by_regex = [\"(\"]\n");
+        assert_eq!(e.path, "routes[0].plugins.cors.allow_origins_by_regex[0]");
+        let e = testkit::config_error("[cors]\nmax_age = -2\n");
+        assert_eq!(e.path, "routes[0].plugins.cors.max_age");
+        let e = testkit::config_error("[cors]\nallow_origins = \" , \"\n");
+        assert_eq!(e.path, "routes[0].plugins.cors.allow_origins");
+    }
+}

@@ -186,3 +186,78 @@ impl Plugin for FaultInjection {
         Flow::Continue
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::plugin::testkit;
+
+    #[test]
+    fn aborts_with_the_configured_status_and_body() {
+        let gw = testkit::gateway(
+            "[fault-injection]\nabort = { http_status = 418, body = \"teapot\" }\n",
+        );
+        let x = gw.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.replied(), Some(418));
+        assert_eq!(&x.reply().unwrap().body[..], b"teapot");
+        assert_eq!(x.cx.delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn vars_pick_the_requests_and_delay_comes_before_abort() {
+        let gw = testkit::gateway(
+            "[fault-injection]\n\
+             abort = { http_status = 503, vars = [[[\"arg_name\", \"==\", \"jack\"]]] }\n\
+             delay = { duration = 0.25, vars = [[[\"http_x_slow\", \"==\", \"1\"]], [[\"arg_name\", \"==\", \"jack\"]]] }\n",
+        );
+        let x = gw.send(b"GET /?name=jill HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.cx.delay, Duration::ZERO);
+        let x = gw.send(b"GET /?name=jill HTTP/1.1\r\nHost: a\r\nX-Slow: 1\r\n\r\n");
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.cx.delay, Duration::from_millis(250));
+        let x = gw.send(b"GET /?name=jack HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.replied(), Some(503));
+        assert_eq!(
+            x.cx.delay,
+            Duration::from_millis(250),
+            "delayed, then aborted"
+        );
+    }
+
+    #[test]
+    fn percentage_zero_never_fires() {
+        let gw = testkit::gateway(
+            "[fault-injection]\nabort = { http_status = 500, percentage = 0.0 }\n",
+        );
+        for _ in 0..50 {
+            assert_eq!(
+                gw.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").replied(),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[fault-injection]\n");
+        assert_eq!(e.path, "routes[0].plugins.fault-injection");
+        assert_eq!(e.message, "set abort, delay or both");
+        let e = testkit::config_error("[fault-injection]\nabort = { http_status = 100 }\n");
+        assert_eq!(
+            e.path,
+            "routes[0].plugins.fault-injection.abort.http_status"
+        );
+        let e = testkit::config_error("[fault-injection]\ndelay = { duration = 0.0 }\n");
+        assert_eq!(e.path, "routes[0].plugins.fault-injection.delay.duration");
+        let e = testkit::config_error(
+            "[fault-injection]\nabort = { http_status = 500, percentage = 101.0 }\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.fault-injection.abort.percentage");
+        let e = testkit::config_error(
+            "[fault-injection]\nabort = { http_status = 500, vars = \"x\" }\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.fault-injection.abort.vars");
+    }
+}

@@ -137,3 +137,59 @@ impl Plugin for IpRestriction {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::plugin::testkit;
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    #[test]
+    fn whitelist_lets_only_listed_addresses_through() {
+        let gw =
+            testkit::gateway("[ip-restriction]\nwhitelist = [\"10.0.0.0/8\", \"2001:db8::1\"]\n");
+        assert_eq!(gw.send_from("10.1.2.3", GET).replied(), None);
+        assert_eq!(
+            gw.send_from("::ffff:10.9.9.9", GET).replied(),
+            None,
+            "v4-mapped"
+        );
+        assert_eq!(gw.send_from("2001:db8::1", GET).replied(), None);
+        let x = gw.send_from("192.168.0.1", GET);
+        assert_eq!(x.replied(), Some(403));
+        assert_eq!(
+            x.reply_message().as_deref(),
+            Some("Your IP address is not allowed")
+        );
+        assert_eq!(gw.send_from("2001:db8::2", GET).replied(), Some(403));
+    }
+
+    #[test]
+    fn blacklist_refuses_listed_addresses_with_the_configured_answer() {
+        let gw = testkit::gateway(
+            "[ip-restriction]\nblacklist = [\"127.0.0.1\"]\nresponse_code = 404\nmessage = \"go away\"\n",
+        );
+        let x = gw.send(GET);
+        assert_eq!(x.replied(), Some(404));
+        assert_eq!(x.reply_message().as_deref(), Some("go away"));
+        assert_eq!(gw.send_from("127.0.0.2", GET).replied(), None);
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[ip-restriction]\n");
+        assert_eq!(e.path, "routes[0].plugins.ip-restriction");
+        let e = testkit::config_error(
+            "[ip-restriction]\nwhitelist = [\"1.2.3.4\"]\nblacklist = [\"5.6.7.8\"]\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.ip-restriction");
+        let e = testkit::config_error("[ip-restriction]\nwhitelist = [\"1.2.3.4\", \"nope\"]\n");
+        assert_eq!(e.path, "routes[0].plugins.ip-restriction.whitelist[1]");
+        let e = testkit::config_error("[ip-restriction]\nblacklist = []\n");
+        assert_eq!(e.path, "routes[0].plugins.ip-restriction.blacklist");
+        let e = testkit::config_error(
+            "[ip-restriction]\nblacklist = [\"1.2.3.4\"]\nresponse_code = 500\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.ip-restriction.response_code");
+    }
+}

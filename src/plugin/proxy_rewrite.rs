@@ -268,3 +268,63 @@ impl Plugin for ProxyRewrite {
         Flow::Continue
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::plugin::testkit;
+
+    #[test]
+    fn rewrites_uri_method_host_and_headers() {
+        let gw = testkit::gateway(
+            "[proxy-rewrite]\nuri = \"/v2/fixed\"\nmethod = \"POST\"\nhost = \"backend.internal\"\n\
+             headers = { set = { X-Real-IP = \"$remote_addr\" }, add = { X-Via = \"ringway-$shard_id\" }, remove = [\"Cookie\"] }\n",
+        );
+        let x = gw.send_from("198.51.100.4", b"GET /old?q=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.cx.uri.as_deref(), Some(&b"/v2/fixed"[..]));
+        assert_eq!(
+            x.cx.query, None,
+            "the query follows as is (proxy applies it)"
+        );
+        assert_eq!(x.cx.method, Some("POST"));
+        assert_eq!(x.cx.host.as_deref(), Some(&b"backend.internal"[..]));
+        assert_eq!(x.upstream_header("X-Real-IP"), Some(&b"198.51.100.4"[..]));
+        assert_eq!(x.upstream_header("X-Via"), Some(&b"ringway-0"[..]));
+        assert!(x.cx.req_headers.drops(b"cookie"));
+        // HEAD stays HEAD.
+        let x = gw.send(b"HEAD /old HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.cx.method, None);
+    }
+
+    #[test]
+    fn regex_uri_uses_the_first_matching_pair_on_the_path() {
+        let gw = testkit::gateway(
+            "[proxy-rewrite]\nregex_uri = [\"^/api/v1/(.*)\", \"/v1/$1x\", \"^/api/(\\\\w+)/(.*)\", \"/$2/$1\"]\n",
+        );
+        let x = gw.send(b"GET /api/v1/users?page=2 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.cx.uri.as_deref(), Some(&b"/v1/usersx"[..]));
+        let x = gw.send(b"GET /api/v3/items HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.cx.uri.as_deref(), Some(&b"/items/v3"[..]));
+        let x = gw.send(b"GET /other HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.cx.uri, None, "no match: the request's uri");
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[proxy-rewrite]\n");
+        assert_eq!(e.path, "routes[0].plugins.proxy-rewrite");
+        assert!(e.message.contains("nothing to rewrite"), "{}", e.message);
+        let e = testkit::config_error("[proxy-rewrite]\nmethod = \"HEAD\"\n");
+        assert_eq!(e.path, "routes[0].plugins.proxy-rewrite.method");
+        let e = testkit::config_error("[proxy-rewrite]\nuri = \"no-slash\"\n");
+        assert_eq!(e.path, "routes[0].plugins.proxy-rewrite.uri");
+        let e = testkit::config_error(
+            "[proxy-rewrite]\nregex_uri = [\"^/a\", \"/b\", \"(\", \"/c\"]\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.proxy-rewrite.regex_uri[2]");
+        let e = testkit::config_error("[proxy-rewrite]\nregex_uri = [\"^/a\"]\n");
+        assert_eq!(e.path, "routes[0].plugins.proxy-rewrite.regex_uri");
+        let e = testkit::config_error("[proxy-rewrite]\nheaders = { set = { \"X A\" = \"1\" } }\n");
+        assert_eq!(e.path, "routes[0].plugins.proxy-rewrite.headers");
+    }
+}
