@@ -144,3 +144,56 @@ impl Plugin for LimitConn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::plugin::testkit;
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    #[test]
+    fn holds_a_slot_until_log_delays_the_burst_and_refuses_beyond() {
+        let gw = testkit::gateway(
+            "[limit-conn]\nconn = 1\nburst = 1\ndefault_conn_delay = \"50ms\"\nrejected_msg = \"busy\"\n",
+        );
+        let mut first = gw.send(GET);
+        assert_eq!(first.replied(), None);
+        assert_eq!(first.cx.delay, Duration::ZERO);
+        assert_eq!(first.cx.held.len(), 1);
+        let mut second = gw.send(GET);
+        assert_eq!(second.replied(), None, "in the burst");
+        assert_eq!(second.cx.delay, Duration::from_millis(50));
+        let mut third = gw.send(GET);
+        assert_eq!(third.replied(), Some(503));
+        assert_eq!(third.reply_message().as_deref(), Some("busy"));
+        assert!(third.cx.held.is_empty());
+        third.log();
+        // The first finishes: its slot is free again.
+        first.log();
+        assert!(first.cx.held.is_empty());
+        let fourth = gw.send(GET);
+        assert_eq!(fourth.replied(), None);
+        assert_eq!(
+            fourth.cx.delay,
+            Duration::from_millis(50),
+            "second still in flight"
+        );
+        second.log();
+        // Other addresses never shared the key.
+        assert_eq!(gw.send_from("127.0.0.2", GET).cx.delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[limit-conn]\nconn = 0\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-conn.conn");
+        let e = testkit::config_error("[limit-conn]\nconn = 1\nburst = -1\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-conn.burst");
+        let e = testkit::config_error("[limit-conn]\nconn = 1\ndefault_conn_delay = \"soon\"\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-conn.default_conn_delay");
+        let e = testkit::config_error("[limit-conn]\nconn = 1\nkey = \"header:\"\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-conn.key");
+    }
+}

@@ -146,3 +146,56 @@ impl Plugin for LimitReq {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::plugin::testkit;
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    #[test]
+    fn burst_is_delayed_and_beyond_it_refused() {
+        let gw = testkit::gateway("[limit-req]\nrate = 1.0\nburst = 1.0\nrejected_code = 429\n");
+        let x = gw.send(GET);
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.cx.delay, Duration::ZERO);
+        let x = gw.send(GET);
+        assert_eq!(x.replied(), None, "within the burst");
+        assert!(
+            x.cx.delay >= Duration::from_millis(900) && x.cx.delay <= Duration::from_secs(1),
+            "delayed to the rate: {:?}",
+            x.cx.delay
+        );
+        let x = gw.send(GET);
+        assert_eq!(x.replied(), Some(429));
+        assert_eq!(x.reply_message().as_deref(), Some("Too Many Requests"));
+        // Another address is another key.
+        assert_eq!(gw.send_from("127.0.0.2", GET).replied(), None);
+    }
+
+    #[test]
+    fn nodelay_admits_the_burst_at_once() {
+        let gw = testkit::gateway("[limit-req]\nrate = 1.0\nburst = 2.0\nnodelay = true\n");
+        for _ in 0..3 {
+            let x = gw.send(GET);
+            assert_eq!(x.replied(), None);
+            assert_eq!(x.cx.delay, Duration::ZERO);
+        }
+        assert_eq!(gw.send(GET).replied(), Some(503));
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[limit-req]\nrate = 0.0\nburst = 1.0\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-req.rate");
+        let e = testkit::config_error("[limit-req]\nrate = 1.0\nburst = -1.0\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-req.burst");
+        let e =
+            testkit::config_error("[limit-req]\nrate = 1.0\nburst = 1.0\nrejected_code = 600\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-req.rejected_code");
+        let e = testkit::config_error("[limit-req]\nrate = 1.0\nburst = 1.0\nkey = \"\"\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-req.key");
+    }
+}

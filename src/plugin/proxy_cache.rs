@@ -448,3 +448,7 @@ impl Plugin for ProxyCache {
         Flow::Continue
     }
 }
+
+#[cfg(test)]
+#[path = "proxy_cache_tests.rs"]
+mod tests;
