@@ -1,5 +1,5 @@
-//! The plugin chain: the `Plugin` trait (one method per phase), factories built once from
-//! validated config, and the per-request `Ctx`. Must not do I/O; the proxy drives the phases.
+//! The plugin chain: the `Plugin` trait (one method per phase), each plugin's `Spec`, factories
+//! built once from validated config, the per-request `Ctx`. No I/O; the proxy drives the phases.
 //!
 //! Phase order for one request (see README "Plugins"):
 //! `rewrite` -> `access` -> `before_upstream` -> [upstream] -> `response_headers`

@@ -1,5 +1,5 @@
-//! The compiled-in plugins by name, and the builder that turns the config's plugin tables into
-//! a `PluginSet`. Runs at load time only; errors name the route (or consumer) and the plugin.
+//! The compiled-in plugins (their `SPEC`s), and the builder that turns the config's plugin tables
+//! into a `PluginSet`. Runs at load time only; errors name the route (or consumer) and the plugin.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
