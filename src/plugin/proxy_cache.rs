@@ -1,4 +1,4 @@
-//! proxy-cache (priority 1085): config validation, per-shard cache instances, and the lookup in
+//! proxy-cache: config validation, per-shard cache instances, and the lookup in
 //! `before_upstream` (after auth and limits have had their say). Serving, storing, coalescing
 //! and purging are async and live in proxy/cached.rs; the rules in cache/.
 
@@ -11,10 +11,17 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::util::{cookie, duration, err, parse, query_arg, RawDur};
-use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::cache::{self, rules, CacheConf, Instance, KeyPart, Mode, PurgeMsg, Store, Target};
 use crate::error::ConfigError;
 use crate::http::parse::{Method, RequestHead};
+
+pub const SPEC: Spec = Spec {
+    name: "proxy-cache",
+    priority: 1085,
+    phases: phase::BEFORE_UPSTREAM,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,7 +91,7 @@ fn part(path: &str, key: &str, s: &str) -> Result<KeyPart, ConfigError> {
     })
 }
 
-pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let r: Raw = parse(v, path)?;
     let parts = |key: &str, list: &[String]| {
         list.iter()
@@ -242,11 +249,8 @@ struct Factory {
 }
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "proxy-cache"
-    }
-    fn priority(&self) -> i32 {
-        1085
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         let shards = shard.shards.max(1);
@@ -365,12 +369,8 @@ impl ProxyCache {
 }
 
 impl Plugin for ProxyCache {
-    fn name(&self) -> &'static str {
-        "proxy-cache"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::BEFORE_UPSTREAM
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn before_upstream(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
@@ -448,3 +448,7 @@ impl Plugin for ProxyCache {
         Flow::Continue
     }
 }
+
+#[cfg(test)]
+#[path = "proxy_cache_tests.rs"]
+mod tests;
