@@ -4,12 +4,13 @@
 pub mod accesslog;
 pub mod active_health;
 pub mod admin;
-pub mod build;
+pub mod built;
 pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod layers;
 pub mod limit;
 pub mod local;
 pub mod metrics;

@@ -10,7 +10,7 @@ pub mod purge;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use crate::build::Built;
+use crate::built::Built;
 use crate::runtime::plane::Plane;
 use http::{Request, Response};
 
@@ -43,7 +43,7 @@ impl Ops {
                 *store = Some(fresh);
                 Ok(c)
             }),
-            None => crate::build::load(&path),
+            None => crate::built::load(&path),
         };
         let new = match loaded {
             Ok(c) => with_source(c, plane),

@@ -1,5 +1,5 @@
 //! The validated configuration as plain data, and the loader that turns a TOML file (or the
-//! admin API's JSON) into it. Builds nothing: the router and plugin factories are `crate::build`'s.
+//! admin API's JSON) into it. Builds nothing: the router and plugin factories are `crate::built`'s.
 
 mod checks;
 pub mod ops;
@@ -147,7 +147,7 @@ pub struct ConsumerConfig {
 }
 
 /// The validated configuration as plain data. What shards run is built from it (router, plugin
-/// factories) by `crate::build`; nothing here is compiled or shared with shards' mutable state.
+/// factories) by `crate::built`; nothing here is compiled or shared with shards' mutable state.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,

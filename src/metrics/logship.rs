@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Counters for one logger plugin, summed over its configs and generations.
+#[derive(Default)]
 pub struct Counters {
     pub sent: AtomicU64,
     pub dropped: AtomicU64,

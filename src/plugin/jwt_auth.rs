@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::chain::{BuildCx, FactoryRef, ShardCx};
-use super::consumer::Consumers;
+use super::consumer::{Consumers, JwtCred};
 use super::key_auth::{set_consumer, unauthorized};
 use super::util::{cookie, parse, query_arg, query_without};
 use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
@@ -24,12 +24,6 @@ pub const SPEC: Spec = Spec {
     phases: phase::ACCESS,
     build: factory,
 };
-
-/// A consumer's verification material.
-pub struct JwtCred {
-    key: DecodingKey,
-    validation: Validation,
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

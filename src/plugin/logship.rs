@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::chain::ShardCx;
+use super::ctx::ReqSummary;
 use super::util::{duration, err, RawDur};
 use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
@@ -22,14 +23,6 @@ use crate::http::parse::RequestHead;
 
 /// Longest backoff between retries of one batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// The request line and host, taken in `rewrite` (the `log` phase sees only `Ctx`).
-#[derive(Debug, Clone, Default)]
-pub struct ReqSummary {
-    pub method: String,
-    pub uri: String,
-    pub host: String,
-}
 
 /// Records the request for a logger's `log` phase; the first logger on the route does it.
 pub fn capture(req: &RequestHead, cx: &mut Ctx) {

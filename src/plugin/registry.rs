@@ -1,11 +1,11 @@
 //! The compiled-in plugins (their `SPEC`s), and the builder that turns the config's plugin tables
-//! into a `PluginSet`. Runs at load time only; errors name the route (or consumer) and the plugin.
+//! and consumers into a `PluginSet`. Runs at load time only; errors name the route (or consumer) and the plugin.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::chain::{BuildCx, FactoryRef, PluginSet};
-use super::consumer::{self, RawConsumerRef};
+use super::consumer::{Consumer, Consumers, RawConsumerRef};
 use super::Spec;
 use crate::error::ConfigError;
 
@@ -95,7 +95,7 @@ pub fn build(
     upstreams: &HashMap<String, usize>,
     workers: usize,
 ) -> Result<PluginSet, ConfigError> {
-    let consumers = Arc::new(consumer::build(consumers)?);
+    let consumers = Arc::new(self::consumers(consumers)?);
     let mut cx = BuildCx {
         upstreams,
         consumers: consumers.clone(),
@@ -127,6 +127,82 @@ pub fn build(
         set.sync_interval = d;
     }
     Ok(set)
+}
+
+/// The consumer table from the config's `[[consumers]]`: each credential is parsed by its auth
+/// plugin, and names and credentials must be unique.
+pub fn consumers(raw: &[RawConsumerRef<'_>]) -> Result<Consumers, ConfigError> {
+    let mut c = Consumers::default();
+    let mut names = HashMap::new();
+    for (i, r) in raw.iter().enumerate() {
+        let at = format!("consumers[{i}]");
+        if r.username.is_empty()
+            || !r
+                .username
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            return Err(ConfigError::new(
+                format!("{at}.username"),
+                format!(
+                    "{:?} must be non-empty letters, digits, '_', '-' or '.'",
+                    r.username
+                ),
+            ));
+        }
+        if names.insert(r.username.to_string(), i).is_some() {
+            return Err(ConfigError::new(
+                format!("{at}.username"),
+                format!(
+                    "duplicate consumer {:?}; usernames must be unique",
+                    r.username
+                ),
+            ));
+        }
+        c.list.push(Consumer {
+            username: r.username.to_string(),
+            key_hash: super::util::consumer_key_hash(r.username),
+        });
+        for (name, v) in r.plugins {
+            let path = format!("{at}.plugins.{name}");
+            match name.as_str() {
+                "key-auth" => {
+                    let key = super::key_auth::consumer_key(v, &path)?;
+                    if c.keys.insert(key, i).is_some() {
+                        return Err(ConfigError::new(
+                            format!("{path}.key"),
+                            "another consumer already uses this key; keys must be unique",
+                        ));
+                    }
+                }
+                "basic-auth" => {
+                    let (user, pass) = super::basic_auth::consumer_cred(v, &path)?;
+                    if c.basic.insert(user, (pass, i)).is_some() {
+                        return Err(ConfigError::new(
+                            format!("{path}.username"),
+                            "another consumer already uses this username",
+                        ));
+                    }
+                }
+                "jwt-auth" => {
+                    let (key, cred) = super::jwt_auth::consumer_cred(v, &path)?;
+                    if c.jwt.insert(key, (cred, i)).is_some() {
+                        return Err(ConfigError::new(
+                            format!("{path}.key"),
+                            "another consumer already uses this key",
+                        ));
+                    }
+                }
+                other => {
+                    return Err(ConfigError::new(
+                        path,
+                        format!("{other:?} cannot be configured on a consumer; consumers take credentials for key-auth, basic-auth or jwt-auth"),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(c)
 }
 
 #[cfg(test)]

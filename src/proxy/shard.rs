@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::build::Built;
+use crate::built::Built;
 use crate::http::parse::HeadLimits;
 use crate::local::drain::{tick_until, Drain};
 use crate::upstream::UpstreamState;

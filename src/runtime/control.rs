@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
-use crate::build::Built;
+use crate::built::Built;
 
 /// Messages from the main thread to a shard.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver};
 
-use crate::build::Built;
+use crate::built::Built;
 use crate::config::Config;
 use crate::net::ring::block_on;
 use crate::proxy::shard::Shard;

@@ -11,7 +11,7 @@ use crossbeam_channel::{bounded, unbounded};
 
 use super::control::Control;
 use super::wake::ShardLink;
-use crate::build::Built;
+use crate::built::Built;
 use crate::config::Config;
 use crate::metrics::expose::PlaneInfo;
 use crate::metrics::ShardSnapshot;
