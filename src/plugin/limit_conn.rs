@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
 use super::consumer::Consumers;
 use super::limit_count::{reject_reply, rejection};
-use super::util::{duration, err, key_hash, key_parts, parse, positive, KeyPart, RawDur};
+use super::util::{duration, err, key_hash, key_parts, parse, positive, LimitKeyPart, RawDur};
 use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
@@ -84,7 +84,7 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
 
 struct Shared {
     limiter: u32,
-    key: Vec<KeyPart>,
+    key: Vec<LimitKeyPart>,
     conn: u64,
     max: u64,
     delay: Duration,

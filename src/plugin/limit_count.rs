@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
 use super::consumer::Consumers;
-use super::util::{duration, err, key_hash, key_parts, parse, positive, KeyPart, RawDur};
+use super::util::{duration, err, key_hash, key_parts, parse, positive, LimitKeyPart, RawDur};
 use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
@@ -159,7 +159,7 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
 
 struct Shared {
     limiter: u32,
-    key: Vec<KeyPart>,
+    key: Vec<LimitKeyPart>,
     code: u16,
     msg: Option<String>,
     headers: bool,
