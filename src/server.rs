@@ -42,7 +42,7 @@ pub fn run(built: Built) -> Result<(), String> {
             continue;
         }
         if sig == SIGHUP {
-            shards.reload_tls(cfg);
+            shards.reload_tls(&built);
             ops.reload_file();
             continue;
         }
