@@ -1,15 +1,16 @@
 //! ringway: a thread-per-core HTTP/1.1 API gateway on io_uring.
-//! Module map; what tests/ and perf/ reach. See README for the request flow.
+//! Module map, in layers (see `layers`); what tests/ and perf/ reach. See README for the request flow.
 
 pub mod accesslog;
 pub mod active_health;
 pub mod admin;
-pub mod build;
+pub mod built;
 pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod layers;
 pub mod limit;
 pub mod local;
 pub mod metrics;

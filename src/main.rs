@@ -1,4 +1,5 @@
-//! The `ringway` command: `run` serves, `check` validates a config. Kept short: CLI -> config -> runtime.
+//! The `ringway` command: `run` serves, `check` validates and builds a config. Kept short:
+//! CLI -> `built::load` -> `server::run`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,7 +44,7 @@ fn main() -> ExitCode {
     .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Check { config } => match ringway::build::load(&config) {
+        Cmd::Check { config } => match ringway::built::load(&config) {
             Ok(cfg) => {
                 println!(
                     "{}: ok ({} routes, {} upstreams, {} workers)",
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run { config } => {
-            let cfg = match ringway::build::load(&config) {
+            let cfg = match ringway::built::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("ringway: {}: {e}", config.display());

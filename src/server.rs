@@ -8,7 +8,7 @@ use std::time::Duration;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
-use crate::build::Built;
+use crate::built::Built;
 
 /// Runs the gateway until a termination signal; returns once shards have drained.
 pub fn run(built: Built) -> Result<(), String> {
@@ -42,7 +42,7 @@ pub fn run(built: Built) -> Result<(), String> {
             continue;
         }
         if sig == SIGHUP {
-            shards.reload_tls(cfg);
+            shards.reload_tls(&built);
             ops.reload_file();
             continue;
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::Format;
 
 /// What one finished request looks like to the log.
-pub struct Entry<'a> {
+pub struct Record<'a> {
     pub remote_addr: IpAddr,
     pub method: &'a [u8],
     /// Request target as sent (path and query).
@@ -188,7 +188,7 @@ fn protocol(version: u8) -> &'static str {
 }
 
 /// Appends one line (with its newline) to `out`.
-pub fn line(out: &mut Vec<u8>, format: &Format, clock: &mut Clock, e: &Entry<'_>) {
+pub fn line(out: &mut Vec<u8>, format: &Format, clock: &mut Clock, e: &Record<'_>) {
     clock.refresh();
     match format {
         Format::Combined => {
@@ -263,8 +263,8 @@ fn opt(out: &mut Vec<u8>, v: Option<&[u8]>) {
 mod tests {
     use super::*;
 
-    fn entry() -> Entry<'static> {
-        Entry {
+    fn entry() -> Record<'static> {
+        Record {
             remote_addr: "127.0.0.1".parse().unwrap(),
             method: b"GET",
             uri: b"/a?b=\"c\"",

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
-pub use format::{Entry, Field};
+pub use format::{Field, Record};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -163,7 +163,7 @@ impl ShardLog {
     }
 
     /// Appends one line for a finished request.
-    pub fn record(&self, e: &Entry<'_>) {
+    pub fn record(&self, e: &Record<'_>) {
         let full = {
             let mut buf = self.buf.borrow_mut();
             let mut clock = self.clock.borrow_mut();

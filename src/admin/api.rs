@@ -130,7 +130,7 @@ enum Refused {
 
 /// One route put or removed without a full rebuild: only that route is validated, the router
 /// and shards update that route only, and the state file gets one journal line. `Ok(None)`
-/// when the change needs the full path (see `build::with_route`).
+/// when the change needs the full path (see `built::with_route`).
 fn route_change(
     plane: &Plane,
     store: &mut Document,
@@ -141,7 +141,7 @@ fn route_change(
     let Some(order) = route_order(store, &cur, id) else {
         return Ok(None);
     };
-    let built = crate::build::with_route(&cur, id, obj.clone(), order).map_err(Refused::Invalid)?;
+    let built = crate::built::with_route(&cur, id, obj.clone(), order).map_err(Refused::Invalid)?;
     let Some((cfg, slot)) = built else {
         return Ok(None);
     };
@@ -158,7 +158,7 @@ fn route_change(
 /// Where route `id` goes among routes of equal precedence: a full build from the store ranks
 /// them in id (= name) order, so a replaced route keeps its order and a new one gets an order
 /// between its neighbours by name. `None` when that is not possible without renumbering.
-fn route_order(store: &Document, built: &crate::build::Built, id: &str) -> Option<u64> {
+fn route_order(store: &Document, built: &crate::built::Built, id: &str) -> Option<u64> {
     use std::ops::Bound::{Excluded, Unbounded};
     let (cfg, router) = (&built.cfg, &built.router);
     if !cfg.routes.name_ordered() {

@@ -1,13 +1,13 @@
 //! The admin API's document: the config file's content as JSON, with the collections the admin
-//! API edits (routes, upstreams, consumers, global rules) overlaid from the state file. Builds a
-//! validated `Config` from it and persists the collections. No I/O besides the state file.
+//! API edits (routes, upstreams, consumers, global rules) overlaid from the state file. Builds a config
+//! generation (validated, then built) from it and persists the collections. No I/O besides the state file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::build::Built;
+use crate::built::Built;
 use crate::config::ConfigError;
 
 /// An admin collection: its URL segment, its key in the document, and the field holding the id.
@@ -235,7 +235,7 @@ impl Document {
     /// Validates and compiles the document; errors name `kind/id.field` where they can.
     pub fn build(&self) -> Result<Built, ConfigError> {
         crate::config::from_json_in(self.document(), &self.dir)
-            .and_then(crate::build::build)
+            .and_then(crate::built::build)
             .map_err(|e| self.locate(e))
     }
 

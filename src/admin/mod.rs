@@ -1,6 +1,6 @@
 //! The status listener (`/metrics`, `/status`, `/healthz`) and the admin API listener, each on
-//! its own thread off the shards' event loops, plus the control plane they share. Must not be
-//! reached from the request path: shards only ever see what arrives on their control channels.
+//! its own thread off the shards' event loops, and what they share with SIGHUP (`Ops`). Must not
+//! be reached from the request path: shards only ever see what arrives on their control channels.
 
 pub mod api;
 pub mod document;
@@ -10,7 +10,7 @@ pub mod purge;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use crate::build::Built;
+use crate::built::Built;
 use crate::runtime::plane::Plane;
 use http::{Request, Response};
 
@@ -43,7 +43,7 @@ impl Ops {
                 *store = Some(fresh);
                 Ok(c)
             }),
-            None => crate::build::load(&path),
+            None => crate::built::load(&path),
         };
         let new = match loaded {
             Ok(c) => with_source(c, plane),

@@ -2,7 +2,7 @@
 //! cache's own key (its `cache_key` parts) and removes matches. Runs on the shard's thread
 //! when its control channel delivers the purge; must not reach across shards itself.
 
-use super::{Instance, KeyPart, Target, INSTANCES};
+use super::{CacheKeyPart, Instance, Target, INSTANCES};
 
 /// What the admin API asked to purge, before it is turned into each cache's key.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ pub struct AdminAck {
 }
 
 /// The `Target` for one cache, or `None` if its key needs request parts the URL lacks.
-fn target_for(parts: &[KeyPart], t: &AdminTarget) -> Option<Target> {
+fn target_for(parts: &[CacheKeyPart], t: &AdminTarget) -> Option<Target> {
     let (host, uri, prefix) = match t {
         AdminTarget::Tag(tag) => return Some(Target::Tag(tag.as_bytes().to_vec())),
         AdminTarget::Url { host, uri } => (host, uri.as_str(), false),
@@ -41,13 +41,13 @@ fn target_for(parts: &[KeyPart], t: &AdminTarget) -> Option<Target> {
             key.push(0x1f);
         }
         match p {
-            KeyPart::Host => key.extend_from_slice(host.to_ascii_lowercase().as_bytes()),
-            KeyPart::Scheme => key.extend_from_slice(b"http"),
-            KeyPart::Method => key.extend_from_slice(b"GET"),
-            KeyPart::Literal(l) => key.extend_from_slice(l.as_bytes()),
-            KeyPart::RequestUri | KeyPart::Uri => {
+            CacheKeyPart::Host => key.extend_from_slice(host.to_ascii_lowercase().as_bytes()),
+            CacheKeyPart::Scheme => key.extend_from_slice(b"http"),
+            CacheKeyPart::Method => key.extend_from_slice(b"GET"),
+            CacheKeyPart::Literal(l) => key.extend_from_slice(l.as_bytes()),
+            CacheKeyPart::RequestUri | CacheKeyPart::Uri => {
                 let u = match p {
-                    KeyPart::Uri if !prefix => uri.split('?').next().unwrap_or(uri),
+                    CacheKeyPart::Uri if !prefix => uri.split('?').next().unwrap_or(uri),
                     _ => uri,
                 };
                 key.extend_from_slice(u.as_bytes());
@@ -63,9 +63,10 @@ fn target_for(parts: &[KeyPart], t: &AdminTarget) -> Option<Target> {
                     Target::Prefix(key)
                 });
             }
-            KeyPart::Consumer | KeyPart::Header(_) | KeyPart::Cookie(_) | KeyPart::Arg(_) => {
-                return None
-            }
+            CacheKeyPart::Consumer
+            | CacheKeyPart::Header(_)
+            | CacheKeyPart::Cookie(_)
+            | CacheKeyPart::Arg(_) => return None,
         }
     }
     // A key without any URI part cannot be told apart by URL.
@@ -103,7 +104,7 @@ mod tests {
 
     #[test]
     fn keys_match_what_requests_build() {
-        let default = [KeyPart::Host, KeyPart::RequestUri];
+        let default = [CacheKeyPart::Host, CacheKeyPart::RequestUri];
         let k = |t: Option<Target>| match t {
             Some(Target::Key(k)) => ("key", k),
             Some(Target::Prefix(k)) => ("prefix", k),
@@ -113,15 +114,15 @@ mod tests {
             k(target_for(&default, &url("/a?b=1"))),
             ("key", b"example.com\x1f/a?b=1".to_vec())
         );
-        let by_path = [KeyPart::Host, KeyPart::Uri];
+        let by_path = [CacheKeyPart::Host, CacheKeyPart::Uri];
         assert_eq!(
             k(target_for(&by_path, &url("/a?b=1"))),
             ("key", b"example.com\x1f/a".to_vec())
         );
         let varied = [
-            KeyPart::Host,
-            KeyPart::RequestUri,
-            KeyPart::Cookie("l".into()),
+            CacheKeyPart::Host,
+            CacheKeyPart::RequestUri,
+            CacheKeyPart::Cookie("l".into()),
         ];
         assert_eq!(
             k(target_for(&varied, &url("/a"))),
@@ -135,9 +136,9 @@ mod tests {
             k(target_for(&default, &pre)),
             ("prefix", b"h\x1f/p/".to_vec())
         );
-        let by_header = [KeyPart::Header("x-t".into()), KeyPart::RequestUri];
+        let by_header = [CacheKeyPart::Header("x-t".into()), CacheKeyPart::RequestUri];
         assert!(target_for(&by_header, &url("/a")).is_none());
-        assert!(target_for(&[KeyPart::Host], &url("/a")).is_none());
+        assert!(target_for(&[CacheKeyPart::Host], &url("/a")).is_none());
         assert!(matches!(
             target_for(&by_header, &AdminTarget::Tag("g".into())),
             Some(Target::Tag(_))

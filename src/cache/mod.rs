@@ -31,7 +31,7 @@ use crate::util::mesh::Lane;
 
 /// One part of a cache key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyPart {
+pub enum CacheKeyPart {
     Host,
     /// Path and query as the client sent them.
     RequestUri,
@@ -49,15 +49,15 @@ pub enum KeyPart {
 /// A route's validated proxy-cache settings (see README "Cache").
 #[derive(Debug, Clone)]
 pub struct CacheConf {
-    pub key: Vec<KeyPart>,
+    pub key: Vec<CacheKeyPart>,
     pub get: bool,
     pub head: bool,
     pub statuses: Vec<u16>,
     pub ttl: Option<u64>,
     pub max_body_bytes: usize,
     pub max_bytes: usize,
-    pub bypass: Vec<KeyPart>,
-    pub no_cache: Vec<KeyPart>,
+    pub bypass: Vec<CacheKeyPart>,
+    pub no_cache: Vec<CacheKeyPart>,
     pub hide_cache_headers: bool,
     pub status_header: String,
     pub honor_client_no_cache: bool,

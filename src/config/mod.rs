@@ -1,5 +1,5 @@
-//! Validated runtime configuration and the loader that turns a TOML file into it.
-//! Shards only ever see these types; the raw serde shapes stay in `raw.rs`.
+//! The validated configuration as plain data, and the loader that turns a TOML file (or the
+//! admin API's JSON) into it. Builds nothing: the router and plugin factories are `crate::built`'s.
 
 mod checks;
 pub mod ops;
@@ -24,7 +24,7 @@ pub use routes::{with_route, Cond, RouteSpec, RouteTable};
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     /// TLS settings per listen address, same order as `listen`; `None` for plain listeners.
-    pub tls: Vec<Option<ListenerTls>>,
+    pub tls: Vec<Option<crate::net::tls::ListenTlsSpec>>,
     pub workers: usize,
     pub cpu_affinity: Option<Vec<usize>>,
     pub driver: DriverKind,
@@ -57,13 +57,6 @@ impl ServerConfig {
     }
 }
 
-/// A TLS listener: the files it was built from (for SIGHUP) and the built rustls config.
-#[derive(Debug, Clone)]
-pub struct ListenerTls {
-    pub spec: crate::net::tls::ListenTlsSpec,
-    pub config: Arc<rustls::ServerConfig>,
-}
-
 /// Which balancing algorithm an upstream uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
@@ -83,7 +76,7 @@ pub enum HashOn {
     Arg(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
     pub addr: SocketAddr,
     /// The address as written, used as Host for `pass_host = "node"`.
@@ -91,14 +84,14 @@ pub struct NodeConfig {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub size: usize,
     pub idle_timeout: Duration,
     pub requests: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: String,
     pub policy: Policy,
@@ -112,7 +105,7 @@ pub struct UpstreamConfig {
     pub fail_timeout: Duration,
     pub pool: PoolConfig,
     /// `scheme = "https"` / `tls = { ... }`: connections to every node are TLS.
-    pub tls: Option<crate::net::tls_client::UpstreamTls>,
+    pub tls: Option<crate::net::tls_client::UpstreamTlsSpec>,
     /// `[upstreams.checks.active]`: probed by the health thread (src/active_health), not by shards.
     pub checks: Option<std::sync::Arc<ActiveCheck>>,
 }
@@ -147,7 +140,7 @@ pub struct ConsumerConfig {
 }
 
 /// The validated configuration as plain data. What shards run is built from it (router, plugin
-/// factories) by `crate::build`; nothing here is compiled or shared with shards' mutable state.
+/// factories) by `crate::built`; nothing here is compiled or shared with shards' mutable state.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,

@@ -111,7 +111,7 @@ impl RouteTable {
 /// A copy of `cur` with route `name` put (`Some(route JSON)`) or removed, sharing everything
 /// else with `cur` copy-on-write. Returns the new config and the route's id, or `Ok(None)` when
 /// there is no such route to remove. Errors name `routes/<name>.<key>`. The build step
-/// (`crate::build::with_route`) then updates the router and the route's plugin chain.
+/// (`crate::built::with_route`) then updates the router and the route's plugin chain.
 pub fn with_route(
     cur: &Config,
     name: &str,

@@ -1,23 +1,18 @@
 //! Validation of the TLS keys: `[[server.listen]]` TLS options and an upstream's `scheme`/`tls`.
-//! Resolves paths against the config's directory and reads the files (main thread only); errors name key and file.
+//! Resolves paths against the config's directory; reading the files is the build step's (built/tls.rs).
 
 use std::path::Path;
-use std::sync::Arc;
-
-use rustls::server::ProducesTickets;
 
 use super::raw::{RawListenTable, RawUpstream};
-use super::{ConfigError, ListenerTls, NodeConfig};
-use crate::net::tls::{build_server_config, CertSpec, ListenTlsSpec, MinVersion};
-use crate::net::tls_client::{self, UpstreamTls, UpstreamTlsSpec};
+use super::ConfigError;
+use crate::net::tls::{CertSpec, ListenTlsSpec, MinVersion};
+use crate::net::tls_client::UpstreamTlsSpec;
 
-/// `ticketer` is called only when the listener is TLS, so plain configs never create ticket keys.
 pub(super) fn listener_tls(
     i: usize,
     t: &RawListenTable,
     dir: &Path,
-    ticketer: &mut dyn FnMut() -> Result<Arc<dyn ProducesTickets>, String>,
-) -> Result<Option<ListenerTls>, ConfigError> {
+) -> Result<Option<ListenTlsSpec>, ConfigError> {
     let at = |key: &str| format!("server.listen[{i}].{key}");
     if t.tls != Some(true) {
         let stray = [
@@ -78,18 +73,14 @@ pub(super) fn listener_tls(
         client_ca: t.client_ca.as_ref().map(|p| dir.join(p)),
         min_version,
     };
-    let ticketer = ticketer().map_err(|e| ConfigError::new(at("tls"), e))?;
-    let config = build_server_config(&spec, ticketer)
-        .map_err(|e| ConfigError::new(format!("server.listen[{i}]"), e))?;
-    Ok(Some(ListenerTls { spec, config }))
+    Ok(Some(spec))
 }
 
 pub(super) fn upstream_tls(
     i: usize,
     u: &RawUpstream,
-    nodes: &[NodeConfig],
     dir: &Path,
-) -> Result<Option<UpstreamTls>, ConfigError> {
+) -> Result<Option<UpstreamTlsSpec>, ConfigError> {
     let at = |key: &str| format!("upstreams[{i}].{key}");
     let on = match (u.scheme.as_deref(), &u.tls) {
         (None | Some("http"), None) => false,
@@ -135,14 +126,5 @@ pub(super) fn upstream_tls(
             }
         };
     }
-    let hosts: Vec<&str> = nodes.iter().map(|n| host_of(&n.host)).collect();
-    tls_client::build(&spec, &hosts)
-        .map(Some)
-        .map_err(|e| ConfigError::new(at("tls"), e))
-}
-
-/// `example.com:443` -> `example.com`, `[::1]:443` -> `::1`.
-fn host_of(addr: &str) -> &str {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    host.trim_start_matches('[').trim_end_matches(']')
+    Ok(Some(spec))
 }

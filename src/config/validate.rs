@@ -13,7 +13,6 @@ use super::{
     Config, ConfigError, DriverKind, HashOn, NodeConfig, Policy, PoolConfig, ServerConfig, TaskRun,
     UpstreamConfig,
 };
-use crate::net::tls::new_ticketer;
 
 pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
     let server = server(&raw, dir)?;
@@ -25,7 +24,7 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
     let mut by_name = HashMap::new();
     for (i, u) in raw.upstreams.iter().enumerate() {
         let mut up = upstream(i, u)?;
-        up.tls = super::tls::upstream_tls(i, u, &up.nodes, dir)?;
+        up.tls = super::tls::upstream_tls(i, u, dir)?;
         if by_name.insert(up.name.clone(), i).is_some() {
             return Err(ConfigError::new(
                 format!("upstreams[{i}].name"),
@@ -87,8 +86,6 @@ fn server(raw: &RawConfig, dir: &Path) -> Result<ServerConfig, ConfigError> {
     }
     let mut listen = Vec::with_capacity(s.listen.len());
     let mut tls = Vec::with_capacity(s.listen.len());
-    // One ticket-key source for every TLS listener and shard (see net::tls::new_ticketer).
-    let mut ticketer: Option<Arc<dyn rustls::server::ProducesTickets>> = None;
     for (i, l) in s.listen.iter().enumerate() {
         let text = match l {
             RawListen::Addr(a) => a.as_str(),
@@ -97,14 +94,7 @@ fn server(raw: &RawConfig, dir: &Path) -> Result<ServerConfig, ConfigError> {
         listen.push(socket_addr(&format!("server.listen[{i}]"), text)?);
         tls.push(match l {
             RawListen::Addr(_) => None,
-            RawListen::Table(t) => super::tls::listener_tls(i, t, dir, &mut || match &ticketer {
-                Some(t) => Ok(t.clone()),
-                None => {
-                    let t = new_ticketer()?;
-                    ticketer = Some(t.clone());
-                    Ok(t)
-                }
-            })?,
+            RawListen::Table(t) => super::tls::listener_tls(i, t, dir)?,
         });
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

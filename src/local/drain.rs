@@ -1,5 +1,5 @@
-//! Shard-local "we are shutting down" signal that idle waits can select on.
-//! Single-threaded by design (Cell/RefCell); other threads reach it only through the control channel.
+//! Shard-local one-shot signals (drain, retire) that waits can select on, and the housekeeping
+//! loop that ticks until one fires. Single-threaded (Cell/RefCell); other threads use channels.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Counters for one logger plugin, summed over its configs and generations.
+#[derive(Default)]
 pub struct Counters {
     pub sent: AtomicU64,
     pub dropped: AtomicU64,
@@ -17,12 +18,6 @@ impl Counters {
             dropped: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         }
-    }
-}
-
-impl Default for Counters {
-    fn default() -> Counters {
-        Counters::new()
     }
 }
 

@@ -17,7 +17,7 @@ use super::tls::{load_certified_key, load_roots, provider};
 pub type ClientStream = Guarded<monoio_rustls::ClientTlsStream<TcpStream>>;
 
 /// `tls = { ... }` on an upstream, paths resolved against the config's directory.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpstreamTlsSpec {
     /// CA bundle; `None` means the built-in web PKI roots.
     pub ca: Option<PathBuf>,

@@ -1,4 +1,4 @@
-//! api-breaker (priority 1005): a circuit breaker on the route's upstream statuses. Trips after
+//! api-breaker: a circuit breaker on the route's upstream statuses. Trips after
 //! `unhealthy.failures` unhealthy statuses in a row; the open time doubles per trip. Per shard.
 
 use std::cell::RefCell;
@@ -11,9 +11,16 @@ use serde::Deserialize;
 
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::util::{err, parse};
-use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
+
+pub const SPEC: Spec = Spec {
+    name: "api-breaker",
+    priority: 1005,
+    phases: phase::ACCESS | phase::LOG,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,7 +86,7 @@ fn count(v: Option<u32>, path: &str, key: &str) -> Result<u32, ConfigError> {
     }
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if !(200..=599).contains(&c.break_response_code) {
         return Err(err(
@@ -165,11 +172,8 @@ struct State {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "api-breaker"
-    }
-    fn priority(&self) -> i32 {
-        1005
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
         let s = &self.0;
@@ -193,12 +197,8 @@ struct ApiBreaker {
 }
 
 impl Plugin for ApiBreaker {
-    fn name(&self) -> &'static str {
-        "api-breaker"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS | super::phase::LOG
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, _req: &RequestHead, _cx: &mut Ctx) -> Flow {
@@ -243,5 +243,86 @@ impl Plugin for ApiBreaker {
                 st.failures = 0;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::plugin::testkit::{self, Gateway};
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    /// One request that reaches the upstream and gets `status`; false if the breaker answered.
+    fn upstream_says(gw: &Gateway, status: u16) -> bool {
+        let mut x = gw.send(GET);
+        let passed = x.replied().is_none();
+        if passed {
+            x.response(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes());
+        }
+        x.log();
+        passed
+    }
+
+    #[test]
+    fn opens_after_unhealthy_statuses_in_a_row_with_the_break_response() {
+        let gw = testkit::gateway(
+            "[api-breaker]\nbreak_response_code = 503\nbreak_response_body = \"down\"\n\
+             break_response_headers = [{ key = \"X-Breaker\", value = \"open\" }]\n\
+             unhealthy = { http_statuses = [500, 502], failures = 2 }\n",
+        );
+        assert!(upstream_says(&gw, 500));
+        // A healthy status resets the run.
+        assert!(upstream_says(&gw, 200));
+        assert!(upstream_says(&gw, 502));
+        // Neither healthy nor unhealthy: changes nothing.
+        assert!(upstream_says(&gw, 404));
+        assert!(upstream_says(&gw, 500));
+        let x = gw.send(GET);
+        assert_eq!(x.replied(), Some(503));
+        assert_eq!(&x.reply().unwrap().body[..], b"down");
+        assert_eq!(x.reply_header("x-breaker"), Some(&b"open"[..]));
+        assert!(!x.cx.forwarded);
+    }
+
+    #[test]
+    fn other_plugins_replies_do_not_count() {
+        let gw = testkit::gateway(
+            "[api-breaker]\nbreak_response_code = 502\nunhealthy = { http_statuses = [401], failures = 1 }\n\
+             [key-auth]\n",
+        );
+        for _ in 0..3 {
+            let mut x = gw.send(GET);
+            assert_eq!(x.replied(), Some(401), "key-auth's own reply");
+            x.log();
+        }
+        assert_eq!(gw.send(GET).replied(), Some(401), "still closed");
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[api-breaker]\nbreak_response_code = 100\n");
+        assert_eq!(e.path, "routes[0].plugins.api-breaker.break_response_code");
+        let e = testkit::config_error(
+            "[api-breaker]\nbreak_response_code = 502\nmax_breaker_sec = 1\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.api-breaker.max_breaker_sec");
+        let e = testkit::config_error(
+            "[api-breaker]\nbreak_response_code = 502\nunhealthy = { failures = 0 }\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.api-breaker.unhealthy.failures");
+        let e = testkit::config_error(
+            "[api-breaker]\nbreak_response_code = 502\nhealthy = { http_statuses = [] }\n",
+        );
+        assert_eq!(
+            e.path,
+            "routes[0].plugins.api-breaker.healthy.http_statuses"
+        );
+        let e = testkit::config_error(
+            "[api-breaker]\nbreak_response_code = 502\nbreak_response_headers = [{ key = \"\", value = \"v\" }]\n",
+        );
+        assert_eq!(
+            e.path,
+            "routes[0].plugins.api-breaker.break_response_headers[0]"
+        );
     }
 }

@@ -283,6 +283,16 @@ impl ShardPlugins {
         self.chains.get(route).map_or(&self.no_plugins, |c| c)
     }
 
+    /// The route's chain in run order, with the phase mask the chain keeps for each (tests).
+    #[cfg(test)]
+    pub(crate) fn links(&self, route: usize) -> Vec<(u8, Rc<dyn Plugin>)> {
+        self.route_chain(route)
+            .links
+            .iter()
+            .map(|l| (l.phases, l.plugin.clone()))
+            .collect()
+    }
+
     /// True when neither the route nor the global set has plugins.
     #[inline]
     pub fn is_empty(&self, route: usize) -> bool {

@@ -1,12 +1,10 @@
-//! Consumers: named identities with one credential per auth plugin, looked up by the auth
-//! plugins. Built once at config load, read-only afterwards (shared by shards behind an Arc).
+//! Consumers: named identities with one credential per auth plugin, as the auth plugins look
+//! them up. Read-only once built (by the registry); must not name a plugin, which would close a circle.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 
-use crate::error::ConfigError;
-
-use super::jwt_auth::JwtCred;
+use jsonwebtoken::{DecodingKey, Validation};
 
 #[derive(Debug)]
 pub struct Consumer {
@@ -52,76 +50,8 @@ pub struct RawConsumerRef<'a> {
     pub plugins: &'a BTreeMap<String, toml::Value>,
 }
 
-pub fn build(raw: &[RawConsumerRef<'_>]) -> Result<Consumers, ConfigError> {
-    let mut c = Consumers::default();
-    let mut names = HashMap::new();
-    for (i, r) in raw.iter().enumerate() {
-        let at = format!("consumers[{i}]");
-        if r.username.is_empty()
-            || !r
-                .username
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-        {
-            return Err(ConfigError::new(
-                format!("{at}.username"),
-                format!(
-                    "{:?} must be non-empty letters, digits, '_', '-' or '.'",
-                    r.username
-                ),
-            ));
-        }
-        if names.insert(r.username.to_string(), i).is_some() {
-            return Err(ConfigError::new(
-                format!("{at}.username"),
-                format!(
-                    "duplicate consumer {:?}; usernames must be unique",
-                    r.username
-                ),
-            ));
-        }
-        c.list.push(Consumer {
-            username: r.username.to_string(),
-            key_hash: super::util::consumer_key_hash(r.username),
-        });
-        for (name, v) in r.plugins {
-            let path = format!("{at}.plugins.{name}");
-            match name.as_str() {
-                "key-auth" => {
-                    let key = super::key_auth::consumer_key(v, &path)?;
-                    if c.keys.insert(key, i).is_some() {
-                        return Err(ConfigError::new(
-                            format!("{path}.key"),
-                            "another consumer already uses this key; keys must be unique",
-                        ));
-                    }
-                }
-                "basic-auth" => {
-                    let (user, pass) = super::basic_auth::consumer_cred(v, &path)?;
-                    if c.basic.insert(user, (pass, i)).is_some() {
-                        return Err(ConfigError::new(
-                            format!("{path}.username"),
-                            "another consumer already uses this username",
-                        ));
-                    }
-                }
-                "jwt-auth" => {
-                    let (key, cred) = super::jwt_auth::consumer_cred(v, &path)?;
-                    if c.jwt.insert(key, (cred, i)).is_some() {
-                        return Err(ConfigError::new(
-                            format!("{path}.key"),
-                            "another consumer already uses this key",
-                        ));
-                    }
-                }
-                other => {
-                    return Err(ConfigError::new(
-                        path,
-                        format!("{other:?} cannot be configured on a consumer; consumers take credentials for key-auth, basic-auth or jwt-auth"),
-                    ))
-                }
-            }
-        }
-    }
-    Ok(c)
+/// A jwt-auth consumer's verification material (built by jwt-auth's `consumer_cred`).
+pub struct JwtCred {
+    pub(super) key: DecodingKey,
+    pub(super) validation: Validation,
 }

@@ -1,4 +1,4 @@
-//! cors (priority 4000): answers CORS preflights at the gateway (200, never upstream) and adds
+//! cors: answers CORS preflights at the gateway (200, never upstream) and adds
 //! Access-Control-* headers to every other response of the route, plugin replies included.
 
 use std::rc::Rc;
@@ -9,9 +9,16 @@ use serde::Deserialize;
 
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::util::{err, parse};
-use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::{Method, RequestHead};
+
+pub const SPEC: Spec = Spec {
+    name: "cors",
+    priority: 4000,
+    phases: phase::REWRITE,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,7 +61,7 @@ struct Shared {
     credential: bool,
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     let origins_text = c.allow_origins.clone().unwrap_or_else(|| "*".into());
     let methods = c.allow_methods.clone().unwrap_or_else(|| "*".into());
@@ -150,11 +157,8 @@ fn list(t: &str) -> Vec<String> {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "cors"
-    }
-    fn priority(&self) -> i32 {
-        4000
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(Cors(self.0.clone()))
@@ -177,12 +181,8 @@ impl Cors {
 }
 
 impl Plugin for Cors {
-    fn name(&self) -> &'static str {
-        "cors"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::REWRITE
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
@@ -221,5 +221,99 @@ impl Plugin for Cors {
             return Flow::Respond(Reply::new(200));
         }
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::plugin::testkit;
+
+    const PREFLIGHT: &[u8] = b"OPTIONS /x HTTP/1.1\r\nHost: a\r\nOrigin: https://app.example\r\n\
+        Access-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: X-Token\r\n\r\n";
+
+    #[test]
+    fn defaults_allow_any_origin_on_the_response() {
+        let gw = testkit::gateway("[cors]\n");
+        let x = gw.send(b"GET /x HTTP/1.1\r\nHost: a\r\nOrigin: https://app.example\r\n\r\n");
+        assert_eq!(x.replied(), None, "not a preflight: goes upstream");
+        assert_eq!(
+            x.client_header("Access-Control-Allow-Origin"),
+            Some(&b"*"[..])
+        );
+        assert_eq!(
+            x.client_header("Access-Control-Allow-Methods"),
+            Some(&b"GET,POST,PUT,DELETE,PATCH,HEAD,OPTIONS,CONNECT,TRACE"[..])
+        );
+        assert_eq!(x.client_header("Access-Control-Max-Age"), Some(&b"5"[..]));
+        assert_eq!(x.client_header("Vary"), None);
+        assert_eq!(x.client_header("Access-Control-Allow-Credentials"), None);
+    }
+
+    #[test]
+    fn preflight_is_answered_at_the_gateway_with_the_headers() {
+        let gw = testkit::gateway(
+            "[cors]\nallow_origins = \"https://app.example,https://b.example\"\n\
+             allow_methods = \"GET,PUT\"\nallow_headers = \"**\"\nmax_age = 600\nallow_credential = true\n",
+        );
+        let x = gw.send(PREFLIGHT);
+        assert_eq!(x.replied(), Some(200));
+        assert_eq!(
+            x.reply_header("Access-Control-Allow-Origin"),
+            Some(&b"https://app.example"[..])
+        );
+        assert_eq!(x.reply_header("Vary"), Some(&b"Origin"[..]));
+        assert_eq!(
+            x.reply_header("Access-Control-Allow-Methods"),
+            Some(&b"GET,PUT"[..])
+        );
+        assert_eq!(
+            x.reply_header("Access-Control-Allow-Headers"),
+            Some(&b"X-Token"[..]),
+            "** echoes the request's"
+        );
+        assert_eq!(x.reply_header("Access-Control-Max-Age"), Some(&b"600"[..]));
+        assert_eq!(
+            x.reply_header("Access-Control-Allow-Credentials"),
+            Some(&b"true"[..])
+        );
+    }
+
+    #[test]
+    fn an_unlisted_origin_gets_no_allow_headers() {
+        let gw = testkit::gateway(
+            "[cors]\nallow_origins = \"https://b.example\"\nallow_origins_by_regex = [\"^https://.*\\\\.corp$\"]\n",
+        );
+        let x = gw.send(PREFLIGHT);
+        assert_eq!(x.replied(), Some(200), "answered, but without the headers");
+        assert_eq!(x.reply_header("Access-Control-Allow-Origin"), None);
+        let x = gw.send(b"GET / HTTP/1.1\r\nHost: a\r\nOrigin: https://x.corp\r\n\r\n");
+        assert_eq!(
+            x.client_header("Access-Control-Allow-Origin"),
+            Some(&b"https://x.corp"[..])
+        );
+        let x = gw.send(b"GET / HTTP/1.1\r\nHost: a\r\nOrigin: https://b.example\r\n\r\n");
+        assert_eq!(
+            x.client_header("Access-Control-Allow-Origin"),
+            Some(&b"https://b.example"[..])
+        );
+        // OPTIONS without Access-Control-Request-Method is not a preflight.
+        let x = gw.send(b"OPTIONS / HTTP/1.1\r\nHost: a\r\nOrigin: https://b.example\r\n\r\n");
+        assert_eq!(x.replied(), None);
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[cors]\nallow_credential = true\n");
+        assert_eq!(e.path, "routes[0].plugins.cors.allow_origins");
+        let e = testkit::config_error(
+            "[cors]\nallow_credential = true\nallow_origins = \"https://a\"\nallow_methods = \"*\"\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.cors.allow_methods");
+        let e = testkit::config_error("[cors]\nallow_origins_by_regex = [\"(\"]\n");
+        assert_eq!(e.path, "routes[0].plugins.cors.allow_origins_by_regex[0]");
+        let e = testkit::config_error("[cors]\nmax_age = -2\n");
+        assert_eq!(e.path, "routes[0].plugins.cors.max_age");
+        let e = testkit::config_error("[cors]\nallow_origins = \" , \"\n");
+        assert_eq!(e.path, "routes[0].plugins.cors.allow_origins");
     }
 }

@@ -50,7 +50,7 @@ pub struct Ctx {
     /// proxy-cache: what the lookup decided and the response being stored (cache/mod.rs).
     pub cache: crate::cache::CacheCx,
     /// Request line and host for http-logger / tcp-logger, taken in `rewrite` (None otherwise).
-    pub log_req: Option<Box<super::logship::ReqSummary>>,
+    pub log_req: Option<Box<ReqSummary>>,
 }
 
 impl Ctx {
@@ -112,4 +112,12 @@ impl Ctx {
 /// A header value copied out for a reply.
 pub fn bytes(v: &[u8]) -> Bytes {
     Bytes::copy_from_slice(v)
+}
+
+/// The request line and host, taken in `rewrite` (the `log` phase sees only `Ctx`).
+#[derive(Debug, Clone, Default)]
+pub struct ReqSummary {
+    pub method: String,
+    pub uri: String,
+    pub host: String,
 }

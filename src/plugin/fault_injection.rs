@@ -1,4 +1,4 @@
-//! fault-injection (priority 11000): delays and/or aborts a share of requests, optionally only
+//! fault-injection: delays and/or aborts a share of requests, optionally only
 //! those matching `vars`. Runs in rewrite; the delay is served by the phase driver's sleep.
 
 use std::rc::Rc;
@@ -12,9 +12,16 @@ use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::rand::Rng;
 use super::util::{err, parse};
 use super::vars::{self, Conds};
-use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
+
+pub const SPEC: Spec = Spec {
+    name: "fault-injection",
+    priority: 11000,
+    phases: phase::REWRITE,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,7 +94,7 @@ impl When {
     }
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if c.abort.is_none() && c.delay.is_none() {
         return Err(ConfigError::new(path, "set abort, delay or both"));
@@ -138,11 +145,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "fault-injection"
-    }
-    fn priority(&self) -> i32 {
-        11000
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(FaultInjection {
@@ -163,12 +167,8 @@ struct FaultInjection {
 }
 
 impl Plugin for FaultInjection {
-    fn name(&self) -> &'static str {
-        "fault-injection"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::REWRITE
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
@@ -184,5 +184,80 @@ impl Plugin for FaultInjection {
             }
         }
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::plugin::testkit;
+
+    #[test]
+    fn aborts_with_the_configured_status_and_body() {
+        let gw = testkit::gateway(
+            "[fault-injection]\nabort = { http_status = 418, body = \"teapot\" }\n",
+        );
+        let x = gw.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.replied(), Some(418));
+        assert_eq!(&x.reply().unwrap().body[..], b"teapot");
+        assert_eq!(x.cx.delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn vars_pick_the_requests_and_delay_comes_before_abort() {
+        let gw = testkit::gateway(
+            "[fault-injection]\n\
+             abort = { http_status = 503, vars = [[[\"arg_name\", \"==\", \"jack\"]]] }\n\
+             delay = { duration = 0.25, vars = [[[\"http_x_slow\", \"==\", \"1\"]], [[\"arg_name\", \"==\", \"jack\"]]] }\n",
+        );
+        let x = gw.send(b"GET /?name=jill HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.cx.delay, Duration::ZERO);
+        let x = gw.send(b"GET /?name=jill HTTP/1.1\r\nHost: a\r\nX-Slow: 1\r\n\r\n");
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.cx.delay, Duration::from_millis(250));
+        let x = gw.send(b"GET /?name=jack HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.replied(), Some(503));
+        assert_eq!(
+            x.cx.delay,
+            Duration::from_millis(250),
+            "delayed, then aborted"
+        );
+    }
+
+    #[test]
+    fn percentage_zero_never_fires() {
+        let gw = testkit::gateway(
+            "[fault-injection]\nabort = { http_status = 500, percentage = 0.0 }\n",
+        );
+        for _ in 0..50 {
+            assert_eq!(
+                gw.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").replied(),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[fault-injection]\n");
+        assert_eq!(e.path, "routes[0].plugins.fault-injection");
+        assert_eq!(e.message, "set abort, delay or both");
+        let e = testkit::config_error("[fault-injection]\nabort = { http_status = 100 }\n");
+        assert_eq!(
+            e.path,
+            "routes[0].plugins.fault-injection.abort.http_status"
+        );
+        let e = testkit::config_error("[fault-injection]\ndelay = { duration = 0.0 }\n");
+        assert_eq!(e.path, "routes[0].plugins.fault-injection.delay.duration");
+        let e = testkit::config_error(
+            "[fault-injection]\nabort = { http_status = 500, percentage = 101.0 }\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.fault-injection.abort.percentage");
+        let e = testkit::config_error(
+            "[fault-injection]\nabort = { http_status = 500, vars = \"x\" }\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.fault-injection.abort.vars");
     }
 }

@@ -1,4 +1,4 @@
-//! http-logger (priority 410): POSTs request entries as a JSON array to `uri`, batched on the
+//! http-logger: POSTs request entries as a JSON array to `uri`, batched on the
 //! shard and sent by a blocking sender thread (see `logship`), never from the shard itself.
 
 use std::io::{Read, Write};
@@ -11,7 +11,15 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef};
 use super::logship::{self, BatchConf, RawBatch, Sink};
 use super::util::{duration, err, parse, RawDur};
+use super::Spec;
 use crate::error::ConfigError;
+
+pub const SPEC: Spec = Spec {
+    name: "http-logger",
+    priority: 410,
+    phases: logship::PHASES,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,7 +82,7 @@ fn parse_uri(path: &str, uri: &str) -> Result<(SocketAddr, String, String), Conf
     Ok((addr, authority.to_string(), p.to_string()))
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     let (addr, host, target) = parse_uri(path, &c.uri)?;
     if let Some(h) = &c.auth_header {
@@ -94,11 +102,10 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
         auth: c.auth_header,
         timeout,
     };
-    let tx = logship::start("http-logger", conf.clone(), Box::new(sink), &logship::HTTP)
+    let tx = logship::start(SPEC.name, conf.clone(), Box::new(sink), &logship::HTTP)
         .map_err(|e| ConfigError::new(path, e))?;
     Ok(Arc::new(logship::LoggerFactory {
-        name: "http-logger",
-        priority: 410,
+        spec: &SPEC,
         tx,
         conf,
     }))
@@ -153,5 +160,92 @@ impl Sink for HttpSink {
             Some(s) => Err(format!("sink answered {s}")),
             None => Err("not an HTTP response".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use crate::plugin::testkit::{self, Setup};
+
+    fn entries(gw: &testkit::Gateway) -> Vec<Value> {
+        gw.shipped("http-logger")
+            .iter()
+            .map(|e| serde_json::from_str(e).expect("an entry is JSON"))
+            .collect()
+    }
+
+    #[test]
+    fn queues_one_json_entry_per_request_in_batches() {
+        let gw = testkit::gateway(
+            "[http-logger]\nuri = \"http://127.0.0.1:9/logs\"\nbatch_max_size = 2\n",
+        );
+        let mut x = gw.send(b"GET /x?y=1 HTTP/1.1\r\nHost: api.example\r\n\r\n");
+        assert_eq!(x.replied(), None);
+        x.response(b"HTTP/1.1 204 No Content\r\n\r\n");
+        x.log();
+        assert!(entries(&gw).is_empty(), "the batch waits until it is full");
+        let mut y = gw.send_from("10.0.0.7", b"POST /y HTTP/1.1\r\nHost: b\r\n\r\n");
+        y.response(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n");
+        y.log();
+        let got = entries(&gw);
+        assert_eq!(got.len(), 2);
+        let e = &got[0];
+        assert_eq!(e["request"]["method"], "GET");
+        assert_eq!(e["request"]["uri"], "/x?y=1");
+        assert_eq!(e["request"]["host"], "api.example");
+        assert_eq!(e["response"]["status"], 204);
+        assert_eq!(e["client_ip"], "127.0.0.1");
+        assert_eq!(e["forwarded"], true);
+        assert_eq!(e["route_index"], 0);
+        assert_eq!(e["shard"], 0);
+        assert!(e["latency"].as_f64().unwrap() >= 0.0);
+        assert!(e["start_time"].as_u64().unwrap() > 1_600_000_000_000);
+        assert_eq!(got[1]["request"]["method"], "POST");
+        assert_eq!(got[1]["client_ip"], "10.0.0.7");
+        assert_eq!(got[1]["response"]["status"], 500);
+    }
+
+    #[test]
+    fn logs_other_plugins_replies_with_the_request_id() {
+        let gw = Setup::route("[key-auth]\n[request-id]\n")
+            .global("[http-logger]\nuri = \"http://127.0.0.1:9/\"\nbatch_max_size = 1\n")
+            .build()
+            .unwrap();
+        let mut x = gw.send(b"GET /private HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.replied(), Some(401));
+        x.log();
+        let got = entries(&gw);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["response"]["status"], 401);
+        assert_eq!(got[0]["forwarded"], false);
+        assert_eq!(got[0]["request"]["uri"], "/private");
+        assert_eq!(
+            got[0]["request_id"].as_str(),
+            x.cx.request_id.as_deref(),
+            "request-id ran before the reply"
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[http-logger]\nuri = \"https://logs.example/\"\n");
+        assert_eq!(e.path, "routes[0].plugins.http-logger.uri");
+        let e = testkit::config_error(
+            "[http-logger]\nuri = \"http://127.0.0.1:9/\"\nauth_header = \"a\\r\\nX: y\"\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.http-logger.auth_header");
+        let e = testkit::config_error(
+            "[http-logger]\nuri = \"http://127.0.0.1:9/\"\nbatch_max_size = 0\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.http-logger.batch_max_size");
+        let e = testkit::config_error(
+            "[http-logger]\nuri = \"http://127.0.0.1:9/\"\nbatch_max_size = 10\nmax_pending_entries = 5\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.http-logger.max_pending_entries");
+        let e = testkit::config_error("[http-logger]\n");
+        assert_eq!(e.path, "routes[0].plugins.http-logger");
+        assert!(e.message.contains("uri"), "{}", e.message);
     }
 }

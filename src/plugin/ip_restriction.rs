@@ -1,4 +1,4 @@
-//! ip-restriction (priority 3000): allow (`whitelist`) or deny (`blacklist`) client addresses
+//! ip-restriction: allow (`whitelist`) or deny (`blacklist`) client addresses
 //! by IPv4/IPv6 address or CIDR. Denied requests get 403 `{"message": ...}` in the access phase.
 
 use std::net::IpAddr;
@@ -10,9 +10,16 @@ use serde::Deserialize;
 
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::util::{err, parse};
-use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
+
+pub const SPEC: Spec = Spec {
+    name: "ip-restriction",
+    priority: 3000,
+    phases: phase::ACCESS,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +59,7 @@ fn nets(list: &[String], path: &str, key: &str) -> Result<Vec<IpNet>, ConfigErro
     Ok(out)
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     let (allow, list) = match (&c.whitelist, &c.blacklist) {
         (Some(w), None) => (true, nets(w, path, "whitelist")?),
@@ -97,11 +104,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "ip-restriction"
-    }
-    fn priority(&self) -> i32 {
-        3000
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(IpRestriction {
@@ -118,12 +122,8 @@ struct IpRestriction {
 }
 
 impl Plugin for IpRestriction {
-    fn name(&self) -> &'static str {
-        "ip-restriction"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, _req: &RequestHead, cx: &mut Ctx) -> Flow {
@@ -135,5 +135,61 @@ impl Plugin for IpRestriction {
         } else {
             Flow::Respond(self.reply.clone())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::plugin::testkit;
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    #[test]
+    fn whitelist_lets_only_listed_addresses_through() {
+        let gw =
+            testkit::gateway("[ip-restriction]\nwhitelist = [\"10.0.0.0/8\", \"2001:db8::1\"]\n");
+        assert_eq!(gw.send_from("10.1.2.3", GET).replied(), None);
+        assert_eq!(
+            gw.send_from("::ffff:10.9.9.9", GET).replied(),
+            None,
+            "v4-mapped"
+        );
+        assert_eq!(gw.send_from("2001:db8::1", GET).replied(), None);
+        let x = gw.send_from("192.168.0.1", GET);
+        assert_eq!(x.replied(), Some(403));
+        assert_eq!(
+            x.reply_message().as_deref(),
+            Some("Your IP address is not allowed")
+        );
+        assert_eq!(gw.send_from("2001:db8::2", GET).replied(), Some(403));
+    }
+
+    #[test]
+    fn blacklist_refuses_listed_addresses_with_the_configured_answer() {
+        let gw = testkit::gateway(
+            "[ip-restriction]\nblacklist = [\"127.0.0.1\"]\nresponse_code = 404\nmessage = \"go away\"\n",
+        );
+        let x = gw.send(GET);
+        assert_eq!(x.replied(), Some(404));
+        assert_eq!(x.reply_message().as_deref(), Some("go away"));
+        assert_eq!(gw.send_from("127.0.0.2", GET).replied(), None);
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[ip-restriction]\n");
+        assert_eq!(e.path, "routes[0].plugins.ip-restriction");
+        let e = testkit::config_error(
+            "[ip-restriction]\nwhitelist = [\"1.2.3.4\"]\nblacklist = [\"5.6.7.8\"]\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.ip-restriction");
+        let e = testkit::config_error("[ip-restriction]\nwhitelist = [\"1.2.3.4\", \"nope\"]\n");
+        assert_eq!(e.path, "routes[0].plugins.ip-restriction.whitelist[1]");
+        let e = testkit::config_error("[ip-restriction]\nblacklist = []\n");
+        assert_eq!(e.path, "routes[0].plugins.ip-restriction.blacklist");
+        let e = testkit::config_error(
+            "[ip-restriction]\nblacklist = [\"1.2.3.4\"]\nresponse_code = 500\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.ip-restriction.response_code");
     }
 }

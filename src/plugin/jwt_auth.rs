@@ -1,4 +1,4 @@
-//! jwt-auth (priority 2510): verifies a JWT from header, query or cookie against the consumer
+//! jwt-auth: verifies a JWT from header, query or cookie against the consumer
 //! named by its `key` claim (HS256/384/512, RS256, ES256). Reads the consumer table only.
 
 use std::collections::HashSet;
@@ -11,18 +11,19 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::chain::{BuildCx, FactoryRef, ShardCx};
-use super::consumer::Consumers;
+use super::consumer::{Consumers, JwtCred};
 use super::key_auth::{set_consumer, unauthorized};
 use super::util::{cookie, parse, query_arg, query_without};
-use super::{Ctx, Flow, Plugin, PluginFactory};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 
-/// A consumer's verification material.
-pub struct JwtCred {
-    key: DecodingKey,
-    validation: Validation,
-}
+pub const SPEC: Spec = Spec {
+    name: "jwt-auth",
+    priority: 2510,
+    phases: phase::ACCESS,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,7 +141,7 @@ fn default_jwt() -> String {
     "jwt".into()
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     Ok(Arc::new(Factory(Arc::new(c))))
 }
@@ -148,11 +149,8 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
 struct Factory(Arc<Conf>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "jwt-auth"
-    }
-    fn priority(&self) -> i32 {
-        2510
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(JwtAuth {
@@ -186,12 +184,8 @@ fn key_claim(token: &str) -> Option<String> {
 }
 
 impl Plugin for JwtAuth {
-    fn name(&self) -> &'static str {
-        "jwt-auth"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
@@ -246,5 +240,163 @@ impl Plugin for JwtAuth {
             }
         }
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    use crate::plugin::testkit::{self, Setup};
+
+    const CONSUMERS: &str = r#"
+        [[consumers]]
+        username = "dave"
+        plugins.jwt-auth = { key = "dave-key", secret = "dave-secret" }
+        [[consumers]]
+        username = "erin"
+        plugins.jwt-auth = { key = "erin-key", secret = "ZXJpbi1zZWNyZXQ=", base64_secret = true, algorithm = "HS512", lifetime_grace_period = 0 }
+    "#;
+
+    fn now() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn token(alg: jsonwebtoken::Algorithm, key: &str, secret: &[u8], exp_in: i64) -> String {
+        encode(
+            &Header::new(alg),
+            &json!({ "key": key, "exp": now() + exp_in }),
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    fn dave(exp_in: i64) -> String {
+        token(
+            jsonwebtoken::Algorithm::HS256,
+            "dave-key",
+            b"dave-secret",
+            exp_in,
+        )
+    }
+
+    fn gw(route: &str) -> testkit::Gateway {
+        Setup::route(route).consumers(CONSUMERS).build().unwrap()
+    }
+
+    fn bearer(tok: &str) -> Vec<u8> {
+        format!("GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {tok}\r\n\r\n").into_bytes()
+    }
+
+    #[test]
+    fn a_valid_token_names_the_consumer_its_key_claim_points_at() {
+        let gw = gw("[jwt-auth]\n");
+        let x = gw.send(&bearer(&dave(60)));
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.cx.consumer, Some(0));
+        assert_eq!(x.upstream_header("X-Consumer-Username"), Some(&b"dave"[..]));
+        let erin = token(
+            jsonwebtoken::Algorithm::HS512,
+            "erin-key",
+            b"erin-secret",
+            60,
+        );
+        let x = gw.send(format!("GET /?jwt={erin} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+        assert_eq!(x.cx.consumer, Some(1), "from the query, base64 secret");
+        let x = gw.send(
+            format!(
+                "GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1; jwt={}\r\n\r\n",
+                dave(60)
+            )
+            .as_bytes(),
+        );
+        assert_eq!(x.cx.consumer, Some(0), "from the cookie");
+    }
+
+    #[test]
+    fn bad_tokens_get_401_with_the_reason() {
+        let gw = gw("[jwt-auth]\n");
+        let msg = |raw: &[u8]| {
+            let x = gw.send(raw);
+            assert_eq!(x.replied(), Some(401));
+            assert_eq!(
+                x.reply_header("WWW-Authenticate"),
+                Some(&b"Bearer realm=\"ringway\""[..])
+            );
+            assert_eq!(x.cx.consumer, None);
+            x.reply_message().unwrap()
+        };
+        assert_eq!(
+            msg(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "Missing JWT token in request"
+        );
+        assert_eq!(msg(&bearer("not.a.jwt")), "JWT token invalid");
+        let stranger = token(jsonwebtoken::Algorithm::HS256, "nobody", b"x", 60);
+        assert_eq!(msg(&bearer(&stranger)), "Invalid user key in JWT token");
+        let forged = token(jsonwebtoken::Algorithm::HS256, "dave-key", b"guess", 60);
+        assert_eq!(msg(&bearer(&forged)), "failed to verify jwt");
+        assert_eq!(
+            msg(&bearer(&dave(-3600))),
+            "failed to verify jwt: token expired"
+        );
+        // Within dave's default 5 s of grace; erin has none.
+        assert_eq!(gw.send(&bearer(&dave(-2))).replied(), None);
+        let erin = token(
+            jsonwebtoken::Algorithm::HS512,
+            "erin-key",
+            b"erin-secret",
+            -2,
+        );
+        assert_eq!(msg(&bearer(&erin)), "failed to verify jwt: token expired");
+    }
+
+    #[test]
+    fn hide_credentials_strips_header_or_query() {
+        let gw = gw("[jwt-auth]\nhide_credentials = true\n");
+        let x = gw.send(&bearer(&dave(60)));
+        assert_eq!(x.cx.consumer, Some(0));
+        assert!(x.cx.req_headers.drops(b"authorization"));
+        let x =
+            gw.send(format!("GET /?a=1&jwt={} HTTP/1.1\r\nHost: a\r\n\r\n", dave(60)).as_bytes());
+        assert_eq!(x.cx.query.as_deref(), Some(&b"a=1"[..]));
+        assert!(!x.cx.req_headers.drops(b"authorization"));
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[jwt-auth]\nheader = 1\n");
+        assert_eq!(e.path, "routes[0].plugins.jwt-auth.header");
+        let consumer_error = |creds: &str| {
+            Setup::route("[jwt-auth]\n")
+                .consumers(&format!(
+                    "[[consumers]]\nusername = \"a\"\nplugins.jwt-auth = {creds}\n"
+                ))
+                .build()
+                .err()
+                .unwrap()
+                .path
+        };
+        assert_eq!(
+            consumer_error("{ key = \"k\", secret = \"s\", algorithm = \"none\" }"),
+            "consumers[0].plugins.jwt-auth.algorithm"
+        );
+        assert_eq!(
+            consumer_error("{ key = \"k\" }"),
+            "consumers[0].plugins.jwt-auth.secret"
+        );
+        assert_eq!(
+            consumer_error("{ key = \"k\", algorithm = \"RS256\", public_key = \"junk\" }"),
+            "consumers[0].plugins.jwt-auth.public_key"
+        );
+        assert_eq!(
+            consumer_error("{ key = \"k\", secret = \"%%\", base64_secret = true }"),
+            "consumers[0].plugins.jwt-auth.secret"
+        );
     }
 }

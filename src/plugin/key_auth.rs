@@ -1,4 +1,4 @@
-//! key-auth (priority 2500): finds the consumer whose key is in a header or query argument.
+//! key-auth: finds the consumer whose key is in a header or query argument.
 //! Reads the consumer table; never touches limits or the upstream.
 
 use std::rc::Rc;
@@ -9,9 +9,16 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::util::{parse, query_arg, query_without};
-use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
+
+pub const SPEC: Spec = Spec {
+    name: "key-auth",
+    priority: 2500,
+    phases: phase::ACCESS,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,7 +49,7 @@ pub fn consumer_key(v: &toml::Value, path: &str) -> Result<Vec<u8>, ConfigError>
     Ok(c.key.into_bytes())
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if c.header.is_empty() {
         return Err(ConfigError::new(
@@ -56,11 +63,8 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
 struct Factory(Arc<Conf>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "key-auth"
-    }
-    fn priority(&self) -> i32 {
-        2500
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(KeyAuth {
@@ -90,12 +94,8 @@ pub fn set_consumer(cx: &mut Ctx, consumers: &Consumers, idx: usize) {
 }
 
 impl Plugin for KeyAuth {
-    fn name(&self) -> &'static str {
-        "key-auth"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
@@ -118,5 +118,90 @@ impl Plugin for KeyAuth {
             }
         }
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::plugin::testkit::{self, Setup};
+
+    const CONSUMERS: &str = r#"
+        [[consumers]]
+        username = "alice"
+        plugins.key-auth = { key = "k-alice" }
+        [[consumers]]
+        username = "bob"
+        plugins.key-auth = { key = "k-bob" }
+    "#;
+
+    fn gw(route: &str) -> testkit::Gateway {
+        Setup::route(route).consumers(CONSUMERS).build().unwrap()
+    }
+
+    #[test]
+    fn a_known_key_in_header_or_query_names_the_consumer() {
+        let gw = gw("[key-auth]\n");
+        let x = gw.send(b"GET /x HTTP/1.1\r\nHost: a\r\napikey: k-bob\r\n\r\n");
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.cx.consumer, Some(1));
+        assert_eq!(x.upstream_header("X-Consumer-Username"), Some(&b"bob"[..]));
+        let x = gw.send(b"GET /x?apikey=k-alice HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.cx.consumer, Some(0));
+        assert_eq!(x.cx.query, None, "credentials stay unless hidden");
+    }
+
+    #[test]
+    fn missing_or_unknown_key_gets_401_with_a_challenge() {
+        let gw = gw("[key-auth]\n");
+        let x = gw.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.replied(), Some(401));
+        assert_eq!(
+            x.reply_message().as_deref(),
+            Some("Missing API key in request")
+        );
+        assert_eq!(
+            x.reply_header("WWW-Authenticate"),
+            Some(&b"Key realm=\"ringway\""[..])
+        );
+        assert_eq!(x.cx.consumer, None);
+        let x = gw.send(b"GET /x?apikey=nope HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.replied(), Some(401));
+        assert_eq!(
+            x.reply_message().as_deref(),
+            Some("Invalid API key in request")
+        );
+    }
+
+    #[test]
+    fn hide_credentials_strips_the_key_it_used() {
+        let gw = gw("[key-auth]\nheader = \"X-Key\"\nquery = \"key\"\nhide_credentials = true\n");
+        let x = gw.send(b"GET /x?a=1&key=k-alice&b=2 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.cx.consumer, Some(0));
+        assert_eq!(x.cx.query.as_deref(), Some(&b"a=1&b=2"[..]));
+        let x = gw.send(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Key: k-alice\r\n\r\n");
+        assert_eq!(x.cx.consumer, Some(0));
+        assert!(x.cx.req_headers.drops(b"x-key"));
+        assert_eq!(x.cx.query, None);
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[key-auth]\nheader = \"\"\n");
+        assert_eq!(e.path, "routes[0].plugins.key-auth.header");
+        let e = Setup::route("[key-auth]\n")
+            .consumers(
+                "[[consumers]]\nusername = \"a\"\nplugins.key-auth = { key = \"same\" }\n\
+                 [[consumers]]\nusername = \"b\"\nplugins.key-auth = { key = \"same\" }\n",
+            )
+            .build()
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "consumers[1].plugins.key-auth.key");
+        let e = Setup::route("[key-auth]\n")
+            .consumers("[[consumers]]\nusername = \"a\"\nplugins.key-auth = { key = \"\" }\n")
+            .build()
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "consumers[0].plugins.key-auth.key");
     }
 }

@@ -1,4 +1,4 @@
-//! limit-conn (priority 1003): concurrent requests per key (conn + burst, the excess delayed),
+//! limit-conn: concurrent requests per key (conn + burst, the excess delayed),
 //! counted node-wide from shards' reports. Takes a slot in access, gives it back in log.
 
 use std::cell::RefCell;
@@ -11,12 +11,19 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
 use super::consumer::Consumers;
 use super::limit_count::{reject_reply, rejection};
-use super::util::{duration, err, key_hash, key_parts, parse, positive, KeyPart, RawDur};
-use super::{Ctx, Flow, Plugin, PluginFactory};
+use super::util::{duration, err, key_hash, key_parts, parse, positive, LimitKeyPart, RawDur};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::conc::Concurrency;
 use crate::metrics::Limiter;
+
+pub const SPEC: Spec = Spec {
+    name: "limit-conn",
+    priority: 1003,
+    phases: phase::ACCESS | phase::LOG,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +47,7 @@ struct Conf {
     max_keys: Option<usize>,
 }
 
-pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     let conn = positive(path, "conn", c.conn)?;
     if c.burst < 0 {
@@ -77,7 +84,7 @@ pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryR
 
 struct Shared {
     limiter: u32,
-    key: Vec<KeyPart>,
+    key: Vec<LimitKeyPart>,
     conn: u64,
     max: u64,
     delay: Duration,
@@ -88,11 +95,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "limit-conn"
-    }
-    fn priority(&self) -> i32 {
-        1003
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         let state = match shard.limiters.get(self.0.limiter as usize) {
@@ -114,12 +118,8 @@ struct LimitConn {
 }
 
 impl Plugin for LimitConn {
-    fn name(&self) -> &'static str {
-        "limit-conn"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS | super::phase::LOG
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
@@ -142,5 +142,58 @@ impl Plugin for LimitConn {
             let (_, key) = cx.held.swap_remove(pos);
             self.state.borrow_mut().release(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::plugin::testkit;
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    #[test]
+    fn holds_a_slot_until_log_delays_the_burst_and_refuses_beyond() {
+        let gw = testkit::gateway(
+            "[limit-conn]\nconn = 1\nburst = 1\ndefault_conn_delay = \"50ms\"\nrejected_msg = \"busy\"\n",
+        );
+        let mut first = gw.send(GET);
+        assert_eq!(first.replied(), None);
+        assert_eq!(first.cx.delay, Duration::ZERO);
+        assert_eq!(first.cx.held.len(), 1);
+        let mut second = gw.send(GET);
+        assert_eq!(second.replied(), None, "in the burst");
+        assert_eq!(second.cx.delay, Duration::from_millis(50));
+        let mut third = gw.send(GET);
+        assert_eq!(third.replied(), Some(503));
+        assert_eq!(third.reply_message().as_deref(), Some("busy"));
+        assert!(third.cx.held.is_empty());
+        third.log();
+        // The first finishes: its slot is free again.
+        first.log();
+        assert!(first.cx.held.is_empty());
+        let fourth = gw.send(GET);
+        assert_eq!(fourth.replied(), None);
+        assert_eq!(
+            fourth.cx.delay,
+            Duration::from_millis(50),
+            "second still in flight"
+        );
+        second.log();
+        // Other addresses never shared the key.
+        assert_eq!(gw.send_from("127.0.0.2", GET).cx.delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[limit-conn]\nconn = 0\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-conn.conn");
+        let e = testkit::config_error("[limit-conn]\nconn = 1\nburst = -1\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-conn.burst");
+        let e = testkit::config_error("[limit-conn]\nconn = 1\ndefault_conn_delay = \"soon\"\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-conn.default_conn_delay");
+        let e = testkit::config_error("[limit-conn]\nconn = 1\nkey = \"header:\"\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-conn.key");
     }
 }

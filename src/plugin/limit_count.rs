@@ -1,4 +1,4 @@
-//! limit-count (priority 1002): N requests per time window per key, node-wide via the shard's
+//! limit-count: N requests per time window per key, node-wide via the shard's
 //! `CountLimiter` share. Sends X-RateLimit-* headers; never blocks or locks.
 
 use std::cell::RefCell;
@@ -9,12 +9,19 @@ use serde::Deserialize;
 
 use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
 use super::consumer::Consumers;
-use super::util::{duration, err, key_hash, key_parts, parse, positive, KeyPart, RawDur};
-use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
+use super::util::{duration, err, key_hash, key_parts, parse, positive, LimitKeyPart, RawDur};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::count::{CountLimiter, CountParams};
 use crate::metrics::Limiter;
+
+pub const SPEC: Spec = Spec {
+    name: "limit-count",
+    priority: 1002,
+    phases: phase::ACCESS,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,7 +77,7 @@ pub fn reject_reply(by: Limiter, code: u16, msg: &Option<String>) -> Reply {
     }
 }
 
-pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     let count = positive(path, "count", c.count)?;
     let window_s = positive(path, "time_window", c.time_window)?;
@@ -152,7 +159,7 @@ pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryR
 
 struct Shared {
     limiter: u32,
-    key: Vec<KeyPart>,
+    key: Vec<LimitKeyPart>,
     code: u16,
     msg: Option<String>,
     headers: bool,
@@ -163,11 +170,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "limit-count"
-    }
-    fn priority(&self) -> i32 {
-        1002
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         let state = match shard.limiters.get(self.0.limiter as usize) {
@@ -201,12 +205,8 @@ struct LimitCount {
 }
 
 impl Plugin for LimitCount {
-    fn name(&self) -> &'static str {
-        "limit-count"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
@@ -225,5 +225,106 @@ impl Plugin for LimitCount {
         } else {
             Flow::Respond(reject_reply(Limiter::Count, self.s.code, &self.s.msg))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::plugin::testkit::{self, Setup};
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    fn header_u64(v: Option<&[u8]>) -> u64 {
+        std::str::from_utf8(v.expect("header"))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn counts_per_key_and_refuses_past_the_limit_with_quota_headers() {
+        let gw = testkit::gateway(
+            "[limit-count]\ncount = 2\ntime_window = 60\nkey = \"header:X-Tenant\"\n\
+             rejected_code = 429\nrejected_msg = \"slow down\"\n",
+        );
+        let a = b"GET / HTTP/1.1\r\nHost: a\r\nX-Tenant: a\r\n\r\n";
+        let x = gw.send(a);
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.client_header("X-RateLimit-Limit"), Some(&b"2"[..]));
+        assert_eq!(x.client_header("X-RateLimit-Remaining"), Some(&b"1"[..]));
+        let reset = header_u64(x.client_header("X-RateLimit-Reset"));
+        assert!((1..=60).contains(&reset), "reset {reset}");
+        let x = gw.send(a);
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.client_header("X-RateLimit-Remaining"), Some(&b"0"[..]));
+        let x = gw.send(a);
+        assert_eq!(x.replied(), Some(429));
+        assert_eq!(x.reply_message().as_deref(), Some("slow down"));
+        assert_eq!(x.reply_header("X-RateLimit-Remaining"), Some(&b"0"[..]));
+        assert_eq!(x.reply_header("X-RateLimit-Limit"), Some(&b"2"[..]));
+        // Another key has its own count.
+        let x = gw.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Tenant: b\r\n\r\n");
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.client_header("X-RateLimit-Remaining"), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn default_rejection_is_503_and_headers_can_be_off() {
+        let gw = testkit::gateway(
+            "[limit-count]\ncount = 1\ntime_window = 60\nshow_limit_quota_header = false\n",
+        );
+        assert_eq!(gw.send(GET).replied(), None);
+        let x = gw.send(GET);
+        assert_eq!(x.replied(), Some(503));
+        assert_eq!(x.reply_message().as_deref(), Some("Service Unavailable"));
+        assert_eq!(x.reply_header("X-RateLimit-Limit"), None);
+        assert_eq!(
+            gw.send_from("127.0.0.9", GET).replied(),
+            None,
+            "keyed by address"
+        );
+    }
+
+    #[test]
+    fn a_group_is_one_counter_for_global_and_route() {
+        let gw = Setup::route("[limit-count]\ncount = 2\ntime_window = 60\ngroup = \"g\"\n")
+            .global("[limit-count]\ncount = 2\ntime_window = 60\ngroup = \"g\"\n")
+            .build()
+            .unwrap();
+        assert_eq!(gw.set.limiters.len(), 1);
+        // The global and the route instance count the same request twice.
+        assert_eq!(gw.send(GET).replied(), None);
+        assert_eq!(gw.send(GET).replied(), Some(503));
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[limit-count]\ncount = 0\ntime_window = 1\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-count.count");
+        assert_eq!(e.message, "expected a positive integer, got 0");
+        let e = testkit::config_error("[limit-count]\ncount = 1\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-count");
+        assert!(e.message.contains("time_window"), "{}", e.message);
+        let e = testkit::config_error(
+            "[limit-count]\ncount = 1\ntime_window = 1\nwindow = \"rolling\"\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.limit-count.window");
+        let e = testkit::config_error(
+            "[limit-count]\ncount = 1\ntime_window = 1\npolicy = \"redis\"\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.limit-count.policy");
+        let e =
+            testkit::config_error("[limit-count]\ncount = 1\ntime_window = 1\nkey = \"bogus\"\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-count.key");
+        let e = testkit::config_error(
+            "[limit-count]\ncount = 1\ntime_window = 1\nsync_interval = \"20s\"\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.limit-count.sync_interval");
+        let e = Setup::route("[limit-count]\ncount = 3\ntime_window = 60\ngroup = \"g\"\n")
+            .global("[limit-count]\ncount = 2\ntime_window = 60\ngroup = \"g\"\n")
+            .build()
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "routes[0].plugins.limit-count.group");
     }
 }

@@ -1,4 +1,4 @@
-//! limit-req (priority 1001): leaky bucket per key (rate, burst, nodelay), the node's rate
+//! limit-req: leaky bucket per key (rate, burst, nodelay), the node's rate
 //! split between shards by demand. Delays go through `Ctx::delay`; never sleeps itself.
 
 use std::cell::RefCell;
@@ -11,12 +11,19 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
 use super::consumer::Consumers;
 use super::limit_count::{reject_reply, rejection};
-use super::util::{err, key_hash, key_parts, parse, KeyPart};
-use super::{Ctx, Flow, Plugin, PluginFactory};
+use super::util::{err, key_hash, key_parts, parse, LimitKeyPart};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::bucket::{Bucket, BucketParams};
 use crate::metrics::Limiter;
+
+pub const SPEC: Spec = Spec {
+    name: "limit-req",
+    priority: 1001,
+    phases: phase::ACCESS,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,7 +44,7 @@ struct Conf {
     max_keys: Option<usize>,
 }
 
-pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if !(c.rate.is_finite() && c.rate > 0.0) {
         return Err(err(
@@ -79,7 +86,7 @@ pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryR
 
 struct Shared {
     limiter: u32,
-    key: Vec<KeyPart>,
+    key: Vec<LimitKeyPart>,
     code: u16,
     msg: Option<String>,
     nodelay: bool,
@@ -88,11 +95,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "limit-req"
-    }
-    fn priority(&self) -> i32 {
-        1001
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         let state = match shard.limiters.get(self.0.limiter as usize) {
@@ -124,12 +128,8 @@ struct LimitReq {
 }
 
 impl Plugin for LimitReq {
-    fn name(&self) -> &'static str {
-        "limit-req"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
@@ -144,5 +144,58 @@ impl Plugin for LimitReq {
                 Flow::Continue
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::plugin::testkit;
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    #[test]
+    fn burst_is_delayed_and_beyond_it_refused() {
+        let gw = testkit::gateway("[limit-req]\nrate = 1.0\nburst = 1.0\nrejected_code = 429\n");
+        let x = gw.send(GET);
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.cx.delay, Duration::ZERO);
+        let x = gw.send(GET);
+        assert_eq!(x.replied(), None, "within the burst");
+        assert!(
+            x.cx.delay >= Duration::from_millis(900) && x.cx.delay <= Duration::from_secs(1),
+            "delayed to the rate: {:?}",
+            x.cx.delay
+        );
+        let x = gw.send(GET);
+        assert_eq!(x.replied(), Some(429));
+        assert_eq!(x.reply_message().as_deref(), Some("Too Many Requests"));
+        // Another address is another key.
+        assert_eq!(gw.send_from("127.0.0.2", GET).replied(), None);
+    }
+
+    #[test]
+    fn nodelay_admits_the_burst_at_once() {
+        let gw = testkit::gateway("[limit-req]\nrate = 1.0\nburst = 2.0\nnodelay = true\n");
+        for _ in 0..3 {
+            let x = gw.send(GET);
+            assert_eq!(x.replied(), None);
+            assert_eq!(x.cx.delay, Duration::ZERO);
+        }
+        assert_eq!(gw.send(GET).replied(), Some(503));
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[limit-req]\nrate = 0.0\nburst = 1.0\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-req.rate");
+        let e = testkit::config_error("[limit-req]\nrate = 1.0\nburst = -1.0\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-req.burst");
+        let e =
+            testkit::config_error("[limit-req]\nrate = 1.0\nburst = 1.0\nrejected_code = 600\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-req.rejected_code");
+        let e = testkit::config_error("[limit-req]\nrate = 1.0\nburst = 1.0\nkey = \"\"\n");
+        assert_eq!(e.path, "routes[0].plugins.limit-req.key");
     }
 }

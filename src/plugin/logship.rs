@@ -15,21 +15,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::chain::ShardCx;
+use super::ctx::ReqSummary;
 use super::util::{duration, err, RawDur};
-use super::{Ctx, Flow, Plugin, PluginFactory};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 
 /// Longest backoff between retries of one batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// The request line and host, taken in `rewrite` (the `log` phase sees only `Ctx`).
-#[derive(Debug, Clone, Default)]
-pub struct ReqSummary {
-    pub method: String,
-    pub uri: String,
-    pub host: String,
-}
 
 /// Records the request for a logger's `log` phase; the first logger on the route does it.
 pub fn capture(req: &RequestHead, cx: &mut Ctx) {
@@ -147,6 +140,11 @@ pub fn start(
     counters: &'static Counters,
 ) -> Result<Sender<Vec<String>>, String> {
     let (tx, rx) = crossbeam_channel::unbounded();
+    // Plugin unit tests read the batches themselves (testkit): no thread, nothing sent.
+    #[cfg(test)]
+    let Some(rx) = super::testkit::tap(name, rx) else {
+        return Ok(tx);
+    };
     std::thread::Builder::new()
         .name(format!("ringway-{name}"))
         .spawn(move || ship(name, &conf, sink, counters, &rx))
@@ -315,42 +313,38 @@ async fn tick(buf: Weak<RefCell<Batch>>, tx: Sender<Vec<String>>, inactive: Dura
     }
 }
 
+/// The phases a logger instance implements (both loggers' `SPEC.phases`).
+pub const PHASES: u8 = phase::REWRITE | phase::LOG;
+
 /// The plugin side both loggers share: capture the request in `rewrite`, batch one JSON entry
 /// per request in `log`; only the sink (and its config) differs between them.
 pub struct LoggerFactory {
-    pub name: &'static str,
-    pub priority: i32,
+    /// The logger's own `SPEC` (http-logger or tcp-logger).
+    pub spec: &'static Spec,
     pub tx: Sender<Vec<String>>,
     pub conf: BatchConf,
 }
 
 impl PluginFactory for LoggerFactory {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn priority(&self) -> i32 {
-        self.priority
+    fn spec(&self) -> &'static Spec {
+        self.spec
     }
     fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(Logger {
-            name: self.name,
+            spec: self.spec,
             batch: ShardBatch::new(self.tx.clone(), &self.conf),
         })
     }
 }
 
 struct Logger {
-    name: &'static str,
+    spec: &'static Spec,
     batch: ShardBatch,
 }
 
 impl Plugin for Logger {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::REWRITE | super::phase::LOG
+    fn spec(&self) -> &'static Spec {
+        self.spec
     }
 
     fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {

@@ -1,5 +1,5 @@
-//! The plugin chain: the `Plugin` trait (one method per phase), factories built once from
-//! validated config, and the per-request `Ctx`. Must not do I/O; the proxy drives the phases.
+//! The plugin chain: the `Plugin` trait (one method per phase), each plugin's `Spec`, factories
+//! built once from validated config, the per-request `Ctx`. No I/O; the proxy drives the phases.
 //!
 //! Phase order for one request (see README "Plugins"):
 //! `rewrite` -> `access` -> `before_upstream` -> [upstream] -> `response_headers`
@@ -12,6 +12,8 @@ pub mod ctx;
 pub mod logship;
 pub mod rand;
 pub mod registry;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod util;
 pub mod vars;
 
@@ -37,6 +39,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+use crate::error::ConfigError;
 use crate::http::parse::{RequestHead, ResponseHead};
 
 pub use chain::{PluginSet, ShardPlugins};
@@ -98,16 +101,38 @@ pub mod phase {
     pub const ALL: u8 = 63;
 }
 
+/// Turns one plugin table (at key path `path`) into a factory; errors name the key.
+pub type Build =
+    fn(&toml::Value, &str, &mut chain::BuildCx) -> Result<chain::FactoryRef, ConfigError>;
+
+/// A plugin's identity, written once as `pub const SPEC` in its own file: the registry lists
+/// these, and factories and instances answer `name`/`priority`/`phases` from theirs.
+#[derive(Debug)]
+pub struct Spec {
+    /// The config key (`[routes.plugins.NAME]`).
+    pub name: &'static str,
+    /// Higher runs first (APISIX's numbers, also in README "Plugins").
+    pub priority: i32,
+    /// The phases its instances implement (`phase::*` bits); the chain calls no others, which
+    /// saves the no-op calls (callgrind: ~20 Ir each, ten per request for two plugins).
+    pub phases: u8,
+    /// Validates the plugin's table and builds its factory.
+    pub build: Build,
+}
+
 /// One plugin instance on one shard. Every phase has a no-op default, so a plugin writes only
 /// what it needs. Instances are built once per shard; state lives in `Cell`/`RefCell`.
 pub trait Plugin {
-    fn name(&self) -> &'static str;
+    /// The spec this instance was built from; `name` and `phases` are read from it.
+    fn spec(&self) -> &'static Spec;
 
-    /// The phases this plugin implements (`phase::*` bits); the chain calls no others. The
-    /// default, all of them, is always correct; narrowing it saves the no-op calls (callgrind:
-    /// ~20 Ir each, ten per request for a route with two plugins).
+    fn name(&self) -> &'static str {
+        self.spec().name
+    }
+
+    /// The phases this plugin implements: its spec's. Read once when a chain is built.
     fn phases(&self) -> u8 {
-        phase::ALL
+        self.spec().phases
     }
 
     /// First look at the request: rewrite it (uri, host, headers) before any decision.
@@ -140,9 +165,15 @@ pub trait Plugin {
 
 /// Built once from validated config, shared by every shard.
 pub trait PluginFactory: Send + Sync {
-    fn name(&self) -> &'static str;
+    /// The spec this factory was built from; `name` and `priority` are read from it.
+    fn spec(&self) -> &'static Spec;
+    fn name(&self) -> &'static str {
+        self.spec().name
+    }
     /// Higher runs first (APISIX priorities, listed in README "Plugins").
-    fn priority(&self) -> i32;
+    fn priority(&self) -> i32 {
+        self.spec().priority
+    }
     /// Builds this shard's instance with its own shard-local state.
     fn build(&self, shard: &chain::ShardCx) -> Rc<dyn Plugin>;
 }

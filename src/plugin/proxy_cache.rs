@@ -1,4 +1,4 @@
-//! proxy-cache (priority 1085): config validation, per-shard cache instances, and the lookup in
+//! proxy-cache: config validation, per-shard cache instances, and the lookup in
 //! `before_upstream` (after auth and limits have had their say). Serving, storing, coalescing
 //! and purging are async and live in proxy/cached.rs; the rules in cache/.
 
@@ -11,10 +11,17 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::util::{cookie, duration, err, parse, query_arg, RawDur};
-use super::{Ctx, Flow, Plugin, PluginFactory, Reply};
-use crate::cache::{self, rules, CacheConf, Instance, KeyPart, Mode, Store, Target};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
+use crate::cache::{self, rules, CacheConf, CacheKeyPart, Instance, Mode, Store, Target};
 use crate::error::ConfigError;
 use crate::http::parse::{Method, RequestHead};
+
+pub const SPEC: Spec = Spec {
+    name: "proxy-cache",
+    priority: 1085,
+    phases: phase::BEFORE_UPSTREAM,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,29 +60,29 @@ struct Raw {
     admission: Option<String>,
 }
 
-fn part(path: &str, key: &str, s: &str) -> Result<KeyPart, ConfigError> {
+fn part(path: &str, key: &str, s: &str) -> Result<CacheKeyPart, ConfigError> {
     let s = s.trim();
     let v = s.trim_start_matches('$');
     Ok(match v {
-        "host" => KeyPart::Host,
-        "request_uri" => KeyPart::RequestUri,
-        "uri" => KeyPart::Uri,
-        "scheme" => KeyPart::Scheme,
-        "request_method" | "method" => KeyPart::Method,
-        "consumer_name" | "consumer" => KeyPart::Consumer,
+        "host" => CacheKeyPart::Host,
+        "request_uri" => CacheKeyPart::RequestUri,
+        "uri" => CacheKeyPart::Uri,
+        "scheme" => CacheKeyPart::Scheme,
+        "request_method" | "method" => CacheKeyPart::Method,
+        "consumer_name" | "consumer" => CacheKeyPart::Consumer,
         _ => match v.split_once(':') {
-            Some(("header", h)) if !h.is_empty() => KeyPart::Header(h.to_ascii_lowercase()),
-            Some(("cookie", c)) if !c.is_empty() => KeyPart::Cookie(c.to_string()),
-            Some(("arg", a)) if !a.is_empty() => KeyPart::Arg(a.to_string()),
+            Some(("header", h)) if !h.is_empty() => CacheKeyPart::Header(h.to_ascii_lowercase()),
+            Some(("cookie", c)) if !c.is_empty() => CacheKeyPart::Cookie(c.to_string()),
+            Some(("arg", a)) if !a.is_empty() => CacheKeyPart::Arg(a.to_string()),
             _ => {
                 if let Some(h) = v.strip_prefix("http_").filter(|h| !h.is_empty()) {
-                    KeyPart::Header(h.replace('_', "-"))
+                    CacheKeyPart::Header(h.replace('_', "-"))
                 } else if let Some(c) = v.strip_prefix("cookie_").filter(|c| !c.is_empty()) {
-                    KeyPart::Cookie(c.to_string())
+                    CacheKeyPart::Cookie(c.to_string())
                 } else if let Some(a) = v.strip_prefix("arg_").filter(|a| !a.is_empty()) {
-                    KeyPart::Arg(a.to_string())
+                    CacheKeyPart::Arg(a.to_string())
                 } else if !s.starts_with('$') && !s.is_empty() {
-                    KeyPart::Literal(s.to_string())
+                    CacheKeyPart::Literal(s.to_string())
                 } else {
                     return Err(err(path, key, format!("unknown variable {s:?}; use $host, $request_uri, $uri, $scheme, $request_method, $consumer_name, header:NAME, cookie:NAME, arg:NAME (or $http_NAME, $cookie_NAME, $arg_NAME)")));
                 }
@@ -84,7 +91,7 @@ fn part(path: &str, key: &str, s: &str) -> Result<KeyPart, ConfigError> {
     })
 }
 
-pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let r: Raw = parse(v, path)?;
     let parts = |key: &str, list: &[String]| {
         list.iter()
@@ -96,7 +103,7 @@ pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryR
             return Err(err(path, "cache_key", "must name at least one part"))
         }
         Some(k) => parts("cache_key", k)?,
-        None => vec![KeyPart::Host, KeyPart::RequestUri],
+        None => vec![CacheKeyPart::Host, CacheKeyPart::RequestUri],
     };
     let (mut get, mut head) = (false, false);
     for m in r
@@ -234,11 +241,8 @@ struct Factory {
 }
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "proxy-cache"
-    }
-    fn priority(&self) -> i32 {
-        1085
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         let shards = shard.shards.max(1);
@@ -275,13 +279,13 @@ struct ProxyCache {
 }
 
 /// True when any condition variable is present, non-empty and not "0" (nginx's rule).
-fn any_set(parts: &[KeyPart], req: &RequestHead) -> bool {
+fn any_set(parts: &[CacheKeyPart], req: &RequestHead) -> bool {
     parts.iter().any(|p| {
         let v = match p {
-            KeyPart::Header(h) => req.header(h),
-            KeyPart::Cookie(c) => req.header("cookie").and_then(|v| cookie(v, c.as_bytes())),
-            KeyPart::Arg(a) => query_arg(req.query(), a.as_bytes()),
-            KeyPart::Literal(l) => Some(l.as_bytes()),
+            CacheKeyPart::Header(h) => req.header(h),
+            CacheKeyPart::Cookie(c) => req.header("cookie").and_then(|v| cookie(v, c.as_bytes())),
+            CacheKeyPart::Arg(a) => query_arg(req.query(), a.as_bytes()),
+            CacheKeyPart::Literal(l) => Some(l.as_bytes()),
             _ => None,
         };
         v.is_some_and(|v| !v.is_empty() && v != b"0")
@@ -297,24 +301,24 @@ impl ProxyCache {
                 out.push(0x1f);
             }
             match p {
-                KeyPart::Host => out.extend_from_slice(&req.host().to_ascii_lowercase()),
-                KeyPart::RequestUri => out.extend_from_slice(req.path_and_query()),
-                KeyPart::Uri => out.extend_from_slice(req.path()),
-                KeyPart::Scheme => out.extend_from_slice(b"http"),
-                KeyPart::Method => out.extend_from_slice(b"GET"),
-                KeyPart::Consumer => {
+                CacheKeyPart::Host => out.extend_from_slice(&req.host().to_ascii_lowercase()),
+                CacheKeyPart::RequestUri => out.extend_from_slice(req.path_and_query()),
+                CacheKeyPart::Uri => out.extend_from_slice(req.path()),
+                CacheKeyPart::Scheme => out.extend_from_slice(b"http"),
+                CacheKeyPart::Method => out.extend_from_slice(b"GET"),
+                CacheKeyPart::Consumer => {
                     out.extend_from_slice(self.consumers.name(cx.consumer).unwrap_or("").as_bytes())
                 }
-                KeyPart::Header(h) => out.extend_from_slice(req.header(h).unwrap_or_default()),
-                KeyPart::Cookie(c) => out.extend_from_slice(
+                CacheKeyPart::Header(h) => out.extend_from_slice(req.header(h).unwrap_or_default()),
+                CacheKeyPart::Cookie(c) => out.extend_from_slice(
                     req.header("cookie")
                         .and_then(|v| cookie(v, c.as_bytes()))
                         .unwrap_or_default(),
                 ),
-                KeyPart::Arg(a) => {
+                CacheKeyPart::Arg(a) => {
                     out.extend_from_slice(query_arg(req.query(), a.as_bytes()).unwrap_or_default())
                 }
-                KeyPart::Literal(l) => out.extend_from_slice(l.as_bytes()),
+                CacheKeyPart::Literal(l) => out.extend_from_slice(l.as_bytes()),
             }
         }
     }
@@ -345,12 +349,8 @@ impl ProxyCache {
 }
 
 impl Plugin for ProxyCache {
-    fn name(&self) -> &'static str {
-        "proxy-cache"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::BEFORE_UPSTREAM
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn before_upstream(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
@@ -428,3 +428,7 @@ impl Plugin for ProxyCache {
         Flow::Continue
     }
 }
+
+#[cfg(test)]
+#[path = "proxy_cache_tests.rs"]
+mod tests;

@@ -1,4 +1,4 @@
-//! proxy-rewrite (priority 1008): rewrites what is sent upstream: uri (fixed or `regex_uri`
+//! proxy-rewrite: rewrites what is sent upstream: uri (fixed or `regex_uri`
 //! with `$1` captures), method, host, and request headers (APISIX 3.x `headers.set/add/remove`).
 
 use std::collections::BTreeMap;
@@ -12,9 +12,16 @@ use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::response_rewrite::expand;
 use super::util::{err, parse};
-use super::{Ctx, Flow, Plugin, PluginFactory};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::{Method, RequestHead};
+
+pub const SPEC: Spec = Spec {
+    name: "proxy-rewrite",
+    priority: 1008,
+    phases: phase::REWRITE,
+    build: factory,
+};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +104,7 @@ fn nginx_replacement(r: &str) -> String {
     out
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if let Some(u) = &c.uri {
         if !u.starts_with('/') || !header_value(u) || u.contains(' ') {
@@ -202,11 +209,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "proxy-rewrite"
-    }
-    fn priority(&self) -> i32 {
-        1008
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(ProxyRewrite {
@@ -224,12 +228,8 @@ struct ProxyRewrite {
 }
 
 impl Plugin for ProxyRewrite {
-    fn name(&self) -> &'static str {
-        "proxy-rewrite"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::REWRITE
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn rewrite(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
@@ -266,5 +266,65 @@ impl Plugin for ProxyRewrite {
             }
         }
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::plugin::testkit;
+
+    #[test]
+    fn rewrites_uri_method_host_and_headers() {
+        let gw = testkit::gateway(
+            "[proxy-rewrite]\nuri = \"/v2/fixed\"\nmethod = \"POST\"\nhost = \"backend.internal\"\n\
+             headers = { set = { X-Real-IP = \"$remote_addr\" }, add = { X-Via = \"ringway-$shard_id\" }, remove = [\"Cookie\"] }\n",
+        );
+        let x = gw.send_from("198.51.100.4", b"GET /old?q=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.cx.uri.as_deref(), Some(&b"/v2/fixed"[..]));
+        assert_eq!(
+            x.cx.query, None,
+            "the query follows as is (proxy applies it)"
+        );
+        assert_eq!(x.cx.method, Some("POST"));
+        assert_eq!(x.cx.host.as_deref(), Some(&b"backend.internal"[..]));
+        assert_eq!(x.upstream_header("X-Real-IP"), Some(&b"198.51.100.4"[..]));
+        assert_eq!(x.upstream_header("X-Via"), Some(&b"ringway-0"[..]));
+        assert!(x.cx.req_headers.drops(b"cookie"));
+        // HEAD stays HEAD.
+        let x = gw.send(b"HEAD /old HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.cx.method, None);
+    }
+
+    #[test]
+    fn regex_uri_uses_the_first_matching_pair_on_the_path() {
+        let gw = testkit::gateway(
+            "[proxy-rewrite]\nregex_uri = [\"^/api/v1/(.*)\", \"/v1/$1x\", \"^/api/(\\\\w+)/(.*)\", \"/$2/$1\"]\n",
+        );
+        let x = gw.send(b"GET /api/v1/users?page=2 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.cx.uri.as_deref(), Some(&b"/v1/usersx"[..]));
+        let x = gw.send(b"GET /api/v3/items HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.cx.uri.as_deref(), Some(&b"/items/v3"[..]));
+        let x = gw.send(b"GET /other HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.cx.uri, None, "no match: the request's uri");
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[proxy-rewrite]\n");
+        assert_eq!(e.path, "routes[0].plugins.proxy-rewrite");
+        assert!(e.message.contains("nothing to rewrite"), "{}", e.message);
+        let e = testkit::config_error("[proxy-rewrite]\nmethod = \"HEAD\"\n");
+        assert_eq!(e.path, "routes[0].plugins.proxy-rewrite.method");
+        let e = testkit::config_error("[proxy-rewrite]\nuri = \"no-slash\"\n");
+        assert_eq!(e.path, "routes[0].plugins.proxy-rewrite.uri");
+        let e = testkit::config_error(
+            "[proxy-rewrite]\nregex_uri = [\"^/a\", \"/b\", \"(\", \"/c\"]\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.proxy-rewrite.regex_uri[2]");
+        let e = testkit::config_error("[proxy-rewrite]\nregex_uri = [\"^/a\"]\n");
+        assert_eq!(e.path, "routes[0].plugins.proxy-rewrite.regex_uri");
+        let e = testkit::config_error("[proxy-rewrite]\nheaders = { set = { \"X A\" = \"1\" } }\n");
+        assert_eq!(e.path, "routes[0].plugins.proxy-rewrite.headers");
     }
 }

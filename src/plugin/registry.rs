@@ -1,41 +1,38 @@
-//! The compiled-in plugins by name, and the builder that turns the config's plugin tables into
-//! a `PluginSet`. Runs at load time only; errors name the route (or consumer) and the plugin.
+//! The compiled-in plugins (their `SPEC`s), and the builder that turns the config's plugin tables
+//! and consumers into a `PluginSet`. Runs at load time only; errors name the route (or consumer) and the plugin.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::chain::{BuildCx, FactoryRef, PluginSet};
-use super::consumer::{self, RawConsumerRef};
+use super::consumer::{Consumer, Consumers, RawConsumerRef};
+use super::Spec;
 use crate::error::ConfigError;
 
-type Builder = fn(&toml::Value, &str, &mut BuildCx) -> Result<FactoryRef, ConfigError>;
-
-/// Every plugin ringway knows, with its APISIX priority (higher runs first).
-pub const PLUGINS: &[(&str, i32, Builder)] = &[
-    ("request-id", 12015, super::request_id::factory),
-    ("fault-injection", 11000, super::fault_injection::factory),
-    ("cors", 4000, super::cors::factory),
-    ("ip-restriction", 3000, super::ip_restriction::factory),
-    ("basic-auth", 2520, super::basic_auth::factory),
-    ("jwt-auth", 2510, super::jwt_auth::factory),
-    ("key-auth", 2500, super::key_auth::factory),
-    ("proxy-cache", 1085, super::proxy_cache::factory),
-    ("proxy-rewrite", 1008, super::proxy_rewrite::factory),
-    ("api-breaker", 1005, super::api_breaker::factory),
-    ("limit-conn", 1003, super::limit_conn::factory),
-    ("limit-count", 1002, super::limit_count::factory),
-    ("limit-req", 1001, super::limit_req::factory),
-    ("traffic-split", 966, super::traffic_split::factory),
-    ("response-rewrite", 899, super::response_rewrite::factory),
-    ("http-logger", 410, super::http_logger::factory),
-    ("tcp-logger", 405, super::tcp_logger::factory),
+/// Every plugin ringway knows, by its `SPEC` (name, priority, phases, builder), each written
+/// once in the plugin's own file.
+pub const PLUGINS: &[&Spec] = &[
+    &super::request_id::SPEC,
+    &super::fault_injection::SPEC,
+    &super::cors::SPEC,
+    &super::ip_restriction::SPEC,
+    &super::basic_auth::SPEC,
+    &super::jwt_auth::SPEC,
+    &super::key_auth::SPEC,
+    &super::proxy_cache::SPEC,
+    &super::proxy_rewrite::SPEC,
+    &super::api_breaker::SPEC,
+    &super::limit_conn::SPEC,
+    &super::limit_count::SPEC,
+    &super::limit_req::SPEC,
+    &super::traffic_split::SPEC,
+    &super::response_rewrite::SPEC,
+    &super::http_logger::SPEC,
+    &super::tcp_logger::SPEC,
 ];
 
-fn builder(name: &str) -> Option<Builder> {
-    PLUGINS
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, _, b)| *b)
+fn spec(name: &str) -> Option<&'static Spec> {
+    PLUGINS.iter().copied().find(|s| s.name == name)
 }
 
 fn chain(
@@ -46,8 +43,8 @@ fn chain(
     let mut out = Vec::with_capacity(plugins.len());
     for (name, v) in plugins {
         let path = format!("{at}.{name}");
-        let Some(b) = builder(name) else {
-            let known: Vec<&str> = PLUGINS.iter().map(|(n, _, _)| *n).collect();
+        let Some(spec) = spec(name) else {
+            let known: Vec<&str> = PLUGINS.iter().map(|s| s.name).collect();
             return Err(ConfigError::new(
                 path,
                 format!("unknown plugin {name:?}; known plugins: {known:?}"),
@@ -59,11 +56,12 @@ fn chain(
                 "expected a table, e.g. [routes.plugins.key-auth]",
             ));
         }
-        out.push(b(v, &path, cx)?);
+        out.push((spec.priority, (spec.build)(v, &path, cx)?));
     }
-    // Stable sort: equal priorities keep name order, so the order is the same on every load.
-    out.sort_by_key(|f| std::cmp::Reverse(f.priority()));
-    Ok(out)
+    // By the SPEC's priority. Stable: equal priorities keep name order, so the order is the
+    // same on every load.
+    out.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
+    Ok(out.into_iter().map(|(_, f)| f).collect())
 }
 
 /// One route's chain on top of an existing set (the admin API's one-route change). `None`
@@ -96,7 +94,7 @@ pub fn build(
     consumers: &[RawConsumerRef<'_>],
     upstreams: &HashMap<String, usize>,
 ) -> Result<PluginSet, ConfigError> {
-    let consumers = Arc::new(consumer::build(consumers)?);
+    let consumers = Arc::new(self::consumers(consumers)?);
     let mut cx = BuildCx {
         upstreams,
         consumers: consumers.clone(),
@@ -122,4 +120,192 @@ pub fn build(
         set.sync_interval = d;
     }
     Ok(set)
+}
+
+/// The consumer table from the config's `[[consumers]]`: each credential is parsed by its auth
+/// plugin, and names and credentials must be unique.
+pub fn consumers(raw: &[RawConsumerRef<'_>]) -> Result<Consumers, ConfigError> {
+    let mut c = Consumers::default();
+    let mut names = HashMap::new();
+    for (i, r) in raw.iter().enumerate() {
+        let at = format!("consumers[{i}]");
+        if r.username.is_empty()
+            || !r
+                .username
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            return Err(ConfigError::new(
+                format!("{at}.username"),
+                format!(
+                    "{:?} must be non-empty letters, digits, '_', '-' or '.'",
+                    r.username
+                ),
+            ));
+        }
+        if names.insert(r.username.to_string(), i).is_some() {
+            return Err(ConfigError::new(
+                format!("{at}.username"),
+                format!(
+                    "duplicate consumer {:?}; usernames must be unique",
+                    r.username
+                ),
+            ));
+        }
+        c.list.push(Consumer {
+            username: r.username.to_string(),
+            key_hash: super::util::consumer_key_hash(r.username),
+        });
+        for (name, v) in r.plugins {
+            let path = format!("{at}.plugins.{name}");
+            match name.as_str() {
+                "key-auth" => {
+                    let key = super::key_auth::consumer_key(v, &path)?;
+                    if c.keys.insert(key, i).is_some() {
+                        return Err(ConfigError::new(
+                            format!("{path}.key"),
+                            "another consumer already uses this key; keys must be unique",
+                        ));
+                    }
+                }
+                "basic-auth" => {
+                    let (user, pass) = super::basic_auth::consumer_cred(v, &path)?;
+                    if c.basic.insert(user, (pass, i)).is_some() {
+                        return Err(ConfigError::new(
+                            format!("{path}.username"),
+                            "another consumer already uses this username",
+                        ));
+                    }
+                }
+                "jwt-auth" => {
+                    let (key, cred) = super::jwt_auth::consumer_cred(v, &path)?;
+                    if c.jwt.insert(key, (cred, i)).is_some() {
+                        return Err(ConfigError::new(
+                            format!("{path}.key"),
+                            "another consumer already uses this key",
+                        ));
+                    }
+                }
+                other => {
+                    return Err(ConfigError::new(
+                        path,
+                        format!("{other:?} cannot be configured on a consumer; consumers take credentials for key-auth, basic-auth or jwt-auth"),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::phase;
+    use super::super::testkit::{self, Setup, MINIMAL};
+    use super::*;
+
+    /// (name, priority) rows of README's plugin table, in table order.
+    fn readme_table() -> Vec<(String, i32)> {
+        let readme = include_str!("../../README.md");
+        let mut rows = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| plugin | priority |"))
+            .skip(2);
+        let mut out = Vec::new();
+        for line in rows.by_ref().take_while(|l| l.starts_with('|')) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let priority = cells[2]
+                .parse()
+                .unwrap_or_else(|_| panic!("README row {line:?}: priority is not a number"));
+            out.push((cells[1].to_string(), priority));
+        }
+        out
+    }
+
+    #[test]
+    fn readme_table_lists_exactly_the_registry() {
+        let registry: Vec<(String, i32)> = PLUGINS
+            .iter()
+            .map(|s| (s.name.to_string(), s.priority))
+            .collect();
+        assert_eq!(readme_table(), registry);
+        // Prose that names a priority must agree too, e.g. "`proxy-cache` (priority 1085)".
+        let readme = include_str!("../../README.md");
+        for s in PLUGINS {
+            let at = format!("`{}` (priority ", s.name);
+            for (i, _) in readme.match_indices(&at) {
+                let rest = &readme[i + at.len()..];
+                let n = &rest[..rest.find(')').unwrap_or(0)];
+                assert_eq!(n, s.priority.to_string(), "README: {at}{n})");
+            }
+        }
+    }
+
+    #[test]
+    fn registry_is_in_run_order_with_unique_names() {
+        for w in PLUGINS.windows(2) {
+            assert!(
+                w[0].priority > w[1].priority,
+                "{} before {}",
+                w[0].name,
+                w[1].name
+            );
+        }
+        let minimal: Vec<&str> = MINIMAL.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = PLUGINS.iter().map(|s| s.name).collect();
+        assert_eq!(minimal, names, "testkit::MINIMAL covers every plugin");
+        for s in PLUGINS {
+            assert!(s.phases != 0 && s.phases & !phase::ALL == 0, "{}", s.name);
+        }
+    }
+
+    /// Factories and instances answer from their own SPEC; the chain keeps its mask.
+    #[test]
+    fn every_plugin_reports_its_spec() {
+        for (spec, (name, body)) in PLUGINS.iter().zip(MINIMAL) {
+            let gw = testkit::gateway(&format!("[{name}]\n{body}"));
+            let f = &gw.set.routes.get(testkit::ROUTE).unwrap()[0];
+            assert_eq!((f.name(), f.priority()), (spec.name, spec.priority));
+            let links = gw.links();
+            assert_eq!(links.len(), 1);
+            let (mask, p) = &links[0];
+            assert_eq!(p.name(), spec.name);
+            assert_eq!(p.phases(), spec.phases, "{name}: instance phases");
+            assert_eq!(*mask, spec.phases, "{name}: chain mask");
+        }
+    }
+
+    #[test]
+    fn chain_runs_global_first_then_by_spec_priority() {
+        let gw = Setup::route(
+            "[tcp-logger]\nhost = \"127.0.0.1\"\nport = 9\n\
+             [limit-count]\ncount = 1\ntime_window = 1\n\
+             [key-auth]\n\
+             [request-id]\n",
+        )
+        .global("[response-rewrite]\n[cors]\n")
+        .build()
+        .unwrap();
+        let order: Vec<&str> = gw.links().iter().map(|(_, p)| p.name()).collect();
+        assert_eq!(
+            order,
+            [
+                "cors",
+                "response-rewrite",
+                "request-id",
+                "key-auth",
+                "limit-count",
+                "tcp-logger"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_plugin_and_non_table_are_refused_with_their_path() {
+        let e = testkit::config_error("[no-such-plugin]\n");
+        assert_eq!(e.path, "routes[0].plugins.no-such-plugin");
+        assert!(e.message.contains("key-auth"), "{}", e.message);
+        let e = testkit::config_error("key-auth = 1\n");
+        assert_eq!(e.path, "routes[0].plugins.key-auth");
+    }
 }

@@ -1,4 +1,4 @@
-//! response-rewrite (priority 899): status, headers (set/add/remove) and body of the response
+//! response-rewrite: status, headers (set/add/remove) and body of the response
 //! to the client. Header values may use `$remote_addr`, `$consumer_name`, `$route_name`,
 //! `$request_id`, `$shard_id`. Records edits in `Ctx`; the writer applies them.
 
@@ -13,9 +13,16 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::util::{err, parse};
-use super::{Ctx, Plugin, PluginFactory};
+use super::{phase, Ctx, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::ResponseHead;
+
+pub const SPEC: Spec = Spec {
+    name: "response-rewrite",
+    priority: 899,
+    phases: phase::RESPONSE_HEADERS | phase::RESPONSE_BODY,
+    build: factory,
+};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +85,7 @@ pub fn edits(h: Option<HeaderConf>, path: &str) -> Result<Edits, ConfigError> {
     })
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if let Some(s) = c.status_code {
         if !(200..=598).contains(&s) {
@@ -121,11 +128,8 @@ struct Shared {
 struct Factory(Arc<Shared>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "response-rewrite"
-    }
-    fn priority(&self) -> i32 {
-        899
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(ResponseRewrite {
@@ -174,12 +178,8 @@ pub fn expand(v: &str, cx: &Ctx, consumers: &Consumers, shard: &str, out: &mut V
 }
 
 impl Plugin for ResponseRewrite {
-    fn name(&self) -> &'static str {
-        "response-rewrite"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::RESPONSE_HEADERS | super::phase::RESPONSE_BODY
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn response_headers(&self, _resp: &ResponseHead, cx: &mut Ctx) {
@@ -202,5 +202,64 @@ impl Plugin for ResponseRewrite {
 
     fn response_body(&self, _cx: &mut Ctx) -> Option<Bytes> {
         self.body.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::plugin::testkit::{self, Setup};
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nServer: origin\r\nContent-Length: 2\r\n\r\n";
+
+    #[test]
+    fn rewrites_status_headers_and_body_of_the_upstream_response() {
+        let gw = Setup::route(
+            "[response-rewrite]\nstatus_code = 201\nbody = \"replaced\"\n\
+             headers = { set = { X-Client = \"$remote_addr\", X-Who = \"$consumer_name|$route_id|$shard_id\" }, add = [\"X-Add: one\"], remove = [\"Server\"] }\n\
+             [key-auth]\n",
+        )
+        .consumers("[[consumers]]\nusername = \"carol\"\nplugins.key-auth = { key = \"k\" }\n")
+        .build()
+        .unwrap();
+        let mut x = gw.send_from(
+            "192.0.2.9",
+            b"GET / HTTP/1.1\r\nHost: a\r\napikey: k\r\n\r\n",
+        );
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.cx.status_override, None, "nothing before the response");
+        let body = x.response(OK);
+        assert_eq!(body.as_deref(), Some(&b"replaced"[..]));
+        assert_eq!(x.cx.status, 200, "the upstream's, for the log");
+        assert_eq!(x.cx.status_override, Some(201));
+        assert_eq!(x.client_header("X-Client"), Some(&b"192.0.2.9"[..]));
+        assert_eq!(x.client_header("X-Who"), Some(&b"carol|0|0"[..]));
+        assert_eq!(x.client_header("X-Add"), Some(&b"one"[..]));
+        assert!(x.cx.resp_headers.drops(b"server"));
+        assert!(!x.cx.resp_headers.drops(b"x-add"));
+    }
+
+    #[test]
+    fn without_a_body_or_status_the_upstreams_stay() {
+        let gw = testkit::gateway("[response-rewrite]\nbody = \"aGk=\"\nbody_base64 = true\n");
+        let mut x = gw.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.response(OK).as_deref(), Some(&b"hi"[..]));
+        assert_eq!(x.cx.status_override, None);
+
+        let gw = testkit::gateway("[response-rewrite]\nheaders = { remove = [\"Server\"] }\n");
+        let mut x = gw.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.response(OK), None);
+        assert!(x.cx.resp_headers.drops(b"Server"));
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[response-rewrite]\nstatus_code = 99\n");
+        assert_eq!(e.path, "routes[0].plugins.response-rewrite.status_code");
+        let e = testkit::config_error("[response-rewrite]\nheaders = { add = [\"no colon\"] }\n");
+        assert_eq!(e.path, "routes[0].plugins.response-rewrite.headers.add[0]");
+        let e = testkit::config_error("[response-rewrite]\nbody = \"%%\"\nbody_base64 = true\n");
+        assert_eq!(e.path, "routes[0].plugins.response-rewrite.body");
+        let e = testkit::config_error("[response-rewrite]\nheaders = { remove = [\"a b\"] }\n");
+        assert_eq!(e.path, "routes[0].plugins.response-rewrite.headers");
     }
 }

@@ -1,4 +1,4 @@
-//! tcp-logger (priority 405): writes request entries as newline-delimited JSON to host:port,
+//! tcp-logger: writes request entries as newline-delimited JSON to host:port,
 //! batched on the shard and sent by a blocking sender thread (see `logship`).
 
 use std::io::Write;
@@ -11,7 +11,15 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef};
 use super::logship::{self, BatchConf, RawBatch, Sink};
 use super::util::{duration, err, parse, RawDur};
+use super::Spec;
 use crate::error::ConfigError;
+
+pub const SPEC: Spec = Spec {
+    name: "tcp-logger",
+    priority: 405,
+    phases: logship::PHASES,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,7 +56,7 @@ impl Conf {
     }
 }
 
-pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if c.tls == Some(true) {
         return Err(err(path, "tls", "TLS to the log sink is not supported"));
@@ -67,15 +75,14 @@ pub fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<Factory
     };
     let conf = BatchConf::from_raw(path, &c.batch())?;
     let tx = logship::start(
-        "tcp-logger",
+        SPEC.name,
         conf.clone(),
         Box::new(TcpSink { addr, timeout }),
         &logship::TCP,
     )
     .map_err(|e| ConfigError::new(path, e))?;
     Ok(Arc::new(logship::LoggerFactory {
-        name: "tcp-logger",
-        priority: 405,
+        spec: &SPEC,
         tx,
         conf,
     }))
@@ -101,5 +108,52 @@ impl Sink for TcpSink {
             .map_err(|e| e.to_string())?;
         s.write_all(&buf).map_err(|e| e.to_string())?;
         s.flush().map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use crate::plugin::testkit;
+
+    #[test]
+    fn queues_an_entry_per_request_once_the_batch_is_full() {
+        let gw = testkit::gateway(
+            "[tcp-logger]\nhost = \"127.0.0.1\"\nport = 9\nbatch_max_size = 1\n[proxy-rewrite]\nuri = \"/internal\"\n",
+        );
+        let mut x = gw.send(b"DELETE /items/7 HTTP/1.1\r\nHost: shop\r\n\r\n");
+        assert_eq!(x.replied(), None);
+        assert!(x.cx.log_req.is_some(), "captured in rewrite");
+        x.response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        x.log();
+        let got = gw.shipped("tcp-logger");
+        assert_eq!(got.len(), 1);
+        assert!(!got[0].contains('\n'), "one line per entry: {}", got[0]);
+        let e: Value = serde_json::from_str(&got[0]).unwrap();
+        assert_eq!(e["request"]["method"], "DELETE");
+        assert_eq!(
+            e["request"]["uri"], "/items/7",
+            "the client's request line, not the rewrite"
+        );
+        assert_eq!(e["request"]["host"], "shop");
+        assert_eq!(e["response"]["status"], 404);
+        assert_eq!(gw.shipped("http-logger"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = testkit::config_error("[tcp-logger]\nhost = \"127.0.0.1\"\nport = 9\ntls = true\n");
+        assert_eq!(e.path, "routes[0].plugins.tcp-logger.tls");
+        let e = testkit::config_error("[tcp-logger]\nhost = \"127.0.0.1\"\nport = 0\n");
+        assert_eq!(e.path, "routes[0].plugins.tcp-logger.port");
+        let e = testkit::config_error(
+            "[tcp-logger]\nhost = \"127.0.0.1\"\nport = 9\ntimeout = \"soon\"\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.tcp-logger.timeout");
+        let e = testkit::config_error(
+            "[tcp-logger]\nhost = \"127.0.0.1\"\nport = 9\nretry_delay = 0\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.tcp-logger.retry_delay");
     }
 }

@@ -1,4 +1,4 @@
-//! traffic-split (priority 966): sends matching requests to weighted upstreams (smooth
+//! traffic-split: sends matching requests to weighted upstreams (smooth
 //! weighted round-robin per shard); an entry without `upstream` means the route's own.
 
 use std::cell::RefCell;
@@ -10,9 +10,16 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::util::{err, parse};
 use super::vars::{self, Conds};
-use super::{Ctx, Flow, Plugin, PluginFactory};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
+
+pub const SPEC: Spec = Spec {
+    name: "traffic-split",
+    priority: 966,
+    phases: phase::ACCESS,
+    build: factory,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +59,7 @@ struct Rule {
     targets: Vec<(Option<usize>, i64)>,
 }
 
-pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
+fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
     let c: Conf = parse(v, path)?;
     if c.rules.is_empty() {
         return Err(err(path, "rules", "must have at least one rule"));
@@ -111,11 +118,8 @@ pub fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryR
 struct Factory(Arc<Vec<Rule>>);
 
 impl PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "traffic-split"
-    }
-    fn priority(&self) -> i32 {
-        966
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn build(&self, _shard: &ShardCx) -> Rc<dyn Plugin> {
         Rc::new(TrafficSplit {
@@ -151,12 +155,8 @@ fn pick(targets: &[(Option<usize>, i64)], current: &mut [i64]) -> Option<usize> 
 }
 
 impl Plugin for TrafficSplit {
-    fn name(&self) -> &'static str {
-        "traffic-split"
-    }
-
-    fn phases(&self) -> u8 {
-        super::phase::ACCESS
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
 
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
@@ -175,6 +175,7 @@ impl Plugin for TrafficSplit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::testkit::{self, Setup};
 
     #[test]
     fn smooth_wrr_spreads_one_in_ten() {
@@ -186,5 +187,84 @@ mod tests {
         assert!(picks
             .windows(2)
             .all(|w| !(w[0] == Some(1) && w[1] == Some(1))));
+    }
+
+    const UPSTREAMS: &[&str] = &["stable", "canary"];
+
+    fn gw(route: &str) -> testkit::Gateway {
+        Setup::route(route).upstreams(UPSTREAMS).build().unwrap()
+    }
+
+    #[test]
+    fn matching_requests_go_to_the_rules_upstream() {
+        let gw = gw(
+            "[traffic-split]\nrules = [\
+             { match = [{ vars = [[\"http_x_canary\", \"==\", \"1\"]] }], weighted_upstreams = [{ upstream = \"canary\" }] },\
+             { match = [{ vars = [[\"arg_v\", \"==\", \"old\"]] }], weighted_upstreams = [{ upstream_id = \"stable\" }] }]\n",
+        );
+        let x = gw.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Canary: 1\r\n\r\n");
+        assert_eq!(x.replied(), None);
+        assert_eq!(x.cx.upstream, Some(1));
+        let x = gw.send(b"GET /?v=old HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(x.cx.upstream, Some(0));
+        let x = gw.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Canary: 2\r\n\r\n");
+        assert_eq!(x.cx.upstream, None, "no rule matched: the route's upstream");
+    }
+
+    #[test]
+    fn weights_alternate_with_the_routes_own_upstream() {
+        let gw = gw(
+            "[traffic-split]\nrules = [{ weighted_upstreams = [{ upstream = \"canary\", weight = 1 }, { weight = 3 }] }]\n",
+        );
+        let picks: Vec<Option<usize>> = (0..8)
+            .map(|_| gw.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").cx.upstream)
+            .collect();
+        assert_eq!(picks.iter().filter(|p| **p == Some(1)).count(), 2);
+        assert_eq!(picks.iter().filter(|p| p.is_none()).count(), 6);
+        assert!(picks.windows(2).all(|w| w != [Some(1), Some(1)]));
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = Setup::route(
+            "[traffic-split]\nrules = [{ weighted_upstreams = [{ weight = 1 }, { upstream = \"blue\" }] }]\n",
+        )
+        .upstreams(UPSTREAMS)
+        .build()
+        .err()
+        .unwrap();
+        assert_eq!(
+            e.path,
+            "routes[0].plugins.traffic-split.rules[0].weighted_upstreams[1].upstream"
+        );
+        assert!(
+            e.message.contains("[\"canary\", \"stable\"]"),
+            "{}",
+            e.message
+        );
+        let e = testkit::config_error("[traffic-split]\nrules = []\n");
+        assert_eq!(e.path, "routes[0].plugins.traffic-split.rules");
+        let e = testkit::config_error(
+            "[traffic-split]\nrules = [{ weighted_upstreams = [{ weight = 0 }] }]\n",
+        );
+        assert_eq!(
+            e.path,
+            "routes[0].plugins.traffic-split.rules[0].weighted_upstreams"
+        );
+        let e = testkit::config_error(
+            "[traffic-split]\nrules = [{ weighted_upstreams = [{ weight = -1 }] }]\n",
+        );
+        assert_eq!(
+            e.path,
+            "routes[0].plugins.traffic-split.rules[0].weighted_upstreams[0].weight"
+        );
+        let e = testkit::config_error(
+            "[traffic-split]\nrules = [{ match = [{ vars = [[\"bogus\", \"==\", \"1\"]] }], weighted_upstreams = [{ weight = 1 }] }]\n",
+        );
+        assert!(
+            e.path
+                .starts_with("routes[0].plugins.traffic-split.rules[0].match[0].vars"),
+            "{e}"
+        );
     }
 }

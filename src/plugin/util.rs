@@ -71,7 +71,7 @@ pub fn duration(path: &str, key: &str, v: &RawDur) -> Result<Duration, ConfigErr
 
 /// One part of a rate-limit key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyPart {
+pub enum LimitKeyPart {
     RemoteAddr,
     Consumer,
     Route,
@@ -84,23 +84,23 @@ pub enum KeyPart {
 /// `"remote_addr"`, `"consumer"` (`consumer_name`), `"route"`, `"server_addr"`,
 /// `"header:X-Tenant"` (or `"http_x_tenant"`), `"arg:name"`, `"cookie:name"`, or several
 /// joined with `" "` / `"+"` for a combination.
-pub fn key_parts(path: &str, text: &str) -> Result<Vec<KeyPart>, ConfigError> {
+pub fn key_parts(path: &str, text: &str) -> Result<Vec<LimitKeyPart>, ConfigError> {
     let mut parts = Vec::new();
     for p in text.split([' ', '+']).filter(|p| !p.is_empty()) {
         let p = p.trim_start_matches('$');
         let part = match p {
-            "remote_addr" => KeyPart::RemoteAddr,
-            "consumer" | "consumer_name" => KeyPart::Consumer,
-            "route" | "route_id" | "route_name" => KeyPart::Route,
-            "server_addr" | "constant" => KeyPart::Constant(String::new()),
+            "remote_addr" => LimitKeyPart::RemoteAddr,
+            "consumer" | "consumer_name" => LimitKeyPart::Consumer,
+            "route" | "route_id" | "route_name" => LimitKeyPart::Route,
+            "server_addr" | "constant" => LimitKeyPart::Constant(String::new()),
             _ => match p.split_once(':') {
-                Some(("header", h)) if !h.is_empty() => KeyPart::Header(h.to_ascii_lowercase()),
-                Some(("arg", a)) if !a.is_empty() => KeyPart::Arg(a.to_string()),
-                Some(("cookie", c)) if !c.is_empty() => KeyPart::Cookie(c.to_string()),
+                Some(("header", h)) if !h.is_empty() => LimitKeyPart::Header(h.to_ascii_lowercase()),
+                Some(("arg", a)) if !a.is_empty() => LimitKeyPart::Arg(a.to_string()),
+                Some(("cookie", c)) if !c.is_empty() => LimitKeyPart::Cookie(c.to_string()),
                 _ => match p.strip_prefix("http_") {
-                    Some(h) if !h.is_empty() => KeyPart::Header(h.replace('_', "-")),
+                    Some(h) if !h.is_empty() => LimitKeyPart::Header(h.replace('_', "-")),
                     _ => match p.strip_prefix("arg_") {
-                        Some(a) if !a.is_empty() => KeyPart::Arg(a.to_string()),
+                        Some(a) if !a.is_empty() => LimitKeyPart::Arg(a.to_string()),
                         _ => {
                             return Err(ConfigError::new(
                                 path,
@@ -124,8 +124,9 @@ pub fn key_parts(path: &str, text: &str) -> Result<Vec<KeyPart>, ConfigError> {
 
 /// Hashes the request's key; a missing part hashes as empty (APISIX falls back to remote_addr
 /// for a missing variable; ringway does the same for a key made of one absent part).
-pub fn key_hash(parts: &[KeyPart], req: &RequestHead, cx: &Ctx, consumers: &Consumers) -> u64 {
-    if let ([KeyPart::Consumer], Some(c)) = (parts, cx.consumer.and_then(|i| consumers.list.get(i)))
+pub fn key_hash(parts: &[LimitKeyPart], req: &RequestHead, cx: &Ctx, consumers: &Consumers) -> u64 {
+    if let ([LimitKeyPart::Consumer], Some(c)) =
+        (parts, cx.consumer.and_then(|i| consumers.list.get(i)))
     {
         return c.key_hash;
     }
@@ -140,7 +141,12 @@ pub fn consumer_key_hash(name: &str) -> u64 {
     h.digest()
 }
 
-fn key_hash_of(parts: &[KeyPart], req: &RequestHead, cx: &Ctx, consumer_name: Option<&str>) -> u64 {
+fn key_hash_of(
+    parts: &[LimitKeyPart],
+    req: &RequestHead,
+    cx: &Ctx,
+    consumer_name: Option<&str>,
+) -> u64 {
     // The key is gathered on the stack and hashed in one shot: a streaming `Xxh3` is a
     // ~600-byte state whose setup and moves showed up as memcpy in callgrind.
     let mut buf = [0u8; 256];
@@ -162,21 +168,21 @@ fn key_hash_of(parts: &[KeyPart], req: &RequestHead, cx: &Ctx, consumer_name: Op
     let mut any = false;
     for p in parts {
         let v: Option<&[u8]> = match p {
-            KeyPart::RemoteAddr => {
+            LimitKeyPart::RemoteAddr => {
                 put_ip(&mut put, cx.client_ip);
                 any = true;
                 None
             }
-            KeyPart::Consumer => consumer_name.map(str::as_bytes),
-            KeyPart::Route => {
+            LimitKeyPart::Consumer => consumer_name.map(str::as_bytes),
+            LimitKeyPart::Route => {
                 put(&(cx.route as u64).to_le_bytes());
                 any = true;
                 None
             }
-            KeyPart::Header(n) => req.header(n),
-            KeyPart::Arg(a) => query_arg(req.query(), a.as_bytes()),
-            KeyPart::Cookie(c) => req.header("cookie").and_then(|v| cookie(v, c.as_bytes())),
-            KeyPart::Constant(s) => Some(s.as_bytes()),
+            LimitKeyPart::Header(n) => req.header(n),
+            LimitKeyPart::Arg(a) => query_arg(req.query(), a.as_bytes()),
+            LimitKeyPart::Cookie(c) => req.header("cookie").and_then(|v| cookie(v, c.as_bytes())),
+            LimitKeyPart::Constant(s) => Some(s.as_bytes()),
         };
         if let Some(v) = v {
             any = true;
@@ -239,15 +245,18 @@ mod tests {
     fn key_specs() {
         assert_eq!(
             key_parts("k", "remote_addr").unwrap(),
-            vec![KeyPart::RemoteAddr]
+            vec![LimitKeyPart::RemoteAddr]
         );
         assert_eq!(
             key_parts("k", "consumer header:X-Tenant").unwrap(),
-            vec![KeyPart::Consumer, KeyPart::Header("x-tenant".into())]
+            vec![
+                LimitKeyPart::Consumer,
+                LimitKeyPart::Header("x-tenant".into())
+            ]
         );
         assert_eq!(
             key_parts("k", "$http_x_api").unwrap(),
-            vec![KeyPart::Header("x-api".into())]
+            vec![LimitKeyPart::Header("x-api".into())]
         );
         assert!(key_parts("k", "bogus").is_err());
         assert!(key_parts("k", "").is_err());
@@ -258,7 +267,7 @@ mod tests {
         let req = RequestHead::default();
         let mut cx = Ctx::new(0, IpAddr::from([127, 0, 0, 1]));
         cx.consumer = Some(0);
-        let parts = [KeyPart::Consumer];
+        let parts = [LimitKeyPart::Consumer];
         assert_eq!(
             consumer_key_hash("alice"),
             key_hash_of(&parts, &req, &cx, Some("alice"))

@@ -519,7 +519,7 @@ async fn connect(up: &UpstreamState, node: usize) -> Result<UpstreamStream, Upst
             .await
             .map_err(|_| UpstreamError::ConnectRefused)?;
         let _ = s.set_nodelay(true);
-        match &up.cfg.tls {
+        match &up.tls {
             None => Ok(UpstreamStream::Plain(s)),
             Some(tls) => match crate::net::tls_client::connect(tls, node, s).await {
                 Ok(t) => Ok(UpstreamStream::Tls(Box::new(t))),

@@ -1,5 +1,5 @@
-//! The request path: client connection loop, upstream exchange, body pumping and tunnels.
-//! Reads shard state and config; never reaches across shards.
+//! The request path: client connection loop, upstream exchange, body pumping and tunnels, and
+//! the per-generation shard state they read (`shard`). Never reaches across shards or threads.
 
 mod cached;
 mod conn;

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::conn::{ClientConn, ClientStream};
 use super::shard::Shard;
-use crate::accesslog::Entry;
+use crate::accesslog::Record;
 use crate::http::parse::BodyKind;
 
 /// `cx.route` before routing: "no route" until `with_plugins` sets it.
@@ -35,7 +35,7 @@ impl<S: ClientStream> ClientConn<S> {
         let Some(log) = &shard.log else {
             return;
         };
-        log.record(&Entry {
+        log.record(&Record {
             remote_addr: self.cx.client_ip,
             method: b"",
             uri: b"",
@@ -88,7 +88,7 @@ impl<S: ClientStream> ClientConn<S> {
             _ if self.cx.error_body > 0 => Some(self.cx.error_body),
             _ => None,
         };
-        log.record(&Entry {
+        log.record(&Record {
             remote_addr: self.cx.client_ip,
             method: self.req.method_bytes(),
             uri: self.req.target(),

@@ -24,6 +24,15 @@ pub enum PumpFail {
     TooLarge,
 }
 
+impl From<splice::SpliceFail> for PumpFail {
+    fn from(f: splice::SpliceFail) -> PumpFail {
+        match f {
+            splice::SpliceFail::Src(e) => PumpFail::Src(e),
+            splice::SpliceFail::Dst(e) => PumpFail::Dst(e),
+        }
+    }
+}
+
 pub struct PumpCfg {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -251,7 +260,8 @@ where
     Some(
         splice::relay(s, d, rest, cfg.read_timeout, cfg.write_timeout)
             .await
-            .map(|()| n),
+            .map(|()| n)
+            .map_err(PumpFail::from),
     )
 }
 

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::build::Built;
+use crate::built::Built;
 use crate::cache::PurgeMsg;
 use crate::http::parse::HeadLimits;
 use crate::limit::sync::{Endpoint, Report};
@@ -124,17 +124,12 @@ impl Shard {
         Shard {
             id,
             generation: 1,
-            tls: Rc::new(RefCell::new(
-                cfg.server
-                    .tls
-                    .iter()
-                    .map(|t| t.as_ref().map(|t| t.config.clone()))
-                    .collect(),
-            )),
+            tls: Rc::new(RefCell::new(built.listener_tls.clone())),
             upstreams: cfg
                 .upstreams
                 .iter()
-                .map(|u| Rc::new(UpstreamState::new(u)))
+                .zip(&built.upstream_tls)
+                .map(|(u, tls)| Rc::new(UpstreamState::new(u, tls.clone())))
                 .collect(),
             route_stats: metrics.for_routes(cfg.routes.by_id().map(|r| r.map(|r| r.name.as_str()))),
             metrics,
@@ -168,14 +163,14 @@ impl Shard {
         let upstreams = cfg
             .upstreams
             .iter()
-            .map(|u| match old.get(u.name.as_str()) {
-                // Debug output covers every field; cheaper to keep than a hand-written PartialEq.
-                Some(o) if format!("{:?}", o.cfg) == format!("{u:?}") => Rc::clone(o),
+            .zip(&built.upstream_tls)
+            .map(|(u, tls)| match old.get(u.name.as_str()) {
+                Some(o) if o.cfg == *u => Rc::clone(o),
                 Some(o) if u.checks.is_some() => {
                     // Active verdicts carry over by node address, so a node down by active
                     // checks stays out from the first request of the new generation (the
                     // prober also re-sends its down set once it sees the swap).
-                    let fresh = UpstreamState::new(u);
+                    let fresh = UpstreamState::new(u, tls.clone());
                     {
                         let (was, mut now) = (o.health.borrow(), fresh.health.borrow_mut());
                         for (i, n) in u.nodes.iter().enumerate() {
@@ -186,7 +181,7 @@ impl Shard {
                     }
                     Rc::new(fresh)
                 }
-                _ => Rc::new(UpstreamState::new(u)),
+                _ => Rc::new(UpstreamState::new(u, tls.clone())),
             })
             .collect();
         Shard {

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
-use super::pump::PumpFail;
 use crate::local::deadline::within;
 use crate::net::io::IoFail;
 use crate::upstream::stream::UpstreamStream;
@@ -163,6 +162,13 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// Which side of a relay failed (the pump turns it into its own `PumpFail`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpliceFail {
+    Src(IoFail),
+    Dst(IoFail),
+}
+
 /// Moves exactly `len` body bytes from `src` to `dst` (both already non-blocking). Errors are
 /// reported like `pump`'s: `Src` for the upstream side (early close, reset, read timeout), `Dst`
 /// for the client side.
@@ -172,13 +178,13 @@ pub async fn relay(
     len: u64,
     read_timeout: Duration,
     write_timeout: Duration,
-) -> Result<(), PumpFail> {
+) -> Result<(), SpliceFail> {
     // No pipe (fd limit): report it as a failure of the response rather than copy, since the
     // head is already out and the caller cannot start over.
-    let mut lease = Lease::take().map_err(|_| PumpFail::Src(IoFail::Error))?;
+    let mut lease = Lease::take().map_err(|_| SpliceFail::Src(IoFail::Error))?;
     let (pr, pw) = match &lease.pipe {
         Some(p) => (p.r.as_raw_fd(), p.w.as_raw_fd()),
-        None => return Err(PumpFail::Src(IoFail::Error)),
+        None => return Err(SpliceFail::Src(IoFail::Error)),
     };
     let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
     let mut left = len;
@@ -186,27 +192,28 @@ pub async fn relay(
         let want = left.min(STEP as u64) as usize;
         let got = loop {
             match splice(sfd, pw, want) {
-                Ok(0) => return Err(PumpFail::Src(IoFail::Closed)),
+                Ok(0) => return Err(SpliceFail::Src(IoFail::Closed)),
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready(within(read_timeout, src.readable(false)).await).map_err(PumpFail::Src)?
+                    ready(within(read_timeout, src.readable(false)).await)
+                        .map_err(SpliceFail::Src)?
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(PumpFail::Src(IoFail::Error)),
+                Err(_) => return Err(SpliceFail::Src(IoFail::Error)),
             }
         };
         left -= got as u64;
         let mut held = got;
         while held > 0 {
             match splice(pr, dfd, held) {
-                Ok(0) => return Err(PumpFail::Dst(IoFail::Closed)),
+                Ok(0) => return Err(SpliceFail::Dst(IoFail::Closed)),
                 Ok(n) => held -= n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready(within(write_timeout, dst.writable(false)).await)
-                        .map_err(PumpFail::Dst)?
+                        .map_err(SpliceFail::Dst)?
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(PumpFail::Dst(IoFail::Error)),
+                Err(_) => return Err(SpliceFail::Dst(IoFail::Error)),
             }
         }
     }

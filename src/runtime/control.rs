@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
-use crate::build::Built;
+use crate::built::Built;
 
 /// A shard's answer to `Prepare` or `Commit`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver};
 
-use crate::build::Built;
+use crate::built::Built;
 use crate::cache::PurgeMsg;
-use crate::config::Config;
 use crate::limit::sync::Report;
 use crate::net::ring::block_on;
 use crate::proxy::shard::{Lanes, Shard};
@@ -123,14 +122,15 @@ impl Shards {
     /// Re-reads every TLS listener's certificate files (here, on the main thread) and hands the new
     /// configs to the shards. All or nothing: one bad file keeps every listener on its current
     /// certificates. The ticketer is carried over, so tickets issued before the reload still resume.
-    pub fn reload_tls(&self, cfg: &Config) {
+    pub fn reload_tls(&self, built: &Built) {
+        let cfg = &built.cfg;
         let mut configs = Vec::with_capacity(cfg.server.tls.len());
-        for (i, t) in cfg.server.tls.iter().enumerate() {
-            let Some(t) = t else {
+        for (i, (spec, cur)) in cfg.server.tls.iter().zip(&built.listener_tls).enumerate() {
+            let (Some(spec), Some(cur)) = (spec, cur) else {
                 configs.push(None);
                 continue;
             };
-            match crate::net::tls::build_server_config(&t.spec, t.config.ticketer.clone()) {
+            match crate::net::tls::build_server_config(spec, cur.ticketer.clone()) {
                 Ok(c) => configs.push(Some(c)),
                 Err(e) => {
                     log::error!("SIGHUP: certificate reload failed for server.listen[{i}], keeping the current certificates: {e}");

@@ -12,7 +12,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver};
 
 use super::control::{Control, SwapAck};
 use super::wake::ShardLink;
-use crate::build::Built;
+use crate::built::Built;
 use crate::config::Config;
 use crate::metrics::expose::PlaneInfo;
 use crate::metrics::ShardSnapshot;
@@ -379,7 +379,7 @@ upstream = "u"
 "#;
 
     fn built() -> Built {
-        crate::build::from_str(CONFIG).expect("test config builds")
+        crate::built::from_str(CONFIG).expect("test config builds")
     }
 
     /// A plane over one fake shard per entry of `answers`; each shard thread records what it

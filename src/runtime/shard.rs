@@ -296,7 +296,7 @@ upstream = "u"
 
     #[test]
     fn a_shard_switches_only_to_the_generation_it_has_pending() {
-        let built = Arc::new(crate::build::from_str(CONFIG).expect("test config builds"));
+        let built = Arc::new(crate::built::from_str(CONFIG).expect("test config builds"));
         let (tx, rx) = unbounded();
         let (nudge, end) = wake::pair().expect("socketpair");
         let bell = Arc::new(Doorbell::new(Some(nudge)));

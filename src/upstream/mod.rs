@@ -19,10 +19,12 @@ pub struct UpstreamState {
     pub balancer: RefCell<Balancer>,
     pub health: RefCell<PassiveHealth>,
     pub pools: Vec<RefCell<Pool>>,
+    /// The connector for `https` upstreams (built with the generation, see built/tls.rs).
+    pub tls: Option<crate::net::tls_client::UpstreamTls>,
 }
 
 impl UpstreamState {
-    pub fn new(cfg: &UpstreamConfig) -> Self {
+    pub fn new(cfg: &UpstreamConfig, tls: Option<crate::net::tls_client::UpstreamTls>) -> Self {
         let weights: Vec<u32> = cfg.nodes.iter().map(|n| n.weight).collect();
         UpstreamState {
             // Ring points keyed by node address, so editing the node list only moves the
@@ -46,6 +48,7 @@ impl UpstreamState {
                 .map(|_| RefCell::new(Pool::new()))
                 .collect(),
             cfg: cfg.clone(),
+            tls,
         }
     }
 

@@ -858,7 +858,7 @@ pub fn route(data: &[u8]) {
 /// something.
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    match ringway::build::from_str(&text) {
+    match ringway::built::from_str(&text) {
         Ok(built) => {
             let cfg = &built.cfg;
             assert!(!cfg.server.listen.is_empty());

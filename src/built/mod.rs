@@ -1,6 +1,8 @@
 //! The build step: turns a validated `Config` (plain data) into what shards run — the compiled
-//! router and the plugin factories — and applies a one-route change to a built generation.
+//! router, the plugin factories, TLS configs — and applies a one-route change to a generation.
 //! Runs on the loading thread (start-up, SIGHUP, admin API), never per request; does no I/O.
+
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +20,10 @@ pub struct Built {
     pub router: Arc<Router>,
     /// Plugin factories (global and per route) and consumers.
     pub plugins: PluginSet,
+    /// Per listen address (`server.listen` order), the rustls config of a TLS listener.
+    pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Per upstream (`upstreams` order), the connector of an `https` upstream.
+    pub upstream_tls: Vec<Option<crate::net::tls_client::UpstreamTls>>,
 }
 
 /// Compiles `cfg`: the router (ties broken by route name when the admin API is on, see
@@ -44,6 +50,8 @@ pub fn build(cfg: Config) -> Result<Built, ConfigError> {
     .map_err(|e| ConfigError::new("routes", e.to_string()))?;
     let plugins = plugins(&cfg)?;
     Ok(Built {
+        listener_tls: tls::listeners(&cfg)?,
+        upstream_tls: tls::upstreams(&cfg)?,
         cfg,
         router: Arc::new(router),
         plugins,
@@ -130,6 +138,8 @@ pub fn with_route(
             router: Arc::new(router),
             plugins,
             cfg,
+            listener_tls: cur.listener_tls.clone(),
+            upstream_tls: cur.upstream_tls.clone(),
         },
         id,
     )))
