@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::harness::ops::{scrape, value};
+use crate::harness::prometheus::{scrape, value};
 use crate::harness::{
     check_config, route, server, upstream, wait_until, Gateway, Origin, OriginOpts, Resp,
 };

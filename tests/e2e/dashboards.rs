@@ -1,7 +1,7 @@
 //! config/prometheus-alerts.yml and config/grafana-dashboard.json: every metric they query is in
 //! names.rs and in a live /metrics scrape; well formed (promtool check rules when installed).
 
-use crate::harness::ops;
+use crate::harness::{ops, prometheus};
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
@@ -168,7 +168,7 @@ fn alerts_and_dashboard_use_exposed_metric_names() {
     assert!(codes.contains(&429), "{codes:?}");
     let mut samples = Vec::new();
     let ok = wait_until(Duration::from_secs(10), || {
-        samples = ops::scrape(status);
+        samples = prometheus::scrape(status);
         referenced
             .iter()
             .all(|n| samples.iter().any(|s| &s.name == n))
@@ -180,7 +180,7 @@ fn alerts_and_dashboard_use_exposed_metric_names() {
         .collect();
     assert!(ok, "referenced but not in /metrics: {missing:?}");
     assert!(
-        ops::value(
+        prometheus::value(
             &samples,
             "ringway_rate_limited_total",
             &[("plugin", "limit-count")]

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::ops::{scrape, value};
+use crate::harness::prometheus::{scrape, value};
 use crate::harness::{
     check_config, route, server, upstream, wait_until, Gateway, Origin, OriginOpts, Resp,
 };

@@ -6,7 +6,8 @@ use crate::harness::ops;
 
 use std::time::Duration;
 
-use crate::harness::ops::{get, http, scrape, value};
+use crate::harness::ops::{get, http};
+use crate::harness::prometheus::{scrape, value};
 use crate::harness::{route, server, upstream, wait_until, Gateway, Origin, Resp};
 
 fn two_routes(origin: std::net::SocketAddr) -> String {
@@ -179,7 +180,7 @@ fn status_config_is_validated() {
 
 #[test]
 fn exposition_checker_rejects_bad_text() {
-    use ops::check_exposition as c;
+    use crate::harness::prometheus::check_exposition as c;
     assert!(c("# TYPE a counter\na 1\n").is_ok());
     assert!(c("a 1").is_err(), "no trailing newline");
     assert!(c("a{b=\"x} 1\n").is_err(), "unterminated value");

@@ -3,7 +3,7 @@
 //! without dropping existing connections, and a load loop sees zero failed requests across
 //! several reloads.
 
-use crate::harness::ops;
+use crate::harness::{ops, prometheus};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,10 +68,13 @@ fn valid_file_is_swapped_in_and_invalid_is_refused() {
         assert_eq!(body_of(p.addr), "from-b");
     }
     assert_eq!(kept.get("/x").body_str(), "from-b");
-    let samples = ops::scrape(status);
-    assert_eq!(ops::value(&samples, "ringway_config_generation", &[]), 2.0);
+    let samples = prometheus::scrape(status);
     assert_eq!(
-        ops::value(
+        prometheus::value(&samples, "ringway_config_generation", &[]),
+        2.0
+    );
+    assert_eq!(
+        prometheus::value(
             &samples,
             "ringway_config_reloads_total",
             &[("result", "ok")]
@@ -79,7 +82,7 @@ fn valid_file_is_swapped_in_and_invalid_is_refused() {
         1.0
     );
     assert_eq!(
-        ops::value(
+        prometheus::value(
             &samples,
             "ringway_config_reloads_total",
             &[("result", "error")]

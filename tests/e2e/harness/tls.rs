@@ -1,6 +1,5 @@
-//! Helpers for the TLS integration tests: a test PKI made with rcgen (root, intermediate, leaves),
-//! a blocking rustls client over std sockets, and lax client verifiers. No assertions about ringway here.
-#![allow(dead_code)]
+//! Owns the TLS test kit: a PKI made with rcgen (root, intermediate, leaves), a blocking rustls
+//! client over std sockets, lax client verifiers. Must not assert anything about ringway; tests do.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
