@@ -15,9 +15,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct Response {
-    pub version: String,
     pub status: u16,
-    pub reason: String,
     pub headers: Vec<(String, String)>,
     pub raw_head: String,
     pub body: Vec<u8>,
@@ -229,11 +227,8 @@ impl Client {
             .next()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| ReadError::Malformed(format!("bad status line {status_line:?}")))?;
-        let reason = parts.next().unwrap_or("").to_string();
         Ok(Response {
-            version,
             status,
-            reason,
             headers: parse_header_lines(&lines[1..]),
             raw_head: text,
             body: Vec::new(),

@@ -121,10 +121,6 @@ impl LogLines {
         self.snapshot().join("\n")
     }
 
-    pub fn is_eof(&self) -> bool {
-        self.inner.0.lock().expect("log lock").eof
-    }
-
     /// Wait until at least `n` lines (from the start) satisfy `pred`; returns them.
     /// Returns what it found so far on timeout or EOF.
     pub fn wait_for_n(
@@ -288,10 +284,6 @@ impl Gateway {
             }
             thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.exit.is_none() && matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn rss_kb(&self) -> u64 {

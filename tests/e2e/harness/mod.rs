@@ -1,6 +1,5 @@
 //! The e2e harness, split by role; each file's first two lines say what it owns and what it must
 //! not touch. This file owns only the module map, the re-exports tests glob-import, `wait_until`.
-#![allow(dead_code)] // until the next commit sorts out what one binary shows unused
 
 mod client;
 mod config;

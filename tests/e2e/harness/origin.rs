@@ -25,13 +25,6 @@ pub struct Req {
     pub body: Vec<u8>,
     pub body_len: u64,
     pub body_hash: u64,
-    /// Body arrived with chunked framing.
-    pub chunked: bool,
-    /// Index of the accepted connection (0-based) this request came on.
-    pub conn_id: usize,
-    /// Index of this request on its connection (0-based).
-    pub seq_on_conn: usize,
-    pub peer: SocketAddr,
 }
 
 impl Req {
@@ -65,8 +58,6 @@ pub enum Framing {
     Chunked(usize),
     /// No length; body delimited by closing the connection.
     UntilClose,
-    /// No framing headers added and no body written.
-    NoBody,
 }
 
 /// A scripted HTTP response.
@@ -113,10 +104,6 @@ impl Resp {
     }
     pub fn until_close(mut self) -> Resp {
         self.framing = Framing::UntilClose;
-        self
-    }
-    pub fn no_body(mut self) -> Resp {
-        self.framing = Framing::NoBody;
         self
     }
     pub fn delay(mut self, d: Duration) -> Resp {
@@ -202,12 +189,9 @@ pub(super) struct OriginShared {
     pub(super) name: String,
     pub(super) stop: AtomicBool,
     pub(super) conns: AtomicUsize,
-    pub(super) open_conns: AtomicUsize,
     pub(super) bytes_in: AtomicU64,
     pub(super) requests: Mutex<Vec<Req>>,
     pub(super) request_count: AtomicUsize,
-    pub(super) in_flight: AtomicUsize,
-    pub(super) max_in_flight: AtomicUsize,
     pub(super) tunnels_closed: AtomicUsize,
     pub(super) handler: Handler,
     pub(super) opts: OriginOpts,
@@ -257,12 +241,9 @@ impl Origin {
             name: name.to_string(),
             stop: AtomicBool::new(false),
             conns: AtomicUsize::new(0),
-            open_conns: AtomicUsize::new(0),
             bytes_in: AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
             request_count: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
             tunnels_closed: AtomicUsize::new(0),
             handler: Box::new(handler),
             opts,
@@ -280,13 +261,11 @@ impl Origin {
                         Err(_) => continue,
                     };
                     let id = sh.conns.fetch_add(1, SeqCst);
-                    sh.open_conns.fetch_add(1, SeqCst);
                     let sh2 = sh.clone();
                     let _ = thread::Builder::new()
                         .name(format!("origin-{}-c{id}", sh.name))
                         .spawn(move || {
-                            serve_conn(stream, &sh2, id);
-                            sh2.open_conns.fetch_sub(1, SeqCst);
+                            serve_conn(stream, &sh2);
                         });
                 }
             })
@@ -319,9 +298,6 @@ impl Origin {
     pub fn conns(&self) -> usize {
         self.shared.conns.load(SeqCst)
     }
-    pub fn open_conns(&self) -> usize {
-        self.shared.open_conns.load(SeqCst)
-    }
     /// Complete requests (head + body) received so far.
     pub fn request_count(&self) -> usize {
         self.shared.request_count.load(SeqCst)
@@ -329,9 +305,6 @@ impl Origin {
     /// Total raw bytes read from all connections.
     pub fn bytes_in(&self) -> u64 {
         self.shared.bytes_in.load(SeqCst)
-    }
-    pub fn max_in_flight(&self) -> usize {
-        self.shared.max_in_flight.load(SeqCst)
     }
     pub fn tunnels_closed(&self) -> usize {
         self.shared.tunnels_closed.load(SeqCst)

@@ -2,7 +2,7 @@
 //! the scripted reply. Must not be used by tests; only `Origin`'s accept loop calls `serve_conn`.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::Ordering::SeqCst;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -112,16 +112,11 @@ fn origin_read_line(
     }
 }
 
-pub(super) fn serve_conn(mut stream: TcpStream, sh: &OriginShared, conn_id: usize) {
+pub(super) fn serve_conn(mut stream: TcpStream, sh: &OriginShared) {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
     let _ = stream.set_nodelay(true);
-    let peer = match stream.peer_addr() {
-        Ok(p) => p,
-        Err(_) => return,
-    };
     let mut buf: Vec<u8> = Vec::new();
-    let mut seq = 0usize;
     loop {
         // ---- head
         let head_end = loop {
@@ -137,54 +132,28 @@ pub(super) fn serve_conn(mut stream: TcpStream, sh: &OriginShared, conn_id: usiz
             }
         };
         let raw_head: Vec<u8> = buf.drain(..head_end).collect();
-        let head_text = String::from_utf8_lossy(&raw_head).into_owned();
-        let lines: Vec<&str> = head_text[..head_text.len() - 4].split("\r\n").collect();
-        let mut parts = lines[0].split(' ');
-        let method = parts.next().unwrap_or("").to_string();
-        let target = parts.next().unwrap_or("").to_string();
-        let version = parts.next().unwrap_or("").to_string();
-        let headers = parse_header_lines(&lines[1..]);
-
-        sh.in_flight.fetch_add(1, SeqCst);
-        let cur = sh.in_flight.load(SeqCst);
-        sh.max_in_flight.fetch_max(cur, SeqCst);
-        let result = serve_one(
-            &mut stream,
-            &mut buf,
-            sh,
-            conn_id,
-            seq,
-            peer,
-            method,
-            target,
-            version,
-            headers,
-            raw_head,
-        );
-        sh.in_flight.fetch_sub(1, SeqCst);
-        seq += 1;
-        if !result {
+        if !serve_one(&mut stream, &mut buf, sh, raw_head) {
             let _ = stream.shutdown(Shutdown::Both);
             return;
         }
     }
 }
 
-/// Serve one request whose head was already read. Returns whether to keep the connection.
-#[allow(clippy::too_many_arguments)]
+/// Serve one request whose head (`raw_head`, through the blank line) was already read. Returns
+/// whether to keep the connection.
 fn serve_one(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     sh: &OriginShared,
-    conn_id: usize,
-    seq: usize,
-    peer: SocketAddr,
-    method: String,
-    target: String,
-    version: String,
-    headers: Vec<(String, String)>,
     raw_head: Vec<u8>,
 ) -> bool {
+    let head_text = String::from_utf8_lossy(&raw_head).into_owned();
+    let lines: Vec<&str> = head_text[..head_text.len() - 4].split("\r\n").collect();
+    let mut parts = lines[0].split(' ');
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("").to_string();
+    let version = parts.next().unwrap_or("").to_string();
+    let headers = parse_header_lines(&lines[1..]);
     let expect_continue = find_header(&headers, "expect")
         .map(|v| v.eq_ignore_ascii_case("100-continue"))
         .unwrap_or(false);
@@ -252,10 +221,6 @@ fn serve_one(
         body: sink.body,
         body_len: sink.len,
         body_hash: sink.hash.0,
-        chunked,
-        conn_id,
-        seq_on_conn: seq,
-        peer,
     };
     sh.requests
         .lock()
@@ -365,7 +330,7 @@ fn write_resp(
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
-    if is_head || status_no_body || matches!(resp.framing, Framing::NoBody) {
+    if is_head || status_no_body {
         return stream.flush();
     }
     let chunk_size = match resp.framing {
