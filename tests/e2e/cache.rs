@@ -2,8 +2,6 @@
 //! Cache-Control directive, Expires/Age/Date, heuristics, Authorization, Set-Cookie, Vary),
 //! HEAD, conditional and Range requests from the cache, bypass/no_cache, large bodies.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::harness::*;
 
 /// One gateway with proxy-cache (plus `extra` keys) on a catch-all route to `o`.
@@ -29,14 +27,6 @@ fn get(gw: &Gateway, path: &str, extra: &str) -> Response {
 
 fn status(r: &Response) -> &str {
     r.header("X-Cache-Status").unwrap_or("-")
-}
-
-fn http_date(offset: i64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    ringway::cache::rules::format_http_date((now + offset) as u64)
 }
 
 /// Origin answering `path -> (headers, body)`; counts requests per path via `o.requests()`.

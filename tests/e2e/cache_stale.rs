@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
@@ -31,14 +31,6 @@ fn get(gw: &Gateway, path: &str, extra: &str) -> Response {
 
 fn status(r: &Response) -> String {
     r.header("X-Cache-Status").unwrap_or("-").to_string()
-}
-
-fn http_date(offset: i64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    ringway::cache::rules::format_http_date((now + offset) as u64)
 }
 
 #[test]

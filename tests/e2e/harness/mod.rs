@@ -19,7 +19,7 @@ pub use gateway::*;
 pub use origin::*;
 pub use procfs::*;
 pub use raw_origin::*;
-pub use wire::{pattern_byte, pattern_fill, Fnv};
+pub use wire::{http_date, pattern_byte, pattern_fill, Fnv};
 
 use std::thread;
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! Owns what both ends need about HTTP/1.1 bytes: header lookup and parsing, and the deterministic
 //! body pattern with its FNV hash. Must not open sockets or keep state: pure functions only.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 /// Deterministic body byte at offset `i`.
 pub fn pattern_byte(i: u64) -> u8 {
     (i % 251) as u8
@@ -76,4 +78,14 @@ pub(super) fn te_is_chunked(headers: &[(String, String)]) -> bool {
         .filter(|s| !s.is_empty())
         .collect();
     all.last().map(|s| s == "chunked").unwrap_or(false)
+}
+
+/// The IMF-fixdate `offset` seconds from now, formatted by ringway's own cache code (the one
+/// `ringway::` path the e2e tests use besides `props`).
+pub fn http_date(offset: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    ringway::cache::rules::format_http_date((now + offset) as u64)
 }
