@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn sigterm_drains_in_flight_requests() {
+    let _cpu = cpu_lock(); // needs more than 20 responses in 700 ms before the SIGTERM
     let origin = Origin::start("o", |r| {
         Resp::text(200, format!("{}|{}", r.target, "x".repeat(2000)))
             .delay(Duration::from_millis(50))

@@ -60,6 +60,7 @@ fn warm_up(gw: &Gateway) -> u64 {
 
 #[test]
 fn upload_64mib_streams_with_bounded_memory() {
+    let _cpu = cpu_lock(); // 64 MiB through the gateway, hashed on both ends
     let opts = OriginOpts {
         keep_body: false,
         // stall reading for 1.5 s after 1 MiB: a gateway without backpressure
@@ -103,6 +104,7 @@ fn upload_64mib_streams_with_bounded_memory() {
 
 #[test]
 fn download_64mib_streams_with_bounded_memory() {
+    let _cpu = cpu_lock(); // 64 MiB through the gateway, hashed on both ends
     let origin = Origin::start("big", |_| Resp::new(200).pattern(SIZE).into());
     let gw = Gateway::start(&simple_config(origin.addr, &[]));
     let base = warm_up(&gw);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::prometheus::{scrape, value};
 use crate::harness::{
-    check_config, route, server, upstream, wait_until, Gateway, Origin, OriginOpts, Resp,
+    check_config, cpu_lock, route, server, upstream, wait_until, Gateway, Origin, OriginOpts, Resp,
 };
 
 fn config(origin: SocketAddr, plugin: &str) -> String {
@@ -209,6 +209,7 @@ fn tcp_logger_writes_newline_delimited_json() {
 
 #[test]
 fn a_stuck_sink_does_not_slow_requests() {
+    let _cpu = cpu_lock(); // 30 requests must take under 2 s
     let origin = Origin::start("o", |_| Resp::text(200, "ok").into());
     // Accepts connections (kernel backlog) but never reads or answers.
     let stuck = TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::ops::Proc;
-use crate::harness::{get_req, route, server, upstream, wait_until, Client, Origin, Resp};
+use crate::harness::{
+    cpu_lock, get_req, route, server, upstream, wait_until, Client, Origin, Resp,
+};
 
 fn cfg(listen: &[String], origin: SocketAddr, status: bool) -> String {
     let listen: Vec<String> = listen.iter().map(|a| format!("{a:?}")).collect();
@@ -166,6 +168,7 @@ fn removed_listen_port_closes_but_its_connections_finish() {
 
 #[test]
 fn reloads_under_load_fail_no_request() {
+    let _cpu = cpu_lock(); // reloads under a flat-out client load
     let a = Origin::start("a", |_| Resp::text(200, "a").into());
     let b = Origin::start("b", |_| Resp::text(200, "b").into());
     let listen = vec!["127.0.0.1:0".to_string()];

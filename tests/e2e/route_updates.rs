@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::harness::ops::{http, Proc};
-use crate::harness::{route, server, upstream, Client, Origin, Resp};
+use crate::harness::{cpu_lock, route, server, upstream, Client, Origin, Resp};
 
 const KEY: &str = "admin-key-0123456789";
 
@@ -84,6 +84,7 @@ fn generation_of(v: &serde_json::Value) -> u64 {
 
 #[test]
 fn fifty_thousand_routes_single_route_changes_reach_every_shard() {
+    let _cpu = cpu_lock(); // builds 50,000 routes on every shard
     let a = Origin::start("a", |_| Resp::text(200, "a").into());
     let b = Origin::start("b", |_| Resp::text(200, "b").into());
     let p = Proc::start("route-updates-50k", &config(50_000, a.addr, b.addr));

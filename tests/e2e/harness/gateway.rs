@@ -11,13 +11,16 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::client::Client;
-use super::procfs::{rss_kb, thread_list};
+use super::procfs::{raise_nofile_once, rss_kb, thread_list};
 
 /// How long to wait for the gateway to print its listening line(s).
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 
-pub fn ringway_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ringway")
+/// `ringway` (the binary cargo built for this test run), about to be spawned; every gateway and CLI
+/// run starts here, after this process's fd limit is raised so that each child inherits the same.
+pub(super) fn ringway_command() -> Command {
+    raise_nofile_once();
+    Command::new(env!("CARGO_BIN_EXE_ringway"))
 }
 
 static TEMP_COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -197,7 +200,7 @@ impl Gateway {
 
     pub fn start_with_listeners(config: &str, listeners: usize) -> Gateway {
         let cfg = TempFile::new(config);
-        let mut child = Command::new(ringway_bin())
+        let mut child = ringway_command()
             .args(["run", "-c", cfg.path_str()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -335,7 +338,7 @@ impl CliOutput {
 
 /// Run `ringway ARGS...` to completion (killed + panics after `timeout`).
 pub fn run_cli(args: &[&str], timeout: Duration) -> CliOutput {
-    let mut child = Command::new(ringway_bin())
+    let mut child = ringway_command()
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

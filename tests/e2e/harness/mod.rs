@@ -1,5 +1,5 @@
 //! The e2e harness, split by role; each file's first two lines say what it owns and what it must
-//! not touch. This file owns only the module map, the re-exports tests glob-import, `wait_until`.
+//! not touch. This file owns only the module map, the re-exports, `wait_until` and `cpu_lock`.
 
 mod client;
 mod config;
@@ -21,8 +21,20 @@ pub use procfs::*;
 pub use raw_origin::*;
 pub use wire::{http_date, pattern_byte, pattern_fill, Fnv};
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
+
+static CPU: Mutex<()> = Mutex::new(());
+
+/// Held for a whole test by the tests that keep the CPUs busy (a 64 MiB body, 50,000 routes,
+/// clients driving a limit flat out) and by those whose assertions need CPU at hand (a rate within
+/// 5%, so many responses in 700 ms), so no two of them share the cores. The rest are light and run
+/// beside them. In one binary any two tests can meet; before, only a file's own tests could.
+pub fn cpu_lock() -> MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next one must still run.
+    CPU.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Poll `f` every 10 ms until true or timeout.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use super::gateway::{parse_listening_line, ringway_bin, send_signal, LogLines};
+use super::gateway::{parse_listening_line, ringway_command, send_signal, LogLines};
 
 /// The address printed in the gateway's "`what` listening on ADDR" line.
 pub fn listener(logs: &LogLines, what: &str) -> SocketAddr {
@@ -69,7 +69,7 @@ impl Proc {
     pub fn start(tag: &str, config: &str) -> Proc {
         let path = std::env::temp_dir().join(format!("ringway-{tag}-{}.toml", std::process::id()));
         std::fs::write(&path, config).unwrap();
-        let mut child = std::process::Command::new(ringway_bin())
+        let mut child = ringway_command()
             .args(["run", "-c", path.to_str().unwrap()])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

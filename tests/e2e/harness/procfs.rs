@@ -1,6 +1,7 @@
 //! Owns reading a process's state from /proc (RSS, threads, CPU affinity, fds) and this process's
 //! RLIMIT_NOFILE. Must not signal or change other processes; raise_nofile only raises our soft limit.
 
+use std::sync::Once;
 use std::time::Duration;
 
 use super::wait_until;
@@ -74,6 +75,19 @@ pub fn wait_fds_at_most(pid: u32, max: usize, timeout: Duration) -> usize {
         n <= max
     });
     n
+}
+
+/// The soft RLIMIT_NOFILE of this process and so of every gateway it starts. The one test process
+/// holds the sockets of all tests running at the time (exhaustion.rs's flood alone ~2,300), and a
+/// gateway inherits the limit: set before the first start, not whenever exhaustion.rs happens to run.
+const TEST_NOFILE: u64 = 8192;
+
+/// Raises the soft RLIMIT_NOFILE to [`TEST_NOFILE`] the first time it is called.
+pub(super) fn raise_nofile_once() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        raise_nofile(TEST_NOFILE);
+    });
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to at least `want` (bounded by the hard limit);
