@@ -180,6 +180,36 @@ pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
     tok.parse().ok()
 }
 
+/// `N` in a `listening on ADDR (N shards)` line.
+fn shard_count(listening: &str) -> Option<usize> {
+    let (_, rest) = listening.rsplit_once('(')?;
+    rest.strip_suffix(" shards)")?.parse().ok()
+}
+
+/// Waits (until `deadline`) for the `shard I started: cpu C, driver D` line of each shard the
+/// `listening` line announced, so a test's first request does not also time the gateway's
+/// start-up. Err says what was missing.
+pub(super) fn wait_shards_started(
+    stderr: &LogLines,
+    listening: &str,
+    deadline: Instant,
+) -> Result<(), String> {
+    let shards =
+        shard_count(listening).ok_or_else(|| format!("no `(N shards)` in {listening:?}"))?;
+    let lines = stderr.wait_for_n(
+        |l| l.contains(" shard ") && l.contains(" started: "),
+        shards,
+        deadline.saturating_duration_since(Instant::now()),
+    );
+    if lines.len() < shards {
+        return Err(format!(
+            "{} of {shards} shards logged `shard N started` within {START_TIMEOUT:?}",
+            lines.len()
+        ));
+    }
+    Ok(())
+}
+
 pub struct Gateway {
     child: Child,
     pub pid: u32,
@@ -198,6 +228,8 @@ impl Gateway {
         Self::start_with_listeners(config, 1)
     }
 
+    /// Start with `listeners` listen addresses, wait for as many `listening on` lines and for
+    /// every shard to start.
     pub fn start_with_listeners(config: &str, listeners: usize) -> Gateway {
         let cfg = TempFile::new(config);
         let mut child = ringway_command()
@@ -247,6 +279,11 @@ impl Gateway {
                 0,
                 "gateway printed port 0 instead of the real port: {found:?}"
             );
+        }
+        if let Err(e) = wait_shards_started(&stderr, &found[0], deadline) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{e}\nconfig:\n{config}\nstderr:\n{}", stderr.text());
         }
         Gateway {
             child,

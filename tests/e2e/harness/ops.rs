@@ -3,9 +3,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::gateway::{parse_listening_line, ringway_command, send_signal, LogLines};
+use super::gateway::{
+    parse_listening_line, ringway_command, send_signal, wait_shards_started, LogLines,
+    START_TIMEOUT,
+};
 
 /// The address printed in the gateway's "`what` listening on ADDR" line.
 pub fn listener(logs: &LogLines, what: &str) -> SocketAddr {
@@ -66,9 +69,12 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `ringway run` on `<tmp>/ringway-<tag>-<pid>.toml` (the same file for the same tag,
+    /// so a restart finds its admin state) and waits for the listener and every shard.
     pub fn start(tag: &str, config: &str) -> Proc {
         let path = std::env::temp_dir().join(format!("ringway-{tag}-{}.toml", std::process::id()));
         std::fs::write(&path, config).unwrap();
+        let deadline = Instant::now() + START_TIMEOUT;
         let mut child = ringway_command()
             .args(["run", "-c", path.to_str().unwrap()])
             .stdin(std::process::Stdio::null())
@@ -77,12 +83,15 @@ impl Proc {
             .spawn()
             .expect("spawn ringway");
         let logs = LogLines::spawn_reader(child.stderr.take().unwrap(), "ringway");
-        let line = logs
-            .wait_for(
-                |l| parse_listening_line(l).is_some(),
-                Duration::from_secs(10),
-            )
-            .unwrap_or_else(|| panic!("gateway did not start:\n{}", logs.text()));
+        let started = logs
+            .wait_for(|l| parse_listening_line(l).is_some(), START_TIMEOUT)
+            .ok_or_else(|| format!("no `listening on` line within {START_TIMEOUT:?}"))
+            .and_then(|line| wait_shards_started(&logs, &line, deadline).map(|_| line));
+        let line = started.unwrap_or_else(|e| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{e}\nconfig:\n{config}\nstderr:\n{}", logs.text())
+        });
         let addr = parse_listening_line(&line).unwrap();
         Proc {
             pid: child.id(),
