@@ -4,9 +4,14 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 fn valid_config() -> String {
+    valid_config_with(&[])
+}
+
+/// `valid_config` with these `[server]` keys set.
+fn valid_config_with(server_keys: &[(&str, &str)]) -> String {
     format!(
         "{}{}{}",
-        server(&[]),
+        server(server_keys),
         upstream("backend", &["127.0.0.1:9".parse().expect("addr")], ""),
         route("r", &["/*"], "backend", "")
     )
@@ -247,7 +252,7 @@ fn bad_balance() {
 
 #[test]
 fn bad_driver() {
-    let cfg = valid_config().replace("[server]\n", "[server]\ndriver = \"epoll\"\n");
+    let cfg = valid_config_with(&[("driver", "\"epoll\"")]);
     assert_bad(&cfg, &["server.driver"], "driver = \"epoll\"");
 }
 

@@ -5,7 +5,12 @@
 //! One binary instead of one per file: the harness is compiled once, and a filter such as
 //! `cargo test --test e2e -- framing::` runs one area. All tests of the binary run in
 //! parallel threads of one process, so a test must not touch process-wide state (cwd,
-//! environment) and must name its temp files uniquely.
+//! environment) and must name its temp files uniquely; tests that load the CPUs or time what
+//! needs CPU take `harness::cpu_lock()`.
+//!
+//! `RINGWAY_TEST_DRIVER=legacy` (or `io_uring`, `auto`) puts `server.driver` into every config a
+//! gateway starts from, unless the test names a driver; README's test command runs the
+//! proxy-path modules that way too (see `legacy_driver`).
 
 mod harness;
 
@@ -29,6 +34,7 @@ mod headers;
 mod health;
 mod keepalive;
 mod large_body;
+mod legacy_driver;
 mod loggers;
 mod metrics;
 mod pipelining;

@@ -35,7 +35,12 @@ fn two_pinned_shards() {
     let origin = Origin::echo_target("o");
     let gw = Gateway::start(&simple_config(
         origin.addr,
-        &[("workers", "2"), ("cpu_affinity", "[0, 1]")],
+        // driver named (ringway's default) so RINGWAY_TEST_DRIVER does not change what is checked.
+        &[
+            ("workers", "2"),
+            ("cpu_affinity", "[0, 1]"),
+            ("driver", "\"auto\""),
+        ],
     ));
     let lines = wait_shard_lines(&gw, 2);
     assert!(
@@ -137,6 +142,8 @@ fn every_io_uring_taskrun_mode_serves_keepalive_requests() {
             &[
                 ("workers", "2"),
                 ("io_uring_taskrun", &format!("\"{mode}\"")),
+                // ringway's default, named so RINGWAY_TEST_DRIVER does not change the test.
+                ("driver", "\"auto\""),
             ],
         ));
         let lines = wait_shard_lines(&gw, 2);

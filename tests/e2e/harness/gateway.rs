@@ -11,6 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::client::Client;
+use super::config::{configured_driver, with_test_driver};
 use super::procfs::{raise_nofile_once, rss_kb, thread_list};
 
 /// How long to wait for the gateway to print its listening line(s).
@@ -188,10 +189,13 @@ fn shard_count(listening: &str) -> Option<usize> {
 
 /// Waits (until `deadline`) for the `shard I started: cpu C, driver D` line of each shard the
 /// `listening` line announced, so a test's first request does not also time the gateway's
-/// start-up. Err says what was missing.
+/// start-up. Where `config` says `driver = "legacy"` (every config does under
+/// RINGWAY_TEST_DRIVER=legacy), each shard must name that driver: the variable cannot silently do
+/// nothing. Err says what was missing.
 pub(super) fn wait_shards_started(
     stderr: &LogLines,
     listening: &str,
+    config: &str,
     deadline: Instant,
 ) -> Result<(), String> {
     let shards =
@@ -206,6 +210,11 @@ pub(super) fn wait_shards_started(
             "{} of {shards} shards logged `shard N started` within {START_TIMEOUT:?}",
             lines.len()
         ));
+    }
+    if configured_driver(config).as_deref() == Some("legacy") {
+        if let Some(l) = lines.iter().find(|l| !l.contains("driver legacy")) {
+            return Err(format!("config says driver = \"legacy\", but: {l}"));
+        }
     }
     Ok(())
 }
@@ -229,8 +238,9 @@ impl Gateway {
     }
 
     /// Start with `listeners` listen addresses, wait for as many `listening on` lines and for
-    /// every shard to start.
+    /// every shard to start. The config passes through [`with_test_driver`] first.
     pub fn start_with_listeners(config: &str, listeners: usize) -> Gateway {
+        let config = &with_test_driver(config);
         let cfg = TempFile::new(config);
         let mut child = ringway_command()
             .args(["run", "-c", cfg.path_str()])
@@ -280,7 +290,7 @@ impl Gateway {
                 "gateway printed port 0 instead of the real port: {found:?}"
             );
         }
-        if let Err(e) = wait_shards_started(&stderr, &found[0], deadline) {
+        if let Err(e) = wait_shards_started(&stderr, &found[0], config, deadline) {
             let _ = child.kill();
             let _ = child.wait();
             panic!("{e}\nconfig:\n{config}\nstderr:\n{}", stderr.text());

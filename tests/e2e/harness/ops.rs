@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use super::config::with_test_driver;
 use super::gateway::{
     parse_listening_line, ringway_command, send_signal, wait_shards_started, LogLines,
     START_TIMEOUT,
@@ -72,8 +73,9 @@ impl Proc {
     /// Starts `ringway run` on `<tmp>/ringway-<tag>-<pid>.toml` (the same file for the same tag,
     /// so a restart finds its admin state) and waits for the listener and every shard.
     pub fn start(tag: &str, config: &str) -> Proc {
+        let config = with_test_driver(config);
         let path = std::env::temp_dir().join(format!("ringway-{tag}-{}.toml", std::process::id()));
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, &config).unwrap();
         let deadline = Instant::now() + START_TIMEOUT;
         let mut child = ringway_command()
             .args(["run", "-c", path.to_str().unwrap()])
@@ -86,7 +88,7 @@ impl Proc {
         let started = logs
             .wait_for(|l| parse_listening_line(l).is_some(), START_TIMEOUT)
             .ok_or_else(|| format!("no `listening on` line within {START_TIMEOUT:?}"))
-            .and_then(|line| wait_shards_started(&logs, &line, deadline).map(|_| line));
+            .and_then(|line| wait_shards_started(&logs, &line, &config, deadline).map(|_| line));
         let line = started.unwrap_or_else(|e| {
             let _ = child.kill();
             let _ = child.wait();
@@ -108,8 +110,9 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Replaces the config file (through [`with_test_driver`], like the first one).
     pub fn rewrite(&self, config: &str) {
-        std::fs::write(&self.path, config).unwrap();
+        std::fs::write(&self.path, with_test_driver(config)).unwrap();
     }
 
     pub fn signal(&self, sig: &str) {
