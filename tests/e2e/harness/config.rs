@@ -1,5 +1,5 @@
-//! Owns the TOML config builders tests compose (`[server]`, `[[upstreams]]`, `[[routes]]`, small
-//! whole configs) and RINGWAY_TEST_DRIVER's `server.driver`. Must not start processes or open sockets.
+//! Owns the TOML config builders (`[server]`, `[[upstreams]]`, `[[routes]]`, small whole configs)
+//! and RINGWAY_TEST_DRIVER's `server.driver`. Must not start processes or open sockets.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

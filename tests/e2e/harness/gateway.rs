@@ -1,5 +1,5 @@
-//! Owns the ringway process under test: temp config files, `ringway run` with its stderr read
-//! line by line, CLI runs (`check`), signals. Must not speak HTTP or build configs (client, config).
+//! Owns the ringway process under test: temp config files, `ringway run` and its stderr read line
+//! by line, CLI runs (`check`), signals. Must not speak HTTP or build configs (client, config).
 
 use std::io::Read;
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
-//! The e2e harness, split by role; each file's first two lines say what it owns and what it must
-//! not touch. This file owns only the module map, the re-exports, `wait_until` and `cpu_lock`.
+//! The e2e harness by role (each file's first two lines: what it owns, what it must not touch).
+//! Owns the module map, re-exports, `wait_until` and `cpu_lock`; no process, socket or config code.
 
 mod client;
 mod config;

@@ -1,5 +1,5 @@
 //! Owns the operations side: status/admin listener addresses from the log, one-shot HTTP to them,
-//! and `Proc`, a gateway on a config file the test rewrites. Must not check formats (prometheus.rs).
+//! `Proc` (a gateway on a config file the test rewrites). Must not check formats (prometheus.rs).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

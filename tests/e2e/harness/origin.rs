@@ -1,5 +1,5 @@
 //! Owns the scripted HTTP/1.1 origin: what it records (`Req`), what it answers (`Resp`, `Reply`),
-//! the `Origin` handle and its accept loop. Must not act as the gateway's client; serving is origin_serve.rs.
+//! the `Origin` handle, its accept loop. Must not be the gateway's client; serving: origin_serve.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,5 +1,5 @@
 //! Owns reading a process's state from /proc (RSS, threads, CPU affinity, fds) and this process's
-//! RLIMIT_NOFILE. Must not signal or change other processes; raise_nofile only raises our soft limit.
+//! RLIMIT_NOFILE. Must not signal or change other processes; only ever raises our own soft limit.
 
 use std::sync::Once;
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! Owns what both ends need about HTTP/1.1 bytes: header lookup and parsing, and the deterministic
-//! body pattern with its FNV hash. Must not open sockets or keep state: pure functions only.
+//! Owns what both ends need about HTTP/1.1 bytes: header lookup and parsing, the deterministic body
+//! pattern with its FNV hash, HTTP dates. Must not open sockets or keep state.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
