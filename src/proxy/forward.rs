@@ -1,12 +1,7 @@
-//! Sends one routed request upstream and relays the response: node choice, keep-alive pool,
-//! retries and passive health, body streaming both ways. The per-request phase driver.
-
-use std::time::Instant;
+//! Sends one routed request upstream over leased connections and relays the response: retries
+//! as the lease's outcomes allow, body streaming both ways. Never edits balancer, health or pools itself.
 
 use bytes::{Buf, BufMut};
-use monoio::net::TcpStream;
-
-use crate::upstream::stream::UpstreamStream;
 
 use super::conn::{After, ClientConn, ClientStream};
 use super::io::{read_some, write_all, IoFail};
@@ -16,7 +11,8 @@ use crate::error::{ClientError, ProxyError, UpstreamError};
 use crate::http::parse::{BodyKind, Method, Status};
 use crate::http::write::{self, ClientFraming, UpstreamRequest};
 use crate::runtime::shard::Shard;
-use crate::upstream::balance::{hash_key, NodeSet, Policy};
+use crate::upstream::balance::{hash_key, Policy};
+use crate::upstream::lease::Outcome;
 use crate::upstream::pool::PooledConn;
 use crate::upstream::UpstreamState;
 
@@ -82,111 +78,59 @@ impl<S: ClientStream> ClientConn<S> {
         hash: u64,
         replay: Option<usize>,
     ) -> After {
-        let cfg = &up.cfg;
-        let mut tried = NodeSet::new(cfg.nodes.len());
-        let mut attempts = 0u32;
-        let mut stale_retry_used = false;
-        let mut fresh_for: Option<usize> = None;
-        let mut last = UpstreamError::ConnectRefused;
+        // Node choice, connections and what each attempt's end means for balancer, passive
+        // health and pool are the lease's (upstream/lease.rs); this loop only says how it ended.
+        let mut tries = up.attempts(hash);
         loop {
-            // Pool ages and health windows are seconds: the sweeper's clock saves two reads.
-            let now = crate::runtime::deadline::coarse_now();
-            let node = match fresh_for.take() {
-                Some(n) => n,
-                None => {
-                    let mut skip = tried.clone();
-                    up.health.borrow_mut().fill_ejected(now, &mut skip);
-                    let mut b = up.balancer.borrow_mut();
-                    // Ejected nodes are avoided, but an untried ejected node beats giving up.
-                    match b.pick(hash, &skip).or_else(|| b.pick(hash, &tried)) {
-                        Some(n) => n,
-                        None => break,
-                    }
-                }
+            let (lease, mut conn) = match tries.lease().await {
+                Ok(l) => l,
+                Err(e) => return self.fail_or_stale(shard, e.into()).await,
             };
-            attempts += 1;
-            let pooled = if stale_retry_used && attempts == 1 {
-                None
-            } else {
-                up.pools[node].borrow_mut().take(&cfg.pool, now)
-            };
-            let (mut conn, was_pooled) = match pooled {
-                Some(c) => (c, true),
-                None => match connect(up, node).await {
-                    Ok(s) => (PooledConn::fresh(s), false),
-                    Err(e) => {
-                        up.health.borrow_mut().report_failure(node, Instant::now());
-                        tried.insert(node);
-                        last = e;
-                        if attempts > cfg.retries {
-                            break;
-                        }
-                        continue;
-                    }
-                },
-            };
-            up.health.borrow_mut().on_attempt(node, now);
-            up.balancer.borrow_mut().on_start(node);
             let result = self
-                .exchange(shard, route, up, node, &mut conn, was_pooled, replay)
+                .exchange(
+                    shard,
+                    route,
+                    up,
+                    lease.node(),
+                    &mut conn,
+                    lease.pooled(),
+                    replay,
+                )
                 .await;
-            up.balancer.borrow_mut().on_finish(node);
             match result {
                 Exchange::Upgrade => {
-                    up.health.borrow_mut().report_success(node);
+                    lease.finish(Outcome::Done);
                     return After::Tunnel(conn.stream);
                 }
                 Exchange::Done { client, reusable } => {
-                    up.health.borrow_mut().report_success(node);
-                    if reusable {
-                        up.pools[node].borrow_mut().put(
-                            conn,
-                            &cfg.pool,
-                            crate::runtime::deadline::coarse_now(),
-                        );
-                    }
+                    lease.finish(if reusable {
+                        Outcome::Reusable(conn)
+                    } else {
+                        Outcome::Done
+                    });
                     return client;
                 }
-                Exchange::Stale if !stale_retry_used => {
-                    // Not the node's fault: its idle connection expired under us.
-                    stale_retry_used = true;
-                    attempts -= 1;
-                    fresh_for = Some(node);
-                    up.pools[node].borrow_mut().clear();
-                }
-                Exchange::Stale => {
-                    up.health.borrow_mut().report_failure(node, Instant::now());
-                    tried.insert(node);
-                    last = UpstreamError::Reset;
-                    if attempts > cfg.retries {
-                        break;
-                    }
-                }
-                Exchange::Retry(e) => {
-                    up.health.borrow_mut().report_failure(node, Instant::now());
-                    tried.insert(node);
-                    last = e;
-                    if attempts > cfg.retries {
-                        break;
-                    }
-                }
+                Exchange::Stale => lease.finish(Outcome::Stale),
+                Exchange::Retry(e) => lease.finish(Outcome::NodeFailed(e)),
                 Exchange::Fail(e) => {
-                    if let ProxyError::Upstream(u) = e {
-                        if u.counts_as_node_failure() {
-                            up.health.borrow_mut().report_failure(node, Instant::now());
+                    lease.finish(match e {
+                        ProxyError::Upstream(u) if u.counts_as_node_failure() => {
+                            Outcome::NodeFailed(u)
                         }
-                    }
+                        _ => Outcome::Aborted,
+                    });
                     return self.fail_or_stale(shard, e).await;
                 }
                 Exchange::Abort { node_failed } => {
-                    if node_failed {
-                        up.health.borrow_mut().report_failure(node, Instant::now());
-                    }
+                    lease.finish(if node_failed {
+                        Outcome::NodeFailed(UpstreamError::Reset)
+                    } else {
+                        Outcome::Aborted
+                    });
                     return After::Close;
                 }
             }
         }
-        self.fail_or_stale(shard, last.into()).await
     }
 
     /// One request/response exchange on one upstream connection.
@@ -508,34 +452,4 @@ fn arg<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
         let eq = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
         (&pair[..eq] == name).then(|| pair.get(eq + 1..).unwrap_or_default())
     })
-}
-
-/// Opens a connection to `node`; for a TLS upstream the handshake counts against the same
-/// connect_timeout, and a failed handshake (bad certificate, wrong name) is a connect failure (502).
-async fn connect(up: &UpstreamState, node: usize) -> Result<UpstreamStream, UpstreamError> {
-    let addr = up.cfg.nodes[node].addr;
-    let open = async {
-        let s = TcpStream::connect_addr(addr)
-            .await
-            .map_err(|_| UpstreamError::ConnectRefused)?;
-        let _ = s.set_nodelay(true);
-        match &up.cfg.tls {
-            None => Ok(UpstreamStream::Plain(s)),
-            Some(tls) => match crate::net::tls_client::connect(tls, node, s).await {
-                Ok(t) => Ok(UpstreamStream::Tls(Box::new(t))),
-                Err(e) => {
-                    log::warn!(
-                        "upstream {} node {addr}: TLS handshake failed: {e}",
-                        up.cfg.name
-                    );
-                    Err(UpstreamError::ConnectRefused)
-                }
-            },
-        }
-    };
-    // Boxed (only new connections pay): an inline monoio timer would over-align the request future.
-    match Box::pin(monoio::time::timeout(up.cfg.connect_timeout, open)).await {
-        Err(_) => Err(UpstreamError::ConnectTimeout),
-        Ok(r) => r,
-    }
 }

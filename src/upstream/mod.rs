@@ -1,8 +1,9 @@
-//! Per-shard upstream state: balancer, passive health and keep-alive pools for each upstream.
-//! Owned by one shard and borrowed briefly (never across an await).
+//! Per-shard upstream state: balancer, passive health and keep-alive pools for each upstream; the
+//! request path changes them only through leases (lease.rs). Owned by one shard, borrowed briefly (never across an await).
 
 pub mod balance;
 pub mod health;
+pub mod lease;
 pub mod pool;
 pub mod stream;
 
