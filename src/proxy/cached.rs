@@ -1,6 +1,5 @@
-//! The proxy cache's async half on the request path: serving entries (HIT, STALE, 304, Range),
-//! coalescing misses, revalidation, storing teed bodies, stale-if-error, background refreshes
-//! (a spawned task driving `forward` with a null client) and PURGE across shards.
+//! The proxy cache's hooks (on request, on upstream head, on error, on done), called only for routes with a cache:
+//! HIT/STALE/304/Range answers, coalescing, revalidation, storing, stale-if-error, refreshes, PURGE. Never forwards a request.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -23,28 +22,30 @@ use crate::runtime::shard::Shard;
 /// Bodies up to this size go out in one write with their head.
 const COALESCE: usize = 32 * 1024;
 
+/// What the cache's request hook decided.
+pub(super) enum OnRequest {
+    /// Answered from the store (HIT, STALE with a background refresh, a coalesced HIT, PURGE).
+    Answered(After),
+    /// Go to the upstream. `invalidate`: an unsafe method, whose success purges the key.
+    Forward { invalidate: bool },
+}
+
 impl<S: ClientStream> ClientConn<S> {
-    /// Runs a request the cache plugin looked up (`cx.cache` is active).
-    pub(super) async fn cached(&mut self, shard: &Shard, route: usize) -> After {
+    /// Request hook of a route with a cache (`cx.cache` is active): serve, coalesce with a fetch
+    /// already running, or prepare the upstream request (fetch leader, conditional headers).
+    pub(super) async fn cache_on_request(&mut self, shard: &Shard) -> OnRequest {
         let Some(inst) = self.cx.cache.inst.clone() else {
-            return self.forward(shard, route).await;
+            return OnRequest::Forward { invalidate: false };
         };
         match std::mem::take(&mut self.cx.cache.mode) {
-            Mode::Purge(t) => return self.purge(shard, &inst, t).await,
-            Mode::Hit(e) => return self.serve_entry(shard, &e, "HIT").await,
+            Mode::Purge(t) => return OnRequest::Answered(self.purge(shard, &inst, t).await),
+            Mode::Hit(e) => return OnRequest::Answered(self.serve_entry(shard, &e, "HIT").await),
             Mode::StaleRefresh(e) => {
-                self.spawn_refresh(route, &inst, e.clone());
-                return self.serve_entry(shard, &e, "STALE").await;
+                self.spawn_refresh(self.cx.route, &inst, e.clone());
+                return OnRequest::Answered(self.serve_entry(shard, &e, "STALE").await);
             }
-            Mode::Invalidate => {
-                let after = self.forward(shard, route).await;
-                if (200..400).contains(&self.cx.status) {
-                    let t = Target::Key(self.cx.cache.key.clone());
-                    inst.purge_local(&t);
-                    inst.broadcast(&t, None);
-                }
-                return after;
-            }
+            // The mode stays Off while it goes upstream: the response is labelled as a miss.
+            Mode::Invalidate => return OnRequest::Forward { invalidate: true },
             m => self.cx.cache.mode = m,
         }
         if self.cx.cache.store && !matches!(self.cx.cache.mode, Mode::Bypass) {
@@ -64,17 +65,31 @@ impl<S: ClientStream> ClientConn<S> {
                         .get(&self.cx.cache.key, |e| e.matches(&self.req))
                         .filter(|e| e.is_fresh(now) && (!auth || e.auth_ok));
                     if let Some(e) = found {
-                        return self.serve_entry(shard, &e, "HIT").await;
+                        return OnRequest::Answered(self.serve_entry(shard, &e, "HIT").await);
                     }
                 }
             }
         }
         self.conditionals();
-        let after = self.forward(shard, route).await;
+        OnRequest::Forward { invalidate: false }
+    }
+
+    /// Done hook, after the upstream exchange: an invalidating request that succeeded purges
+    /// the key everywhere; otherwise the teed response is stored and coalesced waiters released.
+    pub(super) fn cache_on_done(&mut self, invalidate: bool) {
+        if invalidate {
+            if (200..400).contains(&self.cx.status) {
+                if let Some(inst) = &self.cx.cache.inst {
+                    let t = Target::Key(self.cx.cache.key.clone());
+                    inst.purge_local(&t);
+                    inst.broadcast(&t, None);
+                }
+            }
+            return;
+        }
         self.commit();
         // Waiters are released after the entry is in the store.
         self.cx.cache.leader = None;
-        after
     }
 
     /// Upstream conditional headers: ours when revalidating; none when fetching to store
@@ -118,7 +133,7 @@ impl<S: ClientStream> ClientConn<S> {
         inst.store.borrow_mut().insert(&c.key, c.hash, e);
     }
 
-    /// The upstream response head arrived. Answers from the entry for a 304 to our
+    /// Head hook: the upstream response head arrived. Answers from the entry for a 304 to our
     /// revalidation or a 5xx under stale-if-error (returns the outcome and whether the upstream
     /// connection is reusable); otherwise labels the response and prepares the tee.
     pub(super) async fn cache_on_head(&mut self, shard: &Shard) -> Option<(After, bool)> {
@@ -192,20 +207,19 @@ impl<S: ClientStream> ClientConn<S> {
         None
     }
 
-    /// `fail`, unless a stale entry may answer instead (stale-if-error).
-    pub(super) async fn fail_or_stale(&mut self, shard: &Shard, err: ProxyError) -> After {
-        if matches!(err, ProxyError::Upstream(_)) && !self.cx.cache.background {
-            if let Some(e) = self
-                .cx
-                .cache
-                .stale()
-                .filter(|e| e.in_sie(now_ms()))
-                .cloned()
-            {
-                return self.serve_entry(shard, &e, "STALE").await;
-            }
+    /// Error hook: the upstream could not be reached or failed before answering. A stale entry
+    /// within stale-if-error answers instead of the gateway's error; `None` leaves it to `fail`.
+    pub(super) async fn cache_on_error(&mut self, shard: &Shard, err: ProxyError) -> Option<After> {
+        if !matches!(err, ProxyError::Upstream(_)) || self.cx.cache.background {
+            return None;
         }
-        self.fail(shard, err).await
+        let e = self
+            .cx
+            .cache
+            .stale()
+            .filter(|e| e.in_sie(now_ms()))
+            .cloned()?;
+        Some(self.serve_entry(shard, &e, "STALE").await)
     }
 
     /// Writes `e` to the client: 304 for a satisfied conditional, 206/416 for a Range on a

@@ -84,7 +84,7 @@ impl<S: ClientStream> ClientConn<S> {
         loop {
             let (lease, mut conn) = match tries.lease().await {
                 Ok(l) => l,
-                Err(e) => return self.fail_or_stale(shard, e.into()).await,
+                Err(e) => return self.upstream_failed(shard, e.into()).await,
             };
             let result = self
                 .exchange(
@@ -119,7 +119,7 @@ impl<S: ClientStream> ClientConn<S> {
                         }
                         _ => Outcome::Aborted,
                     });
-                    return self.fail_or_stale(shard, e).await;
+                    return self.upstream_failed(shard, e).await;
                 }
                 Exchange::Abort { node_failed } => {
                     lease.finish(if node_failed {
@@ -131,6 +131,17 @@ impl<S: ClientStream> ClientConn<S> {
                 }
             }
         }
+    }
+
+    /// No answer from the upstream: the cache's stale-if-error hook may answer (routes with a
+    /// cache); otherwise the gateway's error response.
+    async fn upstream_failed(&mut self, shard: &Shard, err: ProxyError) -> After {
+        if self.cx.cache.active() {
+            if let Some(after) = self.cache_on_error(shard, err).await {
+                return after;
+            }
+        }
+        self.fail(shard, err).await
     }
 
     /// One request/response exchange on one upstream connection.

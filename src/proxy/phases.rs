@@ -1,8 +1,9 @@
-//! Drives the plugin chain around one request: request phases before forwarding, a plugin's
-//! own reply, the response phase, log. Owns no state; plugins live on the shard, edits in `Ctx`.
+//! The phase driver of one routed request: plugin request phases (or a plugin's reply), the upstream phase with
+//! the cache's hooks around it, the response phase, log. Owns no state; plugins live on the shard, edits in `Ctx`.
 
 use bytes::{BufMut, Bytes};
 
+use super::cached::OnRequest;
 use super::conn::{After, ClientConn, ClientStream};
 use super::io::write_all;
 use crate::http::parse::Method;
@@ -33,15 +34,25 @@ impl<S: ClientStream> ClientConn<S> {
                     Box::pin(monoio::time::sleep(self.cx.delay)).await;
                 }
                 self.cx.forwarded = true;
-                if self.cx.cache.active() {
-                    // proxy-cache: serve, coalesce, revalidate or purge (proxy/cached.rs).
-                    self.cached(shard, route).await
-                } else {
-                    self.forward(shard, route).await
-                }
+                self.upstream(shard, route).await
             }
         };
         shard.plugins.log(route, &mut self.cx);
+        after
+    }
+
+    /// The upstream phase: `forward`, with the proxy cache's request and done hooks around it
+    /// when the route has a cache (proxy/cached.rs); the request hook may answer by itself.
+    async fn upstream(&mut self, shard: &Shard, route: usize) -> After {
+        if !self.cx.cache.active() {
+            return self.forward(shard, route).await;
+        }
+        let invalidate = match self.cache_on_request(shard).await {
+            OnRequest::Answered(after) => return after,
+            OnRequest::Forward { invalidate } => invalidate,
+        };
+        let after = self.forward(shard, route).await;
+        self.cache_on_done(invalidate);
         after
     }
 

@@ -1,6 +1,5 @@
-//! Leases on an upstream's nodes: per attempt a node (balancer, skipping tried and ejected nodes)
-//! and a pooled or new connection; each lease's outcome settles balancer, passive health and pool here, nowhere else.
-//! Owns the retry budget's bookkeeping; must not read or write the connections it hands out, nor know HTTP.
+//! Leases on an upstream's nodes: per attempt a node and a pooled or new connection; each lease's outcome settles
+//! balancer, passive health and pool here and nowhere else. Never reads or writes the connections; knows no HTTP.
 
 use std::mem::ManuallyDrop;
 use std::time::Instant;
