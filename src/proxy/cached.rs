@@ -4,19 +4,17 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
-use monoio::BufResult;
+use bytes::{BufMut, Bytes};
+use monoio::io::AsyncWriteRentExt;
 
 use super::conn::{After, ClientConn, ClientStream};
 use super::io::write_all;
 use crate::cache::entry::{self, Entry};
 use crate::cache::{now_ms, CacheCx, Instance, Leader, Mode, Target, Tee};
 use crate::error::ProxyError;
-use crate::http::parse::{BodyKind, Method, RequestHead, ResponseHead, Status};
+use crate::http::parse::{BodyKind, Method, RequestHead, ResponseHead};
 use crate::http::write::{header, put_u64, reason, status_line};
-use crate::route::Params;
+use crate::plugin::Ctx;
 use crate::runtime::shard::Shard;
 
 /// Bodies up to this size go out in one write with their head.
@@ -70,7 +68,7 @@ impl<S: ClientStream> ClientConn<S> {
                 }
             }
         }
-        self.conditionals();
+        conditionals(&mut self.cx);
         OnRequest::Forward { invalidate: false }
     }
 
@@ -87,130 +85,24 @@ impl<S: ClientStream> ClientConn<S> {
             }
             return;
         }
-        self.commit();
+        commit(&mut self.cx.cache);
         // Waiters are released after the entry is in the store.
         self.cx.cache.leader = None;
-    }
-
-    /// Upstream conditional headers: ours when revalidating; none when fetching to store
-    /// (a full response is needed); the client's own otherwise.
-    fn conditionals(&mut self) {
-        let c = &self.cx.cache;
-        let edits = &mut self.cx.req_headers;
-        match &c.mode {
-            Mode::Revalidate(e) => {
-                for (req, resp) in [
-                    ("if-none-match", "etag"),
-                    ("if-modified-since", "last-modified"),
-                ] {
-                    match e.header(resp) {
-                        Some(v) => edits.set(req.as_bytes(), v),
-                        None => edits.remove(req.as_bytes()),
-                    }
-                }
-            }
-            _ if c.store => {
-                edits.remove(b"if-none-match");
-                edits.remove(b"if-modified-since");
-            }
-            _ => {}
-        }
-    }
-
-    /// Stores the teed response if its body arrived whole and within the object limit.
-    fn commit(&mut self) {
-        let c = &mut self.cx.cache;
-        let (Some(inst), Some(mut e), Some(tee)) = (c.inst.clone(), c.pending.take(), c.tee.take())
-        else {
-            return;
-        };
-        if !tee.done || tee.over {
-            return;
-        }
-        let mut body = tee.buf;
-        body.shrink_to_fit();
-        e.body = Bytes::from(body);
-        inst.store.borrow_mut().insert(&c.key, c.hash, e);
     }
 
     /// Head hook: the upstream response head arrived. Answers from the entry for a 304 to our
     /// revalidation or a 5xx under stale-if-error (returns the outcome and whether the upstream
     /// connection is reusable); otherwise labels the response and prepares the tee.
     pub(super) async fn cache_on_head(&mut self, shard: &Shard) -> Option<(After, bool)> {
-        let inst = self.cx.cache.inst.clone()?;
-        let conf = inst.conf.clone();
-        let now = now_ms();
-        let status = self.resp.status;
-        if let (Mode::Revalidate(e), 304) = (&self.cx.cache.mode, status) {
-            let e = e.clone();
-            let reusable = self.resp.keep_alive && self.ubuf.is_empty();
-            let c = &self.cx.cache;
-            let served = match e.refreshed(&self.resp, &conf.policy(), c.req_ms, now) {
-                Some(fresh) => {
-                    inst.store
-                        .borrow_mut()
-                        .insert(&c.key, c.hash, fresh.clone());
-                    Rc::new(fresh)
-                }
-                None => {
-                    // The origin now forbids storing: drop the entry, answer from it once.
-                    inst.store.borrow_mut().remove(&c.key);
-                    e
-                }
-            };
-            return Some((
-                self.serve_entry(shard, &served, "REVALIDATED").await,
-                reusable,
-            ));
-        }
-        if matches!(status, 500 | 502 | 503 | 504) {
-            if let Some(e) = self.cx.cache.stale().filter(|e| e.in_sie(now)).cloned() {
-                return Some((self.serve_entry(shard, &e, "STALE").await, false));
-            }
-        }
-        let label: &[u8] = match self.cx.cache.mode {
-            Mode::Invalidate => return None,
-            Mode::Bypass => b"BYPASS",
-            Mode::Revalidate(_) | Mode::Expired(_) => b"EXPIRED",
-            _ => b"MISS",
-        };
-        self.cx
-            .resp_headers
-            .set(conf.status_header.as_bytes(), label);
-        if conf.hide_cache_headers {
-            self.cx.resp_headers.remove(b"cache-control");
-            self.cx.resp_headers.remove(b"expires");
-        }
-        let c = &mut self.cx.cache;
-        if !c.store || self.req.method != Method::Get {
-            return None;
-        }
-        match Entry::from_response(&self.resp, &self.req, &conf.policy(), c.req_ms, now) {
-            Some(e) => {
-                let expect = match self.resp.body {
-                    BodyKind::Empty => Some(0),
-                    BodyKind::Length(n) => Some(n),
-                    _ => None,
-                };
-                // Known to be too large: stream it through without copying a byte.
-                if expect.map_or(true, |n| n <= conf.max_body_bytes as u64) {
-                    c.pending = Some(e);
-                    c.tee = Some(Tee::new(conf.max_body_bytes, expect));
-                }
-            }
-            None if c.stale().is_some() => {
-                // The origin's new answer may not be stored: the old one must not be used.
-                inst.store.borrow_mut().remove(&c.key);
-            }
-            None => {}
-        }
-        None
+        let reusable = self.upstream.reusable();
+        let a = on_head(&mut self.cx, &self.req, &self.upstream.resp, reusable)?;
+        Some((self.serve_entry(shard, &a.entry, a.label).await, a.reusable))
     }
 
     /// Error hook: the upstream could not be reached or failed before answering. A stale entry
     /// within stale-if-error answers instead of the gateway's error; `None` leaves it to `fail`.
     pub(super) async fn cache_on_error(&mut self, shard: &Shard, err: ProxyError) -> Option<After> {
-        if !matches!(err, ProxyError::Upstream(_)) || self.cx.cache.background {
+        if !matches!(err, ProxyError::Upstream(_)) {
             return None;
         }
         let e = self
@@ -390,104 +282,134 @@ impl<S: ClientStream> ClientConn<S> {
             After::Close
         }
     }
+}
 
-    /// stale-while-revalidate: one background refresh per key per shard, replaying this
-    /// request (with the plugins' upstream edits) through `forward` with no client attached.
-    fn spawn_refresh(&mut self, route: usize, inst: &Rc<Instance>, e: Rc<Entry>) {
-        let Ok(leader) = Leader::claim(inst, &self.cx.cache.key) else {
-            return;
-        };
-        let Some(shard) = crate::cache::current_shard() else {
-            return;
-        };
-        let head = self.req.buf.clone();
-        let ip = self.ip.clone();
-        let client_ip = self.cx.client_ip;
-        let edits = self.cx.req_headers.clone();
-        let (uri, query, host, upstream) = (
-            self.cx.uri.clone(),
-            self.cx.query.clone(),
-            self.cx.host.clone(),
-            self.cx.upstream,
-        );
-        let cache = CacheCx {
-            inst: Some(inst.clone()),
-            key: self.cx.cache.key.clone(),
-            hash: self.cx.cache.hash,
-            mode: if e.has_validator() {
-                Mode::Revalidate(e)
-            } else {
-                Mode::Expired(e)
-            },
-            store: true,
-            req_ms: now_ms(),
-            leader: Some(leader),
-            background: true,
-            ..CacheCx::default()
-        };
-        monoio::spawn(async move {
-            let mut c = ClientConn {
-                stream: NullStream,
-                ip,
-                rbuf: BytesMut::new(),
-                wbuf: BytesMut::with_capacity(4096),
-                ubuf: BytesMut::new(),
-                req: RequestHead::default(),
-                resp: ResponseHead::default(),
-                params: Params::new(),
-                path: BytesMut::with_capacity(256),
-                served: 0,
-                cx: crate::plugin::Ctx::new(shard.id, client_ip),
-                tls: None,
-                nonblocking: false,
-            };
-            if !matches!(c.req.parse(&head, &shard.limits), Ok(Status::Complete(_))) {
-                return;
+/// Upstream conditional headers: ours when revalidating; none when fetching to store
+/// (a full response is needed); the client's own otherwise.
+pub(super) fn conditionals(cx: &mut Ctx) {
+    let c = &cx.cache;
+    let edits = &mut cx.req_headers;
+    match &c.mode {
+        Mode::Revalidate(e) => {
+            for (req, resp) in [
+                ("if-none-match", "etag"),
+                ("if-modified-since", "last-modified"),
+            ] {
+                match e.header(resp) {
+                    Some(v) => edits.set(req.as_bytes(), v),
+                    None => edits.remove(req.as_bytes()),
+                }
             }
-            c.cx.reset(route);
-            c.cx.req_headers = edits;
-            c.cx.uri = uri;
-            c.cx.query = query;
-            c.cx.host = host;
-            c.cx.upstream = upstream;
-            c.cx.cache = cache;
-            c.conditionals();
-            let _ = c.forward(&shard, route).await;
-            c.commit();
+        }
+        _ if c.store => {
+            edits.remove(b"if-none-match");
+            edits.remove(b"if-modified-since");
+        }
+        _ => {}
+    }
+}
+
+/// Stores the teed response if its body arrived whole and within the object limit.
+pub(super) fn commit(c: &mut CacheCx) {
+    let (Some(inst), Some(mut e), Some(tee)) = (c.inst.clone(), c.pending.take(), c.tee.take())
+    else {
+        return;
+    };
+    if !tee.done || tee.over {
+        return;
+    }
+    let mut body = tee.buf;
+    body.shrink_to_fit();
+    e.body = Bytes::from(body);
+    inst.store.borrow_mut().insert(&c.key, c.hash, e);
+}
+
+/// The entry the head hook answers with instead of the upstream's response.
+pub(super) struct FromEntry {
+    pub(super) entry: Rc<Entry>,
+    pub(super) label: &'static str,
+    /// The upstream connection is clean (its 304 had no body left unread).
+    pub(super) reusable: bool,
+}
+
+/// The head hook's decision, apart from any client: for a 304 to our revalidation the entry
+/// is refreshed in the store and answers; a 5xx under stale-if-error is answered from the stale
+/// entry; otherwise the response is labelled (`cx.resp_headers`) and, if it may be stored, a
+/// tee is prepared for its body. `reusable`: the upstream connection is clean after the head.
+pub(super) fn on_head(
+    cx: &mut Ctx,
+    req: &RequestHead,
+    resp: &ResponseHead,
+    reusable: bool,
+) -> Option<FromEntry> {
+    let inst = cx.cache.inst.clone()?;
+    let conf = inst.conf.clone();
+    let now = now_ms();
+    let status = resp.status;
+    if let (Mode::Revalidate(e), 304) = (&cx.cache.mode, status) {
+        let e = e.clone();
+        let c = &cx.cache;
+        let entry = match e.refreshed(resp, &conf.policy(), c.req_ms, now) {
+            Some(fresh) => {
+                inst.store
+                    .borrow_mut()
+                    .insert(&c.key, c.hash, fresh.clone());
+                Rc::new(fresh)
+            }
+            None => {
+                // The origin now forbids storing: drop the entry, answer from it once.
+                inst.store.borrow_mut().remove(&c.key);
+                e
+            }
+        };
+        return Some(FromEntry {
+            entry,
+            label: "REVALIDATED",
+            reusable,
         });
     }
+    if matches!(status, 500 | 502 | 503 | 504) {
+        if let Some(e) = cx.cache.stale().filter(|e| e.in_sie(now)).cloned() {
+            return Some(FromEntry {
+                entry: e,
+                label: "STALE",
+                reusable: false,
+            });
+        }
+    }
+    let label: &[u8] = match cx.cache.mode {
+        Mode::Invalidate => return None,
+        Mode::Bypass => b"BYPASS",
+        Mode::Revalidate(_) | Mode::Expired(_) => b"EXPIRED",
+        _ => b"MISS",
+    };
+    cx.resp_headers.set(conf.status_header.as_bytes(), label);
+    if conf.hide_cache_headers {
+        cx.resp_headers.remove(b"cache-control");
+        cx.resp_headers.remove(b"expires");
+    }
+    let c = &mut cx.cache;
+    if !c.store || req.method != Method::Get {
+        return None;
+    }
+    match Entry::from_response(resp, req, &conf.policy(), c.req_ms, now) {
+        Some(e) => {
+            let expect = match resp.body {
+                BodyKind::Empty => Some(0),
+                BodyKind::Length(n) => Some(n),
+                _ => None,
+            };
+            // Known to be too large: stream it through without copying a byte.
+            if expect.map_or(true, |n| n <= conf.max_body_bytes as u64) {
+                c.pending = Some(e);
+                c.tee = Some(Tee::new(conf.max_body_bytes, expect));
+            }
+        }
+        None if c.stale().is_some() => {
+            // The origin's new answer may not be stored: the old one must not be used.
+            inst.store.borrow_mut().remove(&c.key);
+        }
+        None => {}
+    }
+    None
 }
-
-/// The "client" of a background refresh: reads see EOF, writes vanish.
-struct NullStream;
-
-impl AsyncReadRent for NullStream {
-    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        (Ok(0), buf)
-    }
-    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        (Ok(0), buf)
-    }
-}
-
-impl AsyncWriteRent for NullStream {
-    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        let n = buf.bytes_init();
-        (Ok(n), buf)
-    }
-    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        // Nothing on the forward path uses vectored writes to the client.
-        (Err(std::io::ErrorKind::Unsupported.into()), buf)
-    }
-    async fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-    async fn shutdown(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-// SAFETY: `NullStream` has no state at all, so its read and write halves cannot interfere.
-unsafe impl Split for NullStream {}
-
-impl super::splice::PlainSocket for NullStream {}

@@ -1,5 +1,5 @@
 //! One client connection: reads request heads (with keep-alive, pipelining and timeouts),
-//! routes each request and hands it to the forwarder. Owns the connection's reusable buffers.
+//! routes each request and hands it to the phase driver (phases.rs). Owns the connection's reusable buffers.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
+use super::exchange::UpstreamExchange;
 use super::io::{read_some, write_all, IoFail};
 use super::splice::PlainSocket;
 use super::tunnel;
 use crate::error::{ClientError, ProxyError};
-use crate::http::parse::{BodyKind, RequestHead, ResponseHead, Status};
+use crate::http::parse::{BodyKind, RequestHead, Status};
 use crate::http::write;
 use crate::net::tls::TlsInfo;
 use crate::route::{Params, RequestView};
@@ -44,9 +45,9 @@ pub(super) struct ClientConn<S> {
     pub(super) ip: String,
     pub(super) rbuf: BytesMut,
     pub(super) wbuf: BytesMut,
-    pub(super) ubuf: BytesMut,
     pub(super) req: RequestHead,
-    pub(super) resp: ResponseHead,
+    /// The upstream side of the current request: response head and bytes read from upstream.
+    pub(super) upstream: UpstreamExchange,
     pub(super) params: Params,
     /// Scratch for the path sent upstream.
     pub(super) path: BytesMut,
@@ -86,9 +87,8 @@ pub async fn serve<S: ClientStream>(
         rbuf: BytesMut::with_capacity(IDLE_READ.min(buf)),
         // These five come from the thread's idle list when a request's bytes arrive (idle.rs).
         wbuf: BytesMut::new(),
-        ubuf: BytesMut::new(),
         req: RequestHead::default(),
-        resp: ResponseHead::default(),
+        upstream: UpstreamExchange::default(),
         params: Params::new(),
         path: BytesMut::new(),
         served: 0,
@@ -98,7 +98,10 @@ pub async fn serve<S: ClientStream>(
     };
     if let Some(upstream) = c.run(&shard).await {
         let ClientConn {
-            stream, rbuf, ubuf, ..
+            stream,
+            rbuf,
+            upstream: UpstreamExchange { buf: ubuf, .. },
+            ..
         } = c;
         // Boxed: inline, the tunnel's state would size every connection's task (idle memory).
         Box::pin(tunnel::run(
@@ -300,13 +303,14 @@ impl<S: ClientStream> ClientConn<S> {
         if !self.req.expect_continue || !self.rbuf.is_empty() {
             return true;
         }
-        self.ubuf.clear();
-        self.ubuf
+        self.upstream.buf.clear();
+        self.upstream
+            .buf
             .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        let ok = write_all(&mut self.stream, &mut self.ubuf, send_timeout)
+        let ok = write_all(&mut self.stream, &mut self.upstream.buf, send_timeout)
             .await
             .is_ok();
-        self.ubuf.clear();
+        self.upstream.buf.clear();
         ok
     }
 }

@@ -1,44 +1,24 @@
-//! Sends one routed request upstream over leased connections and relays the response: retries
-//! as the lease's outcomes allow, body streaming both ways. Never edits balancer, health or pools itself.
+//! The client side of the upstream phase: sends a routed request over leased connections (exchange.rs is the upstream
+//! half), streams bodies both ways, retries as the leases' outcomes allow. Never edits balancer, health or pools itself.
 
 use bytes::{Buf, BufMut};
 
 use super::conn::{After, ClientConn, ClientStream};
-use super::io::{read_some, write_all, IoFail};
+use super::exchange::{balance_key, settle, target_path, Attempt, Next, Outgoing};
+use super::io::{write_all, IoFail};
 use super::pump::{pump_body, PumpCfg, PumpFail};
-use crate::config::{HashOn, PassHost, RouteConfig};
+use crate::config::RouteConfig;
 use crate::error::{ClientError, ProxyError, UpstreamError};
-use crate::http::parse::{BodyKind, Method, Status};
-use crate::http::write::{self, ClientFraming, UpstreamRequest};
+use crate::http::parse::{BodyKind, Method};
+use crate::http::write::{self, ClientFraming};
 use crate::runtime::shard::Shard;
-use crate::upstream::balance::{hash_key, Policy};
-use crate::upstream::lease::Outcome;
+use crate::upstream::balance::Policy;
 use crate::upstream::pool::PooledConn;
 use crate::upstream::UpstreamState;
 
 /// Request bodies up to this size that already sit in the read buffer are kept until the
 /// response arrives, so the request can be replayed on another node.
 const REPLAY_MAX: u64 = 64 * 1024;
-
-/// How one attempt against one node ended.
-enum Exchange {
-    Done {
-        client: After,
-        reusable: bool,
-    },
-    /// The 101 went to the client; the connection becomes a tunnel.
-    Upgrade,
-    /// A pooled connection was dead before any response byte: try a fresh one, same node.
-    Stale,
-    /// Nothing usable reached the client; another node may be tried.
-    Retry(UpstreamError),
-    /// Nothing was sent to the client yet; answer with this error.
-    Fail(ProxyError),
-    /// The response had started or the client is gone: close the connection.
-    Abort {
-        node_failed: bool,
-    },
-}
 
 impl<S: ClientStream> ClientConn<S> {
     pub(super) async fn forward(&mut self, shard: &Shard, route_id: usize) -> After {
@@ -48,10 +28,9 @@ impl<S: ClientStream> ClientConn<S> {
         };
         // A plugin (traffic-split) may have picked another upstream.
         let up = &shard.upstreams[self.cx.upstream.unwrap_or(route.upstream)];
-        self.build_path(route);
-        self.apply_plugin_uri();
+        target_path(&mut self.path, &self.req, route, &self.cx);
         let hash = if up.cfg.policy == Policy::Chash {
-            self.hash_key(&up.cfg.hash_on)
+            balance_key(&up.cfg.hash_on, self.ip.as_bytes(), &self.req)
         } else {
             0
         };
@@ -86,7 +65,7 @@ impl<S: ClientStream> ClientConn<S> {
                 Ok(l) => l,
                 Err(e) => return self.upstream_failed(shard, e.into()).await,
             };
-            let result = self
+            let attempt = self
                 .exchange(
                     shard,
                     route,
@@ -97,38 +76,12 @@ impl<S: ClientStream> ClientConn<S> {
                     replay,
                 )
                 .await;
-            match result {
-                Exchange::Upgrade => {
-                    lease.finish(Outcome::Done);
-                    return After::Tunnel(conn.stream);
-                }
-                Exchange::Done { client, reusable } => {
-                    lease.finish(if reusable {
-                        Outcome::Reusable(conn)
-                    } else {
-                        Outcome::Done
-                    });
-                    return client;
-                }
-                Exchange::Stale => lease.finish(Outcome::Stale),
-                Exchange::Retry(e) => lease.finish(Outcome::NodeFailed(e)),
-                Exchange::Fail(e) => {
-                    lease.finish(match e {
-                        ProxyError::Upstream(u) if u.counts_as_node_failure() => {
-                            Outcome::NodeFailed(u)
-                        }
-                        _ => Outcome::Aborted,
-                    });
-                    return self.upstream_failed(shard, e).await;
-                }
-                Exchange::Abort { node_failed } => {
-                    lease.finish(if node_failed {
-                        Outcome::NodeFailed(UpstreamError::Reset)
-                    } else {
-                        Outcome::Aborted
-                    });
-                    return After::Close;
-                }
+            match settle(lease, conn, attempt) {
+                Next::Again => {}
+                Next::Done(client) => return client,
+                Next::Tunnel(stream) => return After::Tunnel(stream),
+                Next::Fail(e) => return self.upstream_failed(shard, e).await,
+                Next::Close => return After::Close,
             }
         }
     }
@@ -155,55 +108,30 @@ impl<S: ClientStream> ClientConn<S> {
         conn: &mut PooledConn,
         was_pooled: bool,
         replay: Option<usize>,
-    ) -> Exchange {
+    ) -> Attempt<After> {
         let server = &shard.cfg.server;
         let cfg = &up.cfg;
-        let idempotent = match self.cx.method {
-            Some(m) => Method::from_bytes(m.as_bytes()).idempotent(),
-            None => self.req.method.idempotent(),
+        let out = Outgoing {
+            req: &self.req,
+            cx: &self.cx,
+            path: &self.path,
+            client_ip: self.ip.as_bytes(),
+            https: self.tls.is_some(),
         };
+        let idempotent = out.idempotent();
         self.wbuf.clear();
-        {
-            let node_host = cfg.nodes[node].host.as_bytes();
-            let host = match &route.pass_host {
-                PassHost::Pass if !self.req.host().is_empty() => self.req.host(),
-                PassHost::Pass | PassHost::Node => node_host,
-                PassHost::Rewrite(h) => h.as_bytes(),
-            };
-            let host = self.cx.host.as_deref().unwrap_or(host);
-            write::upstream_request_edited(
-                &mut self.wbuf,
-                &self.req,
-                &UpstreamRequest {
-                    path: &self.path,
-                    host,
-                    client_ip: self.ip.as_bytes(),
-                    proto: if self.tls.is_some() {
-                        b"https"
-                    } else {
-                        b"http"
-                    },
-                    body: self.req.body,
-                    method: self.cx.method.map(str::as_bytes),
-                },
-                &self.cx.req_headers,
-            );
-        }
+        out.head(&mut self.wbuf, route, cfg.nodes[node].host.as_bytes());
         match replay {
             Some(n) => {
                 self.wbuf.put_slice(&self.rbuf[..n]);
-                match write_all(&mut conn.stream, &mut self.wbuf, cfg.send_timeout).await {
-                    Ok(()) => {}
-                    Err(IoFail::Timeout) => {
-                        return Exchange::Fail(UpstreamError::SendTimeout.into())
-                    }
-                    Err(_) if was_pooled => return Exchange::Stale,
-                    Err(_) => return Exchange::Retry(UpstreamError::Reset),
+                let sent = self.upstream.send(conn, was_pooled, &mut self.wbuf, cfg);
+                if let Err(a) = sent.await {
+                    return a;
                 }
             }
             None => {
                 if !self.continue_if_expected(server.send_timeout).await {
-                    return Exchange::Abort { node_failed: false };
+                    return Attempt::Abort { node_failed: false };
                 }
                 let pc = PumpCfg {
                     read_timeout: server.client_body_timeout,
@@ -228,87 +156,53 @@ impl<S: ClientStream> ClientConn<S> {
                     self.req.keep_alive = false;
                     return match e {
                         PumpFail::Src(IoFail::Timeout) => {
-                            Exchange::Fail(ClientError::BodyTimeout.into())
+                            Attempt::Fail(ClientError::BodyTimeout.into())
                         }
-                        PumpFail::Src(_) => Exchange::Abort { node_failed: false },
+                        PumpFail::Src(_) => Attempt::Abort { node_failed: false },
                         PumpFail::Framing(c) => {
-                            Exchange::Fail(ClientError::BadRequest(c.message()).into())
+                            Attempt::Fail(ClientError::BadRequest(c.message()).into())
                         }
-                        PumpFail::TooLarge => Exchange::Fail(ClientError::BodyTooLarge.into()),
+                        PumpFail::TooLarge => Attempt::Fail(ClientError::BodyTooLarge.into()),
                         PumpFail::Dst(IoFail::Timeout) => {
-                            Exchange::Fail(UpstreamError::SendTimeout.into())
+                            Attempt::Fail(UpstreamError::SendTimeout.into())
                         }
-                        PumpFail::Dst(_) => Exchange::Fail(UpstreamError::Reset.into()),
+                        PumpFail::Dst(_) => Attempt::Fail(UpstreamError::Reset.into()),
                     };
                 }
             }
         }
 
-        // Response head; informational responses other than 101 are consumed here.
-        self.ubuf.clear();
-        let mut got_bytes = false;
-        loop {
-            if !self.ubuf.is_empty() {
-                match self
-                    .resp
-                    .parse(&self.ubuf, self.req.method, server.max_header_bytes)
-                {
-                    Ok(Status::Complete(n)) => {
-                        self.ubuf.advance(n);
-                        if self.resp.status < 200 && self.resp.status != 101 {
-                            continue;
-                        }
-                        break;
-                    }
-                    Ok(Status::Partial) => {}
-                    Err(e) => return Exchange::Fail(e.into()),
-                }
-            }
-            match read_some(
-                &mut conn.stream,
-                &mut self.ubuf,
-                server.read_buffer_bytes,
-                cfg.read_timeout,
-            )
-            .await
-            {
-                Ok(_) => got_bytes = true,
-                Err(IoFail::Timeout) => return Exchange::Fail(UpstreamError::ReadTimeout.into()),
-                Err(_) if got_bytes => {
-                    return Exchange::Fail(
-                        UpstreamError::BadResponse("upstream closed inside the response head")
-                            .into(),
-                    )
-                }
-                Err(_) => {
-                    return match (replay.is_some() && idempotent, was_pooled) {
-                        (true, true) => Exchange::Stale,
-                        (true, false) => Exchange::Retry(UpstreamError::Reset),
-                        (false, _) => Exchange::Fail(UpstreamError::Reset.into()),
-                    }
-                }
-            }
+        // Response head; informational responses other than 101 are consumed there.
+        let replayable = replay.is_some() && idempotent;
+        let head =
+            self.upstream
+                .read_head(conn, was_pooled, self.req.method, replayable, (server, cfg));
+        if let Err(a) = head.await {
+            return a;
         }
 
-        if self.resp.status == 101 {
+        if self.upstream.resp.status == 101 {
             return self.switch_protocols(server.send_timeout, route).await;
         }
         if self.cx.cache.active() {
             // proxy-cache: a 304 to its revalidation or a 5xx under stale-if-error is answered
             // from the entry (proxy/cached.rs); otherwise it labels the response and may tee it.
             if let Some((client, reusable)) = self.cache_on_head(shard).await {
-                return Exchange::Done { client, reusable };
+                return Attempt::Done {
+                    out: client,
+                    reusable,
+                };
             }
         }
 
-        let framing = match self.resp.body {
+        let framing = match self.upstream.resp.body {
             // 204/304/1xx and HEAD answers carry no framing of their own; any other empty
             // body must say so, or an HTTP/1.1 client would read until close.
             BodyKind::Empty
                 if self.req.method == Method::Head
-                    || self.resp.status < 200
-                    || self.resp.status == 204
-                    || self.resp.status == 304 =>
+                    || self.upstream.resp.status < 200
+                    || self.upstream.resp.status == 204
+                    || self.upstream.resp.status == 304 =>
             {
                 ClientFraming::None
             }
@@ -332,7 +226,7 @@ impl<S: ClientStream> ClientConn<S> {
         self.wbuf.clear();
         write::client_response_edited(
             &mut self.wbuf,
-            &self.resp,
+            &self.upstream.resp,
             framing,
             keep,
             self.req.version,
@@ -349,10 +243,10 @@ impl<S: ClientStream> ClientConn<S> {
                 .await
                 .is_err()
             {
-                return Exchange::Abort { node_failed: false };
+                return Attempt::Abort { node_failed: false };
             }
-            return Exchange::Done {
-                client: if keep { After::KeepAlive } else { After::Close },
+            return Attempt::Done {
+                out: if keep { After::KeepAlive } else { After::Close },
                 reusable: false,
             };
         }
@@ -365,10 +259,10 @@ impl<S: ClientStream> ClientConn<S> {
         };
         let relayed = pump_body(
             (&mut conn.stream, &mut conn.nonblocking),
-            &mut self.ubuf,
+            &mut self.upstream.buf,
             (&mut self.stream, &mut self.nonblocking),
             &mut self.wbuf,
-            self.resp.body,
+            self.upstream.resp.body,
             framing == ClientFraming::Chunked,
             &pc,
             self.cx.cache.tee.as_mut(),
@@ -376,13 +270,12 @@ impl<S: ClientStream> ClientConn<S> {
         .await;
         match relayed {
             Ok(_) => {}
-            Err(PumpFail::Dst(_)) => return Exchange::Abort { node_failed: false },
-            Err(_) => return Exchange::Abort { node_failed: true },
+            Err(PumpFail::Dst(_)) => return Attempt::Abort { node_failed: false },
+            Err(_) => return Attempt::Abort { node_failed: true },
         }
-        let reusable = self.resp.keep_alive && self.ubuf.is_empty();
-        Exchange::Done {
-            client: if keep { After::KeepAlive } else { After::Close },
-            reusable,
+        Attempt::Done {
+            out: if keep { After::KeepAlive } else { After::Close },
+            reusable: self.upstream.reusable(),
         }
     }
 
@@ -391,16 +284,16 @@ impl<S: ClientStream> ClientConn<S> {
         &mut self,
         send_timeout: std::time::Duration,
         route: &RouteConfig,
-    ) -> Exchange {
+    ) -> Attempt<After> {
         if !(self.req.websocket && route.websocket) {
-            return Exchange::Fail(
+            return Attempt::Fail(
                 UpstreamError::BadResponse("upstream switched protocols unasked").into(),
             );
         }
         self.wbuf.clear();
         write::client_response(
             &mut self.wbuf,
-            &self.resp,
+            &self.upstream.resp,
             ClientFraming::None,
             true,
             self.req.version,
@@ -410,57 +303,8 @@ impl<S: ClientStream> ClientConn<S> {
             .await
             .is_err()
         {
-            return Exchange::Abort { node_failed: false };
+            return Attempt::Abort { node_failed: false };
         }
-        Exchange::Upgrade
+        Attempt::Upgrade
     }
-
-    fn build_path(&mut self, route: &RouteConfig) {
-        self.path.clear();
-        let path = self.req.path();
-        let stripped = route.strip_prefix.as_deref().and_then(|p| {
-            let rest = path.strip_prefix(p.as_bytes())?;
-            (rest.is_empty() || rest[0] == b'/').then_some(rest)
-        });
-        match stripped {
-            Some([]) => self.path.put_u8(b'/'),
-            Some(rest) => self.path.put_slice(rest),
-            None => self.path.put_slice(path),
-        }
-        let q = self.req.query();
-        if !q.is_empty() {
-            self.path.put_u8(b'?');
-            self.path.put_slice(q);
-        }
-    }
-
-    fn hash_key(&self, on: &HashOn) -> u64 {
-        let key: &[u8] = match on {
-            HashOn::RemoteAddr => self.ip.as_bytes(),
-            HashOn::Uri => self.req.path(),
-            HashOn::Header(h) => self.req.header(h).unwrap_or_default(),
-            HashOn::Cookie(name) => self
-                .req
-                .header("cookie")
-                .and_then(|c| cookie(c, name.as_bytes()))
-                .unwrap_or_default(),
-            HashOn::Arg(name) => arg(self.req.query(), name.as_bytes()).unwrap_or_default(),
-        };
-        hash_key(key)
-    }
-}
-
-fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    header.split(|&b| b == b';').find_map(|pair| {
-        let pair = pair.trim_ascii();
-        let (k, v) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
-        (k == name).then(|| &v[1..])
-    })
-}
-
-fn arg<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    query.split(|&b| b == b'&').find_map(|pair| {
-        let eq = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
-        (&pair[..eq] == name).then(|| pair.get(eq + 1..).unwrap_or_default())
-    })
 }

@@ -6,9 +6,9 @@ use bytes::{BufMut, Bytes};
 use super::cached::OnRequest;
 use super::conn::{After, ClientConn, ClientStream};
 use super::io::write_all;
-use crate::http::parse::Method;
+use crate::http::parse::{Method, ResponseHead};
 use crate::http::write::{header, put_u64, reason, status_line};
-use crate::plugin::Reply;
+use crate::plugin::{Ctx, Reply};
 use crate::runtime::shard::Shard;
 
 impl<S: ClientStream> ClientConn<S> {
@@ -100,45 +100,21 @@ impl<S: ClientStream> ClientConn<S> {
         }
     }
 
-    /// Applies a plugin's uri / query rewrite to the path about to be sent upstream.
-    pub(super) fn apply_plugin_uri(&mut self) {
-        if let Some(uri) = &self.cx.uri {
-            let q = match &self.cx.query {
-                Some(q) => q.as_slice(),
-                None => self.req.query(),
-            };
-            self.path.clear();
-            self.path.put_slice(uri);
-            // As APISIX: the original query string follows a rewritten uri without one.
-            if !q.is_empty() && !uri.contains(&b'?') {
-                self.path.put_u8(b'?');
-                self.path.put_slice(q);
-            }
-        } else if let Some(q) = &self.cx.query {
-            let end = self
-                .path
-                .iter()
-                .position(|&b| b == b'?')
-                .unwrap_or(self.path.len());
-            self.path.truncate(end);
-            if !q.is_empty() {
-                self.path.put_u8(b'?');
-                self.path.put_slice(q);
-            }
-        }
-    }
-
     /// The response phases once the upstream head is parsed: header edits and status are
     /// recorded in `cx`; returns a replacement body if a plugin set one.
     pub(super) fn response_phase(&mut self, shard: &Shard) -> Option<Bytes> {
-        self.cx.status = self.resp.status;
-        let route = self.cx.route;
-        if !shard.plugins.has_response_phases(route) {
-            return None;
-        }
-        shard
-            .plugins
-            .response_headers(route, &self.resp, &mut self.cx);
-        shard.plugins.response_body(route, &mut self.cx)
+        response_phases(shard, &mut self.cx, &self.upstream.resp)
     }
+}
+
+/// The response phases of `cx.route` for the upstream head `resp` (also run by a background
+/// refresh, whose response a replacement body keeps out of the cache).
+pub(super) fn response_phases(shard: &Shard, cx: &mut Ctx, resp: &ResponseHead) -> Option<Bytes> {
+    cx.status = resp.status;
+    let route = cx.route;
+    if !shard.plugins.has_response_phases(route) {
+        return None;
+    }
+    shard.plugins.response_headers(route, resp, cx);
+    shard.plugins.response_body(route, cx)
 }
