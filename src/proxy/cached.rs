@@ -137,7 +137,7 @@ impl<S: ClientStream> ClientConn<S> {
         let keep = self.req.keep_alive
             && self.req.body == BodyKind::Empty
             && !shard.drain.is_draining()
-            && self.served < shard.cfg.server.keepalive_requests;
+            && self.client.served < shard.cfg.server.keepalive_requests;
         let w = &mut self.wbuf;
         w.clear();
         status_line(w, status, reason(status).as_bytes());
@@ -199,21 +199,21 @@ impl<S: ClientStream> ClientConn<S> {
         let send = shard.cfg.server.send_timeout;
         if body.len() <= COALESCE {
             self.wbuf.put_slice(&body);
-            if write_all(&mut self.stream, &mut self.wbuf, send)
+            if write_all(&mut self.client.stream, &mut self.wbuf, send)
                 .await
                 .is_err()
             {
                 return After::Close;
             }
         } else {
-            if write_all(&mut self.stream, &mut self.wbuf, send)
+            if write_all(&mut self.client.stream, &mut self.wbuf, send)
                 .await
                 .is_err()
             {
                 return After::Close;
             }
             // Large bodies go out straight from the shared entry, never copied.
-            match crate::runtime::deadline::within(send, self.stream.write_all(body)).await {
+            match crate::runtime::deadline::within(send, self.client.stream.write_all(body)).await {
                 Ok((Ok(_), _)) => {}
                 _ => return After::Close,
             }
@@ -270,7 +270,7 @@ impl<S: ClientStream> ClientConn<S> {
         });
         w.put_slice(body.as_bytes());
         let ok = write_all(
-            &mut self.stream,
+            &mut self.client.stream,
             &mut self.wbuf,
             shard.cfg.server.send_timeout,
         )

@@ -30,13 +30,13 @@ impl<S: ClientStream> ClientConn<S> {
         let up = &shard.upstreams[self.cx.upstream.unwrap_or(route.upstream)];
         target_path(&mut self.path, &self.req, route, &self.cx);
         let hash = if up.cfg.policy == Policy::Chash {
-            balance_key(&up.cfg.hash_on, self.ip.as_bytes(), &self.req)
+            balance_key(&up.cfg.hash_on, self.client.ip.as_bytes(), &self.req)
         } else {
             0
         };
         let replay = match self.req.body {
             BodyKind::Empty => Some(0),
-            BodyKind::Length(n) if n <= REPLAY_MAX && n as usize <= self.rbuf.len() => {
+            BodyKind::Length(n) if n <= REPLAY_MAX && n as usize <= self.client.rbuf.len() => {
                 Some(n as usize)
             }
             _ => None,
@@ -44,7 +44,7 @@ impl<S: ClientStream> ClientConn<S> {
         let after = self.attempts(shard, route, up, hash, replay).await;
         if let Some(n) = replay {
             // The replayable body stayed in the buffer for retries; it is consumed now.
-            self.rbuf.advance(n.min(self.rbuf.len()));
+            self.client.rbuf.advance(n.min(self.client.rbuf.len()));
         }
         after
     }
@@ -115,15 +115,15 @@ impl<S: ClientStream> ClientConn<S> {
             req: &self.req,
             cx: &self.cx,
             path: &self.path,
-            client_ip: self.ip.as_bytes(),
-            https: self.tls.is_some(),
+            client_ip: self.client.ip.as_bytes(),
+            https: self.client.tls.is_some(),
         };
         let idempotent = out.idempotent();
         self.wbuf.clear();
         out.head(&mut self.wbuf, route, cfg.nodes[node].host.as_bytes());
         match replay {
             Some(n) => {
-                self.wbuf.put_slice(&self.rbuf[..n]);
+                self.wbuf.put_slice(&self.client.rbuf[..n]);
                 let sent = self.upstream.send(conn, was_pooled, &mut self.wbuf, cfg);
                 if let Err(a) = sent.await {
                     return a;
@@ -142,8 +142,8 @@ impl<S: ClientStream> ClientConn<S> {
                 };
                 let chunked = self.req.body == BodyKind::Chunked;
                 let sent = pump_body(
-                    (&mut self.stream, &mut self.nonblocking),
-                    &mut self.rbuf,
+                    (&mut self.client.stream, &mut self.client.nonblocking),
+                    &mut self.client.rbuf,
                     (&mut conn.stream, &mut conn.nonblocking),
                     &mut self.wbuf,
                     self.req.body,
@@ -222,7 +222,7 @@ impl<S: ClientStream> ClientConn<S> {
         let keep = self.req.keep_alive
             && framing != ClientFraming::Close
             && !shard.drain.is_draining()
-            && self.served < server.keepalive_requests;
+            && self.client.served < server.keepalive_requests;
         self.wbuf.clear();
         write::client_response_edited(
             &mut self.wbuf,
@@ -239,7 +239,7 @@ impl<S: ClientStream> ClientConn<S> {
             if self.req.method != Method::Head {
                 self.wbuf.put_slice(&b);
             }
-            if write_all(&mut self.stream, &mut self.wbuf, server.send_timeout)
+            if write_all(&mut self.client.stream, &mut self.wbuf, server.send_timeout)
                 .await
                 .is_err()
             {
@@ -260,7 +260,7 @@ impl<S: ClientStream> ClientConn<S> {
         let relayed = pump_body(
             (&mut conn.stream, &mut conn.nonblocking),
             &mut self.upstream.buf,
-            (&mut self.stream, &mut self.nonblocking),
+            (&mut self.client.stream, &mut self.client.nonblocking),
             &mut self.wbuf,
             self.upstream.resp.body,
             framing == ClientFraming::Chunked,
@@ -299,7 +299,7 @@ impl<S: ClientStream> ClientConn<S> {
             self.req.version,
             false,
         );
-        if write_all(&mut self.stream, &mut self.wbuf, send_timeout)
+        if write_all(&mut self.client.stream, &mut self.wbuf, send_timeout)
             .await
             .is_err()
         {

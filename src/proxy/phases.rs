@@ -62,7 +62,7 @@ impl<S: ClientStream> ClientConn<S> {
         let keep = self.req.keep_alive
             && self.body_discardable()
             && !shard.drain.is_draining()
-            && self.served < shard.cfg.server.keepalive_requests;
+            && self.client.served < shard.cfg.server.keepalive_requests;
         let w = &mut self.wbuf;
         w.clear();
         status_line(w, reply.status, reason(reply.status).as_bytes());
@@ -87,7 +87,7 @@ impl<S: ClientStream> ClientConn<S> {
             w.put_slice(&reply.body);
         }
         let ok = write_all(
-            &mut self.stream,
+            &mut self.client.stream,
             &mut self.wbuf,
             shard.cfg.server.send_timeout,
         )

@@ -34,7 +34,7 @@ impl<S: ClientStream> ClientConn<S> {
             return;
         };
         let head = self.req.buf.clone();
-        let ip = self.ip.clone();
+        let ip = self.client.ip.clone();
         let client_ip = self.cx.client_ip;
         let edits = self.cx.req_headers.clone();
         let (uri, query, host, upstream) = (
