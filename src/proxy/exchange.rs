@@ -32,6 +32,26 @@ pub(super) enum Attempt<T> {
     Abort { node_failed: bool },
 }
 
+/// Why no response head came: an `Attempt` ending before the response (small, so the head's
+/// future hands it back cheaply).
+#[derive(Clone, Copy)]
+pub(super) enum HeadFail {
+    Stale,
+    Retry(UpstreamError),
+    Fail(ProxyError),
+}
+
+impl<T> From<HeadFail> for Attempt<T> {
+    #[inline]
+    fn from(f: HeadFail) -> Attempt<T> {
+        match f {
+            HeadFail::Stale => Attempt::Stale,
+            HeadFail::Retry(e) => Attempt::Retry(e),
+            HeadFail::Fail(e) => Attempt::Fail(e),
+        }
+    }
+}
+
 /// What the attempts loop does after an attempt.
 pub(super) enum Next<T> {
     /// Lease again (another node, or a fresh connection to the same one).
@@ -44,6 +64,8 @@ pub(super) enum Next<T> {
 
 /// Finishes `lease` with what `attempt` means for its node (balancer, health and pool are the
 /// lease's business) and says how the request goes on.
+// Inlined: one call site per loop, and the conn and attempt would otherwise be moved in memory.
+#[inline(always)]
 pub(super) fn settle<T>(lease: Lease<'_, '_>, conn: PooledConn, attempt: Attempt<T>) -> Next<T> {
     match attempt {
         Attempt::Done { out, reusable } => {
@@ -96,6 +118,7 @@ pub(super) struct Outgoing<'a> {
 
 impl Outgoing<'_> {
     /// Writes the request head for a node whose address reads `node_host` into `out`.
+    #[inline(always)]
     pub(super) fn head(&self, out: &mut BytesMut, route: &RouteConfig, node_host: &[u8]) {
         let req = self.req;
         let host = match &route.pass_host {
@@ -120,6 +143,7 @@ impl Outgoing<'_> {
     }
 
     /// The method sent upstream (a plugin's, or the client's) may be repeated.
+    #[inline]
     pub(super) fn idempotent(&self) -> bool {
         match self.cx.method {
             Some(m) => Method::from_bytes(m.as_bytes()).idempotent(),
@@ -130,6 +154,7 @@ impl Outgoing<'_> {
 
 /// Writes into `path` the path and query sent upstream: the route's strip_prefix, then a
 /// plugin's uri / query rewrite.
+#[inline(always)]
 pub(super) fn target_path(path: &mut BytesMut, req: &RequestHead, route: &RouteConfig, cx: &Ctx) {
     path.clear();
     let p = req.path();
@@ -210,34 +235,31 @@ pub(super) struct UpstreamExchange {
 }
 
 impl UpstreamExchange {
-    /// Writes `out` (the request head, and a body kept for replay) to the connection. A write
-    /// error on a pooled connection means it was stale; on a fresh one, another node may be tried.
-    pub(super) async fn send<T>(
-        &self,
-        conn: &mut PooledConn,
-        pooled: bool,
-        out: &mut BytesMut,
-        cfg: &UpstreamConfig,
-    ) -> Result<(), Attempt<T>> {
-        match write_all(&mut conn.stream, out, cfg.send_timeout).await {
-            Ok(()) => Ok(()),
-            Err(IoFail::Timeout) => Err(Attempt::Fail(UpstreamError::SendTimeout.into())),
-            Err(_) if pooled => Err(Attempt::Stale),
-            Err(_) => Err(Attempt::Retry(UpstreamError::Reset)),
-        }
-    }
-
-    /// Reads the response head into `resp` (informational responses other than 101 consumed).
-    /// A connection closed before any response byte is `Stale` (pooled) or `Retry` (fresh) when
-    /// the request can be replayed (`replayable`: kept whole and idempotent), else a 502.
-    pub(super) async fn read_head<T>(
+    /// Writes `unsent` first, if given (the request head and a body kept for replay; a streamed
+    /// body went out before), then reads the response head into `resp` (informational responses
+    /// other than 101 consumed). One future for both, so the common request (no body) awaits
+    /// one level less. Ends as the attempt should: a write error or a close before any response
+    /// byte is `Stale` on a pooled connection and `Retry` on a fresh one (the close only when the
+    /// request can be replayed: `replayable`, kept whole and idempotent), anything else `Fail`.
+    pub(super) async fn read_head(
         &mut self,
         conn: &mut PooledConn,
         pooled: bool,
+        unsent: Option<&mut BytesMut>,
         method: Method,
         replayable: bool,
         (server, cfg): (&ServerConfig, &UpstreamConfig),
-    ) -> Result<(), Attempt<T>> {
+    ) -> Result<(), HeadFail> {
+        if let Some(out) = unsent {
+            match write_all(&mut conn.stream, out, cfg.send_timeout).await {
+                Ok(()) => {}
+                Err(IoFail::Timeout) => {
+                    return Err(HeadFail::Fail(UpstreamError::SendTimeout.into()))
+                }
+                Err(_) if pooled => return Err(HeadFail::Stale),
+                Err(_) => return Err(HeadFail::Retry(UpstreamError::Reset)),
+            }
+        }
         self.buf.clear();
         let mut got_bytes = false;
         loop {
@@ -251,7 +273,7 @@ impl UpstreamExchange {
                         return Ok(());
                     }
                     Ok(Status::Partial) => {}
-                    Err(e) => return Err(Attempt::Fail(e.into())),
+                    Err(e) => return Err(HeadFail::Fail(e.into())),
                 }
             }
             match read_some(
@@ -264,19 +286,19 @@ impl UpstreamExchange {
             {
                 Ok(_) => got_bytes = true,
                 Err(IoFail::Timeout) => {
-                    return Err(Attempt::Fail(UpstreamError::ReadTimeout.into()))
+                    return Err(HeadFail::Fail(UpstreamError::ReadTimeout.into()))
                 }
                 Err(_) if got_bytes => {
-                    return Err(Attempt::Fail(
+                    return Err(HeadFail::Fail(
                         UpstreamError::BadResponse("upstream closed inside the response head")
                             .into(),
                     ))
                 }
                 Err(_) => {
                     return Err(match (replayable, pooled) {
-                        (true, true) => Attempt::Stale,
-                        (true, false) => Attempt::Retry(UpstreamError::Reset),
-                        (false, _) => Attempt::Fail(UpstreamError::Reset.into()),
+                        (true, true) => HeadFail::Stale,
+                        (true, false) => HeadFail::Retry(UpstreamError::Reset),
+                        (false, _) => HeadFail::Fail(UpstreamError::Reset.into()),
                     })
                 }
             }
@@ -296,6 +318,7 @@ impl UpstreamExchange {
 
     /// After the body: the connection may serve another request (the upstream keeps it open
     /// and sent nothing past the response).
+    #[inline]
     pub(super) fn reusable(&self) -> bool {
         self.resp.keep_alive && self.buf.is_empty()
     }

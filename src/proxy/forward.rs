@@ -121,13 +121,10 @@ impl<S: ClientStream> ClientConn<S> {
         let idempotent = out.idempotent();
         self.wbuf.clear();
         out.head(&mut self.wbuf, route, cfg.nodes[node].host.as_bytes());
-        match replay {
+        let unsent = match replay {
             Some(n) => {
                 self.wbuf.put_slice(&self.client.rbuf[..n]);
-                let sent = self.upstream.send(conn, was_pooled, &mut self.wbuf, cfg);
-                if let Err(a) = sent.await {
-                    return a;
-                }
+                Some(&mut self.wbuf)
             }
             None => {
                 if !self.continue_if_expected(server.send_timeout).await {
@@ -169,16 +166,23 @@ impl<S: ClientStream> ClientConn<S> {
                         PumpFail::Dst(_) => Attempt::Fail(UpstreamError::Reset.into()),
                     };
                 }
+                None
             }
-        }
+        };
 
-        // Response head; informational responses other than 101 are consumed there.
+        // Response head (after the request, if it was kept for replay); informational
+        // responses other than 101 are consumed there.
         let replayable = replay.is_some() && idempotent;
-        let head =
-            self.upstream
-                .read_head(conn, was_pooled, self.req.method, replayable, (server, cfg));
-        if let Err(a) = head.await {
-            return a;
+        let head = self.upstream.read_head(
+            conn,
+            was_pooled,
+            unsent,
+            self.req.method,
+            replayable,
+            (server, cfg),
+        );
+        if let Err(f) = head.await {
+            return f.into();
         }
 
         if self.upstream.resp.status == 101 {

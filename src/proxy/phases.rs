@@ -109,6 +109,7 @@ impl<S: ClientStream> ClientConn<S> {
 
 /// The response phases of `cx.route` for the upstream head `resp` (also run by a background
 /// refresh, whose response a replacement body keeps out of the cache).
+#[inline(always)]
 pub(super) fn response_phases(shard: &Shard, cx: &mut Ctx, resp: &ResponseHead) -> Option<Bytes> {
     cx.status = resp.status;
     let route = cx.route;

@@ -152,15 +152,16 @@ impl Refresh {
         let idempotent = out.idempotent();
         self.wbuf.clear();
         out.head(&mut self.wbuf, route, up.cfg.nodes[node].host.as_bytes());
-        let sent = self.upstream.send(conn, pooled, &mut self.wbuf, &up.cfg);
-        if let Err(a) = sent.await {
-            return a;
-        }
-        let head =
-            self.upstream
-                .read_head(conn, pooled, self.req.method, idempotent, (server, &up.cfg));
-        if let Err(a) = head.await {
-            return a;
+        let head = self.upstream.read_head(
+            conn,
+            pooled,
+            Some(&mut self.wbuf),
+            self.req.method,
+            idempotent,
+            (server, &up.cfg),
+        );
+        if let Err(f) = head.await {
+            return f.into();
         }
         let resp = &self.upstream.resp;
         if resp.status == 101 {
