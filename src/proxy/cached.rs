@@ -1,50 +1,49 @@
-//! The proxy cache's async half on the request path: serving entries (HIT, STALE, 304, Range),
-//! coalescing misses, revalidation, storing teed bodies, stale-if-error, background refreshes
-//! (a spawned task driving `forward` with a null client) and PURGE across shards.
+//! The proxy cache's hooks (on request, on upstream head, on error, on done), called only for routes with a cache:
+//! HIT/STALE/304/Range answers, coalescing, revalidation, storing, stale-if-error, refreshes, PURGE. Never forwards a request.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
-use monoio::BufResult;
+use bytes::{BufMut, Bytes};
+use monoio::io::AsyncWriteRentExt;
 
 use super::conn::{After, ClientConn, ClientStream};
 use super::shard::Shard;
 use crate::cache::entry::{self, Entry};
 use crate::cache::{now_ms, CacheCx, Instance, Leader, Mode, Target, Tee};
 use crate::error::ProxyError;
-use crate::http::parse::{BodyKind, Method, RequestHead, ResponseHead, Status};
+use crate::http::parse::{BodyKind, Method, RequestHead, ResponseHead};
 use crate::http::write::{header, put_u64, reason, status_line};
 use crate::net::io::write_all;
-use crate::route::Params;
+use crate::plugin::Ctx;
 
 /// Bodies up to this size go out in one write with their head.
 const COALESCE: usize = 32 * 1024;
 
+/// What the cache's request hook decided.
+pub(super) enum OnRequest {
+    /// Answered from the store (HIT, STALE with a background refresh, a coalesced HIT, PURGE).
+    Answered(After),
+    /// Go to the upstream. `invalidate`: an unsafe method, whose success purges the key.
+    Forward { invalidate: bool },
+}
+
 impl<S: ClientStream> ClientConn<S> {
-    /// Runs a request the cache plugin looked up (`cx.cache` is active).
-    pub(super) async fn cached(&mut self, shard: &Shard, route: usize) -> After {
+    /// Request hook of a route with a cache (`cx.cache` is active): serve, coalesce with a fetch
+    /// already running, or prepare the upstream request (fetch leader, conditional headers).
+    pub(super) async fn cache_on_request(&mut self, shard: &Shard) -> OnRequest {
         let Some(inst) = self.cx.cache.inst.clone() else {
-            return self.forward(shard, route).await;
+            return OnRequest::Forward { invalidate: false };
         };
         match std::mem::take(&mut self.cx.cache.mode) {
-            Mode::Purge(t) => return self.purge(shard, &inst, t).await,
-            Mode::Hit(e) => return self.serve_entry(shard, &e, "HIT").await,
+            Mode::Purge(t) => return OnRequest::Answered(self.purge(shard, &inst, t).await),
+            Mode::Hit(e) => return OnRequest::Answered(self.serve_entry(shard, &e, "HIT").await),
             Mode::StaleRefresh(e) => {
-                self.spawn_refresh(route, &inst, e.clone());
-                return self.serve_entry(shard, &e, "STALE").await;
+                self.spawn_refresh(self.cx.route, &inst, e.clone());
+                return OnRequest::Answered(self.serve_entry(shard, &e, "STALE").await);
             }
-            Mode::Invalidate => {
-                let after = self.forward(shard, route).await;
-                if (200..400).contains(&self.cx.status) {
-                    let t = Target::Key(self.cx.cache.key.clone());
-                    inst.purge_local(&t);
-                    inst.broadcast(&t, None);
-                }
-                return after;
-            }
+            // The mode stays Off while it goes upstream: the response is labelled as a miss.
+            Mode::Invalidate => return OnRequest::Forward { invalidate: true },
             m => self.cx.cache.mode = m,
         }
         if self.cx.cache.store && !matches!(self.cx.cache.mode, Mode::Bypass) {
@@ -64,148 +63,55 @@ impl<S: ClientStream> ClientConn<S> {
                         .get(&self.cx.cache.key, |e| e.matches(&self.req))
                         .filter(|e| e.is_fresh(now) && (!auth || e.auth_ok));
                     if let Some(e) = found {
-                        return self.serve_entry(shard, &e, "HIT").await;
+                        return OnRequest::Answered(self.serve_entry(shard, &e, "HIT").await);
                     }
                 }
             }
         }
-        self.conditionals();
-        let after = self.forward(shard, route).await;
-        self.commit();
+        conditionals(&mut self.cx);
+        OnRequest::Forward { invalidate: false }
+    }
+
+    /// Done hook, after the upstream exchange: an invalidating request that succeeded purges
+    /// the key everywhere; otherwise the teed response is stored and coalesced waiters released.
+    pub(super) fn cache_on_done(&mut self, invalidate: bool) {
+        if invalidate {
+            if (200..400).contains(&self.cx.status) {
+                if let Some(inst) = &self.cx.cache.inst {
+                    let t = Target::Key(self.cx.cache.key.clone());
+                    inst.purge_local(&t);
+                    inst.broadcast(&t, None);
+                }
+            }
+            return;
+        }
+        commit(&mut self.cx.cache);
         // Waiters are released after the entry is in the store.
         self.cx.cache.leader = None;
-        after
     }
 
-    /// Upstream conditional headers: ours when revalidating; none when fetching to store
-    /// (a full response is needed); the client's own otherwise.
-    fn conditionals(&mut self) {
-        let c = &self.cx.cache;
-        let edits = &mut self.cx.req_headers;
-        match &c.mode {
-            Mode::Revalidate(e) => {
-                for (req, resp) in [
-                    ("if-none-match", "etag"),
-                    ("if-modified-since", "last-modified"),
-                ] {
-                    match e.header(resp) {
-                        Some(v) => edits.set(req.as_bytes(), v),
-                        None => edits.remove(req.as_bytes()),
-                    }
-                }
-            }
-            _ if c.store => {
-                edits.remove(b"if-none-match");
-                edits.remove(b"if-modified-since");
-            }
-            _ => {}
-        }
-    }
-
-    /// Stores the teed response if its body arrived whole and within the object limit.
-    fn commit(&mut self) {
-        let c = &mut self.cx.cache;
-        let (Some(inst), Some(mut e), Some(tee)) = (c.inst.clone(), c.pending.take(), c.tee.take())
-        else {
-            return;
-        };
-        if !tee.done || tee.over {
-            return;
-        }
-        let mut body = tee.buf;
-        body.shrink_to_fit();
-        e.body = Bytes::from(body);
-        inst.store.borrow_mut().insert(&c.key, c.hash, e);
-    }
-
-    /// The upstream response head arrived. Answers from the entry for a 304 to our
+    /// Head hook: the upstream response head arrived. Answers from the entry for a 304 to our
     /// revalidation or a 5xx under stale-if-error (returns the outcome and whether the upstream
     /// connection is reusable); otherwise labels the response and prepares the tee.
     pub(super) async fn cache_on_head(&mut self, shard: &Shard) -> Option<(After, bool)> {
-        let inst = self.cx.cache.inst.clone()?;
-        let conf = inst.conf.clone();
-        let now = now_ms();
-        let status = self.resp.status;
-        if let (Mode::Revalidate(e), 304) = (&self.cx.cache.mode, status) {
-            let e = e.clone();
-            let reusable = self.resp.keep_alive && self.ubuf.is_empty();
-            let c = &self.cx.cache;
-            let served = match e.refreshed(&self.resp, &conf.policy(), c.req_ms, now) {
-                Some(fresh) => {
-                    inst.store
-                        .borrow_mut()
-                        .insert(&c.key, c.hash, fresh.clone());
-                    Rc::new(fresh)
-                }
-                None => {
-                    // The origin now forbids storing: drop the entry, answer from it once.
-                    inst.store.borrow_mut().remove(&c.key);
-                    e
-                }
-            };
-            return Some((
-                self.serve_entry(shard, &served, "REVALIDATED").await,
-                reusable,
-            ));
-        }
-        if matches!(status, 500 | 502 | 503 | 504) {
-            if let Some(e) = self.cx.cache.stale().filter(|e| e.in_sie(now)).cloned() {
-                return Some((self.serve_entry(shard, &e, "STALE").await, false));
-            }
-        }
-        let label: &[u8] = match self.cx.cache.mode {
-            Mode::Invalidate => return None,
-            Mode::Bypass => b"BYPASS",
-            Mode::Revalidate(_) | Mode::Expired(_) => b"EXPIRED",
-            _ => b"MISS",
-        };
-        self.cx
-            .resp_headers
-            .set(conf.status_header.as_bytes(), label);
-        if conf.hide_cache_headers {
-            self.cx.resp_headers.remove(b"cache-control");
-            self.cx.resp_headers.remove(b"expires");
-        }
-        let c = &mut self.cx.cache;
-        if !c.store || self.req.method != Method::Get {
-            return None;
-        }
-        match Entry::from_response(&self.resp, &self.req, &conf.policy(), c.req_ms, now) {
-            Some(e) => {
-                let expect = match self.resp.body {
-                    BodyKind::Empty => Some(0),
-                    BodyKind::Length(n) => Some(n),
-                    _ => None,
-                };
-                // Known to be too large: stream it through without copying a byte.
-                if expect.map_or(true, |n| n <= conf.max_body_bytes as u64) {
-                    c.pending = Some(e);
-                    c.tee = Some(Tee::new(conf.max_body_bytes, expect));
-                }
-            }
-            None if c.stale().is_some() => {
-                // The origin's new answer may not be stored: the old one must not be used.
-                inst.store.borrow_mut().remove(&c.key);
-            }
-            None => {}
-        }
-        None
+        let reusable = self.upstream.reusable();
+        let a = on_head(&mut self.cx, &self.req, &self.upstream.resp, reusable)?;
+        Some((self.serve_entry(shard, &a.entry, a.label).await, a.reusable))
     }
 
-    /// `fail`, unless a stale entry may answer instead (stale-if-error).
-    pub(super) async fn fail_or_stale(&mut self, shard: &Shard, err: ProxyError) -> After {
-        if matches!(err, ProxyError::Upstream(_)) && !self.cx.cache.background {
-            if let Some(e) = self
-                .cx
-                .cache
-                .stale()
-                .filter(|e| e.in_sie(now_ms()))
-                .cloned()
-            {
-                return self.serve_entry(shard, &e, "STALE").await;
-            }
+    /// Error hook: the upstream could not be reached or failed before answering. A stale entry
+    /// within stale-if-error answers instead of the gateway's error; `None` leaves it to `fail`.
+    pub(super) async fn cache_on_error(&mut self, shard: &Shard, err: ProxyError) -> Option<After> {
+        if !matches!(err, ProxyError::Upstream(_)) {
+            return None;
         }
-        self.fail(shard, err).await
+        let e = self
+            .cx
+            .cache
+            .stale()
+            .filter(|e| e.in_sie(now_ms()))
+            .cloned()?;
+        Some(self.serve_entry(shard, &e, "STALE").await)
     }
 
     /// Writes `e` to the client: 304 for a satisfied conditional, 206/416 for a Range on a
@@ -231,7 +137,7 @@ impl<S: ClientStream> ClientConn<S> {
         let keep = self.req.keep_alive
             && self.req.body == BodyKind::Empty
             && !shard.drain.is_draining()
-            && self.served < shard.built.cfg.server.keepalive_requests;
+            && self.client.served < shard.built.cfg.server.keepalive_requests;
         let w = &mut self.wbuf;
         w.clear();
         status_line(w, status, reason(status).as_bytes());
@@ -293,21 +199,21 @@ impl<S: ClientStream> ClientConn<S> {
         let send = shard.built.cfg.server.send_timeout;
         if body.len() <= COALESCE {
             self.wbuf.put_slice(&body);
-            if write_all(&mut self.stream, &mut self.wbuf, send)
+            if write_all(&mut self.client.stream, &mut self.wbuf, send)
                 .await
                 .is_err()
             {
                 return After::Close;
             }
         } else {
-            if write_all(&mut self.stream, &mut self.wbuf, send)
+            if write_all(&mut self.client.stream, &mut self.wbuf, send)
                 .await
                 .is_err()
             {
                 return After::Close;
             }
             // Large bodies go out straight from the shared entry, never copied.
-            match crate::local::deadline::within(send, self.stream.write_all(body)).await {
+            match crate::local::deadline::within(send, self.client.stream.write_all(body)).await {
                 Ok((Ok(_), _)) => {}
                 _ => return After::Close,
             }
@@ -364,7 +270,7 @@ impl<S: ClientStream> ClientConn<S> {
         });
         w.put_slice(body.as_bytes());
         let ok = write_all(
-            &mut self.stream,
+            &mut self.client.stream,
             &mut self.wbuf,
             shard.built.cfg.server.send_timeout,
         )
@@ -376,104 +282,134 @@ impl<S: ClientStream> ClientConn<S> {
             After::Close
         }
     }
+}
 
-    /// stale-while-revalidate: one background refresh per key per shard, replaying this
-    /// request (with the plugins' upstream edits) through `forward` with no client attached.
-    fn spawn_refresh(&mut self, route: usize, inst: &Rc<Instance>, e: Rc<Entry>) {
-        let Ok(leader) = Leader::claim(inst, &self.cx.cache.key) else {
-            return;
-        };
-        let Some(shard) = super::shard::current_here() else {
-            return;
-        };
-        let head = self.req.buf.clone();
-        let ip = self.ip.clone();
-        let client_ip = self.cx.client_ip;
-        let edits = self.cx.req_headers.clone();
-        let (uri, query, host, upstream) = (
-            self.cx.uri.clone(),
-            self.cx.query.clone(),
-            self.cx.host.clone(),
-            self.cx.upstream,
-        );
-        let cache = CacheCx {
-            inst: Some(inst.clone()),
-            key: self.cx.cache.key.clone(),
-            hash: self.cx.cache.hash,
-            mode: if e.has_validator() {
-                Mode::Revalidate(e)
-            } else {
-                Mode::Expired(e)
-            },
-            store: true,
-            req_ms: now_ms(),
-            leader: Some(leader),
-            background: true,
-            ..CacheCx::default()
-        };
-        monoio::spawn(async move {
-            let mut c = ClientConn {
-                stream: NullStream,
-                ip,
-                rbuf: BytesMut::new(),
-                wbuf: BytesMut::with_capacity(4096),
-                ubuf: BytesMut::new(),
-                req: RequestHead::default(),
-                resp: ResponseHead::default(),
-                params: Params::new(),
-                path: BytesMut::with_capacity(256),
-                served: 0,
-                cx: crate::plugin::Ctx::new(shard.id, client_ip),
-                tls: None,
-                nonblocking: false,
-            };
-            if !matches!(c.req.parse(&head, &shard.limits), Ok(Status::Complete(_))) {
-                return;
+/// Upstream conditional headers: ours when revalidating; none when fetching to store
+/// (a full response is needed); the client's own otherwise.
+pub(super) fn conditionals(cx: &mut Ctx) {
+    let c = &cx.cache;
+    let edits = &mut cx.req_headers;
+    match &c.mode {
+        Mode::Revalidate(e) => {
+            for (req, resp) in [
+                ("if-none-match", "etag"),
+                ("if-modified-since", "last-modified"),
+            ] {
+                match e.header(resp) {
+                    Some(v) => edits.set(req.as_bytes(), v),
+                    None => edits.remove(req.as_bytes()),
+                }
             }
-            c.cx.reset(route);
-            c.cx.req_headers = edits;
-            c.cx.uri = uri;
-            c.cx.query = query;
-            c.cx.host = host;
-            c.cx.upstream = upstream;
-            c.cx.cache = cache;
-            c.conditionals();
-            let _ = c.forward(&shard, route).await;
-            c.commit();
+        }
+        _ if c.store => {
+            edits.remove(b"if-none-match");
+            edits.remove(b"if-modified-since");
+        }
+        _ => {}
+    }
+}
+
+/// Stores the teed response if its body arrived whole and within the object limit.
+pub(super) fn commit(c: &mut CacheCx) {
+    let (Some(inst), Some(mut e), Some(tee)) = (c.inst.clone(), c.pending.take(), c.tee.take())
+    else {
+        return;
+    };
+    if !tee.done || tee.over {
+        return;
+    }
+    let mut body = tee.buf;
+    body.shrink_to_fit();
+    e.body = Bytes::from(body);
+    inst.store.borrow_mut().insert(&c.key, c.hash, e);
+}
+
+/// The entry the head hook answers with instead of the upstream's response.
+pub(super) struct FromEntry {
+    pub(super) entry: Rc<Entry>,
+    pub(super) label: &'static str,
+    /// The upstream connection is clean (its 304 had no body left unread).
+    pub(super) reusable: bool,
+}
+
+/// The head hook's decision, apart from any client: for a 304 to our revalidation the entry
+/// is refreshed in the store and answers; a 5xx under stale-if-error is answered from the stale
+/// entry; otherwise the response is labelled (`cx.resp_headers`) and, if it may be stored, a
+/// tee is prepared for its body. `reusable`: the upstream connection is clean after the head.
+pub(super) fn on_head(
+    cx: &mut Ctx,
+    req: &RequestHead,
+    resp: &ResponseHead,
+    reusable: bool,
+) -> Option<FromEntry> {
+    let inst = cx.cache.inst.clone()?;
+    let conf = inst.conf.clone();
+    let now = now_ms();
+    let status = resp.status;
+    if let (Mode::Revalidate(e), 304) = (&cx.cache.mode, status) {
+        let e = e.clone();
+        let c = &cx.cache;
+        let entry = match e.refreshed(resp, &conf.policy(), c.req_ms, now) {
+            Some(fresh) => {
+                inst.store
+                    .borrow_mut()
+                    .insert(&c.key, c.hash, fresh.clone());
+                Rc::new(fresh)
+            }
+            None => {
+                // The origin now forbids storing: drop the entry, answer from it once.
+                inst.store.borrow_mut().remove(&c.key);
+                e
+            }
+        };
+        return Some(FromEntry {
+            entry,
+            label: "REVALIDATED",
+            reusable,
         });
     }
+    if matches!(status, 500 | 502 | 503 | 504) {
+        if let Some(e) = cx.cache.stale().filter(|e| e.in_sie(now)).cloned() {
+            return Some(FromEntry {
+                entry: e,
+                label: "STALE",
+                reusable: false,
+            });
+        }
+    }
+    let label: &[u8] = match cx.cache.mode {
+        Mode::Invalidate => return None,
+        Mode::Bypass => b"BYPASS",
+        Mode::Revalidate(_) | Mode::Expired(_) => b"EXPIRED",
+        _ => b"MISS",
+    };
+    cx.resp_headers.set(conf.status_header.as_bytes(), label);
+    if conf.hide_cache_headers {
+        cx.resp_headers.remove(b"cache-control");
+        cx.resp_headers.remove(b"expires");
+    }
+    let c = &mut cx.cache;
+    if !c.store || req.method != Method::Get {
+        return None;
+    }
+    match Entry::from_response(resp, req, &conf.policy(), c.req_ms, now) {
+        Some(e) => {
+            let expect = match resp.body {
+                BodyKind::Empty => Some(0),
+                BodyKind::Length(n) => Some(n),
+                _ => None,
+            };
+            // Known to be too large: stream it through without copying a byte.
+            if expect.map_or(true, |n| n <= conf.max_body_bytes as u64) {
+                c.pending = Some(e);
+                c.tee = Some(Tee::new(conf.max_body_bytes, expect));
+            }
+        }
+        None if c.stale().is_some() => {
+            // The origin's new answer may not be stored: the old one must not be used.
+            inst.store.borrow_mut().remove(&c.key);
+        }
+        None => {}
+    }
+    None
 }
-
-/// The "client" of a background refresh: reads see EOF, writes vanish.
-struct NullStream;
-
-impl AsyncReadRent for NullStream {
-    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        (Ok(0), buf)
-    }
-    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        (Ok(0), buf)
-    }
-}
-
-impl AsyncWriteRent for NullStream {
-    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        let n = buf.bytes_init();
-        (Ok(n), buf)
-    }
-    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        // Nothing on the forward path uses vectored writes to the client.
-        (Err(std::io::ErrorKind::Unsupported.into()), buf)
-    }
-    async fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-    async fn shutdown(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-// SAFETY: `NullStream` has no state at all, so its read and write halves cannot interfere.
-unsafe impl Split for NullStream {}
-
-impl super::splice::PlainSocket for NullStream {}

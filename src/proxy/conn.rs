@@ -1,5 +1,5 @@
 //! One client connection: reads request heads (with keep-alive, pipelining and timeouts),
-//! routes each request and hands it to the forwarder. Owns the connection's reusable buffers.
+//! routes each request and hands it to the phase driver (phases.rs). Owns the connection's reusable buffers.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
+use super::exchange::UpstreamExchange;
 use super::shard::Shard;
 use super::splice::PlainSocket;
 use super::tunnel;
 use crate::error::{ClientError, ProxyError};
-use crate::http::parse::{BodyKind, RequestHead, ResponseHead, Status};
+use crate::http::parse::{BodyKind, RequestHead, Status};
 use crate::http::write;
 use crate::net::io::{read_some, write_all, IoFail};
 use crate::net::tls::TlsInfo;
@@ -38,26 +39,38 @@ pub(super) enum After {
 pub trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + PlainSocket + 'static {}
 impl<T: AsyncReadRent + AsyncWriteRent + Split + PlainSocket + 'static> ClientStream for T {}
 
+/// One client connection: its client side, and the state of the request being served (reused
+/// from request to request; the buffers are parked while the connection is idle, idle.rs).
 pub(super) struct ClientConn<S> {
-    pub(super) stream: S,
-    /// Client address as text, formatted once per connection for X-Forwarded-For.
-    pub(super) ip: String,
-    pub(super) rbuf: BytesMut,
-    pub(super) wbuf: BytesMut,
-    pub(super) ubuf: BytesMut,
+    pub(super) client: Client<S>,
     pub(super) req: RequestHead,
-    pub(super) resp: ResponseHead,
+    /// Route parameters of the request (`/users/{id}`).
     pub(super) params: Params,
-    /// Scratch for the path sent upstream.
-    pub(super) path: BytesMut,
-    pub(super) served: u64,
     /// Per-request plugin context, reused across the connection's requests.
     pub(super) cx: crate::plugin::Ctx,
+    /// Scratch for the path sent upstream.
+    pub(super) path: BytesMut,
+    /// Heads written to the client or the upstream (and small bodies coalesced with them).
+    pub(super) wbuf: BytesMut,
+    /// The upstream side of the request: response head and bytes read from the upstream.
+    pub(super) upstream: UpstreamExchange,
+}
+
+/// The client side of a connection: the socket, the bytes read from it, and what holds for every
+/// request on it.
+pub(super) struct Client<S> {
+    pub(super) stream: S,
+    /// The socket was put in O_NONBLOCK mode for splicing (once per connection).
+    pub(super) nonblocking: bool,
+    /// Bytes read from the client and not yet consumed: a head, body bytes, pipelined requests.
+    pub(super) rbuf: BytesMut,
+    /// Client address as text, formatted once per connection for X-Forwarded-For.
+    pub(super) ip: String,
     /// What the TLS handshake negotiated (`None` on plain listeners): X-Forwarded-Proto,
     /// and the verified client identity (mTLS) for plugins and logs.
     pub(super) tls: Option<Box<TlsInfo>>,
-    /// The socket was put in O_NONBLOCK mode for splicing (once per connection).
-    pub(super) nonblocking: bool,
+    /// Requests read on this connection so far.
+    pub(super) served: u64,
 }
 
 enum HeadRead {
@@ -81,24 +94,27 @@ pub async fn serve<S: ClientStream>(
     let _guard = ConnGuard(shard.clone());
     let buf = shard.built.cfg.server.read_buffer_bytes;
     let mut c = ClientConn {
-        stream,
-        ip: peer.ip().to_string(),
-        rbuf: BytesMut::with_capacity(IDLE_READ.min(buf)),
-        // These five come from the thread's idle list when a request's bytes arrive (idle.rs).
-        wbuf: BytesMut::new(),
-        ubuf: BytesMut::new(),
+        client: Client {
+            stream,
+            nonblocking: false,
+            rbuf: BytesMut::with_capacity(IDLE_READ.min(buf)),
+            ip: peer.ip().to_string(),
+            tls,
+            served: 0,
+        },
         req: RequestHead::default(),
-        resp: ResponseHead::default(),
         params: Params::new(),
-        path: BytesMut::new(),
-        served: 0,
         cx: crate::plugin::Ctx::new(shard.id, peer.ip()),
-        tls,
-        nonblocking: false,
+        // Buffers and head storage come from the thread's idle list when a request's bytes arrive (idle.rs).
+        path: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        upstream: UpstreamExchange::default(),
     };
     if let Some(upstream) = c.run(&shard).await {
         let ClientConn {
-            stream, rbuf, ubuf, ..
+            client: Client { stream, rbuf, .. },
+            upstream: UpstreamExchange { buf: ubuf, .. },
+            ..
         } = c;
         // Boxed: inline, the tunnel's state would size every connection's task (idle memory).
         Box::pin(tunnel::run(
@@ -112,11 +128,11 @@ pub async fn serve<S: ClientStream>(
     } else {
         // Recycled for the next connection (a new connection per request skips the allocator).
         c.park();
-        if c.tls.is_some() {
+        if c.client.tls.is_some() {
             // close_notify: without it OpenSSL-based clients treat our close as a truncation and
             // drop the session, so they never resume (measured: s_time -reuse fell to full-handshake rate).
             let send = shard.built.cfg.server.send_timeout;
-            let _ = crate::local::deadline::within(send, c.stream.shutdown()).await;
+            let _ = crate::local::deadline::within(send, c.client.stream.shutdown()).await;
         }
     }
 }
@@ -150,7 +166,7 @@ impl<S: ClientStream> ClientConn<S> {
             if let Some(newer) = super::shard::newer(&shard) {
                 shard = newer;
             }
-            self.served += 1;
+            self.client.served += 1;
             shard.stats.requests.set(shard.stats.requests.get() + 1);
             let started = self.observe_start();
             // On the heap for the request's duration: the exchange's state machine is ~2 KiB,
@@ -170,10 +186,10 @@ impl<S: ClientStream> ClientConn<S> {
         let server = &shard.built.cfg.server;
         let mut deadline: Option<Instant> = None;
         loop {
-            if !self.rbuf.is_empty() {
-                match self.req.parse(&self.rbuf, &shard.limits) {
+            if !self.client.rbuf.is_empty() {
+                match self.req.parse(&self.client.rbuf, &shard.limits) {
                     Ok(Status::Complete(n)) => {
-                        self.rbuf.advance(n);
+                        self.client.rbuf.advance(n);
                         return HeadRead::Ready;
                     }
                     Ok(Status::Partial) => {}
@@ -187,13 +203,13 @@ impl<S: ClientStream> ClientConn<S> {
                     // and read into a small buffer (memory per idle connection).
                     self.park_buffers(server.read_buffer_bytes);
                     // Idle between requests: wait for the first byte, but let a drain end the wait.
-                    let wait = if self.served == 0 {
+                    let wait = if self.client.served == 0 {
                         server.client_header_timeout
                     } else {
                         server.keepalive_timeout
                     };
                     monoio::select! {
-                        r = read_some(&mut self.stream, &mut self.rbuf, IDLE_READ.min(server.read_buffer_bytes), wait) => r,
+                        r = read_some(&mut self.client.stream, &mut self.client.rbuf, IDLE_READ.min(server.read_buffer_bytes), wait) => r,
                         _ = shard.drain.wait() => return HeadRead::Close,
                     }
                 }
@@ -203,8 +219,8 @@ impl<S: ClientStream> ClientConn<S> {
                         return HeadRead::Fail(ClientError::HeaderTimeout);
                     }
                     read_some(
-                        &mut self.stream,
-                        &mut self.rbuf,
+                        &mut self.client.stream,
+                        &mut self.client.rbuf,
                         server.read_buffer_bytes,
                         left,
                     )
@@ -226,8 +242,8 @@ impl<S: ClientStream> ClientConn<S> {
     /// swaps a read buffer grown past the idle size (large head, request body) for a small one.
     fn park_buffers(&mut self, read_buffer_bytes: usize) {
         self.park();
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * IDLE_READ {
-            self.rbuf = BytesMut::with_capacity(IDLE_READ.min(read_buffer_bytes));
+        if self.client.rbuf.is_empty() && self.client.rbuf.capacity() > 2 * IDLE_READ {
+            self.client.rbuf = BytesMut::with_capacity(IDLE_READ.min(read_buffer_bytes));
         }
     }
 
@@ -287,7 +303,7 @@ impl<S: ClientStream> ClientConn<S> {
         self.cx.error_body =
             write::error_response(&mut self.wbuf, err.status(), err.message(), keep);
         write_all(
-            &mut self.stream,
+            &mut self.client.stream,
             &mut self.wbuf,
             shard.built.cfg.server.send_timeout,
         )
@@ -297,16 +313,21 @@ impl<S: ClientStream> ClientConn<S> {
 
     /// Sends `100 Continue` when the client is waiting for it before sending a body.
     pub(super) async fn continue_if_expected(&mut self, send_timeout: Duration) -> bool {
-        if !self.req.expect_continue || !self.rbuf.is_empty() {
+        if !self.req.expect_continue || !self.client.rbuf.is_empty() {
             return true;
         }
-        self.ubuf.clear();
-        self.ubuf
+        self.upstream.buf.clear();
+        self.upstream
+            .buf
             .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        let ok = write_all(&mut self.stream, &mut self.ubuf, send_timeout)
-            .await
-            .is_ok();
-        self.ubuf.clear();
+        let ok = write_all(
+            &mut self.client.stream,
+            &mut self.upstream.buf,
+            send_timeout,
+        )
+        .await
+        .is_ok();
+        self.upstream.buf.clear();
         ok
     }
 }

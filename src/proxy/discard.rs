@@ -23,7 +23,7 @@ impl<S: ClientStream> ClientConn<S> {
     pub(super) fn body_discardable(&self) -> bool {
         match self.req.body {
             BodyKind::Empty => true,
-            _ if self.req.expect_continue && self.rbuf.is_empty() => false,
+            _ if self.req.expect_continue && self.client.rbuf.is_empty() => false,
             BodyKind::Length(n) => n <= DISCARD_MAX,
             // Size unknown until read: tried, up to DISCARD_MAX.
             BodyKind::Chunked => true,
@@ -41,8 +41,8 @@ impl<S: ClientStream> ClientConn<S> {
             BodyKind::Length(n) if n <= DISCARD_MAX => {
                 let mut left = n as usize;
                 loop {
-                    let take = left.min(self.rbuf.len());
-                    self.rbuf.advance(take);
+                    let take = left.min(self.client.rbuf.len());
+                    self.client.rbuf.advance(take);
                     left -= take;
                     if left == 0 {
                         return true;
@@ -57,11 +57,11 @@ impl<S: ClientStream> ClientConn<S> {
                 // Bytes on the wire, framing included, so long extensions cannot run on.
                 let mut seen = 0u64;
                 loop {
-                    let Ok(p) = dec.decode(&self.rbuf, |_, _| {}) else {
+                    let Ok(p) = dec.decode(&self.client.rbuf, |_, _| {}) else {
                         return false;
                     };
                     seen += p.consumed as u64;
-                    self.rbuf.advance(p.consumed);
+                    self.client.rbuf.advance(p.consumed);
                     if p.done {
                         return true;
                     }
@@ -79,8 +79,13 @@ impl<S: ClientStream> ClientConn<S> {
 
     /// More of the body to drop; false if the client stalls past `timeout`, errs or goes.
     async fn discard_read(&mut self, reserve: usize, timeout: std::time::Duration) -> bool {
-        read_some(&mut self.stream, &mut self.rbuf, reserve, timeout)
-            .await
-            .is_ok()
+        read_some(
+            &mut self.client.stream,
+            &mut self.client.rbuf,
+            reserve,
+            timeout,
+        )
+        .await
+        .is_ok()
     }
 }

@@ -1,48 +1,24 @@
-//! Sends one routed request upstream and relays the response: node choice, keep-alive pool,
-//! retries and passive health, body streaming both ways. The per-request phase driver.
-
-use std::time::Instant;
+//! The client side of the upstream phase: sends a routed request over leased connections (exchange.rs is the upstream
+//! half), streams bodies both ways, retries as the leases' outcomes allow. Never edits balancer, health or pools itself.
 
 use bytes::{Buf, BufMut};
-use monoio::net::TcpStream;
-
-use crate::upstream::stream::UpstreamStream;
 
 use super::conn::{After, ClientConn, ClientStream};
+use super::exchange::{balance_key, settle, target_path, Attempt, Next, Outgoing};
 use super::pump::{pump_body, PumpCfg, PumpFail};
 use super::shard::Shard;
-use crate::config::{HashOn, PassHost, RouteConfig};
+use crate::config::RouteConfig;
 use crate::error::{ClientError, ProxyError, UpstreamError};
-use crate::http::parse::{BodyKind, Method, Status};
-use crate::http::write::{self, ClientFraming, UpstreamRequest};
-use crate::net::io::{read_some, write_all, IoFail};
-use crate::upstream::balance::{hash_key, NodeSet, Policy};
+use crate::http::parse::{BodyKind, Method};
+use crate::http::write::{self, ClientFraming};
+use crate::net::io::{write_all, IoFail};
+use crate::upstream::balance::Policy;
 use crate::upstream::pool::PooledConn;
 use crate::upstream::UpstreamState;
 
 /// Request bodies up to this size that already sit in the read buffer are kept until the
 /// response arrives, so the request can be replayed on another node.
 const REPLAY_MAX: u64 = 64 * 1024;
-
-/// How one attempt against one node ended.
-enum Exchange {
-    Done {
-        client: After,
-        reusable: bool,
-    },
-    /// The 101 went to the client; the connection becomes a tunnel.
-    Upgrade,
-    /// A pooled connection was dead before any response byte: try a fresh one, same node.
-    Stale,
-    /// Nothing usable reached the client; another node may be tried.
-    Retry(UpstreamError),
-    /// Nothing was sent to the client yet; answer with this error.
-    Fail(ProxyError),
-    /// The response had started or the client is gone: close the connection.
-    Abort {
-        node_failed: bool,
-    },
-}
 
 impl<S: ClientStream> ClientConn<S> {
     pub(super) async fn forward(&mut self, shard: &Shard, route_id: usize) -> After {
@@ -52,16 +28,15 @@ impl<S: ClientStream> ClientConn<S> {
         };
         // A plugin (traffic-split) may have picked another upstream.
         let up = &shard.upstreams[self.cx.upstream.unwrap_or(route.upstream)];
-        self.build_path(route);
-        self.apply_plugin_uri();
+        target_path(&mut self.path, &self.req, route, &self.cx);
         let hash = if up.cfg.policy == Policy::Chash {
-            self.hash_key(&up.cfg.hash_on)
+            balance_key(&up.cfg.hash_on, self.client.ip.as_bytes(), &self.req)
         } else {
             0
         };
         let replay = match self.req.body {
             BodyKind::Empty => Some(0),
-            BodyKind::Length(n) if n <= REPLAY_MAX && n as usize <= self.rbuf.len() => {
+            BodyKind::Length(n) if n <= REPLAY_MAX && n as usize <= self.client.rbuf.len() => {
                 Some(n as usize)
             }
             _ => None,
@@ -69,7 +44,7 @@ impl<S: ClientStream> ClientConn<S> {
         let after = self.attempts(shard, route, up, hash, replay).await;
         if let Some(n) = replay {
             // The replayable body stayed in the buffer for retries; it is consumed now.
-            self.rbuf.advance(n.min(self.rbuf.len()));
+            self.client.rbuf.advance(n.min(self.client.rbuf.len()));
         }
         after
     }
@@ -82,111 +57,44 @@ impl<S: ClientStream> ClientConn<S> {
         hash: u64,
         replay: Option<usize>,
     ) -> After {
-        let cfg = &up.cfg;
-        let mut tried = NodeSet::new(cfg.nodes.len());
-        let mut attempts = 0u32;
-        let mut stale_retry_used = false;
-        let mut fresh_for: Option<usize> = None;
-        let mut last = UpstreamError::ConnectRefused;
+        // Node choice, connections and what each attempt's end means for balancer, passive
+        // health and pool are the lease's (upstream/lease.rs); this loop only says how it ended.
+        let mut tries = up.attempts(hash);
         loop {
-            // Pool ages and health windows are seconds: the sweeper's clock saves two reads.
-            let now = crate::local::deadline::coarse_now();
-            let node = match fresh_for.take() {
-                Some(n) => n,
-                None => {
-                    let mut skip = tried.clone();
-                    up.health.borrow_mut().fill_ejected(now, &mut skip);
-                    let mut b = up.balancer.borrow_mut();
-                    // Ejected nodes are avoided, but an untried ejected node beats giving up.
-                    match b.pick(hash, &skip).or_else(|| b.pick(hash, &tried)) {
-                        Some(n) => n,
-                        None => break,
-                    }
-                }
+            let (lease, mut conn) = match tries.lease().await {
+                Ok(l) => l,
+                Err(e) => return self.upstream_failed(shard, e.into()).await,
             };
-            attempts += 1;
-            let pooled = if stale_retry_used && attempts == 1 {
-                None
-            } else {
-                up.pools[node].borrow_mut().take(&cfg.pool, now)
-            };
-            let (mut conn, was_pooled) = match pooled {
-                Some(c) => (c, true),
-                None => match connect(up, node).await {
-                    Ok(s) => (PooledConn::fresh(s), false),
-                    Err(e) => {
-                        up.health.borrow_mut().report_failure(node, Instant::now());
-                        tried.insert(node);
-                        last = e;
-                        if attempts > cfg.retries {
-                            break;
-                        }
-                        continue;
-                    }
-                },
-            };
-            up.health.borrow_mut().on_attempt(node, now);
-            up.balancer.borrow_mut().on_start(node);
-            let result = self
-                .exchange(shard, route, up, node, &mut conn, was_pooled, replay)
+            let attempt = self
+                .exchange(
+                    shard,
+                    route,
+                    up,
+                    lease.node(),
+                    &mut conn,
+                    lease.pooled(),
+                    replay,
+                )
                 .await;
-            up.balancer.borrow_mut().on_finish(node);
-            match result {
-                Exchange::Upgrade => {
-                    up.health.borrow_mut().report_success(node);
-                    return After::Tunnel(conn.stream);
-                }
-                Exchange::Done { client, reusable } => {
-                    up.health.borrow_mut().report_success(node);
-                    if reusable {
-                        up.pools[node].borrow_mut().put(
-                            conn,
-                            &cfg.pool,
-                            crate::local::deadline::coarse_now(),
-                        );
-                    }
-                    return client;
-                }
-                Exchange::Stale if !stale_retry_used => {
-                    // Not the node's fault: its idle connection expired under us.
-                    stale_retry_used = true;
-                    attempts -= 1;
-                    fresh_for = Some(node);
-                    up.pools[node].borrow_mut().clear();
-                }
-                Exchange::Stale => {
-                    up.health.borrow_mut().report_failure(node, Instant::now());
-                    tried.insert(node);
-                    last = UpstreamError::Reset;
-                    if attempts > cfg.retries {
-                        break;
-                    }
-                }
-                Exchange::Retry(e) => {
-                    up.health.borrow_mut().report_failure(node, Instant::now());
-                    tried.insert(node);
-                    last = e;
-                    if attempts > cfg.retries {
-                        break;
-                    }
-                }
-                Exchange::Fail(e) => {
-                    if let ProxyError::Upstream(u) = e {
-                        if u.counts_as_node_failure() {
-                            up.health.borrow_mut().report_failure(node, Instant::now());
-                        }
-                    }
-                    return self.fail_or_stale(shard, e).await;
-                }
-                Exchange::Abort { node_failed } => {
-                    if node_failed {
-                        up.health.borrow_mut().report_failure(node, Instant::now());
-                    }
-                    return After::Close;
-                }
+            match settle(lease, conn, attempt) {
+                Next::Again => {}
+                Next::Done(client) => return client,
+                Next::Tunnel(stream) => return After::Tunnel(stream),
+                Next::Fail(e) => return self.upstream_failed(shard, e).await,
+                Next::Close => return After::Close,
             }
         }
-        self.fail_or_stale(shard, last.into()).await
+    }
+
+    /// No answer from the upstream: the cache's stale-if-error hook may answer (routes with a
+    /// cache); otherwise the gateway's error response.
+    async fn upstream_failed(&mut self, shard: &Shard, err: ProxyError) -> After {
+        if self.cx.cache.active() {
+            if let Some(after) = self.cache_on_error(shard, err).await {
+                return after;
+            }
+        }
+        self.fail(shard, err).await
     }
 
     /// One request/response exchange on one upstream connection.
@@ -200,55 +108,27 @@ impl<S: ClientStream> ClientConn<S> {
         conn: &mut PooledConn,
         was_pooled: bool,
         replay: Option<usize>,
-    ) -> Exchange {
+    ) -> Attempt<After> {
         let server = &shard.built.cfg.server;
         let cfg = &up.cfg;
-        let idempotent = match self.cx.method {
-            Some(m) => Method::from_bytes(m.as_bytes()).idempotent(),
-            None => self.req.method.idempotent(),
+        let out = Outgoing {
+            req: &self.req,
+            cx: &self.cx,
+            path: &self.path,
+            client_ip: self.client.ip.as_bytes(),
+            https: self.client.tls.is_some(),
         };
+        let idempotent = out.idempotent();
         self.wbuf.clear();
-        {
-            let node_host = cfg.nodes[node].host.as_bytes();
-            let host = match &route.pass_host {
-                PassHost::Pass if !self.req.host().is_empty() => self.req.host(),
-                PassHost::Pass | PassHost::Node => node_host,
-                PassHost::Rewrite(h) => h.as_bytes(),
-            };
-            let host = self.cx.host.as_deref().unwrap_or(host);
-            write::upstream_request_edited(
-                &mut self.wbuf,
-                &self.req,
-                &UpstreamRequest {
-                    path: &self.path,
-                    host,
-                    client_ip: self.ip.as_bytes(),
-                    proto: if self.tls.is_some() {
-                        b"https"
-                    } else {
-                        b"http"
-                    },
-                    body: self.req.body,
-                    method: self.cx.method.map(str::as_bytes),
-                },
-                &self.cx.req_headers,
-            );
-        }
-        match replay {
+        out.head(&mut self.wbuf, route, cfg.nodes[node].host.as_bytes());
+        let unsent = match replay {
             Some(n) => {
-                self.wbuf.put_slice(&self.rbuf[..n]);
-                match write_all(&mut conn.stream, &mut self.wbuf, cfg.send_timeout).await {
-                    Ok(()) => {}
-                    Err(IoFail::Timeout) => {
-                        return Exchange::Fail(UpstreamError::SendTimeout.into())
-                    }
-                    Err(_) if was_pooled => return Exchange::Stale,
-                    Err(_) => return Exchange::Retry(UpstreamError::Reset),
-                }
+                self.wbuf.put_slice(&self.client.rbuf[..n]);
+                Some(&mut self.wbuf)
             }
             None => {
                 if !self.continue_if_expected(server.send_timeout).await {
-                    return Exchange::Abort { node_failed: false };
+                    return Attempt::Abort { node_failed: false };
                 }
                 let pc = PumpCfg {
                     read_timeout: server.client_body_timeout,
@@ -259,8 +139,8 @@ impl<S: ClientStream> ClientConn<S> {
                 };
                 let chunked = self.req.body == BodyKind::Chunked;
                 let sent = pump_body(
-                    (&mut self.stream, &mut self.nonblocking),
-                    &mut self.rbuf,
+                    (&mut self.client.stream, &mut self.client.nonblocking),
+                    &mut self.client.rbuf,
                     (&mut conn.stream, &mut conn.nonblocking),
                     &mut self.wbuf,
                     self.req.body,
@@ -273,87 +153,60 @@ impl<S: ClientStream> ClientConn<S> {
                     self.req.keep_alive = false;
                     return match e {
                         PumpFail::Src(IoFail::Timeout) => {
-                            Exchange::Fail(ClientError::BodyTimeout.into())
+                            Attempt::Fail(ClientError::BodyTimeout.into())
                         }
-                        PumpFail::Src(_) => Exchange::Abort { node_failed: false },
+                        PumpFail::Src(_) => Attempt::Abort { node_failed: false },
                         PumpFail::Framing(c) => {
-                            Exchange::Fail(ClientError::BadRequest(c.message()).into())
+                            Attempt::Fail(ClientError::BadRequest(c.message()).into())
                         }
-                        PumpFail::TooLarge => Exchange::Fail(ClientError::BodyTooLarge.into()),
+                        PumpFail::TooLarge => Attempt::Fail(ClientError::BodyTooLarge.into()),
                         PumpFail::Dst(IoFail::Timeout) => {
-                            Exchange::Fail(UpstreamError::SendTimeout.into())
+                            Attempt::Fail(UpstreamError::SendTimeout.into())
                         }
-                        PumpFail::Dst(_) => Exchange::Fail(UpstreamError::Reset.into()),
+                        PumpFail::Dst(_) => Attempt::Fail(UpstreamError::Reset.into()),
                     };
                 }
+                None
             }
+        };
+
+        // Response head (after the request, if it was kept for replay); informational
+        // responses other than 101 are consumed there.
+        let replayable = replay.is_some() && idempotent;
+        let head = self.upstream.read_head(
+            conn,
+            was_pooled,
+            unsent,
+            self.req.method,
+            replayable,
+            (server, cfg),
+        );
+        if let Err(f) = head.await {
+            return f.into();
         }
 
-        // Response head; informational responses other than 101 are consumed here.
-        self.ubuf.clear();
-        let mut got_bytes = false;
-        loop {
-            if !self.ubuf.is_empty() {
-                match self
-                    .resp
-                    .parse(&self.ubuf, self.req.method, server.max_header_bytes)
-                {
-                    Ok(Status::Complete(n)) => {
-                        self.ubuf.advance(n);
-                        if self.resp.status < 200 && self.resp.status != 101 {
-                            continue;
-                        }
-                        break;
-                    }
-                    Ok(Status::Partial) => {}
-                    Err(e) => return Exchange::Fail(e.into()),
-                }
-            }
-            match read_some(
-                &mut conn.stream,
-                &mut self.ubuf,
-                server.read_buffer_bytes,
-                cfg.read_timeout,
-            )
-            .await
-            {
-                Ok(_) => got_bytes = true,
-                Err(IoFail::Timeout) => return Exchange::Fail(UpstreamError::ReadTimeout.into()),
-                Err(_) if got_bytes => {
-                    return Exchange::Fail(
-                        UpstreamError::BadResponse("upstream closed inside the response head")
-                            .into(),
-                    )
-                }
-                Err(_) => {
-                    return match (replay.is_some() && idempotent, was_pooled) {
-                        (true, true) => Exchange::Stale,
-                        (true, false) => Exchange::Retry(UpstreamError::Reset),
-                        (false, _) => Exchange::Fail(UpstreamError::Reset.into()),
-                    }
-                }
-            }
-        }
-
-        if self.resp.status == 101 {
+        if self.upstream.resp.status == 101 {
             return self.switch_protocols(server.send_timeout, route).await;
         }
         if self.cx.cache.active() {
             // proxy-cache: a 304 to its revalidation or a 5xx under stale-if-error is answered
             // from the entry (proxy/cached.rs); otherwise it labels the response and may tee it.
             if let Some((client, reusable)) = self.cache_on_head(shard).await {
-                return Exchange::Done { client, reusable };
+                return Attempt::Done {
+                    out: client,
+                    reusable,
+                };
             }
         }
 
-        let framing = match self.resp.body {
+        let framing = match self.upstream.resp.body {
             // 204/304/1xx and HEAD answers carry no framing of their own; any other empty
             // body must say so, or an HTTP/1.1 client would read until close.
             BodyKind::Empty
                 if self.req.method == Method::Head
-                    || self.resp.status < 200
-                    || self.resp.status == 204
-                    || self.resp.status == 304 =>
+                    || self.upstream.resp.status < 200
+                    || self.upstream.resp.status == 204
+                    || self.upstream.resp.status == 304 =>
             {
                 ClientFraming::None
             }
@@ -373,11 +226,11 @@ impl<S: ClientStream> ClientConn<S> {
         let keep = self.req.keep_alive
             && framing != ClientFraming::Close
             && !shard.drain.is_draining()
-            && self.served < server.keepalive_requests;
+            && self.client.served < server.keepalive_requests;
         self.wbuf.clear();
         write::client_response_edited(
             &mut self.wbuf,
-            &self.resp,
+            &self.upstream.resp,
             framing,
             keep,
             self.req.version,
@@ -390,14 +243,14 @@ impl<S: ClientStream> ClientConn<S> {
             if self.req.method != Method::Head {
                 self.wbuf.put_slice(&b);
             }
-            if write_all(&mut self.stream, &mut self.wbuf, server.send_timeout)
+            if write_all(&mut self.client.stream, &mut self.wbuf, server.send_timeout)
                 .await
                 .is_err()
             {
-                return Exchange::Abort { node_failed: false };
+                return Attempt::Abort { node_failed: false };
             }
-            return Exchange::Done {
-                client: if keep { After::KeepAlive } else { After::Close },
+            return Attempt::Done {
+                out: if keep { After::KeepAlive } else { After::Close },
                 reusable: false,
             };
         }
@@ -410,10 +263,10 @@ impl<S: ClientStream> ClientConn<S> {
         };
         let relayed = pump_body(
             (&mut conn.stream, &mut conn.nonblocking),
-            &mut self.ubuf,
-            (&mut self.stream, &mut self.nonblocking),
+            &mut self.upstream.buf,
+            (&mut self.client.stream, &mut self.client.nonblocking),
             &mut self.wbuf,
-            self.resp.body,
+            self.upstream.resp.body,
             framing == ClientFraming::Chunked,
             &pc,
             self.cx.cache.tee.as_mut(),
@@ -421,13 +274,12 @@ impl<S: ClientStream> ClientConn<S> {
         .await;
         match relayed {
             Ok(_) => {}
-            Err(PumpFail::Dst(_)) => return Exchange::Abort { node_failed: false },
-            Err(_) => return Exchange::Abort { node_failed: true },
+            Err(PumpFail::Dst(_)) => return Attempt::Abort { node_failed: false },
+            Err(_) => return Attempt::Abort { node_failed: true },
         }
-        let reusable = self.resp.keep_alive && self.ubuf.is_empty();
-        Exchange::Done {
-            client: if keep { After::KeepAlive } else { After::Close },
-            reusable,
+        Attempt::Done {
+            out: if keep { After::KeepAlive } else { After::Close },
+            reusable: self.upstream.reusable(),
         }
     }
 
@@ -436,106 +288,27 @@ impl<S: ClientStream> ClientConn<S> {
         &mut self,
         send_timeout: std::time::Duration,
         route: &RouteConfig,
-    ) -> Exchange {
+    ) -> Attempt<After> {
         if !(self.req.websocket && route.websocket) {
-            return Exchange::Fail(
+            return Attempt::Fail(
                 UpstreamError::BadResponse("upstream switched protocols unasked").into(),
             );
         }
         self.wbuf.clear();
         write::client_response(
             &mut self.wbuf,
-            &self.resp,
+            &self.upstream.resp,
             ClientFraming::None,
             true,
             self.req.version,
             false,
         );
-        if write_all(&mut self.stream, &mut self.wbuf, send_timeout)
+        if write_all(&mut self.client.stream, &mut self.wbuf, send_timeout)
             .await
             .is_err()
         {
-            return Exchange::Abort { node_failed: false };
+            return Attempt::Abort { node_failed: false };
         }
-        Exchange::Upgrade
-    }
-
-    fn build_path(&mut self, route: &RouteConfig) {
-        self.path.clear();
-        let path = self.req.path();
-        let stripped = route.strip_prefix.as_deref().and_then(|p| {
-            let rest = path.strip_prefix(p.as_bytes())?;
-            (rest.is_empty() || rest[0] == b'/').then_some(rest)
-        });
-        match stripped {
-            Some([]) => self.path.put_u8(b'/'),
-            Some(rest) => self.path.put_slice(rest),
-            None => self.path.put_slice(path),
-        }
-        let q = self.req.query();
-        if !q.is_empty() {
-            self.path.put_u8(b'?');
-            self.path.put_slice(q);
-        }
-    }
-
-    fn hash_key(&self, on: &HashOn) -> u64 {
-        let key: &[u8] = match on {
-            HashOn::RemoteAddr => self.ip.as_bytes(),
-            HashOn::Uri => self.req.path(),
-            HashOn::Header(h) => self.req.header(h).unwrap_or_default(),
-            HashOn::Cookie(name) => self
-                .req
-                .header("cookie")
-                .and_then(|c| cookie(c, name.as_bytes()))
-                .unwrap_or_default(),
-            HashOn::Arg(name) => arg(self.req.query(), name.as_bytes()).unwrap_or_default(),
-        };
-        hash_key(key)
-    }
-}
-
-fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    header.split(|&b| b == b';').find_map(|pair| {
-        let pair = pair.trim_ascii();
-        let (k, v) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
-        (k == name).then(|| &v[1..])
-    })
-}
-
-fn arg<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    query.split(|&b| b == b'&').find_map(|pair| {
-        let eq = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
-        (&pair[..eq] == name).then(|| pair.get(eq + 1..).unwrap_or_default())
-    })
-}
-
-/// Opens a connection to `node`; for a TLS upstream the handshake counts against the same
-/// connect_timeout, and a failed handshake (bad certificate, wrong name) is a connect failure (502).
-async fn connect(up: &UpstreamState, node: usize) -> Result<UpstreamStream, UpstreamError> {
-    let addr = up.cfg.nodes[node].addr;
-    let open = async {
-        let s = TcpStream::connect_addr(addr)
-            .await
-            .map_err(|_| UpstreamError::ConnectRefused)?;
-        let _ = s.set_nodelay(true);
-        match &up.tls {
-            None => Ok(UpstreamStream::Plain(s)),
-            Some(tls) => match crate::net::tls_client::connect(tls, node, s).await {
-                Ok(t) => Ok(UpstreamStream::Tls(Box::new(t))),
-                Err(e) => {
-                    log::warn!(
-                        "upstream {} node {addr}: TLS handshake failed: {e}",
-                        up.cfg.name
-                    );
-                    Err(UpstreamError::ConnectRefused)
-                }
-            },
-        }
-    };
-    // Boxed (only new connections pay): an inline monoio timer would over-align the request future.
-    match Box::pin(monoio::time::timeout(up.cfg.connect_timeout, open)).await {
-        Err(_) => Err(UpstreamError::ConnectTimeout),
-        Ok(r) => r,
+        Attempt::Upgrade
     }
 }

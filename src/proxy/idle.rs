@@ -48,10 +48,10 @@ impl<S: ClientStream> ClientConn<S> {
         }
         let mut set = Set {
             wbuf: std::mem::take(&mut self.wbuf),
-            ubuf: std::mem::take(&mut self.ubuf),
+            ubuf: std::mem::take(&mut self.upstream.buf),
             path: std::mem::take(&mut self.path),
             req: self.req.release(),
-            resp: self.resp.release(),
+            resp: self.upstream.resp.release(),
         };
         for b in [&mut set.wbuf, &mut set.ubuf, &mut set.path] {
             b.clear();
@@ -80,9 +80,9 @@ impl<S: ClientStream> ClientConn<S> {
             resp: HeadStorage::new(),
         });
         self.wbuf = set.wbuf;
-        self.ubuf = set.ubuf;
+        self.upstream.buf = set.ubuf;
         self.path = set.path;
         self.req.restore(set.req);
-        self.resp.restore(set.resp);
+        self.upstream.resp.restore(set.resp);
     }
 }

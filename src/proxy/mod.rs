@@ -4,12 +4,14 @@
 mod cached;
 mod conn;
 mod discard;
+mod exchange;
 mod forward;
 mod idle;
 
 mod observe;
 mod phases;
 mod pump;
+mod refresh;
 mod reuse;
 pub mod shard;
 mod splice;

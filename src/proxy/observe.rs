@@ -18,7 +18,7 @@ impl<S: ClientStream> ClientConn<S> {
         self.cx.status = 0;
         self.cx.status_override = None;
         self.cx.error_body = 0;
-        self.resp.status = 0;
+        self.upstream.resp.status = 0;
         // One clock reading per request, shared with the plugins (`Ctx::now_ms`).
         self.cx.start = Instant::now();
         self.cx.start
@@ -58,7 +58,7 @@ impl<S: ClientStream> ClientConn<S> {
         let took = started.elapsed();
         // 0: nothing was answered (client went away mid-request); logged as nginx's 499.
         let status = match self.cx.status_override.unwrap_or(self.cx.status) {
-            0 if self.resp.status != 0 => self.resp.status,
+            0 if self.upstream.resp.status != 0 => self.upstream.resp.status,
             0 => 499,
             s => s,
         };
@@ -83,8 +83,8 @@ impl<S: ClientStream> ClientConn<S> {
                     .get(self.cx.upstream.unwrap_or(r.upstream))
             })
             .map_or("", |u| u.name.as_str());
-        let body_bytes = match self.resp.body {
-            BodyKind::Length(n) if self.resp.status != 0 => Some(n),
+        let body_bytes = match self.upstream.resp.body {
+            BodyKind::Length(n) if self.upstream.resp.status != 0 => Some(n),
             _ if self.cx.error_body > 0 => Some(self.cx.error_body),
             _ => None,
         };

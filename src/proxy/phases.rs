@@ -1,14 +1,15 @@
-//! Drives the plugin chain around one request: request phases before forwarding, a plugin's
-//! own reply, the response phase, log. Owns no state; plugins live on the shard, edits in `Ctx`.
+//! The phase driver of one routed request: plugin request phases (or a plugin's reply), the upstream phase with
+//! the cache's hooks around it, the response phase, log. Owns no state; plugins live on the shard, edits in `Ctx`.
 
 use bytes::{BufMut, Bytes};
 
+use super::cached::OnRequest;
 use super::conn::{After, ClientConn, ClientStream};
 use super::shard::Shard;
-use crate::http::parse::Method;
+use crate::http::parse::{Method, ResponseHead};
 use crate::http::write::{header, put_u64, reason, status_line};
 use crate::net::io::write_all;
-use crate::plugin::Reply;
+use crate::plugin::{Ctx, Reply};
 
 impl<S: ClientStream> ClientConn<S> {
     /// Routed request -> plugin request phases -> forward (or the plugin's reply) -> log.
@@ -33,15 +34,25 @@ impl<S: ClientStream> ClientConn<S> {
                     Box::pin(monoio::time::sleep(self.cx.delay)).await;
                 }
                 self.cx.forwarded = true;
-                if self.cx.cache.active() {
-                    // proxy-cache: serve, coalesce, revalidate or purge (proxy/cached.rs).
-                    self.cached(shard, route).await
-                } else {
-                    self.forward(shard, route).await
-                }
+                self.upstream(shard, route).await
             }
         };
         shard.plugins.log(route, &mut self.cx);
+        after
+    }
+
+    /// The upstream phase: `forward`, with the proxy cache's request and done hooks around it
+    /// when the route has a cache (proxy/cached.rs); the request hook may answer by itself.
+    async fn upstream(&mut self, shard: &Shard, route: usize) -> After {
+        if !self.cx.cache.active() {
+            return self.forward(shard, route).await;
+        }
+        let invalidate = match self.cache_on_request(shard).await {
+            OnRequest::Answered(after) => return after,
+            OnRequest::Forward { invalidate } => invalidate,
+        };
+        let after = self.forward(shard, route).await;
+        self.cache_on_done(invalidate);
         after
     }
 
@@ -51,7 +62,7 @@ impl<S: ClientStream> ClientConn<S> {
         let keep = self.req.keep_alive
             && self.body_discardable()
             && !shard.drain.is_draining()
-            && self.served < shard.built.cfg.server.keepalive_requests;
+            && self.client.served < shard.built.cfg.server.keepalive_requests;
         let w = &mut self.wbuf;
         w.clear();
         status_line(w, reply.status, reason(reply.status).as_bytes());
@@ -76,7 +87,7 @@ impl<S: ClientStream> ClientConn<S> {
             w.put_slice(&reply.body);
         }
         let ok = write_all(
-            &mut self.stream,
+            &mut self.client.stream,
             &mut self.wbuf,
             shard.built.cfg.server.send_timeout,
         )
@@ -89,45 +100,22 @@ impl<S: ClientStream> ClientConn<S> {
         }
     }
 
-    /// Applies a plugin's uri / query rewrite to the path about to be sent upstream.
-    pub(super) fn apply_plugin_uri(&mut self) {
-        if let Some(uri) = &self.cx.uri {
-            let q = match &self.cx.query {
-                Some(q) => q.as_slice(),
-                None => self.req.query(),
-            };
-            self.path.clear();
-            self.path.put_slice(uri);
-            // As APISIX: the original query string follows a rewritten uri without one.
-            if !q.is_empty() && !uri.contains(&b'?') {
-                self.path.put_u8(b'?');
-                self.path.put_slice(q);
-            }
-        } else if let Some(q) = &self.cx.query {
-            let end = self
-                .path
-                .iter()
-                .position(|&b| b == b'?')
-                .unwrap_or(self.path.len());
-            self.path.truncate(end);
-            if !q.is_empty() {
-                self.path.put_u8(b'?');
-                self.path.put_slice(q);
-            }
-        }
-    }
-
     /// The response phases once the upstream head is parsed: header edits and status are
     /// recorded in `cx`; returns a replacement body if a plugin set one.
     pub(super) fn response_phase(&mut self, shard: &Shard) -> Option<Bytes> {
-        self.cx.status = self.resp.status;
-        let route = self.cx.route;
-        if !shard.plugins.has_response_phases(route) {
-            return None;
-        }
-        shard
-            .plugins
-            .response_headers(route, &self.resp, &mut self.cx);
-        shard.plugins.response_body(route, &mut self.cx)
+        response_phases(shard, &mut self.cx, &self.upstream.resp)
     }
+}
+
+/// The response phases of `cx.route` for the upstream head `resp` (also run by a background
+/// refresh, whose response a replacement body keeps out of the cache).
+#[inline(always)]
+pub(super) fn response_phases(shard: &Shard, cx: &mut Ctx, resp: &ResponseHead) -> Option<Bytes> {
+    cx.status = resp.status;
+    let route = cx.route;
+    if !shard.plugins.has_response_phases(route) {
+        return None;
+    }
+    shard.plugins.response_headers(route, resp, cx);
+    shard.plugins.response_body(route, cx)
 }

@@ -1,6 +1,5 @@
-//! Streams one message body from a source socket to a sink socket, re-framing on the way:
-//! Content-Length and chunked pass through as they are (chunked validated), read-until-close is
-//! chunk-encoded for HTTP/1.1 clients, chunked is decoded for HTTP/1.0 clients. Never holds a body whole.
+//! Streams one message body from a source socket to a sink socket (or to no sink: `drain`), re-framing on the way:
+//! chunked validated and passed through or decoded, read-until-close chunk-encoded for HTTP/1.1. Never holds a body whole.
 
 use std::time::Duration;
 
@@ -173,6 +172,78 @@ pub async fn pump_tee<R: AsyncReadRent, W: AsyncWriteRent>(
     Ok(total)
 }
 
+/// Reads a body of `kind` from `src` (whose already-read bytes are in `src_buf`) to its end with
+/// no sink, handing each piece of decoded data to `tee`: a background refresh storing a response.
+/// Returns the body's data byte count.
+pub async fn drain<R: AsyncReadRent>(
+    src: &mut R,
+    src_buf: &mut BytesMut,
+    kind: BodyKind,
+    cfg: &PumpCfg,
+    mut tee: Option<&mut Tee>,
+) -> Result<u64, PumpFail> {
+    let mut total = 0u64;
+    match kind {
+        BodyKind::Empty => {}
+        BodyKind::Length(n) => {
+            while total < n {
+                if src_buf.is_empty() {
+                    read_some(src, src_buf, cfg.reserve, cfg.read_timeout)
+                        .await
+                        .map_err(PumpFail::Src)?;
+                }
+                let take = (src_buf.len() as u64).min(n - total) as usize;
+                if let Some(t) = tee.as_deref_mut() {
+                    t.push(&src_buf[..take]);
+                }
+                src_buf.advance(take);
+                total += take as u64;
+            }
+        }
+        BodyKind::Chunked => {
+            let mut dec = ChunkedDecoder::new(cfg.max_trailer);
+            loop {
+                if src_buf.is_empty() {
+                    read_some(src, src_buf, cfg.reserve, cfg.read_timeout)
+                        .await
+                        .map_err(PumpFail::Src)?;
+                }
+                let input: &[u8] = src_buf;
+                let progress = dec
+                    .decode(input, |a, b| {
+                        total += (b - a) as u64;
+                        if let Some(t) = tee.as_deref_mut() {
+                            t.push(&input[a..b]);
+                        }
+                    })
+                    .map_err(PumpFail::Framing)?;
+                src_buf.advance(progress.consumed);
+                if progress.done {
+                    break;
+                }
+            }
+        }
+        BodyKind::UntilClose => loop {
+            if src_buf.is_empty() {
+                match read_some(src, src_buf, cfg.reserve, cfg.read_timeout).await {
+                    Ok(_) => {}
+                    Err(IoFail::Closed) => break,
+                    Err(e) => return Err(PumpFail::Src(e)),
+                }
+            }
+            total += src_buf.len() as u64;
+            if let Some(t) = tee.as_deref_mut() {
+                t.push(src_buf);
+            }
+            src_buf.clear();
+        },
+    }
+    if let Some(t) = tee {
+        t.finish();
+    }
+    Ok(total)
+}
+
 /// `pump_tee`, but a long `Length` body that nothing needs to see (no tee) between two plain
 /// TCP sockets is spliced instead (`pump_spliced`). Each side comes with its "already
 /// non-blocking" flag.
@@ -295,4 +366,75 @@ async fn emit<W: AsyncWriteRent>(
     write_range(dst, src_buf, 0, take, cfg.write_timeout)
         .await
         .map_err(PumpFail::Dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    const CFG: PumpCfg = PumpCfg {
+        read_timeout: Duration::from_secs(5),
+        write_timeout: Duration::from_secs(5),
+        reserve: 16,
+        limit: 0,
+        max_trailer: 1024,
+    };
+
+    /// Drains `wire` (sent by a peer that then closes) as a body of `kind`, `buffered` already
+    /// read: (data bytes, what the tee got, bytes left in the buffer after the body).
+    fn drained(buffered: &[u8], wire: &'static [u8], kind: BodyKind) -> (u64, Tee, Vec<u8>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            s.write_all(wire).expect("write");
+        });
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        let got = rt.block_on(async {
+            let mut s = monoio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect");
+            let mut buf = BytesMut::from(buffered);
+            let mut tee = Tee::new(1 << 20, None);
+            let n = drain(&mut s, &mut buf, kind, &CFG, Some(&mut tee))
+                .await
+                .expect("a whole body");
+            (n, tee, buf.to_vec())
+        });
+        peer.join().expect("peer");
+        got
+    }
+
+    #[test]
+    fn drain_length_stops_at_the_body_end() {
+        let (n, tee, rest) = drained(b"hel", b"lo worldNEXT", BodyKind::Length(11));
+        assert_eq!(n, 11);
+        assert!(tee.done && tee.buf == b"hello world");
+        // Bytes past the body stay, so the caller sees the connection is not clean.
+        assert!(b"NEXT".starts_with(&rest));
+    }
+
+    #[test]
+    fn drain_chunked_tees_decoded_data() {
+        let (n, tee, rest) = drained(
+            b"5\r\nhel",
+            b"lo\r\n6\r\n world\r\n0\r\n\r\n",
+            BodyKind::Chunked,
+        );
+        assert_eq!(n, 11);
+        assert!(tee.done && tee.buf == b"hello world");
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn drain_until_close_reads_to_eof() {
+        let (n, tee, _) = drained(b"ab", b"cdef", BodyKind::UntilClose);
+        assert_eq!(n, 6);
+        assert!(tee.done && tee.buf == b"abcdef");
+    }
 }

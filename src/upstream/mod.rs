@@ -1,7 +1,8 @@
-//! Per-shard upstream state: balancer, passive health and keep-alive pools for each upstream.
-//! Owned by one shard and borrowed briefly (never across an await).
+//! Per-shard upstream state: balancer, passive health and keep-alive pools for each upstream; the
+//! request path changes them only through leases (lease.rs). Owned by one shard, borrowed briefly (never across an await).
 
 pub mod balance;
+pub mod lease;
 pub mod passive_health;
 pub mod pool;
 pub mod stream;

@@ -83,6 +83,10 @@ impl LeastConn {
         }
     }
 
+    pub(super) fn in_flight(&self, node: usize) -> u64 {
+        self.in_flight.get(node).copied().unwrap_or(0)
+    }
+
     /// Saturating, so a stray finish (e.g. after a config reload swapped the balancer) cannot
     /// wrap the counter and starve the node forever.
     pub(super) fn on_finish(&mut self, node: usize) {

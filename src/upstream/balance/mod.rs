@@ -92,6 +92,14 @@ impl Balancer {
             b.on_finish(node);
         }
     }
+
+    /// Requests in flight on `node` as least_conn counts them (0 under the other policies).
+    pub fn in_flight(&self, node: usize) -> u64 {
+        match &self.inner {
+            Inner::Lc(b) => b.in_flight(node),
+            _ => 0,
+        }
+    }
 }
 
 /// Stable 64-bit hash of a balancing key (xxh3, unseeded): identical in every process and
