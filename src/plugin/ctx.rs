@@ -1,5 +1,5 @@
-//! The per-request context that travels through the phases (header edit lists live in
-//! http::edits). Reused across a connection's requests (capacity kept).
+//! The per-request context that travels through the phases: what every plugin shares, and each
+//! plugin's `Private` state apart. Reused across a connection's requests (capacity kept).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -40,17 +40,34 @@ pub struct Ctx {
     pub error_body: u64,
     /// Wait this long before going on (limit-req, limit-conn, fault-injection delays).
     pub delay: Duration,
-    /// Key hashes limit-conn took a slot for; released in `log`. (limiter id, key)
-    pub held: Vec<(u32, u64)>,
     /// The request id (request-id plugin), for logs and other plugins.
     pub request_id: Option<String>,
     /// The request was handed to the upstream side, so `status` is the upstream's answer
     /// (or the gateway's error reaching it), not a plugin reply (api-breaker counts these).
     pub forwarded: bool,
+    /// What single plugins keep about this request for their own later phases.
+    pub private: Private,
+}
+
+/// Per-request state that belongs to one plugin (and, for the cache, the proxy's cache hooks
+/// that act for proxy-cache): no other plugin reads or writes it. Everything in `Ctx` outside
+/// this is shared by every phase of every plugin.
+#[derive(Debug, Default)]
+pub struct Private {
+    /// limit-conn: key hashes it took a slot for, released in `log`. (limiter id, key)
+    pub held: Vec<(u32, u64)>,
     /// proxy-cache: what the lookup decided and the response being stored (cache/mod.rs).
     pub cache: crate::cache::CacheCx,
-    /// Request line and host for http-logger / tcp-logger, taken in `rewrite` (None otherwise).
+    /// http-logger / tcp-logger: request line and host, taken in `rewrite` (None otherwise).
     pub log_req: Option<Box<ReqSummary>>,
+}
+
+impl Private {
+    fn reset(&mut self) {
+        self.held.clear();
+        self.cache.reset();
+        self.log_req = None;
+    }
 }
 
 impl Ctx {
@@ -72,11 +89,9 @@ impl Ctx {
             error_body: 0,
             status: 0,
             delay: Duration::ZERO,
-            held: Vec::new(),
             request_id: None,
             forwarded: false,
-            cache: crate::cache::CacheCx::default(),
-            log_req: None,
+            private: Private::default(),
         }
     }
 
@@ -101,11 +116,9 @@ impl Ctx {
         self.status_override = None;
         self.status = 0;
         self.delay = Duration::ZERO;
-        self.held.clear();
         self.request_id = None;
         self.forwarded = false;
-        self.cache.reset();
-        self.log_req = None;
+        self.private.reset();
     }
 }
 

@@ -127,7 +127,7 @@ impl Plugin for LimitConn {
         match self.state.borrow_mut().acquire(key, self.s.max) {
             None => Flow::Respond(reject_reply(Limiter::Conn, self.s.code, &self.s.msg)),
             Some(total) => {
-                cx.held.push((self.s.limiter, key));
+                cx.private.held.push((self.s.limiter, key));
                 if total > self.s.conn {
                     // In the burst: admitted, but after a delay per excess request (as APISIX).
                     cx.delay += self.s.delay * (total - self.s.conn) as u32;
@@ -138,8 +138,13 @@ impl Plugin for LimitConn {
     }
 
     fn log(&self, cx: &mut Ctx) {
-        if let Some(pos) = cx.held.iter().position(|&(l, _)| l == self.s.limiter) {
-            let (_, key) = cx.held.swap_remove(pos);
+        if let Some(pos) = cx
+            .private
+            .held
+            .iter()
+            .position(|&(l, _)| l == self.s.limiter)
+        {
+            let (_, key) = cx.private.held.swap_remove(pos);
             self.state.borrow_mut().release(key);
         }
     }
@@ -161,18 +166,18 @@ mod tests {
         let mut first = gw.send(GET);
         assert_eq!(first.replied(), None);
         assert_eq!(first.cx.delay, Duration::ZERO);
-        assert_eq!(first.cx.held.len(), 1);
+        assert_eq!(first.cx.private.held.len(), 1);
         let mut second = gw.send(GET);
         assert_eq!(second.replied(), None, "in the burst");
         assert_eq!(second.cx.delay, Duration::from_millis(50));
         let mut third = gw.send(GET);
         assert_eq!(third.replied(), Some(503));
         assert_eq!(third.reply_message().as_deref(), Some("busy"));
-        assert!(third.cx.held.is_empty());
+        assert!(third.cx.private.held.is_empty());
         third.log();
         // The first finishes: its slot is free again.
         first.log();
-        assert!(first.cx.held.is_empty());
+        assert!(first.cx.private.held.is_empty());
         let fourth = gw.send(GET);
         assert_eq!(fourth.replied(), None);
         assert_eq!(

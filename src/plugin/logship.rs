@@ -26,9 +26,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Records the request for a logger's `log` phase; the first logger on the route does it.
 pub fn capture(req: &RequestHead, cx: &mut Ctx) {
-    if cx.log_req.is_none() {
+    if cx.private.log_req.is_none() {
         let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        cx.log_req = Some(Box::new(ReqSummary {
+        cx.private.log_req = Some(Box::new(ReqSummary {
             method: s(req.method_bytes()),
             uri: s(req.target()),
             host: s(req.host()),
@@ -44,7 +44,7 @@ pub fn entry(cx: &Ctx) -> String {
         .unwrap_or_default()
         .saturating_sub(took)
         .as_millis() as u64;
-    let r = cx.log_req.as_deref().cloned().unwrap_or_default();
+    let r = cx.private.log_req.as_deref().cloned().unwrap_or_default();
     serde_json::json!({
         "start_time": start_ms,
         "client_ip": cx.client_ip.to_string(),

@@ -331,7 +331,7 @@ impl ProxyCache {
                 "PURGE is not allowed from this address",
             ));
         }
-        let mut key = std::mem::take(&mut cx.cache.key);
+        let mut key = std::mem::take(&mut cx.private.cache.key);
         self.key(req, cx, &mut key);
         let target = if let Some(tag) = req.header("surrogate-key") {
             Target::Tag(rules::trim(tag).to_vec())
@@ -341,9 +341,9 @@ impl ProxyCache {
         } else {
             Target::Key(key.clone())
         };
-        cx.cache.key = key;
-        cx.cache.mode = Mode::Purge(target);
-        cx.cache.inst = Some(self.inst.clone());
+        cx.private.cache.key = key;
+        cx.private.cache.mode = Mode::Purge(target);
+        cx.private.cache.inst = Some(self.inst.clone());
         Flow::Continue
     }
 }
@@ -361,11 +361,11 @@ impl Plugin for ProxyCache {
             Method::Other if req.method_bytes() == b"PURGE" => return self.purge(req, cx),
             _ => false,
         };
-        let c = &mut cx.cache;
+        let c = &mut cx.private.cache;
         c.inst = Some(self.inst.clone());
         let mut key = std::mem::take(&mut c.key);
         self.key(req, cx, &mut key);
-        let c = &mut cx.cache;
+        let c = &mut cx.private.cache;
         c.key = key;
         c.hash = xxh3_64(&c.key);
         if !cacheable {

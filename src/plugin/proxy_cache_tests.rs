@@ -11,7 +11,7 @@ const GET: &[u8] = b"GET /a?b=1 HTTP/1.1\r\nHost: Shop.Example\r\n\r\n";
 
 /// Stores a fresh (or, with `lifetime_ms` 0, stale) 200 under the key this request looked up.
 fn store(x: &Exchange<'_>, lifetime_ms: u64, etag: bool) {
-    let c = &x.cx.cache;
+    let c = &x.cx.private.cache;
     let mut e = Entry {
         status: 200,
         body: Bytes::from_static(b"cached"),
@@ -32,7 +32,7 @@ fn a_get_misses_then_hits_what_was_stored() {
     let gw = testkit::gateway("[proxy-cache]\n");
     let x = gw.send(GET);
     assert_eq!(x.replied(), None);
-    let c = &x.cx.cache;
+    let c = &x.cx.private.cache;
     assert!(matches!(c.mode, Mode::Miss), "{:?}", c.mode);
     assert!(c.active() && c.store);
     assert_eq!(
@@ -43,17 +43,17 @@ fn a_get_misses_then_hits_what_was_stored() {
     store(&x, 60_000, false);
 
     let x = gw.send(GET);
-    match &x.cx.cache.mode {
+    match &x.cx.private.cache.mode {
         Mode::Hit(e) => assert_eq!(&e.body[..], b"cached"),
         m => panic!("expected a hit, got {m:?}"),
     }
     // HEAD is answered from the GET's entry but never stores.
     let x = gw.send(b"HEAD /a?b=1 HTTP/1.1\r\nHost: shop.example\r\n\r\n");
-    assert!(matches!(x.cx.cache.mode, Mode::Hit(_)));
-    assert!(!x.cx.cache.store);
+    assert!(matches!(x.cx.private.cache.mode, Mode::Hit(_)));
+    assert!(!x.cx.private.cache.store);
     // Another query is another key.
     let x = gw.send(b"GET /a?b=2 HTTP/1.1\r\nHost: shop.example\r\n\r\n");
-    assert!(matches!(x.cx.cache.mode, Mode::Miss));
+    assert!(matches!(x.cx.private.cache.mode, Mode::Miss));
 }
 
 #[test]
@@ -61,14 +61,17 @@ fn stale_entries_revalidate_or_refetch() {
     let gw = testkit::gateway("[proxy-cache]\n");
     let x = gw.send(GET);
     store(&x, 0, true);
-    assert!(matches!(gw.send(GET).cx.cache.mode, Mode::Revalidate(_)));
+    assert!(matches!(
+        gw.send(GET).cx.private.cache.mode,
+        Mode::Revalidate(_)
+    ));
     let x = gw.send(b"GET /other HTTP/1.1\r\nHost: shop.example\r\n\r\n");
     store(&x, 0, false);
     let x = gw.send(b"GET /other HTTP/1.1\r\nHost: shop.example\r\n\r\n");
     assert!(
-        matches!(x.cx.cache.mode, Mode::Expired(_)),
+        matches!(x.cx.private.cache.mode, Mode::Expired(_)),
         "{:?}",
-        x.cx.cache.mode
+        x.cx.private.cache.mode
     );
 }
 
@@ -76,12 +79,12 @@ fn stale_entries_revalidate_or_refetch() {
 fn unsafe_methods_invalidate_others_skip_the_cache() {
     let gw = testkit::gateway("[proxy-cache]\n");
     let x = gw.send(b"POST /a?b=1 HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 0\r\n\r\n");
-    assert!(matches!(x.cx.cache.mode, Mode::Invalidate));
-    assert!(x.cx.cache.active());
-    assert_eq!(x.cx.cache.key, b"shop.example\x1f/a?b=1");
+    assert!(matches!(x.cx.private.cache.mode, Mode::Invalidate));
+    assert!(x.cx.private.cache.active());
+    assert_eq!(x.cx.private.cache.key, b"shop.example\x1f/a?b=1");
     let x = gw.send(b"OPTIONS /a HTTP/1.1\r\nHost: shop.example\r\n\r\n");
-    assert!(matches!(x.cx.cache.mode, Mode::Off));
-    assert!(!x.cx.cache.active(), "the proxy forwards as usual");
+    assert!(matches!(x.cx.private.cache.mode, Mode::Off));
+    assert!(!x.cx.private.cache.active(), "the proxy forwards as usual");
 }
 
 #[test]
@@ -91,24 +94,27 @@ fn bypass_no_cache_and_client_directives() {
          client_no_cache = \"honor\"\ncache_key = [\"$uri\"]\n",
     );
     let x = gw.send(b"GET /p?fresh=1 HTTP/1.1\r\nHost: a\r\n\r\n");
-    assert!(matches!(x.cx.cache.mode, Mode::Bypass));
-    assert!(x.cx.cache.store, "a bypassed response may still be stored");
+    assert!(matches!(x.cx.private.cache.mode, Mode::Bypass));
+    assert!(
+        x.cx.private.cache.store,
+        "a bypassed response may still be stored"
+    );
     let x = gw.send(b"GET /p?fresh=0 HTTP/1.1\r\nHost: a\r\nX-No-Store: yes\r\n\r\n");
     assert!(
-        matches!(x.cx.cache.mode, Mode::Miss),
+        matches!(x.cx.private.cache.mode, Mode::Miss),
         "\"0\" does not bypass"
     );
-    assert!(!x.cx.cache.store);
-    assert_eq!(x.cx.cache.key, b"/p");
+    assert!(!x.cx.private.cache.store);
+    assert_eq!(x.cx.private.cache.key, b"/p");
     store(&x, 60_000, true);
     let x = gw.send(b"GET /p HTTP/1.1\r\nHost: a\r\nCache-Control: no-cache\r\n\r\n");
     assert!(
-        matches!(x.cx.cache.mode, Mode::Revalidate(_)),
+        matches!(x.cx.private.cache.mode, Mode::Revalidate(_)),
         "honoured no-cache"
     );
     let x = gw.send(b"GET /p HTTP/1.1\r\nHost: a\r\nCache-Control: no-store\r\n\r\n");
-    assert!(matches!(x.cx.cache.mode, Mode::Hit(_)));
-    assert!(!x.cx.cache.store);
+    assert!(matches!(x.cx.private.cache.mode, Mode::Hit(_)));
+    assert!(!x.cx.private.cache.store);
 }
 
 #[test]
@@ -124,20 +130,20 @@ fn purge_needs_an_allowed_address_or_the_admin_key() {
     );
     let x = gw.send_from("10.1.1.1", purge);
     assert_eq!(x.replied(), None);
-    match &x.cx.cache.mode {
+    match &x.cx.private.cache.mode {
         Mode::Purge(Target::Key(k)) => assert_eq!(k, b"shop.example\x1f/a?b=1"),
         m => panic!("expected a key purge, got {m:?}"),
     }
     let x = gw.send(b"PURGE /a* HTTP/1.1\r\nHost: shop.example\r\nX-API-KEY: sekret\r\n\r\n");
     assert_eq!(x.replied(), None);
     assert!(
-        matches!(&x.cx.cache.mode, Mode::Purge(Target::Prefix(p)) if p == b"shop.example\x1f/a")
+        matches!(&x.cx.private.cache.mode, Mode::Purge(Target::Prefix(p)) if p == b"shop.example\x1f/a")
     );
     let x = gw.send_from(
         "10.1.1.1",
         b"PURGE / HTTP/1.1\r\nHost: a\r\nSurrogate-Key: product-7\r\n\r\n",
     );
-    assert!(matches!(&x.cx.cache.mode, Mode::Purge(Target::Tag(t)) if t == b"product-7"));
+    assert!(matches!(&x.cx.private.cache.mode, Mode::Purge(Target::Tag(t)) if t == b"product-7"));
 }
 
 #[test]

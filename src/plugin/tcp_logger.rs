@@ -124,7 +124,7 @@ mod tests {
         );
         let mut x = gw.send(b"DELETE /items/7 HTTP/1.1\r\nHost: shop\r\n\r\n");
         assert_eq!(x.replied(), None);
-        assert!(x.cx.log_req.is_some(), "captured in rewrite");
+        assert!(x.cx.private.log_req.is_some(), "captured in rewrite");
         x.response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
         x.log();
         let got = gw.shipped("tcp-logger");

@@ -29,13 +29,13 @@ pub(super) enum OnRequest {
 }
 
 impl<S: ClientStream> ClientConn<S> {
-    /// Request hook of a route with a cache (`cx.cache` is active): serve, coalesce with a fetch
+    /// Request hook of a route with a cache (`cx.private.cache` is active): serve, coalesce with a fetch
     /// already running, or prepare the upstream request (fetch leader, conditional headers).
     pub(super) async fn cache_on_request(&mut self, shard: &Shard) -> OnRequest {
-        let Some(inst) = self.cx.cache.inst.clone() else {
+        let Some(inst) = self.cx.private.cache.inst.clone() else {
             return OnRequest::Forward { invalidate: false };
         };
-        match std::mem::take(&mut self.cx.cache.mode) {
+        match std::mem::take(&mut self.cx.private.cache.mode) {
             Mode::Purge(t) => return OnRequest::Answered(self.purge(shard, &inst, t).await),
             Mode::Hit(e) => return OnRequest::Answered(self.serve_entry(shard, &e, "HIT").await),
             Mode::StaleRefresh(e) => {
@@ -44,11 +44,11 @@ impl<S: ClientStream> ClientConn<S> {
             }
             // The mode stays Off while it goes upstream: the response is labelled as a miss.
             Mode::Invalidate => return OnRequest::Forward { invalidate: true },
-            m => self.cx.cache.mode = m,
+            m => self.cx.private.cache.mode = m,
         }
-        if self.cx.cache.store && !matches!(self.cx.cache.mode, Mode::Bypass) {
-            match Leader::claim(&inst, &self.cx.cache.key) {
-                Ok(l) => self.cx.cache.leader = Some(l),
+        if self.cx.private.cache.store && !matches!(self.cx.private.cache.mode, Mode::Bypass) {
+            match Leader::claim(&inst, &self.cx.private.cache.key) {
+                Ok(l) => self.cx.private.cache.leader = Some(l),
                 Err(gate) => {
                     // Another request on this shard is fetching this key: wait for it, then
                     // serve what it stored, or go to the origin ourselves.
@@ -60,7 +60,7 @@ impl<S: ClientStream> ClientConn<S> {
                     let found = inst
                         .store
                         .borrow_mut()
-                        .get(&self.cx.cache.key, |e| e.matches(&self.req))
+                        .get(&self.cx.private.cache.key, |e| e.matches(&self.req))
                         .filter(|e| e.is_fresh(now) && (!auth || e.auth_ok));
                     if let Some(e) = found {
                         return OnRequest::Answered(self.serve_entry(shard, &e, "HIT").await);
@@ -77,17 +77,17 @@ impl<S: ClientStream> ClientConn<S> {
     pub(super) fn cache_on_done(&mut self, invalidate: bool) {
         if invalidate {
             if (200..400).contains(&self.cx.status) {
-                if let Some(inst) = &self.cx.cache.inst {
-                    let t = Target::Key(self.cx.cache.key.clone());
+                if let Some(inst) = &self.cx.private.cache.inst {
+                    let t = Target::Key(self.cx.private.cache.key.clone());
                     inst.purge_local(&t);
                     inst.broadcast(&t, None);
                 }
             }
             return;
         }
-        commit(&mut self.cx.cache);
+        commit(&mut self.cx.private.cache);
         // Waiters are released after the entry is in the store.
-        self.cx.cache.leader = None;
+        self.cx.private.cache.leader = None;
     }
 
     /// Head hook: the upstream response head arrived. Answers from the entry for a 304 to our
@@ -107,6 +107,7 @@ impl<S: ClientStream> ClientConn<S> {
         }
         let e = self
             .cx
+            .private
             .cache
             .stale()
             .filter(|e| e.in_sie(now_ms()))
@@ -117,7 +118,7 @@ impl<S: ClientStream> ClientConn<S> {
     /// Writes `e` to the client: 304 for a satisfied conditional, 206/416 for a Range on a
     /// full 200, the stored response otherwise; HEAD gets the head only.
     async fn serve_entry(&mut self, shard: &Shard, e: &Entry, label: &str) -> After {
-        let Some(inst) = self.cx.cache.inst.clone() else {
+        let Some(inst) = self.cx.private.cache.inst.clone() else {
             return After::Close;
         };
         let conf = &inst.conf;
@@ -287,7 +288,7 @@ impl<S: ClientStream> ClientConn<S> {
 /// Upstream conditional headers: ours when revalidating; none when fetching to store
 /// (a full response is needed); the client's own otherwise.
 pub(super) fn conditionals(cx: &mut Ctx) {
-    let c = &cx.cache;
+    let c = &cx.private.cache;
     let edits = &mut cx.req_headers;
     match &c.mode {
         Mode::Revalidate(e) => {
@@ -342,13 +343,13 @@ pub(super) fn on_head(
     resp: &ResponseHead,
     reusable: bool,
 ) -> Option<FromEntry> {
-    let inst = cx.cache.inst.clone()?;
+    let inst = cx.private.cache.inst.clone()?;
     let conf = inst.conf.clone();
     let now = now_ms();
     let status = resp.status;
-    if let (Mode::Revalidate(e), 304) = (&cx.cache.mode, status) {
+    if let (Mode::Revalidate(e), 304) = (&cx.private.cache.mode, status) {
         let e = e.clone();
-        let c = &cx.cache;
+        let c = &cx.private.cache;
         let entry = match e.refreshed(resp, &conf.policy(), c.req_ms, now) {
             Some(fresh) => {
                 inst.store
@@ -369,7 +370,7 @@ pub(super) fn on_head(
         });
     }
     if matches!(status, 500 | 502 | 503 | 504) {
-        if let Some(e) = cx.cache.stale().filter(|e| e.in_sie(now)).cloned() {
+        if let Some(e) = cx.private.cache.stale().filter(|e| e.in_sie(now)).cloned() {
             return Some(FromEntry {
                 entry: e,
                 label: "STALE",
@@ -377,7 +378,7 @@ pub(super) fn on_head(
             });
         }
     }
-    let label: &[u8] = match cx.cache.mode {
+    let label: &[u8] = match cx.private.cache.mode {
         Mode::Invalidate => return None,
         Mode::Bypass => b"BYPASS",
         Mode::Revalidate(_) | Mode::Expired(_) => b"EXPIRED",
@@ -388,7 +389,7 @@ pub(super) fn on_head(
         cx.resp_headers.remove(b"cache-control");
         cx.resp_headers.remove(b"expires");
     }
-    let c = &mut cx.cache;
+    let c = &mut cx.private.cache;
     if !c.store || req.method != Method::Get {
         return None;
     }

@@ -89,7 +89,7 @@ impl<S: ClientStream> ClientConn<S> {
     /// No answer from the upstream: the cache's stale-if-error hook may answer (routes with a
     /// cache); otherwise the gateway's error response.
     async fn upstream_failed(&mut self, shard: &Shard, err: ProxyError) -> After {
-        if self.cx.cache.active() {
+        if self.cx.private.cache.active() {
             if let Some(after) = self.cache_on_error(shard, err).await {
                 return after;
             }
@@ -188,7 +188,7 @@ impl<S: ClientStream> ClientConn<S> {
         if self.upstream.resp.status == 101 {
             return self.switch_protocols(server.send_timeout, route).await;
         }
-        if self.cx.cache.active() {
+        if self.cx.private.cache.active() {
             // proxy-cache: a 304 to its revalidation or a 5xx under stale-if-error is answered
             // from the entry (proxy/cached.rs); otherwise it labels the response and may tee it.
             if let Some((client, reusable)) = self.cache_on_head(shard).await {
@@ -269,7 +269,7 @@ impl<S: ClientStream> ClientConn<S> {
             self.upstream.resp.body,
             framing == ClientFraming::Chunked,
             &pc,
-            self.cx.cache.tee.as_mut(),
+            self.cx.private.cache.tee.as_mut(),
         )
         .await;
         match relayed {

@@ -44,7 +44,7 @@ impl<S: ClientStream> ClientConn<S> {
     /// The upstream phase: `forward`, with the proxy cache's request and done hooks around it
     /// when the route has a cache (proxy/cached.rs); the request hook may answer by itself.
     async fn upstream(&mut self, shard: &Shard, route: usize) -> After {
-        if !self.cx.cache.active() {
+        if !self.cx.private.cache.active() {
             return self.forward(shard, route).await;
         }
         let invalidate = match self.cache_on_request(shard).await {

@@ -27,7 +27,7 @@ impl<S: ClientStream> ClientConn<S> {
     /// stale-while-revalidate: one background refresh per key per shard, replaying this
     /// request (with the plugins' upstream edits) to the upstream with no client attached.
     pub(super) fn spawn_refresh(&mut self, route: usize, inst: &Rc<Instance>, e: Rc<Entry>) {
-        let Ok(leader) = Leader::claim(inst, &self.cx.cache.key) else {
+        let Ok(leader) = Leader::claim(inst, &self.cx.private.cache.key) else {
             return;
         };
         let Some(shard) = super::shard::current_here() else {
@@ -45,8 +45,8 @@ impl<S: ClientStream> ClientConn<S> {
         );
         let cache = CacheCx {
             inst: Some(inst.clone()),
-            key: self.cx.cache.key.clone(),
-            hash: self.cx.cache.hash,
+            key: self.cx.private.cache.key.clone(),
+            hash: self.cx.private.cache.hash,
             mode: if e.has_validator() {
                 Mode::Revalidate(e)
             } else {
@@ -76,10 +76,10 @@ impl<S: ClientStream> ClientConn<S> {
             r.cx.query = query;
             r.cx.host = host;
             r.cx.upstream = upstream;
-            r.cx.cache = cache;
+            r.cx.private.cache = cache;
             conditionals(&mut r.cx);
             r.run(&shard).await;
-            commit(&mut r.cx.cache);
+            commit(&mut r.cx.private.cache);
             // Dropping `r` releases the key's leader: waiters see the stored entry.
         });
     }
@@ -198,7 +198,7 @@ impl Refresh {
         };
         match self
             .upstream
-            .read_body(conn, self.cx.cache.tee.as_mut(), &pc)
+            .read_body(conn, self.cx.private.cache.tee.as_mut(), &pc)
             .await
         {
             Ok(_) => Attempt::Done {
