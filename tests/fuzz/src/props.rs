@@ -1,5 +1,5 @@
 //! Property functions shared by the libFuzzer targets (tests/fuzz/fuzz_targets/*) and the
-//! stable replay + random-mutation driver (tests/fuzz_props.rs). Each takes arbitrary bytes and
+//! stable replay + random-mutation driver (tests/e2e/fuzz_props.rs). Each takes arbitrary bytes and
 //! panics when a property fails; "no panic" alone is never the whole check.
 //!
 //! Properties:
