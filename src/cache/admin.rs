@@ -2,7 +2,7 @@
 //! cache's own key (its `cache_key` parts) and removes matches. Runs on the shard's thread
 //! when its control channel delivers the purge; must not reach across shards itself.
 
-use super::{CacheKeyPart, Instance, Target, INSTANCES};
+use super::{CacheKeyPart, Caches, Target};
 
 /// What the admin API asked to purge, before it is turned into each cache's key.
 #[derive(Debug, Clone)]
@@ -74,14 +74,12 @@ fn target_for(parts: &[CacheKeyPart], t: &AdminTarget) -> Option<Target> {
 }
 
 /// Purges `t` from every cache on this shard (current and still-draining generations).
-pub fn purge_here(shard: usize, t: &AdminTarget) -> AdminAck {
+pub fn purge_here(caches: &Caches, shard: usize, t: &AdminTarget) -> AdminAck {
     let mut ack = AdminAck {
         shard,
         ..AdminAck::default()
     };
-    let live: Vec<std::rc::Rc<Instance>> =
-        INSTANCES.with(|v| v.borrow().iter().filter_map(|w| w.upgrade()).collect());
-    for inst in live {
+    for inst in caches.live() {
         ack.caches += 1;
         match target_for(&inst.conf.key, t) {
             Some(target) => ack.removed += inst.purge_local(&target),

@@ -5,7 +5,8 @@
 //! path); a cache's node-wide `max_bytes` is split evenly, each shard holding at most
 //! `max_bytes / shards`, so the node total can never exceed it. Purges travel over the node
 //! mesh's purge lane (one for every cache, addressed by the cache's identity); a send wakes the
-//! receiving shard, which delivers them at once (`deliver`).
+//! receiving shard, which delivers them at once to its `Caches` (the shard's instance registry,
+//! kept across generations and handed to the plugins that build instances, not a thread-local).
 
 pub mod admin;
 pub mod entry;
@@ -146,11 +147,13 @@ impl Instance {
     }
 }
 
-thread_local! {
-    /// This shard's cache instances, for purges and the expiry sweep.
-    static INSTANCES: RefCell<Vec<Weak<Instance>>> = const { RefCell::new(Vec::new()) };
+/// This shard's cache instances, kept across config generations: what purges from peers and the
+/// admin API reach, what the expiry sweep walks, and what a reload adopts instead of rebuilding.
+#[derive(Default)]
+pub struct Caches {
+    instances: RefCell<Vec<Weak<Instance>>>,
     /// The instance built for each cache identity on this shard.
-    static ADOPTED: RefCell<HashMap<String, Weak<Instance>>> = RefCell::new(HashMap::new());
+    adopted: RefCell<HashMap<String, Weak<Instance>>>,
 }
 
 /// The key purges name a cache with: the same for the same identity on every shard.
@@ -158,65 +161,65 @@ pub fn key_of(ident: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(ident.as_bytes())
 }
 
-/// The cache instance for `ident` (plugin path, settings, shard count): the live one with that
-/// identity on this shard if there is one, so a reload that leaves a cache's settings alone
-/// keeps its contents and in-flight fetches (also across a swap that was prepared and then
-/// aborted); otherwise a fresh one from `build`. Any live instance will do: purges reach every
-/// live instance of a cache on every shard (they are addressed by identity), so none has
-/// missed one, and shards need not make the same choice.
-pub fn adopt(ident: &str, build: impl FnOnce() -> Rc<Instance>) -> Rc<Instance> {
-    ADOPTED.with(|a| {
-        let mut a = a.borrow_mut();
+impl Caches {
+    /// The cache instance for `ident` (plugin path, settings, shard count): the live one with
+    /// that identity on this shard if there is one, so a reload that leaves a cache's settings
+    /// alone keeps its contents and in-flight fetches (also across a swap that was prepared and
+    /// then aborted); otherwise a fresh one from `build`. Any live instance will do: purges
+    /// reach every live instance of a cache on every shard (they are addressed by identity), so
+    /// none has missed one, and shards need not make the same choice.
+    pub fn adopt(&self, ident: &str, build: impl FnOnce() -> Rc<Instance>) -> Rc<Instance> {
+        let mut a = self.adopted.borrow_mut();
         let found = a.get(ident).and_then(Weak::upgrade);
         let inst = found.unwrap_or_else(|| {
             let i = build();
-            INSTANCES.with(|v| v.borrow_mut().push(Rc::downgrade(&i)));
+            self.instances.borrow_mut().push(Rc::downgrade(&i));
             i
         });
         a.retain(|_, w| w.strong_count() > 0);
         a.insert(ident.to_string(), Rc::downgrade(&inst));
         inst
-    })
-}
+    }
 
-/// Carries out the purges other shards sent this one (called whenever the shard wakes): each
-/// removes matches from every live instance of its cache here and, if asked, reports back.
-pub fn deliver(lane: &Lane<PurgeMsg>) {
-    while let Some(m) = lane.try_recv() {
-        let mut removed = 0;
-        let mut stats = StoreStats::default();
-        let live: Vec<Rc<Instance>> = INSTANCES.with(|v| {
-            v.borrow()
-                .iter()
-                .filter_map(Weak::upgrade)
-                .filter(|i| i.key == m.cache)
-                .collect()
-        });
-        for inst in live {
-            removed += inst.purge_local(&m.target);
-            stats = inst.store.borrow().stats();
-        }
-        if let Some(a) = m.ack {
-            // Answered even when this shard has no such cache, so the sender need not wait.
-            let _ = a.send(Ack {
-                shard: lane.id(),
-                removed,
-                stats,
-            });
+    /// Every live instance (current and still-draining generations).
+    pub fn live(&self) -> Vec<Rc<Instance>> {
+        self.instances
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Carries out the purges other shards sent this one (called whenever the shard wakes):
+    /// each removes matches from every live instance of its cache here and, if asked, reports.
+    pub fn deliver(&self, lane: &Lane<PurgeMsg>) {
+        while let Some(m) = lane.try_recv() {
+            let mut removed = 0;
+            let mut stats = StoreStats::default();
+            for inst in self.live().into_iter().filter(|i| i.key == m.cache) {
+                removed += inst.purge_local(&m.target);
+                stats = inst.store.borrow().stats();
+            }
+            if let Some(a) = m.ack {
+                // Answered even when this shard has no such cache, so the sender need not wait.
+                let _ = a.send(Ack {
+                    shard: lane.id(),
+                    removed,
+                    stats,
+                });
+            }
         }
     }
-}
 
-/// This shard's caches' expiry sweep (about once a second): removes dead entries and forgets
-/// instances of retired generations once their last request is done.
-pub fn sweep() {
-    let now = now_ms();
-    INSTANCES.with(|v| {
-        for inst in v.borrow().iter().filter_map(Weak::upgrade) {
+    /// The expiry sweep (about once a second): removes dead entries and forgets instances of
+    /// retired generations once their last request is done.
+    pub fn sweep(&self) {
+        let now = now_ms();
+        for inst in self.live() {
             inst.store.borrow_mut().sweep(now, 4096);
         }
-        v.borrow_mut().retain(|w| w.strong_count() > 0);
-    });
+        self.instances.borrow_mut().retain(|w| w.strong_count() > 0);
+    }
 }
 
 pub fn now_ms() -> u64 {

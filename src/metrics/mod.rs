@@ -87,6 +87,8 @@ pub struct ShardMetrics {
     routes: RefCell<HashMap<Box<str>, Rc<RouteStats>>>,
     /// Requests that matched no route, and malformed heads answered before routing.
     pub unrouted: RouteStats,
+    /// Rate-limit rejections, by `Limiter`; kept across generations like the route counters.
+    rate_limited: [Cell<u64>; 3],
 }
 
 impl ShardMetrics {
@@ -135,20 +137,17 @@ pub enum Limiter {
 /// Plugin label per `Limiter`, in index order.
 pub const LIMITERS: [&str; 3] = ["limit-count", "limit-req", "limit-conn"];
 
-thread_local! {
-    /// Rate-limit rejections on this shard's thread, by `Limiter`. Thread-local plain cells, so
-    /// the limit plugins count without any handle to the shard; read by `Shard::snapshot`.
-    static RATE_LIMITED: [Cell<u64>; 3] = const { [Cell::new(0), Cell::new(0), Cell::new(0)] };
-}
+impl ShardMetrics {
+    /// One rejection by a limit plugin (the plugins hold this shard's `ShardMetrics`).
+    #[inline]
+    pub fn count_rate_limited(&self, by: Limiter) {
+        bump(&self.rate_limited[by as usize], 1);
+    }
 
-#[inline]
-pub fn count_rate_limited(by: Limiter) {
-    RATE_LIMITED.with(|c| bump(&c[by as usize], 1));
-}
-
-/// This thread's rejection counts, in `LIMITERS` order.
-pub fn rate_limited() -> [u64; 3] {
-    RATE_LIMITED.with(|c| c.each_ref().map(Cell::get))
+    /// This shard's rejection counts, in `LIMITERS` order.
+    pub fn rate_limited(&self) -> [u64; 3] {
+        self.rate_limited.each_ref().map(Cell::get)
+    }
 }
 
 /// One upstream node as a shard sees it.

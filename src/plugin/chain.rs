@@ -12,12 +12,14 @@ use bytes::Bytes;
 use super::consumer::Consumers;
 use super::ctx::Ctx;
 use super::{phase, Flow, Plugin, PluginFactory, Reply};
+use crate::cache::Caches;
 use crate::cache::PurgeMsg;
 use crate::http::parse::{RequestHead, ResponseHead};
 use crate::limit::bucket::{Bucket, BucketParams};
 use crate::limit::conc::Concurrency;
 use crate::limit::count::{CountLimiter, CountParams};
 use crate::limit::sync::{Absorb, Endpoint, Report};
+use crate::metrics::ShardMetrics;
 use crate::util::cow::CowVec;
 use crate::util::mesh::Lane;
 
@@ -172,6 +174,10 @@ pub struct ShardCx {
     pub limiters: Vec<ShardLimiter>,
     /// This shard's end of the mesh's purge lane, for caches to reach their peers.
     pub purges: Rc<Lane<PurgeMsg>>,
+    /// This shard's counters (limit plugins count their rejections there).
+    pub metrics: Rc<ShardMetrics>,
+    /// This shard's cache instances (proxy-cache adopts its instance there across reloads).
+    pub caches: Rc<Caches>,
 }
 
 /// A shard's plugin chains and limit state.
@@ -188,13 +194,22 @@ pub struct ShardPlugins {
     /// changes, which keep the limiters too.
     sync: Option<Rc<LimitSync>>,
     purges: Rc<Lane<PurgeMsg>>,
+    /// The shard's counters (limit plugins count their rejections here).
+    metrics: Rc<ShardMetrics>,
+    caches: Rc<Caches>,
     epoch: Instant,
 }
 
 impl ShardPlugins {
     /// Builds a shard's chains and limit state; `limit` and `purges` are the shard's ends of the
     /// node mesh's lanes (their ids say which shard this is).
-    pub fn new(set: &PluginSet, limit: &Rc<Endpoint>, purges: &Rc<Lane<PurgeMsg>>) -> ShardPlugins {
+    pub fn new(
+        set: &PluginSet,
+        limit: &Rc<Endpoint>,
+        purges: &Rc<Lane<PurgeMsg>>,
+        metrics: &Rc<ShardMetrics>,
+        caches: &Rc<Caches>,
+    ) -> ShardPlugins {
         let (id, shards) = (purges.id(), purges.shards());
         let limiters = set
             .limiters
@@ -229,6 +244,8 @@ impl ShardPlugins {
             consumers: set.consumers.clone(),
             limiters: limiters.clone(),
             purges: purges.clone(),
+            metrics: metrics.clone(),
+            caches: caches.clone(),
         };
         let global = Rc::new(Chain::of(set.global.iter().map(|f| f.build(&cx))));
         let chains = set
@@ -244,13 +261,21 @@ impl ShardPlugins {
             limiters,
             sync,
             purges: purges.clone(),
+            metrics: metrics.clone(),
+            caches: caches.clone(),
             epoch: set.epoch,
         }
     }
 
     /// One shard alone, on a mesh of one (tests, tools).
     pub fn solo(set: &PluginSet) -> ShardPlugins {
-        ShardPlugins::new(set, &Rc::new(Endpoint::solo()), &Rc::new(Lane::solo()))
+        ShardPlugins::new(
+            set,
+            &Rc::new(Endpoint::solo()),
+            &Rc::new(Lane::solo()),
+            &Rc::default(),
+            &Rc::default(),
+        )
     }
 
     /// The next generation after a one-route change: only route `id`'s chain is built (from
@@ -263,6 +288,8 @@ impl ShardPlugins {
             consumers: self.consumers.clone(),
             limiters: self.limiters.clone(),
             purges: self.purges.clone(),
+            metrics: self.metrics.clone(),
+            caches: self.caches.clone(),
         };
         let mut chains = self.chains.clone();
         let route = set.routes.get(id).cloned().unwrap_or_default();
@@ -275,6 +302,8 @@ impl ShardPlugins {
             limiters: self.limiters.clone(),
             sync: self.sync.clone(),
             purges: self.purges.clone(),
+            metrics: self.metrics.clone(),
+            caches: self.caches.clone(),
             epoch: self.epoch,
         }
     }

@@ -16,7 +16,7 @@ use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::conc::Concurrency;
-use crate::metrics::Limiter;
+use crate::metrics::{Limiter, ShardMetrics};
 
 pub const SPEC: Spec = Spec {
     name: "limit-conn",
@@ -107,6 +107,7 @@ impl PluginFactory for Factory {
             s: self.0.clone(),
             state,
             consumers: shard.consumers.clone(),
+            metrics: shard.metrics.clone(),
         })
     }
 }
@@ -115,6 +116,7 @@ struct LimitConn {
     s: Arc<Shared>,
     state: Rc<RefCell<Concurrency>>,
     consumers: Arc<Consumers>,
+    metrics: Rc<ShardMetrics>,
 }
 
 impl Plugin for LimitConn {
@@ -125,7 +127,12 @@ impl Plugin for LimitConn {
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
         let key = key_hash(&self.s.key, req, cx, &self.consumers);
         match self.state.borrow_mut().acquire(key, self.s.max) {
-            None => Flow::Respond(reject_reply(Limiter::Conn, self.s.code, &self.s.msg)),
+            None => Flow::Respond(reject_reply(
+                &self.metrics,
+                Limiter::Conn,
+                self.s.code,
+                &self.s.msg,
+            )),
             Some(total) => {
                 cx.private.held.push((self.s.limiter, key));
                 if total > self.s.conn {

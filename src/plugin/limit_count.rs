@@ -14,7 +14,7 @@ use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::count::{CountLimiter, CountParams};
-use crate::metrics::Limiter;
+use crate::metrics::{Limiter, ShardMetrics};
 
 pub const SPEC: Spec = Spec {
     name: "limit-count",
@@ -69,8 +69,8 @@ pub fn rejection(
     Ok((code, msg))
 }
 
-pub fn reject_reply(by: Limiter, code: u16, msg: &Option<String>) -> Reply {
-    crate::metrics::count_rate_limited(by);
+pub fn reject_reply(metrics: &ShardMetrics, by: Limiter, code: u16, msg: &Option<String>) -> Reply {
+    metrics.count_rate_limited(by);
     match msg {
         Some(m) => Reply::json_message(code, m),
         None => Reply::json_message(code, crate::http::write::reason(code)),
@@ -193,6 +193,7 @@ impl PluginFactory for Factory {
             state,
             epoch: shard.epoch,
             consumers: shard.consumers.clone(),
+            metrics: shard.metrics.clone(),
         })
     }
 }
@@ -202,6 +203,7 @@ struct LimitCount {
     state: Rc<RefCell<CountLimiter>>,
     epoch: std::time::Instant,
     consumers: Arc<Consumers>,
+    metrics: Rc<ShardMetrics>,
 }
 
 impl Plugin for LimitCount {
@@ -223,7 +225,12 @@ impl Plugin for LimitCount {
         if d.allowed {
             Flow::Continue
         } else {
-            Flow::Respond(reject_reply(Limiter::Count, self.s.code, &self.s.msg))
+            Flow::Respond(reject_reply(
+                &self.metrics,
+                Limiter::Count,
+                self.s.code,
+                &self.s.msg,
+            ))
         }
     }
 }

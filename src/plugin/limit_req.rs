@@ -16,7 +16,7 @@ use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::bucket::{Bucket, BucketParams};
-use crate::metrics::Limiter;
+use crate::metrics::{Limiter, ShardMetrics};
 
 pub const SPEC: Spec = Spec {
     name: "limit-req",
@@ -116,6 +116,7 @@ impl PluginFactory for Factory {
             state,
             epoch: shard.epoch,
             consumers: shard.consumers.clone(),
+            metrics: shard.metrics.clone(),
         })
     }
 }
@@ -125,6 +126,7 @@ struct LimitReq {
     state: Rc<RefCell<Bucket>>,
     epoch: std::time::Instant,
     consumers: Arc<Consumers>,
+    metrics: Rc<ShardMetrics>,
 }
 
 impl Plugin for LimitReq {
@@ -136,7 +138,12 @@ impl Plugin for LimitReq {
         let key = key_hash(&self.s.key, req, cx, &self.consumers);
         let now = cx.now_ms(self.epoch);
         match self.state.borrow_mut().check(key, now) {
-            Err(_) => Flow::Respond(reject_reply(Limiter::Req, self.s.code, &self.s.msg)),
+            Err(_) => Flow::Respond(reject_reply(
+                &self.metrics,
+                Limiter::Req,
+                self.s.code,
+                &self.s.msg,
+            )),
             Ok(delay_ms) => {
                 if !self.s.nodelay && delay_ms > 0 {
                     cx.delay += Duration::from_millis(delay_ms);

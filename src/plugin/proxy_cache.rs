@@ -235,7 +235,7 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
 }
 
 struct Factory {
-    /// Where the table sits in the config and what it says: see `cache::adopt`.
+    /// Where the table sits in the config and what it says: see `Caches::adopt`.
     ident: String,
     conf: Arc<CacheConf>,
 }
@@ -247,7 +247,7 @@ impl PluginFactory for Factory {
     fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
         let shards = shard.shards.max(1);
         let ident = format!("{}|{shards}", self.ident);
-        let inst = cache::adopt(&ident, || {
+        let inst = shard.caches.adopt(&ident, || {
             self.instance(shard, shards, cache::key_of(&ident))
         });
         Rc::new(ProxyCache {

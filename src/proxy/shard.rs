@@ -55,6 +55,8 @@ pub struct Lanes {
     pub limit: Rc<Endpoint>,
     /// Cache purges from peers.
     pub purge: Rc<Lane<PurgeMsg>>,
+    /// The shard's cache instances, which those purges (and the admin API's) reach.
+    pub caches: Rc<crate::cache::Caches>,
 }
 
 impl Lanes {
@@ -62,6 +64,7 @@ impl Lanes {
         Lanes {
             limit: Rc::new(Endpoint::new(limit)),
             purge: Rc::new(purge),
+            caches: Rc::default(),
         }
     }
 
@@ -74,7 +77,7 @@ impl Lanes {
     /// out (and acked). The shard calls this whenever it wakes.
     pub fn drain(&self) {
         self.limit.drain();
-        crate::cache::deliver(&self.purge);
+        self.caches.deliver(&self.purge);
     }
 }
 
@@ -132,9 +135,15 @@ impl Shard {
                 .map(|(u, tls)| Rc::new(UpstreamState::new(u, tls.clone())))
                 .collect(),
             route_stats: metrics.for_routes(cfg.routes.by_id().map(|r| r.map(|r| r.name.as_str()))),
-            metrics,
+            metrics: metrics.clone(),
             log: crate::accesslog::ShardLog::for_shard(id),
-            plugins: crate::plugin::ShardPlugins::new(&built.plugins, &lanes.limit, &lanes.purge),
+            plugins: crate::plugin::ShardPlugins::new(
+                &built.plugins,
+                &lanes.limit,
+                &lanes.purge,
+                &metrics,
+                &lanes.caches,
+            ),
             limits: HeadLimits {
                 max_header_bytes: cfg.server.max_header_bytes,
                 max_request_line_bytes: cfg.server.max_request_line_bytes,
@@ -197,6 +206,8 @@ impl Shard {
                 &built.plugins,
                 &self.lanes.limit,
                 &self.lanes.purge,
+                &self.metrics,
+                &self.lanes.caches,
             ),
             limits: HeadLimits {
                 max_header_bytes: cfg.server.max_header_bytes,
@@ -280,7 +291,7 @@ impl Shard {
             upstreams,
             log_lines,
             log_dropped,
-            rate_limited: crate::metrics::rate_limited(),
+            rate_limited: self.metrics.rate_limited(),
         }
     }
 }

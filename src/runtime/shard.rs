@@ -162,7 +162,11 @@ pub async fn run(
                     let _ = reply.send(current(&shard).snapshot());
                 }
                 Ok(Control::CachePurge { target, ack }) => {
-                    let _ = ack.send(crate::cache::admin::purge_here(shard.id, &target));
+                    let _ = ack.send(crate::cache::admin::purge_here(
+                        &shard.lanes.caches,
+                        shard.id,
+                        &target,
+                    ));
                 }
                 Ok(Control::NodeDown {
                     upstream,
@@ -193,7 +197,7 @@ pub async fn run(
             for u in &current(&shard).upstreams {
                 u.sweep(now);
             }
-            crate::cache::sweep();
+            shard.lanes.caches.sweep();
         }
         if let Some(log) = &shard.log {
             log.flush();
