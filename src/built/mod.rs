@@ -4,7 +4,6 @@
 
 pub mod tls;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
@@ -68,14 +67,6 @@ pub fn from_str(text: &str) -> Result<Built, ConfigError> {
     build(crate::config::from_str(text)?)
 }
 
-fn upstream_ids(cfg: &Config) -> HashMap<String, usize> {
-    cfg.upstreams
-        .iter()
-        .enumerate()
-        .map(|(i, u)| (u.name.clone(), i))
-        .collect()
-}
-
 fn plugins(cfg: &Config) -> Result<PluginSet, ConfigError> {
     let empty = Default::default();
     let routes: Vec<_> = cfg
@@ -91,7 +82,12 @@ fn plugins(cfg: &Config) -> Result<PluginSet, ConfigError> {
             plugins: &c.plugins,
         })
         .collect();
-    crate::plugin::registry::build(&cfg.global_plugins, &routes, &consumers, &upstream_ids(cfg))
+    crate::plugin::registry::build(
+        &cfg.global_plugins,
+        &routes,
+        &consumers,
+        &cfg.upstream_ids(),
+    )
 }
 
 /// `cur` with route `name` put (`Some(route JSON)`) or removed, sharing everything else;
@@ -116,7 +112,7 @@ pub fn with_route(
                 &r.plugins,
                 &format!("{at}.plugins"),
                 &cur.plugins,
-                &upstream_ids(&cfg),
+                &cfg.upstream_ids(),
             )?;
             let Some(chain) = chain else {
                 return Ok(None);

@@ -215,7 +215,7 @@ impl Caches {
     /// retired generations once their last request is done.
     pub fn sweep(&self) {
         let now = now_ms();
-        for inst in self.live() {
+        for inst in self.instances.borrow().iter().filter_map(Weak::upgrade) {
             inst.store.borrow_mut().sweep(now, 4096);
         }
         self.instances.borrow_mut().retain(|w| w.strong_count() > 0);

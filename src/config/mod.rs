@@ -158,6 +158,17 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
+impl Config {
+    /// Upstream name -> index into `upstreams` (what routes and traffic-split name).
+    pub fn upstream_ids(&self) -> std::collections::HashMap<String, usize> {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.clone(), i))
+            .collect()
+    }
+}
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {

@@ -141,12 +141,7 @@ pub fn with_route(
             format!("{:?} differs from the route's id {name:?}", r.name),
         ));
     }
-    let upstreams: HashMap<String, usize> = cur
-        .upstreams
-        .iter()
-        .enumerate()
-        .map(|(i, u)| (u.name.clone(), i))
-        .collect();
+    let upstreams = cur.upstream_ids();
     let relocate = |mut e: ConfigError| {
         if let Some(rest) = e.path.strip_prefix("routes[0]") {
             e.path = format!("{at}{rest}");

@@ -362,6 +362,20 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// metrics/ sits below plugin/ and labels the counters itself: the labels must stay the
+    /// plugins' SPEC names.
+    #[test]
+    fn metrics_labels_are_the_logger_names() {
+        let names = crate::metrics::logship::counts().map(|c| c.0);
+        assert_eq!(
+            names,
+            [
+                super::super::http_logger::SPEC.name,
+                super::super::tcp_logger::SPEC.name
+            ]
+        );
+    }
+
     /// Fails while `down` is set; records what it delivered.
     struct Probe {
         down: Arc<Mutex<bool>>,
