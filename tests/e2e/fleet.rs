@@ -149,3 +149,181 @@ fn two_nodes_share_one_limit_within_five_percent() {
         }
     }
 }
+
+/// Waits, if need be, so that `secs` from now stay inside one hour-long window.
+fn clear_of_hour_boundary(secs: u64) {
+    let into = wall_ms() % 3_600_000;
+    if into + secs * 1000 > 3_600_000 {
+        thread::sleep(Duration::from_millis(3_600_000 - into + 100));
+    }
+}
+
+fn fleet_metric(status: std::net::SocketAddr, name: &str) -> f64 {
+    prometheus::value(&prometheus::scrape(status), name, &[])
+}
+
+/// Counts in the store for one limit-count route: (node field, count) of every node, found by
+/// the route's namespace in the key.
+fn stored_counts(redis: &Redis, route: &str) -> Vec<u64> {
+    let mut c = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("ringway:lc:{{route \"{route}\"*"))
+        .query(&mut c)
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for k in keys {
+        let h: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(&k)
+            .query(&mut c)
+            .unwrap_or_default();
+        for (_, v) in h {
+            if let Some(n) = v.split(',').next().and_then(|n| n.parse().ok()) {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+/// Sends to `path` and returns (status, how long the answer took).
+fn timed(c: &mut Client, path: &str) -> (u16, Duration) {
+    let t = Instant::now();
+    let r = get_with(c, path, "X-Tenant: t\r\n");
+    (r.status, t.elapsed())
+}
+
+/// Redis stalls (CLIENT PAUSE beyond the timeout), is killed, and comes back empty: requests
+/// never wait for it; each route falls back per on_redis_error; one log line per state change;
+/// the store state is in /metrics; the node's counts are back in the store soon after it returns.
+#[test]
+fn store_stalls_stops_and_returns_without_requests_waiting() {
+    let _cpu = cpu_lock();
+    let mut redis = Redis::start();
+    let o = Origin::named("o");
+    let r = redis.addr.to_string();
+    let lc = |count: u64, on_err: &str| {
+        count_plugin(&r, count, 3600, &format!("on_redis_error = \"{on_err}\"\n"))
+    };
+    let cfg = format!(
+        "{}[status]\nlisten = \"127.0.0.1:0\"\n\n{}{}{}{}",
+        // One shard: a fresh key's first interval is split among shards, which would make
+        // the exact counts below depend on which shard a connection landed on.
+        server(&[("workers", "1")]),
+        upstream("backend", &[o.addr], ""),
+        route("local", &["/local"], "backend", &lc(5, "local")),
+        route("allow", &["/allow"], "backend", &lc(2, "allow")),
+        route("deny", &["/deny"], "backend", &lc(1000, "deny")),
+    );
+    clear_of_hour_boundary(30);
+    let gw = Gateway::start(&cfg);
+    let status = ops::listener(&gw.stderr, "status");
+    let mut c = gw.client();
+    for _ in 0..3 {
+        assert_eq!(timed(&mut c, "/local").0, 200);
+    }
+    assert_eq!(timed(&mut c, "/allow").0, 200);
+    assert_eq!(timed(&mut c, "/allow").0, 200);
+    assert_eq!(timed(&mut c, "/deny").0, 200);
+    assert!(
+        wait_until(Duration::from_secs(5), || fleet_metric(
+            status,
+            "ringway_fleet_store_state"
+        ) == 1.0),
+        "store never reported up:\n{}",
+        gw.logs()
+    );
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        timed(&mut c, "/allow").0,
+        429,
+        "limit enforced while the store is up"
+    );
+
+    // 1. A stall: Redis holds every client for 2 s, far beyond the 100 ms timeout.
+    let mut admin = redis.conn();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2000)
+        .arg("ALL")
+        .query(&mut admin)
+        .expect("CLIENT PAUSE");
+    let stalled = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while stalled.elapsed() < Duration::from_millis(1500) {
+        for p in ["/allow", "/deny"] {
+            slowest = slowest.max(timed(&mut c, p).1);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a request waited {slowest:?} while the store stalled"
+    );
+    assert_eq!(fleet_metric(status, "ringway_fleet_store_state"), 2.0);
+    assert_eq!(timed(&mut c, "/deny").0, 429, "deny fails closed");
+    assert_eq!(timed(&mut c, "/allow").0, 200, "allow fails open");
+    assert!(
+        wait_until(Duration::from_secs(5), || fleet_metric(
+            status,
+            "ringway_fleet_store_state"
+        ) == 1.0),
+        "store not back after the stall:\n{}",
+        gw.logs()
+    );
+
+    // 2. Killed: same fallbacks, still no waiting; local keeps its last share (5 in all).
+    redis.stop();
+    assert!(
+        wait_until(Duration::from_secs(5), || fleet_metric(
+            status,
+            "ringway_fleet_store_state"
+        ) == 2.0),
+        "store never reported down:\n{}",
+        gw.logs()
+    );
+    let mut slowest = Duration::ZERO;
+    let mut local_ok = 0;
+    for _ in 0..10 {
+        let (s, t) = timed(&mut c, "/local");
+        slowest = slowest.max(t);
+        local_ok += usize::from(s == 200);
+    }
+    assert_eq!(
+        local_ok, 2,
+        "the node's last share: 5 in the window, 3 used"
+    );
+    assert_eq!(timed(&mut c, "/deny").0, 429);
+    assert_eq!(timed(&mut c, "/allow").0, 200);
+    // Retries go on (with backoff) for a while: still one log line for the change.
+    thread::sleep(Duration::from_millis(1500));
+    assert!(slowest < Duration::from_millis(250), "waited {slowest:?}");
+
+    // 3. Back, empty: the node's count for the window is in the store again shortly after.
+    redis.restart();
+    let back = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(3), || stored_counts(&redis, "local")
+            .contains(&5)),
+        "counts not reconciled after the store returned: {:?}\n{}",
+        stored_counts(&redis, "local"),
+        gw.logs()
+    );
+    eprintln!(
+        "fleet reconcile: counts back in the store {:?} after restart",
+        back.elapsed()
+    );
+    assert_eq!(fleet_metric(status, "ringway_fleet_store_state"), 1.0);
+    assert_eq!(timed(&mut c, "/local").0, 429, "still 5 in the window");
+    assert_eq!(timed(&mut c, "/deny").0, 200, "deny lifted");
+
+    let logs = gw.logs();
+    let down = logs.matches("unreachable (").count();
+    let up = logs.matches("reachable again").count();
+    assert_eq!((down, up), (2, 2), "one line per state change:\n{logs}");
+    assert_eq!(
+        fleet_metric(status, "ringway_fleet_state_changes_total"),
+        4.0
+    );
+    assert!(fleet_metric(status, "ringway_fleet_errors_total") >= 2.0);
+    assert!(fleet_metric(status, "ringway_fleet_syncs_total") >= 1.0);
+}
