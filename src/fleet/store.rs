@@ -12,13 +12,16 @@ use crate::limit::fleet::{Kind, Store};
 use crate::limit::node::{Answer, Ask, SHARE_ONE};
 
 /// limit-count, per key: KEYS = (this window's hash, the previous window's); ARGV = node id,
-/// limit, ttl ms, now ms, stale ms, then (count, demand) per key. Fields are
+/// limit, ttl ms, now ms, stale ms, then (count, floor, demand) per key. Fields are
 /// `count,alloc,demand,ts` per node. A node's cap is its demand-weighted part of what the other
 /// nodes leave (their count or allocation, whichever is larger; a node silent for `stale` ms
 /// holds only its count), at least its fair part of the limit when that much is free. The cap
 /// is recomputed from scratch on every call: holding on to what the node's shards were given
-/// (a floor) kept an idle node's reservation forever, since shards size their allocations from
-/// the cap. Sum of caps <= limit, by construction, since the script runs atomically. The
+/// (its floor) as the cap kept an idle node's reservation forever, since shards size their
+/// allocations from the cap. The floor is only *stored* as the node's reservation (with the
+/// cap, whichever is larger): the node's count is one shard tick old, and its shards may have
+/// admitted up to their allocations since. Sum of reservations <= limit whenever floors are
+/// within caps, since the script runs atomically. The
 /// first call of a window seeds it with the other nodes' opening parts from the previous
 /// window's demand, as each node opens with locally.
 pub const COUNT_SCRIPT: &str = r"
@@ -31,8 +34,8 @@ end
 local out = {}
 for i = 1, #KEYS / 2 do
   local cur, prev = KEYS[2 * i - 1], KEYS[2 * i]
-  local b = 5 + 2 * (i - 1)
-  local count, demand = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local b = 5 + 3 * (i - 1)
+  local count, floor, demand = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
   if redis.call('EXISTS', cur) == 0 then
     local p = redis.call('HGETALL', prev)
     local plan, n, total = {}, 1, demand
@@ -72,7 +75,7 @@ for i = 1, #KEYS / 2 do
   local cap = count + share
   cap = math.max(cap, math.min(math.floor(limit * w), count + left))
   cap = math.max(cap, count)
-  redis.call('HSET', cur, me, count .. ',' .. cap .. ',' .. demand .. ',' .. now)
+  redis.call('HSET', cur, me, count .. ',' .. math.max(cap, floor) .. ',' .. demand .. ',' .. now)
   redis.call('PEXPIRE', cur, ttl)
   out[#out + 1] = cap
   out[#out + 1] = od
@@ -271,7 +274,11 @@ fn calls(batches: &[Batch], cluster: bool) -> Vec<Call> {
                     for a in chunk {
                         keys.push(count_key(&b.ns, a.key, b.window));
                         keys.push(count_key(&b.ns, a.key, b.window.saturating_sub(1)));
-                        args.extend([a.count.to_string(), a.demand.to_string()]);
+                        args.extend([
+                            a.count.to_string(),
+                            a.floor.to_string(),
+                            a.demand.to_string(),
+                        ]);
                     }
                 }
                 Kind::Req { .. } => {

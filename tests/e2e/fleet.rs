@@ -327,3 +327,149 @@ fn store_stalls_stops_and_returns_without_requests_waiting() {
     assert!(fleet_metric(status, "ringway_fleet_errors_total") >= 2.0);
     assert!(fleet_metric(status, "ringway_fleet_syncs_total") >= 1.0);
 }
+
+fn cmd<T: redis::FromRedisValue>(c: &mut redis::Connection, args: &[&str]) -> T {
+    let mut k = redis::cmd(args[0]);
+    for a in &args[1..] {
+        k.arg(*a);
+    }
+    k.query(c).unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+}
+
+/// The newest timestamp among a limit hash's node fields (`count,alloc,demand,ts`).
+fn newest_ts(c: &mut redis::Connection, key: &str) -> u64 {
+    let h: Vec<(String, String)> = cmd(c, &["HGETALL", key]);
+    h.iter()
+        .filter_map(|(_, v)| v.rsplit(',').next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A real three-master Redis Cluster, given to both nodes by one seed: limits on six keys
+/// spread over the masters (one limit's keys on one slot by their hash tag), none admitted past
+/// its count; then one limit's slot is migrated under load (ASK, then MOVED) and the nodes
+/// keep exchanging with its new owner.
+#[test]
+fn redis_cluster_shares_limits_and_follows_a_moved_slot() {
+    let _cpu = cpu_lock();
+    let cluster = RedisCluster::start();
+    let o = Origin::named("o");
+    let plugins = format!(
+        "[routes.plugins.limit-count]\ncount = 20\ntime_window = 3600\nkey = \"header:X-Tenant\"\n\
+         rejected_code = 429\npolicy = \"redis-cluster\"\n\
+         redis_cluster = {{ nodes = [\"{}\"], timeout = \"200ms\" }}\n",
+        cluster.nodes[0]
+    );
+    clear_of_hour_boundary(60);
+    let a = node(&o, 1, &plugins);
+    let b = node(&o, 1, &plugins);
+    let (mut ca, mut cb) = (a.client(), b.client());
+    let tenants: Vec<String> = (0..6).map(|i| format!("tenant-{i}")).collect();
+    let mut admitted = vec![0u32; tenants.len()];
+    let mut round = |ca: &mut Client, cb: &mut Client, admitted: &mut Vec<u32>, n: usize| {
+        for i in 0..n {
+            for (t, name) in tenants.iter().enumerate() {
+                let c = if (i + t) % 2 == 0 { &mut *ca } else { &mut *cb };
+                let r = get_with(c, "/x", &format!("X-Tenant: {name}\r\n"));
+                match r.status {
+                    200 => admitted[t] += 1,
+                    429 => {}
+                    s => panic!("unexpected status {s}"),
+                }
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    };
+    round(&mut ca, &mut cb, &mut admitted, 40);
+    eprintln!("fleet cluster: admitted per tenant {admitted:?} (count 20, 40 sent each)");
+    for (t, &n) in admitted.iter().enumerate() {
+        assert!(
+            (18..=20).contains(&n),
+            "tenant {t}: admitted {n} of 20: {admitted:?}"
+        );
+    }
+    // Where the limits live: every master answers KEYS for its own slots only.
+    let mut owners = std::collections::BTreeMap::new();
+    for &m in &cluster.nodes {
+        let keys: Vec<String> = cmd(&mut cluster.conn(m), &["KEYS", "ringway:lc:*"]);
+        for k in keys {
+            assert!(
+                k.starts_with("ringway:lc:{route \"api\"/limit-count:"),
+                "{k}"
+            );
+            assert_eq!(
+                cluster.owner_of(&k),
+                m,
+                "{k} is on the node that owns its slot"
+            );
+            owners.insert(k, m);
+        }
+    }
+    assert_eq!(
+        owners.len(),
+        tenants.len(),
+        "one hash per limit and window: {owners:?}"
+    );
+    let masters: std::collections::BTreeSet<_> = owners.values().collect();
+    assert!(
+        masters.len() >= 2,
+        "six limits all on one master: {owners:?}"
+    );
+
+    // Move one limit's slot to another master while both nodes keep exchanging.
+    let (key, &src) = owners.iter().next().expect("a stored limit");
+    let dst = *cluster
+        .nodes
+        .iter()
+        .find(|&&n| n != src)
+        .expect("another master");
+    let (mut s, mut d) = (cluster.conn(src), cluster.conn(dst));
+    let slot: i64 = cmd(&mut s, &["CLUSTER", "KEYSLOT", key]);
+    let slot = slot.to_string();
+    let src_id: String = cmd(&mut s, &["CLUSTER", "MYID"]);
+    let dst_id: String = cmd(&mut d, &["CLUSTER", "MYID"]);
+    let _: () = cmd(&mut d, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]);
+    let _: () = cmd(&mut s, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]);
+    let moving: Vec<String> = cmd(&mut s, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+    let port = dst.port().to_string();
+    let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+    migrate.extend(moving.iter().map(String::as_str));
+    let _: redis::Value = cmd(&mut s, &migrate);
+    // Nodes asking the old owner now get ASK for the migrated keys.
+    thread::sleep(Duration::from_millis(200));
+    for &m in &cluster.nodes {
+        let _: () = cmd(
+            &mut cluster.conn(m),
+            &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id],
+        );
+    }
+    let moved_at = wall_ms();
+    round(&mut ca, &mut cb, &mut admitted, 20);
+    eprintln!("fleet cluster: after the move {admitted:?}");
+    for (t, &n) in admitted.iter().enumerate() {
+        assert!(
+            n <= 20,
+            "tenant {t}: admitted {n} past its count after the move"
+        );
+    }
+    assert_eq!(cluster.owner_of(key), dst);
+    assert!(
+        wait_until(Duration::from_secs(3), || newest_ts(&mut d, key) > moved_at),
+        "no exchange reached the slot's new owner:\n{}",
+        a.logs()
+    );
+    // While a slot migrates, Redis answers a multi-key script whose keys are split between the
+    // two owners (this window's hash moved, the previous window's absent) with TRYAGAIN; the
+    // client retries past the timeout at most for that round: one fallback, then back.
+    for gw in [&a, &b] {
+        let logs = gw.logs();
+        let (down, up) = (
+            logs.matches("unreachable (").count(),
+            logs.matches("reachable again").count(),
+        );
+        assert!(
+            down <= 1 && up == down,
+            "more than one failed round:\n{logs}"
+        );
+    }
+}
