@@ -209,10 +209,24 @@ impl NodeLimiter {
         }
     }
 
-    /// The fraction a key the node has no answer for opens with: an equal part among the nodes
-    /// last seen (the whole limit before the store was ever reached).
+    /// The fraction a key the node has no answer for opens with: the whole limit while no
+    /// other node was ever seen; otherwise, for limit-count, half an interval's worth of the
+    /// limit (the store reserved nothing for this node, and another node may be using the key
+    /// already: what it admits before its first exchange may be over the limit; a whole
+    /// interval's worth measured +5% with traffic moving to a node mid-window, half +2.7%), and
+    /// for limit-req an equal part among the nodes last seen.
     pub fn default_frac(&self) -> f64 {
-        1.0 / self.nodes.max(1) as f64
+        if self.nodes <= 1 {
+            return 1.0;
+        }
+        let equal = 1.0 / self.nodes as f64;
+        match self.spec.kind {
+            Kind::Count { limit, window_ms } => {
+                let interval = self.spec.interval.max(self.tick).as_millis() as f64;
+                equal.min(interval / 2.0 / window_ms.max(1) as f64 + 1.0 / limit.max(1) as f64)
+            }
+            Kind::Req { .. } => equal,
+        }
     }
 }
 
@@ -290,7 +304,8 @@ mod tests {
         );
         assert_eq!(g.items[0].cap, 60);
         assert!((g.items[0].frac - 301.0 / 602.0).abs() < 1e-9);
-        assert_eq!(g.default_frac, 0.5);
+        // Two nodes seen: a new key opens with half a 50 ms interval's worth of an hour's limit.
+        assert!((g.default_frac - (25.0 / 3_600_000.0 + 1.0 / 100.0)).abs() < 1e-12);
         // Idle: asked LINGER more times, then forgotten.
         n.absorb(&up(&s, set, 0, 10, vec![it(0, 0, 0)]), set);
         n.absorb(&up(&s, set, 1, 10, vec![it(0, 0, 0)]), set);
