@@ -83,10 +83,13 @@ impl Fleet {
         loop {
             let now = Instant::now();
             while let Ok(u) = self.ports.uplinks.try_recv() {
-                self.limiters
-                    .entry((u.set, u.limiter))
-                    .or_insert_with(|| NodeLimiter::new(&u, now))
-                    .absorb(&u, now);
+                let id = (u.set, u.limiter);
+                if !self.limiters.contains_key(&id) {
+                    self.adopt(&u, now);
+                }
+                if let Some(l) = self.limiters.get_mut(&id) {
+                    l.absorb(&u, now);
+                }
             }
             self.limiters
                 .retain(|_, l| now.duration_since(l.heard) < FORGET);
@@ -132,6 +135,25 @@ impl Fleet {
             publish_state(&self.stores);
             tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
         }
+    }
+
+    /// A limiter of a set not seen before (start-up, or a reload): it takes over what the
+    /// node knew of the same limit in the previous set (how many nodes share it), and its
+    /// shards hear the opening fraction for new keys at once rather than after an exchange.
+    fn adopt(&mut self, u: &crate::limit::fleet::Uplink, now: Instant) {
+        let mut l = NodeLimiter::new(u, now);
+        let known = self
+            .limiters
+            .values()
+            .filter(|o| o.spec.ns == u.spec.ns)
+            .map(|o| o.nodes())
+            .max();
+        if let Some(n) = known {
+            l.set_nodes(n);
+            let g = l.grant(now, Mode::Shared, Vec::new());
+            self.ports.grants.send_all(|| g.clone());
+        }
+        self.limiters.insert((u.set, u.limiter), l);
     }
 
     /// One exchange with store `s` for all its limiters (connecting first if need be).

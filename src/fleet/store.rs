@@ -176,9 +176,11 @@ pub async fn connect(store: &Store, timeout: Duration) -> Result<Conn, String> {
                     .rsplit_once(':')
                     .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
                     .ok_or_else(|| format!("bad address {addr:?}"))?;
-                let mut redis = redis::RedisConnectionInfo::default();
-                redis.db = *database;
-                redis.password = password.clone();
+                let redis = redis::RedisConnectionInfo {
+                    db: *database,
+                    password: password.clone(),
+                    ..Default::default()
+                };
                 let info = redis::ConnectionInfo {
                     addr: redis::ConnectionAddr::Tcp(host, port),
                     redis,

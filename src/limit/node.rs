@@ -119,6 +119,16 @@ impl NodeLimiter {
         self.keys.len()
     }
 
+    /// Most nodes seen sharing a key of this limiter in the last exchange.
+    pub fn nodes(&self) -> u64 {
+        self.nodes
+    }
+
+    /// Carries `nodes` over from the same limit of a previous limiter set.
+    pub fn set_nodes(&mut self, n: u64) {
+        self.nodes = n;
+    }
+
     /// What to exchange now: keys with a count, an allocation or demand in the current window,
     /// and idle ones for a few more rounds. Keys idle longer are forgotten.
     pub fn asks(&mut self, now: Instant) -> Vec<Ask> {

@@ -2,7 +2,6 @@
 //! 1:1, 4:1, on one node, switching), a store that stops, stalls and returns, a three-master
 //! Redis Cluster with a slot moved under load, and limit-req's rate split between nodes.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -375,7 +374,7 @@ fn redis_cluster_shares_limits_and_follows_a_moved_slot() {
     let (mut ca, mut cb) = (a.client(), b.client());
     let tenants: Vec<String> = (0..6).map(|i| format!("tenant-{i}")).collect();
     let mut admitted = vec![0u32; tenants.len()];
-    let mut round = |ca: &mut Client, cb: &mut Client, admitted: &mut Vec<u32>, n: usize| {
+    let round = |ca: &mut Client, cb: &mut Client, admitted: &mut Vec<u32>, n: usize| {
         for i in 0..n {
             for (t, name) in tenants.iter().enumerate() {
                 let c = if (i + t) % 2 == 0 { &mut *ca } else { &mut *cb };
