@@ -94,6 +94,8 @@ impl Fleet {
             self.limiters
                 .retain(|_, l| now.duration_since(l.heard) < FORGET);
             if self.limiters.is_empty() {
+                self.stores.clear();
+                publish_state(&self.stores);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
