@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::built::Built;
-use crate::cache::PurgeMsg;
+use crate::cache::Mail;
 use crate::http::parse::HeadLimits;
 use crate::limit::sync::{Endpoint, Report};
 use crate::local::drain::{tick_until, Drain};
@@ -54,13 +54,13 @@ pub struct Lanes {
     /// Limit-sync reports from peers, for the limiter sets on this shard.
     pub limit: Rc<Endpoint>,
     /// Cache purges from peers.
-    pub purge: Rc<Lane<PurgeMsg>>,
+    pub purge: Rc<Lane<Mail>>,
     /// The shard's cache instances, which those purges (and the admin API's) reach.
     pub caches: Rc<crate::cache::Caches>,
 }
 
 impl Lanes {
-    pub fn new(limit: Lane<Report>, purge: Lane<PurgeMsg>) -> Lanes {
+    pub fn new(limit: Lane<Report>, purge: Lane<Mail>) -> Lanes {
         Lanes {
             limit: Rc::new(Endpoint::new(limit)),
             purge: Rc::new(purge),

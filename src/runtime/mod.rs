@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver};
 
 use crate::built::Built;
-use crate::cache::PurgeMsg;
+use crate::cache::Mail;
 use crate::limit::sync::Report;
 use crate::net::ring::block_on;
 use crate::proxy::shard::{Lanes, Shard};
@@ -38,7 +38,7 @@ struct Wiring {
     wake: Option<std::os::unix::net::UnixStream>,
     bell: Arc<Doorbell>,
     limit: Lane<Report>,
-    purge: Lane<PurgeMsg>,
+    purge: Lane<Mail>,
 }
 
 /// The plane's links to `workers` shards and each shard's wiring: one doorbell per shard, rung by
@@ -62,7 +62,7 @@ fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>) {
     // The inlets (senders for threads other than shards) are dropped: only shards send on
     // these lanes so far.
     let (limit, _) = mesh.lane::<Report>();
-    let (purge, _) = mesh.lane::<PurgeMsg>();
+    let (purge, _) = mesh.lane::<Mail>();
     let mut links = Vec::with_capacity(workers);
     let mut wiring = Vec::with_capacity(workers);
     for (((wake, bell), limit), purge) in wakes.into_iter().zip(bells).zip(limit).zip(purge) {
