@@ -13,6 +13,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use super::{now_ms, Entry, Instance, PurgeMsg};
+use crate::util::hash::BytesHasher;
 
 /// How long a shard waits for the owner's first answer: the owner answers when its control loop
 /// wakes (microseconds), so only a wedged owner takes this long; the request then goes to the
@@ -370,11 +372,12 @@ impl Drop for Leader {
     }
 }
 
-/// This shard's requests waiting for answers from owners, by id.
+/// This shard's requests waiting for answers from owners, by id (our own counter: a plain
+/// hasher will do).
 #[derive(Default)]
 pub struct Peers {
     next: Cell<u64>,
-    waiting: RefCell<HashMap<u64, Rc<Slot>>>,
+    waiting: RefCell<HashMap<u64, Rc<Slot>, BuildHasherDefault<BytesHasher>>>,
 }
 
 #[derive(Default)]

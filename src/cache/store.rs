@@ -150,12 +150,18 @@ impl Store {
 
     /// Every variant of `key`, each recorded as hit (for another shard, which picks the variant).
     pub fn get_all(&mut self, key: &[u8]) -> Vec<Arc<Entry>> {
-        let n = self.map.get(key).map_or(0, Vec::len);
+        // One map lookup: the ids are copied out (at most MAX_VARIANTS + 1) before hits relink.
+        let mut ids = [NIL; MAX_VARIANTS + 1];
+        let n = match self.map.get(key) {
+            Some(v) => {
+                let n = v.len().min(ids.len());
+                ids[..n].copy_from_slice(&v[..n]);
+                n
+            }
+            None => return Vec::new(),
+        };
         let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let Some(&id) = self.map.get(key).and_then(|ids| ids.get(i)) else {
-                break;
-            };
+        for &id in &ids[..n] {
             out.extend(self.hit(id));
         }
         out
