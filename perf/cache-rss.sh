@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# Memory of a hot 1 MiB object: ringway with SHARDS shards (default 2) caches one 1 MiB response;
-# RSS is read before it is first asked for and after ROUNDS requests over new connections (which
-# SO_REUSEPORT spreads over every shard). One copy per node adds ~1 MiB; one per shard adds
-# ~1 MiB per shard that saw it. BIN=path/to/ringway measures another build (e.g. before).
+# Memory of hot 1 MiB objects: ringway with SHARDS shards (default 2) caches OBJECTS (8) distinct
+# 1 MiB responses, each asked for ROUNDS (10) times over new connections (which SO_REUSEPORT
+# spreads over every shard); RSS is read before and after, and divided by OBJECTS (one object
+# alone is lost in the allocator's noise). One copy per node adds ~1 MiB per object; one per
+# shard ~1 MiB per shard that saw it. BIN=path/to/ringway measures another build (e.g. before).
 #
 #   perf/cache-rss.sh
 #   BIN=/tmp/before/release/ringway SHARDS=2 perf/cache-rss.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARDS=${SHARDS:-2}
-ROUNDS=${ROUNDS:-40}
+ROUNDS=${ROUNDS:-10}
+OBJECTS=${OBJECTS:-8}
 T=${CARGO_TARGET_DIR:-target}/release
 BIN=${BIN:-$T/ringway}
-need curl "apt-get install -y curl" 2>/dev/null || true
 work=$(mktemp -d)
 . perf/lib.sh
 need curl "apt-get install -y curl"
@@ -33,6 +34,7 @@ upstream = "origin"
 [routes.plugins.proxy-cache]
 cache_ttl = 600
 max_body_bytes = 2097152
+max_bytes = 67108864
 TOML
 RINGWAY_LOG=warn "$BIN" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
 RW=$!
@@ -43,9 +45,9 @@ rss() { awk '/^VmRSS/ {print $2}' "/proc/$RW/status"; }
 for _ in $(seq "$ROUNDS"); do curl -s -o /dev/null "http://127.0.0.1:$GW/warm?x=$RANDOM" -H 'Range: bytes=0-0'; done
 sleep 0.5
 before=$(rss)
-statuses=$(for _ in $(seq "$ROUNDS"); do
-  curl -s -o /dev/null -D - "http://127.0.0.1:$GW/big" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache-status" {print $2}'
-done | sort | uniq -c | tr '\n' ' ')
+statuses=$(for o in $(seq "$OBJECTS"); do for _ in $(seq "$ROUNDS"); do
+  curl -s -o /dev/null -D - "http://127.0.0.1:$GW/big/$o" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache-status" {print $2}'
+done; done | sort | uniq -c | tr '\n' ' ' | tr -s ' ')
 sleep 0.5
 after=$(rss)
-echo "binary $BIN, $SHARDS shards: RSS before ${before} KiB, after ${after} KiB, +$((after - before)) KiB for one 1 MiB object ($ROUNDS requests on new connections: $statuses)"
+echo "binary $BIN, $SHARDS shards: RSS before ${before} KiB, after ${after} KiB: +$(( (after - before) / OBJECTS )) KiB per 1 MiB object ($OBJECTS objects x $ROUNDS requests on new connections:$statuses)"
