@@ -38,11 +38,12 @@ fn read_pem(p: &std::path::Path) -> Result<Vec<u8>, String> {
 
 /// A client for `src` (the connection itself is made by the first call).
 pub async fn connect(src: &EtcdSource) -> Result<Client, String> {
+    // No HTTP/2 keep-alive pings: etcd answers pings more often than every 5 s with GOAWAY
+    // (its --grpc-keepalive-min-time). A silent etcd is noticed by the watch's progress
+    // requests instead (see `watch`).
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(src.timeout)
-        // A stopped or partitioned etcd is noticed by the HTTP/2 pings, not only by the kernel.
-        .with_keep_alive(src.timeout, src.timeout)
-        .with_keep_alive_while_idle(true);
+        .with_tcp_keepalive(Duration::from_secs(30));
     if let (Some(u), Some(p)) = (&src.username, &src.password) {
         opts = opts.with_user(u.clone(), p.clone());
     }

@@ -320,6 +320,9 @@ impl Plane {
                 cur.server.workers, new.server.workers
             ));
         }
+        if new.config_source != cur.config_source {
+            return Err("config_source changed; that needs a restart".into());
+        }
         Ok(())
     }
 
