@@ -497,4 +497,44 @@ mod tests {
         );
         assert!(difference(&want, &want).is_empty());
     }
+
+    #[test]
+    fn start_up_takes_out_what_does_not_build_and_keeps_the_rest() {
+        let dir = std::env::temp_dir().join(format!("ringway-fleet-sync-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("gw.toml");
+        std::fs::write(
+            &src,
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\n[[upstreams]]\nname = \"f\"\nnodes = [{ addr = \"127.0.0.1:9\" }]\n[[routes]]\nname = \"file\"\npaths = [\"/file\"]\nupstream = \"f\"\n",
+        )
+        .unwrap();
+        let mut doc = Document::open(&src, None).unwrap();
+        let file_sets = doc.sets.clone();
+        let mut etcd = BTreeMap::new();
+        let obj = |v: Value| v;
+        etcd.insert(
+            (Kind::Upstreams, "u".to_string()),
+            obj(json!({"name": "u", "nodes": [{"addr": "127.0.0.1:9"}]})),
+        );
+        etcd.insert(
+            (Kind::Routes, "good".to_string()),
+            obj(json!({"name": "good", "paths": ["/g"], "upstream": "u"})),
+        );
+        etcd.insert(
+            (Kind::Routes, "bad.v1".to_string()),
+            obj(json!({"name": "bad.v1", "paths": ["/b"], "upstream": "missing"})),
+        );
+        // etcd's object replaces the file's of the same id; when refused, the file's stays.
+        etcd.insert(
+            (Kind::Routes, "file".to_string()),
+            obj(json!({"name": "file", "paths": ["/f2"], "upstream": "nope"})),
+        );
+        let (built, refused) = startup_build(&mut doc, etcd, &file_sets, 7).unwrap();
+        let names: Vec<_> = refused.keys().map(|(k, id)| format!("{}/{id}", k.seg())).collect();
+        assert_eq!(names, ["routes/bad.v1", "routes/file"]);
+        assert_eq!(built.cfg.routes.len(), 2);
+        assert!(built.cfg.routes.id("good").is_some());
+        assert_eq!(doc.sets["routes"]["file"]["paths"], json!(["/file"]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
