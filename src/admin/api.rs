@@ -5,9 +5,9 @@
 
 use serde_json::{json, Value};
 
+use super::change::Refused;
 use super::document::{merge_patch, Document, Kind};
 use super::http::{Request, Response};
-use super::change::Refused;
 use super::Ops;
 use crate::config::ops::AdminConfig;
 use crate::runtime::plane::Plane;
@@ -137,9 +137,7 @@ pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Respons
             let expected = match r.arg("mod_revision").map(str::parse::<i64>) {
                 None => None,
                 Some(Ok(n)) if n >= 0 => Some(n),
-                Some(_) => {
-                    return Response::error(400, "mod_revision: expected a revision number")
-                }
+                Some(_) => return Response::error(400, "mod_revision: expected a revision number"),
             };
             // The fleet thread applies the write from its watch under this lock.
             drop(guard);
@@ -169,7 +167,11 @@ fn remote_change(
         "admin: {} {}/{id}: committed to etcd at revision {rev}{}",
         if obj.is_some() { "put" } else { "deleted" },
         kind.seg(),
-        if applied { ", applied" } else { ", not applied here yet" }
+        if applied {
+            ", applied"
+        } else {
+            ", not applied here yet"
+        }
     );
     let status = if obj.is_some() && !existed { 201 } else { 200 };
     let mut out = match &obj {

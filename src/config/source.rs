@@ -56,7 +56,11 @@ pub(super) fn etcd(raw: &RawConfig, dir: &Path) -> Result<Option<EtcdSource>, Co
             ));
         }
     }
-    let prefix = e.prefix.as_deref().unwrap_or("/ringway").trim_end_matches('/');
+    let prefix = e
+        .prefix
+        .as_deref()
+        .unwrap_or("/ringway")
+        .trim_end_matches('/');
     if !prefix.starts_with('/') {
         return Err(ConfigError::new(
             at("prefix"),
@@ -95,7 +99,11 @@ pub(super) fn etcd(raw: &RawConfig, dir: &Path) -> Result<Option<EtcdSource>, Co
                 "cert and key go together (client certificate): set both or neither",
             ));
         }
-        for (k, p) in [("tls.ca", &t.ca), ("tls.cert", &t.cert), ("tls.key", &t.key)] {
+        for (k, p) in [
+            ("tls.ca", &t.ca),
+            ("tls.cert", &t.cert),
+            ("tls.key", &t.key),
+        ] {
             if let Some(p) = p {
                 if !p.exists() {
                     return Err(ConfigError::new(

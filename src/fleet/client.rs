@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 
 use crate::config::source::EtcdSource;
 
@@ -124,7 +122,12 @@ pub async fn swap(
             None => TxnOp::delete(k, None),
         })
         .collect();
-    let resp = timed(limit, "write", client.txn(Txn::new().when(cmps).and_then(puts))).await?;
+    let resp = timed(
+        limit,
+        "write",
+        client.txn(Txn::new().when(cmps).and_then(puts)),
+    )
+    .await?;
     Ok(resp
         .succeeded()
         .then(|| resp.header().map_or(0, |h| h.revision())))

@@ -38,8 +38,7 @@ pub fn parse_key(prefix: &str, key: &[u8]) -> Result<(Kind, String), String> {
         let known: Vec<&str> = KINDS.iter().map(|k| k.seg()).collect();
         format!("key {text:?}: unknown kind {seg:?}; expected one of {known:?}")
     })?;
-    if id.is_empty() || id.len() > MAX_ID || id.contains('/') || id.chars().any(char::is_control)
-    {
+    if id.is_empty() || id.len() > MAX_ID || id.contains('/') || id.chars().any(char::is_control) {
         return Err(format!(
             "key {text:?}: the id must be 1 to {MAX_ID} characters without '/' or control characters"
         ));
@@ -78,7 +77,10 @@ mod tests {
     #[test]
     fn keys_round_trip_and_bad_ones_say_why() {
         let k = key("/rw", Kind::Routes, "r1");
-        assert_eq!(parse_key("/rw", k.as_bytes()).unwrap(), (Kind::Routes, "r1".into()));
+        assert_eq!(
+            parse_key("/rw", k.as_bytes()).unwrap(),
+            (Kind::Routes, "r1".into())
+        );
         assert_eq!(
             parse_key("/rw", b"/rw/global_rules/g").unwrap(),
             (Kind::GlobalRules, "g".into())
@@ -104,7 +106,11 @@ mod tests {
         assert!(parse_value(Kind::Routes, "r1", br#"{"name":"r1"}"#).is_ok());
         let e = parse_value(Kind::Routes, "r1", br#"{"name":"r2"}"#).unwrap_err();
         assert!(e.contains("routes/r1.name"), "{e}");
-        assert!(parse_value(Kind::Consumers, "c", b"[1]").unwrap_err().contains("object"));
-        assert!(parse_value(Kind::Upstreams, "u", b"{").unwrap_err().contains("invalid JSON"));
+        assert!(parse_value(Kind::Consumers, "c", b"[1]")
+            .unwrap_err()
+            .contains("object"));
+        assert!(parse_value(Kind::Upstreams, "u", b"{")
+            .unwrap_err()
+            .contains("invalid JSON"));
     }
 }

@@ -52,7 +52,7 @@ pub struct Fleet {
 }
 
 enum First {
-    Read(etcd_client::Client, Vec<client::Kv>, i64),
+    Read(Box<etcd_client::Client>, Vec<client::Kv>, i64),
     Unreachable(String),
 }
 
@@ -68,7 +68,8 @@ pub fn startup(file: Built) -> Result<(Built, Fleet), String> {
         .source
         .clone()
         .ok_or("config_source needs a config file (ringway run -c FILE)")?;
-    let saved = saved_file(cfg, &src).ok_or("config_source: no place for the saved configuration")?;
+    let saved =
+        saved_file(cfg, &src).ok_or("config_source: no place for the saved configuration")?;
     let has_saved = saved.exists() || crate::admin::document::journal_file(&saved).exists();
     let (first_tx, first_rx) = mpsc::channel();
     let (start_tx, start_rx) = mpsc::channel::<Node>();
@@ -77,17 +78,22 @@ pub fn startup(file: Built) -> Result<(Built, Fleet), String> {
     std::thread::Builder::new()
         .name("ringway-etcd".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = first_tx.send(First::Unreachable(format!("cannot start the etcd thread's runtime: {e}")));
+                    let _ = first_tx.send(First::Unreachable(format!(
+                        "cannot start the etcd thread's runtime: {e}"
+                    )));
                     return;
                 }
             };
             let _ = rt_tx.send(rt.handle().clone());
             let first = rt.block_on(first_read(&thread_src, has_saved));
             let (client, rev) = match &first {
-                First::Read(c, _, rev) => (Some(c.clone()), *rev),
+                First::Read(c, _, rev) => (Some((**c).clone()), *rev),
                 First::Unreachable(_) => (None, 0),
             };
             if first_tx.send(first).is_err() {
@@ -98,7 +104,9 @@ pub fn startup(file: Built) -> Result<(Built, Fleet), String> {
             rt.block_on(watch::follow(node, thread_src, client, rev));
         })
         .map_err(|e| format!("cannot start the etcd thread: {e}"))?;
-    let runtime = rt_rx.recv().map_err(|_| "the etcd thread did not start".to_string())?;
+    let runtime = rt_rx
+        .recv()
+        .map_err(|_| "the etcd thread did not start".to_string())?;
     let first = first_rx
         .recv()
         .map_err(|_| "the etcd thread ended during the start-up read".to_string())?;
@@ -168,7 +176,7 @@ async fn first_read(src: &EtcdSource, has_saved: bool) -> First {
         let attempt = async {
             let mut c = client::connect(src).await?;
             let (kvs, rev) = client::read_all(&mut c, &src.prefix, src.timeout).await?;
-            Ok::<_, String>(First::Read(c, kvs, rev))
+            Ok::<_, String>(First::Read(Box::new(c), kvs, rev))
         };
         let e = match attempt.await {
             Ok(f) => return f,
@@ -199,8 +207,9 @@ fn parse_all(
     let mut out = BTreeMap::new();
     let mut bad = 0;
     for kv in kvs {
-        let parsed = keys::parse_key(prefix, &kv.key)
-            .and_then(|(kind, id)| Ok(((kind, id.clone()), keys::parse_value(kind, &id, &kv.value)?)));
+        let parsed = keys::parse_key(prefix, &kv.key).and_then(|(kind, id)| {
+            Ok(((kind, id.clone()), keys::parse_value(kind, &id, &kv.value)?))
+        });
         match parsed {
             Ok((k, v)) => {
                 out.insert(k, v);
@@ -233,7 +242,12 @@ impl Fleet {
         }
         *ops.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(doc);
         let n_refused = (refused.len() + bad_keys) as u64;
-        let mut node = Node::new(ops.plane.clone(), ops.clone(), src.prefix.clone(), file_sets);
+        let mut node = Node::new(
+            ops.plane.clone(),
+            ops.clone(),
+            src.prefix.clone(),
+            file_sets,
+        );
         node.refused = refused;
         let shared = node.shared.clone();
         ops.plane.update_source(|i| {

@@ -166,7 +166,8 @@ impl Node {
             }
         };
         let want = self.desired(kind, id, etcd);
-        self.plane.update_source(|i| i.last_event = Some(Instant::now()));
+        self.plane
+            .update_source(|i| i.last_event = Some(Instant::now()));
         match self.apply(kind, id, want, rev)? {
             true => self.retry_refused(rev),
             false => Ok(()),
@@ -174,7 +175,13 @@ impl Node {
     }
 
     /// Applies `want` for `kind/id` if the node holds something else. Ok(true): applied.
-    fn apply(&mut self, kind: Kind, id: &str, want: Option<Value>, rev: i64) -> Result<bool, String> {
+    fn apply(
+        &mut self,
+        kind: Kind,
+        id: &str,
+        want: Option<Value>,
+        rev: i64,
+    ) -> Result<bool, String> {
         let ops = self.ops.clone();
         let mut guard = ops.store.lock().unwrap_or_else(|e| e.into_inner());
         let Some(store) = guard.as_mut() else {
@@ -266,9 +273,12 @@ impl Node {
                 Err(why) => {
                     self.refuse(kind, &id, &why, rev);
                     // An unreadable object keeps what the node had, as an unreadable event does.
-                    let keep = self.ops.store.lock().ok().and_then(|g| {
-                        g.as_ref()?.sets.get(kind.seg())?.get(&id).cloned()
-                    });
+                    let keep = self
+                        .ops
+                        .store
+                        .lock()
+                        .ok()
+                        .and_then(|g| g.as_ref()?.sets.get(kind.seg())?.get(&id).cloned());
                     let set = want.entry(kind.seg()).or_default();
                     match keep {
                         Some(v) => set.insert(id, v),
@@ -304,7 +314,12 @@ impl Node {
                     Ok((g, took)) => {
                         drop(guard);
                         self.plane.update_source(|i| i.events_applied += n as u64);
-                        self.finish_resync(rev, n, t0, &format!("one build, generation {g} in {took:?}"));
+                        self.finish_resync(
+                            rev,
+                            n,
+                            t0,
+                            &format!("one build, generation {g} in {took:?}"),
+                        );
                         return Ok(n);
                     }
                     Err(Refused::Aborted(e)) => return Err(e),
@@ -324,7 +339,8 @@ impl Node {
     fn finish_resync(&mut self, rev: i64, n: usize, t0: Instant, how: &str) {
         self.set_revision(rev);
         if n > 0 {
-            self.plane.update_source(|i| i.last_event = Some(Instant::now()));
+            self.plane
+                .update_source(|i| i.last_event = Some(Instant::now()));
         }
         log::info!(
             "etcd: in sync at revision {rev}: {n} object(s) differed ({how}), {} refused, in {:?}",
@@ -383,7 +399,10 @@ pub fn startup_build(
     rev: i64,
 ) -> Result<(crate::built::Built, BTreeMap<(Kind, String), Option<Value>>), String> {
     for ((kind, id), v) in &etcd {
-        doc.sets.entry(kind.seg()).or_default().insert(id.clone(), v.clone());
+        doc.sets
+            .entry(kind.seg())
+            .or_default()
+            .insert(id.clone(), v.clone());
     }
     let mut refused = BTreeMap::new();
     loop {
@@ -393,7 +412,9 @@ pub fn startup_build(
         };
         let culprits = locate(doc, &e, &etcd);
         if culprits.is_empty() {
-            return Err(format!("the configuration from etcd (revision {rev}) does not build: {e}"));
+            return Err(format!(
+                "the configuration from etcd (revision {rev}) does not build: {e}"
+            ));
         }
         for (kind, id) in culprits {
             log::warn!(
@@ -485,7 +506,12 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["routes/new:true", "routes/old:false", "upstreams/u:true", "upstreams/gone:false"]
+            [
+                "routes/new:true",
+                "routes/old:false",
+                "upstreams/u:true",
+                "upstreams/gone:false"
+            ]
         );
         let ordered: Vec<_> = order_for_one_by_one(d)
             .into_iter()
@@ -530,7 +556,10 @@ mod tests {
             obj(json!({"name": "file", "paths": ["/f2"], "upstream": "nope"})),
         );
         let (built, refused) = startup_build(&mut doc, etcd, &file_sets, 7).unwrap();
-        let names: Vec<_> = refused.keys().map(|(k, id)| format!("{}/{id}", k.seg())).collect();
+        let names: Vec<_> = refused
+            .keys()
+            .map(|(k, id)| format!("{}/{id}", k.seg()))
+            .collect();
         assert_eq!(names, ["routes/bad.v1", "routes/file"]);
         assert_eq!(built.cfg.routes.len(), 2);
         assert!(built.cfg.routes.id("good").is_some());

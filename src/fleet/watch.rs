@@ -37,7 +37,10 @@ pub async fn follow(mut node: Node, src: EtcdSource, mut client: Option<Client>,
             None => match client::connect(&src).await {
                 Ok(c) => c,
                 Err(e) => {
-                    node.set_state(WatchState::Disconnected, &format!("cannot connect to {:?}: {e}", src.endpoints));
+                    node.set_state(
+                        WatchState::Disconnected,
+                        &format!("cannot connect to {:?}: {e}", src.endpoints),
+                    );
                     node.shared.set_client(None);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -49,7 +52,10 @@ pub async fn follow(mut node: Node, src: EtcdSource, mut client: Option<Client>,
         if need_sync {
             match client::read_all(&mut c, &node.prefix, src.timeout).await {
                 Ok((kvs, r)) => {
-                    node.set_state(WatchState::Syncing, &format!("re-reading {}/ at revision {r}", node.prefix));
+                    node.set_state(
+                        WatchState::Syncing,
+                        &format!("re-reading {}/ at revision {r}", node.prefix),
+                    );
                     node.plane.update_source(|i| i.resyncs += 1);
                     if let Err(e) = node.resync(kvs, r) {
                         log::error!("etcd: resync at revision {r}: {e}; trying again");
@@ -60,7 +66,10 @@ pub async fn follow(mut node: Node, src: EtcdSource, mut client: Option<Client>,
                     }
                 }
                 Err(e) => {
-                    node.set_state(WatchState::Disconnected, &format!("cannot read {}/: {e}", node.prefix));
+                    node.set_state(
+                        WatchState::Disconnected,
+                        &format!("cannot read {}/: {e}", node.prefix),
+                    );
                     node.shared.set_client(None);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -71,7 +80,10 @@ pub async fn follow(mut node: Node, src: EtcdSource, mut client: Option<Client>,
         let from = node.shared.revision() + 1;
         match watch(&mut node, &mut c, &src, from, &mut backoff).await {
             End::Resync(why) => {
-                log::warn!("etcd: {why}; re-reading {}/ and applying the difference", node.prefix);
+                log::warn!(
+                    "etcd: {why}; re-reading {}/ and applying the difference",
+                    node.prefix
+                );
                 need_sync = true;
                 client = Some(c);
             }

@@ -108,8 +108,16 @@ fn source_metrics(o: &mut String, s: &super::source::SourceInfo) {
         "counter",
         "Config source objects applied or refused (invalid), from the watch and resyncs.",
     );
-    let _ = writeln!(o, "{SOURCE_EVENTS}{{result=\"applied\"}} {}", s.events_applied);
-    let _ = writeln!(o, "{SOURCE_EVENTS}{{result=\"refused\"}} {}", s.events_refused);
+    let _ = writeln!(
+        o,
+        "{SOURCE_EVENTS}{{result=\"applied\"}} {}",
+        s.events_applied
+    );
+    let _ = writeln!(
+        o,
+        "{SOURCE_EVENTS}{{result=\"refused\"}} {}",
+        s.events_refused
+    );
     family(
         o,
         SOURCE_RESYNCS,
@@ -124,7 +132,11 @@ fn source_metrics(o: &mut String, s: &super::source::SourceInfo) {
             "gauge",
             "Seconds since the config source last changed an object on this node.",
         );
-        let _ = writeln!(o, "{SOURCE_LAST_EVENT_AGE} {:.3}", t.elapsed().as_secs_f64());
+        let _ = writeln!(
+            o,
+            "{SOURCE_LAST_EVENT_AGE} {:.3}",
+            t.elapsed().as_secs_f64()
+        );
     }
 }
 

@@ -176,7 +176,11 @@ fn three_nodes_serve_what_is_written_to_etcd() {
             etcd.put(&format!("{PREFIX}/routes/p{i}"), &route(&path, "o"));
             for n in &nodes {
                 let seen = time_until(Duration::from_secs(10), || n.get(&path) == 200);
-                assert!(seen.is_some(), "route {path} not served:\n{}", n.p.logs.text());
+                assert!(
+                    seen.is_some(),
+                    "route {path} not served:\n{}",
+                    n.p.logs.text()
+                );
             }
             took.push(t0.elapsed());
         }
@@ -198,7 +202,10 @@ fn three_nodes_serve_what_is_written_to_etcd() {
     for n in &nodes {
         assert!(
             n.p.logs
-                .wait_for(|l| l.contains("refused routes/bad"), Duration::from_secs(10))
+                .wait_for(
+                    |l| l.contains("refused routes/bad"),
+                    Duration::from_secs(10)
+                )
                 .is_some(),
             "{}",
             n.p.logs.text()
@@ -206,7 +213,10 @@ fn three_nodes_serve_what_is_written_to_etcd() {
         assert!(n
             .p
             .logs
-            .wait_for(|l| l.contains("refused routes/junk"), Duration::from_secs(10))
+            .wait_for(
+                |l| l.contains("refused routes/junk"),
+                Duration::from_secs(10)
+            )
             .is_some());
         assert!(
             n.metric("ringway_config_source_events_total{result=\"refused\"}") >= 2.0,
@@ -229,7 +239,10 @@ fn three_nodes_serve_what_is_written_to_etcd() {
         assert_eq!(src["kind"], "etcd", "{st}");
         assert_eq!(src["watch"], "watching", "{st}");
         assert!(src["revision"].as_i64() > Some(200), "{st}");
-        assert!(src["seconds_since_last_event"].as_f64() < Some(60.0), "{st}");
+        assert!(
+            src["seconds_since_last_event"].as_f64() < Some(60.0),
+            "{st}"
+        );
     }
     let refs: Vec<&Node> = nodes.iter().collect();
     all_equal_to_etcd(&etcd, &refs, Duration::from_secs(10));
@@ -274,7 +287,10 @@ fn admin_writes_go_through_etcd_with_compare_and_swap() {
     // An invalid object is refused before anything is written.
     let (code, v) = a.api("PUT", "/apisix/admin/routes/bad", &route("/bad", "nope"));
     assert_eq!(code, 400, "{v}");
-    assert!(v["error_msg"].as_str().unwrap_or("").contains("nope"), "{v}");
+    assert!(
+        v["error_msg"].as_str().unwrap_or("").contains("nope"),
+        "{v}"
+    );
     assert!(etcd.range(&format!("{PREFIX}/routes/bad")).0.is_empty());
 
     // A delete goes through etcd too.
@@ -285,7 +301,10 @@ fn admin_writes_go_through_etcd_with_compare_and_swap() {
 }
 
 /// Requests to `/stable` on every node in a loop until told to stop; counts failures.
-fn keep_asking(nodes: &[&Node], stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<(u64, u64)>> {
+fn keep_asking(
+    nodes: &[&Node],
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(u64, u64)>> {
     nodes
         .iter()
         .map(|n| {
@@ -342,7 +361,10 @@ fn compaction_crash_stop_and_partition_end_with_every_node_equal_to_etcd() {
                 let body = if i % 5 == 4 {
                     None
                 } else {
-                    Some(json!({"paths": [format!("/w{id}")], "upstream": "o", "priority": i % 7}).to_string())
+                    Some(
+                        json!({"paths": [format!("/w{id}")], "upstream": "o", "priority": i % 7})
+                            .to_string(),
+                    )
                 };
                 if crate::harness::etcd::write_at(ep, &key, body.as_deref()).is_ok() {
                     writes.fetch_add(1, Ordering::SeqCst);
@@ -355,7 +377,8 @@ fn compaction_crash_stop_and_partition_end_with_every_node_equal_to_etcd() {
     let wrote_more = |n: u64| {
         let at = writes.load(Ordering::SeqCst);
         assert!(
-            wait_until(Duration::from_secs(30), || writes.load(Ordering::SeqCst) >= at + n),
+            wait_until(Duration::from_secs(30), || writes.load(Ordering::SeqCst)
+                >= at + n),
             "writes stalled"
         );
     };
@@ -391,7 +414,10 @@ fn compaction_crash_stop_and_partition_end_with_every_node_equal_to_etcd() {
     let mut asked = 0;
     for h in askers {
         let (ok, failed) = h.join().unwrap();
-        assert_eq!(failed, 0, "requests failed during the faults ({ok} succeeded)");
+        assert_eq!(
+            failed, 0,
+            "requests failed during the faults ({ok} succeeded)"
+        );
         asked += ok;
     }
     println!(
@@ -399,7 +425,11 @@ fn compaction_crash_stop_and_partition_end_with_every_node_equal_to_etcd() {
         writes.load(Ordering::SeqCst)
     );
     for (i, n) in nodes.iter().enumerate() {
-        println!("--- node {i}:\n{}\n{}", n.p.logs.text(), n.status()["config_source"]);
+        println!(
+            "--- node {i}:\n{}\n{}",
+            n.p.logs.text(),
+            n.status()["config_source"]
+        );
     }
     println!("--- etcd:\n{}", etcd.log());
     all_equal_to_etcd(&etcd, &nodes, Duration::from_secs(30));
@@ -409,7 +439,10 @@ fn compaction_crash_stop_and_partition_end_with_every_node_equal_to_etcd() {
     }
     // The partitioned node caught up by re-reading etcd and applying the difference.
     let log = c.p.logs.text();
-    assert!(log.contains("re-reading") && log.contains("in sync at revision"), "{log}");
+    assert!(
+        log.contains("re-reading") && log.contains("in sync at revision"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -426,7 +459,9 @@ fn a_node_starts_from_its_saved_configuration_when_etcd_is_down() {
 
     let n = Node::start_with("fleet-saved", &cfg);
     assert!(
-        n.p.logs.text().contains("serving the last good configuration saved in"),
+        n.p.logs
+            .text()
+            .contains("serving the last good configuration saved in"),
         "{}",
         n.p.logs.text()
     );
@@ -437,7 +472,8 @@ fn a_node_starts_from_its_saved_configuration_when_etcd_is_down() {
     etcd.put(&format!("{PREFIX}/routes/after"), &route("/after", "o"));
     etcd.delete(&format!("{PREFIX}/routes/later"));
     assert!(
-        wait_until(Duration::from_secs(15), || n.get("/after") == 200 && n.get("/later") == 404),
+        wait_until(Duration::from_secs(15), || n.get("/after") == 200
+            && n.get("/later") == 404),
         "{}",
         n.p.logs.text()
     );
@@ -458,10 +494,16 @@ fn without_etcd_or_a_saved_configuration_start_up_fails_clearly() {
     let path = dir.join("gw.toml");
     std::fs::write(&path, node_config(&dead, ", startup_wait = \"1s\"")).unwrap();
     let t0 = Instant::now();
-    let out = run_cli(&["run", "-c", path.to_str().unwrap()], Duration::from_secs(20));
+    let out = run_cli(
+        &["run", "-c", path.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
     assert!(!out.status.success());
     let all = out.all();
-    assert!(all.contains("unreachable") && all.contains("no saved configuration"), "{all}");
+    assert!(
+        all.contains("unreachable") && all.contains("no saved configuration"),
+        "{all}"
+    );
     assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -475,7 +517,12 @@ fn check_validates_the_etcd_content() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("gw.toml");
     std::fs::write(&path, node_config(&etcd.endpoint(), "")).unwrap();
-    let check = || run_cli(&["check", "-c", path.to_str().unwrap()], Duration::from_secs(20));
+    let check = || {
+        run_cli(
+            &["check", "-c", path.to_str().unwrap()],
+            Duration::from_secs(20),
+        )
+    };
     let out = check();
     assert!(out.status.success(), "{}", out.all());
     assert!(out.stdout.contains("0 refused"), "{}", out.all());

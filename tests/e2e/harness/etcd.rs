@@ -161,7 +161,11 @@ impl Etcd {
         };
         let kvs = v["kvs"]
             .as_array()
-            .map(|a| a.iter().map(|kv| (text("key", kv), text("value", kv))).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|kv| (text("key", kv), text("value", kv)))
+                    .collect()
+            })
             .unwrap_or_default();
         (kvs, Etcd::rev(&v))
     }
@@ -185,11 +189,10 @@ impl Drop for Etcd {
     }
 }
 
-
 /// One JSON-gateway call (`POST /v3/...`) over a fresh connection.
 fn call(client: SocketAddr, path: &str, body: &Value) -> Result<Value, String> {
-    let mut s = TcpStream::connect_timeout(&client, Duration::from_secs(2))
-            .map_err(|e| e.to_string())?;
+    let mut s =
+        TcpStream::connect_timeout(&client, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
     let body = body.to_string();
@@ -202,7 +205,10 @@ fn call(client: SocketAddr, path: &str, body: &Value) -> Result<Value, String> {
     s.read_to_end(&mut out).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").ok_or("no response head")?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_string()
@@ -249,16 +255,16 @@ impl Relay {
                     return;
                 }
                 let Ok(a) = conn else { continue };
-                let Ok(b) = TcpStream::connect(to) else { continue };
+                let Ok(b) = TcpStream::connect(to) else {
+                    continue;
+                };
                 for s in [&a, &b] {
                     if let Ok(c) = s.try_clone() {
                         k2.lock().unwrap().push(c);
                     }
                 }
-                for (mut from, mut to) in [
-                    (a.try_clone().unwrap(), b.try_clone().unwrap()),
-                    (b, a),
-                ] {
+                for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)]
+                {
                     let cut = c2.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16384];
