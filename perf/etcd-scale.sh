@@ -12,21 +12,28 @@ CHANGES=${3:-50}
 BIN=${4:-${CARGO_TARGET_DIR:-target}/release/ringway}
 command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
 DIR=$(mktemp -d)
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"' EXIT
+trap 'rm -rf "$DIR"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 CP=$(port); PP=$(port)
-etcd --name s --data-dir "$DIR/etcd" --listen-client-urls "http://127.0.0.1:$CP" \
-  --advertise-client-urls "http://127.0.0.1:$CP" --listen-peer-urls "http://127.0.0.1:$PP" \
-  --initial-advertise-peer-urls "http://127.0.0.1:$PP" --initial-cluster "s=http://127.0.0.1:$PP" \
-  --quota-backend-bytes 4294967296 --log-level warn 2>"$DIR/etcd.log" &
-PIDS+=($!)
-export ROUTES NODES CHANGES BIN DIR CP
+export ROUTES NODES CHANGES BIN DIR CP PP
 python3 - <<'PY'
-import base64, http.client, json, os, socket, statistics, subprocess, sys, time
+import atexit, base64, http.client, json, os, socket, statistics, subprocess, sys, time
 
 routes, nodes, changes = int(os.environ["ROUTES"]), int(os.environ["NODES"]), int(os.environ["CHANGES"])
-bin_, d, cp = os.environ["BIN"], os.environ["DIR"], int(os.environ["CP"])
+bin_, d, cp, pp = os.environ["BIN"], os.environ["DIR"], int(os.environ["CP"]), int(os.environ["PP"])
+children = []
+atexit.register(lambda: [c.kill() for c in children])
+
+def start_etcd():
+    c, p = f"http://127.0.0.1:{cp}", f"http://127.0.0.1:{pp}"
+    e = subprocess.Popen(["etcd", "--name", "s", "--data-dir", f"{d}/etcd", "--listen-client-urls", c,
+                          "--advertise-client-urls", c, "--listen-peer-urls", p, "--initial-advertise-peer-urls", p,
+                          "--initial-cluster", f"s={p}", "--quota-backend-bytes", "4294967296", "--log-level", "warn"],
+                         stderr=open(f"{d}/etcd.log", "a"))
+    children.append(e)
+    return e
+
+etcd_proc = start_etcd()
 KEY = "bench-admin-key-0123456789"
 b64 = lambda s: base64.b64encode(s.encode()).decode()
 etcd = None
@@ -72,6 +79,7 @@ def start(tag, cfg):
     env = dict(os.environ, RINGWAY_LOG="info,ringway::fleet=debug")
     t = time.time()
     proc = subprocess.Popen([bin_, "run", "-c", p], stderr=log, stdout=subprocess.DEVNULL, env=env)
+    children.append(proc)
     return proc, log, t
 
 def serving(proc, log, t, probe="/r/1/x"):
@@ -101,7 +109,15 @@ for n in range(nodes):
     procs.append(proc)
     addr, took = serving(proc, log, t)
     addrs.append(addr)
-    print(f"etcd node {n}: start-up until serving {took:.2f} s")
+    # The watch starts once the saved configuration is written (whole, at start-up).
+    while True:
+        log.seek(0)
+        if any("etcd: watching" in l for l in log):
+            break
+        time.sleep(0.01)
+    print(f"etcd node {n}: start-up until serving {took:.2f} s, until watching {time.time() - t:.2f} s")
+    log.seek(0)
+    print("  " + next(l.strip() for l in log if "config from etcd" in l).split("] ", 1)[1])
 lat = []
 for k in range(changes):
     path = f"/moved/{k}/{{id}}"
@@ -113,12 +129,30 @@ for k in range(changes):
     lat.append((time.time() - t) * 1000)
     for a in addrs:
         assert code(a, f"/r/{routes // 2}/1") == 404
+slow = [(k, round(x)) for k, x in enumerate(lat) if x > 50]
+if slow:
+    print(f"  changes over 50 ms (index, ms): {slow}")
 print(f"etcd: one route change until all {nodes} nodes serve it, over {changes}: "
       f"median {statistics.median(lat):.1f} ms, p99 {percentile(lat, 0.99):.1f} ms, max {max(lat):.1f} ms")
 for n in range(nodes):
     txt = open(os.path.join(d, f"node{n}.log")).read().splitlines()
     applied = [l.split(" in ")[-1] for l in txt if "etcd: routes/" in l and "generation" in l]
     print(f"  node {n} server side (one route), last 3: {applied[-3:]}")
+
+# etcd crashes and comes back: every node re-reads the prefix and applies the difference.
+def synced(n):
+    return [l for l in open(os.path.join(d, f"node{n}.log")) if "in sync at revision" in l]
+before = [len(synced(n)) for n in range(nodes)]
+etcd_proc.kill(); etcd_proc.wait()
+time.sleep(1)
+etcd_proc = start_etcd()
+call("/v3/kv/put", {"key": b64(f"/ringway/routes/r{routes // 3}"), "value": b64(route(0, "/after-restart/{id}"))})
+t = time.time()
+for n, a in enumerate(addrs):
+    while len(synced(n)) == before[n] or code(a, "/after-restart/1") != 502:
+        time.sleep(0.01)
+    print(f"  after etcd restart, node {n}: " + synced(n)[-1].strip().split("] ", 1)[1])
+print(f"etcd restart: all {nodes} nodes in sync and serving the change made meanwhile {time.time() - t:.2f} s after etcd answered")
 for p in procs:
     p.terminate(); p.wait()
 
@@ -131,8 +165,11 @@ with open(os.path.join(d, "file.toml"), "w") as f:
 proc, log, t = start("file", open(os.path.join(d, "file.toml")).read())
 addr, took = serving(proc, log, t)
 print(f"file: start-up until serving {took:.2f} s")
-log.seek(0)
-adm = next(l.split("admin listening on ")[1].split()[0] for l in log if "admin listening on" in l)
+adm = None
+while adm is None:
+    log.seek(0)
+    adm = next((l.split("admin listening on ")[1].split()[0] for l in log if "admin listening on" in l), None)
+    time.sleep(0.02)
 h, p = adm.rsplit(":", 1)
 lat = []
 for k in range(changes):

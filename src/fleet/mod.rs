@@ -52,7 +52,8 @@ pub struct Fleet {
 }
 
 enum First {
-    Read(Box<etcd_client::Client>, Vec<client::Kv>, i64),
+    /// The client, the keys, their revision, how long connecting and reading took.
+    Read(Box<etcd_client::Client>, Vec<client::Kv>, i64, Duration),
     Unreachable(String),
 }
 
@@ -93,7 +94,7 @@ pub fn startup(file: Built) -> Result<(Built, Fleet), String> {
             let _ = rt_tx.send(rt.handle().clone());
             let first = rt.block_on(first_read(&thread_src, has_saved));
             let (client, rev) = match &first {
-                First::Read(c, _, rev) => (Some((**c).clone()), *rev),
+                First::Read(c, _, rev, _) => (Some((**c).clone()), *rev),
                 First::Unreachable(_) => (None, 0),
             };
             if first_tx.send(first).is_err() {
@@ -115,15 +116,17 @@ pub fn startup(file: Built) -> Result<(Built, Fleet), String> {
     let mut refused_at_start = (BTreeMap::new(), 0);
     let from_saved = matches!(first, First::Unreachable(_));
     let built = match first {
-        First::Read(_, kvs, rev) => {
+        First::Read(_, kvs, rev, read) => {
+            let t0 = Instant::now();
             let n = kvs.len();
             let (objects, bad) = parse_all(&src.prefix, kvs, rev);
             let (built, r) = sync::startup_build(&mut doc, objects, &file_sets, rev)?;
             log::info!(
-                "config from etcd {:?} {}/ at revision {rev}: {n} key(s), {} refused",
+                "config from etcd {:?} {}/ at revision {rev}: {n} key(s), {} refused (read in {read:?}, built in {:?})",
                 src.endpoints,
                 src.prefix,
-                r.len() + bad
+                r.len() + bad,
+                t0.elapsed()
             );
             doc.state_file = Some(saved.clone());
             refused_at_start = (r, bad);
@@ -173,10 +176,11 @@ async fn first_read(src: &EtcdSource, has_saved: bool) -> First {
     let mut wait = Duration::from_millis(100);
     let mut logged = false;
     loop {
+        let t0 = Instant::now();
         let attempt = async {
             let mut c = client::connect(src).await?;
             let (kvs, rev) = client::read_all(&mut c, &src.prefix, src.timeout).await?;
-            Ok::<_, String>(First::Read(Box::new(c), kvs, rev))
+            Ok::<_, String>(First::Read(Box::new(c), kvs, rev, t0.elapsed()))
         };
         let e = match attempt.await {
             Ok(f) => return f,

@@ -337,6 +337,7 @@ impl Node {
     }
 
     fn finish_resync(&mut self, rev: i64, n: usize, t0: Instant, how: &str) {
+        let how = if n == 0 { "nothing to apply" } else { how };
         self.set_revision(rev);
         if n > 0 {
             self.plane
