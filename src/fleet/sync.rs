@@ -21,6 +21,10 @@ use crate::runtime::plane::Plane;
 const ROUTES_ONE_BY_ONE: usize = 2000;
 
 pub type Sets = BTreeMap<&'static str, BTreeMap<String, Value>>;
+/// Mod revision per object etcd holds.
+type Revs = HashMap<(Kind, String), i64>;
+/// (kind, id, the object wanted; None: absent).
+type Change = (Kind, String, Option<Value>);
 
 /// What the fleet thread shares with admin writers: mod revisions for compare-and-swap, the
 /// revision applied (admin answers wait on it), the current client.
@@ -168,9 +172,14 @@ impl Node {
         let want = self.desired(kind, id, etcd);
         self.plane
             .update_source(|i| i.last_event = Some(Instant::now()));
-        match self.apply(kind, id, want, rev)? {
-            true => self.retry_refused(rev),
-            false => Ok(()),
+        match self.apply(kind, id, want, rev) {
+            Ok(true) => self.retry_refused(rev),
+            Ok(false) => Ok(()),
+            Err(e) => {
+                // Not applied: the resync that follows must not take it as seen.
+                self.shared.lock().revs.remove(&(kind, id.to_string()));
+                Err(e)
+            }
         }
     }
 
@@ -254,7 +263,7 @@ impl Node {
 
     /// The objects `kvs` describe (file objects where etcd has none), with mod revisions
     /// recorded and unreadable keys or values refused.
-    fn wanted(&mut self, kvs: Vec<Kv>, rev: i64) -> Sets {
+    fn wanted(&mut self, kvs: Vec<Kv>, rev: i64) -> (Sets, Revs) {
         let mut want = self.file_sets.clone();
         let mut revs = HashMap::with_capacity(kvs.len());
         for kv in kvs {
@@ -287,21 +296,68 @@ impl Node {
                 }
             }
         }
-        self.shared.lock().revs = revs;
-        want
+        (want, revs)
+    }
+
+    /// The fast form of `wanted` + `difference` for a node that followed etcd until now: a key
+    /// whose mod revision is the one last seen is unchanged, its value is not even parsed (a
+    /// resync after a blip costs reading the keys, not 50,000 JSON documents). Keys gone from
+    /// etcd fall back to the file's object, as a delete event does.
+    fn changed_since(&mut self, old: &Revs, kvs: Vec<Kv>, rev: i64) -> (Vec<Change>, Revs) {
+        let mut revs = HashMap::with_capacity(kvs.len());
+        let mut out = Vec::new();
+        for kv in kvs {
+            let (kind, id) = match keys::parse_key(&self.prefix, &kv.key) {
+                Ok(k) => k,
+                Err(why) => {
+                    self.refuse_key(&why, rev);
+                    continue;
+                }
+            };
+            let unchanged = old.get(&(kind, id.clone())) == Some(&kv.mod_rev);
+            revs.insert((kind, id.clone()), kv.mod_rev);
+            if unchanged {
+                continue;
+            }
+            match keys::parse_value(kind, &id, &kv.value) {
+                Ok(v) => out.push((kind, id, Some(v))),
+                // An unreadable object keeps what the node had, as an unreadable event does.
+                Err(why) => self.refuse(kind, &id, &why, rev),
+            }
+        }
+        for (kind, id) in old.keys() {
+            if !revs.contains_key(&(*kind, id.clone())) {
+                out.push((*kind, id.clone(), self.desired(*kind, id, None)));
+            }
+        }
+        // Only what differs from what the node holds.
+        let guard = self.ops.store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(store) = guard.as_ref() {
+            out.retain(|(kind, id, want)| {
+                store.sets.get(kind.seg()).and_then(|s| s.get(id)) != want.as_ref()
+            });
+        }
+        (out, revs)
     }
 
     /// A resync (start, reconnect, compaction, an older revision): brings the node to exactly
     /// `kvs` at `rev`, changing only the objects that differ. Err: the shards aborted a swap.
     pub fn resync(&mut self, kvs: Vec<Kv>, rev: i64) -> Result<usize, String> {
         let t0 = Instant::now();
-        let want = self.wanted(kvs, rev);
-        let changes = {
+        // Cloned, not held: the admin thread takes the store lock, then this one.
+        let old = self.shared.lock().revs.clone();
+        // Revisions prove nothing when etcd went back (restored, replaced) or were never seen
+        // (the node started from its saved configuration): then every value is compared.
+        let full = old.is_empty() || rev < self.shared.revision();
+        let (changes, revs) = if full {
+            let (want, revs) = self.wanted(kvs, rev);
             let guard = self.ops.store.lock().unwrap_or_else(|e| e.into_inner());
             match guard.as_ref() {
-                Some(store) => difference(&store.sets, &want),
+                Some(store) => (difference(&store.sets, &want), revs),
                 None => return Err("no document to apply to".into()),
             }
+        } else {
+            self.changed_since(&old, kvs, rev)
         };
         self.refused.clear();
         let n = changes.len();
@@ -313,6 +369,7 @@ impl Node {
                 match change::apply_many(&self.plane, store, &changes) {
                     Ok((g, took)) => {
                         drop(guard);
+                        self.shared.lock().revs = revs;
                         self.plane.update_source(|i| i.events_applied += n as u64);
                         self.finish_resync(
                             rev,
@@ -331,6 +388,7 @@ impl Node {
         for (kind, id, want) in order_for_one_by_one(changes) {
             self.apply(kind, &id, want, rev)?;
         }
+        self.shared.lock().revs = revs;
         self.retry_refused(rev)?;
         self.finish_resync(rev, n, t0, "one object at a time");
         Ok(n)
