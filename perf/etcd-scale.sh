@@ -76,7 +76,7 @@ def code(addr, path):
 def start(tag, cfg):
     p = os.path.join(d, f"{tag}.toml"); open(p, "w").write(cfg)
     log = open(os.path.join(d, f"{tag}.log"), "w+")
-    env = dict(os.environ, RINGWAY_LOG="info,ringway::fleet=debug")
+    env = dict(os.environ, RINGWAY_LOG="info,ringway::etcd=debug")
     t = time.time()
     proc = subprocess.Popen([bin_, "run", "-c", p], stderr=log, stdout=subprocess.DEVNULL, env=env)
     children.append(proc)

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Check { config } => match ringway::built::load(&config) {
             Ok(cfg) if cfg.cfg.config_source.is_some() => {
-                match ringway::fleet::check(&cfg, &config) {
+                match ringway::etcd::check(&cfg, &config) {
                     Ok(summary) => {
                         println!("{}: ok; {summary}", config.display());
                         ExitCode::SUCCESS

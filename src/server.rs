@@ -12,9 +12,9 @@ use crate::built::Built;
 
 /// Runs the gateway until a termination signal; returns once shards have drained.
 pub fn run(built: Built) -> Result<(), String> {
-    let (built, fleet) = match built.cfg.config_source {
+    let (built, etcd) = match built.cfg.config_source {
         Some(_) => {
-            let (b, f) = crate::fleet::startup(built)?;
+            let (b, f) = crate::etcd::startup(built)?;
             (b, Some(f))
         }
         None => (crate::admin::startup_config(built)?, None),
@@ -37,9 +37,12 @@ pub fn run(built: Built) -> Result<(), String> {
     }
     let built = Arc::new(built);
     let cfg = &built.cfg;
-    let shards = crate::runtime::start(built.clone(), bound.per_shard)?;
+    let mut shards = crate::runtime::start(built.clone(), bound.per_shard)?;
+    if let Some(ports) = shards.fleet.take() {
+        crate::fleet::start(ports)?;
+    }
     let ops = crate::admin::Ops::new(shards.plane.clone());
-    if let Some(f) = fleet {
+    if let Some(f) = etcd {
         f.run(&ops);
     }
     crate::admin::start_status(&shards.plane)?;

@@ -139,7 +139,7 @@ pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Respons
                 Some(Ok(n)) if n >= 0 => Some(n),
                 Some(_) => return Response::error(400, "mod_revision: expected a revision number"),
             };
-            // The fleet thread applies the write from its watch under this lock.
+            // The etcd thread applies the write from its watch under this lock.
             drop(guard);
             remote_change(&**remote, plane, (kind, id, obj), also, before, expected)
         }

@@ -1,4 +1,4 @@
-//! The one-object change path shared by the admin API and the etcd watch (src/fleet): put or
+//! The one-object change path shared by the admin API and the etcd watch (src/etcd): put or
 //! delete one object in the document, validate it, apply it to every shard (one route alone
 //! when it can), persist it. Knows nothing of HTTP or etcd.
 

@@ -20,11 +20,11 @@ use http::{Request, Response};
 pub struct Ops {
     pub plane: Arc<Plane>,
     pub store: Mutex<Option<document::Document>>,
-    /// Set when the configuration lives in etcd (src/fleet): admin writes go there instead.
+    /// Set when the configuration lives in etcd (src/etcd): admin writes go there instead.
     pub remote: std::sync::OnceLock<Arc<dyn Remote>>,
 }
 
-/// Where admin writes go when another store is the source of truth (etcd, src/fleet). The
+/// Where admin writes go when another store is the source of truth (etcd, src/etcd). The
 /// node applies a write when its watch sees it, like every other node.
 pub trait Remote: Send + Sync {
     /// Writes the changes (all or none) if every object is still at the mod revision this node
@@ -157,7 +157,7 @@ pub fn start_admin(ops: &Arc<Ops>) -> Result<(), String> {
     let Some(admin) = cfg.admin.clone() else {
         return Ok(());
     };
-    // With etcd as the source, the fleet thread owns the document (and no admin state file).
+    // With etcd as the source, the etcd thread owns the document (and no admin state file).
     if cfg.config_source.is_none() {
         let store = match &cfg.source {
             Some(src) => Some(

@@ -1,5 +1,5 @@
 //! What the node knows about its configuration source (etcd): revision applied, watch state,
-//! event and resync counts, time of the last event. Plain data written by the fleet thread and
+//! event and resync counts, time of the last event. Plain data written by the etcd thread and
 //! read by the status thread; nothing here talks to etcd or to shards.
 
 use std::time::Instant;

@@ -44,7 +44,7 @@ struct Inner {
     reloads_failed: u64,
     /// Active health results: (upstream, node addr) -> (up, passes, fails).
     active: BTreeMap<(String, String), (bool, u64, u64)>,
-    /// `[config_source]` progress, written by the fleet thread (src/fleet).
+    /// `[config_source]` progress, written by the etcd thread (src/etcd).
     source: Option<SourceInfo>,
 }
 
@@ -220,7 +220,7 @@ impl Plane {
         }
     }
 
-    /// Updates the config source's progress (the fleet thread, on each state change or event).
+    /// Updates the config source's progress (the etcd thread, on each state change or event).
     pub fn update_source(&self, f: impl FnOnce(&mut SourceInfo)) {
         let mut inner = self.inner();
         f(inner.source.get_or_insert_with(SourceInfo::etcd));

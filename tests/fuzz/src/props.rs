@@ -892,10 +892,10 @@ pub fn config(data: &[u8]) {
 // etcd_object
 // ---------------------------------------------------------------------------
 
-/// An etcd key and value as the fleet thread reads them (`key\nvalue`): never panic; a key that
+/// An etcd key and value as the etcd thread reads them (`key\nvalue`): never panic; a key that
 /// parses prints back to itself; a value that parses is an object whose id field is the key's id.
 pub fn etcd_object(data: &[u8]) {
-    use ringway::fleet::keys;
+    use ringway::etcd::keys;
     let (key, value) = match data.iter().position(|&b| b == b'\n') {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &b""[..]),

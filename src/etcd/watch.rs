@@ -1,4 +1,4 @@
-//! The fleet thread's loop: connect, resync when needed, then one watch on the whole prefix from
+//! The etcd thread's loop: connect, resync when needed, then one watch on the whole prefix from
 //! the revision applied + 1; compaction, an older revision, a lost connection or a silent etcd
 //! lead back to a resync, with backoff between failed attempts. Runs on its own tokio runtime.
 

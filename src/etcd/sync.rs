@@ -26,7 +26,7 @@ type Revs = HashMap<(Kind, String), i64>;
 /// (kind, id, the object wanted; None: absent).
 type Change = (Kind, String, Option<Value>);
 
-/// What the fleet thread shares with admin writers: mod revisions for compare-and-swap, the
+/// What the etcd thread shares with admin writers: mod revisions for compare-and-swap, the
 /// revision applied (admin answers wait on it), the current client.
 #[derive(Default)]
 pub struct Shared {
@@ -78,7 +78,7 @@ impl Shared {
     }
 }
 
-/// The fleet thread's view: the file's own objects (the fallback when etcd has none of an id),
+/// The etcd thread's view: the file's own objects (the fallback when etcd has none of an id),
 /// the objects etcd holds that were refused, and where to apply.
 pub struct Node {
     pub plane: Arc<Plane>,
@@ -604,7 +604,7 @@ mod tests {
 
     #[test]
     fn start_up_takes_out_what_does_not_build_and_keeps_the_rest() {
-        let dir = std::env::temp_dir().join(format!("ringway-fleet-sync-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("ringway-etcd-sync-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let src = dir.join("gw.toml");
         std::fs::write(

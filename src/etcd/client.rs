@@ -1,5 +1,5 @@
 //! The etcd calls ringway makes, each under the configured timeout: connect, read the whole
-//! prefix at one revision (paged), and a compare-and-swap transaction. Runs on the fleet
+//! prefix at one revision (paged), and a compare-and-swap transaction. Runs on the etcd
 //! thread's tokio runtime only; knows nothing of the document or the shards.
 
 use std::time::Duration;
