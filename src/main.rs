@@ -32,6 +32,26 @@ enum Cmd {
         #[arg(short = 'c', long = "config", default_value = "config/ringway.toml")]
         config: PathBuf,
     },
+    /// OpenAPI documents: see what `[[apis]]` makes of one.
+    Openapi {
+        #[command(subcommand)]
+        cmd: OpenapiCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum OpenapiCmd {
+    /// Print the routes an OpenAPI 3.0/3.1 document (JSON or YAML) becomes, as TOML.
+    Routes {
+        spec: PathBuf,
+        /// The API's name (the routes' name prefix).
+        #[arg(long, default_value = "api")]
+        name: String,
+        #[arg(long, default_value = "")]
+        base_path: String,
+        #[arg(long, default_value = "backend")]
+        upstream: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,12 +64,36 @@ fn main() -> ExitCode {
     .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Openapi {
+            cmd:
+                OpenapiCmd::Routes {
+                    spec,
+                    name,
+                    base_path,
+                    upstream,
+                },
+        } => {
+            let out = std::fs::read_to_string(&spec)
+                .map_err(|e| e.to_string())
+                .and_then(|t| ringway::built::apis::routes_toml(&t, &name, &base_path, &upstream));
+            match out {
+                Ok(t) => {
+                    print!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ringway: {}: {e}", spec.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
         Cmd::Check { config } => match ringway::built::load(&config) {
             Ok(cfg) => {
                 println!(
-                    "{}: ok ({} routes, {} upstreams, {} workers)",
+                    "{}: ok ({} routes, {} apis, {} upstreams, {} workers)",
                     config.display(),
                     cfg.cfg.routes.len(),
+                    cfg.cfg.apis.len(),
                     cfg.cfg.upstreams.len(),
                     cfg.cfg.server.workers
                 );

@@ -20,6 +20,9 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// `[[apis]]`: APIs defined by their OpenAPI documents (config/apis.rs).
+    #[serde(default)]
+    pub apis: Vec<RawApi>,
     /// Plugins run for every route (APISIX's global rules), by plugin name.
     #[serde(default)]
     pub global_plugins: BTreeMap<String, toml::Value>,
@@ -333,6 +336,43 @@ pub struct RawRoute {
     /// Plugin name -> its table; each plugin validates its own keys.
     #[serde(default)]
     pub plugins: BTreeMap<String, toml::Value>,
+}
+
+/// `[[apis]]`: one API (one version of it) defined by an OpenAPI document.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    pub name: String,
+    /// Path of the OpenAPI document, relative to the config file.
+    #[serde(default)]
+    pub spec: Option<String>,
+    /// The document itself (JSON or YAML text, or a JSON object from the admin API).
+    #[serde(default)]
+    pub document: Option<RawDocument>,
+    pub upstream: String,
+    #[serde(default)]
+    pub base_path: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    /// "enforce" (default), "monitor" or "off".
+    #[serde(default)]
+    pub validate: Option<String>,
+    /// Largest request body read for validation (413 beyond).
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    /// Plugins on every operation (an operation's `x-ringway-plugins` adds or overrides).
+    #[serde(default)]
+    pub plugins: BTreeMap<String, toml::Value>,
+}
+
+/// An inline document: text, or (from the admin API's JSON) the document as an object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawDocument {
+    Text(String),
+    Json(serde_json::Value),
 }
 
 #[derive(Debug, Deserialize)]

@@ -32,6 +32,7 @@ struct Merged {
     log_lines: u64,
     log_dropped: u64,
     rate_limited: [u64; 3],
+    invalid: BTreeMap<String, [u64; 2]>,
 }
 
 fn merge(snaps: &[ShardSnapshot]) -> Merged {
@@ -45,6 +46,11 @@ fn merge(snaps: &[ShardSnapshot]) -> Merged {
         m.log_dropped += s.log_dropped;
         for (a, b) in m.rate_limited.iter_mut().zip(s.rate_limited) {
             *a += b;
+        }
+        for (api, [r, f]) in &s.invalid {
+            let e = m.invalid.entry(api.clone()).or_default();
+            e[0] += r;
+            e[1] += f;
         }
         for (name, c) in &s.routes {
             m.routes.entry(name.clone()).or_default().add(c);
@@ -271,6 +277,19 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
     );
     for (plugin, n) in super::LIMITERS.iter().zip(m.rate_limited) {
         let _ = writeln!(o, "{RATE_LIMITED}{{plugin=\"{plugin}\"}} {n}");
+    }
+    if !m.invalid.is_empty() {
+        family(
+            &mut o,
+            API_INVALID,
+            "counter",
+            "Requests that did not match their OpenAPI operation, by API and what was done (rejected: validate = \"enforce\", forwarded: \"monitor\").",
+        );
+        for (api, [r, f]) in &m.invalid {
+            let api = label(api);
+            let _ = writeln!(o, "{API_INVALID}{{api=\"{api}\",action=\"rejected\"}} {r}");
+            let _ = writeln!(o, "{API_INVALID}{{api=\"{api}\",action=\"forwarded\"}} {f}");
+        }
     }
     loggers(&mut o);
     o

@@ -89,6 +89,9 @@ pub struct ShardMetrics {
     pub unrouted: RouteStats,
     /// Rate-limit rejections, by `Limiter`; kept across generations like the route counters.
     rate_limited: [Cell<u64>; 3],
+    /// Requests that did not match their OpenAPI operation, by API name:
+    /// `[rejected (validate = "enforce"), forwarded (validate = "monitor")]`.
+    invalid: RefCell<HashMap<Box<str>, [u64; 2]>>,
 }
 
 impl ShardMetrics {
@@ -150,6 +153,27 @@ impl ShardMetrics {
     }
 }
 
+impl ShardMetrics {
+    /// One request that failed its API's validation (only invalid requests come here).
+    pub fn count_invalid(&self, api: &str, enforced: bool) {
+        let mut m = self.invalid.borrow_mut();
+        let slot = match m.get_mut(api) {
+            Some(s) => s,
+            None => m.entry(api.into()).or_default(),
+        };
+        slot[usize::from(!enforced)] += 1;
+    }
+
+    /// This shard's validation failures by API: `(api, [rejected, forwarded])`.
+    pub fn invalid(&self) -> Vec<(String, [u64; 2])> {
+        self.invalid
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect()
+    }
+}
+
 /// One upstream node as a shard sees it.
 #[derive(Debug, Clone, Default)]
 pub struct NodeSnap {
@@ -181,6 +205,8 @@ pub struct ShardSnapshot {
     pub log_dropped: u64,
     /// Rate-limit rejections, in `LIMITERS` order.
     pub rate_limited: [u64; 3],
+    /// OpenAPI validation failures by API: `[rejected, forwarded]`.
+    pub invalid: Vec<(String, [u64; 2])>,
 }
 
 #[cfg(test)]
