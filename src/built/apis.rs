@@ -40,7 +40,10 @@ pub fn expand_one(i: usize, a: &ApiConfig) -> Result<Expanded, ConfigError> {
     let doc = openapi::parse(&a.text).map_err(|e| ConfigError::new(&at, e.to_string()))?;
     let compiled = match a.validate {
         Validate::Off => None,
-        _ => Some(openapi::compile(&doc, &a.base_path).map_err(|e| ConfigError::new(&at, e.to_string()))?),
+        _ => Some(
+            openapi::compile(&doc, &a.base_path)
+                .map_err(|e| ConfigError::new(&at, e.to_string()))?,
+        ),
     };
     let api_name: Arc<str> = a.id().into();
     let mode = if a.validate == Validate::Monitor {
@@ -76,12 +79,20 @@ pub fn expand_one(i: usize, a: &ApiConfig) -> Result<Expanded, ConfigError> {
             }) as FactoryRef
         });
         let shape = shape_key(&path);
-        let e = by_path.entry(shape).or_insert_with(|| (path.clone(), Vec::new()));
+        let e = by_path
+            .entry(shape)
+            .or_insert_with(|| (path.clone(), Vec::new()));
         if !e.1.contains(&op.method) {
             e.1.push(op.method);
         }
         routes.push((
-            route(a, format!("{api_name}.{}", op.name), path, vec![op.method.to_string()], plugins),
+            route(
+                a,
+                format!("{api_name}.{}", op.name),
+                path,
+                vec![op.method.to_string()],
+                plugins,
+            ),
             extra,
             op.name.clone(),
         ));
@@ -90,7 +101,13 @@ pub fn expand_one(i: usize, a: &ApiConfig) -> Result<Expanded, ConfigError> {
         let allow: Arc<str> = methods.join(", ").into();
         let what = format!("405 {path}");
         routes.push((
-            route(a, format!("{api_name}: {what}"), path, Vec::new(), a.plugins.clone()),
+            route(
+                a,
+                format!("{api_name}: {what}"),
+                path,
+                Vec::new(),
+                a.plugins.clone(),
+            ),
             Some(Arc::new(MethodNotAllowed { allow }) as FactoryRef),
             what,
         ));
@@ -140,10 +157,9 @@ pub fn expand(cfg: &mut Config) -> Result<(Vec<Generated>, Vec<BuiltApi>), Confi
     for (i, a) in apis.iter().enumerate() {
         let e = expand_one(i, a)?;
         for (rc, extra, what) in e.routes {
-            let id = cfg
-                .routes
-                .push(rc)
-                .map_err(|m| ConfigError::new(format!("apis[{i}]"), format!("operation {what:?}: {m}")))?;
+            let id = cfg.routes.push(rc).map_err(|m| {
+                ConfigError::new(format!("apis[{i}]"), format!("operation {what:?}: {m}"))
+            })?;
             out.push(Generated {
                 route: id,
                 api: i,
@@ -172,7 +188,10 @@ pub fn relocate(mut e: ConfigError, gen: &[Generated]) -> ConfigError {
 pub fn attach(set: &mut PluginSet, gen: &[Generated]) {
     for g in gen {
         let Some(extra) = &g.extra else { continue };
-        let mut chain: Vec<FactoryRef> = set.routes.get(g.route).map_or_else(Vec::new, |c| c.to_vec());
+        let mut chain: Vec<FactoryRef> = set
+            .routes
+            .get(g.route)
+            .map_or_else(Vec::new, |c| c.to_vec());
         chain.push(extra.clone());
         chain.sort_by_key(|f| std::cmp::Reverse(f.priority()));
         set.routes.put(g.route, chain.into());
@@ -181,7 +200,12 @@ pub fn attach(set: &mut PluginSet, gen: &[Generated]) {
 
 /// `ringway openapi routes`: the routes a document becomes, as `[[routes]]` TOML for review
 /// (what `[[apis]]` would add; the 405 routes and validation plugins are noted, not listed).
-pub fn routes_toml(text: &str, name: &str, base_path: &str, upstream: &str) -> Result<String, String> {
+pub fn routes_toml(
+    text: &str,
+    name: &str,
+    base_path: &str,
+    upstream: &str,
+) -> Result<String, String> {
     let doc = openapi::parse(text).map_err(|e| e.to_string())?;
     let base = base_path.trim_end_matches('/');
     let mut routes = Vec::with_capacity(doc.ops.len());

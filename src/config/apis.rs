@@ -65,11 +65,18 @@ pub(super) fn api(
     {
         return Err(ConfigError::new(
             at("name"),
-            format!("{:?} must be non-empty letters, digits, '-', '_' or '.'", a.name),
+            format!(
+                "{:?} must be non-empty letters, digits, '-', '_' or '.'",
+                a.name
+            ),
         ));
     }
     if let Some(v) = &a.version {
-        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        if v.is_empty()
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
             return Err(ConfigError::new(
                 at("version"),
                 format!("{v:?} must be non-empty letters, digits, '-', '_' or '.'"),

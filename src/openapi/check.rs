@@ -78,7 +78,9 @@ pub struct Operation {
 
 impl std::fmt::Debug for Operation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Operation").field("name", &self.name).finish()
+        f.debug_struct("Operation")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -104,7 +106,11 @@ pub fn compile(doc: &Document, base_path: &str) -> Result<Compiled, DocError> {
         .and_then(|b| b.prepare())
         .map_err(|e| DocError::new("#", format!("cannot index the document's schemas: {e}")))?;
     let base = base_path.trim_matches('/');
-    let base = if base.is_empty() { 0 } else { base.split('/').count() };
+    let base = if base.is_empty() {
+        0
+    } else {
+        base.split('/').count()
+    };
     let mut ops = Vec::with_capacity(doc.ops.len());
     for op in &doc.ops {
         ops.push(Arc::new(operation(doc, op, base, draft, &registry)?));
@@ -251,10 +257,7 @@ fn openapi30_to_draft4(v: &mut Value, depth: usize) {
             }
             if let Some(r) = o.remove("$ref") {
                 // Draft 4 ignores a $ref's siblings: nullable wraps it instead.
-                o.insert(
-                    "anyOf".into(),
-                    json!([{ "$ref": r }, { "type": "null" }]),
-                );
+                o.insert("anyOf".into(), json!([{ "$ref": r }, { "type": "null" }]));
                 return;
             }
             match o.get_mut("type") {
@@ -289,13 +292,9 @@ impl Operation {
     /// The operation takes a body the gateway has to read to check (JSON or form with a schema,
     /// or a required one).
     pub fn wants_body(&self) -> bool {
-        self.body.as_ref().is_some_and(|b| {
-            b.required
-                || b
-                    .media
-                    .iter()
-                    .any(|m| m.schema.is_some())
-        })
+        self.body
+            .as_ref()
+            .is_some_and(|b| b.required || b.media.iter().any(|m| m.schema.is_some()))
     }
 
     /// Checks path, query, header and cookie parameters; failures are appended to `out`.
@@ -375,9 +374,15 @@ impl Operation {
 
     /// The text of path parameter `name` in `path` (percent-decoded).
     fn path_param(&self, path: &[u8], name: &str) -> Option<String> {
-        let segs = path.strip_prefix(b"/")?.split(|&b| b == b'/').skip(self.base);
+        let segs = path
+            .strip_prefix(b"/")?
+            .split(|&b| b == b'/')
+            .skip(self.base);
         for (pieces, seg) in self.segments.iter().zip(segs) {
-            if !pieces.iter().any(|p| matches!(p, Piece::Var(v) if v == name)) {
+            if !pieces
+                .iter()
+                .any(|p| matches!(p, Piece::Var(v) if v == name))
+            {
                 continue;
             }
             let seg = params::decode(seg, false)?;
@@ -494,7 +499,9 @@ fn form_value(body: &[u8], shapes: &Map<String, Value>) -> Value {
             _ => super::doc::Scalar::String,
         };
         if kind == "array" {
-            let e = m.entry(k.clone()).or_insert_with(|| Value::Array(Vec::new()));
+            let e = m
+                .entry(k.clone())
+                .or_insert_with(|| Value::Array(Vec::new()));
             if let Value::Array(a) = e {
                 a.push(Value::String(v.clone()));
             }
@@ -545,7 +552,12 @@ components:
 
     fn head(op: &Operation, path: &str, query: &str, trace: Option<&'static str>) -> Vec<Failure> {
         let mut out = Vec::new();
-        let h = move |n: &str| (n == "x-trace").then_some(trace).flatten().map(str::as_bytes);
+        let h = move |n: &str| {
+            (n == "x-trace")
+                .then_some(trace)
+                .flatten()
+                .map(str::as_bytes)
+        };
         op.check_head(
             &RequestParts {
                 path: path.as_bytes(),
@@ -568,7 +580,11 @@ components:
             .collect();
         assert_eq!(
             at,
-            [("path", "petId", ""), ("query", "tags", "/0"), ("header", "X-Trace", "")]
+            [
+                ("path", "petId", ""),
+                ("query", "tags", "/0"),
+                ("header", "X-Trace", "")
+            ]
         );
         let f = head(&op, "/v1/pets/0", "", Some("xyz"));
         assert_eq!(f.len(), 2, "{f:?}");

@@ -246,7 +246,11 @@ pub fn escape(token: &str) -> String {
 }
 
 /// Follows `$ref`s from `v` (at pointer `at`) to the node they name, inside this document.
-pub fn resolve<'a>(root: &'a Value, v: &'a Value, at: &str) -> Result<(&'a Value, String), DocError> {
+pub fn resolve<'a>(
+    root: &'a Value,
+    v: &'a Value,
+    at: &str,
+) -> Result<(&'a Value, String), DocError> {
     let mut cur = v;
     let mut ptr = at.to_string();
     for _ in 0..MAX_REF_HOPS {
@@ -301,7 +305,10 @@ fn operations(
     ops: &mut Vec<Op>,
 ) -> Result<(), DocError> {
     if !path.starts_with('/') {
-        return Err(DocError::new(at, format!("path {path:?} must start with '/'")));
+        return Err(DocError::new(
+            at,
+            format!("path {path:?} must start with '/'"),
+        ));
     }
     let segments = template(path).map_err(|m| DocError::new(at, m))?;
     let (item, item_at) = resolve(root, item, at)?;
@@ -480,7 +487,13 @@ pub fn route_path(segments: &[Vec<Piece>]) -> String {
         let mut name: String = vars
             .join("_")
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let base = name.clone();
         let mut n = 2;
@@ -542,7 +555,10 @@ fn param(root: &Value, v: &Value, at: &str) -> Result<Param, DocError> {
         None => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
-            return Err(DocError::new(format!("{at}/required"), "expected a boolean"))
+            return Err(DocError::new(
+                format!("{at}/required"),
+                "expected a boolean",
+            ))
         }
     };
     if loc == ParamIn::Path && !required {

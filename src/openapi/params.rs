@@ -267,10 +267,19 @@ mod tests {
         assert_eq!(v, serde_json::json!([1, "x"]));
         let v = value(ints, Style::PipeDelimited, false, &["3|4".into()]);
         assert_eq!(v, serde_json::json!([3, 4]));
-        assert_eq!(value(Shape::Integer, Style::Simple, false, &["12".into()]), 12);
-        assert_eq!(value(Shape::Integer, Style::Simple, false, &["1x".into()]), "1x");
+        assert_eq!(
+            value(Shape::Integer, Style::Simple, false, &["12".into()]),
+            12
+        );
+        assert_eq!(
+            value(Shape::Integer, Style::Simple, false, &["1x".into()]),
+            "1x"
+        );
         let pairs = vec![("f[a]".to_string(), "1".to_string())];
-        assert_eq!(deep_object("f", &pairs), Some(serde_json::json!({"a": "1"})));
+        assert_eq!(
+            deep_object("f", &pairs),
+            Some(serde_json::json!({"a": "1"}))
+        );
         assert_eq!(unstyle(Style::Matrix, "id", ";id=5"), "5");
     }
 }

@@ -65,12 +65,25 @@ impl<S: ClientStream> ClientConn<S> {
                 }
             }
             // Requests are never read to close (no length is an empty body).
-            BodyKind::UntilClose => Err(ClientError::BadRequest("request body without length").into()),
+            BodyKind::UntilClose => {
+                Err(ClientError::BadRequest("request body without length").into())
+            }
         }
     }
 
-    async fn more(&mut self, reserve: usize, timeout: std::time::Duration) -> Result<(), ProxyError> {
-        match read_some(&mut self.client.stream, &mut self.client.rbuf, reserve, timeout).await {
+    async fn more(
+        &mut self,
+        reserve: usize,
+        timeout: std::time::Duration,
+    ) -> Result<(), ProxyError> {
+        match read_some(
+            &mut self.client.stream,
+            &mut self.client.rbuf,
+            reserve,
+            timeout,
+        )
+        .await
+        {
             Ok(_) => Ok(()),
             Err(IoFail::Timeout) => Err(ClientError::BodyTimeout.into()),
             Err(_) => Err(ClientError::BadRequest("client closed during the request body").into()),
