@@ -179,7 +179,7 @@ pub fn parse_value(text: &str) -> Result<Value, DocError> {
     if t.starts_with('{') {
         serde_json::from_str(t).map_err(|e| DocError::new("#", format!("invalid JSON: {e}")))
     } else {
-        super::params::yaml(t).map_err(|e| DocError::new("#", format!("invalid YAML: {e}")))
+        super::yaml::parse(t).map_err(|e| DocError::new("#", format!("invalid YAML: {e}")))
     }
 }
 

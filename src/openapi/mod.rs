@@ -7,6 +7,7 @@ pub mod check;
 pub mod doc;
 mod params;
 pub mod problem;
+mod yaml;
 
 pub use check::{compile, Compiled, Failure, Operation, RequestParts};
 pub use doc::{parse, Dialect, DocError, Document, Op, Param, ParamIn};
