@@ -539,3 +539,119 @@ fn check_names_the_document_pointer_and_cli_prints_routes() {
         ]
     );
 }
+
+/// The admin API puts an API with its document inline; each put or delete is one generation.
+#[test]
+fn admin_put_api_with_inline_document_is_one_generation() {
+    use crate::harness::ops::{http, Proc};
+    const KEY: &str = "admin-key-openapi-0123456789";
+    let o = Origin::named("o");
+    let cfg = format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\nkey = \"{KEY}\"\n\n{}",
+        server(&[("workers", "2")]),
+        upstream("backend", &[o.addr], "")
+    );
+    let p = Proc::start("openapi-admin", &cfg);
+    let adm = ops::listener(&p.logs, "admin");
+    let call = |method: &str, path: &str, body: &str| -> (u16, Value) {
+        let (code, text) = http(
+            adm,
+            method,
+            path,
+            &[("X-API-KEY", KEY), ("Content-Type", "application/json")],
+            body,
+        );
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    };
+    let generation = || call("GET", "/apisix/admin/status", "").1["config_generation"].as_u64();
+    let yaml = std::fs::read_to_string(doc_path("oai/petstore.yaml")).expect("petstore");
+    let put = |doc: Value| {
+        let body = serde_json::json!({"upstream": "backend", "base_path": "/v1", "document": doc});
+        call("PUT", "/apisix/admin/apis/pets", &body.to_string())
+    };
+    let g0 = generation().expect("generation");
+    // As YAML text first.
+    let (code, v) = put(Value::String(yaml.clone()));
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["config_generation"].as_u64(), Some(g0 + 1));
+    let mut c = Client::connect(p.addr);
+    assert_eq!(send(&mut c, "GET", "/v1/pets?limit=3", "", "").status, 200);
+    assert_eq!(
+        json_post(&mut c, "/v1/pets", r#"{"id":1,"name":"a"}"#).status,
+        200
+    );
+    one(
+        &json_post(&mut c, "/v1/pets", r#"{"id":1}"#),
+        "body",
+        "",
+        "",
+    );
+
+    // Replaced by a document without createPets, as a JSON object: one more generation.
+    let mut doc = petstore_json();
+    doc["paths"]["/pets"]
+        .as_object_mut()
+        .expect("/pets")
+        .remove("post");
+    let (code, v) = put(doc.clone());
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["config_generation"].as_u64(), Some(g0 + 2));
+    let r = json_post(
+        &mut Client::connect(p.addr),
+        "/v1/pets",
+        r#"{"id":1,"name":"a"}"#,
+    );
+    assert_eq!((r.status, r.header("Allow")), (405, Some("GET")));
+
+    // A bad document is refused with its pointer and changes nothing.
+    doc["paths"]["/pets"]["get"]["parameters"][0]["in"] = Value::from("body");
+    let (code, v) = put(doc);
+    assert_eq!(code, 400);
+    let msg = v.to_string();
+    assert!(
+        msg.contains("apis/pets.spec: #/paths/~1pets/get/parameters/0"),
+        "{msg}"
+    );
+    assert_eq!(generation(), Some(g0 + 2));
+
+    let (code, _) = call("DELETE", "/apisix/admin/apis/pets", "");
+    assert_eq!(code, 200);
+    assert_eq!(generation(), Some(g0 + 3));
+    assert_eq!(
+        send(&mut Client::connect(p.addr), "GET", "/v1/pets", "", "").status,
+        404
+    );
+}
+
+/// oai/petstore.yaml transcribed to JSON (responses shortened): the admin API also takes a
+/// document as an object.
+fn petstore_json() -> Value {
+    serde_json::json!({
+        "openapi": "3.0.0",
+        "info": {"version": "1.0.0", "title": "Swagger Petstore", "license": {"name": "MIT"}},
+        "paths": {
+            "/pets": {
+                "get": {
+                    "operationId": "listPets",
+                    "parameters": [{"name": "limit", "in": "query", "required": false,
+                                    "schema": {"type": "integer", "maximum": 100, "format": "int32"}}],
+                    "responses": {"200": {"description": "A paged array of pets"}}
+                },
+                "post": {
+                    "operationId": "createPets",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Pet"}}}},
+                    "responses": {"201": {"description": "Null response"}}
+                }
+            },
+            "/pets/{petId}": {
+                "get": {
+                    "operationId": "showPetById",
+                    "parameters": [{"name": "petId", "in": "path", "required": true, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "ok"}}
+                }
+            }
+        },
+        "components": {"schemas": {"Pet": {"type": "object", "required": ["id", "name"],
+            "properties": {"id": {"type": "integer", "format": "int64"}, "name": {"type": "string"}, "tag": {"type": "string"}}}}}
+    })
+}
