@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::apis::{ApiConfig, Validate};
-use crate::config::{Config, ConfigError, PassHost, RouteConfig, RouteSpec};
+use crate::config::apis::{http_date, ApiConfig, Validate, VersionBy};
+use crate::config::{Cond, Config, ConfigError, PassHost, RouteConfig, RouteSpec};
 use crate::openapi::{self, Document};
 use crate::plugin::chain::FactoryRef;
-use crate::plugin::openapi::{MethodNotAllowed, Mode, Validation};
+use crate::plugin::openapi::{Deprecation, MethodNotAllowed, Mode, Validation};
 use crate::plugin::PluginSet;
 
 /// A route made from an API, and the internal plugin it gets on top of its tables.
@@ -19,7 +19,7 @@ pub struct Generated {
     pub api: usize,
     /// The operation's name, or `405 /path`.
     pub what: String,
-    pub extra: Option<FactoryRef>,
+    pub extra: Vec<FactoryRef>,
 }
 
 /// One API's document as built (kept by `Built` for the admin listener's documentation).
@@ -31,19 +31,82 @@ pub struct BuiltApi {
 /// An API's document parsed and its routes made, before they join a config.
 pub struct Expanded {
     pub doc: Arc<Document>,
-    pub routes: Vec<(RouteConfig, Option<FactoryRef>, String)>,
+    pub routes: Vec<(RouteConfig, Vec<FactoryRef>, String)>,
 }
 
-/// Parses `a`'s document (error paths `apis[i].spec: #/...`) and makes its routes.
-pub fn expand_one(i: usize, a: &ApiConfig) -> Result<Expanded, ConfigError> {
+/// Where an API's routes sit: the path prefixes (base path, version segment) and the header
+/// condition that picks the version.
+struct Placement {
+    prefixes: Vec<String>,
+    conds: Vec<Cond>,
+}
+
+fn placement(a: &ApiConfig) -> Placement {
+    let v = a.version.clone().unwrap_or_default();
+    match &a.version_by {
+        VersionBy::Label => Placement {
+            prefixes: vec![a.base_path.clone()],
+            conds: Vec::new(),
+        },
+        VersionBy::Path => {
+            let mut prefixes = vec![format!("{}/{v}", a.base_path)];
+            if a.default {
+                prefixes.push(a.base_path.clone());
+            }
+            Placement {
+                prefixes,
+                conds: Vec::new(),
+            }
+        }
+        VersionBy::Header(h) => Placement {
+            prefixes: vec![a.base_path.clone()],
+            conds: if a.default {
+                Vec::new()
+            } else {
+                vec![Cond {
+                    name: h.clone(),
+                    value: Some(v),
+                }]
+            },
+        },
+    }
+}
+
+/// The Deprecation / Sunset / Link headers of a deprecated or sunsetting API.
+fn deprecation(a: &ApiConfig, successor: Option<&str>) -> Option<FactoryRef> {
+    let mut headers = Vec::new();
+    if let Some(t) = a.deprecated {
+        headers.push(("Deprecation", format!("@{t}")));
+    }
+    if let Some(t) = a.sunset {
+        headers.push(("Sunset", http_date(t)));
+    }
+    if headers.is_empty() {
+        return None;
+    }
+    if let Some(s) = a.successor.as_deref().or(successor) {
+        headers.push(("Link", format!("<{s}>; rel=\"successor-version\"")));
+    }
+    Some(Arc::new(Deprecation {
+        api: a.id().into(),
+        headers: headers.into(),
+    }))
+}
+
+/// Parses `a`'s document (error paths `apis[i].spec: #/...`) and makes its routes;
+/// `successor` is the default Link target of a deprecated version.
+pub fn expand_one(
+    i: usize,
+    a: &ApiConfig,
+    successor: Option<&str>,
+) -> Result<Expanded, ConfigError> {
+    let place = placement(a);
+    let notice = deprecation(a, successor);
     let at = format!("apis[{i}].spec");
     let doc = openapi::parse(&a.text).map_err(|e| ConfigError::new(&at, e.to_string()))?;
     let compiled = match a.validate {
         Validate::Off => None,
-        _ => Some(
-            openapi::compile(&doc, &a.base_path)
-                .map_err(|e| ConfigError::new(&at, e.to_string()))?,
-        ),
+        _ => Some(openapi::compile(&doc).map_err(|e| ConfigError::new(&at, e.to_string()))?),
     };
     let api_name: Arc<str> = a.id().into();
     let mode = if a.validate == Validate::Monitor {
@@ -55,7 +118,12 @@ pub fn expand_one(i: usize, a: &ApiConfig) -> Result<Expanded, ConfigError> {
     // Per route path (as the router sees it: parameter names do not matter), its methods.
     let mut by_path: BTreeMap<String, (String, Vec<&'static str>)> = BTreeMap::new();
     for (k, op) in doc.ops.iter().enumerate() {
-        let path = format!("{}{}", a.base_path, op.route_path);
+        let paths: Vec<String> = place
+            .prefixes
+            .iter()
+            .map(|p| format!("{p}{}", op.route_path))
+            .collect();
+        let path = paths[0].clone();
         let mut plugins = a.plugins.clone();
         for (name, v) in &op.plugins {
             let t = toml::Value::try_from(v).map_err(|e| {
@@ -70,45 +138,43 @@ pub fn expand_one(i: usize, a: &ApiConfig) -> Result<Expanded, ConfigError> {
             })?;
             plugins.insert(name.clone(), t);
         }
-        let extra = compiled.as_ref().map(|c| {
-            Arc::new(Validation {
+        let mut extra: Vec<FactoryRef> = notice.iter().cloned().collect();
+        if let Some(c) = &compiled {
+            extra.push(Arc::new(Validation {
                 api: api_name.clone(),
                 op: c.ops[k].clone(),
                 mode,
                 max_body: a.max_body_bytes,
-            }) as FactoryRef
-        });
-        let shape = shape_key(&path);
+            }));
+        }
         let e = by_path
-            .entry(shape)
-            .or_insert_with(|| (path.clone(), Vec::new()));
+            .entry(shape_key(&path))
+            .or_insert_with(|| (op.route_path.clone(), Vec::new()));
         if !e.1.contains(&op.method) {
             e.1.push(op.method);
         }
+        let name = format!("{api_name}.{}", op.name);
+        let methods = vec![op.method.to_string()];
         routes.push((
-            route(
-                a,
-                format!("{api_name}.{}", op.name),
-                path,
-                vec![op.method.to_string()],
-                plugins,
-            ),
+            route(a, &place, name, paths, methods, plugins),
             extra,
             op.name.clone(),
         ));
     }
-    for (_, (path, methods)) in by_path {
+    for (_, (tail, methods)) in by_path {
         let allow: Arc<str> = methods.join(", ").into();
-        let what = format!("405 {path}");
+        let paths: Vec<String> = place
+            .prefixes
+            .iter()
+            .map(|p| format!("{p}{tail}"))
+            .collect();
+        let what = format!("405 {}", paths[0]);
+        let mut extra: Vec<FactoryRef> = vec![Arc::new(MethodNotAllowed { allow })];
+        extra.extend(notice.iter().cloned());
+        let name = format!("{api_name}: {what}");
         routes.push((
-            route(
-                a,
-                format!("{api_name}: {what}"),
-                path,
-                Vec::new(),
-                a.plugins.clone(),
-            ),
-            Some(Arc::new(MethodNotAllowed { allow }) as FactoryRef),
+            route(a, &place, name, paths, Vec::new(), a.plugins.clone()),
+            extra,
             what,
         ));
     }
@@ -120,8 +186,9 @@ pub fn expand_one(i: usize, a: &ApiConfig) -> Result<Expanded, ConfigError> {
 
 fn route(
     a: &ApiConfig,
+    place: &Placement,
     name: String,
-    path: String,
+    paths: Vec<String>,
     methods: Vec<String>,
     plugins: BTreeMap<String, toml::Value>,
 ) -> RouteConfig {
@@ -133,8 +200,9 @@ fn route(
         websocket: false,
         spec: RouteSpec {
             hosts: a.hosts.clone(),
-            paths: vec![path],
+            paths,
             methods,
+            headers: place.conds.clone(),
             ..RouteSpec::default()
         },
         plugins,
@@ -155,7 +223,19 @@ pub fn expand(cfg: &mut Config) -> Result<(Vec<Generated>, Vec<BuiltApi>), Confi
     let mut built = Vec::with_capacity(cfg.apis.len());
     let apis = cfg.apis.clone();
     for (i, a) in apis.iter().enumerate() {
-        let e = expand_one(i, a)?;
+        // A deprecated path-versioned API points at the first undeprecated version of its name.
+        let successor = (a.version_by == VersionBy::Path)
+            .then(|| {
+                apis.iter().find(|b| {
+                    b.name == a.name
+                        && b.version != a.version
+                        && b.deprecated.is_none()
+                        && b.sunset.is_none()
+                })
+            })
+            .flatten()
+            .map(|b| format!("{}/{}", b.base_path, b.version.as_deref().unwrap_or("")));
+        let e = expand_one(i, a, successor.as_deref())?;
         for (rc, extra, what) in e.routes {
             let id = cfg.routes.push(rc).map_err(|m| {
                 ConfigError::new(format!("apis[{i}]"), format!("operation {what:?}: {m}"))
@@ -184,15 +264,17 @@ pub fn relocate(mut e: ConfigError, gen: &[Generated]) -> ConfigError {
     e
 }
 
-/// Puts each generated route's internal plugin into its chain, in priority order.
+/// Puts each generated route's internal plugins into its chain, in priority order.
 pub fn attach(set: &mut PluginSet, gen: &[Generated]) {
     for g in gen {
-        let Some(extra) = &g.extra else { continue };
+        if g.extra.is_empty() {
+            continue;
+        }
         let mut chain: Vec<FactoryRef> = set
             .routes
             .get(g.route)
             .map_or_else(Vec::new, |c| c.to_vec());
-        chain.push(extra.clone());
+        chain.extend(g.extra.iter().cloned());
         chain.sort_by_key(|f| std::cmp::Reverse(f.priority()));
         set.routes.put(g.route, chain.into());
     }

@@ -362,9 +362,32 @@ pub struct RawApi {
     /// Largest request body read for validation (413 beyond).
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// How a request picks among APIs of one name: "path", "header:NAME" (e.g.
+    /// "header:Accept-Version"); absent = `version` is a label only.
+    #[serde(default)]
+    pub version_by: Option<String>,
+    /// The version a request that names none gets (default: the first of its name).
+    #[serde(default)]
+    pub default: Option<bool>,
+    /// `true`, or the date it was deprecated ("2026-01-31"): Deprecation header (RFC 9745).
+    #[serde(default)]
+    pub deprecated: Option<RawDeprecated>,
+    /// The date it goes away ("2027-06-30"): Sunset header (RFC 8594).
+    #[serde(default)]
+    pub sunset: Option<String>,
+    /// Link target of rel="successor-version" (default: the successor's base, path versioning).
+    #[serde(default)]
+    pub successor: Option<String>,
     /// Plugins on every operation (an operation's `x-ringway-plugins` adds or overrides).
     #[serde(default)]
     pub plugins: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawDeprecated {
+    Flag(bool),
+    Date(String),
 }
 
 /// An inline document: text, or (from the admin API's JSON) the document as an object.

@@ -59,6 +59,7 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
         }
         apis.push(api);
     }
+    super::apis::resolve(&mut apis)?;
     // With the admin API on, ties between routes go to the lower name: that is the order of the
     // admin document (routes by id = name), so a file load, a build from the admin document and
     // a one-route change (which places a route among its neighbours by name) all agree.

@@ -69,8 +69,6 @@ struct BodyCheck {
 /// One operation's compiled checks.
 pub struct Operation {
     pub name: String,
-    /// Segments of the base path in front of the template.
-    base: usize,
     segments: Vec<Vec<Piece>>,
     params: Vec<ParamCheck>,
     body: Option<BodyCheck>,
@@ -90,8 +88,8 @@ pub struct Compiled {
     pub ops: Vec<Arc<Operation>>,
 }
 
-/// Compiles the validators of every operation of `doc`, whose routes sit under `base_path`.
-pub fn compile(doc: &Document, base_path: &str) -> Result<Compiled, DocError> {
+/// Compiles the validators of every operation of `doc` (routed under any static prefix).
+pub fn compile(doc: &Document) -> Result<Compiled, DocError> {
     let (draft, root) = match doc.dialect {
         Dialect::V30 => {
             let mut r = (*doc.root).clone();
@@ -105,15 +103,9 @@ pub fn compile(doc: &Document, base_path: &str) -> Result<Compiled, DocError> {
         .add(BASE, root)
         .and_then(|b| b.prepare())
         .map_err(|e| DocError::new("#", format!("cannot index the document's schemas: {e}")))?;
-    let base = base_path.trim_matches('/');
-    let base = if base.is_empty() {
-        0
-    } else {
-        base.split('/').count()
-    };
     let mut ops = Vec::with_capacity(doc.ops.len());
     for op in &doc.ops {
-        ops.push(Arc::new(operation(doc, op, base, draft, &registry)?));
+        ops.push(Arc::new(operation(doc, op, draft, &registry)?));
     }
     Ok(Compiled { ops })
 }
@@ -144,7 +136,6 @@ fn fragment(ptr: &str) -> String {
 fn operation(
     doc: &Document,
     op: &Op,
-    base: usize,
     draft: Draft,
     reg: &Registry<'_>,
 ) -> Result<Operation, DocError> {
@@ -192,7 +183,6 @@ fn operation(
     };
     Ok(Operation {
         name: op.name.clone(),
-        base,
         segments: op.segments.clone(),
         params,
         body,
@@ -374,10 +364,13 @@ impl Operation {
 
     /// The text of path parameter `name` in `path` (percent-decoded).
     fn path_param(&self, path: &[u8], name: &str) -> Option<String> {
-        let segs = path
-            .strip_prefix(b"/")?
-            .split(|&b| b == b'/')
-            .skip(self.base);
+        // The template is the path's tail: what precedes it (base path, a version segment, or
+        // nothing for a default version) is a static prefix the route already matched.
+        let all: Vec<&[u8]> = path.strip_prefix(b"/")?.split(|&b| b == b'/').collect();
+        let segs = all
+            .get(all.len().checked_sub(self.segments.len())?..)?
+            .iter()
+            .copied();
         for (pieces, seg) in self.segments.iter().zip(segs) {
             if !pieces
                 .iter()
@@ -547,7 +540,7 @@ components:
 
     fn op() -> Arc<Operation> {
         let doc = super::super::parse(DOC).expect("doc");
-        compile(&doc, "/v1").expect("compile").ops[0].clone()
+        compile(&doc).expect("compile").ops[0].clone()
     }
 
     fn head(op: &Operation, path: &str, query: &str, trace: Option<&'static str>) -> Vec<Failure> {

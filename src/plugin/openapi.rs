@@ -183,3 +183,61 @@ impl Plugin for NotAllowed {
         )
     }
 }
+
+/// Last in the response phase, so no other plugin's edit removes the notice.
+pub static DEPRECATION: Spec = Spec {
+    name: "api-deprecation",
+    priority: -10000,
+    phases: phase::RESPONSE_HEADERS | phase::LOG,
+    build: internal,
+};
+
+/// A deprecated API version's notice: the response headers it adds and the name its calls are
+/// counted under (per consumer).
+pub struct Deprecation {
+    /// `name@version`.
+    pub api: Arc<str>,
+    /// (Deprecation / Sunset / Link, value), ready to send.
+    pub headers: Arc<[(&'static str, String)]>,
+}
+
+impl PluginFactory for Deprecation {
+    fn spec(&self) -> &'static Spec {
+        &DEPRECATION
+    }
+    fn build(&self, shard: &ShardCx) -> Rc<dyn Plugin> {
+        Rc::new(Deprecated {
+            api: self.api.clone(),
+            headers: self.headers.clone(),
+            metrics: shard.metrics.clone(),
+            consumers: shard.consumers.clone(),
+        })
+    }
+}
+
+struct Deprecated {
+    api: Arc<str>,
+    headers: Arc<[(&'static str, String)]>,
+    metrics: Rc<ShardMetrics>,
+    consumers: Arc<super::consumer::Consumers>,
+}
+
+impl Plugin for Deprecated {
+    fn spec(&self) -> &'static Spec {
+        &DEPRECATION
+    }
+
+    fn response_headers(&self, _: &crate::http::parse::ResponseHead, cx: &mut Ctx) {
+        for (n, v) in self.headers.iter() {
+            cx.resp_headers.set(n.as_bytes(), v.as_bytes());
+        }
+    }
+
+    fn log(&self, cx: &mut Ctx) {
+        let who = cx
+            .consumer
+            .and_then(|i| self.consumers.list.get(i))
+            .map_or("", |c| c.username.as_str());
+        self.metrics.count_deprecated(&self.api, who);
+    }
+}

@@ -293,6 +293,7 @@ impl Shard {
             log_dropped,
             rate_limited: self.metrics.rate_limited(),
             invalid: self.metrics.invalid(),
+            deprecated: self.metrics.deprecated(),
         }
     }
 }

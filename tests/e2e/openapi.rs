@@ -655,3 +655,108 @@ fn petstore_json() -> Value {
             "properties": {"id": {"type": "integer", "format": "int64"}, "name": {"type": "string"}, "tag": {"type": "string"}}}}}
     })
 }
+
+/// Versions by path and by header; a deprecated version carries Deprecation, Sunset and Link
+/// and its calls are counted per consumer.
+#[test]
+fn versions_deprecation_headers_and_per_consumer_counts() {
+    let o = Origin::named("o");
+    let spec = doc_path("oai/petstore.yaml");
+    let auth = "[apis.plugins.key-auth]\n";
+    let apis = format!(
+        "{}{}{}{}[[consumers]]\nusername = \"alice\"\nplugins = {{ key-auth = {{ key = \"alice-key\" }} }}\n\n",
+        api(
+            "pets",
+            &spec,
+            &format!("version = \"v1\"\nversion_by = \"path\"\ndeprecated = \"2026-01-01\"\nsunset = \"2027-06-30\"\n{auth}")
+        ),
+        api("pets", &spec, &format!("version = \"v2\"\nversion_by = \"path\"\ndefault = true\n{auth}")),
+        api(
+            "hp",
+            &spec,
+            "base_path = \"/h\"\nversion = \"1\"\nversion_by = \"header:Accept-Version\"\ndeprecated = true\nsuccessor = \"https://example.com/docs/v2\""
+        ),
+        api("hp", &spec, "base_path = \"/h\"\nversion = \"2\"\nversion_by = \"header:Accept-Version\"\ndefault = true"),
+    );
+    let gw = Gateway::start(&config(o.addr, &apis));
+    let status = ops::listener(&gw.stderr, "status");
+    let mut c = gw.client();
+    let key = "apikey: alice-key\r\n";
+    let r = send(&mut c, "GET", "/v1/pets", key, "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Deprecation"), Some("@1767225600"));
+    assert_eq!(r.header("Sunset"), Some("Wed, 30 Jun 2027 00:00:00 GMT"));
+    assert_eq!(r.header("Link"), Some("</v2>; rel=\"successor-version\""));
+    assert_eq!(send(&mut c, "GET", "/v1/pets/7", key, "").status, 200);
+    assert_eq!(send(&mut c, "GET", "/v1/pets", "", "").status, 401);
+    for path in ["/v2/pets", "/pets", "/pets/7"] {
+        let r = send(&mut c, "GET", path, key, "");
+        assert_eq!(r.status, 200, "{path}");
+        assert!(!r.has_header("Deprecation"), "{path}");
+    }
+    // Validation still applies under the version prefix.
+    one(
+        &send(&mut c, "GET", "/v1/pets?limit=x", key, ""),
+        "query",
+        "limit",
+        "",
+    );
+
+    let r = send(&mut c, "GET", "/h/pets", "Accept-Version: 1\r\n", "");
+    assert_eq!(r.header("Deprecation"), Some("@0"));
+    assert_eq!(
+        r.header("Link"),
+        Some("<https://example.com/docs/v2>; rel=\"successor-version\"")
+    );
+    assert!(!send(&mut c, "GET", "/h/pets", "", "").has_header("Deprecation"));
+    assert!(!send(&mut c, "GET", "/h/pets", "Accept-Version: 2\r\n", "").has_header("Deprecation"));
+
+    let mut samples = Vec::new();
+    let counted = wait_until(Duration::from_secs(5), || {
+        samples = scrape(status);
+        value(
+            &samples,
+            "ringway_api_deprecated_requests_total",
+            &[("api", "pets@v1"), ("consumer", "alice")],
+        ) == 3.0
+    });
+    assert!(counted, "{samples:#?}");
+    // The 401 before any consumer was known counts as anonymous.
+    let v1_anon = value(
+        &samples,
+        "ringway_api_deprecated_requests_total",
+        &[("api", "pets@v1"), ("consumer", "")],
+    );
+    assert_eq!(v1_anon, 1.0);
+    let anon = value(
+        &samples,
+        "ringway_api_deprecated_requests_total",
+        &[("api", "hp@1"), ("consumer", "")],
+    );
+    assert_eq!(anon, 1.0);
+}
+
+#[test]
+fn version_config_errors_name_the_key() {
+    let spec = doc_path("oai/petstore.yaml");
+    let base = format!(
+        "{}{}",
+        server(&[]),
+        upstream("backend", &[closed_port()], "")
+    );
+    let out = check_config(&format!(
+        "{base}{}{}",
+        api("p", &spec, "version = \"1\""),
+        api("p", &spec, "version = \"2\"")
+    ));
+    assert!(out.stderr.contains("apis[1].version_by"), "{}", out.all());
+    let out = check_config(&format!(
+        "{base}{}",
+        api(
+            "p",
+            &spec,
+            "version = \"1\"\nversion_by = \"path\"\nsunset = \"June\""
+        )
+    ));
+    assert!(out.stderr.contains("apis[0].sunset"), "{}", out.all());
+}

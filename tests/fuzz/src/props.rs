@@ -928,7 +928,7 @@ pub fn openapi(data: &[u8]) {
             }
         }
     }
-    let compiled = match compile(&doc, "/base") {
+    let compiled = match compile(&doc) {
         Ok(c) => c,
         Err(e) => {
             assert!(e.pointer.starts_with('#'), "{e:?}");
