@@ -32,6 +32,14 @@ enum Cmd {
         #[arg(short = 'c', long = "config", default_value = "config/ringway.toml")]
         config: PathBuf,
     },
+    /// Write Prometheus alerting rules for the `[apis.slo]` thresholds of a config.
+    Alerts {
+        #[arg(short = 'c', long = "config", default_value = "config/ringway.toml")]
+        config: PathBuf,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
     /// OpenAPI documents: see what `[[apis]]` makes of one.
     Openapi {
         #[command(subcommand)]
@@ -64,6 +72,32 @@ fn main() -> ExitCode {
     .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Alerts { config, output } => {
+            let cfg = match ringway::config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ringway: {}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let Some(rules) = ringway::config::slo::alert_rules(&cfg.apis) else {
+                eprintln!(
+                    "ringway: {}: no [apis.slo] to write rules for",
+                    config.display()
+                );
+                return ExitCode::from(2);
+            };
+            match output {
+                None => print!("{rules}"),
+                Some(p) => {
+                    if let Err(e) = std::fs::write(&p, rules) {
+                        eprintln!("ringway: {}: {e}", p.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
         Cmd::Openapi {
             cmd:
                 OpenapiCmd::Routes {

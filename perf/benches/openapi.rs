@@ -11,7 +11,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use ringway::openapi::{compile, parse, Document, RequestParts};
 
 fn github() -> String {
-    let gz = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/openapi/github/api.github.com.json.gz");
+    let gz = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/openapi/github/api.github.com.json.gz"
+    );
     let out = Command::new("gzip")
         .args(["-dc", gz])
         .output()
@@ -55,13 +58,21 @@ fn validate(c: &mut Criterion) {
     g.bench_function("validate_parse_and_schema", |b| {
         b.iter(|| {
             out.clear();
-            create.check_body(Some(b"application/json"), black_box(body.as_bytes()), &mut out);
+            create.check_body(
+                Some(b"application/json"),
+                black_box(body.as_bytes()),
+                &mut out,
+            );
             black_box(out.len())
         })
     });
     assert!(out.is_empty(), "{out:?}");
     g.bench_function("parse_only_serde_json", |b| {
-        b.iter(|| black_box(serde_json::from_slice::<serde_json::Value>(black_box(body.as_bytes())).is_ok()))
+        b.iter(|| {
+            black_box(
+                serde_json::from_slice::<serde_json::Value>(black_box(body.as_bytes())).is_ok(),
+            )
+        })
     });
     g.finish();
 

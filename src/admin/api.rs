@@ -26,6 +26,10 @@ pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Respons
     if r.path == "/openapi.json" && r.method == "GET" {
         return Response::text(200, "application/json", OPENAPI);
     }
+    // API documentation: readable by anyone the allow-list lets in, like the admin's own.
+    if r.method == "GET" && (r.path == "/apis" || r.path.starts_with("/apis/")) {
+        return super::docs::handle(&plane.config(), r);
+    }
     let read_only = match r.header("x-api-key") {
         Some(k) if k == keys.admin => false,
         Some(k) if keys.viewer.as_deref() == Some(k) => true,

@@ -3,6 +3,7 @@
 //! be reached from the request path: shards only ever see what arrives on their control channels.
 
 pub mod api;
+pub mod docs;
 pub mod document;
 pub mod http;
 pub mod purge;

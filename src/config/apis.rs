@@ -54,6 +54,8 @@ pub struct ApiConfig {
     pub sunset: Option<i64>,
     /// `Link: <..>; rel="successor-version"` target.
     pub successor: Option<String>,
+    /// `[apis.slo]`.
+    pub slo: Option<super::slo::Slo>,
     /// Where the document came from, for messages: its path, or "inline".
     pub source: String,
     /// The document's text (JSON or YAML).
@@ -209,6 +211,10 @@ pub(super) fn api(
         deprecated,
         sunset,
         successor: a.successor.clone(),
+        slo: match &a.slo {
+            Some(s) => Some(super::slo::slo(&at("slo"), s)?),
+            None => None,
+        },
         name: a.name.clone(),
         version: a.version.clone(),
         upstream,

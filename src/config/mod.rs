@@ -6,6 +6,7 @@ mod checks;
 pub mod ops;
 mod raw;
 mod routes;
+pub mod slo;
 mod tls;
 mod validate;
 

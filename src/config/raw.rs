@@ -378,9 +378,24 @@ pub struct RawApi {
     /// Link target of rel="successor-version" (default: the successor's base, path versioning).
     #[serde(default)]
     pub successor: Option<String>,
+    /// `[apis.slo]`: thresholds `ringway alerts` writes Prometheus rules for.
+    #[serde(default)]
+    pub slo: Option<RawSlo>,
     /// Plugins on every operation (an operation's `x-ringway-plugins` adds or overrides).
     #[serde(default)]
     pub plugins: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlo {
+    #[serde(default)]
+    pub latency_p99: Option<RawDuration>,
+    #[serde(default)]
+    pub error_ratio: Option<f64>,
+    /// How long a breach lasts before the alert fires (default 5m).
+    #[serde(default)]
+    pub r#for: Option<RawDuration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

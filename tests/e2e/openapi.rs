@@ -760,3 +760,149 @@ fn version_config_errors_name_the_key() {
     ));
     assert!(out.stderr.contains("apis[0].sunset"), "{}", out.all());
 }
+
+/// `ringway alerts` writes rules whose per-API route regex matches exactly that API's series in
+/// a live scrape (and promtool accepts them, when installed); the admin listener serves each
+/// API's document as exposed and an HTML index.
+#[test]
+fn slo_alert_rules_and_documentation_pages() {
+    use crate::harness::ops::Proc;
+    let o = Origin::named("o");
+    let spec = doc_path("oai/petstore.yaml");
+    let cfg = format!(
+        "{}[status]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\nkey = \"admin-key-slo-0123456789\"\n\n{}{}{}[[consumers]]\nusername = \"bob\"\nplugins = {{ key-auth = {{ key = \"bob-key\" }} }}\n\n",
+        server(&[]),
+        upstream("backend", &[o.addr], ""),
+        api(
+            "pets",
+            &spec,
+            "version = \"v1\"\nversion_by = \"path\"\nsunset = \"2027-06-30\"\n[apis.slo]\nlatency_p99 = \"300ms\"\nerror_ratio = 0.01\n[apis.plugins.key-auth]\n"
+        ),
+        api("pets", &spec, "version = \"v2\"\nversion_by = \"path\"\ndefault = true"),
+    );
+    let p = Proc::start("openapi-slo", &cfg);
+    let status = ops::listener(&p.logs, "status");
+    let adm = ops::listener(&p.logs, "admin");
+    let mut c = Client::connect(p.addr);
+    for path in ["/v1/pets", "/v1/pets/1", "/v2/pets", "/pets/2"] {
+        assert_eq!(
+            send(&mut c, "GET", path, "apikey: bob-key\r\n", "").status,
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        send(&mut c, "DELETE", "/v1/pets", "apikey: bob-key\r\n", "").status,
+        405
+    );
+
+    let out = run_cli(
+        &["alerts", "-c", p.path.to_str().expect("path")],
+        Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "{}", out.all());
+    let rules: Value = serde_saphyr::from_str(&out.stdout).expect("YAML rules");
+    let groups = rules["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 1, "only pets@v1 has an slo");
+    let list = groups[0]["rules"].as_array().expect("rules");
+    let names: Vec<&str> = list
+        .iter()
+        .map(|r| r["record"].as_str().or(r["alert"].as_str()).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ringway:api_requests:rate5m",
+            "ringway:api_errors:rate5m",
+            "ringway:api_latency_p99:5m",
+            "RingwayApiLatencyP99High",
+            "RingwayApiErrorRatioHigh"
+        ]
+    );
+    assert!(list[3]["expr"].as_str().unwrap_or("").ends_with("> 0.3"));
+    // The route regex, as PromQL reads it (string escapes undone), against the live series.
+    let expr = list[0]["expr"].as_str().expect("expr");
+    let quoted = expr
+        .split("route=~\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("regex");
+    let re =
+        regex::Regex::new(&format!("^(?:{})$", quoted.replace("\\\\", "\\"))).expect("RE2 regex");
+    let mut samples = Vec::new();
+    wait_until(Duration::from_secs(5), || {
+        samples = scrape(status);
+        value(&samples, "ringway_http_requests_total", &[]) >= 5.0
+    });
+    let routes: std::collections::BTreeSet<&str> = samples
+        .iter()
+        .filter(|s| s.name == "ringway_http_requests_total")
+        .filter_map(|s| s.labels.get("route").map(String::as_str))
+        .collect();
+    let matched: Vec<&str> = routes.iter().copied().filter(|r| re.is_match(r)).collect();
+    assert_eq!(
+        matched,
+        [
+            "pets@v1.listPets",
+            "pets@v1.showPetById",
+            "pets@v1: 405 /v1/pets"
+        ],
+        "{routes:?}"
+    );
+    if let Ok(check) = Command::new("promtool")
+        .args(["check", "rules", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        let mut check = check;
+        check
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(out.stdout.as_bytes())
+            .expect("write");
+        assert!(
+            check.wait().expect("promtool").success(),
+            "promtool refused:\n{}",
+            out.stdout
+        );
+    }
+
+    // Documentation on the admin listener.
+    let (code, html) = ops::get(adm, "/apis/");
+    assert_eq!(code, 200);
+    assert!(html.starts_with("<!doctype html>"), "{html}");
+    for want in [
+        "<td>pets</td><td>v1</td>",
+        "sunset Wed, 30 Jun 2027 00:00:00 GMT",
+        "href=\"/apis/pets/v2/openapi.json\"",
+        "<td>/v2</td>",
+        "default",
+    ] {
+        assert!(html.contains(want), "{want} in {html}");
+    }
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external assets"
+    );
+    let (code, doc) = ops::get(adm, "/apis/pets/v1/openapi.json");
+    assert_eq!(code, 200);
+    let doc: Value = serde_json::from_str(&doc).expect("JSON");
+    assert_eq!(doc["servers"][0]["url"], "/v1");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["ringway-key-auth"]["name"],
+        "apikey"
+    );
+    assert_eq!(
+        doc["security"][0]["ringway-key-auth"],
+        serde_json::json!([])
+    );
+    assert_eq!(doc["paths"]["/pets"]["get"]["operationId"], "listPets");
+    let (code, doc) = ops::get(adm, "/apis/pets/default/openapi.json");
+    assert_eq!(code, 200);
+    let doc: Value = serde_json::from_str(&doc).expect("JSON");
+    assert_eq!(doc["servers"][0]["url"], "/v2");
+    assert!(doc.get("security").is_none());
+    assert_eq!(ops::get(adm, "/apis/pets/v9/openapi.json").0, 404);
+}
