@@ -28,6 +28,7 @@ mod jwt_auth;
 mod key_auth;
 mod limit_conn;
 mod limit_count;
+mod limit_policy;
 mod limit_req;
 pub mod openapi;
 mod proxy_cache;
