@@ -80,7 +80,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let Some(rules) = ringway::config::slo::alert_rules(&cfg.apis) else {
+            let Some(rules) = ringway::config::slo::alert_rules(
+                cfg.apis
+                    .iter()
+                    .filter_map(|a| a.slo.as_ref().map(|s| (a.id(), s))),
+            ) else {
                 eprintln!(
                     "ringway: {}: no [apis.slo] to write rules for",
                     config.display()

@@ -5,7 +5,6 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use super::apis::ApiConfig;
 use super::raw::{dur, RawSlo};
 use super::ConfigError;
 
@@ -69,14 +68,13 @@ fn prom_duration(d: Duration) -> String {
     }
 }
 
-/// Prometheus rule groups (YAML) for every API with an `[apis.slo]`; `None` when none has one.
-pub fn alert_rules(apis: &[ApiConfig]) -> Option<String> {
+/// Prometheus rule groups (YAML) for APIs given as (`name@version`, its `[apis.slo]`); `None`
+/// when there are none.
+pub fn alert_rules<'a>(apis: impl IntoIterator<Item = (String, &'a Slo)>) -> Option<String> {
     let mut o = String::from("# Written by `ringway alerts`: per-API series recorded from the per-route ones,\n# and alerts on the [apis.slo] thresholds.\ngroups:\n");
     let mut any = false;
-    for a in apis {
-        let Some(slo) = &a.slo else { continue };
+    for (id, slo) in apis {
         any = true;
-        let id = a.id();
         let re = routes_regex(&id);
         let _ = write!(
             o,
