@@ -13,7 +13,7 @@
 //! | build | built | config data -> router + plugin factories |
 //! | plugin/cache/limit | plugin, cache, limit | the Plugin trait and plugins; the node-wide cache; limiter state machines |
 //! | upstream/route | upstream, route | balancers, passive health, pools; the compiled router |
-//! | http/net/config | http, net, config, accesslog, metrics | wire format; sockets, TLS, rings; validated config data; log and metric sinks |
+//! | http/net/config | http, net, config, accesslog, metrics, openapi | wire format; sockets, TLS, rings; validated config data; log and metric sinks; OpenAPI documents and their validators |
 //! | leaves | error, util, local | errors, units, copy-on-write containers, hashers, the cross-core mesh; per-shard deadlines and signals |
 
 /// Top to bottom; see the table above.
@@ -37,7 +37,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("upstream/route", &["upstream", "route"]),
     (
         "http/net/config",
-        &["http", "net", "config", "accesslog", "metrics"],
+        &["http", "net", "config", "accesslog", "metrics", "openapi"],
     ),
     ("leaves", &["error", "util", "local", "layers"]),
 ];

@@ -17,6 +17,7 @@ pub mod limit;
 pub mod local;
 pub mod metrics;
 pub mod net;
+pub mod openapi;
 pub mod plugin;
 pub mod proxy;
 pub mod route;

@@ -32,6 +32,34 @@ enum Cmd {
         #[arg(short = 'c', long = "config", default_value = "config/ringway.toml")]
         config: PathBuf,
     },
+    /// Write Prometheus alerting rules for the `[apis.slo]` thresholds of a config.
+    Alerts {
+        #[arg(short = 'c', long = "config", default_value = "config/ringway.toml")]
+        config: PathBuf,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+    /// OpenAPI documents: see what `[[apis]]` makes of one.
+    Openapi {
+        #[command(subcommand)]
+        cmd: OpenapiCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum OpenapiCmd {
+    /// Print the routes an OpenAPI 3.0/3.1 document (JSON or YAML) becomes, as TOML.
+    Routes {
+        spec: PathBuf,
+        /// The API's name (the routes' name prefix).
+        #[arg(long, default_value = "api")]
+        name: String,
+        #[arg(long, default_value = "")]
+        base_path: String,
+        #[arg(long, default_value = "backend")]
+        upstream: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +72,59 @@ fn main() -> ExitCode {
     .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Alerts { config, output } => {
+            let cfg = match ringway::config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ringway: {}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let Some(rules) = ringway::config::slo::alert_rules(
+                cfg.apis
+                    .iter()
+                    .filter_map(|a| a.slo.as_ref().map(|s| (a.id(), s))),
+            ) else {
+                eprintln!(
+                    "ringway: {}: no [apis.slo] to write rules for",
+                    config.display()
+                );
+                return ExitCode::from(2);
+            };
+            match output {
+                None => print!("{rules}"),
+                Some(p) => {
+                    if let Err(e) = std::fs::write(&p, rules) {
+                        eprintln!("ringway: {}: {e}", p.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Openapi {
+            cmd:
+                OpenapiCmd::Routes {
+                    spec,
+                    name,
+                    base_path,
+                    upstream,
+                },
+        } => {
+            let out = std::fs::read_to_string(&spec)
+                .map_err(|e| e.to_string())
+                .and_then(|t| ringway::built::apis::routes_toml(&t, &name, &base_path, &upstream));
+            match out {
+                Ok(t) => {
+                    print!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ringway: {}: {e}", spec.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
         Cmd::Check { config } => match ringway::built::load(&config) {
             Ok(cfg) if cfg.cfg.config_source.is_some() => {
                 match ringway::etcd::check(&cfg, &config) {
@@ -59,9 +140,10 @@ fn main() -> ExitCode {
             }
             Ok(cfg) => {
                 println!(
-                    "{}: ok ({} routes, {} upstreams, {} workers)",
+                    "{}: ok ({} routes, {} apis, {} upstreams, {} workers)",
                     config.display(),
                     cfg.cfg.routes.len(),
+                    cfg.cfg.apis.len(),
                     cfg.cfg.upstreams.len(),
                     cfg.cfg.server.workers
                 );

@@ -1,4 +1,4 @@
-//! The admin REST API (APISIX-like): routes, upstreams, consumers and global rules under
+//! The admin REST API (APISIX-like): routes, upstreams, consumers, global rules and apis under
 //! `/apisix/admin/`, with key auth, a viewer key and a client allow-list. A change to one route
 //! is validated and applied as that route alone; any other change is validated as a whole
 //! config. Either way it reaches all shards through the plane, then is persisted.
@@ -27,6 +27,10 @@ pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Respons
     if r.path == "/openapi.json" && r.method == "GET" {
         return Response::text(200, "application/json", OPENAPI);
     }
+    // API documentation: readable by anyone the allow-list lets in, like the admin's own.
+    if r.method == "GET" && (r.path == "/apis" || r.path.starts_with("/apis/")) {
+        return super::docs::handle(&plane.config(), r);
+    }
     let read_only = match r.header("x-api-key") {
         Some(k) if k == keys.admin => false,
         Some(k) if keys.viewer.as_deref() == Some(k) => true,
@@ -54,7 +58,7 @@ pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Respons
         return Response::error(
             404,
             format!(
-                "unknown resource {seg:?}; expected routes, upstreams, consumers or global_rules"
+                "unknown resource {seg:?}; expected routes, upstreams, consumers, global_rules or apis"
             ),
         );
     };
@@ -110,9 +114,13 @@ pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Respons
                     format!("{}/{id} is still referenced by {refs:?}; delete those first or add ?force=true (which deletes them too)", kind.seg()),
                 );
             }
-            let also: Vec<String> = refs
+            // Referring objects (routes, APIs) go with it: `kind/id` each.
+            let also: Vec<(Kind, String)> = refs
                 .iter()
-                .filter_map(|rf| rf.strip_prefix("routes/").map(String::from))
+                .filter_map(|rf| {
+                    let (k, rid) = rf.split_once('/')?;
+                    Some((Kind::parse(k)?, rid.to_string()))
+                })
                 .collect();
             (id.to_string(), None, also)
         }
@@ -121,8 +129,8 @@ pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Respons
     let (id, obj, also) = todo;
     match ops.remote.get() {
         None => {
-            for rid in &also {
-                store.sets.get_mut("routes").map(|s| s.remove(rid));
+            for (k, rid) in &also {
+                store.sets.get_mut(k.seg()).map(|s| s.remove(rid));
             }
             change(plane, store, kind, id, obj)
         }
@@ -152,12 +160,12 @@ fn remote_change(
     remote: &dyn super::Remote,
     plane: &Plane,
     (kind, id, obj): (Kind, String, Option<Value>),
-    also: Vec<String>,
+    also: Vec<(Kind, String)>,
     existed: bool,
     expected: Option<i64>,
 ) -> Response {
     let mut changes = vec![(kind, id.clone(), obj.clone())];
-    changes.extend(also.into_iter().map(|rid| (Kind::Routes, rid, None)));
+    changes.extend(also.into_iter().map(|(k, rid)| (k, rid, None)));
     let (rev, applied) = match remote.write(changes, expected) {
         Ok(done) => done,
         Err(super::RemoteError::Conflict(e)) => return Response::error(409, e),

@@ -1,5 +1,5 @@
 //! The admin API's document: the config file's content as JSON, with the collections the admin
-//! API edits (routes, upstreams, consumers, global rules) overlaid from the state file. Builds a config
+//! API edits (routes, upstreams, consumers, global rules, apis) overlaid from the state file. Builds a config
 //! generation (validated, then built) from it and persists the collections. No I/O besides the state file.
 
 use std::collections::BTreeMap;
@@ -17,6 +17,8 @@ pub enum Kind {
     Upstreams,
     Consumers,
     GlobalRules,
+    /// `[[apis]]`: an API with its OpenAPI document inline (`document`) or as a file (`spec`).
+    Apis,
 }
 
 impl Kind {
@@ -26,6 +28,7 @@ impl Kind {
             "upstreams" => Kind::Upstreams,
             "consumers" => Kind::Consumers,
             "global_rules" => Kind::GlobalRules,
+            "apis" => Kind::Apis,
             _ => return None,
         })
     }
@@ -36,28 +39,30 @@ impl Kind {
             Kind::Upstreams => "upstreams",
             Kind::Consumers => "consumers",
             Kind::GlobalRules => "global_rules",
+            Kind::Apis => "apis",
         }
     }
 
     /// The field that names an object (its id in the URL).
     pub fn id_field(self) -> &'static str {
         match self {
-            Kind::Routes | Kind::Upstreams => "name",
+            Kind::Routes | Kind::Upstreams | Kind::Apis => "name",
             Kind::Consumers => "username",
             Kind::GlobalRules => "id",
         }
     }
 }
 
-pub const KINDS: [Kind; 4] = [
+pub const KINDS: [Kind; 5] = [
     Kind::Routes,
     Kind::Upstreams,
     Kind::Consumers,
     Kind::GlobalRules,
+    Kind::Apis,
 ];
 
 pub struct Document {
-    /// The config file as JSON, minus the four collections (kept in `sets`).
+    /// The config file as JSON, minus the collections (kept in `sets`).
     base: Value,
     /// Per kind: id -> object (with its id field set).
     pub sets: BTreeMap<&'static str, BTreeMap<String, Value>>,
@@ -213,7 +218,7 @@ impl Document {
     pub fn document(&self) -> Value {
         let mut doc = self.base.clone();
         if let Some(obj) = doc.as_object_mut() {
-            for k in [Kind::Routes, Kind::Upstreams, Kind::Consumers] {
+            for k in [Kind::Routes, Kind::Upstreams, Kind::Consumers, Kind::Apis] {
                 obj.insert(
                     k.seg().into(),
                     Value::Array(self.sets[k.seg()].values().cloned().collect()),
@@ -241,7 +246,7 @@ impl Document {
 
     /// `routes[3].upstream` -> `routes/<id>.upstream`: the admin user knows ids, not positions.
     fn locate(&self, mut e: ConfigError) -> ConfigError {
-        for k in [Kind::Routes, Kind::Upstreams, Kind::Consumers] {
+        for k in [Kind::Routes, Kind::Upstreams, Kind::Consumers, Kind::Apis] {
             let prefix = format!("{}[", k.seg());
             if let Some(rest) = e.path.strip_prefix(&prefix) {
                 if let Some((idx, tail)) = rest.split_once(']') {
@@ -292,10 +297,14 @@ impl Document {
         if kind != Kind::Upstreams {
             return Vec::new();
         }
-        self.sets["routes"]
-            .iter()
-            .filter(|(_, r)| r.get("upstream").and_then(Value::as_str) == Some(id))
-            .map(|(rid, _)| format!("routes/{rid}"))
+        ["routes", "apis"]
+            .into_iter()
+            .flat_map(|k| {
+                self.sets[k]
+                    .iter()
+                    .filter(|(_, r)| r.get("upstream").and_then(Value::as_str) == Some(id))
+                    .map(move |(rid, _)| format!("{k}/{rid}"))
+            })
             .collect()
     }
 }

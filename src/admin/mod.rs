@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod change;
+pub mod docs;
 pub mod document;
 pub mod http;
 pub mod purge;

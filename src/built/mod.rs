@@ -2,6 +2,7 @@
 //! router, the plugin factories, TLS configs — and applies a one-route change to a generation.
 //! Runs on the loading thread (start-up, SIGHUP, admin API), never per request; does no I/O.
 
+pub mod apis;
 pub mod tls;
 
 use std::sync::Arc;
@@ -23,12 +24,16 @@ pub struct Built {
     pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     /// Per upstream (`upstreams` order), the connector of an `https` upstream.
     pub upstream_tls: Vec<Option<crate::net::tls_client::UpstreamTls>>,
+    /// Per `[[apis]]` entry (`cfg.apis` order), its parsed document.
+    pub apis: Arc<[apis::BuiltApi]>,
 }
 
 /// Compiles `cfg`: the router (ties broken by route name when the admin API is on, see
 /// `Config::routes`), then every plugin table and consumer credential through the registry.
 /// Errors name the key path like the loader's.
-pub fn build(cfg: Config) -> Result<Built, ConfigError> {
+pub fn build(mut cfg: Config) -> Result<Built, ConfigError> {
+    // `[[apis]]`: their operations join the route table first, after the file's routes.
+    let (generated, apis) = apis::expand(&mut cfg)?;
     let specs: Vec<_> = cfg
         .routes
         .by_id()
@@ -47,8 +52,10 @@ pub fn build(cfg: Config) -> Result<Built, ConfigError> {
         Router::build(&specs)
     }
     .map_err(|e| ConfigError::new("routes", e.to_string()))?;
-    let plugins = plugins(&cfg)?;
+    let mut plugins = plugins(&cfg).map_err(|e| apis::relocate(e, &generated))?;
+    apis::attach(&mut plugins, &generated);
     Ok(Built {
+        apis: apis.into(),
         listener_tls: tls::listeners(&cfg)?,
         upstream_tls: tls::upstreams(&cfg)?,
         cfg,
@@ -136,6 +143,7 @@ pub fn with_route(
             cfg,
             listener_tls: cur.listener_tls.clone(),
             upstream_tls: cur.upstream_tls.clone(),
+            apis: cur.apis.clone(),
         },
         id,
     )))

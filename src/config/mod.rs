@@ -1,10 +1,12 @@
 //! The validated configuration as plain data, and the loader that turns a TOML file (or the
 //! admin API's JSON) into it. Builds nothing: the router and plugin factories are `crate::built`'s.
 
+pub mod apis;
 mod checks;
 pub mod ops;
 mod raw;
 mod routes;
+pub mod slo;
 pub mod source;
 mod tls;
 mod validate;
@@ -152,6 +154,8 @@ pub struct Config {
     /// `[global_plugins]`: plugin name -> table, run before every route's own.
     pub global_plugins: Arc<BTreeMap<String, toml::Value>>,
     pub consumers: Arc<[ConsumerConfig]>,
+    /// `[[apis]]`: their routes are made by the build step and added to `routes` there.
+    pub apis: Arc<[apis::ApiConfig]>,
     pub status: Option<ops::StatusConfig>,
     pub admin: Option<ops::AdminConfig>,
     pub access_log: Option<crate::accesslog::AccessLogConfig>,

@@ -20,6 +20,9 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// `[[apis]]`: APIs defined by their OpenAPI documents (config/apis.rs).
+    #[serde(default)]
+    pub apis: Vec<RawApi>,
     /// Plugins run for every route (APISIX's global rules), by plugin name.
     #[serde(default)]
     pub global_plugins: BTreeMap<String, toml::Value>,
@@ -378,6 +381,81 @@ pub struct RawRoute {
     /// Plugin name -> its table; each plugin validates its own keys.
     #[serde(default)]
     pub plugins: BTreeMap<String, toml::Value>,
+}
+
+/// `[[apis]]`: one API (one version of it) defined by an OpenAPI document.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    pub name: String,
+    /// Path of the OpenAPI document, relative to the config file.
+    #[serde(default)]
+    pub spec: Option<String>,
+    /// The document itself (JSON or YAML text, or a JSON object from the admin API).
+    #[serde(default)]
+    pub document: Option<RawDocument>,
+    pub upstream: String,
+    #[serde(default)]
+    pub base_path: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    /// "enforce" (default), "monitor" or "off".
+    #[serde(default)]
+    pub validate: Option<String>,
+    /// Largest request body read for validation (413 beyond).
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    /// How a request picks among APIs of one name: "path", "header:NAME" (e.g.
+    /// "header:Accept-Version"); absent = `version` is a label only.
+    #[serde(default)]
+    pub version_by: Option<String>,
+    /// The version a request that names none gets (default: the first of its name).
+    #[serde(default)]
+    pub default: Option<bool>,
+    /// `true`, or the date it was deprecated ("2026-01-31"): Deprecation header (RFC 9745).
+    #[serde(default)]
+    pub deprecated: Option<RawDeprecated>,
+    /// The date it goes away ("2027-06-30"): Sunset header (RFC 8594).
+    #[serde(default)]
+    pub sunset: Option<String>,
+    /// Link target of rel="successor-version" (default: the successor's base, path versioning).
+    #[serde(default)]
+    pub successor: Option<String>,
+    /// `[apis.slo]`: thresholds `ringway alerts` writes Prometheus rules for.
+    #[serde(default)]
+    pub slo: Option<RawSlo>,
+    /// Plugins on every operation (an operation's `x-ringway-plugins` adds or overrides).
+    #[serde(default)]
+    pub plugins: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlo {
+    #[serde(default)]
+    pub latency_p99: Option<RawDuration>,
+    #[serde(default)]
+    pub error_ratio: Option<f64>,
+    /// How long a breach lasts before the alert fires (default 5m).
+    #[serde(default)]
+    pub r#for: Option<RawDuration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawDeprecated {
+    Flag(bool),
+    Date(String),
+}
+
+/// An inline document: text, or (from the admin API's JSON) the document as an object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawDocument {
+    Text(String),
+    Json(serde_json::Value),
 }
 
 #[derive(Debug, Deserialize)]

@@ -94,6 +94,17 @@ impl RouteTable {
         self.slots.iter().map(|r| r.as_deref())
     }
 
+    /// Adds a route the build step made (an `[[apis]]` operation) after every other; its id,
+    /// or the route it clashes with by name.
+    pub fn push(&mut self, r: RouteConfig) -> Result<usize, String> {
+        if self.id(&r.name).is_some() {
+            return Err(format!("route name {:?} is already taken", r.name));
+        }
+        let id = self.slots.len();
+        self.set(id, Some(r));
+        Ok(id)
+    }
+
     fn set(&mut self, id: usize, r: Option<RouteConfig>) {
         if let Some(old) = self.get(id) {
             let name = old.name.clone();

@@ -47,6 +47,19 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
         }
         routes.push(super::routes::route(i, r, &by_name)?);
     }
+    let mut apis = Vec::with_capacity(raw.apis.len());
+    let mut api_ids = HashMap::new();
+    for (i, a) in raw.apis.iter().enumerate() {
+        let api = super::apis::api(i, a, &by_name, dir)?;
+        if api_ids.insert(api.id(), i).is_some() {
+            return Err(ConfigError::new(
+                format!("apis[{i}]"),
+                format!("another API has name {:?} and the same version", api.name),
+            ));
+        }
+        apis.push(api);
+    }
+    super::apis::resolve(&mut apis)?;
     // With the admin API on, ties between routes go to the lower name: that is the order of the
     // admin document (routes by id = name), so a file load, a build from the admin document and
     // a one-route change (which places a route among its neighbours by name) all agree.
@@ -70,6 +83,7 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
         routes: super::RouteTable::new(routes, name_order),
         global_plugins: Arc::new(raw.global_plugins),
         consumers: consumers.into(),
+        apis: apis.into(),
         status,
         admin,
         access_log,

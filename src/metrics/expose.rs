@@ -34,6 +34,8 @@ struct Merged {
     log_lines: u64,
     log_dropped: u64,
     rate_limited: [u64; 3],
+    invalid: BTreeMap<String, [u64; 2]>,
+    deprecated: BTreeMap<(String, String), u64>,
 }
 
 fn merge(snaps: &[ShardSnapshot]) -> Merged {
@@ -47,6 +49,16 @@ fn merge(snaps: &[ShardSnapshot]) -> Merged {
         m.log_dropped += s.log_dropped;
         for (a, b) in m.rate_limited.iter_mut().zip(s.rate_limited) {
             *a += b;
+        }
+        for (api, consumer, n) in &s.deprecated {
+            *m.deprecated
+                .entry((api.clone(), consumer.clone()))
+                .or_default() += n;
+        }
+        for (api, [r, f]) in &s.invalid {
+            let e = m.invalid.entry(api.clone()).or_default();
+            e[0] += r;
+            e[1] += f;
         }
         for (name, c) in &s.routes {
             m.routes.entry(name.clone()).or_default().add(c);
@@ -332,6 +344,34 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
     );
     for (plugin, n) in super::LIMITERS.iter().zip(m.rate_limited) {
         let _ = writeln!(o, "{RATE_LIMITED}{{plugin=\"{plugin}\"}} {n}");
+    }
+    if !m.deprecated.is_empty() {
+        family(
+            &mut o,
+            API_DEPRECATED,
+            "counter",
+            "Calls to deprecated API versions, by API (name@version) and consumer (\"\" when none was identified).",
+        );
+        for ((api, consumer), n) in &m.deprecated {
+            let (api, consumer) = (label(api), label(consumer));
+            let _ = writeln!(
+                o,
+                "{API_DEPRECATED}{{api=\"{api}\",consumer=\"{consumer}\"}} {n}"
+            );
+        }
+    }
+    if !m.invalid.is_empty() {
+        family(
+            &mut o,
+            API_INVALID,
+            "counter",
+            "Requests that did not match their OpenAPI operation, by API and what was done (rejected: validate = \"enforce\", forwarded: \"monitor\").",
+        );
+        for (api, [r, f]) in &m.invalid {
+            let api = label(api);
+            let _ = writeln!(o, "{API_INVALID}{{api=\"{api}\",action=\"rejected\"}} {r}");
+            let _ = writeln!(o, "{API_INVALID}{{api=\"{api}\",action=\"forwarded\"}} {f}");
+        }
     }
     loggers(&mut o);
     fleet(&mut o);

@@ -82,6 +82,9 @@ impl RouteCounts {
     }
 }
 
+/// (API `name@version`, consumer username or "").
+type ApiConsumer = (Box<str>, Box<str>);
+
 /// One shard's metric registry, shared by every config generation the shard runs.
 #[derive(Default)]
 pub struct ShardMetrics {
@@ -91,6 +94,11 @@ pub struct ShardMetrics {
     pub unrouted: RouteStats,
     /// Rate-limit rejections, by `Limiter`; kept across generations like the route counters.
     rate_limited: [Cell<u64>; 3],
+    /// Requests that did not match their OpenAPI operation, by API name:
+    /// `[rejected (validate = "enforce"), forwarded (validate = "monitor")]`.
+    invalid: RefCell<HashMap<Box<str>, [u64; 2]>>,
+    /// Calls to deprecated API versions, by (API `name@version`, consumer or "").
+    deprecated: RefCell<HashMap<ApiConsumer, u64>>,
 }
 
 impl ShardMetrics {
@@ -152,6 +160,42 @@ impl ShardMetrics {
     }
 }
 
+impl ShardMetrics {
+    /// One request that failed its API's validation (only invalid requests come here).
+    pub fn count_invalid(&self, api: &str, enforced: bool) {
+        let mut m = self.invalid.borrow_mut();
+        let slot = match m.get_mut(api) {
+            Some(s) => s,
+            None => m.entry(api.into()).or_default(),
+        };
+        slot[usize::from(!enforced)] += 1;
+    }
+
+    /// One call to a deprecated API version by `consumer` ("" when none was identified).
+    pub fn count_deprecated(&self, api: &str, consumer: &str) {
+        let mut m = self.deprecated.borrow_mut();
+        *m.entry((api.into(), consumer.into())).or_default() += 1;
+    }
+
+    /// This shard's deprecated calls: `(api, consumer, count)`.
+    pub fn deprecated(&self) -> Vec<(String, String, u64)> {
+        self.deprecated
+            .borrow()
+            .iter()
+            .map(|((a, c), n)| (a.to_string(), c.to_string(), *n))
+            .collect()
+    }
+
+    /// This shard's validation failures by API: `(api, [rejected, forwarded])`.
+    pub fn invalid(&self) -> Vec<(String, [u64; 2])> {
+        self.invalid
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect()
+    }
+}
+
 /// One upstream node as a shard sees it.
 #[derive(Debug, Clone, Default)]
 pub struct NodeSnap {
@@ -183,6 +227,10 @@ pub struct ShardSnapshot {
     pub log_dropped: u64,
     /// Rate-limit rejections, in `LIMITERS` order.
     pub rate_limited: [u64; 3],
+    /// OpenAPI validation failures by API: `[rejected, forwarded]`.
+    pub invalid: Vec<(String, [u64; 2])>,
+    /// Calls to deprecated API versions: `(api, consumer, count)`.
+    pub deprecated: Vec<(String, String, u64)>,
 }
 
 #[cfg(test)]

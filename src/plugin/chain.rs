@@ -390,6 +390,22 @@ impl ShardPlugins {
         None
     }
 
+    /// Runs `request_body` over the route's chain; a plugin's reply ends the request.
+    pub fn request_body(
+        &self,
+        route: usize,
+        req: &RequestHead,
+        body: &[u8],
+        cx: &mut Ctx,
+    ) -> Option<Reply> {
+        for p in self.route_chain(route).with(phase::REQUEST_BODY) {
+            if let Flow::Respond(reply) = p.request_body(req, body, cx) {
+                return Some(reply);
+            }
+        }
+        None
+    }
+
     pub fn response_headers(&self, route: usize, resp: &ResponseHead, cx: &mut Ctx) {
         for p in self.route_chain(route).with(phase::RESPONSE_HEADERS) {
             p.response_headers(resp, cx);

@@ -45,6 +45,9 @@ pub struct Ctx {
     /// The request was handed to the upstream side, so `status` is the upstream's answer
     /// (or the gateway's error reaching it), not a plugin reply (api-breaker counts these).
     pub forwarded: bool,
+    /// A plugin wants the whole request body (for its `request_body` phase), read up to this
+    /// many bytes; set in `rewrite`/`access`/`before_upstream`, taken by the proxy.
+    pub buffer_body: Option<u64>,
     /// What single plugins keep about this request for their own later phases.
     pub private: Private,
 }
@@ -91,6 +94,7 @@ impl Ctx {
             delay: Duration::ZERO,
             request_id: None,
             forwarded: false,
+            buffer_body: None,
             private: Private::default(),
         }
     }
@@ -118,6 +122,7 @@ impl Ctx {
         self.delay = Duration::ZERO;
         self.request_id = None;
         self.forwarded = false;
+        self.buffer_body = None;
         self.private.reset();
     }
 }

@@ -2,7 +2,8 @@
 //! built once from validated config, the per-request `Ctx`. No I/O; the proxy drives the phases.
 //!
 //! Phase order for one request (see README "Plugins"):
-//! `rewrite` -> `access` -> `before_upstream` -> [upstream] -> `response_headers`
+//! `rewrite` -> `access` -> `before_upstream` -> [`request_body`, when a plugin asked for the
+//! body in `Ctx::buffer_body`] -> [upstream] -> `response_headers`
 //! -> `response_body` -> `log`. Within a phase the global chain runs first, then the route's
 //! chain; within each chain, higher priority runs first (APISIX's numbers).
 
@@ -29,6 +30,7 @@ mod limit_conn;
 mod limit_count;
 mod limit_policy;
 mod limit_req;
+pub mod openapi;
 mod proxy_cache;
 mod proxy_rewrite;
 mod request_id;
@@ -99,7 +101,8 @@ pub mod phase {
     pub const RESPONSE_HEADERS: u8 = 8;
     pub const RESPONSE_BODY: u8 = 16;
     pub const LOG: u8 = 32;
-    pub const ALL: u8 = 63;
+    pub const REQUEST_BODY: u8 = 64;
+    pub const ALL: u8 = 127;
 }
 
 /// Turns one plugin table (at key path `path`) into a factory; errors name the key.
@@ -148,6 +151,13 @@ pub trait Plugin {
 
     /// Last chance before the upstream is contacted (upstream choice, final header edits).
     fn before_upstream(&self, _req: &RequestHead, _cx: &mut Ctx) -> Flow {
+        Flow::Continue
+    }
+
+    /// The whole request body, read by the proxy because a plugin set `Ctx::buffer_body` in an
+    /// earlier phase (up to that limit: beyond it the client gets 413). `body` is the decoded
+    /// payload; what goes upstream is the request's bytes as they came. May end the request.
+    fn request_body(&self, _req: &RequestHead, _body: &[u8], _cx: &mut Ctx) -> Flow {
         Flow::Continue
     }
 

@@ -1,6 +1,7 @@
 //! The request path: client connection loop, upstream exchange, body pumping and tunnels, and
 //! the per-generation shard state they read (`shard`). Never reaches across shards or threads.
 
+mod body;
 mod cached;
 mod conn;
 mod discard;

@@ -1,8 +1,9 @@
-//! The phase driver of one routed request: plugin request phases (or a plugin's reply), the upstream phase with
-//! the cache's hooks around it, the response phase, log. Owns no state; plugins live on the shard, edits in `Ctx`.
+//! The phase driver of one routed request: plugin request phases (request_body too when a plugin asked for the body) or a
+//! plugin's reply, the upstream phase with the cache's hooks, the response phase, log. Owns no state; plugins live on the shard.
 
 use bytes::{BufMut, Bytes};
 
+use super::body::Read;
 use super::cached::OnRequest;
 use super::conn::{After, ClientConn, ClientStream};
 use super::shard::Shard;
@@ -19,7 +20,30 @@ impl<S: ClientStream> ClientConn<S> {
         if shard.plugins.is_empty(route) {
             return self.forward(shard, route).await;
         }
-        let after = match shard.plugins.request_phases(route, &self.req, &mut self.cx) {
+        let mut reply = shard.plugins.request_phases(route, &self.req, &mut self.cx);
+        if reply.is_none() {
+            if let Some(limit) = self.cx.buffer_body.take() {
+                // The request_body phase: the body is read whole (up to the limit) first.
+                match self.read_whole_body(shard, limit).await {
+                    Ok(read) => {
+                        let body: &[u8] = match &read {
+                            Read::Buffered(n) => &self.client.rbuf[..*n],
+                            Read::Decoded(v) => v,
+                        };
+                        reply = shard
+                            .plugins
+                            .request_body(route, &self.req, body, &mut self.cx);
+                    }
+                    Err(e) => {
+                        self.req.keep_alive = false;
+                        let after = self.fail(shard, e).await;
+                        shard.plugins.log(route, &mut self.cx);
+                        return after;
+                    }
+                }
+            }
+        }
+        let after = match reply {
             Some(reply) => {
                 if !self.cx.delay.is_zero() {
                     // Boxed: a `Sleep` is 640 bytes aligned to 128, and inline it would make the

@@ -299,6 +299,8 @@ impl Shard {
             log_lines,
             log_dropped,
             rate_limited: self.metrics.rate_limited(),
+            invalid: self.metrics.invalid(),
+            deprecated: self.metrics.deprecated(),
         }
     }
 }

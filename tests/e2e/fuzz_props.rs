@@ -326,6 +326,11 @@ fn config_loader_properties() {
 }
 
 #[test]
+fn openapi_loader_properties() {
+    drive("openapi", 6, 300, props::openapi, None);
+}
+
+#[test]
 fn reference_chunked_decoder_sanity() {
     use props::{reference_chunked, Chunked};
     assert_eq!(

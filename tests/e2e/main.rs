@@ -41,6 +41,7 @@ mod large_body;
 mod legacy_driver;
 mod loggers;
 mod metrics;
+mod openapi;
 mod pipelining;
 mod plugins_access;
 mod plugins_faults;

@@ -14,6 +14,8 @@
 //! * route: the Router's winner is the route a naive scan over every (route, host, path) by the
 //!   documented precedence picks.
 //! * config: the TOML loader never panics, and an accepted config is internally consistent.
+//! * openapi: the OpenAPI document loader and validator compiler never panic; accepted documents
+//!   make routes the router takes, and checking any request against them never panics.
 #![allow(dead_code)]
 
 use bytes::BytesMut;
@@ -914,5 +916,73 @@ pub fn etcd_object(data: &[u8]) {
             }
         }
         Err(e) => assert!(!e.is_empty()),
+    }
+}
+
+/// The OpenAPI document loader (JSON or YAML text): never panics; an accepted document's
+/// operations have route paths the router takes and pointers that resolve in the document;
+/// its validators compile or fail with a pointer, and checking arbitrary requests against them
+/// never panics. Errors always name a pointer.
+pub fn openapi(data: &[u8]) {
+    use ringway::openapi::{compile, parse, RequestParts};
+    let text = String::from_utf8_lossy(data);
+    let doc = match parse(&text) {
+        Ok(d) => d,
+        Err(e) => {
+            assert!(e.pointer.starts_with('#') && !e.message.is_empty(), "{e:?}");
+            return;
+        }
+    };
+    let specs: Vec<RouteSpec> = doc
+        .ops
+        .iter()
+        .map(|op| RouteSpec {
+            paths: vec![op.route_path.clone()],
+            methods: vec![op.method.to_string()],
+            ..RouteSpec::default()
+        })
+        .collect();
+    if let Err(e) = Router::build(&specs) {
+        panic!("accepted document makes a bad route: {e}");
+    }
+    for op in &doc.ops {
+        assert!(
+            doc.root.pointer(&op.pointer[1..]).is_some(),
+            "{}",
+            op.pointer
+        );
+        for p in &op.params {
+            if let Some(s) = &p.schema {
+                assert!(doc.root.pointer(&s[1..]).is_some(), "{s}");
+            }
+        }
+    }
+    let compiled = match compile(&doc) {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(e.pointer.starts_with('#'), "{e:?}");
+            return;
+        }
+    };
+    assert_eq!(compiled.ops.len(), doc.ops.len());
+    // The input's own bytes as a request: path, query, header values and body.
+    let (path, rest) = data.split_at(data.len() / 3);
+    let (query, body) = rest.split_at(rest.len() / 2);
+    let mut p = b"/base/".to_vec();
+    p.extend_from_slice(path);
+    let header = |_: &str| Some(query);
+    for op in &compiled.ops {
+        let mut out = Vec::new();
+        op.check_head(
+            &RequestParts {
+                path: &p,
+                query,
+                header: &header,
+            },
+            &mut out,
+        );
+        op.check_body(Some(b"application/json"), body, &mut out);
+        op.check_body(Some(b"application/x-www-form-urlencoded"), body, &mut out);
+        assert!(out.iter().all(|f| !f.detail.is_empty()));
     }
 }

@@ -1,0 +1,707 @@
+//! Reading an OpenAPI document: JSON or YAML text -> `Document` with its operations listed and
+//! checked (parameters, request bodies, internal `$ref`s). Errors carry the JSON pointer of the
+//! offending node (`#/paths/~1pets/get/parameters/0: ...`). Compiles no schema (check.rs does).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+/// Which JSON Schema dialect the document's schemas are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAPI 3.0's schema object (draft 4/5 based, `nullable`, boolean `exclusiveMinimum`).
+    V30,
+    /// OpenAPI 3.1: JSON Schema 2020-12.
+    V31,
+}
+
+/// A document error at a JSON pointer into the document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocError {
+    /// `#/paths/~1pets/get`; `#` for the document as a whole.
+    pub pointer: String,
+    pub message: String,
+}
+
+impl DocError {
+    pub fn new(pointer: impl Into<String>, message: impl Into<String>) -> DocError {
+        DocError {
+            pointer: pointer.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for DocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.pointer, self.message)
+    }
+}
+
+impl std::error::Error for DocError {}
+
+/// Where a parameter travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamIn {
+    Path,
+    Query,
+    Header,
+    Cookie,
+}
+
+impl ParamIn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamIn::Path => "path",
+            ParamIn::Query => "query",
+            ParamIn::Header => "header",
+            ParamIn::Cookie => "cookie",
+        }
+    }
+}
+
+/// How a parameter's text is turned into the JSON value its schema checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    /// An array of the given item shape.
+    Array(Scalar),
+    Object,
+    /// No `type`: the text is checked as a string.
+    Any,
+}
+
+/// Item shapes of array parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scalar {
+    String,
+    Integer,
+    Number,
+    Boolean,
+}
+
+/// Serialisation style (OpenAPI `style`), resolved to its default per location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Simple,
+    Label,
+    Matrix,
+    Form,
+    SpaceDelimited,
+    PipeDelimited,
+    DeepObject,
+}
+
+/// One parameter of an operation (path-level ones merged in, operation's win).
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub name: String,
+    pub at: ParamIn,
+    pub required: bool,
+    pub style: Style,
+    pub explode: bool,
+    /// Pointer to the schema in the document (`None`: any value).
+    pub schema: Option<String>,
+    pub shape: Shape,
+    /// Where the parameter object is (after `$ref`), for messages.
+    pub pointer: String,
+}
+
+/// An operation's request body.
+#[derive(Debug, Clone)]
+pub struct Body {
+    pub required: bool,
+    /// Media type (lowercase, as written: `application/json`, `application/*+json`, ...) ->
+    /// pointer to its schema.
+    pub media: Vec<(String, Option<String>)>,
+    pub pointer: String,
+}
+
+/// A path template segment: literal text and `{name}` variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Lit(String),
+    Var(String),
+}
+
+/// One operation: a method on a path.
+#[derive(Debug, Clone)]
+pub struct Op {
+    /// Uppercase.
+    pub method: &'static str,
+    /// The path template as written (`/pets/{petId}`).
+    pub path: String,
+    /// The operation object's pointer (`#/paths/~1pets~1{petId}/get`).
+    pub pointer: String,
+    /// `operationId`, or `METHOD /path` when it has none.
+    pub name: String,
+    pub operation_id: Option<String>,
+    /// The path in ringway's route syntax: every templated segment becomes one `{param}`.
+    pub route_path: String,
+    /// The template's segments after the leading '/'.
+    pub segments: Vec<Vec<Piece>>,
+    pub params: Vec<Param>,
+    pub body: Option<Body>,
+    /// `x-ringway-plugins`: plugin name -> its table, as JSON.
+    pub plugins: BTreeMap<String, Value>,
+    pub deprecated: bool,
+}
+
+/// A parsed, checked document.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub dialect: Dialect,
+    pub root: Arc<Value>,
+    pub ops: Vec<Op>,
+}
+
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// Longest `$ref` chain followed before giving up (a cycle, or a document built to hang us).
+const MAX_REF_HOPS: usize = 32;
+
+/// Parses JSON (text starting with `{`) or YAML, and checks it as an OpenAPI 3.0/3.1 document.
+pub fn parse(text: &str) -> Result<Document, DocError> {
+    let root = parse_value(text)?;
+    from_value(root)
+}
+
+/// The document's text as a JSON value (YAML read with string keys).
+pub fn parse_value(text: &str) -> Result<Value, DocError> {
+    let t = text.trim_start_matches('\u{feff}').trim_start();
+    if t.starts_with('{') {
+        serde_json::from_str(t).map_err(|e| DocError::new("#", format!("invalid JSON: {e}")))
+    } else {
+        super::yaml::parse(t).map_err(|e| DocError::new("#", format!("invalid YAML: {e}")))
+    }
+}
+
+/// Checks a document already read into JSON.
+pub fn from_value(root: Value) -> Result<Document, DocError> {
+    let Some(obj) = root.as_object() else {
+        return Err(DocError::new("#", "an OpenAPI document must be an object"));
+    };
+    let dialect = match obj.get("openapi").and_then(Value::as_str) {
+        Some(v) if v.starts_with("3.0.") || v == "3.0" => Dialect::V30,
+        Some(v) if v.starts_with("3.1.") || v == "3.1" => Dialect::V31,
+        Some(v) => {
+            return Err(DocError::new(
+                "#/openapi",
+                format!("unsupported version {v:?}; expected 3.0.x or 3.1.x"),
+            ))
+        }
+        None if obj.contains_key("swagger") => {
+            return Err(DocError::new(
+                "#/swagger",
+                "Swagger 2.0 is not supported; convert the document to OpenAPI 3",
+            ))
+        }
+        None => {
+            return Err(DocError::new(
+                "#",
+                "missing \"openapi\": expected an OpenAPI 3.0 or 3.1 document",
+            ))
+        }
+    };
+    let mut ops = Vec::new();
+    match obj.get("paths") {
+        None if dialect == Dialect::V31 => {}
+        None => return Err(DocError::new("#", "missing \"paths\"")),
+        Some(Value::Object(paths)) => {
+            for (path, item) in paths {
+                let at = format!("#/paths/{}", escape(path));
+                operations(&root, path, item, &at, &mut ops)?;
+            }
+        }
+        Some(_) => return Err(DocError::new("#/paths", "expected an object")),
+    }
+    let mut ids: BTreeMap<&str, &str> = BTreeMap::new();
+    for op in &ops {
+        if let Some(id) = &op.operation_id {
+            if let Some(first) = ids.insert(id, &op.pointer) {
+                return Err(DocError::new(
+                    format!("{}/operationId", op.pointer),
+                    format!("duplicate operationId {id:?} (first at {first})"),
+                ));
+            }
+        }
+    }
+    Ok(Document {
+        dialect,
+        root: Arc::new(root),
+        ops,
+    })
+}
+
+/// JSON pointer escaping of one reference token.
+pub fn escape(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+/// Follows `$ref`s from `v` (at pointer `at`) to the node they name, inside this document.
+pub fn resolve<'a>(
+    root: &'a Value,
+    v: &'a Value,
+    at: &str,
+) -> Result<(&'a Value, String), DocError> {
+    let mut cur = v;
+    let mut ptr = at.to_string();
+    for _ in 0..MAX_REF_HOPS {
+        let Some(r) = cur.get("$ref") else {
+            return Ok((cur, ptr));
+        };
+        let Some(r) = r.as_str() else {
+            return Err(DocError::new(format!("{ptr}/$ref"), "expected a string"));
+        };
+        let Some(frag) = r.strip_prefix('#') else {
+            return Err(DocError::new(
+                format!("{ptr}/$ref"),
+                format!("{r:?}: only references inside the document (\"#/...\") are supported"),
+            ));
+        };
+        let target = root.pointer(&percent_decode(frag)).ok_or_else(|| {
+            DocError::new(format!("{ptr}/$ref"), format!("{r:?} points at nothing"))
+        })?;
+        cur = target;
+        ptr = format!("#{frag}");
+    }
+    Err(DocError::new(ptr, "too many nested $refs (a cycle?)"))
+}
+
+fn percent_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn operations(
+    root: &Value,
+    path: &str,
+    item: &Value,
+    at: &str,
+    ops: &mut Vec<Op>,
+) -> Result<(), DocError> {
+    if !path.starts_with('/') {
+        return Err(DocError::new(
+            at,
+            format!("path {path:?} must start with '/'"),
+        ));
+    }
+    let segments = template(path).map_err(|m| DocError::new(at, m))?;
+    let (item, item_at) = resolve(root, item, at)?;
+    let Some(item) = item.as_object() else {
+        return Err(DocError::new(item_at, "a path item must be an object"));
+    };
+    let shared = match item.get("parameters") {
+        Some(p) => params(root, p, &format!("{item_at}/parameters"))?,
+        None => Vec::new(),
+    };
+    for method in METHODS {
+        let Some(op) = item.get(method) else { continue };
+        let op_at = format!("{item_at}/{method}");
+        let Some(o) = op.as_object() else {
+            return Err(DocError::new(op_at, "an operation must be an object"));
+        };
+        let mut list = shared.clone();
+        if let Some(p) = o.get("parameters") {
+            for p in params(root, p, &format!("{op_at}/parameters"))? {
+                list.retain(|q| !(q.name == p.name && q.at == p.at));
+                list.push(p);
+            }
+        }
+        // Every templated name must be a declared path parameter and the other way round.
+        let vars: Vec<&str> = segments
+            .iter()
+            .flatten()
+            .filter_map(|p| match p {
+                Piece::Var(v) => Some(v.as_str()),
+                Piece::Lit(_) => None,
+            })
+            .collect();
+        for v in &vars {
+            if !list.iter().any(|p| p.at == ParamIn::Path && p.name == *v) {
+                return Err(DocError::new(
+                    &op_at,
+                    format!("path parameter {{{v}}} of {path:?} is not declared in \"parameters\""),
+                ));
+            }
+        }
+        if let Some(p) = list
+            .iter()
+            .find(|p| p.at == ParamIn::Path && !vars.contains(&p.name.as_str()))
+        {
+            return Err(DocError::new(
+                &p.pointer,
+                format!("path parameter {:?} does not appear in {path:?}", p.name),
+            ));
+        }
+        let body = match o.get("requestBody") {
+            Some(b) => Some(body(root, b, &format!("{op_at}/requestBody"))?),
+            None => None,
+        };
+        let operation_id = match o.get("operationId") {
+            None => None,
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(_) => {
+                return Err(DocError::new(
+                    format!("{op_at}/operationId"),
+                    "expected a non-empty string",
+                ))
+            }
+        };
+        let plugins = match o.get("x-ringway-plugins") {
+            None => BTreeMap::new(),
+            Some(Value::Object(m)) => {
+                let mut out = BTreeMap::new();
+                for (k, v) in m {
+                    if !v.is_object() {
+                        return Err(DocError::new(
+                            format!("{op_at}/x-ringway-plugins/{}", escape(k)),
+                            "expected an object (the plugin's table)",
+                        ));
+                    }
+                    out.insert(k.clone(), v.clone());
+                }
+                out
+            }
+            Some(_) => {
+                return Err(DocError::new(
+                    format!("{op_at}/x-ringway-plugins"),
+                    "expected an object of plugin name -> table",
+                ))
+            }
+        };
+        let upper = method.to_ascii_uppercase();
+        ops.push(Op {
+            method: METHODS_UPPER[METHODS.iter().position(|m| *m == method).unwrap_or(0)],
+            path: path.to_string(),
+            pointer: op_at,
+            name: operation_id
+                .clone()
+                .unwrap_or_else(|| format!("{upper} {path}")),
+            operation_id,
+            route_path: route_path(&segments),
+            segments: segments.clone(),
+            params: list,
+            body,
+            plugins,
+            deprecated: o.get("deprecated") == Some(&Value::Bool(true)),
+        });
+    }
+    Ok(())
+}
+
+const METHODS_UPPER: [&str; 8] = [
+    "GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE",
+];
+
+/// Splits `/a/{b}.{c}` into segments of literals and variables.
+pub fn template(path: &str) -> Result<Vec<Vec<Piece>>, String> {
+    let mut out = Vec::new();
+    for seg in path[1..].split('/') {
+        let mut pieces = Vec::new();
+        let mut rest = seg;
+        while !rest.is_empty() {
+            match rest.find('{') {
+                None => {
+                    if rest.contains('}') {
+                        return Err(format!("unbalanced '}}' in path {path:?}"));
+                    }
+                    pieces.push(Piece::Lit(rest.to_string()));
+                    rest = "";
+                }
+                Some(i) => {
+                    if i > 0 {
+                        if rest[..i].contains('}') {
+                            return Err(format!("unbalanced '}}' in path {path:?}"));
+                        }
+                        pieces.push(Piece::Lit(rest[..i].to_string()));
+                    }
+                    let Some(j) = rest[i..].find('}') else {
+                        return Err(format!("unclosed '{{' in path {path:?}"));
+                    };
+                    let name = &rest[i + 1..i + j];
+                    if name.is_empty() || name.contains('{') {
+                        return Err(format!("bad parameter name in path {path:?}"));
+                    }
+                    if matches!(pieces.last(), Some(Piece::Var(_))) {
+                        return Err(format!(
+                            "two parameters without text between them in {path:?} cannot be told apart"
+                        ));
+                    }
+                    pieces.push(Piece::Var(name.to_string()));
+                    rest = &rest[i + j + 1..];
+                }
+            }
+        }
+        out.push(pieces);
+    }
+    Ok(out)
+}
+
+/// ringway's route path for a template: a segment with any variable becomes one `{name}`
+/// (names cleaned to route-parameter characters and made unique).
+pub fn route_path(segments: &[Vec<Piece>]) -> String {
+    let mut out = String::new();
+    let mut used: Vec<String> = Vec::new();
+    for seg in segments {
+        out.push('/');
+        let vars: Vec<&str> = seg
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Var(v) => Some(v.as_str()),
+                Piece::Lit(_) => None,
+            })
+            .collect();
+        if vars.is_empty() {
+            for p in seg {
+                if let Piece::Lit(l) = p {
+                    out.push_str(l);
+                }
+            }
+            continue;
+        }
+        let mut name: String = vars
+            .join("_")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let base = name.clone();
+        let mut n = 2;
+        while used.contains(&name) {
+            name = format!("{base}{n}");
+            n += 1;
+        }
+        out.push('{');
+        out.push_str(&name);
+        out.push('}');
+        used.push(name);
+    }
+    out
+}
+
+fn params(root: &Value, list: &Value, at: &str) -> Result<Vec<Param>, DocError> {
+    let Some(list) = list.as_array() else {
+        return Err(DocError::new(at, "expected an array"));
+    };
+    let mut out: Vec<Param> = Vec::with_capacity(list.len());
+    for (i, p) in list.iter().enumerate() {
+        let p = param(root, p, &format!("{at}/{i}"))?;
+        if out.iter().any(|q| q.name == p.name && q.at == p.at) {
+            return Err(DocError::new(
+                &p.pointer,
+                format!("duplicate {} parameter {:?}", p.at.as_str(), p.name),
+            ));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+fn param(root: &Value, v: &Value, at: &str) -> Result<Param, DocError> {
+    let (v, at) = resolve(root, v, at)?;
+    let Some(o) = v.as_object() else {
+        return Err(DocError::new(at, "a parameter must be an object"));
+    };
+    let name = match o.get("name") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err(DocError::new(at, "\"name\" must be a non-empty string")),
+    };
+    let loc = match o.get("in").and_then(Value::as_str) {
+        Some("path") => ParamIn::Path,
+        Some("query") => ParamIn::Query,
+        Some("header") => ParamIn::Header,
+        Some("cookie") => ParamIn::Cookie,
+        other => {
+            return Err(DocError::new(
+                at,
+                format!(
+                    "\"in\" must be \"path\", \"query\", \"header\" or \"cookie\", got {}",
+                    other.map_or("nothing".to_string(), |s| format!("{s:?}"))
+                ),
+            ))
+        }
+    };
+    let required = match o.get("required") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(DocError::new(
+                format!("{at}/required"),
+                "expected a boolean",
+            ))
+        }
+    };
+    if loc == ParamIn::Path && !required {
+        return Err(DocError::new(
+            format!("{at}/required"),
+            format!("path parameter {name:?} must have \"required\": true"),
+        ));
+    }
+    let style = match o.get("style").and_then(Value::as_str) {
+        None => match loc {
+            ParamIn::Path | ParamIn::Header => Style::Simple,
+            ParamIn::Query | ParamIn::Cookie => Style::Form,
+        },
+        Some("simple") => Style::Simple,
+        Some("label") => Style::Label,
+        Some("matrix") => Style::Matrix,
+        Some("form") => Style::Form,
+        Some("spaceDelimited") => Style::SpaceDelimited,
+        Some("pipeDelimited") => Style::PipeDelimited,
+        Some("deepObject") => Style::DeepObject,
+        Some(s) => {
+            return Err(DocError::new(
+                format!("{at}/style"),
+                format!("unknown style {s:?}"),
+            ))
+        }
+    };
+    let explode = match o.get("explode") {
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(DocError::new(format!("{at}/explode"), "expected a boolean")),
+        None => style == Style::Form,
+    };
+    // `schema`, or `content` with one media type holding the schema.
+    let schema_at = if o.contains_key("schema") {
+        Some(format!("{at}/schema"))
+    } else if let Some(Value::Object(c)) = o.get("content") {
+        c.iter()
+            .next()
+            .filter(|(_, m)| m.get("schema").is_some())
+            .map(|(k, _)| format!("{at}/content/{}/schema", escape(k)))
+    } else {
+        None
+    };
+    let shape = match &schema_at {
+        Some(p) => {
+            let s = root
+                .pointer(&p[1..])
+                .ok_or_else(|| DocError::new(p, "missing schema"))?;
+            shape_of(root, s, p)?
+        }
+        None => Shape::Any,
+    };
+    Ok(Param {
+        name,
+        at: loc,
+        required,
+        style,
+        explode,
+        schema: schema_at,
+        shape,
+        pointer: at,
+    })
+}
+
+/// The first non-null `type` of a schema (after `$ref`s and an `allOf`/`oneOf`/`anyOf` whose
+/// first branch has one).
+fn first_type(root: &Value, s: &Value, at: &str) -> Result<Option<String>, DocError> {
+    let (s, at) = resolve(root, s, at)?;
+    match s.get("type") {
+        Some(Value::String(t)) => return Ok(Some(t.clone())),
+        Some(Value::Array(ts)) => {
+            return Ok(ts
+                .iter()
+                .filter_map(Value::as_str)
+                .find(|t| *t != "null")
+                .map(str::to_string))
+        }
+        _ => {}
+    }
+    for k in ["allOf", "oneOf", "anyOf"] {
+        if let Some(Value::Array(b)) = s.get(k) {
+            if let Some(first) = b.first() {
+                return first_type(root, first, &format!("{at}/{k}/0"));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// How a parameter with schema `s` is read from text.
+pub fn shape_of(root: &Value, s: &Value, at: &str) -> Result<Shape, DocError> {
+    let scalar = |t: Option<&str>| match t {
+        Some("integer") => Scalar::Integer,
+        Some("number") => Scalar::Number,
+        Some("boolean") => Scalar::Boolean,
+        _ => Scalar::String,
+    };
+    Ok(match first_type(root, s, at)?.as_deref() {
+        Some("string") => Shape::String,
+        Some("integer") => Shape::Integer,
+        Some("number") => Shape::Number,
+        Some("boolean") => Shape::Boolean,
+        Some("object") => Shape::Object,
+        Some("array") => {
+            let (s, at) = resolve(root, s, at)?;
+            let item = match s.get("items") {
+                Some(i) => first_type(root, i, &format!("{at}/items"))?,
+                None => None,
+            };
+            Shape::Array(scalar(item.as_deref()))
+        }
+        _ => Shape::Any,
+    })
+}
+
+fn body(root: &Value, v: &Value, at: &str) -> Result<Body, DocError> {
+    let (v, at) = resolve(root, v, at)?;
+    let Some(o) = v.as_object() else {
+        return Err(DocError::new(at, "a request body must be an object"));
+    };
+    let required = o.get("required") == Some(&Value::Bool(true));
+    let mut media = Vec::new();
+    match o.get("content") {
+        Some(Value::Object(c)) => {
+            for (k, m) in c {
+                let m_at = format!("{at}/content/{}", escape(k));
+                if !m.is_object() {
+                    return Err(DocError::new(m_at, "a media type must be an object"));
+                }
+                let schema = m.get("schema").map(|_| format!("{m_at}/schema"));
+                media.push((k.to_ascii_lowercase(), schema));
+            }
+        }
+        _ => {
+            return Err(DocError::new(
+                format!("{at}/content"),
+                "a request body needs \"content\" (media type -> schema)",
+            ))
+        }
+    }
+    Ok(Body {
+        required,
+        media,
+        pointer: at,
+    })
+}

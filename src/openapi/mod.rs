@@ -1,0 +1,13 @@
+//! OpenAPI 3.0 / 3.1 documents: reading one (JSON or YAML), the operations it defines (what the
+//! build step turns into routes) and the request validators compiled from its schemas.
+//! Pure functions of the document: no I/O, no config or routing types; nothing here runs per
+//! request except `check::Operation::check_*`, which allocate only when a request is invalid.
+
+pub mod check;
+pub mod doc;
+mod params;
+pub mod problem;
+mod yaml;
+
+pub use check::{compile, Compiled, Failure, Operation, RequestParts};
+pub use doc::{parse, Dialect, DocError, Document, Op, Param, ParamIn};

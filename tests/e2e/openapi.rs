@@ -1,0 +1,908 @@
+//! `[[apis]]` against real public OpenAPI documents (tests/openapi/, with their licences): every
+//! operation routed, valid requests reach the origin unchanged, each kind of invalid request
+//! gets a problem+json 400 naming location and pointer and never reaches the origin.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::prometheus::{scrape, value};
+use crate::harness::*;
+
+fn doc_path(rel: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/openapi")
+        .join(rel)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn api(name: &str, spec: &str, extra: &str) -> String {
+    format!("[[apis]]\nname = \"{name}\"\nspec = \"{spec}\"\nupstream = \"backend\"\n{extra}\n\n")
+}
+
+fn config(origin: std::net::SocketAddr, apis: &str) -> String {
+    format!(
+        "{}[status]\nlisten = \"127.0.0.1:0\"\n\n{}{apis}",
+        server(&[]),
+        upstream("backend", &[origin], "")
+    )
+}
+
+fn send(c: &mut Client, method: &str, path: &str, headers: &str, body: &str) -> Response {
+    let len = if body.is_empty() && method == "GET" {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
+    c.request(format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\n{headers}{len}\r\n{body}"
+    ))
+}
+
+fn json_post(c: &mut Client, path: &str, body: &str) -> Response {
+    send(c, "POST", path, "Content-Type: application/json\r\n", body)
+}
+
+/// The problem's `errors` as (in, name, pointer), after checking the problem's shape.
+fn problems(r: &Response) -> Vec<(String, String, String)> {
+    assert_eq!(r.status, 400, "{}", r.body_str());
+    assert_eq!(r.header("Content-Type"), Some("application/problem+json"));
+    let j = r.json();
+    assert_eq!(j["status"], 400);
+    assert_eq!(j["type"], "urn:ringway:problem:request-validation");
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    j["errors"]
+        .as_array()
+        .expect("errors list")
+        .iter()
+        .map(|e| (s(&e["in"]), s(&e["name"]), s(&e["pointer"])))
+        .collect()
+}
+
+fn one(r: &Response, at: &str, name: &str, pointer: &str) {
+    let p = problems(r);
+    assert!(
+        p.iter()
+            .any(|(a, n, ptr)| a == at && n == name && ptr == pointer),
+        "want ({at}, {name}, {pointer:?}) in {p:?}"
+    );
+}
+
+#[test]
+fn petstore_routes_validates_and_forwards_unchanged() {
+    let o = Origin::named("o");
+    let cfg = config(
+        o.addr,
+        &api(
+            "pets",
+            &doc_path("oai/petstore.yaml"),
+            "base_path = \"/v1\"\nmax_body_bytes = 256",
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = gw.client();
+    let mut forwarded = 0;
+
+    // Valid requests reach the origin as sent.
+    let r = send(&mut c, "GET", "/v1/pets?limit=10", "", "");
+    assert_eq!(r.status, 200);
+    forwarded += 1;
+    assert_eq!(o.last_request().target, "/v1/pets?limit=10");
+    let body = r#"{"id":7,"name":"rex","tag":"dog"}"#;
+    assert_eq!(json_post(&mut c, "/v1/pets", body).status, 200);
+    forwarded += 1;
+    let got = o.last_request();
+    assert_eq!(
+        (got.method.as_str(), got.body.as_slice()),
+        ("POST", body.as_bytes())
+    );
+    assert_eq!(send(&mut c, "GET", "/v1/pets/abc", "", "").status, 200);
+    forwarded += 1;
+    // A chunked body is validated decoded and forwarded as it came.
+    let r = c.request(format!(
+        "POST /v1/pets HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        &body[..5],
+        body.len() - 5,
+        &body[5..]
+    ));
+    assert_eq!(r.status, 200);
+    forwarded += 1;
+    assert_eq!(o.last_request().body, body.as_bytes());
+
+    // Invalid ones: 400 with the location and pointer; the origin sees none of them.
+    one(
+        &send(&mut c, "GET", "/v1/pets?limit=ten", "", ""),
+        "query",
+        "limit",
+        "",
+    );
+    one(
+        &send(&mut c, "GET", "/v1/pets?limit=1000", "", ""),
+        "query",
+        "limit",
+        "",
+    );
+    one(
+        &json_post(&mut c, "/v1/pets", r#"{"name":"rex"}"#),
+        "body",
+        "",
+        "",
+    );
+    one(
+        &json_post(&mut c, "/v1/pets", r#"{"id":"7","name":"rex"}"#),
+        "body",
+        "",
+        "/id",
+    );
+    one(
+        &json_post(&mut c, "/v1/pets", r#"{"id":7,"name":"#),
+        "body",
+        "",
+        "",
+    );
+    one(&send(&mut c, "POST", "/v1/pets", "", ""), "body", "", "");
+    let r = send(
+        &mut c,
+        "POST",
+        "/v1/pets",
+        "Content-Type: text/plain\r\n",
+        "x",
+    );
+    assert_eq!(r.status, 415, "{}", r.body_str());
+    let big = format!(r#"{{"id":1,"name":"{}"}}"#, "x".repeat(300));
+    assert_eq!(json_post(&mut gw.client(), "/v1/pets", &big).status, 413);
+
+    // Undescribed paths are 404; described paths with another method 405 with Allow.
+    assert_eq!(send(&mut c, "GET", "/v1/owners", "", "").status, 404);
+    assert_eq!(send(&mut c, "GET", "/pets", "", "").status, 404);
+    let r = send(&mut c, "DELETE", "/v1/pets", "", "");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("Allow"), Some("GET, POST"));
+    let r = send(&mut c, "PUT", "/v1/pets/1", "", "");
+    assert_eq!((r.status, r.header("Allow")), (405, Some("GET")));
+
+    assert_eq!(o.request_count(), forwarded);
+}
+
+#[test]
+fn petstore_expanded_bad_path_parameter_and_arrays() {
+    let o = Origin::named("o");
+    let cfg = config(
+        o.addr,
+        &api("px", &doc_path("oai/petstore-expanded.yaml"), ""),
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = gw.client();
+    assert_eq!(
+        send(&mut c, "GET", "/pets?tags=a&tags=b&limit=5", "", "").status,
+        200
+    );
+    assert_eq!(send(&mut c, "DELETE", "/pets/42", "", "").status, 200);
+    assert_eq!(o.request_count(), 2);
+    one(
+        &send(&mut c, "DELETE", "/pets/forty-two", "", ""),
+        "path",
+        "id",
+        "",
+    );
+    one(&send(&mut c, "GET", "/pets/4.5", "", ""), "path", "id", "");
+    one(
+        &send(&mut c, "GET", "/pets?limit=x", "", ""),
+        "query",
+        "limit",
+        "",
+    );
+    // NewPet: name required.
+    one(
+        &json_post(&mut c, "/pets", r#"{"tag":"x"}"#),
+        "body",
+        "",
+        "",
+    );
+    assert_eq!(
+        json_post(&mut c, "/pets", r#"{"name":"a","tag":"x"}"#).status,
+        200
+    );
+    assert_eq!(o.request_count(), 3);
+}
+
+#[test]
+fn openapi_31_dialect_each_kind_of_failure_and_monitor_mode() {
+    let o = Origin::named("o");
+    let spec = doc_path("petstore-3.1.yaml");
+    let cfg = config(
+        o.addr,
+        &format!(
+            "{}{}",
+            api("p31", &spec, ""),
+            api("m31", &spec, "base_path = \"/mon\"\nvalidate = \"monitor\"")
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let status = ops::listener(&gw.stderr, "status");
+    let mut c = gw.client();
+    let id = "X-Request-Id: 0a1b2c3d\r\n";
+    assert_eq!(send(&mut c, "GET", "/pets?status=sold", id, "").status, 200);
+    let ok = r#"{"name":"rex","tag":null,"kind":"pet","dims":[1.5,2]}"#;
+    assert_eq!(json_post(&mut c, "/pets", ok).status, 200);
+    // x-ringway-plugins: request-id on this operation only.
+    assert!(o.last_request().has_header("X-Pet-Request"));
+    let form = "application/x-www-form-urlencoded";
+    let r = send(
+        &mut c,
+        "POST",
+        "/pets",
+        &format!("Content-Type: {form}\r\n"),
+        "name=rex&age=3",
+    );
+    assert_eq!(r.status, 200);
+    let r = send(
+        &mut c,
+        "PATCH",
+        "/pets/3",
+        "Content-Type: application/merge-patch+json\r\n",
+        r#"{"tag":null}"#,
+    );
+    assert_eq!(r.status, 200);
+    let valid = o.request_count();
+    assert_eq!(valid, 4);
+
+    // missing required (header, body field), wrong type, pattern, enum, additionalProperties.
+    one(
+        &send(&mut c, "GET", "/pets", "", ""),
+        "header",
+        "X-Request-Id",
+        "",
+    );
+    one(
+        &send(&mut c, "GET", "/pets", "X-Request-Id: nothex!!\r\n", ""),
+        "header",
+        "X-Request-Id",
+        "",
+    );
+    one(
+        &send(&mut c, "GET", "/pets?status=lost", id, ""),
+        "query",
+        "status",
+        "",
+    );
+    one(
+        &json_post(&mut c, "/pets", r#"{"tag":"x"}"#),
+        "body",
+        "",
+        "",
+    );
+    one(
+        &json_post(&mut c, "/pets", r#"{"name":"a","age":"old"}"#),
+        "body",
+        "",
+        "/age",
+    );
+    one(
+        &json_post(&mut c, "/pets", r#"{"name":"a","kind":"cat"}"#),
+        "body",
+        "",
+        "/kind",
+    );
+    one(
+        &json_post(&mut c, "/pets", r#"{"name":"a","dims":[1,"x"]}"#),
+        "body",
+        "",
+        "/dims/1",
+    );
+    one(
+        &json_post(&mut c, "/pets", r#"{"name":"a","colour":"red"}"#),
+        "body",
+        "",
+        "",
+    );
+    let r = send(
+        &mut c,
+        "POST",
+        "/pets",
+        &format!("Content-Type: {form}\r\n"),
+        "name=rex&age=x",
+    );
+    one(&r, "body", "", "/age");
+    one(&send(&mut c, "GET", "/pets/0", "", ""), "path", "petId", "");
+    assert_eq!(
+        o.request_count(),
+        valid,
+        "rejected requests never reach the origin"
+    );
+
+    // Monitor: the same failures are forwarded and counted.
+    assert_eq!(
+        send(&mut c, "GET", "/mon/pets?status=lost", "", "").status,
+        200
+    );
+    assert_eq!(json_post(&mut c, "/mon/pets", r#"{"name":5}"#).status, 200);
+    assert_eq!(o.request_count(), valid + 2);
+    let mut samples = Vec::new();
+    let counted = wait_until(Duration::from_secs(5), || {
+        samples = scrape(status);
+        value(
+            &samples,
+            "ringway_api_invalid_requests_total",
+            &[("api", "m31"), ("action", "forwarded")],
+        ) == 2.0
+    });
+    assert!(counted, "{samples:#?}");
+    let rejected = value(
+        &samples,
+        "ringway_api_invalid_requests_total",
+        &[("api", "p31"), ("action", "rejected")],
+    );
+    assert_eq!(rejected, 10.0);
+}
+
+/// GitHub's REST description (1223 operations): each operation's path, filled in, reaches the
+/// origin through its own route (checked in the per-route metrics), and validation passes
+/// good bodies and stops bad ones.
+#[test]
+fn github_rest_description_every_operation_routed() {
+    let out = Command::new("gzip")
+        .args(["-dc", &doc_path("github/api.github.com.json.gz")])
+        .output()
+        .expect("gzip (Debian package gzip) unpacks the GitHub document");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8 document");
+    let doc: Value = serde_json::from_str(&text).expect("JSON document");
+    let spec = TempFile::new(&text);
+    let o = Origin::named("o");
+    let cfg = config(
+        o.addr,
+        &format!(
+            "{}{}",
+            api("gh", spec.path_str(), "validate = \"off\""),
+            api("ghv", spec.path_str(), "base_path = \"/v\"")
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let status = ops::listener(&gw.stderr, "status");
+    let mut c = gw.client();
+    let mut sent = 0;
+    // Route name -> requests it should have served. Templates the router cannot tell apart
+    // (GitHub has `compare/{basehead}` and `compare/{base}...{head}`) go to the first.
+    let mut want: std::collections::BTreeMap<String, f64> = Default::default();
+    let mut first_of: std::collections::HashMap<(String, String), String> = Default::default();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let Some(id) = op.get("operationId").and_then(Value::as_str) else {
+                continue;
+            };
+            // Templated segments get a value no static segment has.
+            let mut concrete = String::new();
+            let mut shape = String::new();
+            for seg in path.split('/').skip(1) {
+                concrete.push('/');
+                shape.push('/');
+                if seg.contains('{') {
+                    concrete.push_str("v1x");
+                    shape.push_str("{}");
+                } else {
+                    concrete.push_str(seg);
+                    shape.push_str(seg);
+                }
+            }
+            let m = method.to_ascii_uppercase();
+            let r = c.request(format!(
+                "{m} {concrete} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+            ));
+            assert_eq!(r.status, 200, "{m} {concrete} ({id}): {}", r.body_str());
+            assert_eq!(o.last_request().target, concrete);
+            sent += 1;
+            let route = first_of
+                .entry((m, shape))
+                .or_insert_with(|| format!("gh.{id}"))
+                .clone();
+            *want.entry(route).or_default() += 1.0;
+        }
+    }
+    assert_eq!(sent, 1223);
+    assert_eq!(o.request_count(), sent);
+    assert!(want.len() >= 1220, "{} distinct routes", want.len());
+    let mut samples = Vec::new();
+    let all = wait_until(Duration::from_secs(10), || {
+        samples = scrape(status);
+        value(&samples, "ringway_http_requests_total", &[("code", "2xx")]) >= sent as f64
+    });
+    assert!(all);
+    for (name, n) in &want {
+        assert_eq!(
+            value(&samples, "ringway_http_requests_total", &[("route", name)]),
+            *n,
+            "route {name}"
+        );
+    }
+
+    // Validation on the same document: issues.create needs a title; a label list of strings.
+    let before = o.request_count();
+    let issue = r#"{"title":"Found a bug","body":"x","labels":["bug"]}"#;
+    assert_eq!(
+        json_post(&mut c, "/v/repos/octo/hello/issues", issue).status,
+        200
+    );
+    assert_eq!(o.last_request().body, issue.as_bytes());
+    one(
+        &json_post(&mut c, "/v/repos/octo/hello/issues", r#"{"body":"x"}"#),
+        "body",
+        "",
+        "",
+    );
+    one(
+        &json_post(
+            &mut c,
+            "/v/repos/octo/hello/issues",
+            r#"{"title":"t","assignees":"me"}"#,
+        ),
+        "body",
+        "",
+        "/assignees",
+    );
+    // per_page is an integer; state an enum.
+    one(
+        &send(
+            &mut c,
+            "GET",
+            "/v/repos/octo/hello/issues?per_page=many",
+            "",
+            "",
+        ),
+        "query",
+        "per_page",
+        "",
+    );
+    one(
+        &send(
+            &mut c,
+            "GET",
+            "/v/repos/octo/hello/issues?state=gone",
+            "",
+            "",
+        ),
+        "query",
+        "state",
+        "",
+    );
+    assert_eq!(
+        send(
+            &mut c,
+            "GET",
+            "/v/repos/octo/hello/issues?state=open&per_page=5",
+            "",
+            ""
+        )
+        .status,
+        200
+    );
+    assert_eq!(o.request_count(), before + 2);
+}
+
+#[test]
+fn check_names_the_document_pointer_and_cli_prints_routes() {
+    let bad = TempFile::new(
+        "openapi: 3.0.3\ninfo: {title: t, version: '1'}\npaths:\n  /pets:\n    get:\n      parameters:\n        - {name: limit, in: body}\n      responses: {}\n",
+    );
+    let cfg = format!(
+        "{}{}{}",
+        server(&[]),
+        upstream("backend", &[closed_port()], ""),
+        api("pets", bad.path_str(), "")
+    );
+    let out = check_config(&cfg);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr
+            .contains("apis[0].spec: #/paths/~1pets/get/parameters/0: \"in\" must be"),
+        "{}",
+        out.all()
+    );
+    let out = run_cli(
+        &[
+            "openapi",
+            "routes",
+            &doc_path("oai/petstore.yaml"),
+            "--name",
+            "pets",
+            "--base-path",
+            "/v1",
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "{}", out.all());
+    let t: toml::Value = toml::from_str(&out.stdout).expect("TOML");
+    let routes = t["routes"].as_array().expect("routes");
+    let rows: Vec<(String, String, String)> = routes
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or("").into(),
+                r["methods"][0].as_str().unwrap_or("").into(),
+                r["paths"][0].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("pets.listPets".into(), "GET".into(), "/v1/pets".into()),
+            ("pets.createPets".into(), "POST".into(), "/v1/pets".into()),
+            (
+                "pets.showPetById".into(),
+                "GET".into(),
+                "/v1/pets/{petId}".into()
+            ),
+        ]
+    );
+}
+
+/// The admin API puts an API with its document inline; each put or delete is one generation.
+#[test]
+fn admin_put_api_with_inline_document_is_one_generation() {
+    use crate::harness::ops::{http, Proc};
+    const KEY: &str = "admin-key-openapi-0123456789";
+    let o = Origin::named("o");
+    let cfg = format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\nkey = \"{KEY}\"\n\n{}",
+        server(&[("workers", "2")]),
+        upstream("backend", &[o.addr], "")
+    );
+    let p = Proc::start("openapi-admin", &cfg);
+    let adm = ops::listener(&p.logs, "admin");
+    let call = |method: &str, path: &str, body: &str| -> (u16, Value) {
+        let (code, text) = http(
+            adm,
+            method,
+            path,
+            &[("X-API-KEY", KEY), ("Content-Type", "application/json")],
+            body,
+        );
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    };
+    let generation = || call("GET", "/apisix/admin/status", "").1["config_generation"].as_u64();
+    let yaml = std::fs::read_to_string(doc_path("oai/petstore.yaml")).expect("petstore");
+    let put = |doc: Value| {
+        let body = serde_json::json!({"upstream": "backend", "base_path": "/v1", "document": doc});
+        call("PUT", "/apisix/admin/apis/pets", &body.to_string())
+    };
+    let g0 = generation().expect("generation");
+    // As YAML text first.
+    let (code, v) = put(Value::String(yaml.clone()));
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["config_generation"].as_u64(), Some(g0 + 1));
+    let mut c = Client::connect(p.addr);
+    assert_eq!(send(&mut c, "GET", "/v1/pets?limit=3", "", "").status, 200);
+    assert_eq!(
+        json_post(&mut c, "/v1/pets", r#"{"id":1,"name":"a"}"#).status,
+        200
+    );
+    one(
+        &json_post(&mut c, "/v1/pets", r#"{"id":1}"#),
+        "body",
+        "",
+        "",
+    );
+
+    // Replaced by a document without createPets, as a JSON object: one more generation.
+    let mut doc = petstore_json();
+    doc["paths"]["/pets"]
+        .as_object_mut()
+        .expect("/pets")
+        .remove("post");
+    let (code, v) = put(doc.clone());
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["config_generation"].as_u64(), Some(g0 + 2));
+    let r = json_post(
+        &mut Client::connect(p.addr),
+        "/v1/pets",
+        r#"{"id":1,"name":"a"}"#,
+    );
+    assert_eq!((r.status, r.header("Allow")), (405, Some("GET")));
+
+    // A bad document is refused with its pointer and changes nothing.
+    doc["paths"]["/pets"]["get"]["parameters"][0]["in"] = Value::from("body");
+    let (code, v) = put(doc);
+    assert_eq!(code, 400);
+    let msg = v.to_string();
+    assert!(
+        msg.contains("apis/pets.spec: #/paths/~1pets/get/parameters/0"),
+        "{msg}"
+    );
+    assert_eq!(generation(), Some(g0 + 2));
+
+    let (code, _) = call("DELETE", "/apisix/admin/apis/pets", "");
+    assert_eq!(code, 200);
+    assert_eq!(generation(), Some(g0 + 3));
+    assert_eq!(
+        send(&mut Client::connect(p.addr), "GET", "/v1/pets", "", "").status,
+        404
+    );
+}
+
+/// oai/petstore.yaml transcribed to JSON (responses shortened): the admin API also takes a
+/// document as an object.
+fn petstore_json() -> Value {
+    serde_json::json!({
+        "openapi": "3.0.0",
+        "info": {"version": "1.0.0", "title": "Swagger Petstore", "license": {"name": "MIT"}},
+        "paths": {
+            "/pets": {
+                "get": {
+                    "operationId": "listPets",
+                    "parameters": [{"name": "limit", "in": "query", "required": false,
+                                    "schema": {"type": "integer", "maximum": 100, "format": "int32"}}],
+                    "responses": {"200": {"description": "A paged array of pets"}}
+                },
+                "post": {
+                    "operationId": "createPets",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Pet"}}}},
+                    "responses": {"201": {"description": "Null response"}}
+                }
+            },
+            "/pets/{petId}": {
+                "get": {
+                    "operationId": "showPetById",
+                    "parameters": [{"name": "petId", "in": "path", "required": true, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "ok"}}
+                }
+            }
+        },
+        "components": {"schemas": {"Pet": {"type": "object", "required": ["id", "name"],
+            "properties": {"id": {"type": "integer", "format": "int64"}, "name": {"type": "string"}, "tag": {"type": "string"}}}}}
+    })
+}
+
+/// Versions by path and by header; a deprecated version carries Deprecation, Sunset and Link
+/// and its calls are counted per consumer.
+#[test]
+fn versions_deprecation_headers_and_per_consumer_counts() {
+    let o = Origin::named("o");
+    let spec = doc_path("oai/petstore.yaml");
+    let auth = "[apis.plugins.key-auth]\n";
+    let apis = format!(
+        "{}{}{}{}[[consumers]]\nusername = \"alice\"\nplugins = {{ key-auth = {{ key = \"alice-key\" }} }}\n\n",
+        api(
+            "pets",
+            &spec,
+            &format!("version = \"v1\"\nversion_by = \"path\"\ndeprecated = \"2026-01-01\"\nsunset = \"2027-06-30\"\n{auth}")
+        ),
+        api("pets", &spec, &format!("version = \"v2\"\nversion_by = \"path\"\ndefault = true\n{auth}")),
+        api(
+            "hp",
+            &spec,
+            "base_path = \"/h\"\nversion = \"1\"\nversion_by = \"header:Accept-Version\"\ndeprecated = true\nsuccessor = \"https://example.com/docs/v2\""
+        ),
+        api("hp", &spec, "base_path = \"/h\"\nversion = \"2\"\nversion_by = \"header:Accept-Version\"\ndefault = true"),
+    );
+    let gw = Gateway::start(&config(o.addr, &apis));
+    let status = ops::listener(&gw.stderr, "status");
+    let mut c = gw.client();
+    let key = "apikey: alice-key\r\n";
+    let r = send(&mut c, "GET", "/v1/pets", key, "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Deprecation"), Some("@1767225600"));
+    assert_eq!(r.header("Sunset"), Some("Wed, 30 Jun 2027 00:00:00 GMT"));
+    assert_eq!(r.header("Link"), Some("</v2>; rel=\"successor-version\""));
+    assert_eq!(send(&mut c, "GET", "/v1/pets/7", key, "").status, 200);
+    assert_eq!(send(&mut c, "GET", "/v1/pets", "", "").status, 401);
+    for path in ["/v2/pets", "/pets", "/pets/7"] {
+        let r = send(&mut c, "GET", path, key, "");
+        assert_eq!(r.status, 200, "{path}");
+        assert!(!r.has_header("Deprecation"), "{path}");
+    }
+    // Validation still applies under the version prefix.
+    one(
+        &send(&mut c, "GET", "/v1/pets?limit=x", key, ""),
+        "query",
+        "limit",
+        "",
+    );
+
+    let r = send(&mut c, "GET", "/h/pets", "Accept-Version: 1\r\n", "");
+    assert_eq!(r.header("Deprecation"), Some("@0"));
+    assert_eq!(
+        r.header("Link"),
+        Some("<https://example.com/docs/v2>; rel=\"successor-version\"")
+    );
+    assert!(!send(&mut c, "GET", "/h/pets", "", "").has_header("Deprecation"));
+    assert!(!send(&mut c, "GET", "/h/pets", "Accept-Version: 2\r\n", "").has_header("Deprecation"));
+
+    let mut samples = Vec::new();
+    let counted = wait_until(Duration::from_secs(5), || {
+        samples = scrape(status);
+        value(
+            &samples,
+            "ringway_api_deprecated_requests_total",
+            &[("api", "pets@v1"), ("consumer", "alice")],
+        ) == 3.0
+    });
+    assert!(counted, "{samples:#?}");
+    // The 401 before any consumer was known counts as anonymous.
+    let v1_anon = value(
+        &samples,
+        "ringway_api_deprecated_requests_total",
+        &[("api", "pets@v1"), ("consumer", "")],
+    );
+    assert_eq!(v1_anon, 1.0);
+    let anon = value(
+        &samples,
+        "ringway_api_deprecated_requests_total",
+        &[("api", "hp@1"), ("consumer", "")],
+    );
+    assert_eq!(anon, 1.0);
+}
+
+#[test]
+fn version_config_errors_name_the_key() {
+    let spec = doc_path("oai/petstore.yaml");
+    let base = format!(
+        "{}{}",
+        server(&[]),
+        upstream("backend", &[closed_port()], "")
+    );
+    let out = check_config(&format!(
+        "{base}{}{}",
+        api("p", &spec, "version = \"1\""),
+        api("p", &spec, "version = \"2\"")
+    ));
+    assert!(out.stderr.contains("apis[1].version_by"), "{}", out.all());
+    let out = check_config(&format!(
+        "{base}{}",
+        api(
+            "p",
+            &spec,
+            "version = \"1\"\nversion_by = \"path\"\nsunset = \"June\""
+        )
+    ));
+    assert!(out.stderr.contains("apis[0].sunset"), "{}", out.all());
+}
+
+/// `ringway alerts` writes rules whose per-API route regex matches exactly that API's series in
+/// a live scrape (and promtool accepts them, when installed); the admin listener serves each
+/// API's document as exposed and an HTML index.
+#[test]
+fn slo_alert_rules_and_documentation_pages() {
+    use crate::harness::ops::Proc;
+    let o = Origin::named("o");
+    let spec = doc_path("oai/petstore.yaml");
+    let cfg = format!(
+        "{}[status]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\nkey = \"admin-key-slo-0123456789\"\n\n{}{}{}[[consumers]]\nusername = \"bob\"\nplugins = {{ key-auth = {{ key = \"bob-key\" }} }}\n\n",
+        server(&[]),
+        upstream("backend", &[o.addr], ""),
+        api(
+            "pets",
+            &spec,
+            "version = \"v1\"\nversion_by = \"path\"\nsunset = \"2027-06-30\"\n[apis.slo]\nlatency_p99 = \"300ms\"\nerror_ratio = 0.01\n[apis.plugins.key-auth]\n"
+        ),
+        api("pets", &spec, "version = \"v2\"\nversion_by = \"path\"\ndefault = true"),
+    );
+    let p = Proc::start("openapi-slo", &cfg);
+    let status = ops::listener(&p.logs, "status");
+    let adm = ops::listener(&p.logs, "admin");
+    let mut c = Client::connect(p.addr);
+    for path in ["/v1/pets", "/v1/pets/1", "/v2/pets", "/pets/2"] {
+        assert_eq!(
+            send(&mut c, "GET", path, "apikey: bob-key\r\n", "").status,
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        send(&mut c, "DELETE", "/v1/pets", "apikey: bob-key\r\n", "").status,
+        405
+    );
+
+    let out = run_cli(
+        &["alerts", "-c", p.path.to_str().expect("path")],
+        Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "{}", out.all());
+    let rules: Value = serde_saphyr::from_str(&out.stdout).expect("YAML rules");
+    let groups = rules["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 1, "only pets@v1 has an slo");
+    let list = groups[0]["rules"].as_array().expect("rules");
+    let names: Vec<&str> = list
+        .iter()
+        .map(|r| r["record"].as_str().or(r["alert"].as_str()).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ringway:api_requests:rate5m",
+            "ringway:api_errors:rate5m",
+            "ringway:api_latency_p99:5m",
+            "RingwayApiLatencyP99High",
+            "RingwayApiErrorRatioHigh"
+        ]
+    );
+    assert!(list[3]["expr"].as_str().unwrap_or("").ends_with("> 0.3"));
+    // The route regex, as PromQL reads it (string escapes undone), against the live series.
+    let expr = list[0]["expr"].as_str().expect("expr");
+    let quoted = expr
+        .split("route=~\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("regex");
+    let re =
+        regex::Regex::new(&format!("^(?:{})$", quoted.replace("\\\\", "\\"))).expect("RE2 regex");
+    let mut samples = Vec::new();
+    wait_until(Duration::from_secs(5), || {
+        samples = scrape(status);
+        value(&samples, "ringway_http_requests_total", &[]) >= 5.0
+    });
+    let routes: std::collections::BTreeSet<&str> = samples
+        .iter()
+        .filter(|s| s.name == "ringway_http_requests_total")
+        .filter_map(|s| s.labels.get("route").map(String::as_str))
+        .collect();
+    let matched: Vec<&str> = routes.iter().copied().filter(|r| re.is_match(r)).collect();
+    assert_eq!(
+        matched,
+        [
+            "pets@v1.listPets",
+            "pets@v1.showPetById",
+            "pets@v1: 405 /v1/pets"
+        ],
+        "{routes:?}"
+    );
+    if let Ok(check) = Command::new("promtool")
+        .args(["check", "rules", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        let mut check = check;
+        check
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(out.stdout.as_bytes())
+            .expect("write");
+        assert!(
+            check.wait().expect("promtool").success(),
+            "promtool refused:\n{}",
+            out.stdout
+        );
+    }
+
+    // Documentation on the admin listener.
+    let (code, html) = ops::get(adm, "/apis/");
+    assert_eq!(code, 200);
+    assert!(html.starts_with("<!doctype html>"), "{html}");
+    for want in [
+        "<td>pets</td><td>v1</td>",
+        "sunset Wed, 30 Jun 2027 00:00:00 GMT",
+        "href=\"/apis/pets/v2/openapi.json\"",
+        "<td>/v2</td>",
+        "default",
+    ] {
+        assert!(html.contains(want), "{want} in {html}");
+    }
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external assets"
+    );
+    let (code, doc) = ops::get(adm, "/apis/pets/v1/openapi.json");
+    assert_eq!(code, 200);
+    let doc: Value = serde_json::from_str(&doc).expect("JSON");
+    assert_eq!(doc["servers"][0]["url"], "/v1");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["ringway-key-auth"]["name"],
+        "apikey"
+    );
+    assert_eq!(
+        doc["security"][0]["ringway-key-auth"],
+        serde_json::json!([])
+    );
+    assert_eq!(doc["paths"]["/pets"]["get"]["operationId"], "listPets");
+    let (code, doc) = ops::get(adm, "/apis/pets/default/openapi.json");
+    assert_eq!(code, 200);
+    let doc: Value = serde_json::from_str(&doc).expect("JSON");
+    assert_eq!(doc["servers"][0]["url"], "/v2");
+    assert!(doc.get("security").is_none());
+    assert_eq!(ops::get(adm, "/apis/pets/v9/openapi.json").0, 404);
+}
