@@ -4,6 +4,7 @@
 mod client;
 mod config;
 mod gateway;
+pub mod oidc;
 pub mod ops;
 mod origin;
 mod origin_serve;
