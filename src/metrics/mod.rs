@@ -4,6 +4,7 @@
 pub mod expose;
 pub mod logship;
 pub mod names;
+pub mod oidc;
 
 use crate::util::cow::CowVec;
 use std::cell::{Cell, RefCell};

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::consumer::Consumers;
 use super::ctx::Ctx;
-use super::{phase, Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Flow, Plugin, PluginFactory, Reply, Wait};
 use crate::cache::Caches;
 use crate::cache::PurgeMsg;
 use crate::http::parse::{RequestHead, ResponseHead};
@@ -33,6 +33,30 @@ type Phase = fn(&dyn Plugin, &RequestHead, &mut Ctx) -> Flow;
 struct Link {
     phases: u8,
     plugin: Rc<dyn Plugin>,
+}
+
+/// Where the request phases go on after a wait: the phase and the link that asked to wait,
+/// which runs again (it finds what it waited for, or decides without it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    phase: usize,
+    link: usize,
+}
+
+impl Resume {
+    pub const START: Resume = Resume { phase: 0, link: 0 };
+}
+
+/// What the request phases decided.
+#[derive(Debug)]
+pub enum Step {
+    /// Go upstream.
+    Pass,
+    /// Answer with this instead.
+    Reply(Reply),
+    /// A plugin waits for an answer from off the shard (proxy/phases.rs awaits it without
+    /// blocking the thread), then the phases go on from the `Resume`.
+    Wait(Wait, Resume),
 }
 
 /// One route's chain: global instances, then the route's; `phases` is the union.
@@ -335,32 +359,55 @@ impl ShardPlugins {
     }
 
     /// Runs rewrite, access and before_upstream over the chain (phase by phase, as APISIX
-    /// does). A plugin's reply carries the response header edits made so far.
-    pub fn request_phases(&self, route: usize, req: &RequestHead, cx: &mut Ctx) -> Option<Reply> {
+    /// does), from `from` (`Resume::START`, or where a plugin asked to wait). A plugin's reply
+    /// carries the response header edits made so far.
+    pub fn request_phases(
+        &self,
+        route: usize,
+        req: &RequestHead,
+        cx: &mut Ctx,
+        from: Resume,
+    ) -> Step {
         let chain = self.route_chain(route);
         let phases: [(u8, Phase); 3] = [
             (phase::REWRITE, |p, r, c| p.rewrite(r, c)),
             (phase::ACCESS, |p, r, c| p.access(r, c)),
             (phase::BEFORE_UPSTREAM, |p, r, c| p.before_upstream(r, c)),
         ];
-        for (bit, run) in phases {
+        for (pi, (bit, run)) in phases.into_iter().enumerate().skip(from.phase) {
             if chain.phases & bit == 0 {
                 continue;
             }
-            for p in chain.with(bit) {
-                if let Flow::Respond(mut reply) = run(p, req, cx) {
-                    for (n, v) in cx.resp_headers.written() {
-                        if !reply.headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n)) {
-                            reply
-                                .headers
-                                .push((Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)));
+            let first = if pi == from.phase { from.link } else { 0 };
+            for (li, l) in chain.links.iter().enumerate().skip(first) {
+                if l.phases & bit == 0 {
+                    continue;
+                }
+                match run(l.plugin.as_ref(), req, cx) {
+                    Flow::Continue => {}
+                    Flow::Respond(mut reply) => {
+                        for (n, v) in cx.resp_headers.written() {
+                            if !reply.headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n)) {
+                                reply
+                                    .headers
+                                    .push((Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)));
+                            }
                         }
+                        return Step::Reply(reply);
                     }
-                    return Some(reply);
+                    Flow::Wait(w) => {
+                        return Step::Wait(
+                            w,
+                            Resume {
+                                phase: pi,
+                                link: li,
+                            },
+                        )
+                    }
                 }
             }
         }
-        None
+        Step::Pass
     }
 
     pub fn response_headers(&self, route: usize, resp: &ResponseHead, cx: &mut Ctx) {

@@ -16,6 +16,7 @@ pub const PLUGINS: &[&Spec] = &[
     &super::fault_injection::SPEC,
     &super::cors::SPEC,
     &super::ip_restriction::SPEC,
+    &super::openid_connect::SPEC,
     &super::basic_auth::SPEC,
     &super::jwt_auth::SPEC,
     &super::key_auth::SPEC,

@@ -38,6 +38,10 @@ pub const MINIMAL: &[(&str, &str)] = &[
     ("fault-injection", "abort = { http_status = 503 }"),
     ("cors", ""),
     ("ip-restriction", "whitelist = [\"127.0.0.1\"]"),
+    (
+        "openid-connect",
+        "client_id = \"c\"\ndiscovery = \"http://127.0.0.1:9/.well-known/openid-configuration\"",
+    ),
     ("basic-auth", ""),
     ("jwt-auth", ""),
     ("key-auth", ""),
@@ -262,14 +266,25 @@ impl Exchange<'_> {
         self.flow = if p.is_empty(ROUTE) {
             Flow::Continue
         } else {
-            match p.request_phases(ROUTE, &self.req, &mut self.cx) {
-                Some(reply) => Flow::Respond(reply),
-                None => Flow::Continue,
+            let mut from = super::Resume::START;
+            loop {
+                match p.request_phases(ROUTE, &self.req, &mut self.cx, from) {
+                    super::Step::Reply(reply) => break Flow::Respond(reply),
+                    super::Step::Pass => break Flow::Continue,
+                    // As proxy/phases.rs does, on this thread.
+                    super::Step::Wait(w, at) => {
+                        let end = std::time::Instant::now() + w.within;
+                        while !(w.ready)() && std::time::Instant::now() < end {
+                            std::thread::sleep(super::Wait::POLL);
+                        }
+                        from = at;
+                    }
+                }
             }
         };
         match &self.flow {
             Flow::Respond(r) => self.cx.status = r.status,
-            Flow::Continue => self.cx.forwarded = true,
+            _ => self.cx.forwarded = true,
         }
         &self.flow
     }
@@ -278,7 +293,7 @@ impl Exchange<'_> {
     pub fn reply(&self) -> Option<&Reply> {
         match &self.flow {
             Flow::Respond(r) => Some(r),
-            Flow::Continue => None,
+            _ => None,
         }
     }
 

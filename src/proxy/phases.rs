@@ -9,7 +9,7 @@ use super::shard::Shard;
 use crate::http::parse::{Method, ResponseHead};
 use crate::http::write::{header, put_u64, reason, status_line};
 use crate::net::io::write_all;
-use crate::plugin::{Ctx, Reply};
+use crate::plugin::{Ctx, Reply, Resume, Step, Wait};
 
 impl<S: ClientStream> ClientConn<S> {
     /// Routed request -> plugin request phases -> forward (or the plugin's reply) -> log.
@@ -19,8 +19,25 @@ impl<S: ClientStream> ClientConn<S> {
         if shard.plugins.is_empty(route) {
             return self.forward(shard, route).await;
         }
-        let after = match shard.plugins.request_phases(route, &self.req, &mut self.cx) {
-            Some(reply) => {
+        let mut from = Resume::START;
+        let step = loop {
+            match shard
+                .plugins
+                .request_phases(route, &self.req, &mut self.cx, from)
+            {
+                Step::Wait(w, at) => {
+                    // Boxed for the same reason as the delay's `Sleep` below.
+                    let end = std::time::Instant::now() + w.within;
+                    while !(w.ready)() && std::time::Instant::now() < end {
+                        Box::pin(monoio::time::sleep(Wait::POLL)).await;
+                    }
+                    from = at;
+                }
+                step => break step,
+            }
+        };
+        let after = match step {
+            Step::Reply(reply) => {
                 if !self.cx.delay.is_zero() {
                     // Boxed: a `Sleep` is 640 bytes aligned to 128, and inline it would make the
                     // per-request future (boxed in conn.rs) an over-aligned, slow allocation.
@@ -29,7 +46,7 @@ impl<S: ClientStream> ClientConn<S> {
                 self.cx.status = reply.status;
                 self.send_reply(shard, reply).await
             }
-            None => {
+            _ => {
                 if !self.cx.delay.is_zero() {
                     Box::pin(monoio::time::sleep(self.cx.delay)).await;
                 }
