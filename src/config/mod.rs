@@ -136,6 +136,15 @@ pub struct RouteConfig {
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
     pub username: String,
+    /// A `[[consumer_groups]]` name (checked when the plugin set is built).
+    pub group: Option<String>,
+    pub plugins: BTreeMap<String, toml::Value>,
+}
+
+/// One `[[consumer_groups]]` entry: plugins its consumers get (see README "Consumer groups").
+#[derive(Debug, Clone)]
+pub struct ConsumerGroupConfig {
+    pub name: String,
     pub plugins: BTreeMap<String, toml::Value>,
 }
 
@@ -151,6 +160,7 @@ pub struct Config {
     /// `[global_plugins]`: plugin name -> table, run before every route's own.
     pub global_plugins: Arc<BTreeMap<String, toml::Value>>,
     pub consumers: Arc<[ConsumerConfig]>,
+    pub consumer_groups: Arc<[ConsumerGroupConfig]>,
     pub status: Option<ops::StatusConfig>,
     pub admin: Option<ops::AdminConfig>,
     pub access_log: Option<crate::accesslog::AccessLogConfig>,

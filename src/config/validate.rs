@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::{dur, RawConfig, RawListen, RawUpstream, RawWorkers};
-use super::ConsumerConfig;
 use super::{
     Config, ConfigError, DriverKind, HashOn, NodeConfig, Policy, PoolConfig, ServerConfig, TaskRun,
     UpstreamConfig,
 };
+use super::{ConsumerConfig, ConsumerGroupConfig};
 
 pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
     let server = server(&raw, dir)?;
@@ -59,7 +59,16 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
         .into_iter()
         .map(|c| ConsumerConfig {
             username: c.username,
+            group: c.group,
             plugins: c.plugins,
+        })
+        .collect();
+    let consumer_groups: Vec<ConsumerGroupConfig> = raw
+        .consumer_groups
+        .into_iter()
+        .map(|g| ConsumerGroupConfig {
+            name: g.name,
+            plugins: g.plugins,
         })
         .collect();
     Ok(Config {
@@ -69,6 +78,7 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
         routes: super::RouteTable::new(routes, name_order),
         global_plugins: Arc::new(raw.global_plugins),
         consumers: consumers.into(),
+        consumer_groups: consumer_groups.into(),
         status,
         admin,
         access_log,

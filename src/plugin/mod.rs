@@ -19,6 +19,9 @@ pub mod vars;
 
 mod api_breaker;
 mod basic_auth;
+#[cfg(test)]
+mod consumer_policy_tests;
+mod consumer_restriction;
 mod cors;
 mod fault_injection;
 mod http_logger;

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use serde::Deserialize;
 
-use super::consumer::RawConsumerRef;
+use super::consumer::{RawConsumerRef, RawGroupRef};
 use super::{registry, Ctx, Flow, Plugin, PluginSet, Reply, ShardPlugins};
 use crate::error::ConfigError;
 use crate::http::parse::{HeadLimits, RequestHead, ResponseHead, Status};
@@ -45,6 +45,7 @@ pub const MINIMAL: &[(&str, &str)] = &[
     ("basic-auth", ""),
     ("jwt-auth", ""),
     ("key-auth", ""),
+    ("consumer-restriction", "whitelist = [\"a\"]"),
     ("proxy-cache", ""),
     ("proxy-rewrite", "uri = \"/x\""),
     ("api-breaker", "break_response_code = 502"),
@@ -93,11 +94,22 @@ pub struct Setup<'a> {
 struct RawConsumers {
     #[serde(default)]
     consumers: Vec<RawConsumer>,
+    #[serde(default)]
+    consumer_groups: Vec<RawGroup>,
 }
 
 #[derive(Deserialize)]
 struct RawConsumer {
     username: String,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    plugins: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawGroup {
+    name: String,
     #[serde(default)]
     plugins: BTreeMap<String, toml::Value>,
 }
@@ -121,7 +133,8 @@ impl<'a> Setup<'a> {
         self
     }
 
-    /// `[[consumers]]` entries: `username` and `plugins.<auth plugin> = { ... }`.
+    /// `[[consumers]]` entries (`username`, `group`, `plugins.<name> = { ... }`) and
+    /// `[[consumer_groups]]`.
     pub fn consumers(mut self, consumers: &'a str) -> Setup<'a> {
         self.consumers = consumers;
         self
@@ -137,14 +150,23 @@ impl<'a> Setup<'a> {
     pub fn build(self) -> Result<Gateway, ConfigError> {
         let global = tables(self.global);
         let route = tables(self.route);
-        let consumers: RawConsumers = toml::from_str(self.consumers)
+        let raw: RawConsumers = toml::from_str(self.consumers)
             .unwrap_or_else(|e| panic!("test consumers do not parse: {e}"));
-        let consumers: Vec<RawConsumerRef<'_>> = consumers
+        let consumers: Vec<RawConsumerRef<'_>> = raw
             .consumers
             .iter()
             .map(|c| RawConsumerRef {
                 username: &c.username,
+                group: c.group.as_deref(),
                 plugins: &c.plugins,
+            })
+            .collect();
+        let groups: Vec<RawGroupRef<'_>> = raw
+            .consumer_groups
+            .iter()
+            .map(|g| RawGroupRef {
+                name: &g.name,
+                plugins: &g.plugins,
             })
             .collect();
         let upstreams: HashMap<String, usize> = self
@@ -154,7 +176,13 @@ impl<'a> Setup<'a> {
             .map(|(i, n)| (n.to_string(), i))
             .collect();
         TAP.with(|t| *t.borrow_mut() = Some(Vec::new()));
-        let set = registry::build(&global, &[("test", &route)], &consumers, &upstreams);
+        let set = registry::build(
+            &global,
+            &[("test", &route)],
+            &consumers,
+            &groups,
+            &upstreams,
+        );
         let logs = TAP.with(|t| t.borrow_mut().take()).unwrap_or_default();
         let set = set?;
         let plugins = ShardPlugins::solo(&set);
@@ -337,7 +365,7 @@ impl Exchange<'_> {
         }
         self.cx.status = resp.status;
         let p = &self.gw.plugins;
-        if !p.has_response_phases(ROUTE) {
+        if !p.has_response_phases(ROUTE, &self.cx) {
             return None;
         }
         p.response_headers(ROUTE, &resp, &mut self.cx);

@@ -130,7 +130,7 @@ impl<S: ClientStream> ClientConn<S> {
 pub(super) fn response_phases(shard: &Shard, cx: &mut Ctx, resp: &ResponseHead) -> Option<Bytes> {
     cx.status = resp.status;
     let route = cx.route;
-    if !shard.plugins.has_response_phases(route) {
+    if !shard.plugins.has_response_phases(route, cx) {
         return None;
     }
     shard.plugins.response_headers(route, resp, cx);
