@@ -1,4 +1,4 @@
-//! The admin REST API (APISIX-like): routes, upstreams, consumers and global rules under
+//! The admin REST API (APISIX-like): routes, upstreams, consumers, consumer groups and global rules under
 //! `/apisix/admin/`, with key auth, a viewer key and a client allow-list. A change to one route
 //! is validated and applied as that route alone; any other change is validated as a whole
 //! config. Either way it reaches all shards through the plane, then is persisted.
@@ -53,7 +53,7 @@ pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Respons
         return Response::error(
             404,
             format!(
-                "unknown resource {seg:?}; expected routes, upstreams, consumers or global_rules"
+                "unknown resource {seg:?}; expected routes, upstreams, consumers, consumer_groups or global_rules"
             ),
         );
     };
@@ -111,8 +111,8 @@ pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Respons
                 );
             }
             for rf in &refs {
-                if let Some(rid) = rf.strip_prefix("routes/") {
-                    store.sets.get_mut("routes").map(|s| s.remove(rid));
+                if let Some((seg, rid)) = rf.split_once('/') {
+                    store.sets.get_mut(seg).map(|s| s.remove(rid));
                 }
             }
             change(plane, store, kind, id.to_string(), None)

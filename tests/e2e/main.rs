@@ -24,6 +24,7 @@ mod cache_ops;
 mod cache_stale;
 mod chunked;
 mod config;
+mod consumer_groups;
 mod dashboards;
 mod drain;
 mod exhaustion;
