@@ -58,6 +58,18 @@ client_secret = "gw-secret"
 audience = "$API"
 consumer_by = "client_id"
 
+[[routes]]
+name = "oidc-noreuse"
+paths = ["/oidc-noreuse"]
+upstream = "origin"
+[routes.plugins.openid-connect]
+discovery = "$IDP/.well-known/openid-configuration"
+client_id = "gw"
+client_secret = "gw-secret"
+audience = "$API"
+consumer_by = "client_id"
+reuse_verified_tokens = false
+
 [[consumers]]
 username = "gw"
 [consumers.plugins.key-auth]
@@ -79,13 +91,15 @@ curl -fsS -o /dev/null -H 'apikey: bench-key' "http://$GW/key"
 for _ in $(seq 50); do
   curl -fsS -o /dev/null -H "Authorization: Bearer $JWT" "http://$GW/oidc" && break; sleep 0.1
 done
+curl -fsS -o /dev/null -H "Authorization: Bearer $JWT" "http://$GW/oidc-noreuse"
 
 run() { taskset -c 0 wrk -t1 -c64 -d"${SECS}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
 for r in $(seq "$ROUNDS"); do
   p=$(run "http://$GW/plain")
   k=$(run -H 'apikey: bench-key' "http://$GW/key")
   o=$(run -H "Authorization: Bearer $JWT" "http://$GW/oidc")
-  echo "round $r plain $p key-auth $k openid-connect $o"
+  n=$(run -H "Authorization: Bearer $JWT" "http://$GW/oidc-noreuse")
+  echo "round $r plain $p key-auth $k openid-connect $o openid-connect-without-reuse $n"
 done
 
 cat >"$DIR/tokens.lua" <<'LUA'

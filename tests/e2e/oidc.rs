@@ -20,7 +20,7 @@ fn gateway(origin: &Origin, idp: &Oidc, extra: &str) -> Gateway {
         idp.discovery()
     );
     let cfg = format!(
-        "{}{}{}\
+        "{}[status]\nlisten = \"127.0.0.1:0\"\n\n{}{}\
          [[consumers]]\nusername = \"gw-es\"\n[consumers.plugins.key-auth]\nkey = \"unused\"\n",
         server(&[]),
         upstream("backend", &[origin.addr], ""),
@@ -191,6 +191,18 @@ fn a_rotated_key_is_fetched_once_and_unknown_kids_cannot_flood_the_jwks() {
         assert_eq!(call(&mut c, &after).status, 200);
     }
     assert_eq!(idp.count("jwks"), now, "known kids cost no fetch");
+    // The gateway counts the same calls the provider saw.
+    let status = crate::harness::ops::listener(&gw.stderr, "status");
+    let samples = crate::harness::prometheus::scrape(status);
+    let counted = |endpoint: &str| {
+        crate::harness::prometheus::value(
+            &samples,
+            "ringway_oidc_provider_requests_total",
+            &[("endpoint", endpoint), ("outcome", "ok")],
+        )
+    };
+    assert_eq!(counted("jwks"), now as f64);
+    assert_eq!(counted("discovery"), idp.count("discovery") as f64);
 }
 
 #[test]

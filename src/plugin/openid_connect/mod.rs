@@ -384,7 +384,8 @@ impl Plugin for Oidc {
                 },
                 Some(Ok(claims)) => {
                     let g = Rc::new(side.grant(tok, &claims));
-                    if let Some(exp) = claims.get("exp").and_then(Value::as_u64) {
+                    let exp = claims.get("exp").and_then(Value::as_u64);
+                    if let Some(exp) = exp.filter(|_| side.s.reuse_verified) {
                         let left = (exp + side.s.skew.as_secs()).saturating_sub(unix_now());
                         side.jwt.borrow_mut().insert(
                             tok.as_bytes(),
