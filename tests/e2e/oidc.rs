@@ -118,6 +118,8 @@ fn jwt_access_tokens_of_each_algorithm_pass_and_the_identity_reaches_the_upstrea
 
 #[test]
 fn expired_wrong_audience_and_missing_scope_are_refused_per_rfc_6750() {
+    // A 2 s token and a 3.1 s sleep: keep the CPU at hand.
+    let _cpu = cpu_lock();
     let idp = Oidc::start();
     let o = Origin::named("o");
     let gw = gateway(&o, &idp, "required_scopes = [\"write\"]\n");
@@ -146,6 +148,8 @@ fn expired_wrong_audience_and_missing_scope_are_refused_per_rfc_6750() {
 
 #[test]
 fn a_rotated_key_is_fetched_once_and_unknown_kids_cannot_flood_the_jwks() {
+    // The flood must fit in one 2 s refetch interval.
+    let _cpu = cpu_lock();
     let idp = Oidc::start();
     let o = Origin::named("o");
     let gw = gateway(&o, &idp, "jwks_refetch_interval = \"2s\"\n");
