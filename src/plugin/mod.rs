@@ -31,7 +31,7 @@ mod key_auth;
 mod limit_conn;
 mod limit_count;
 mod limit_req;
-mod openid_connect;
+pub mod openid_connect;
 mod proxy_cache;
 mod proxy_rewrite;
 mod request_id;

@@ -316,6 +316,11 @@ fn router_matches_naive_reference() {
 }
 
 #[test]
+fn oidc_jwks_and_tokens() {
+    drive("oidc", 6, 3_000, props::oidc, None);
+}
+
+#[test]
 fn config_loader_properties() {
     drive("config", 5, 2_000, props::config, None);
 }
