@@ -120,13 +120,20 @@ pub(super) struct Settings {
     pub unavailable_status: u16,
 }
 
+/// Every duration of this plugin is added to `Instant`s on the shard: a week at most.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 fn dur(
     path: &str,
     key: &str,
     v: &Option<RawDur>,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    v.as_ref().map_or(Ok(default), |d| duration(path, key, d))
+    let d = v.as_ref().map_or(Ok(default), |d| duration(path, key, d))?;
+    if d > MAX_DURATION {
+        return Err(err(path, key, format!("{d:?} is longer than a week")));
+    }
+    Ok(d)
 }
 
 fn http_url(path: &str, key: &str, u: &str) -> Result<(), ConfigError> {

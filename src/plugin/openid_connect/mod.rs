@@ -40,6 +40,9 @@ pub const SPEC: Spec = Spec {
     build: factory,
 };
 
+/// The longest a verified JWT is reused without a new check, whatever its `exp` says.
+const MAX_REUSE_SECS: u64 = 24 * 3600;
+
 /// How often a shard reads its mailbox on the request path (new keys reach it within this).
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
@@ -195,7 +198,8 @@ impl Side {
         let now = unix_now();
         let skew = self.s.skew.as_secs();
         let num = |k: &str| m.get(k).and_then(Value::as_u64);
-        if num("exp").is_some_and(|e| e + skew <= now) || num("nbf").is_some_and(|n| n > now + skew)
+        if num("exp").is_some_and(|e| e.saturating_add(skew) <= now)
+            || num("nbf").is_some_and(|n| n > now.saturating_add(skew))
         {
             return None;
         }
@@ -217,7 +221,9 @@ impl Side {
         }
         let mut ttl = self.s.intro_ttl;
         if let Some(e) = num("exp") {
-            ttl = ttl.min(Duration::from_secs(e + skew - now));
+            ttl = ttl.min(Duration::from_secs(
+                e.saturating_add(skew).saturating_sub(now),
+            ));
         }
         Some((self.grant(tok, m), Instant::now() + ttl))
     }
@@ -386,7 +392,11 @@ impl Plugin for Oidc {
                     let g = Rc::new(side.grant(tok, &claims));
                     let exp = claims.get("exp").and_then(Value::as_u64);
                     if let Some(exp) = exp.filter(|_| side.s.reuse_verified) {
-                        let left = (exp + side.s.skew.as_secs()).saturating_sub(unix_now());
+                        // Capped: an Instant far in the future would overflow.
+                        let left = exp
+                            .saturating_add(side.s.skew.as_secs())
+                            .saturating_sub(unix_now())
+                            .min(MAX_REUSE_SECS);
                         side.jwt.borrow_mut().insert(
                             tok.as_bytes(),
                             now + Duration::from_secs(left),
@@ -427,6 +437,7 @@ mod tests {
             ("bearer_only = false", "bearer_only"),
             ("unauth_action = \"x\"", "unauth_action"),
             ("timeout = \"soon\"", "timeout"),
+            ("introspection_cache_ttl = 1e12", "introspection_cache_ttl"),
             (
                 "provider_unavailable_status = 200",
                 "provider_unavailable_status",
