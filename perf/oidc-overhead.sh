@@ -12,7 +12,7 @@ STEADY=${3:-60}
 T=${CARGO_TARGET_DIR:-target}/release
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=$(mktemp -d)
-trap 'kill $SERVE_PID $GW_PID $IDP_PID 2>/dev/null; rm -rf "$DIR"' EXIT
+trap 'kill $SERVE_PID $GW_PID $IDP_PID 2>/dev/null; [ -n "${GW:-}" ] || cat "$DIR/gw.log" >&2; rm -rf "$DIR"' EXIT
 
 taskset -c 0 "$T/ringway-bench" serve --listen 127.0.0.1:0 -t 1 2>"$DIR/serve.log" &
 SERVE_PID=$!
