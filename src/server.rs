@@ -31,7 +31,10 @@ pub fn run(built: Built) -> Result<(), String> {
     }
     let built = Arc::new(built);
     let cfg = &built.cfg;
-    let shards = crate::runtime::start(built.clone(), bound.per_shard)?;
+    let mut shards = crate::runtime::start(built.clone(), bound.per_shard)?;
+    if let Some(ports) = shards.fleet.take() {
+        crate::fleet::start(ports)?;
+    }
     let ops = crate::admin::Ops::new(shards.plane.clone());
     crate::admin::start_status(&shards.plane)?;
     crate::admin::start_admin(&ops)?;

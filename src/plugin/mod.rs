@@ -30,6 +30,7 @@ mod jwt_auth;
 mod key_auth;
 mod limit_conn;
 mod limit_count;
+mod limit_policy;
 mod limit_req;
 pub mod openid_connect;
 mod proxy_cache;
