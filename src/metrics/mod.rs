@@ -6,6 +6,7 @@ pub mod fleet;
 pub mod logship;
 pub mod names;
 pub mod oidc;
+pub mod source;
 
 use crate::util::cow::CowVec;
 use std::cell::{Cell, RefCell};

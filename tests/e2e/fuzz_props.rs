@@ -321,6 +321,11 @@ fn oidc_jwks_and_tokens() {
 }
 
 #[test]
+fn etcd_keys_and_values() {
+    drive("etcd_object", 6, 5_000, props::etcd_object, None);
+}
+
+#[test]
 fn config_loader_properties() {
     drive("config", 5, 2_000, props::config, None);
 }
