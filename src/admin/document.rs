@@ -1,5 +1,5 @@
 //! The admin API's document: the config file's content as JSON, with the collections the admin
-//! API edits (routes, upstreams, consumers, global rules, apis) overlaid from the state file. Builds a config
+//! API edits (routes, upstreams, consumers, consumer groups, global rules, apis) overlaid from the state file. Builds a config
 //! generation (validated, then built) from it and persists the collections. No I/O besides the state file.
 
 use std::collections::BTreeMap;
@@ -16,6 +16,7 @@ pub enum Kind {
     Routes,
     Upstreams,
     Consumers,
+    ConsumerGroups,
     GlobalRules,
     /// `[[apis]]`: an API with its OpenAPI document inline (`document`) or as a file (`spec`).
     Apis,
@@ -27,6 +28,7 @@ impl Kind {
             "routes" => Kind::Routes,
             "upstreams" => Kind::Upstreams,
             "consumers" => Kind::Consumers,
+            "consumer_groups" => Kind::ConsumerGroups,
             "global_rules" => Kind::GlobalRules,
             "apis" => Kind::Apis,
             _ => return None,
@@ -38,6 +40,7 @@ impl Kind {
             Kind::Routes => "routes",
             Kind::Upstreams => "upstreams",
             Kind::Consumers => "consumers",
+            Kind::ConsumerGroups => "consumer_groups",
             Kind::GlobalRules => "global_rules",
             Kind::Apis => "apis",
         }
@@ -46,18 +49,28 @@ impl Kind {
     /// The field that names an object (its id in the URL).
     pub fn id_field(self) -> &'static str {
         match self {
-            Kind::Routes | Kind::Upstreams | Kind::Apis => "name",
+            Kind::Routes | Kind::Upstreams | Kind::ConsumerGroups | Kind::Apis => "name",
             Kind::Consumers => "username",
             Kind::GlobalRules => "id",
         }
     }
 }
 
-pub const KINDS: [Kind; 5] = [
+pub const KINDS: [Kind; 6] = [
     Kind::Routes,
     Kind::Upstreams,
     Kind::Consumers,
+    Kind::ConsumerGroups,
     Kind::GlobalRules,
+    Kind::Apis,
+];
+
+/// The kinds kept as lists in the config's shape (global rules are merged into one table).
+const LISTS: [Kind; 5] = [
+    Kind::Routes,
+    Kind::Upstreams,
+    Kind::Consumers,
+    Kind::ConsumerGroups,
     Kind::Apis,
 ];
 
@@ -218,7 +231,7 @@ impl Document {
     pub fn document(&self) -> Value {
         let mut doc = self.base.clone();
         if let Some(obj) = doc.as_object_mut() {
-            for k in [Kind::Routes, Kind::Upstreams, Kind::Consumers, Kind::Apis] {
+            for k in LISTS {
                 obj.insert(
                     k.seg().into(),
                     Value::Array(self.sets[k.seg()].values().cloned().collect()),
@@ -246,7 +259,7 @@ impl Document {
 
     /// `routes[3].upstream` -> `routes/<id>.upstream`: the admin user knows ids, not positions.
     fn locate(&self, mut e: ConfigError) -> ConfigError {
-        for k in [Kind::Routes, Kind::Upstreams, Kind::Consumers, Kind::Apis] {
+        for k in LISTS {
             let prefix = format!("{}[", k.seg());
             if let Some(rest) = e.path.strip_prefix(&prefix) {
                 if let Some((idx, tail)) = rest.split_once(']') {
@@ -292,18 +305,19 @@ impl Document {
         Ok(())
     }
 
-    /// Who refers to `kind/id` (only routes refer to upstreams by name).
+    /// Who refers to `kind/id`: routes and APIs to upstreams, consumers to consumer groups, by name.
     pub fn references(&self, kind: Kind, id: &str) -> Vec<String> {
-        if kind != Kind::Upstreams {
-            return Vec::new();
-        }
-        ["routes", "apis"]
-            .into_iter()
-            .flat_map(|k| {
-                self.sets[k]
+        let from: &[(Kind, &str)] = match kind {
+            Kind::Upstreams => &[(Kind::Routes, "upstream"), (Kind::Apis, "upstream")],
+            Kind::ConsumerGroups => &[(Kind::Consumers, "group")],
+            _ => return Vec::new(),
+        };
+        from.iter()
+            .flat_map(|&(k, field)| {
+                self.sets[k.seg()]
                     .iter()
-                    .filter(|(_, r)| r.get("upstream").and_then(Value::as_str) == Some(id))
-                    .map(move |(rid, _)| format!("{k}/{rid}"))
+                    .filter(move |(_, r)| r.get(field).and_then(Value::as_str) == Some(id))
+                    .map(move |(rid, _)| format!("{}/{rid}", k.seg()))
             })
             .collect()
     }

@@ -8,7 +8,7 @@ pub mod tls;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
-use crate::plugin::consumer::RawConsumerRef;
+use crate::plugin::consumer::{RawConsumerRef, RawGroupRef};
 use crate::plugin::PluginSet;
 use crate::route::{Router, ORDER_STEP};
 
@@ -86,13 +86,23 @@ fn plugins(cfg: &Config) -> Result<PluginSet, ConfigError> {
         .iter()
         .map(|c| RawConsumerRef {
             username: &c.username,
+            group: c.group.as_deref(),
             plugins: &c.plugins,
+        })
+        .collect();
+    let groups: Vec<_> = cfg
+        .consumer_groups
+        .iter()
+        .map(|g| RawGroupRef {
+            name: &g.name,
+            plugins: &g.plugins,
         })
         .collect();
     crate::plugin::registry::build(
         &cfg.global_plugins,
         &routes,
         &consumers,
+        &groups,
         &cfg.upstream_ids(),
     )
 }

@@ -139,6 +139,15 @@ pub struct RouteConfig {
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
     pub username: String,
+    /// A `[[consumer_groups]]` name (checked when the plugin set is built).
+    pub group: Option<String>,
+    pub plugins: BTreeMap<String, toml::Value>,
+}
+
+/// One `[[consumer_groups]]` entry: plugins its consumers get (see README "Consumer groups").
+#[derive(Debug, Clone)]
+pub struct ConsumerGroupConfig {
+    pub name: String,
     pub plugins: BTreeMap<String, toml::Value>,
 }
 
@@ -156,6 +165,7 @@ pub struct Config {
     pub consumers: Arc<[ConsumerConfig]>,
     /// `[[apis]]`: their routes are made by the build step and added to `routes` there.
     pub apis: Arc<[apis::ApiConfig]>,
+    pub consumer_groups: Arc<[ConsumerGroupConfig]>,
     pub status: Option<ops::StatusConfig>,
     pub admin: Option<ops::AdminConfig>,
     pub access_log: Option<crate::accesslog::AccessLogConfig>,

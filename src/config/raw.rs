@@ -28,6 +28,9 @@ pub struct RawConfig {
     pub global_plugins: BTreeMap<String, toml::Value>,
     #[serde(default)]
     pub consumers: Vec<RawConsumer>,
+    /// `[[consumer_groups]]`: plugins shared by the consumers that name the group.
+    #[serde(default)]
+    pub consumer_groups: Vec<RawConsumerGroup>,
     /// `[status]`: the metrics / status listener (off when the section is absent).
     #[serde(default)]
     pub status: Option<RawStatus>,
@@ -127,6 +130,22 @@ pub struct RawAccessLog {
 #[serde(deny_unknown_fields)]
 pub struct RawConsumer {
     pub username: String,
+    /// Free text for people reading the file; ringway ignores it.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub desc: Option<String>,
+    /// The `[[consumer_groups]]` entry whose plugins this consumer gets.
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, toml::Value>,
+}
+
+/// `[[consumer_groups]]`: a named set of (non-auth) plugins for its consumers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsumerGroup {
+    pub name: String,
     /// Free text for people reading the file; ringway ignores it.
     #[serde(default)]
     #[allow(dead_code)]

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::{dur, RawConfig, RawListen, RawUpstream, RawWorkers};
-use super::ConsumerConfig;
 use super::{
     Config, ConfigError, DriverKind, HashOn, NodeConfig, Policy, PoolConfig, ServerConfig, TaskRun,
     UpstreamConfig,
 };
+use super::{ConsumerConfig, ConsumerGroupConfig};
 
 pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
     let server = server(&raw, dir)?;
@@ -73,7 +73,16 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
         .into_iter()
         .map(|c| ConsumerConfig {
             username: c.username,
+            group: c.group,
             plugins: c.plugins,
+        })
+        .collect();
+    let consumer_groups: Vec<ConsumerGroupConfig> = raw
+        .consumer_groups
+        .into_iter()
+        .map(|g| ConsumerGroupConfig {
+            name: g.name,
+            plugins: g.plugins,
         })
         .collect();
     Ok(Config {
@@ -84,6 +93,7 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
         global_plugins: Arc::new(raw.global_plugins),
         consumers: consumers.into(),
         apis: apis.into(),
+        consumer_groups: consumer_groups.into(),
         status,
         admin,
         access_log,

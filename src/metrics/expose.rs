@@ -374,6 +374,7 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
         }
     }
     loggers(&mut o);
+    oidc(&mut o);
     fleet(&mut o);
     o
 }
@@ -415,6 +416,24 @@ fn loggers(o: &mut String) {
         for (plugin, sent, dropped, failed) in counts {
             let v = [sent, dropped, failed][i];
             let _ = writeln!(o, "{name}{{plugin=\"{plugin}\"}} {v}");
+        }
+    }
+}
+
+/// openid-connect's calls to its providers (process-wide, kept by its control threads).
+fn oidc(o: &mut String) {
+    family(
+        o,
+        OIDC_PROVIDER_REQUESTS,
+        "counter",
+        "Requests openid-connect sent to OpenID providers, by endpoint and outcome.",
+    );
+    for (endpoint, ok, failed) in super::oidc::counts() {
+        for (outcome, v) in [("ok", ok), ("error", failed)] {
+            let _ = writeln!(
+                o,
+                "{OIDC_PROVIDER_REQUESTS}{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {v}"
+            );
         }
     }
 }

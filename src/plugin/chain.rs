@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::consumer::Consumers;
 use super::ctx::Ctx;
-use super::{phase, Flow, Plugin, PluginFactory, Reply};
+use super::{phase, Flow, Plugin, PluginFactory, Reply, Wait};
 use crate::cache::Caches;
 use crate::cache::Mail;
 use crate::http::parse::{RequestHead, ResponseHead};
@@ -34,6 +34,48 @@ type Phase = fn(&dyn Plugin, &RequestHead, &mut Ctx) -> Flow;
 struct Link {
     phases: u8,
     plugin: Rc<dyn Plugin>,
+}
+
+/// A consumer's policy plugins on one shard and their names (what they replace on a route).
+struct ConsumerChain {
+    names: Vec<&'static str>,
+    chain: Chain,
+}
+
+/// A plugin's reply with the response header edits made so far (those it did not set itself).
+fn with_resp_headers(mut reply: Reply, cx: &Ctx) -> Reply {
+    for (n, v) in cx.resp_headers.written() {
+        if !reply.headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n)) {
+            reply
+                .headers
+                .push((Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)));
+        }
+    }
+    reply
+}
+
+/// Where the request phases go on after a wait: the phase and the link that asked to wait,
+/// which runs again (it finds what it waited for, or decides without it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    phase: usize,
+    link: usize,
+}
+
+impl Resume {
+    pub const START: Resume = Resume { phase: 0, link: 0 };
+}
+
+/// What the request phases decided.
+#[derive(Debug)]
+pub enum Step {
+    /// Go upstream.
+    Pass,
+    /// Answer with this instead.
+    Reply(Reply),
+    /// A plugin waits for an answer from off the shard (proxy/phases.rs awaits it without
+    /// blocking the thread), then the phases go on from the `Resume`.
+    Wait(Wait, Resume),
 }
 
 /// One route's chain: global instances, then the route's; `phases` is the union.
@@ -81,6 +123,9 @@ pub struct PluginSet {
     pub global: Vec<FactoryRef>,
     /// Per route id (as in `Config::routes`), sorted by priority; shared between generations.
     pub routes: CowVec<Arc<[FactoryRef]>>,
+    /// Per consumer (index into `consumers.list`): its policy plugins, group's and own merged
+    /// (registry::consumer_chains), sorted by priority; empty for most.
+    pub consumer_chains: Arc<[Arc<[FactoryRef]>]>,
     pub consumers: Arc<Consumers>,
     pub limiters: Vec<LimiterSpec>,
     /// How often shards exchange limit state.
@@ -99,6 +144,7 @@ impl Default for PluginSet {
         PluginSet {
             global: Vec::new(),
             routes: CowVec::default(),
+            consumer_chains: Arc::new([]),
             consumers: Arc::new(Consumers::default()),
             limiters: Vec::new(),
             sync_interval: Duration::from_millis(20),
@@ -117,6 +163,7 @@ impl PluginSet {
         PluginSet {
             global: self.global.clone(),
             routes: self.routes.clone(),
+            consumer_chains: self.consumer_chains.clone(),
             consumers: self.consumers.clone(),
             limiters: self.limiters.clone(),
             sync_interval: self.sync_interval,
@@ -207,6 +254,8 @@ pub struct ShardPlugins {
     global: Rc<Chain>,
     /// What an unknown route index gets.
     no_plugins: Chain,
+    /// Per consumer: its policy chain on this shard (None when it has none).
+    consumer_chains: Rc<[Option<ConsumerChain>]>,
     consumers: Arc<Consumers>,
     limiters: Vec<ShardLimiter>,
     /// The limiters' sync (None without limiters); shared by generations made by one-route
@@ -280,10 +329,21 @@ impl ShardPlugins {
             .iter()
             .map(|r| chain_of(&global, r, &cx))
             .collect();
+        let consumer_chains = set
+            .consumer_chains
+            .iter()
+            .map(|c| {
+                (!c.is_empty()).then(|| ConsumerChain {
+                    names: c.iter().map(|f| f.name()).collect(),
+                    chain: Chain::of(c.iter().map(|f| f.build(&cx))),
+                })
+            })
+            .collect();
         ShardPlugins {
             chains,
             global,
             no_plugins: Chain::default(),
+            consumer_chains,
             consumers: set.consumers.clone(),
             limiters,
             sync,
@@ -325,6 +385,7 @@ impl ShardPlugins {
             chains,
             global: self.global.clone(),
             no_plugins: Chain::default(),
+            consumer_chains: self.consumer_chains.clone(),
             consumers: self.consumers.clone(),
             limiters: self.limiters.clone(),
             sync: self.sync.clone(),
@@ -355,39 +416,112 @@ impl ShardPlugins {
         self.route_chain(route).links.is_empty()
     }
 
-    /// True when some plugin of the route has a response phase (headers or body).
+    /// True when some plugin of the route, or of the request's consumer, has a response phase
+    /// (headers or body).
     #[inline]
-    pub fn has_response_phases(&self, route: usize) -> bool {
-        self.route_chain(route).phases & (phase::RESPONSE_HEADERS | phase::RESPONSE_BODY) != 0
+    pub fn has_response_phases(&self, route: usize, cx: &Ctx) -> bool {
+        let mut phases = self.route_chain(route).phases;
+        if let Some(c) = self.consumer_chain(cx) {
+            phases |= c.chain.phases;
+        }
+        phases & (phase::RESPONSE_HEADERS | phase::RESPONSE_BODY) != 0
+    }
+
+    /// The policy chain of the consumer an auth plugin resolved, if it has one.
+    #[inline]
+    fn consumer_chain(&self, cx: &Ctx) -> Option<&ConsumerChain> {
+        self.chain_of_consumer(cx.consumer)
+    }
+
+    #[inline]
+    fn chain_of_consumer(&self, consumer: Option<usize>) -> Option<&ConsumerChain> {
+        self.consumer_chains.get(consumer?)?.as_ref()
+    }
+
+    /// The route's links that implement `bit`, less those the consumer's chain replaces, then
+    /// the consumer chain's: consumer (and group) over route and global (README "Consumer groups").
+    fn links_for<'a>(
+        &'a self,
+        route: usize,
+        consumer: Option<usize>,
+        bit: u8,
+    ) -> impl Iterator<Item = &'a dyn Plugin> + 'a {
+        let cc = self.chain_of_consumer(consumer);
+        let chain = self.route_chain(route);
+        let own = (chain.phases & bit != 0)
+            .then(|| chain.with(bit))
+            .into_iter()
+            .flatten()
+            .filter(move |p| cc.map_or(true, |c| !c.names.contains(&p.name())));
+        own.chain(cc.into_iter().flat_map(move |c| c.chain.with(bit)))
     }
 
     /// Runs rewrite, access and before_upstream over the chain (phase by phase, as APISIX
-    /// does). A plugin's reply carries the response header edits made so far.
-    pub fn request_phases(&self, route: usize, req: &RequestHead, cx: &mut Ctx) -> Option<Reply> {
+    /// does), from `from` (`Resume::START`, or where a plugin asked to wait). Once an auth
+    /// plugin names a consumer, route plugins its policy chain replaces are skipped, and the
+    /// policy chain's rewrite and access run after the route's access (its before_upstream
+    /// after the route's). A plugin's reply carries the response header edits made so far.
+    pub fn request_phases(
+        &self,
+        route: usize,
+        req: &RequestHead,
+        cx: &mut Ctx,
+        from: Resume,
+    ) -> Step {
         let chain = self.route_chain(route);
         let phases: [(u8, Phase); 3] = [
             (phase::REWRITE, |p, r, c| p.rewrite(r, c)),
             (phase::ACCESS, |p, r, c| p.access(r, c)),
             (phase::BEFORE_UPSTREAM, |p, r, c| p.before_upstream(r, c)),
         ];
-        for (bit, run) in phases {
-            if chain.phases & bit == 0 {
-                continue;
-            }
-            for p in chain.with(bit) {
-                if let Flow::Respond(mut reply) = run(p, req, cx) {
-                    for (n, v) in cx.resp_headers.written() {
-                        if !reply.headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n)) {
-                            reply
-                                .headers
-                                .push((Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)));
+        for (pi, (bit, run)) in phases.iter().enumerate().skip(from.phase) {
+            let first = if pi == from.phase { from.link } else { 0 };
+            if chain.phases & bit != 0 {
+                for (li, l) in chain.links.iter().enumerate().skip(first) {
+                    if l.phases & bit == 0 {
+                        continue;
+                    }
+                    if let Some(c) = self.consumer_chain(cx) {
+                        if c.names.contains(&l.plugin.name()) {
+                            continue;
                         }
                     }
-                    return Some(reply);
+                    match run(l.plugin.as_ref(), req, cx) {
+                        Flow::Continue => {}
+                        Flow::Respond(reply) => return Step::Reply(with_resp_headers(reply, cx)),
+                        Flow::Wait(w) => {
+                            return Step::Wait(
+                                w,
+                                Resume {
+                                    phase: pi,
+                                    link: li,
+                                },
+                            )
+                        }
+                    }
+                }
+            }
+            let Some(cc) = self.consumer_chain(cx) else {
+                continue;
+            };
+            let steps: &[usize] = match *bit {
+                phase::ACCESS => &[0, 1],
+                phase::BEFORE_UPSTREAM => &[2],
+                _ => &[],
+            };
+            for &k in steps {
+                let (cbit, crun) = phases[k];
+                for p in cc.chain.with(cbit) {
+                    match crun(p, req, cx) {
+                        Flow::Continue => {}
+                        Flow::Respond(reply) => return Step::Reply(with_resp_headers(reply, cx)),
+                        // No policy plugin waits (auth plugins are refused on consumers).
+                        Flow::Wait(_) => return Step::Reply(Reply::new(500)),
+                    }
                 }
             }
         }
-        None
+        Step::Pass
     }
 
     /// Runs `request_body` over the route's chain; a plugin's reply ends the request.
@@ -407,7 +541,7 @@ impl ShardPlugins {
     }
 
     pub fn response_headers(&self, route: usize, resp: &ResponseHead, cx: &mut Ctx) {
-        for p in self.route_chain(route).with(phase::RESPONSE_HEADERS) {
+        for p in self.links_for(route, cx.consumer, phase::RESPONSE_HEADERS) {
             p.response_headers(resp, cx);
         }
     }
@@ -415,7 +549,7 @@ impl ShardPlugins {
     /// The last replacement body any plugin asked for.
     pub fn response_body(&self, route: usize, cx: &mut Ctx) -> Option<Bytes> {
         let mut body = None;
-        for p in self.route_chain(route).with(phase::RESPONSE_BODY) {
+        for p in self.links_for(route, cx.consumer, phase::RESPONSE_BODY) {
             if let Some(b) = p.response_body(cx) {
                 body = Some(b);
             }
@@ -424,11 +558,10 @@ impl ShardPlugins {
     }
 
     pub fn log(&self, route: usize, cx: &mut Ctx) {
-        let chain = self.route_chain(route);
-        if chain.phases & phase::LOG == 0 {
+        if self.route_chain(route).phases & phase::LOG == 0 && self.consumer_chain(cx).is_none() {
             return;
         }
-        for p in chain.with(phase::LOG) {
+        for p in self.links_for(route, cx.consumer, phase::LOG) {
             p.log(cx);
         }
     }

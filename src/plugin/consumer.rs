@@ -1,5 +1,5 @@
 //! Consumers: named identities with one credential per auth plugin, as the auth plugins look
-//! them up. Read-only once built (by the registry); must not name a plugin, which would close a circle.
+//! them up, and their group's name. Read-only once built (by the registry); must not name a plugin, which would close a circle.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
@@ -9,6 +9,8 @@ use jsonwebtoken::{DecodingKey, Validation};
 #[derive(Debug)]
 pub struct Consumer {
     pub username: String,
+    /// Its `[[consumer_groups]]` name, if it names one (consumer-restriction reads it).
+    pub group: Option<String>,
     /// The limit key `key = "consumer"` makes for this consumer (`util::key_hash`), hashed
     /// once here instead of on every request.
     pub key_hash: u64,
@@ -47,6 +49,13 @@ impl Consumers {
 /// One `[[consumers]]` entry as written.
 pub struct RawConsumerRef<'a> {
     pub username: &'a str,
+    pub group: Option<&'a str>,
+    pub plugins: &'a BTreeMap<String, toml::Value>,
+}
+
+/// One `[[consumer_groups]]` entry as written.
+pub struct RawGroupRef<'a> {
+    pub name: &'a str,
     pub plugins: &'a BTreeMap<String, toml::Value>,
 }
 

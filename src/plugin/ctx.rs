@@ -63,6 +63,8 @@ pub struct Private {
     pub cache: crate::cache::CacheCx,
     /// http-logger / tcp-logger: request line and host, taken in `rewrite` (None otherwise).
     pub log_req: Option<Box<ReqSummary>>,
+    /// openid-connect: this request already waited once for the provider (decide now).
+    pub oidc_waited: bool,
 }
 
 impl Private {
@@ -70,6 +72,7 @@ impl Private {
         self.held.clear();
         self.cache.reset();
         self.log_req = None;
+        self.oidc_waited = false;
     }
 }
 

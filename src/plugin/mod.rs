@@ -20,6 +20,9 @@ pub mod vars;
 
 mod api_breaker;
 mod basic_auth;
+#[cfg(test)]
+mod consumer_policy_tests;
+mod consumer_restriction;
 mod cors;
 mod fault_injection;
 mod http_logger;
@@ -31,6 +34,7 @@ mod limit_count;
 mod limit_policy;
 mod limit_req;
 pub mod openapi;
+pub mod openid_connect;
 mod proxy_cache;
 mod proxy_rewrite;
 mod request_id;
@@ -45,7 +49,7 @@ use bytes::Bytes;
 use crate::error::ConfigError;
 use crate::http::parse::{RequestHead, ResponseHead};
 
-pub use chain::{PluginSet, ShardPlugins};
+pub use chain::{PluginSet, Resume, ShardPlugins, Step};
 pub use ctx::{Ctx, HeaderEdits};
 
 /// A plugin's own answer, sent instead of going upstream.
@@ -91,6 +95,33 @@ pub enum Flow {
     Continue,
     /// End the request here with this response; later request phases and the upstream are skipped.
     Respond(Reply),
+    /// Not yet decidable: an answer is on its way from a control thread. The proxy awaits it
+    /// without blocking the shard (checking `ready` every `Wait::POLL`, for at most `within`),
+    /// then calls the same phase of the same plugin again, which must then decide.
+    Wait(Wait),
+}
+
+/// A plugin's wait for off-shard work (openid-connect's introspection and key refetch).
+pub struct Wait {
+    /// True once the plugin can decide (it may drain its mailbox to find out). Same thread only.
+    pub ready: Box<dyn Fn() -> bool>,
+    /// The longest wait; then the plugin runs again and decides without the answer.
+    pub within: std::time::Duration,
+}
+
+impl Wait {
+    /// How often the proxy checks `ready`: the shard's mailboxes from control threads are read,
+    /// not waited on (no cross-thread waker reaches a request future), so a wait costs one
+    /// timer per millisecond; only first sightings of a token ever wait.
+    pub const POLL: std::time::Duration = std::time::Duration::from_millis(1);
+}
+
+impl std::fmt::Debug for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wait")
+            .field("within", &self.within)
+            .finish()
+    }
 }
 
 /// Phase bits for `Plugin::phases`.

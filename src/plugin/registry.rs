@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::chain::{BuildCx, FactoryRef, PluginSet};
-use super::consumer::{Consumer, Consumers, RawConsumerRef};
+use super::consumer::{Consumer, Consumers, RawConsumerRef, RawGroupRef};
 use super::Spec;
 use crate::error::ConfigError;
 
@@ -16,9 +16,11 @@ pub const PLUGINS: &[&Spec] = &[
     &super::fault_injection::SPEC,
     &super::cors::SPEC,
     &super::ip_restriction::SPEC,
+    &super::openid_connect::SPEC,
     &super::basic_auth::SPEC,
     &super::jwt_auth::SPEC,
     &super::key_auth::SPEC,
+    &super::consumer_restriction::SPEC,
     &super::proxy_cache::SPEC,
     &super::proxy_rewrite::SPEC,
     &super::api_breaker::SPEC,
@@ -40,9 +42,20 @@ fn chain(
     at: &str,
     cx: &mut BuildCx,
 ) -> Result<Vec<FactoryRef>, ConfigError> {
-    let mut out = Vec::with_capacity(plugins.len());
-    for (name, v) in plugins {
-        let path = format!("{at}.{name}");
+    let tables = plugins
+        .iter()
+        .map(|(n, v)| (n.as_str(), v, format!("{at}.{n}")));
+    Ok(sorted(tables, cx)?.into_iter().map(|(_, f)| f).collect())
+}
+
+/// Factories for (name, table, key path) entries, by the SPEC's priority. Stable: equal
+/// priorities keep input order, so the order is the same on every load.
+fn sorted<'v>(
+    tables: impl Iterator<Item = (&'v str, &'v toml::Value, String)>,
+    cx: &mut BuildCx,
+) -> Result<Vec<(i32, FactoryRef)>, ConfigError> {
+    let mut out = Vec::new();
+    for (name, v, path) in tables {
         let Some(spec) = spec(name) else {
             let known: Vec<&str> = PLUGINS.iter().map(|s| s.name).collect();
             return Err(ConfigError::new(
@@ -58,10 +71,75 @@ fn chain(
         }
         out.push((spec.priority, (spec.build)(v, &path, cx)?));
     }
-    // By the SPEC's priority. Stable: equal priorities keep name order, so the order is the
-    // same on every load.
     out.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
-    Ok(out.into_iter().map(|(_, f)| f).collect())
+    Ok(out)
+}
+
+/// Plugins that identify a consumer: credentials on a consumer, never a consumer's policy.
+const AUTH: &[&str] = &["key-auth", "basic-auth", "jwt-auth", "openid-connect"];
+
+/// Every consumer's policy chain (README "Consumer groups"): its group's plugins, the
+/// consumer's own replacing a group plugin of the same name. A group's factories are built once
+/// and shared by its consumers, so a group's limit-count counts for the whole group.
+fn consumer_chains(
+    consumers: &[RawConsumerRef<'_>],
+    groups: &[RawGroupRef<'_>],
+    cx: &mut BuildCx,
+) -> Result<Vec<Arc<[FactoryRef]>>, ConfigError> {
+    let mut built: HashMap<&str, Vec<(i32, FactoryRef)>> = HashMap::new();
+    for (j, g) in groups.iter().enumerate() {
+        let at = format!("consumer_groups[{j}]");
+        if g.name.is_empty() || built.contains_key(g.name) {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!("{:?}: group names must be non-empty and unique", g.name),
+            ));
+        }
+        if let Some(n) = g.plugins.keys().find(|n| AUTH.contains(&n.as_str())) {
+            return Err(ConfigError::new(
+                format!("{at}.plugins.{n}"),
+                "auth plugins cannot be set on a consumer group; credentials go on its consumers",
+            ));
+        }
+        cx.owner = format!("consumer group {:?}", g.name);
+        let tables = g
+            .plugins
+            .iter()
+            .map(|(n, v)| (n.as_str(), v, format!("{at}.plugins.{n}")));
+        built.insert(g.name, sorted(tables, cx)?);
+    }
+    let mut out = Vec::with_capacity(consumers.len());
+    for (i, c) in consumers.iter().enumerate() {
+        let group = match c.group {
+            None => &[][..],
+            Some(g) => built.get(g).map(Vec::as_slice).ok_or_else(|| {
+                ConfigError::new(
+                    format!("consumers[{i}].group"),
+                    format!(
+                        "no consumer group named {g:?} (defined: {:?})",
+                        groups.iter().map(|g| g.name).collect::<Vec<_>>()
+                    ),
+                )
+            })?,
+        };
+        cx.owner = format!("consumer {:?}", c.username);
+        let own = sorted(
+            c.plugins
+                .iter()
+                .filter(|(n, _)| !AUTH.contains(&n.as_str()))
+                .map(|(n, v)| (n.as_str(), v, format!("consumers[{i}].plugins.{n}"))),
+            cx,
+        )?;
+        let mut chain: Vec<(i32, FactoryRef)> = group
+            .iter()
+            .filter(|(_, f)| !own.iter().any(|(_, o)| o.name() == f.name()))
+            .cloned()
+            .collect();
+        chain.extend(own);
+        chain.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
+        out.push(chain.into_iter().map(|(_, f)| f).collect());
+    }
+    Ok(out)
 }
 
 /// One route's chain on top of an existing set (the admin API's one-route change). `None`
@@ -95,10 +173,11 @@ pub fn route_chain(
 pub fn build(
     global: &BTreeMap<String, toml::Value>,
     routes: &[(&str, &BTreeMap<String, toml::Value>)],
-    consumers: &[RawConsumerRef<'_>],
+    raw_consumers: &[RawConsumerRef<'_>],
+    groups: &[RawGroupRef<'_>],
     upstreams: &HashMap<String, usize>,
 ) -> Result<PluginSet, ConfigError> {
-    let consumers = Arc::new(self::consumers(consumers)?);
+    let consumers = Arc::new(self::consumers(raw_consumers)?);
     let mut cx = BuildCx {
         upstreams,
         consumers: consumers.clone(),
@@ -114,6 +193,7 @@ pub fn build(
         cx.owner = format!("route {name:?}");
         per_route.push(chain(r, &format!("routes[{i}].plugins"), &mut cx)?.into());
     }
+    let consumer_chains = consumer_chains(raw_consumers, groups, &mut cx)?;
     let mut fleet = vec![None; cx.limiters.len()];
     for (id, spec) in cx.fleet {
         if let Some(slot) = fleet.get_mut(id as usize) {
@@ -123,6 +203,7 @@ pub fn build(
     let mut set = PluginSet {
         global,
         routes: per_route.into_iter().collect(),
+        consumer_chains: consumer_chains.into(),
         consumers,
         limiters: cx.limiters,
         fleet,
@@ -135,7 +216,8 @@ pub fn build(
 }
 
 /// The consumer table from the config's `[[consumers]]`: each credential is parsed by its auth
-/// plugin, and names and credentials must be unique.
+/// plugin, and names and credentials must be unique. Other plugins are the consumer's policy
+/// (`consumer_chains`).
 pub fn consumers(raw: &[RawConsumerRef<'_>]) -> Result<Consumers, ConfigError> {
     let mut c = Consumers::default();
     let mut names = HashMap::new();
@@ -166,6 +248,7 @@ pub fn consumers(raw: &[RawConsumerRef<'_>]) -> Result<Consumers, ConfigError> {
         }
         c.list.push(Consumer {
             username: r.username.to_string(),
+            group: r.group.map(str::to_string),
             key_hash: super::util::consumer_key_hash(r.username),
         });
         for (name, v) in r.plugins {
@@ -198,12 +281,14 @@ pub fn consumers(raw: &[RawConsumerRef<'_>]) -> Result<Consumers, ConfigError> {
                         ));
                     }
                 }
-                other => {
+                "openid-connect" => {
                     return Err(ConfigError::new(
                         path,
-                        format!("{other:?} cannot be configured on a consumer; consumers take credentials for key-auth, basic-auth or jwt-auth"),
+                        "openid-connect is configured on routes; its `consumer_by` names consumers",
                     ))
                 }
+                // Policy plugins (limit-count, ...): built with the consumer chains.
+                _ => {}
             }
         }
     }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use serde::Deserialize;
 
-use super::consumer::RawConsumerRef;
+use super::consumer::{RawConsumerRef, RawGroupRef};
 use super::{registry, Ctx, Flow, Plugin, PluginSet, Reply, ShardPlugins};
 use crate::error::ConfigError;
 use crate::http::parse::{HeadLimits, RequestHead, ResponseHead, Status};
@@ -38,9 +38,14 @@ pub const MINIMAL: &[(&str, &str)] = &[
     ("fault-injection", "abort = { http_status = 503 }"),
     ("cors", ""),
     ("ip-restriction", "whitelist = [\"127.0.0.1\"]"),
+    (
+        "openid-connect",
+        "client_id = \"c\"\ndiscovery = \"http://127.0.0.1:9/.well-known/openid-configuration\"",
+    ),
     ("basic-auth", ""),
     ("jwt-auth", ""),
     ("key-auth", ""),
+    ("consumer-restriction", "whitelist = [\"a\"]"),
     ("proxy-cache", ""),
     ("proxy-rewrite", "uri = \"/x\""),
     ("api-breaker", "break_response_code = 502"),
@@ -89,11 +94,22 @@ pub struct Setup<'a> {
 struct RawConsumers {
     #[serde(default)]
     consumers: Vec<RawConsumer>,
+    #[serde(default)]
+    consumer_groups: Vec<RawGroup>,
 }
 
 #[derive(Deserialize)]
 struct RawConsumer {
     username: String,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    plugins: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawGroup {
+    name: String,
     #[serde(default)]
     plugins: BTreeMap<String, toml::Value>,
 }
@@ -117,7 +133,8 @@ impl<'a> Setup<'a> {
         self
     }
 
-    /// `[[consumers]]` entries: `username` and `plugins.<auth plugin> = { ... }`.
+    /// `[[consumers]]` entries (`username`, `group`, `plugins.<name> = { ... }`) and
+    /// `[[consumer_groups]]`.
     pub fn consumers(mut self, consumers: &'a str) -> Setup<'a> {
         self.consumers = consumers;
         self
@@ -133,14 +150,23 @@ impl<'a> Setup<'a> {
     pub fn build(self) -> Result<Gateway, ConfigError> {
         let global = tables(self.global);
         let route = tables(self.route);
-        let consumers: RawConsumers = toml::from_str(self.consumers)
+        let raw: RawConsumers = toml::from_str(self.consumers)
             .unwrap_or_else(|e| panic!("test consumers do not parse: {e}"));
-        let consumers: Vec<RawConsumerRef<'_>> = consumers
+        let consumers: Vec<RawConsumerRef<'_>> = raw
             .consumers
             .iter()
             .map(|c| RawConsumerRef {
                 username: &c.username,
+                group: c.group.as_deref(),
                 plugins: &c.plugins,
+            })
+            .collect();
+        let groups: Vec<RawGroupRef<'_>> = raw
+            .consumer_groups
+            .iter()
+            .map(|g| RawGroupRef {
+                name: &g.name,
+                plugins: &g.plugins,
             })
             .collect();
         let upstreams: HashMap<String, usize> = self
@@ -150,7 +176,13 @@ impl<'a> Setup<'a> {
             .map(|(i, n)| (n.to_string(), i))
             .collect();
         TAP.with(|t| *t.borrow_mut() = Some(Vec::new()));
-        let set = registry::build(&global, &[("test", &route)], &consumers, &upstreams);
+        let set = registry::build(
+            &global,
+            &[("test", &route)],
+            &consumers,
+            &groups,
+            &upstreams,
+        );
         let logs = TAP.with(|t| t.borrow_mut().take()).unwrap_or_default();
         let set = set?;
         let plugins = ShardPlugins::solo(&set);
@@ -262,14 +294,25 @@ impl Exchange<'_> {
         self.flow = if p.is_empty(ROUTE) {
             Flow::Continue
         } else {
-            match p.request_phases(ROUTE, &self.req, &mut self.cx) {
-                Some(reply) => Flow::Respond(reply),
-                None => Flow::Continue,
+            let mut from = super::Resume::START;
+            loop {
+                match p.request_phases(ROUTE, &self.req, &mut self.cx, from) {
+                    super::Step::Reply(reply) => break Flow::Respond(reply),
+                    super::Step::Pass => break Flow::Continue,
+                    // As proxy/phases.rs does, on this thread.
+                    super::Step::Wait(w, at) => {
+                        let end = std::time::Instant::now() + w.within;
+                        while !(w.ready)() && std::time::Instant::now() < end {
+                            std::thread::sleep(super::Wait::POLL);
+                        }
+                        from = at;
+                    }
+                }
             }
         };
         match &self.flow {
             Flow::Respond(r) => self.cx.status = r.status,
-            Flow::Continue => self.cx.forwarded = true,
+            _ => self.cx.forwarded = true,
         }
         &self.flow
     }
@@ -278,7 +321,7 @@ impl Exchange<'_> {
     pub fn reply(&self) -> Option<&Reply> {
         match &self.flow {
             Flow::Respond(r) => Some(r),
-            Flow::Continue => None,
+            _ => None,
         }
     }
 
@@ -322,7 +365,7 @@ impl Exchange<'_> {
         }
         self.cx.status = resp.status;
         let p = &self.gw.plugins;
-        if !p.has_response_phases(ROUTE) {
+        if !p.has_response_phases(ROUTE, &self.cx) {
             return None;
         }
         p.response_headers(ROUTE, &resp, &mut self.cx);

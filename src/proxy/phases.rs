@@ -10,7 +10,7 @@ use super::shard::Shard;
 use crate::http::parse::{Method, ResponseHead};
 use crate::http::write::{header, put_u64, reason, status_line};
 use crate::net::io::write_all;
-use crate::plugin::{Ctx, Reply};
+use crate::plugin::{Ctx, Reply, Resume, Step, Wait};
 
 impl<S: ClientStream> ClientConn<S> {
     /// Routed request -> plugin request phases -> forward (or the plugin's reply) -> log.
@@ -20,7 +20,27 @@ impl<S: ClientStream> ClientConn<S> {
         if shard.plugins.is_empty(route) {
             return self.forward(shard, route).await;
         }
-        let mut reply = shard.plugins.request_phases(route, &self.req, &mut self.cx);
+        let mut from = Resume::START;
+        let step = loop {
+            match shard
+                .plugins
+                .request_phases(route, &self.req, &mut self.cx, from)
+            {
+                Step::Wait(w, at) => {
+                    // Boxed for the same reason as the delay's `Sleep` below.
+                    let end = std::time::Instant::now() + w.within;
+                    while !(w.ready)() && std::time::Instant::now() < end {
+                        Box::pin(monoio::time::sleep(Wait::POLL)).await;
+                    }
+                    from = at;
+                }
+                step => break step,
+            }
+        };
+        let mut reply = match step {
+            Step::Reply(reply) => Some(reply),
+            Step::Pass | Step::Wait(..) => None,
+        };
         if reply.is_none() {
             if let Some(limit) = self.cx.buffer_body.take() {
                 // The request_body phase: the body is read whole (up to the limit) first.
@@ -53,7 +73,7 @@ impl<S: ClientStream> ClientConn<S> {
                 self.cx.status = reply.status;
                 self.send_reply(shard, reply).await
             }
-            None => {
+            _ => {
                 if !self.cx.delay.is_zero() {
                     Box::pin(monoio::time::sleep(self.cx.delay)).await;
                 }
@@ -137,7 +157,7 @@ impl<S: ClientStream> ClientConn<S> {
 pub(super) fn response_phases(shard: &Shard, cx: &mut Ctx, resp: &ResponseHead) -> Option<Bytes> {
     cx.status = resp.status;
     let route = cx.route;
-    if !shard.plugins.has_response_phases(route) {
+    if !shard.plugins.has_response_phases(route, cx) {
         return None;
     }
     shard.plugins.response_headers(route, resp, cx);

@@ -316,6 +316,11 @@ fn router_matches_naive_reference() {
 }
 
 #[test]
+fn oidc_jwks_and_tokens() {
+    drive("oidc", 6, 3_000, props::oidc, None);
+}
+
+#[test]
 fn etcd_keys_and_values() {
     drive("etcd_object", 6, 5_000, props::etcd_object, None);
 }

@@ -5,6 +5,7 @@ mod client;
 mod config;
 pub mod etcd;
 mod gateway;
+pub mod oidc;
 pub mod ops;
 mod origin;
 mod origin_serve;

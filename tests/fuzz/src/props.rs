@@ -16,6 +16,9 @@
 //! * config: the TOML loader never panics, and an accepted config is internally consistent.
 //! * openapi: the OpenAPI document loader and validator compiler never panic; accepted documents
 //!   make routes the router takes, and checking any request against them never panics.
+//! * oidc: openid-connect's JWKS parser is deterministic, and no bytes presented as a bearer
+//!   token verify against a real provider's keys under rules they cannot meet (a forged or
+//!   mutated token is refused; an unknown kid is told apart only for a well-formed header).
 #![allow(dead_code)]
 
 use bytes::BytesMut;
@@ -887,6 +890,40 @@ pub fn config(data: &[u8]) {
         assert!(std::time::Instant::now().checked_add(d).is_some());
         let ms = format!("{}ms", d.as_millis());
         assert_eq!(ringway::config::parse_duration(&ms), Some(d), "{text:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// openid-connect: JWKS documents and bearer tokens
+// ---------------------------------------------------------------------------
+
+/// A real provider's JWKS (tests/oidc, one key per algorithm), the keys tokens are checked
+/// against; the corpus holds tokens that provider signed with them.
+const PROVIDER_JWKS: &[u8] = include_bytes!("../corpus/oidc/seed-00-jwks");
+
+/// `data` as a JWKS document and as a bearer token.
+pub fn oidc(data: &[u8]) {
+    use ringway::plugin::openid_connect::keys::{looks_like_jwt, verify, KeySet, Refusal, Rules};
+    if let Ok(k) = KeySet::parse(data) {
+        let again = KeySet::parse(data).expect("the same document parses again");
+        assert!(k.same_kids(&again) && again.same_kids(&k));
+        assert_eq!(k.len(), again.len());
+    }
+    let keys = KeySet::parse(PROVIDER_JWKS).expect("the provider's JWKS parses");
+    assert!(!keys.is_empty());
+    // The corpus tokens are genuine, but for another issuer: nothing may pass.
+    let rules = Rules {
+        issuers: vec!["https://fuzz.invalid".into()],
+        audience: Some("https://api.ringway.test".into()),
+        skew: 0,
+        required_claims: vec![],
+    };
+    let tok = String::from_utf8_lossy(data);
+    let now = 1_800_000_000;
+    match verify(&tok, &keys, &rules, now) {
+        Ok(claims) => panic!("{tok:?} verified: {claims:?}"),
+        Err(Refusal::UnknownKid) => assert!(looks_like_jwt(tok.as_bytes()), "{tok:?}"),
+        Err(Refusal::Invalid) => {}
     }
 }
 

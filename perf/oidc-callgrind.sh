@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Instructions per request under callgrind for openid-connect (one JWT, reused or verified every
+# time) against key-auth and no auth, as perf/callgrind.sh does for key-auth: one ringway shard
+# under valgrind, origin `ringway-bench serve`, the real provider (tests/oidc) for the keys.
+#   SECS=4 CONNS=8 perf/oidc-callgrind.sh      (needs a release build, valgrind, node)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${SECS:-4}
+CONNS=${CONNS:-8}
+T=${CARGO_TARGET_DIR:-target}/release
+work=$(mktemp -d)
+. perf/lib.sh
+need valgrind "apt-get install -y valgrind"
+need node "apt-get install -y nodejs npm; then npm ci in tests/oidc"
+UP=$(free_port); GW=$(free_port)
+"$T/ringway-bench" serve --listen "127.0.0.1:$UP" -t 1 --body-size 128 >/dev/null 2>&1 &
+pids+=($!)
+(cd tests/oidc && exec node start.mjs) >"$work/idp.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do grep -q "^listening" "$work/idp.log" && break; sleep 0.1; done
+IDP="http://127.0.0.1:$(awk '/^listening/ {print $2}' "$work/idp.log")"
+API=https://api.ringway.test
+oidc() { # route name, extra line
+  printf '[[routes]]\nname = "%s"\npaths = ["/%s"]\nupstream = "origin"\n' "$1" "$1"
+  printf '[routes.plugins.openid-connect]\ndiscovery = "%s/.well-known/openid-configuration"\n' "$IDP"
+  printf 'client_id = "gw"\nclient_secret = "gw-secret"\naudience = "%s"\nconsumer_by = "client_id"\n%s\n' "$API" "$2"
+}
+{
+  cat <<TOML
+[server]
+listen = ["127.0.0.1:$GW"]
+workers = 1
+keepalive_requests = 1000000
+[[upstreams]]
+name = "origin"
+nodes = [{ addr = "127.0.0.1:$UP" }]
+[[routes]]
+name = "plain"
+paths = ["/plain"]
+upstream = "origin"
+[[routes]]
+name = "key"
+paths = ["/key"]
+upstream = "origin"
+[routes.plugins.key-auth]
+TOML
+  oidc oidc ""
+  oidc oidc-noreuse "reuse_verified_tokens = false"
+  printf '[[consumers]]\nusername = "gw"\n[consumers.plugins.key-auth]\nkey = "bench-key"\n'
+} >"$work/gw.toml"
+RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
+  "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
+VG=$!
+pids+=($VG)
+for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.1; done
+JWT=$(curl -fsS -u gw:gw-secret -d grant_type=client_credentials -d scope=read -d "resource=$API" \
+  "$IDP/token" | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
+for _ in $(seq 100); do
+  curl -fsS -o /dev/null -H "Authorization: Bearer $JWT" "http://127.0.0.1:$GW/oidc" && break; sleep 0.2
+done
+H=(-H 'apikey: bench-key' -H "Authorization: Bearer $JWT")
+for route in plain key oidc oidc-noreuse; do # warm up
+  "$T/ringway-bench" -t 1 -c "$CONNS" -d 1s "${H[@]}" "http://127.0.0.1:$GW/$route" >/dev/null 2>&1
+done
+for route in plain key oidc oidc-noreuse; do
+  callgrind_control -z "$VG" >/dev/null
+  out=$("$T/ringway-bench" -t 1 -c "$CONNS" -d "${SECS}s" --json "${H[@]}" "http://127.0.0.1:$GW/$route")
+  reqs=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
+  callgrind_control -d "$route" "$VG" >/dev/null
+  sleep 0.5
+  f=$(ls -t "$work"/cg.* | head -1)
+  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
+  echo "$route requests=$reqs Ir=$ir Ir/request=$((ir / reqs))"
+done
