@@ -28,6 +28,7 @@ mod chunked;
 mod config;
 mod dashboards;
 mod drain;
+mod etcd_source;
 mod exhaustion;
 mod faults;
 mod fleet;
