@@ -253,6 +253,7 @@ impl PluginFactory for Factory {
         Rc::new(ProxyCache {
             inst,
             consumers: shard.consumers.clone(),
+            caches: shard.caches.clone(),
         })
     }
 }
@@ -278,6 +279,9 @@ impl Factory {
 struct ProxyCache {
     inst: Rc<Instance>,
     consumers: Arc<Consumers>,
+    /// This shard's caches: a miss on a key this shard owns first takes in the mail other
+    /// shards sent (see `before_upstream`).
+    caches: Rc<cache::Caches>,
 }
 
 /// True when any condition variable is present, non-empty and not "0" (nginx's rule).
@@ -424,9 +428,17 @@ impl Plugin for ProxyCache {
             c.mode = Mode::Bypass;
             return Flow::Continue;
         }
-        let found = store.get(&c.key, |e| e.matches(req));
-        let contains = found.is_some() || (c.ask.authorized && store.contains(&c.key));
+        let mut found = store.get(&c.key, |e| e.matches(req));
         drop(store);
+        if found.is_none() {
+            // Another shard may have just sent this key's entry (its client already has the
+            // response) while this shard's control loop has not run yet: take in the mail
+            // before calling it a miss. Only on a miss: a hit costs nothing more.
+            self.caches.deliver(&self.inst.lane);
+            found = self.inst.store.borrow_mut().get(&c.key, |e| e.matches(req));
+        }
+        let contains =
+            found.is_some() || (c.ask.authorized && self.inst.store.borrow().contains(&c.key));
         c.decide(found, contains);
         Flow::Continue
     }

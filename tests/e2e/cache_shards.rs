@@ -104,16 +104,20 @@ fn a_key_fetched_on_one_shard_is_a_hit_on_every_other() {
         1,
         "one copy on the node: {held:?}"
     );
-    // Every shard answered some of those requests, so non-owners served HITs.
-    let samples = scrape(st);
-    for shard in 0..4 {
-        let n = value(
-            &samples,
-            "ringway_shard_requests_total",
-            &[("shard", &shard.to_string())],
-        );
-        assert!(n > 0.0, "shard {shard} served nothing: {n}");
-    }
+    // Every shard answered some of those requests, so non-owners served HITs. (The status
+    // thread's counters settle a moment after the requests.)
+    let mut served = Vec::new();
+    let every = wait_until(Duration::from_secs(5), || {
+        let samples = scrape(st);
+        served = (0..4)
+            .map(|shard| {
+                let s = shard.to_string();
+                value(&samples, "ringway_shard_requests_total", &[("shard", &s)])
+            })
+            .collect();
+        served.iter().all(|&n| n > 0.0)
+    });
+    assert!(every, "requests per shard: {served:?}");
     // Vary variants follow the owner too: one entry per variant, each a HIT everywhere.
     let ov = Origin::start("v", |r| {
         Resp::text(
