@@ -21,6 +21,8 @@ mod auth;
 mod balance;
 mod cache;
 mod cache_ops;
+mod cache_rfc;
+mod cache_shards;
 mod cache_stale;
 mod chunked;
 mod config;
