@@ -44,7 +44,7 @@ TOML
 base >"$DIR/plain.toml"
 { base; printf '\n[[apis]]\nname = "github"\nspec = "github.json"\nupstream = "origin"\n'; } >"$DIR/gw.toml"
 
-start() { # config -> prints ms to "listening", leaves GW_PID/GW/ADMIN set
+start() { # config -> MS (to shard 0 started), GW_PID, GW, ADMIN
   local t0 t1
   t0=$(date +%s%N)
   "$T/ringway" run -c "$1" >"$DIR/gw.log" 2>&1 &
@@ -53,17 +53,17 @@ start() { # config -> prints ms to "listening", leaves GW_PID/GW/ADMIN set
   t1=$(date +%s%N)
   GW=$(grep -o "listening on [0-9.:]*" "$DIR/gw.log" | head -1 | awk '{print $3}')
   ADMIN=$(grep -o "admin listening on [0-9.:]*" "$DIR/gw.log" | head -1 | awk '{print $4}')
-  echo $(((t1 - t0) / 1000000))
+  MS=$(((t1 - t0) / 1000000))
 }
 stop() { kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true; GW_PID=; }
 
 for r in $(seq "$ROUNDS"); do
-  a=$(start "$DIR/plain.toml"); stop
-  b=$(start "$DIR/gw.toml"); stop
+  start "$DIR/plain.toml"; a=$MS; stop
+  start "$DIR/gw.toml"; b=$MS; stop
   echo "startup round $r: without the API ${a} ms, with GitHub's 1223 operations ${b} ms"
 done
 
-start "$DIR/gw.toml" >/dev/null
+start "$DIR/gw.toml"
 BODY=$(python3 -c 'import json; print(json.dumps({"title":"Theme change does not apply to the header until reload","body":("Steps to reproduce: open the settings page, change the theme twice and reload. The header keeps the old colours until the cache expires. ")*6,"assignees":["octocat","hubot"],"milestone":3,"labels":["bug","ui","needs-triage"]}))')
 echo "body ${#BODY} bytes"
 cat >"$DIR/post.lua" <<LUA
