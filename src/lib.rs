@@ -20,5 +20,6 @@ pub mod proxy;
 pub mod route;
 pub mod runtime;
 pub mod server;
+pub mod upgrade;
 pub mod upstream;
 pub mod util;

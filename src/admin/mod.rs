@@ -70,20 +70,37 @@ impl Ops {
     }
 }
 
-/// Binds and starts the status listener if `[status]` is configured (after the shards'
-/// "listening on" lines, which tests read first).
-pub fn start_status(plane: &Arc<Plane>) -> Result<(), String> {
+/// Starts the status listener if `[status]` is configured (after the shards' "listening on"
+/// lines, which tests read first), on `inherited` (a binary upgrade's predecessor's socket) or a
+/// new one. Returns a copy of the socket for a later upgrade.
+pub fn start_status(
+    plane: &Arc<Plane>,
+    inherited: Option<TcpListener>,
+) -> Result<Option<TcpListener>, String> {
     let Some(st) = plane.config().cfg.status.clone() else {
-        return Ok(());
+        return Ok(None);
     };
-    let l = TcpListener::bind(st.listen)
-        .map_err(|e| format!("status: cannot listen on {}: {e}", st.listen))?;
+    let l = bind_or(inherited, st.listen, "status")?;
     let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let copy = l.try_clone().map_err(|e| format!("status: {e}"))?;
     let p = plane.clone();
     http::spawn(l, "status", Arc::new(move |r: &Request| status(&p, r)))
         .map_err(|e| format!("status: cannot start thread: {e}"))?;
     log::info!("status listening on {addr}");
-    Ok(())
+    Ok(Some(copy))
+}
+
+fn bind_or(
+    inherited: Option<TcpListener>,
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> Result<TcpListener, String> {
+    match inherited {
+        Some(l) => Ok(l),
+        None => {
+            TcpListener::bind(addr).map_err(|e| format!("{what}: cannot listen on {addr}: {e}"))
+        }
+    }
 }
 
 /// A config built from the admin document carries the file it came from, like a loaded one.
@@ -119,12 +136,16 @@ pub fn startup_config(file: Built) -> Result<Built, String> {
     Ok(built)
 }
 
-/// Binds and starts the admin API listener if `[admin]` is configured.
-pub fn start_admin(ops: &Arc<Ops>) -> Result<(), String> {
+/// Starts the admin API listener if `[admin]` is configured, on `inherited` or a new socket;
+/// returns a copy of the socket for a later upgrade.
+pub fn start_admin(
+    ops: &Arc<Ops>,
+    inherited: Option<TcpListener>,
+) -> Result<Option<TcpListener>, String> {
     let built = ops.plane.config();
     let cfg = &built.cfg;
     let Some(admin) = cfg.admin.clone() else {
-        return Ok(());
+        return Ok(None);
     };
     let store = match &cfg.source {
         Some(src) => Some(
@@ -146,9 +167,9 @@ pub fn start_admin(ops: &Arc<Ops>) -> Result<(), String> {
         admin: key,
         viewer: admin.viewer_key.clone(),
     };
-    let l = TcpListener::bind(admin.listen)
-        .map_err(|e| format!("admin: cannot listen on {}: {e}", admin.listen))?;
+    let l = bind_or(inherited, admin.listen, "admin")?;
     let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let copy = l.try_clone().map_err(|e| format!("admin: {e}"))?;
     let o = ops.clone();
     http::spawn(
         l,
@@ -157,7 +178,7 @@ pub fn start_admin(ops: &Arc<Ops>) -> Result<(), String> {
     )
     .map_err(|e| format!("admin: cannot start thread: {e}"))?;
     log::info!("admin listening on {addr}");
-    Ok(())
+    Ok(Some(copy))
 }
 
 fn random_key() -> Result<String, String> {

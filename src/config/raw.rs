@@ -127,6 +127,8 @@ pub struct RawServer {
     pub shutdown_timeout: Option<RawDuration>,
     #[serde(default)]
     pub tunnel_idle_timeout: Option<RawDuration>,
+    #[serde(default)]
+    pub upgrade_socket: Option<String>,
 }
 
 /// `listen = ["127.0.0.1:9080"]` or `[[server.listen]] addr = "..."` (the table form

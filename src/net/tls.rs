@@ -55,9 +55,10 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// One ticket-key source for the whole node. Every listener's ServerConfig, on every shard,
 /// holds this same Arc, so a ticket issued on one shard resumes on any other. It rotates keys
-/// every 6 hours by itself; its internal lock is taken once per handshake, never per request.
-pub fn new_ticketer() -> Result<Arc<dyn ProducesTickets>, String> {
-    rustls::crypto::ring::Ticketer::new().map_err(|e| format!("cannot create TLS ticket keys: {e}"))
+/// every 6 hours by itself; its lock is taken once per handshake, never per request. Its keys
+/// can be exported to a successor process (`net::tickets`).
+pub fn new_ticketer() -> Result<Arc<super::tickets::Tickets>, String> {
+    super::tickets::Tickets::new()
 }
 
 /// Reads every file named in `spec` and builds the listener's rustls config. Runs on the main

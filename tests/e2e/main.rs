@@ -52,4 +52,5 @@ mod swap_abort;
 mod timeouts;
 mod tls;
 mod tls_upstream;
+mod upgrade;
 mod websocket;

@@ -11,6 +11,7 @@ mod procfs;
 pub mod prometheus;
 mod raw_origin;
 pub mod tls;
+pub mod upgrade;
 mod wire;
 
 pub use client::*;
