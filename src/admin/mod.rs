@@ -190,11 +190,30 @@ fn random_key() -> Result<String, String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// The status page (`GET /` on the status listener): one self-contained file, no external assets.
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
 fn status(plane: &Plane, r: &Request) -> Response {
     if r.method != "GET" && r.method != "HEAD" {
         return Response::error(405, "only GET");
     }
     match r.path.as_str() {
+        // For a person: rendering is the browser's, from /status/live (built from the same
+        // snapshots as /metrics); the page itself is a constant.
+        "/" => Response::text(200, "text/html; charset=utf-8", STATUS_PAGE),
+        "/status/live" => {
+            let snaps = plane.gather();
+            let cfg = plane.config();
+            let file = cfg.cfg.source.as_ref().map(|p| p.display().to_string());
+            let src = crate::metrics::live::Source {
+                file: file.as_deref(),
+                admin: cfg.cfg.admin.is_some(),
+            };
+            Response::json(
+                200,
+                &crate::metrics::live::live_json(&plane.info(), &snaps, &src),
+            )
+        }
         "/metrics" => {
             let snaps = plane.gather();
             let text = crate::metrics::expose::prometheus(&plane.info(), &snaps);
@@ -220,6 +239,6 @@ fn status(plane: &Plane, r: &Request) -> Response {
                 )
             }
         }
-        _ => Response::error(404, "not found; try /metrics, /status or /healthz"),
+        _ => Response::error(404, "not found; try /, /metrics, /status or /healthz"),
     }
 }

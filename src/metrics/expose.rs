@@ -21,20 +21,21 @@ pub struct PlaneInfo {
 
 /// Sums over shards, keyed so the output order is stable.
 #[derive(Default)]
-struct Merged {
-    accepted: u64,
-    requests: u64,
-    errors: u64,
-    active: u64,
-    routes: BTreeMap<String, RouteCounts>,
+pub(super) struct Merged {
+    pub(super) accepted: u64,
+    pub(super) requests: u64,
+    pub(super) errors: u64,
+    pub(super) active: u64,
+    pub(super) routes: BTreeMap<String, RouteCounts>,
     /// (upstream, node) -> (successes, failures, ejected on any shard)
-    nodes: BTreeMap<(String, String), (u64, u64, bool)>,
-    log_lines: u64,
-    log_dropped: u64,
-    rate_limited: [u64; 3],
+    pub(super) nodes: BTreeMap<(String, String), (u64, u64, bool)>,
+    pub(super) log_lines: u64,
+    pub(super) log_dropped: u64,
+    pub(super) rate_limited: [u64; 3],
+    pub(super) cache: [u64; 2],
 }
 
-fn merge(snaps: &[ShardSnapshot]) -> Merged {
+pub(super) fn merge(snaps: &[ShardSnapshot]) -> Merged {
     let mut m = Merged::default();
     for s in snaps {
         m.accepted += s.accepted;
@@ -44,6 +45,9 @@ fn merge(snaps: &[ShardSnapshot]) -> Merged {
         m.log_lines += s.log_lines;
         m.log_dropped += s.log_dropped;
         for (a, b) in m.rate_limited.iter_mut().zip(s.rate_limited) {
+            *a += b;
+        }
+        for (a, b) in m.cache.iter_mut().zip(s.cache) {
             *a += b;
         }
         for (name, c) in &s.routes {
@@ -272,6 +276,14 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
     for (plugin, n) in super::LIMITERS.iter().zip(m.rate_limited) {
         let _ = writeln!(o, "{RATE_LIMITED}{{plugin=\"{plugin}\"}} {n}");
     }
+    family(
+        &mut o,
+        CACHE_RESPONSES,
+        "counter",
+        "proxy-cache answers: hit (from a stored entry: HIT, STALE, REVALIDATED) or miss (from the origin: MISS, EXPIRED, BYPASS).",
+    );
+    let _ = writeln!(o, "{CACHE_RESPONSES}{{result=\"hit\"}} {}", m.cache[0]);
+    let _ = writeln!(o, "{CACHE_RESPONSES}{{result=\"miss\"}} {}", m.cache[1]);
     loggers(&mut o);
     o
 }

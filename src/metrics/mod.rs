@@ -2,6 +2,7 @@
 //! shard hands to the status thread when asked. Must not do I/O; exposition lives in `expose.rs`.
 
 pub mod expose;
+pub mod live;
 pub mod logship;
 pub mod names;
 
@@ -89,6 +90,9 @@ pub struct ShardMetrics {
     pub unrouted: RouteStats,
     /// Rate-limit rejections, by `Limiter`; kept across generations like the route counters.
     rate_limited: [Cell<u64>; 3],
+    /// proxy-cache answers: [from an entry (HIT, STALE, REVALIDATED), from the origin (MISS,
+    /// EXPIRED, BYPASS)].
+    cache: [Cell<u64>; 2],
 }
 
 impl ShardMetrics {
@@ -148,6 +152,17 @@ impl ShardMetrics {
     pub fn rate_limited(&self) -> [u64; 3] {
         self.rate_limited.each_ref().map(Cell::get)
     }
+
+    /// One proxy-cache answer: from a stored entry (`hit`) or from the origin.
+    #[inline]
+    pub fn count_cache(&self, hit: bool) {
+        bump(&self.cache[usize::from(!hit)], 1);
+    }
+
+    /// [hits, misses] on this shard.
+    pub fn cache(&self) -> [u64; 2] {
+        self.cache.each_ref().map(Cell::get)
+    }
 }
 
 /// One upstream node as a shard sees it.
@@ -181,6 +196,8 @@ pub struct ShardSnapshot {
     pub log_dropped: u64,
     /// Rate-limit rejections, in `LIMITERS` order.
     pub rate_limited: [u64; 3],
+    /// proxy-cache answers: [hits, misses].
+    pub cache: [u64; 2],
 }
 
 #[cfg(test)]

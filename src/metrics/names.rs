@@ -18,6 +18,7 @@ pub const ACCESSLOG_DROPPED: &str = "ringway_accesslog_lines_dropped_total";
 pub const ACCESSLOG_LINES: &str = "ringway_accesslog_lines_total";
 pub const ACTIVE_CHECKS: &str = "ringway_health_checks_total";
 pub const RATE_LIMITED: &str = "ringway_rate_limited_total";
+pub const CACHE_RESPONSES: &str = "ringway_cache_responses_total";
 pub const LOGGER_SENT: &str = "ringway_logger_entries_sent_total";
 pub const LOGGER_DROPPED: &str = "ringway_logger_entries_dropped_total";
 pub const LOGGER_FAILURES: &str = "ringway_logger_send_failures_total";

@@ -292,6 +292,7 @@ impl Shard {
             log_lines,
             log_dropped,
             rate_limited: self.metrics.rate_limited(),
+            cache: self.metrics.cache(),
         }
     }
 }

@@ -48,6 +48,7 @@ mod route_updates;
 mod routing;
 mod runtime;
 mod splice;
+mod status_page;
 mod swap_abort;
 mod timeouts;
 mod tls;

@@ -1,6 +1,7 @@
 //! The e2e harness by role (each file's first two lines: what it owns, what it must not touch).
 //! Owns the module map, re-exports, `wait_until` and `cpu_lock`; no process, socket or config code.
 
+pub mod chromium;
 mod client;
 mod config;
 mod gateway;
