@@ -72,6 +72,33 @@ pub struct RawAccessLog {
     /// JSON format only: which fields, in order.
     #[serde(default)]
     pub fields: Option<Vec<String>>,
+    /// `path = "syslog"`: where to send the lines.
+    #[serde(default)]
+    pub syslog: Option<RawSyslog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSyslog {
+    /// host:port of the collector.
+    pub address: String,
+    /// "udp" (default), "tcp" or "tls".
+    #[serde(default)]
+    pub transport: Option<String>,
+    #[serde(default)]
+    pub facility: Option<String>,
+    #[serde(default)]
+    pub severity: Option<String>,
+    #[serde(default)]
+    pub app_name: Option<String>,
+    #[serde(default)]
+    pub tls_ca: Option<String>,
+    #[serde(default)]
+    pub tls_verify: Option<bool>,
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<RawDuration>,
 }
 
 /// `[[consumers]]`: a named identity with credentials per auth plugin.

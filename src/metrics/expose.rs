@@ -264,9 +264,11 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
         &mut o,
         ACCESSLOG_DROPPED,
         "counter",
-        "Access log lines dropped because the writer fell behind.",
+        "Access log lines dropped because the writer fell behind (or a syslog collector stayed unreachable past the writer's buffer).",
     );
-    let _ = writeln!(o, "{ACCESSLOG_DROPPED} {}", m.log_dropped);
+    let syslog_dropped =
+        crate::accesslog::SYSLOG_DROPPED.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(o, "{ACCESSLOG_DROPPED} {}", m.log_dropped + syslog_dropped);
     family(
         &mut o,
         RATE_LIMITED,
@@ -288,7 +290,7 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
     o
 }
 
-/// http-logger / tcp-logger delivery counters (process-wide, kept by their sender threads).
+/// http-logger / tcp-logger / syslog delivery counters (process-wide, kept by their sender threads).
 fn loggers(o: &mut String) {
     let counts = super::logship::counts();
     let families = [

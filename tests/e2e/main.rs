@@ -50,6 +50,7 @@ mod runtime;
 mod splice;
 mod status_page;
 mod swap_abort;
+mod syslog;
 mod timeouts;
 mod tls;
 mod tls_upstream;

@@ -11,6 +11,7 @@ mod origin_serve;
 mod procfs;
 pub mod prometheus;
 mod raw_origin;
+pub mod rsyslog;
 pub mod tls;
 pub mod upgrade;
 mod wire;
