@@ -210,14 +210,8 @@ fn syslog_target(
         .map_err(|e| ConfigError::new(at("facility"), e))?;
     let severity = syslog::severity(r.severity.as_deref().unwrap_or("info"))
         .map_err(|e| ConfigError::new(at("severity"), e))?;
-    let app_name = r.app_name.clone().unwrap_or_else(|| "ringway".into());
-    if app_name.is_empty() || app_name.len() > 48 || !app_name.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(ConfigError::new(
-            at("app_name"),
-            "1..=48 printable characters, no spaces",
-        ));
-    }
+    let app_name =
+        syslog::app_name(r.app_name.as_deref()).map_err(|e| ConfigError::new(at("app_name"), e))?;
     let timeout =
         super::raw::dur(&at("timeout"), &r.timeout, 3)?.max(std::time::Duration::from_millis(1));
     let tls = if transport == Transport::Tls {

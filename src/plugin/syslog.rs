@@ -93,15 +93,7 @@ fn factory(v: &toml::Value, path: &str, _cx: &mut BuildCx) -> Result<FactoryRef,
         .map_err(|e| err(path, "facility", e))?;
     let severity = syslog::severity(c.severity.as_deref().unwrap_or("info"))
         .map_err(|e| err(path, "severity", e))?;
-    let app_name = c.app_name.clone().unwrap_or_else(|| "ringway".into());
-    if app_name.is_empty() || app_name.len() > 48 || !app_name.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(err(
-            path,
-            "app_name",
-            "1..=48 printable characters, no spaces",
-        ));
-    }
+    let app_name = syslog::app_name(c.app_name.as_deref()).map_err(|e| err(path, "app_name", e))?;
     let tls = if transport == Transport::Tls {
         let ca = c.tls_ca.as_ref().map(PathBuf::from);
         let cfg = syslog::tls_config(ca.as_deref(), c.tls_verify.unwrap_or(true))
