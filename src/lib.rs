@@ -15,6 +15,7 @@ pub mod limit;
 pub mod local;
 pub mod metrics;
 pub mod net;
+pub mod nofile;
 pub mod plugin;
 pub mod proxy;
 pub mod route;

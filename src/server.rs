@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 use crate::built::Built;
@@ -27,8 +27,9 @@ const HANDOVER_LINGER: Duration = Duration::from_secs(2);
 pub fn run(built: Built, upgrade: bool) -> Result<(), String> {
     // Everything that can refuse the new config runs before the running process is asked.
     let built = crate::admin::startup_config(built)?;
+    crate::nofile::raise_and_check(&built.cfg);
     // Signals are claimed before anything serves, so an early SIGTERM still drains cleanly.
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let mut inherited = if upgrade {
         Some(take_over(&built)?)
@@ -82,8 +83,11 @@ pub fn run(built: Built, upgrade: bool) -> Result<(), String> {
         }
         let pid = h.confirm()?;
         log::info!("upgrade: serving; the old process (pid {pid}) stops accepting and drains");
+        crate::upgrade::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+    } else {
+        crate::upgrade::notify("READY=1");
     }
-    if let Some(path) = cfg.upgrade_socket() {
+    if let Some(path) = upgrade_socket(cfg) {
         let plane = shards.plane.clone();
         let tickets = built.tickets.clone();
         let offer = move || offer(&plane, &kept, tickets.as_deref());
@@ -108,6 +112,13 @@ pub fn run(built: Built, upgrade: bool) -> Result<(), String> {
             ops.reload_file();
             continue;
         }
+        if sig == SIGUSR2 {
+            match &cfg.source {
+                Some(p) => crate::upgrade::spawn_successor(p),
+                None => log::warn!("SIGUSR2: no config file to upgrade with"),
+            }
+            continue;
+        }
         let timeout = cfg.server.shutdown_timeout;
         if sig == SIGTERM && HANDED_OVER.load(Ordering::SeqCst) {
             log::info!("upgrade: handed over; draining (up to {timeout:?})");
@@ -124,7 +135,7 @@ pub fn run(built: Built, upgrade: bool) -> Result<(), String> {
 
 /// `--upgrade`: the running process's sockets and ticket keys, from the configured upgrade socket.
 fn take_over(built: &Built) -> Result<Inherited, String> {
-    let path = built.cfg.upgrade_socket().ok_or_else(|| {
+    let path = upgrade_socket(&built.cfg).ok_or_else(|| {
         "--upgrade needs a config file or server.upgrade_socket to find the running process"
             .to_string()
     })?;
@@ -138,6 +149,27 @@ fn take_over(built: &Built) -> Result<Inherited, String> {
         path.display()
     );
     Ok(h)
+}
+
+/// `[server] upgrade_socket`, else `$RUNTIME_DIRECTORY/upgrade.sock` under systemd
+/// (`RuntimeDirectory=`: /etc is read-only there), else beside the config file.
+fn upgrade_socket(cfg: &crate::config::Config) -> Option<std::path::PathBuf> {
+    if let Some(p) = &cfg.server.upgrade_socket {
+        return Some(p.clone());
+    }
+    match std::env::var_os("RUNTIME_DIRECTORY") {
+        // systemd may list several, separated by ':'; the first is this unit's own.
+        Some(d) if !d.is_empty() => {
+            let first = d
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            Some(std::path::Path::new(&first).join("upgrade.sock"))
+        }
+        _ => cfg.upgrade_socket(),
+    }
 }
 
 fn wait_shards(plane: &Plane) -> Result<(), String> {

@@ -150,3 +150,71 @@ fn hand_over(conn: &UnixStream, offer: &dyn Fn() -> Offer) -> Result<u32, String
         .map_err(|e| format!("answering the successor: {e}"))?;
     Ok(pid)
 }
+
+/// Tells systemd (`Type=notify`, `NotifyAccess=all`) about this process when it runs under it
+/// (`NOTIFY_SOCKET` set): `READY=1` once serving, `MAINPID=` when a successor takes over. A
+/// failure is logged only: serving does not depend on it.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let r = (|| -> std::io::Result<()> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(state.as_bytes(), &addr)?;
+            }
+            None => {
+                sock.send_to(state.as_bytes(), &path)?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        log::warn!("cannot notify systemd ({state:?}): {e}");
+    }
+}
+
+/// SIGUSR2: starts this binary again (the path it was started as, so a package upgrade's new
+/// file is what runs) as `run --upgrade -c CONFIG`; that process takes the sockets over. Its
+/// exit status is logged if it ends while this process still runs (a refused config).
+pub fn spawn_successor(config: &Path) {
+    let Some(exe) = std::env::args_os().next() else {
+        log::error!("SIGUSR2: cannot tell which binary this is; no upgrade");
+        return;
+    };
+    let child = std::process::Command::new(&exe)
+        .arg("run")
+        .arg("--upgrade")
+        .arg("-c")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    match child {
+        Ok(mut c) => {
+            log::info!(
+                "SIGUSR2: started {} (pid {}) to take over",
+                Path::new(&exe).display(),
+                c.id()
+            );
+            let _ = std::thread::Builder::new()
+                .name("ringway-upgrade-child".into())
+                .spawn(move || {
+                    if let Ok(st) = c.wait() {
+                        if !st.success() {
+                            log::warn!(
+                                "SIGUSR2: the new process exited ({st}); this one keeps serving"
+                            );
+                        }
+                    }
+                });
+        }
+        Err(e) => log::error!(
+            "SIGUSR2: cannot start {}: {e}; this process keeps serving",
+            Path::new(&exe).display()
+        ),
+    }
+}
