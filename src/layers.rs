@@ -27,6 +27,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "active_health",
             "demo",
             "upgrade",
+            "nofile",
         ],
     ),
     ("runtime", &["runtime"]),
