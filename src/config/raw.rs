@@ -182,6 +182,22 @@ pub struct RawListenTable {
     pub client_ca: Option<String>,
     #[serde(default)]
     pub min_version: Option<String>,
+    /// Pick the cipher suite by the server's order, not the client's (default true).
+    #[serde(default)]
+    pub prefer_server_ciphers: Option<bool>,
+    /// Strict-Transport-Security on every response of this listener.
+    #[serde(default)]
+    pub hsts: Option<RawHsts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHsts {
+    pub max_age: RawDuration,
+    #[serde(default)]
+    pub include_subdomains: Option<bool>,
+    #[serde(default)]
+    pub preload: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

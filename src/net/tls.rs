@@ -45,6 +45,10 @@ pub struct ListenTlsSpec {
     pub sni_strict: bool,
     pub client_ca: Option<PathBuf>,
     pub min_version: MinVersion,
+    /// The server's cipher suite order wins over the client's (nginx's `ssl_prefer_server_ciphers`).
+    pub prefer_server_ciphers: bool,
+    /// The Strict-Transport-Security value sent on this listener's responses.
+    pub hsts: Option<Arc<str>>,
 }
 
 /// The crypto provider everything TLS here uses: ring, whose default suites are all AEAD with
@@ -110,6 +114,8 @@ pub fn build_server_config(
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // ring's order: AES-256-GCM, AES-128-GCM, then ChaCha20 (per version), ECDHE only.
+    cfg.ignore_client_order = spec.prefer_server_ciphers;
     // Resumption is stateless (tickets) only: a session-ID cache would be a lock shared by all
     // shards on every full handshake, and per-shard caches would not resume across shards.
     cfg.ticketer = ticketer;
@@ -279,6 +285,8 @@ pub struct TlsInfo {
     pub resumed: bool,
     /// Subject of the verified client certificate (mTLS), e.g. `CN=client-a`.
     pub client_subject: Option<Box<str>>,
+    /// The listener's Strict-Transport-Security value, set on every response of the connection.
+    pub hsts: Option<Arc<str>>,
 }
 
 impl TlsInfo {
@@ -302,6 +310,7 @@ impl TlsInfo {
             cipher,
             resumed: c.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             client_subject,
+            hsts: None,
         }
     }
 }

@@ -352,7 +352,7 @@ fn serve_accepted(shard: &Rc<Shard>, stream: TcpStream, peer: SocketAddr, index:
             monoio::spawn(crate::proxy::serve(gen, stream, peer, None));
         }
         Some(cfg) => {
-            monoio::spawn(serve_tls(gen, cfg, stream, peer));
+            monoio::spawn(serve_tls(gen, cfg, stream, peer, index));
         }
     }
 }
@@ -363,10 +363,20 @@ async fn serve_tls(
     cfg: Arc<rustls::ServerConfig>,
     stream: TcpStream,
     peer: SocketAddr,
+    index: usize,
 ) {
     let limit = shard.built.cfg.server.client_header_timeout;
     match crate::net::tls::accept(cfg, stream, limit).await {
-        Ok((tls, info)) => crate::proxy::serve(shard, tls, peer, Some(Box::new(info))).await,
+        Ok((tls, mut info)) => {
+            info.hsts = shard
+                .built
+                .cfg
+                .server
+                .tls
+                .get(index)
+                .and_then(|t| t.as_ref()?.hsts.clone());
+            crate::proxy::serve(shard, tls, peer, Some(Box::new(info))).await
+        }
         Err(e) => {
             // `serve` (whose guard would decrement) never ran.
             shard.conns.set(shard.conns.get().saturating_sub(1));

@@ -54,6 +54,7 @@ mod swap_abort;
 mod syslog;
 mod timeouts;
 mod tls;
+mod tls_edge;
 mod tls_upstream;
 mod upgrade;
 mod websocket;
