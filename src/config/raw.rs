@@ -207,6 +207,9 @@ pub struct RawCertificate {
     pub key: String,
     #[serde(default)]
     pub sni: Vec<String>,
+    /// A DER OCSP response to staple (e.g. from `openssl ocsp -respout`), re-read on SIGHUP.
+    #[serde(default)]
+    pub ocsp: Option<String>,
 }
 
 /// `tls = { ... }` on an upstream.

@@ -57,6 +57,7 @@ pub(super) fn listener_tls(
             cert: dir.join(&c.cert),
             key: dir.join(&c.key),
             sni: c.sni.clone(),
+            ocsp: c.ocsp.as_ref().map(|p| dir.join(p)),
         });
     }
     let min_version = match t.min_version.as_deref() {

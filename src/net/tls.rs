@@ -36,6 +36,8 @@ pub struct CertSpec {
     pub key: PathBuf,
     /// Explicit names; empty means "the certificate's DNS SANs (or CN)".
     pub sni: Vec<String>,
+    /// OCSP response file to staple.
+    pub ocsp: Option<PathBuf>,
 }
 
 /// What a TLS listener was configured with; kept so SIGHUP can rebuild from the same files.
@@ -74,7 +76,10 @@ pub fn build_server_config(
     let provider = provider();
     let mut resolver = SniResolver::default();
     for (i, c) in spec.certificates.iter().enumerate() {
-        let (key, names) = load_certified_key(&c.cert, &c.key, &provider)?;
+        let (mut key, names) = load_certified_key(&c.cert, &c.key, &provider)?;
+        if let Some(p) = &c.ocsp {
+            key.ocsp = staple(p, &c.cert);
+        }
         let key = Arc::new(key);
         let names = if c.sni.is_empty() {
             names
@@ -121,6 +126,46 @@ pub fn build_server_config(
     cfg.ticketer = ticketer;
     cfg.session_storage = Arc::new(NoServerSessionStorage {});
     Ok(Arc::new(cfg))
+}
+
+/// The OCSP response in `path`, if it is one: a missing or malformed file is logged and the
+/// certificate is served without a staple (clients then ask the responder themselves, or go
+/// without), never refused.
+fn staple(path: &Path, cert: &Path) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        // An OCSPResponse is a DER SEQUENCE whose first element is responseStatus, an
+        // ENUMERATED; 0 is `successful`. Anything else is not worth stapling.
+        Ok(der) if ocsp_successful(&der) => Some(der),
+        Ok(_) => {
+            log::warn!(
+                "{}: not a successful DER OCSP response; serving {} without a staple",
+                path.display(),
+                cert.display()
+            );
+            None
+        }
+        Err(e) => {
+            log::warn!(
+                "{}: {e}; serving {} without an OCSP staple",
+                path.display(),
+                cert.display()
+            );
+            None
+        }
+    }
+}
+
+/// `30 len 0A 01 00 ...`: a SEQUENCE starting with ENUMERATED successful(0).
+fn ocsp_successful(der: &[u8]) -> bool {
+    let Some((&0x30, rest)) = der.split_first() else {
+        return false;
+    };
+    let skip = match rest.first() {
+        Some(&l) if l < 0x80 => 1,
+        Some(&l) if (0x81..=0x84).contains(&l) => 1 + usize::from(l - 0x80),
+        _ => return false,
+    };
+    rest.get(skip..skip + 3) == Some(&[0x0a, 0x01, 0x00][..])
 }
 
 /// Loads a PEM chain and key, checks that they match and that the leaf has not expired, and

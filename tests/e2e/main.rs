@@ -37,6 +37,7 @@ mod large_body;
 mod legacy_driver;
 mod loggers;
 mod metrics;
+mod ocsp;
 mod packaging;
 mod pipelining;
 mod plugins_access;
