@@ -59,7 +59,10 @@ pub fn run(built: Built, upgrade: bool) -> Result<(), String> {
     }
     let built = Arc::new(built);
     let cfg = &built.cfg;
-    let shards = crate::runtime::start(built.clone(), bound.per_shard)?;
+    let mut shards = crate::runtime::start(built.clone(), bound.per_shard)?;
+    if let Some(ports) = shards.fleet.take() {
+        crate::fleet::start(ports)?;
+    }
     let ops = crate::admin::Ops::new(shards.plane.clone());
     if let Some(st) = &cfg.status {
         let from = take(&mut inherited, Kind::Status, st.listen);

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
 use super::count::KeyHasher;
+use super::fleet::{GrantItem, Mode};
 use super::sync::Item;
 
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ struct Entry {
     peers: Vec<Peer>,
     reported: (u32, u64),
     dirty: bool,
+    /// The node's fraction of the configured rate (1 unless the limiter is cluster-wide).
+    node: f64,
 }
 
 /// Verdict: `Ok(delay_ms)` to admit after waiting, `Err(Rejected)` to refuse.
@@ -64,6 +67,9 @@ pub struct Bucket {
     /// Keys are already xxh3 hashes: identity-hashed (SipHash here cost more than the bucket math).
     map: HashMap<u64, Entry, BuildHasherDefault<KeyHasher>>,
     dirty: Vec<u64>,
+    mode: Mode,
+    /// The node fraction a key without a grant starts with (1 for node-local limiters).
+    default_frac: f64,
 }
 
 impl Bucket {
@@ -74,6 +80,20 @@ impl Bucket {
             n: shards.max(1),
             map: HashMap::default(),
             dirty: Vec::new(),
+            mode: Mode::Shared,
+            default_frac: 1.0,
+        }
+    }
+
+    /// The fleet thread's answer for a cluster-wide limiter: the mode, and per key the node's
+    /// fraction of the cluster rate (which this shard's share then divides).
+    pub fn grant(&mut self, mode: Mode, default_frac: f64, items: &[GrantItem]) {
+        self.mode = mode;
+        self.default_frac = default_frac;
+        for it in items {
+            if let Some(e) = self.map.get_mut(&it.key) {
+                e.node = it.frac.clamp(0.0, 1.0);
+            }
         }
     }
 
@@ -85,7 +105,7 @@ impl Bucket {
         self.map.is_empty()
     }
 
-    fn fresh(n: usize) -> Entry {
+    fn fresh(n: usize, node: f64) -> Entry {
         Entry {
             excess: 0.0,
             last_ms: 0,
@@ -97,6 +117,7 @@ impl Bucket {
             peers: vec![Peer::default(); n],
             reported: (0, 0),
             dirty: false,
+            node,
         }
     }
 
@@ -119,12 +140,20 @@ impl Bucket {
                 }
             }
         }
-        let n = self.n;
-        let e = self.map.entry(key).or_insert_with(|| Self::fresh(n));
+        let (n, node) = (self.n, self.default_frac);
+        let e = self.map.entry(key).or_insert_with(|| Self::fresh(n, node));
         e.demand = e.demand.saturating_add(1);
         let newly = !e.dirty;
         e.dirty = true;
-        let w = Self::share(e);
+        if newly {
+            self.dirty.push(key);
+        }
+        match self.mode {
+            Mode::Shared => {}
+            Mode::Allow => return Ok(0),
+            Mode::Deny => return Err(Rejected),
+        }
+        let w = Self::share(e) * e.node;
         let (rate, burst) = (self.p.rate * w, self.p.burst * w);
         let excess = if e.seen {
             let elapsed = now_ms.saturating_sub(e.last_ms) as f64 / 1000.0;
@@ -137,9 +166,6 @@ impl Bucket {
             e.excess = excess;
             e.last_ms = now_ms;
             e.seen = true;
-        }
-        if newly {
-            self.dirty.push(key);
         }
         if !admit {
             return Err(Rejected);
@@ -155,8 +181,11 @@ impl Bucket {
             if !self.map.contains_key(&it.key) && self.map.len() >= self.p.max_keys {
                 continue;
             }
-            let n = self.n;
-            let e = self.map.entry(it.key).or_insert_with(|| Self::fresh(n));
+            let (n, node) = (self.n, self.default_frac);
+            let e = self
+                .map
+                .entry(it.key)
+                .or_insert_with(|| Self::fresh(n, node));
             e.peers[from] = Peer {
                 demand: f64::from(it.demand) / DEMAND_ONE,
                 share: it.alloc as f64 / SHARE_ONE,

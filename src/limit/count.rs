@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use super::fleet::{node_limit, GrantItem, Mode};
 use super::sync::Item;
 use super::weight;
 
@@ -37,6 +38,22 @@ struct Entry {
     prev_total: u64,
     reported: (u64, u64, u32),
     dirty: bool,
+    /// Cluster-wide limiters: the node's cap for `window` from the fleet thread, if granted yet.
+    cap: Option<u64>,
+    /// Cluster-wide limiters: the node's fraction of the limit when a window opens.
+    frac: f64,
+}
+
+/// A cluster-wide limiter's node-level view: the node limit per key comes from the fleet
+/// thread's grants instead of the configured limit, and windows are aligned on the wall clock.
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    /// Wall-clock ms at the node epoch (0 for node-local limiters: windows from the epoch).
+    offset_ms: u64,
+    fleet: bool,
+    mode: Mode,
+    /// The fraction a key without a grant opens with.
+    default_frac: f64,
 }
 
 /// The verdict for one request.
@@ -55,6 +72,7 @@ pub struct CountLimiter {
     n: usize,
     map: HashMap<u64, Entry, BuildHasherDefault<KeyHasher>>,
     dirty: Vec<u64>,
+    node: Node,
 }
 
 /// Keys are already xxh3 hashes of the request's key: hashing them again with SipHash was
@@ -85,6 +103,52 @@ impl CountLimiter {
             n: shards.max(1),
             map: HashMap::default(),
             dirty: Vec::new(),
+            node: Node {
+                offset_ms: 0,
+                fleet: false,
+                mode: Mode::Shared,
+                default_frac: 1.0,
+            },
+        }
+    }
+
+    /// Makes this a shard of a cluster-wide limiter: windows are numbered from the Unix epoch
+    /// (`wall_ms` = wall-clock ms at the node epoch), so every node agrees on their bounds, and
+    /// the node limit per key is what the fleet thread grants.
+    pub fn fleet(mut self, wall_ms: u64) -> CountLimiter {
+        self.node.offset_ms = wall_ms;
+        self.node.fleet = true;
+        self
+    }
+
+    /// The fleet thread's answer: the mode, and per key the node's cap for `window` and its
+    /// opening fraction. Shares are recomputed at once for keys this shard knows.
+    pub fn grant(
+        &mut self,
+        window: u64,
+        mode: Mode,
+        default_frac: f64,
+        items: &[GrantItem],
+        now_ms: u64,
+    ) {
+        self.node.mode = mode;
+        self.node.default_frac = default_frac;
+        if window != self.window(now_ms) {
+            return;
+        }
+        for it in items {
+            let Some(mut e) = self.map.remove(&it.key) else {
+                continue;
+            };
+            roll(&self.p, &self.node, self.me, self.n, &mut e, window, now_ms);
+            e.cap = Some(it.cap);
+            e.frac = it.frac;
+            self.recompute(&mut e, now_ms);
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty.push(it.key);
+            }
+            self.map.insert(it.key, e);
         }
     }
 
@@ -97,7 +161,7 @@ impl CountLimiter {
     }
 
     pub fn window(&self, now_ms: u64) -> u64 {
-        now_ms / self.p.window_ms
+        (now_ms + self.node.offset_ms) / self.p.window_ms
     }
 
     fn entry(&mut self, key: u64, now_ms: u64) -> &mut Entry {
@@ -112,7 +176,7 @@ impl CountLimiter {
             }
         }
         let window = self.window(now_ms);
-        let (p, me, n) = (&self.p, self.me, self.n);
+        let (p, node, me, n) = (&self.p, &self.node, self.me, self.n);
         let e = self.map.entry(key).or_insert_with(|| Entry {
             window: u64::MAX,
             local: 0,
@@ -123,8 +187,10 @@ impl CountLimiter {
             prev_total: 0,
             reported: NEVER,
             dirty: false,
+            cap: None,
+            frac: node.default_frac,
         });
-        roll(p, me, n, e, window, now_ms);
+        roll(p, node, me, n, e, window, now_ms);
         e
     }
 
@@ -132,17 +198,21 @@ impl CountLimiter {
     pub fn check(&mut self, key: u64, now_ms: u64) -> Decision {
         let window_end = (self.window(now_ms) + 1) * self.p.window_ms;
         let limit = self.p.limit;
-        let p = self.p;
+        let (p, node) = (self.p, self.node);
         let e = self.entry(key, now_ms);
         e.demand = e.demand.saturating_add(1);
-        let allowed = e.local < e.alloc;
+        let allowed = match node.mode {
+            Mode::Shared => e.local < e.alloc,
+            Mode::Allow => true,
+            Mode::Deny => false,
+        };
         if allowed {
             e.local += 1;
         }
         let newly_dirty = !e.dirty;
         e.dirty = true;
         let used = e.local + e.peers.iter().map(|p| p.count).sum::<u64>();
-        let lim = eff_limit(&p, e, now_ms);
+        let lim = eff_limit(&p, &node, e, now_ms);
         if newly_dirty {
             self.dirty.push(key);
         }
@@ -150,7 +220,7 @@ impl CountLimiter {
             allowed,
             limit,
             remaining: lim.saturating_sub(used),
-            reset_ms: window_end - now_ms,
+            reset_ms: window_end - (now_ms + node.offset_ms),
         }
     }
 
@@ -186,7 +256,7 @@ impl CountLimiter {
             let Some(mut e) = self.map.remove(&key) else {
                 continue;
             };
-            roll(&self.p, self.me, self.n, &mut e, window, now_ms);
+            roll(&self.p, &self.node, self.me, self.n, &mut e, window, now_ms);
             e.last_demand = e.demand;
             e.demand = 0;
             self.recompute(&mut e, now_ms);
@@ -212,7 +282,7 @@ impl CountLimiter {
     }
 
     fn recompute(&self, e: &mut Entry, now_ms: u64) {
-        let lim = eff_limit(&self.p, e, now_ms);
+        let lim = eff_limit(&self.p, &self.node, e, now_ms);
         let reserved: u64 = e
             .peers
             .iter()
@@ -241,11 +311,16 @@ impl CountLimiter {
 /// "Nothing reported yet in this window", so the first tick always reports.
 const NEVER: (u64, u64, u32) = (u64::MAX, u64::MAX, u32::MAX);
 
-fn eff_limit(p: &CountParams, e: &Entry, now_ms: u64) -> u64 {
+/// The node-wide limit for `e` now: the configured one (less the sliding window's carry-over),
+/// or for a cluster-wide limiter the node's part of it.
+fn eff_limit(p: &CountParams, node: &Node, e: &Entry, now_ms: u64) -> u64 {
+    if node.fleet {
+        return node_limit(p.limit, e.cap, e.frac);
+    }
     if !p.sliding || e.prev_total == 0 {
         return p.limit;
     }
-    let into = now_ms % p.window_ms;
+    let into = (now_ms + node.offset_ms) % p.window_ms;
     let left = 1.0 - into as f64 / p.window_ms as f64;
     p.limit
         .saturating_sub((e.prev_total as f64 * left).floor() as u64)
@@ -265,10 +340,20 @@ fn demand_total(me: usize, e: &Entry) -> u64 {
 
 /// Moves the entry into `window`, estimating each shard's opening share from the demand last
 /// seen, so the shares add up to the limit before any report of the new window arrives.
-fn roll(p: &CountParams, me: usize, n: usize, e: &mut Entry, window: u64, now_ms: u64) {
+fn roll(
+    p: &CountParams,
+    node: &Node,
+    me: usize,
+    n: usize,
+    e: &mut Entry,
+    window: u64,
+    now_ms: u64,
+) {
     if e.window == window {
         return;
     }
+    // A grant is for one window: the next opens with the node's fraction.
+    e.cap = None;
     let total = e.local + e.peers.iter().map(|p| p.count).sum::<u64>();
     e.prev_total = if e.window != u64::MAX && window == e.window + 1 {
         total
@@ -279,7 +364,7 @@ fn roll(p: &CountParams, me: usize, n: usize, e: &mut Entry, window: u64, now_ms
     e.local = 0;
     // Peers estimate our opening share; tell them the real one at the next tick.
     e.reported = NEVER;
-    let lim = eff_limit(p, e, now_ms);
+    let lim = eff_limit(p, node, e, now_ms);
     let all = demand_total(me, e);
     for j in 0..n {
         let d = if j == me {

@@ -1,23 +1,17 @@
 //! Cross-shard limit sync: the reports shards exchange over the node mesh's limit lane, and a
-//! shard's end of that lane. Never used on the request path; only the sync tick sends.
+//! shard's end of that lane (plus, for cluster-wide limiters, its uplink to the node's fleet
+//! thread and the grant lane back). Never used on the request path; only the sync tick sends.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::time::Instant;
 
+use crossbeam_channel::Sender;
+
+use super::fleet::{Grant, Uplink};
 use crate::util::mesh::Lane;
 
-/// One key's state as one shard sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Item {
-    pub key: u64,
-    /// Admitted in the window (limit-count) or in flight (limit-conn).
-    pub count: u64,
-    /// How many this shard may admit in the window (its local share incl. `count`).
-    pub alloc: u64,
-    /// Attempts in the last sync interval, admitted or not.
-    pub demand: u32,
-}
+pub use super::Item;
 
 /// A batch from one shard for one limiter.
 #[derive(Debug, Clone)]
@@ -34,6 +28,8 @@ pub struct Report {
 /// What a shard's limiter set does with a peer's report.
 pub trait Absorb {
     fn absorb(&self, r: &Report);
+    /// The fleet thread's grant for one of the set's cluster-wide limiters.
+    fn grant(&self, _g: &Grant) {}
 }
 
 /// A shard's end of the limit lane, shared by the config generations on the shard. Reports go
@@ -42,14 +38,30 @@ pub trait Absorb {
 pub struct Endpoint {
     lane: Lane<Report>,
     sets: RefCell<Vec<(Instant, Weak<dyn Absorb>)>>,
+    /// Grants from the node's fleet thread, and the way to it (cluster-wide limiters).
+    grants: Lane<Grant>,
+    up: Option<Sender<Uplink>>,
 }
 
 impl Endpoint {
     pub fn new(lane: Lane<Report>) -> Endpoint {
+        Endpoint::node(lane, Lane::solo(), None)
+    }
+
+    /// An endpoint that also reaches the node's fleet thread (`up`) and hears its grants.
+    pub fn node(lane: Lane<Report>, grants: Lane<Grant>, up: Option<Sender<Uplink>>) -> Endpoint {
         Endpoint {
             lane,
             sets: RefCell::new(Vec::new()),
+            grants,
+            up,
         }
+    }
+
+    /// Sends a cluster-wide limiter's report to the fleet thread; false without one (the
+    /// limiter then stays node-local).
+    pub fn uplink(&self, u: Uplink) -> bool {
+        self.up.as_ref().is_some_and(|tx| tx.send(u).is_ok())
     }
 
     /// A mesh of one (tests, or a single shard): nothing to send.
@@ -77,18 +89,25 @@ impl Endpoint {
         self.lane.broadcast(r);
     }
 
-    /// Hands every queued report to the set it was sent for.
+    fn set(&self, set: Instant) -> Option<Rc<dyn Absorb>> {
+        self.sets
+            .borrow()
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == set)
+            .and_then(|(_, w)| w.upgrade())
+    }
+
+    /// Hands every queued report and grant to the set it was sent for.
     pub fn drain(&self) {
         while let Some(r) = self.lane.try_recv() {
-            let to: Option<Rc<dyn Absorb>> = self
-                .sets
-                .borrow()
-                .iter()
-                .rev()
-                .find(|(s, _)| *s == r.set)
-                .and_then(|(_, w)| w.upgrade());
-            if let Some(to) = to {
+            if let Some(to) = self.set(r.set) {
                 to.absorb(&r);
+            }
+        }
+        while let Some(g) = self.grants.try_recv() {
+            if let Some(to) = self.set(g.set) {
+                to.grant(&g);
             }
         }
     }

@@ -287,7 +287,23 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
     let _ = writeln!(o, "{CACHE_RESPONSES}{{result=\"hit\"}} {}", m.cache[0]);
     let _ = writeln!(o, "{CACHE_RESPONSES}{{result=\"miss\"}} {}", m.cache[1]);
     loggers(&mut o);
+    fleet(&mut o);
     o
+}
+
+/// The fleet thread's counters (process-wide, kept by that thread).
+fn fleet(o: &mut String) {
+    let (sum, last) = super::fleet::latency_seconds();
+    for (name, kind, help, v) in super::fleet::families() {
+        family(o, name, kind, help);
+        if name == FLEET_LATENCY_SUM {
+            let _ = writeln!(o, "{name} {sum}");
+        } else if name == FLEET_LATENCY_LAST {
+            let _ = writeln!(o, "{name} {last}");
+        } else {
+            let _ = writeln!(o, "{name} {v}");
+        }
+    }
 }
 
 /// http-logger / tcp-logger / syslog delivery counters (process-wide, kept by their sender threads).

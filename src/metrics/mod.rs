@@ -2,6 +2,7 @@
 //! shard hands to the status thread when asked. Must not do I/O; exposition lives in `expose.rs`.
 
 pub mod expose;
+pub mod fleet;
 pub mod live;
 pub mod logship;
 pub mod names;

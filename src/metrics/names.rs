@@ -22,6 +22,14 @@ pub const CACHE_RESPONSES: &str = "ringway_cache_responses_total";
 pub const LOGGER_SENT: &str = "ringway_logger_entries_sent_total";
 pub const LOGGER_DROPPED: &str = "ringway_logger_entries_dropped_total";
 pub const LOGGER_FAILURES: &str = "ringway_logger_send_failures_total";
+pub const FLEET_STATE: &str = "ringway_fleet_store_state";
+pub const FLEET_SYNCS: &str = "ringway_fleet_syncs_total";
+pub const FLEET_ERRORS: &str = "ringway_fleet_errors_total";
+pub const FLEET_CHANGES: &str = "ringway_fleet_state_changes_total";
+pub const FLEET_COMMANDS: &str = "ringway_fleet_redis_commands_total";
+pub const FLEET_LATENCY_SUM: &str = "ringway_fleet_sync_seconds_sum";
+pub const FLEET_LATENCY_LAST: &str = "ringway_fleet_sync_seconds_last";
+pub const FLEET_KEYS: &str = "ringway_fleet_keys";
 
 /// Route label for requests that matched no route (404s, malformed heads).
 pub const UNROUTED: &str = "";

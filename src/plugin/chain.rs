@@ -18,6 +18,7 @@ use crate::http::parse::{RequestHead, ResponseHead};
 use crate::limit::bucket::{Bucket, BucketParams};
 use crate::limit::conc::Concurrency;
 use crate::limit::count::{CountLimiter, CountParams};
+use crate::limit::fleet::{FleetSpec, Grant, Uplink};
 use crate::limit::sync::{Absorb, Endpoint, Report};
 use crate::metrics::ShardMetrics;
 use crate::util::cow::CowVec;
@@ -87,6 +88,10 @@ pub struct PluginSet {
     /// Node-wide time origin, so every shard agrees on window boundaries; also names the
     /// limiter set in sync reports.
     pub epoch: Instant,
+    /// Wall-clock ms at `epoch`: cluster-wide limiters number windows from the Unix epoch.
+    pub wall_ms: u64,
+    /// Per limiter id: what makes it cluster-wide, if it is (`policy = "redis"`).
+    pub fleet: Vec<Option<Arc<FleetSpec>>>,
 }
 
 impl Default for PluginSet {
@@ -98,7 +103,10 @@ impl Default for PluginSet {
             limiters: Vec::new(),
             sync_interval: Duration::from_millis(20),
             epoch: Instant::now(),
+            wall_ms: 0,
+            fleet: Vec::new(),
         }
+        .clocked()
     }
 }
 
@@ -113,7 +121,16 @@ impl PluginSet {
             limiters: self.limiters.clone(),
             sync_interval: self.sync_interval,
             epoch: self.epoch,
+            wall_ms: self.wall_ms,
+            fleet: self.fleet.clone(),
         }
+    }
+
+    /// Sets `wall_ms` from `epoch`, once per set, so every shard numbers windows alike.
+    fn clocked(mut self) -> PluginSet {
+        let since = self.epoch.elapsed().as_millis() as u64;
+        self.wall_ms = crate::limit::fleet::wall_ms_now().saturating_sub(since);
+        self
     }
 }
 
@@ -140,6 +157,8 @@ pub struct BuildCx<'a> {
     /// limit-count `group` -> (limiter id, the config it was defined with).
     pub groups: HashMap<String, (u32, String)>,
     pub sync_interval: Option<Duration>,
+    /// Cluster-wide limiters by id (`policy = "redis"`).
+    pub fleet: Vec<(u32, Arc<FleetSpec>)>,
     /// Whose plugin table is being built: `route "name"` or `global_plugins`. Unlike the table's
     /// path (`routes[i]`), it does not change when routes are reordered.
     pub owner: String,
@@ -214,9 +233,15 @@ impl ShardPlugins {
         let limiters = set
             .limiters
             .iter()
-            .map(|s| match s {
+            .enumerate()
+            .map(|(i, s)| match s {
                 LimiterSpec::Count(p) => {
-                    ShardLimiter::Count(Rc::new(RefCell::new(CountLimiter::new(*p, id, shards))))
+                    let l = CountLimiter::new(*p, id, shards);
+                    let l = match set.fleet.get(i) {
+                        Some(Some(_)) => l.fleet(set.wall_ms),
+                        _ => l,
+                    };
+                    ShardLimiter::Count(Rc::new(RefCell::new(l)))
                 }
                 LimiterSpec::Req(p) => {
                     ShardLimiter::Req(Rc::new(RefCell::new(Bucket::new(p.clone(), id, shards))))
@@ -231,6 +256,8 @@ impl ShardPlugins {
                 limiters: limiters.clone(),
                 endpoint: limit.clone(),
                 epoch: set.epoch,
+                wall_ms: set.wall_ms,
+                fleet: set.fleet.clone(),
                 interval: set.sync_interval,
             });
             let weak: std::rc::Weak<dyn Absorb> = Rc::downgrade(&sync) as _;
@@ -407,6 +434,8 @@ pub struct LimitSync {
     limiters: Vec<ShardLimiter>,
     endpoint: Rc<Endpoint>,
     epoch: Instant,
+    wall_ms: u64,
+    fleet: Vec<Option<Arc<FleetSpec>>>,
     interval: Duration,
 }
 
@@ -421,6 +450,18 @@ impl Absorb for LimitSync {
             Some(ShardLimiter::Req(l)) => l.borrow_mut().absorb(r.from as usize, &r.items),
             Some(ShardLimiter::Conn(l)) => l.borrow_mut().absorb(r.from as usize, &r.items),
             None => {}
+        }
+    }
+
+    fn grant(&self, g: &Grant) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        match self.limiters.get(g.limiter as usize) {
+            Some(ShardLimiter::Count(l)) => {
+                l.borrow_mut()
+                    .grant(g.window, g.mode, g.default_frac, &g.items, now)
+            }
+            Some(ShardLimiter::Req(l)) => l.borrow_mut().grant(g.mode, g.default_frac, &g.items),
+            _ => {}
         }
     }
 }
@@ -461,7 +502,22 @@ impl LimitSync {
                     (0, l.tick())
                 }
             };
-            if !items.is_empty() && self.endpoint.shards() > 1 {
+            if items.is_empty() {
+                continue;
+            }
+            if let Some(Some(spec)) = self.fleet.get(i) {
+                self.endpoint.uplink(Uplink {
+                    set: self.epoch,
+                    limiter: i as u32,
+                    wall_ms: self.wall_ms,
+                    spec: spec.clone(),
+                    from: me,
+                    tick: self.interval,
+                    window,
+                    items: items.clone(),
+                });
+            }
+            if self.endpoint.shards() > 1 {
                 self.endpoint.broadcast(Report {
                     set: self.epoch,
                     limiter: i as u32,

@@ -9,11 +9,13 @@ use serde::Deserialize;
 
 use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
 use super::consumer::Consumers;
+use super::limit_policy::{self, ClusterConf, PolicyKeys, RedisConf};
 use super::util::{duration, err, key_hash, key_parts, parse, positive, LimitKeyPart, RawDur};
 use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::count::{CountLimiter, CountParams};
+use crate::limit::fleet::Kind;
 use crate::metrics::{Limiter, ShardMetrics};
 
 pub const SPEC: Spec = Spec {
@@ -47,9 +49,16 @@ struct Conf {
     sync_interval: Option<RawDur>,
     #[serde(default)]
     max_keys: Option<usize>,
-    /// Only "local" exists in ringway (node-wide across shards); see README.
+    /// "local" (node-wide across shards, the default), "redis" or "redis-cluster" (cluster-wide
+    /// through a shared store); see README "Rate limits across nodes".
     #[serde(default)]
     policy: Option<String>,
+    #[serde(default)]
+    redis: Option<RedisConf>,
+    #[serde(default)]
+    redis_cluster: Option<ClusterConf>,
+    #[serde(default)]
+    on_redis_error: Option<String>,
 }
 
 /// Status and body for a rejection, shared by the limit plugins.
@@ -94,15 +103,6 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
             ));
         }
     }
-    if let Some(p) = c.policy.as_deref() {
-        if p != "local" {
-            return Err(err(
-                path,
-                "policy",
-                format!("only \"local\" (node-wide across shards) is supported, got {p:?}"),
-            ));
-        }
-    }
     let sliding = match c.window.as_deref() {
         None | Some("fixed") => false,
         Some("sliding") => true,
@@ -114,9 +114,37 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
             ))
         }
     };
-    let sync = match &c.sync_interval {
-        Some(d) => duration(path, "sync_interval", d)?,
-        None => std::time::Duration::from_millis(20),
+    let ns = match &c.group {
+        Some(g) => format!("group {g:?}/limit-count"),
+        None => format!("{}/limit-count", cx.owner),
+    };
+    let fleet = limit_policy::fleet(
+        path,
+        PolicyKeys {
+            policy: c.policy.as_deref(),
+            redis: c.redis.as_ref(),
+            redis_cluster: c.redis_cluster.as_ref(),
+            sync_interval: c.sync_interval.as_ref(),
+            on_redis_error: c.on_redis_error.as_deref(),
+        },
+        ns,
+        Kind::Count {
+            limit: count,
+            window_ms: window_s * 1000,
+        },
+    )?;
+    if fleet.is_some() && sliding {
+        return Err(err(
+            path,
+            "window",
+            "a cluster-wide limit (policy = \"redis\") counts fixed windows only; drop window = \"sliding\"",
+        ));
+    }
+    let sync = match (&c.sync_interval, &fleet) {
+        // Shards of a cluster-wide limit still sync among themselves at the local pace.
+        (_, Some(f)) => f.interval.min(std::time::Duration::from_millis(20)),
+        (Some(d), None) => duration(path, "sync_interval", d)?,
+        (None, None) => std::time::Duration::from_millis(20),
     };
     if sync.as_millis() < 1 || sync.as_secs() > 10 {
         return Err(err(path, "sync_interval", "expected 1ms..=10s"));
@@ -132,7 +160,7 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
     };
     let limiter = match &c.group {
         Some(g) => {
-            let print = format!("{count}/{window_s}/{sliding}");
+            let print = format!("{count}/{window_s}/{sliding}/{fleet:?}");
             match cx.groups.get(g) {
                 Some((id, p)) if *p == print => *id,
                 Some(_) => {
@@ -147,6 +175,11 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
         }
         None => cx.add_limiter(LimiterSpec::Count(params)),
     };
+    if let Some(f) = fleet {
+        if !cx.fleet.iter().any(|(id, _)| *id == limiter) {
+            cx.fleet.push((limiter, f));
+        }
+    }
     Ok(Arc::new(Factory(Arc::new(Shared {
         limiter,
         key,
@@ -317,7 +350,35 @@ mod tests {
         );
         assert_eq!(e.path, "routes[0].plugins.limit-count.window");
         let e = testkit::config_error(
+            "[limit-count]\ncount = 1\ntime_window = 1\npolicy = \"memcached\"\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.limit-count.policy");
+        let e = testkit::config_error(
             "[limit-count]\ncount = 1\ntime_window = 1\npolicy = \"redis\"\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.limit-count.redis");
+        let e = testkit::config_error(
+            "[limit-count]\ncount = 1\ntime_window = 1\npolicy = \"redis\"\n\
+             redis = { addr = \"nohost\" }\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.limit-count.redis.addr");
+        let e = testkit::config_error(
+            "[limit-count]\ncount = 1\ntime_window = 1\npolicy = \"redis\"\n\
+             redis = { addr = \"127.0.0.1:6379\" }\non_redis_error = \"maybe\"\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.limit-count.on_redis_error");
+        let e = testkit::config_error(
+            "[limit-count]\ncount = 1\ntime_window = 1\npolicy = \"redis-cluster\"\n\
+             redis_cluster = { nodes = [] }\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.limit-count.redis_cluster.nodes");
+        let e = testkit::config_error(
+            "[limit-count]\ncount = 1\ntime_window = 1\nwindow = \"sliding\"\n\
+             policy = \"redis\"\nredis = { addr = \"127.0.0.1:6379\" }\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.limit-count.window");
+        let e = testkit::config_error(
+            "[limit-count]\ncount = 1\ntime_window = 1\nredis = { addr = \"127.0.0.1:6379\" }\n",
         );
         assert_eq!(e.path, "routes[0].plugins.limit-count.policy");
         let e =

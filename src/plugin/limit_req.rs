@@ -11,11 +11,13 @@ use serde::Deserialize;
 use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
 use super::consumer::Consumers;
 use super::limit_count::{reject_reply, rejection};
-use super::util::{err, key_hash, key_parts, parse, LimitKeyPart};
+use super::limit_policy::{self, ClusterConf, PolicyKeys, RedisConf};
+use super::util::{err, key_hash, key_parts, parse, LimitKeyPart, RawDur};
 use super::{phase, Ctx, Flow, Plugin, PluginFactory, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 use crate::limit::bucket::{Bucket, BucketParams};
+use crate::limit::fleet::Kind;
 use crate::metrics::{Limiter, ShardMetrics};
 
 pub const SPEC: Spec = Spec {
@@ -42,6 +44,17 @@ struct Conf {
     nodelay: bool,
     #[serde(default)]
     max_keys: Option<usize>,
+    /// "local" (default), "redis" or "redis-cluster"; see README "Rate limits across nodes".
+    #[serde(default)]
+    policy: Option<String>,
+    #[serde(default)]
+    redis: Option<RedisConf>,
+    #[serde(default)]
+    redis_cluster: Option<ClusterConf>,
+    #[serde(default)]
+    sync_interval: Option<RawDur>,
+    #[serde(default)]
+    on_redis_error: Option<String>,
 }
 
 fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, ConfigError> {
@@ -69,12 +82,37 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
         c.key.as_deref().unwrap_or("remote_addr"),
     )?;
     let (code, msg) = rejection(path, c.rejected_code, c.rejected_msg)?;
-    cx.want_sync(Duration::from_millis(20));
+    let fleet = limit_policy::fleet(
+        path,
+        PolicyKeys {
+            policy: c.policy.as_deref(),
+            redis: c.redis.as_ref(),
+            redis_cluster: c.redis_cluster.as_ref(),
+            sync_interval: c.sync_interval.as_ref(),
+            on_redis_error: c.on_redis_error.as_deref(),
+        },
+        format!("{}/limit-req", cx.owner),
+        Kind::Req { rate: c.rate },
+    )?;
+    if fleet.is_none() && c.sync_interval.is_some() {
+        return Err(err(
+            path,
+            "sync_interval",
+            "sync_interval sets the exchange with the store: it needs policy = \"redis\" or \"redis-cluster\"",
+        ));
+    }
+    let sync = fleet.as_ref().map_or(Duration::from_millis(20), |f| {
+        f.interval.min(Duration::from_millis(20))
+    });
+    cx.want_sync(sync);
     let limiter = cx.add_limiter(LimiterSpec::Req(BucketParams {
         rate: c.rate,
         burst: c.burst,
         max_keys: c.max_keys.unwrap_or(100_000).max(1),
     }));
+    if let Some(f) = fleet {
+        cx.fleet.push((limiter, f));
+    }
     Ok(Arc::new(Factory(Arc::new(Shared {
         limiter,
         key,

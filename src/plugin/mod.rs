@@ -27,6 +27,7 @@ mod jwt_auth;
 mod key_auth;
 mod limit_conn;
 mod limit_count;
+mod limit_policy;
 mod limit_req;
 mod proxy_cache;
 mod proxy_rewrite;

@@ -81,10 +81,14 @@ pub fn route_chain(
         limiters: Vec::new(),
         groups: HashMap::new(),
         sync_interval: None,
+        fleet: Vec::new(),
         owner: format!("route {name:?}"),
     };
     let out = chain(plugins, at, &mut cx)?;
-    let standalone = cx.limiters.is_empty() && cx.groups.is_empty() && cx.sync_interval.is_none();
+    let standalone = cx.limiters.is_empty()
+        && cx.groups.is_empty()
+        && cx.sync_interval.is_none()
+        && cx.fleet.is_empty();
     Ok(standalone.then(|| out.into()))
 }
 
@@ -102,6 +106,7 @@ pub fn build(
         limiters: Vec::new(),
         groups: HashMap::new(),
         sync_interval: None,
+        fleet: Vec::new(),
         owner: "global_plugins".into(),
     };
     let global = chain(global, "global_plugins", &mut cx)?;
@@ -110,11 +115,18 @@ pub fn build(
         cx.owner = format!("route {name:?}");
         per_route.push(chain(r, &format!("routes[{i}].plugins"), &mut cx)?.into());
     }
+    let mut fleet = vec![None; cx.limiters.len()];
+    for (id, spec) in cx.fleet {
+        if let Some(slot) = fleet.get_mut(id as usize) {
+            *slot = Some(spec);
+        }
+    }
     let mut set = PluginSet {
         global,
         routes: per_route.into_iter().collect(),
         consumers,
         limiters: cx.limiters,
+        fleet,
         ..PluginSet::default()
     };
     if let Some(d) = cx.sync_interval {

@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::built::Built;
 use crate::cache::PurgeMsg;
 use crate::http::parse::HeadLimits;
+use crate::limit::fleet::{Grant, Uplink};
 use crate::limit::sync::{Endpoint, Report};
 use crate::local::drain::{tick_until, Drain};
 use crate::upstream::UpstreamState;
@@ -60,9 +61,15 @@ pub struct Lanes {
 }
 
 impl Lanes {
-    pub fn new(limit: Lane<Report>, purge: Lane<PurgeMsg>) -> Lanes {
+    /// `grant` and `up` join the node's fleet thread (cluster-wide limiters).
+    pub fn new(
+        limit: Lane<Report>,
+        purge: Lane<PurgeMsg>,
+        grant: Lane<Grant>,
+        up: Option<crossbeam_channel::Sender<Uplink>>,
+    ) -> Lanes {
         Lanes {
-            limit: Rc::new(Endpoint::new(limit)),
+            limit: Rc::new(Endpoint::node(limit, grant, up)),
             purge: Rc::new(purge),
             caches: Rc::default(),
         }
@@ -70,7 +77,7 @@ impl Lanes {
 
     /// A shard alone on a mesh of one (tests, tools).
     pub fn solo() -> Lanes {
-        Lanes::new(Lane::solo(), Lane::solo())
+        Lanes::new(Lane::solo(), Lane::solo(), Lane::solo(), None)
     }
 
     /// Takes in what peers sent: limit reports go to their limiter sets, purges are carried

@@ -17,6 +17,7 @@ use crossbeam_channel::{unbounded, Receiver};
 
 use crate::built::Built;
 use crate::cache::PurgeMsg;
+use crate::limit::fleet::{Grant, Uplink};
 use crate::limit::sync::Report;
 use crate::net::ring::block_on;
 use crate::proxy::shard::{Lanes, Shard};
@@ -29,6 +30,14 @@ use wake::Doorbell;
 pub struct Shards {
     pub plane: Arc<Plane>,
     handles: Vec<JoinHandle<()>>,
+    /// The fleet thread's ends: shards' uplinks in, grants out (start-up hands them over).
+    pub fleet: Option<FleetPorts>,
+}
+
+/// What the node's fleet thread (cluster-wide limits) needs to reach the shards.
+pub struct FleetPorts {
+    pub grants: crate::util::mesh::Inlet<Grant>,
+    pub uplinks: Receiver<Uplink>,
 }
 
 /// What one shard thread is handed: its control channel, the doorbell every sender rings with
@@ -39,12 +48,14 @@ struct Wiring {
     bell: Arc<Doorbell>,
     limit: Lane<Report>,
     purge: Lane<PurgeMsg>,
+    grant: Lane<Grant>,
+    up: crossbeam_channel::Sender<Uplink>,
 }
 
 /// The plane's links to `workers` shards and each shard's wiring: one doorbell per shard, rung by
 /// its control link and by every lane of the node's one mesh (one lane per kind of cross-core
 /// mail). Adding a kind of mail is adding a lane here and a field to `proxy::shard::Lanes`.
-fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>) {
+fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>, FleetPorts) {
     let mut wakes = Vec::with_capacity(workers);
     let mut bells = Vec::with_capacity(workers);
     for id in 0..workers {
@@ -59,13 +70,21 @@ fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>) {
         bells.push(Arc::new(Doorbell::new(nudge)));
     }
     let mesh = Mesh::new(bells.iter().map(|b| b.clone() as Arc<dyn Wake>).collect());
-    // The inlets (senders for threads other than shards) are dropped: only shards send on
-    // these lanes so far.
+    // Only shards send on the limit and purge lanes (their inlets are dropped); the fleet
+    // thread sends grants through the grant lane's inlet and hears shards on `up`.
     let (limit, _) = mesh.lane::<Report>();
     let (purge, _) = mesh.lane::<PurgeMsg>();
+    let (grant, grants) = mesh.lane::<Grant>();
+    let (up, uplinks) = unbounded();
     let mut links = Vec::with_capacity(workers);
     let mut wiring = Vec::with_capacity(workers);
-    for (((wake, bell), limit), purge) in wakes.into_iter().zip(bells).zip(limit).zip(purge) {
+    for ((((wake, bell), limit), purge), grant) in wakes
+        .into_iter()
+        .zip(bells)
+        .zip(limit)
+        .zip(purge)
+        .zip(grant)
+    {
         let (tx, control) = unbounded();
         links.push(wake::ShardLink::new(tx, bell.clone()));
         wiring.push(Wiring {
@@ -74,9 +93,11 @@ fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>) {
             bell,
             limit,
             purge,
+            grant,
+            up: up.clone(),
         });
     }
-    (links, wiring)
+    (links, wiring, FleetPorts { grants, uplinks })
 }
 
 /// Starts one pinned shard thread per entry of `per_shard` (its listeners, from
@@ -84,7 +105,7 @@ fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>) {
 /// them, and the plane over them.
 pub fn start(cfg: Arc<Built>, per_shard: Vec<Vec<(usize, StdListener)>>) -> Result<Shards, String> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let (links, wiring) = wire(per_shard.len());
+    let (links, wiring, fleet) = wire(per_shard.len());
     let mut handles = Vec::with_capacity(per_shard.len());
     for (id, (listeners, w)) in per_shard.into_iter().zip(wiring).enumerate() {
         let cpu = match &cfg.cfg.server.cpu_affinity {
@@ -97,6 +118,7 @@ pub fn start(cfg: Arc<Built>, per_shard: Vec<Vec<(usize, StdListener)>>) -> Resu
     Ok(Shards {
         plane: Plane::new(cfg, links),
         handles,
+        fleet: Some(fleet),
     })
 }
 
@@ -198,7 +220,11 @@ fn spawn_shard(
             let ring = cfg.cfg.server.ring();
             let main = move |driver_name: &str| {
                 log::info!("shard {id} started: cpu {cpu_text}, driver {driver_name}");
-                let shard = Rc::new(Shard::new(id, cfg, Lanes::new(w.limit, w.purge)));
+                let shard = Rc::new(Shard::new(
+                    id,
+                    cfg,
+                    Lanes::new(w.limit, w.purge, w.grant, Some(w.up)),
+                ));
                 shard::run(shard, listeners, w.control, w.wake, w.bell)
             };
             block_on(ring, main);

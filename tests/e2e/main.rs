@@ -28,6 +28,7 @@ mod dashboards;
 mod drain;
 mod exhaustion;
 mod faults;
+mod fleet;
 mod framing;
 mod fuzz_props;
 mod headers;

@@ -11,6 +11,7 @@ mod origin_serve;
 mod procfs;
 pub mod prometheus;
 mod raw_origin;
+mod redis;
 pub mod rsyslog;
 pub mod tls;
 pub mod upgrade;
@@ -22,6 +23,7 @@ pub use gateway::*;
 pub use origin::*;
 pub use procfs::*;
 pub use raw_origin::*;
+pub use redis::{Redis, RedisCluster};
 pub use wire::{http_date, pattern_byte, pattern_fill, Fnv};
 
 use std::sync::{Mutex, MutexGuard, PoisonError};

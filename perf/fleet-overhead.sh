@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Cluster-wide limits (issue 17): request-path cost of limit-count policy = "redis" against
+# policy = "local" in one ringway (workers = 1, cpu 1), two routes to one origin, loaded
+# alternately with wrk on cpu 0; and the Redis commands the node sends per second at two
+# request rates and two sync intervals (they follow keys and interval, not requests).
+# Usage: perf/fleet-overhead.sh [rounds] [seconds]   (needs a release build, wrk, redis-server)
+set -euo pipefail
+ROUNDS=${1:-3}
+SECS=${2:-10}
+T=${CARGO_TARGET_DIR:-target}/release
+work=$(mktemp -d)
+. "$(dirname "$0")/lib.sh"
+need wrk "apt-get install wrk"
+need redis-server "apt-get install redis-server"
+
+RPORT=$(free_port)
+redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+pids+=($!)
+wait_port "$RPORT"
+rcmds() { redis-cli -p "$RPORT" info stats | awk -F: '/total_commands_processed/ {print $2+0}'; }
+
+taskset -c 0 "$T/ringway-bench" serve --listen 127.0.0.1:0 -t 1 2>"$work/serve.log" &
+pids+=($!)
+for _ in $(seq 50); do grep -q "listening on" "$work/serve.log" 2>/dev/null && break; sleep 0.1; done
+ORIGIN=$(grep -o "listening on [0-9.:]*" "$work/serve.log" | head -1 | awk '{print $3}')
+
+route() { # name path policy-lines
+  printf '[[routes]]\nname = "%s"\npaths = ["%s"]\nupstream = "origin"\n[routes.plugins.limit-count]\ncount = 1000000000\ntime_window = 60\nkey = "remote_addr"\n%b\n' "$1" "$2" "$3"
+}
+{
+  printf '[server]\nlisten = ["127.0.0.1:0"]\nworkers = 1\ncpu_affinity = [1]\n\n[status]\nlisten = "127.0.0.1:0"\n\n'
+  printf '[[upstreams]]\nname = "origin"\nnodes = [{ addr = "%s", weight = 1 }]\n\n' "$ORIGIN"
+  route local /local ''
+  route redis /redis "policy = \"redis\"\nredis = { addr = \"127.0.0.1:$RPORT\" }\n"
+  route redis10 /redis10 "policy = \"redis\"\nsync_interval = \"10ms\"\nredis = { addr = \"127.0.0.1:$RPORT\", database = 1 }\n"
+} >"$work/gw.toml"
+"$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do grep -q "status listening on" "$work/gw.log" 2>/dev/null && break; sleep 0.1; done
+GW=$(grep -o "^.*[^s] listening on [0-9.:]*" "$work/gw.log" | grep -v status | head -1 | grep -o "[0-9.]*:[0-9]*$")
+echo "origin $ORIGIN gateway $GW redis 127.0.0.1:$RPORT"
+for p in local redis redis10; do curl -fsS -o /dev/null "http://$GW/$p"; done
+
+run() { taskset -c 0 wrk -t1 "$@" | awk '/Requests\/sec/ {print $2}'; }
+for r in $(seq "$ROUNDS"); do
+  l=$(run -c64 -d"${SECS}s" "http://$GW/local")
+  c0=$(rcmds); rr=$(run -c64 -d"${SECS}s" "http://$GW/redis"); c1=$(rcmds)
+  echo "round $r local $l req/s redis $rr req/s ($(( (c1 - c0) / SECS )) redis commands/s)"
+done
+# Commands per second against request rate (one key): a light and a full load, 50 ms and 10 ms.
+for p in redis redis10; do
+  for c in 1 64; do
+    c0=$(rcmds); rr=$(run -c"$c" -d"${SECS}s" "http://$GW/$p"); c1=$(rcmds)
+    echo "$p connections $c: $rr req/s, $(( (c1 - c0) / SECS )) redis commands/s"
+  done
+done
