@@ -16,10 +16,19 @@ const LIMITS: HeadLimits = HeadLimits {
     max_request_line_bytes: 8 * 1024,
 };
 
-/// Binds now (so a taken port fails start-up) and serves on a background thread.
-pub fn start(addr: SocketAddr, ring: RingOpts) -> std::io::Result<()> {
-    let std_listener = std::net::TcpListener::bind(addr)?;
+/// Binds now (so a taken port fails start-up), or serves on `inherited` (a binary upgrade's
+/// predecessor's socket), on a background thread. Returns a copy of the socket for a later upgrade.
+pub fn start(
+    addr: SocketAddr,
+    ring: RingOpts,
+    inherited: Option<std::net::TcpListener>,
+) -> std::io::Result<std::net::TcpListener> {
+    let std_listener = match inherited {
+        Some(l) => l,
+        None => std::net::TcpListener::bind(addr)?,
+    };
     std_listener.set_nonblocking(true)?;
+    let copy = std_listener.try_clone()?;
     let real = std_listener.local_addr()?;
     log::info!("demo upstream on {real}");
     std::thread::Builder::new()
@@ -38,7 +47,7 @@ pub fn start(addr: SocketAddr, ring: RingOpts) -> std::io::Result<()> {
                 }
             })
         })?;
-    Ok(())
+    Ok(copy)
 }
 
 async fn serve(mut s: TcpStream) {

@@ -26,6 +26,10 @@ enum Cmd {
     Run {
         #[arg(short = 'c', long = "config", default_value = "config/ringway.toml")]
         config: PathBuf,
+        /// Take over the listening sockets of the ringway running on this config's upgrade
+        /// socket, then tell it to drain (zero-downtime binary upgrade).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and exit.
     Check {
@@ -154,15 +158,22 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Cmd::Run { config } => {
+        Cmd::Run { config, upgrade } => {
             let cfg = match ringway::built::load(&config) {
                 Ok(c) => c,
+                Err(e) if upgrade => {
+                    eprintln!(
+                        "ringway: {}: {e}; upgrade not attempted, the running process keeps serving",
+                        config.display()
+                    );
+                    return ExitCode::from(2);
+                }
                 Err(e) => {
                     eprintln!("ringway: {}: {e}", config.display());
                     return ExitCode::from(2);
                 }
             };
-            match ringway::server::run(cfg) {
+            match ringway::server::run(cfg, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ringway: {e}");

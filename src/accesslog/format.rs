@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Format;
+use crate::util::civil::civil;
 
 /// What one finished request looks like to the log.
 pub struct Record<'a> {
@@ -144,20 +145,6 @@ impl Clock {
         );
         self.iso = format!("{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z");
     }
-}
-
-/// Days since 1970-01-01 -> (year, month 1..=12, day 1..=31); Howard Hinnant's algorithm.
-fn civil(days: u64) -> (i64, u32, u32) {
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Combined-format escaping (as nginx): `"`, `\` and bytes outside printable ASCII as `\xHH`.

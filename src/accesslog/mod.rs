@@ -1,7 +1,8 @@
 //! Access log: each shard formats lines into its own buffer (no lock, no syscall per request) and
 //! hands the buffer on its control tick to one writer thread over a bounded channel; when the
 //! writer falls behind, batches are dropped and counted rather than ever blocking a shard.
-//! SIGUSR1 reopens the file (log rotation). Must not touch request handling beyond `record`.
+//! The writer appends to a file or stdout, or sends each line to a syslog collector. SIGUSR1
+//! reopens the file (log rotation). Must not touch request handling beyond `record`.
 
 mod format;
 
@@ -17,10 +18,25 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 pub use format::{Field, Record};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Destination {
     Stdout,
     File(PathBuf),
+    /// One RFC 5424 message per line, sent by the writer thread (`net::syslog`).
+    Syslog(crate::net::syslog::Target),
+}
+
+impl PartialEq for Destination {
+    fn eq(&self, o: &Destination) -> bool {
+        match (self, o) {
+            (Destination::Stdout, Destination::Stdout) => true,
+            (Destination::File(a), Destination::File(b)) => a == b,
+            (Destination::Syslog(a), Destination::Syslog(b)) => {
+                a.addr == b.addr && a.transport == b.transport && a.pri == b.pri
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +47,7 @@ pub enum Format {
     Json(Vec<Field>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessLogConfig {
     pub target: Destination,
     pub format: Format,
@@ -92,11 +108,70 @@ pub fn sync(timeout: Duration) {
 enum Out {
     Stdout,
     File(File),
+    Syslog(Box<SyslogOut>),
+}
+
+/// Lines waiting for the collector: while it is unreachable the writer keeps up to
+/// `SYSLOG_PENDING` lines (oldest dropped and counted beyond that) and retries once a second.
+struct SyslogOut {
+    conn: crate::net::syslog::Syslog,
+    pending: std::collections::VecDeque<String>,
+    failing: bool,
+}
+
+/// Lines the syslog writer holds while the collector is unreachable.
+pub const SYSLOG_PENDING: usize = 10_000;
+/// Lines per send to the collector.
+const SYSLOG_BATCH: usize = 1000;
+/// Lines the syslog writer dropped (collector unreachable past the buffer); read by /metrics.
+pub static SYSLOG_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl SyslogOut {
+    fn push(&mut self, buf: &[u8]) {
+        for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            self.pending
+                .push_back(String::from_utf8_lossy(line).into_owned());
+        }
+        let over = self.pending.len().saturating_sub(SYSLOG_PENDING);
+        if over > 0 {
+            self.pending.drain(..over);
+            SYSLOG_DROPPED.fetch_add(over as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.deliver();
+    }
+
+    fn deliver(&mut self) {
+        while !self.pending.is_empty() {
+            let n = self.pending.len().min(SYSLOG_BATCH);
+            let batch: Vec<&str> = self.pending.range(..n).map(String::as_str).collect();
+            match self.conn.send(&batch) {
+                Ok(()) => {
+                    self.pending.drain(..n);
+                    if std::mem::replace(&mut self.failing, false) {
+                        log::info!("access log: syslog collector reachable again");
+                    }
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut self.failing, true) {
+                        log::warn!(
+                            "access log: {e}; holding up to {SYSLOG_PENDING} lines and retrying every second"
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn open(target: &Destination) -> Result<Out, String> {
     match target {
         Destination::Stdout => Ok(Out::Stdout),
+        Destination::Syslog(t) => Ok(Out::Syslog(Box::new(SyslogOut {
+            conn: crate::net::syslog::Syslog::new(t.clone()),
+            pending: Default::default(),
+            failing: false,
+        }))),
         Destination::File(p) => OpenOptions::new()
             .create(true)
             .append(true)
@@ -107,18 +182,33 @@ fn open(target: &Destination) -> Result<Out, String> {
 }
 
 fn write_loop(rx: Receiver<Msg>, target: Destination, mut out: Out) {
-    while let Ok(msg) = rx.recv() {
+    loop {
+        let msg = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(m) => m,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if let Out::Syslog(s) = &mut out {
+                    s.deliver();
+                }
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
         match msg {
             Msg::Lines(buf) => {
                 // Batches are whole lines, and O_APPEND writes them after any other writer's.
                 let r = match &mut out {
                     Out::Stdout => std::io::stdout().lock().write_all(&buf),
                     Out::File(f) => f.write_all(&buf),
+                    Out::Syslog(s) => {
+                        s.push(&buf);
+                        Ok(())
+                    }
                 };
                 if let Err(e) = r {
                     log::warn!("access log write failed: {e}");
                 }
             }
+            Msg::Reopen if matches!(out, Out::Syslog(_)) => {}
             Msg::Reopen => match open(&target) {
                 Ok(o) => {
                     out = o;
@@ -127,8 +217,12 @@ fn write_loop(rx: Receiver<Msg>, target: Destination, mut out: Out) {
                 Err(e) => log::error!("SIGUSR1: {e}; still writing to the old file"),
             },
             Msg::Sync(done) => {
-                if let Out::Stdout = out {
-                    let _ = std::io::stdout().flush();
+                match &mut out {
+                    Out::Stdout => {
+                        let _ = std::io::stdout().flush();
+                    }
+                    Out::Syslog(s) => s.deliver(),
+                    Out::File(_) => {}
                 }
                 let _ = done.send(());
             }

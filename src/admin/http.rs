@@ -1,9 +1,10 @@
-//! A small blocking HTTP/1.1 server for the status and admin listeners: one short-lived thread
-//! per connection (capped), one request per connection. Never used on the shards' request path.
+//! A small blocking HTTP/1.1 server for the status and admin listeners (a capped thread per
+//! connection, one request each, stoppable for an upgrade). Never on the shards' request path.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,17 +74,55 @@ impl Response {
 
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
-/// Accepts forever on `listener` (its own thread), serving each connection on a short-lived thread.
+/// Set once a binary upgrade's successor serves: every status/admin listener of this process
+/// stops accepting (the successor accepts on the same sockets).
+static STOP: AtomicBool = AtomicBool::new(false);
+/// How often a listener thread looks at `STOP` while no connection arrives.
+const STOP_POLL_MS: i32 = 200;
+
+/// Stops every status/admin accept loop of this process within `STOP_POLL_MS`; connections
+/// already accepted are answered.
+pub fn stop_accepting() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Waits until `listener` has a connection or `STOP_POLL_MS` passes; false on a poll error.
+fn wait_readable(listener: &TcpListener) -> bool {
+    let mut p = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut p, 1, STOP_POLL_MS) >= 0 }
+}
+
+/// Accepts on `listener` (its own thread) until `stop_accepting`, serving each connection on a
+/// short-lived thread. The listener is non-blocking so a successor accepting the same socket
+/// cannot leave this thread stuck in accept.
 pub fn spawn(listener: TcpListener, name: &'static str, handler: Handler) -> std::io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
+    listener.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name(format!("ringway-{name}"))
         .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(stream) = conn else {
+            while !STOP.load(Ordering::SeqCst) {
+                if !wait_readable(&listener) {
                     std::thread::sleep(Duration::from_millis(20));
                     continue;
+                }
+                let stream = match listener.accept() {
+                    Ok((s, _)) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
                 };
+                // Accepted sockets do not inherit O_NONBLOCK on Linux; made sure of anyway.
+                if stream.set_nonblocking(false).is_err() {
+                    continue;
+                }
                 if active.load(Ordering::Relaxed) >= MAX_CONNS {
                     continue; // dropped: closes the connection
                 }

@@ -99,20 +99,37 @@ impl Ops {
     }
 }
 
-/// Binds and starts the status listener if `[status]` is configured (after the shards'
-/// "listening on" lines, which tests read first).
-pub fn start_status(plane: &Arc<Plane>) -> Result<(), String> {
+/// Starts the status listener if `[status]` is configured (after the shards' "listening on"
+/// lines, which tests read first), on `inherited` (a binary upgrade's predecessor's socket) or a
+/// new one. Returns a copy of the socket for a later upgrade.
+pub fn start_status(
+    plane: &Arc<Plane>,
+    inherited: Option<TcpListener>,
+) -> Result<Option<TcpListener>, String> {
     let Some(st) = plane.config().cfg.status.clone() else {
-        return Ok(());
+        return Ok(None);
     };
-    let l = TcpListener::bind(st.listen)
-        .map_err(|e| format!("status: cannot listen on {}: {e}", st.listen))?;
+    let l = bind_or(inherited, st.listen, "status")?;
     let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let copy = l.try_clone().map_err(|e| format!("status: {e}"))?;
     let p = plane.clone();
     http::spawn(l, "status", Arc::new(move |r: &Request| status(&p, r)))
         .map_err(|e| format!("status: cannot start thread: {e}"))?;
     log::info!("status listening on {addr}");
-    Ok(())
+    Ok(Some(copy))
+}
+
+fn bind_or(
+    inherited: Option<TcpListener>,
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> Result<TcpListener, String> {
+    match inherited {
+        Some(l) => Ok(l),
+        None => {
+            TcpListener::bind(addr).map_err(|e| format!("{what}: cannot listen on {addr}: {e}"))
+        }
+    }
 }
 
 /// A config built from the admin document carries the file it came from, like a loaded one.
@@ -151,12 +168,16 @@ pub fn startup_config(file: Built) -> Result<Built, String> {
     Ok(built)
 }
 
-/// Binds and starts the admin API listener if `[admin]` is configured.
-pub fn start_admin(ops: &Arc<Ops>) -> Result<(), String> {
+/// Starts the admin API listener if `[admin]` is configured, on `inherited` or a new socket;
+/// returns a copy of the socket for a later upgrade.
+pub fn start_admin(
+    ops: &Arc<Ops>,
+    inherited: Option<TcpListener>,
+) -> Result<Option<TcpListener>, String> {
     let built = ops.plane.config();
     let cfg = &built.cfg;
     let Some(admin) = cfg.admin.clone() else {
-        return Ok(());
+        return Ok(None);
     };
     // With etcd as the source, the etcd thread owns the document (and no admin state file).
     if cfg.config_source.is_none() {
@@ -182,9 +203,9 @@ pub fn start_admin(ops: &Arc<Ops>) -> Result<(), String> {
         admin: key,
         viewer: admin.viewer_key.clone(),
     };
-    let l = TcpListener::bind(admin.listen)
-        .map_err(|e| format!("admin: cannot listen on {}: {e}", admin.listen))?;
+    let l = bind_or(inherited, admin.listen, "admin")?;
     let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let copy = l.try_clone().map_err(|e| format!("admin: {e}"))?;
     let o = ops.clone();
     http::spawn(
         l,
@@ -193,7 +214,7 @@ pub fn start_admin(ops: &Arc<Ops>) -> Result<(), String> {
     )
     .map_err(|e| format!("admin: cannot start thread: {e}"))?;
     log::info!("admin listening on {addr}");
-    Ok(())
+    Ok(Some(copy))
 }
 
 fn random_key() -> Result<String, String> {
@@ -205,11 +226,30 @@ fn random_key() -> Result<String, String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// The status page (`GET /` on the status listener): one self-contained file, no external assets.
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
 fn status(plane: &Plane, r: &Request) -> Response {
     if r.method != "GET" && r.method != "HEAD" {
         return Response::error(405, "only GET");
     }
     match r.path.as_str() {
+        // For a person: rendering is the browser's, from /status/live (built from the same
+        // snapshots as /metrics); the page itself is a constant.
+        "/" => Response::text(200, "text/html; charset=utf-8", STATUS_PAGE),
+        "/status/live" => {
+            let snaps = plane.gather();
+            let cfg = plane.config();
+            let file = cfg.cfg.source.as_ref().map(|p| p.display().to_string());
+            let src = crate::metrics::live::Source {
+                file: file.as_deref(),
+                admin: cfg.cfg.admin.is_some(),
+            };
+            Response::json(
+                200,
+                &crate::metrics::live::live_json(&plane.info(), &snaps, &src),
+            )
+        }
         "/metrics" => {
             let snaps = plane.gather();
             let text = crate::metrics::expose::prometheus(&plane.info(), &snaps);
@@ -235,6 +275,6 @@ fn status(plane: &Plane, r: &Request) -> Response {
                 )
             }
         }
-        _ => Response::error(404, "not found; try /metrics, /status or /healthz"),
+        _ => Response::error(404, "not found; try /, /metrics, /status or /healthz"),
     }
 }

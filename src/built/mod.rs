@@ -22,6 +22,9 @@ pub struct Built {
     pub plugins: PluginSet,
     /// Per listen address (`server.listen` order), the rustls config of a TLS listener.
     pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// The ticket keys every TLS listener shares (`None` without TLS listeners); a binary
+    /// upgrade exports them to the next process.
+    pub tickets: Option<Arc<crate::net::tickets::Tickets>>,
     /// Per upstream (`upstreams` order), the connector of an `https` upstream.
     pub upstream_tls: Vec<Option<crate::net::tls_client::UpstreamTls>>,
     /// Per `[[apis]]` entry (`cfg.apis` order), its parsed document.
@@ -54,9 +57,11 @@ pub fn build(mut cfg: Config) -> Result<Built, ConfigError> {
     .map_err(|e| ConfigError::new("routes", e.to_string()))?;
     let mut plugins = plugins(&cfg).map_err(|e| apis::relocate(e, &generated))?;
     apis::attach(&mut plugins, &generated);
+    let (listener_tls, tickets) = tls::listeners(&cfg)?;
     Ok(Built {
         apis: apis.into(),
-        listener_tls: tls::listeners(&cfg)?,
+        listener_tls,
+        tickets,
         upstream_tls: tls::upstreams(&cfg)?,
         cfg,
         router: Arc::new(router),
@@ -152,6 +157,7 @@ pub fn with_route(
             plugins,
             cfg,
             listener_tls: cur.listener_tls.clone(),
+            tickets: cur.tickets.clone(),
             upstream_tls: cur.upstream_tls.clone(),
             apis: cur.apis.clone(),
         },

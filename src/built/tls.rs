@@ -4,12 +4,16 @@
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
+use rustls::server::ProducesTickets;
+
+use crate::net::tickets::Tickets;
 use crate::net::tls::{build_server_config, new_ticketer};
 use crate::net::tls_client::{self, UpstreamTls};
 
 /// One rustls config per TLS listener, in `server.listen` order (`None` for plain ones), all
-/// sharing one ticket-key source so a ticket from any shard resumes on every other.
-pub fn listeners(cfg: &Config) -> Result<Vec<Option<Arc<rustls::ServerConfig>>>, ConfigError> {
+/// sharing one ticket-key source (returned too, `None` without TLS listeners) so a ticket from
+/// any shard resumes on every other.
+pub fn listeners(cfg: &Config) -> Result<(Listeners, Option<Arc<Tickets>>), ConfigError> {
     let mut ticketer = None;
     let mut out = Vec::with_capacity(cfg.server.tls.len());
     for (i, spec) in cfg.server.tls.iter().enumerate() {
@@ -26,12 +30,15 @@ pub fn listeners(cfg: &Config) -> Result<Vec<Option<Arc<rustls::ServerConfig>>>,
                 t
             }
         };
-        let config = build_server_config(spec, t)
+        let config = build_server_config(spec, t as Arc<dyn ProducesTickets>)
             .map_err(|e| ConfigError::new(format!("server.listen[{i}]"), e))?;
         out.push(Some(config));
     }
-    Ok(out)
+    Ok((out, ticketer))
 }
+
+/// Per listen address, the rustls config of a TLS listener.
+pub type Listeners = Vec<Option<Arc<rustls::ServerConfig>>>;
 
 /// One connector per upstream with `scheme = "https"`, in `upstreams` order, with the name each
 /// node is verified against (the configured SNI, or the node's host).

@@ -48,6 +48,22 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
+    /// Where the running process listens for a binary upgrade's successor; `None`: beside the
+    /// config file (`Config::upgrade_socket`), or nowhere for a config not loaded from a file.
+    pub upgrade_socket: Option<PathBuf>,
+}
+
+impl Config {
+    /// The upgrade socket this config names, or `<config file>.upgrade.sock`.
+    pub fn upgrade_socket(&self) -> Option<PathBuf> {
+        self.server.upgrade_socket.clone().or_else(|| {
+            self.source.as_ref().map(|p| {
+                let mut s = p.as_os_str().to_owned();
+                s.push(".upgrade.sock");
+                PathBuf::from(s)
+            })
+        })
+    }
 }
 
 impl ServerConfig {

@@ -123,12 +123,19 @@ pub(super) fn access_log(
         "" => {
             return Err(ConfigError::new(
                 "access_log.path",
-                "must be a file path or \"stdout\"",
+                "must be a file path, \"stdout\" or \"syslog\"",
             ))
         }
         "stdout" => Destination::Stdout,
+        "syslog" => Destination::Syslog(syslog_target(l.syslog.as_ref(), dir)?),
         p => Destination::File(dir.join(p)),
     };
+    if l.syslog.is_some() && !matches!(target, Destination::Syslog(_)) {
+        return Err(ConfigError::new(
+            "access_log.syslog",
+            "only used with path = \"syslog\"",
+        ));
+    }
     let format = match (l.format.as_deref(), &l.fields) {
         (None | Some("combined"), None) => Format::Combined,
         (None | Some("combined"), Some(_)) => {
@@ -164,4 +171,80 @@ pub(super) fn access_log(
         }
     };
     Ok(Some(AccessLogConfig { target, format }))
+}
+
+/// `[access_log] path = "syslog"` with its `syslog = { address = ..., ... }` table.
+fn syslog_target(
+    raw: Option<&super::raw::RawSyslog>,
+    dir: &Path,
+) -> Result<crate::net::syslog::Target, ConfigError> {
+    use crate::net::syslog::{self, Transport};
+    let at = |k: &str| format!("access_log.syslog.{k}");
+    let Some(r) = raw else {
+        return Err(ConfigError::new(
+            "access_log.syslog",
+            "path = \"syslog\" needs syslog = { address = \"HOST:PORT\" }",
+        ));
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(r.address.as_str())
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            ConfigError::new(
+                at("address"),
+                format!("cannot resolve {:?} (expected HOST:PORT)", r.address),
+            )
+        })?;
+    let transport = match r.transport.as_deref() {
+        None | Some("udp") => Transport::Udp,
+        Some("tcp") => Transport::Tcp,
+        Some("tls") => Transport::Tls,
+        Some(o) => {
+            return Err(ConfigError::new(
+                at("transport"),
+                format!("expected \"udp\", \"tcp\" or \"tls\", got {o:?}"),
+            ))
+        }
+    };
+    let facility = syslog::facility(r.facility.as_deref().unwrap_or("local7"))
+        .map_err(|e| ConfigError::new(at("facility"), e))?;
+    let severity = syslog::severity(r.severity.as_deref().unwrap_or("info"))
+        .map_err(|e| ConfigError::new(at("severity"), e))?;
+    let app_name =
+        syslog::app_name(r.app_name.as_deref()).map_err(|e| ConfigError::new(at("app_name"), e))?;
+    let timeout =
+        super::raw::dur(&at("timeout"), &r.timeout, 3)?.max(std::time::Duration::from_millis(1));
+    let tls = if transport == Transport::Tls {
+        let ca = r.tls_ca.as_ref().map(|p| dir.join(p));
+        let cfg = syslog::tls_config(ca.as_deref(), r.tls_verify.unwrap_or(true))
+            .map_err(|e| ConfigError::new(at("tls_ca"), e))?;
+        let host = r
+            .address
+            .rsplit_once(':')
+            .map_or(r.address.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = r
+            .tls_server_name
+            .clone()
+            .unwrap_or_else(|| host.to_string());
+        let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|_| {
+            ConfigError::new(
+                at("tls_server_name"),
+                format!("{name:?} is not a server name"),
+            )
+        })?;
+        Some((cfg, name))
+    } else {
+        None
+    };
+    Ok(syslog::Target {
+        addr,
+        transport,
+        tls,
+        timeout,
+        pri: facility * 8 + severity,
+        app_name,
+        msgid: "access".into(),
+    })
 }

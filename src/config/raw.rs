@@ -123,6 +123,33 @@ pub struct RawAccessLog {
     /// JSON format only: which fields, in order.
     #[serde(default)]
     pub fields: Option<Vec<String>>,
+    /// `path = "syslog"`: where to send the lines.
+    #[serde(default)]
+    pub syslog: Option<RawSyslog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSyslog {
+    /// host:port of the collector.
+    pub address: String,
+    /// "udp" (default), "tcp" or "tls".
+    #[serde(default)]
+    pub transport: Option<String>,
+    #[serde(default)]
+    pub facility: Option<String>,
+    #[serde(default)]
+    pub severity: Option<String>,
+    #[serde(default)]
+    pub app_name: Option<String>,
+    #[serde(default)]
+    pub tls_ca: Option<String>,
+    #[serde(default)]
+    pub tls_verify: Option<bool>,
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<RawDuration>,
 }
 
 /// `[[consumers]]`: a named identity with credentials per auth plugin.
@@ -194,6 +221,8 @@ pub struct RawServer {
     pub shutdown_timeout: Option<RawDuration>,
     #[serde(default)]
     pub tunnel_idle_timeout: Option<RawDuration>,
+    #[serde(default)]
+    pub upgrade_socket: Option<String>,
 }
 
 /// `listen = ["127.0.0.1:9080"]` or `[[server.listen]] addr = "..."` (the table form
@@ -220,6 +249,22 @@ pub struct RawListenTable {
     pub client_ca: Option<String>,
     #[serde(default)]
     pub min_version: Option<String>,
+    /// Pick the cipher suite by the server's order, not the client's (default true).
+    #[serde(default)]
+    pub prefer_server_ciphers: Option<bool>,
+    /// Strict-Transport-Security on every response of this listener.
+    #[serde(default)]
+    pub hsts: Option<RawHsts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHsts {
+    pub max_age: RawDuration,
+    #[serde(default)]
+    pub include_subdomains: Option<bool>,
+    #[serde(default)]
+    pub preload: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +274,9 @@ pub struct RawCertificate {
     pub key: String,
     #[serde(default)]
     pub sni: Vec<String>,
+    /// A DER OCSP response to staple (e.g. from `openssl ocsp -respout`), re-read on SIGHUP.
+    #[serde(default)]
+    pub ocsp: Option<String>,
 }
 
 /// `tls = { ... }` on an upstream.

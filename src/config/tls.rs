@@ -20,6 +20,8 @@ pub(super) fn listener_tls(
             ("sni_strict", t.sni_strict.is_some()),
             ("client_ca", t.client_ca.is_some()),
             ("min_version", t.min_version.is_some()),
+            ("prefer_server_ciphers", t.prefer_server_ciphers.is_some()),
+            ("hsts", t.hsts.is_some()),
         ];
         if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
             return Err(ConfigError::new(
@@ -55,6 +57,7 @@ pub(super) fn listener_tls(
             cert: dir.join(&c.cert),
             key: dir.join(&c.key),
             sni: c.sni.clone(),
+            ocsp: c.ocsp.as_ref().map(|p| dir.join(p)),
         });
     }
     let min_version = match t.min_version.as_deref() {
@@ -67,13 +70,41 @@ pub(super) fn listener_tls(
             ))
         }
     };
+    let hsts = match &t.hsts {
+        None => None,
+        Some(h) => Some(hsts_value(&at("hsts"), h)?),
+    };
     let spec = ListenTlsSpec {
         certificates,
         sni_strict: t.sni_strict.unwrap_or(false),
         client_ca: t.client_ca.as_ref().map(|p| dir.join(p)),
         min_version,
+        prefer_server_ciphers: t.prefer_server_ciphers.unwrap_or(true),
+        hsts,
     };
     Ok(Some(spec))
+}
+
+/// The Strict-Transport-Security value (RFC 6797); `preload` needs what the browsers' preload
+/// list requires: a year or more and `includeSubDomains`.
+fn hsts_value(at: &str, h: &super::raw::RawHsts) -> Result<std::sync::Arc<str>, ConfigError> {
+    let max_age = super::raw::dur(&format!("{at}.max_age"), &Some(h.max_age.clone()), 0)?;
+    let sub = h.include_subdomains.unwrap_or(false);
+    let preload = h.preload.unwrap_or(false);
+    if preload && (max_age.as_secs() < 31_536_000 || !sub) {
+        return Err(ConfigError::new(
+            format!("{at}.preload"),
+            "preload needs max_age of at least a year (\"31536000\") and include_subdomains = true",
+        ));
+    }
+    let mut v = format!("max-age={}", max_age.as_secs());
+    if sub {
+        v.push_str("; includeSubDomains");
+    }
+    if preload {
+        v.push_str("; preload");
+    }
+    Ok(v.into())
 }
 
 pub(super) fn upstream_tls(

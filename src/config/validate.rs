@@ -237,6 +237,16 @@ fn server(raw: &RawConfig, dir: &Path) -> Result<ServerConfig, ConfigError> {
         send_timeout: dur("server.send_timeout", &s.send_timeout, 60)?,
         shutdown_timeout: dur("server.shutdown_timeout", &s.shutdown_timeout, 10)?,
         tunnel_idle_timeout: dur("server.tunnel_idle_timeout", &s.tunnel_idle_timeout, 300)?,
+        upgrade_socket: match s.upgrade_socket.as_deref() {
+            None => None,
+            Some("") => {
+                return Err(ConfigError::new(
+                    "server.upgrade_socket",
+                    "must be a path (leave it out for the default beside the config file)",
+                ))
+            }
+            Some(p) => Some(dir.join(p)),
+        },
     })
 }
 

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub struct Drain {
     fired: Cell<bool>,
+    /// Set by `fire_lingering`: how long an idle keep-alive connection still waits for a request.
+    linger: Cell<Option<Duration>>,
     // A slab so a waiter that is dropped before firing removes its waker: idle
     // keep-alive reads create and drop one of these per request.
     wakers: RefCell<Vec<Option<Waker>>>,
@@ -20,6 +22,19 @@ pub struct Drain {
 impl Drain {
     pub fn is_draining(&self) -> bool {
         self.fired.get()
+    }
+
+    /// Fires, letting idle keep-alive connections wait up to `linger` for one more request
+    /// (a binary upgrade: the successor is already accepting, and closing an idle connection
+    /// races a client sending on it).
+    pub fn fire_lingering(&self, linger: Duration) {
+        self.linger.set(Some(linger));
+        self.fire();
+    }
+
+    /// `Some` when the drain was fired with `fire_lingering`.
+    pub fn linger(&self) -> Option<Duration> {
+        self.linger.get()
     }
 
     pub fn fire(&self) {

@@ -23,22 +23,23 @@ pub struct PlaneInfo {
 
 /// Sums over shards, keyed so the output order is stable.
 #[derive(Default)]
-struct Merged {
-    accepted: u64,
-    requests: u64,
-    errors: u64,
-    active: u64,
-    routes: BTreeMap<String, RouteCounts>,
+pub(super) struct Merged {
+    pub(super) accepted: u64,
+    pub(super) requests: u64,
+    pub(super) errors: u64,
+    pub(super) active: u64,
+    pub(super) routes: BTreeMap<String, RouteCounts>,
     /// (upstream, node) -> (successes, failures, ejected on any shard)
-    nodes: BTreeMap<(String, String), (u64, u64, bool)>,
-    log_lines: u64,
-    log_dropped: u64,
-    rate_limited: [u64; 3],
-    invalid: BTreeMap<String, [u64; 2]>,
-    deprecated: BTreeMap<(String, String), u64>,
+    pub(super) nodes: BTreeMap<(String, String), (u64, u64, bool)>,
+    pub(super) log_lines: u64,
+    pub(super) log_dropped: u64,
+    pub(super) rate_limited: [u64; 3],
+    pub(super) cache: [u64; 2],
+    pub(super) invalid: BTreeMap<String, [u64; 2]>,
+    pub(super) deprecated: BTreeMap<(String, String), u64>,
 }
 
-fn merge(snaps: &[ShardSnapshot]) -> Merged {
+pub(super) fn merge(snaps: &[ShardSnapshot]) -> Merged {
     let mut m = Merged::default();
     for s in snaps {
         m.accepted += s.accepted;
@@ -59,6 +60,9 @@ fn merge(snaps: &[ShardSnapshot]) -> Merged {
             let e = m.invalid.entry(api.clone()).or_default();
             e[0] += r;
             e[1] += f;
+        }
+        for (a, b) in m.cache.iter_mut().zip(s.cache) {
+            *a += b;
         }
         for (name, c) in &s.routes {
             m.routes.entry(name.clone()).or_default().add(c);
@@ -333,9 +337,11 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
         &mut o,
         ACCESSLOG_DROPPED,
         "counter",
-        "Access log lines dropped because the writer fell behind.",
+        "Access log lines dropped because the writer fell behind (or a syslog collector stayed unreachable past the writer's buffer).",
     );
-    let _ = writeln!(o, "{ACCESSLOG_DROPPED} {}", m.log_dropped);
+    let syslog_dropped =
+        crate::accesslog::SYSLOG_DROPPED.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(o, "{ACCESSLOG_DROPPED} {}", m.log_dropped + syslog_dropped);
     family(
         &mut o,
         RATE_LIMITED,
@@ -373,6 +379,14 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
             let _ = writeln!(o, "{API_INVALID}{{api=\"{api}\",action=\"forwarded\"}} {f}");
         }
     }
+    family(
+        &mut o,
+        CACHE_RESPONSES,
+        "counter",
+        "proxy-cache answers: hit (from a stored entry: HIT, STALE, REVALIDATED) or miss (from the origin: MISS, EXPIRED, BYPASS).",
+    );
+    let _ = writeln!(o, "{CACHE_RESPONSES}{{result=\"hit\"}} {}", m.cache[0]);
+    let _ = writeln!(o, "{CACHE_RESPONSES}{{result=\"miss\"}} {}", m.cache[1]);
     loggers(&mut o);
     oidc(&mut o);
     fleet(&mut o);
@@ -394,7 +408,7 @@ fn fleet(o: &mut String) {
     }
 }
 
-/// http-logger / tcp-logger delivery counters (process-wide, kept by their sender threads).
+/// http-logger / tcp-logger / syslog delivery counters (process-wide, kept by their sender threads).
 fn loggers(o: &mut String) {
     let counts = super::logship::counts();
     let families = [

@@ -1,4 +1,4 @@
-//! Delivery counters of the logger plugins (http-logger, tcp-logger): bumped by their sender
+//! Delivery counters of the logger plugins (http-logger, tcp-logger, syslog): bumped by their sender
 //! threads, read by /metrics. Owns only the counters; the plugins and their sinks live in plugin/.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -23,9 +23,10 @@ impl Counters {
 
 pub static HTTP: Counters = Counters::new();
 pub static TCP: Counters = Counters::new();
+pub static SYSLOG: Counters = Counters::new();
 
 /// (plugin, entries sent, entries dropped, failed send attempts) for /metrics.
-pub fn counts() -> [(&'static str, u64, u64, u64); 2] {
+pub fn counts() -> [(&'static str, u64, u64, u64); 3] {
     let c = |n, c: &Counters| {
         (
             n,
@@ -34,5 +35,9 @@ pub fn counts() -> [(&'static str, u64, u64, u64); 2] {
             c.failed.load(Relaxed),
         )
     };
-    [c("http-logger", &HTTP), c("tcp-logger", &TCP)]
+    [
+        c("http-logger", &HTTP),
+        c("tcp-logger", &TCP),
+        c("syslog", &SYSLOG),
+    ]
 }

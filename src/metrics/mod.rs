@@ -3,6 +3,7 @@
 
 pub mod expose;
 pub mod fleet;
+pub mod live;
 pub mod logship;
 pub mod names;
 pub mod oidc;
@@ -100,6 +101,9 @@ pub struct ShardMetrics {
     invalid: RefCell<HashMap<Box<str>, [u64; 2]>>,
     /// Calls to deprecated API versions, by (API `name@version`, consumer or "").
     deprecated: RefCell<HashMap<ApiConsumer, u64>>,
+    /// proxy-cache answers: [from an entry (HIT, STALE, REVALIDATED), from the origin (MISS,
+    /// EXPIRED, BYPASS)].
+    cache: [Cell<u64>; 2],
 }
 
 impl ShardMetrics {
@@ -158,6 +162,17 @@ impl ShardMetrics {
     /// This shard's rejection counts, in `LIMITERS` order.
     pub fn rate_limited(&self) -> [u64; 3] {
         self.rate_limited.each_ref().map(Cell::get)
+    }
+
+    /// One proxy-cache answer: from a stored entry (`hit`) or from the origin.
+    #[inline]
+    pub fn count_cache(&self, hit: bool) {
+        bump(&self.cache[usize::from(!hit)], 1);
+    }
+
+    /// [hits, misses] on this shard.
+    pub fn cache(&self) -> [u64; 2] {
+        self.cache.each_ref().map(Cell::get)
     }
 }
 
@@ -232,6 +247,8 @@ pub struct ShardSnapshot {
     pub invalid: Vec<(String, [u64; 2])>,
     /// Calls to deprecated API versions: `(api, consumer, count)`.
     pub deprecated: Vec<(String, String, u64)>,
+    /// proxy-cache answers: [hits, misses].
+    pub cache: [u64; 2],
 }
 
 #[cfg(test)]

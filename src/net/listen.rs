@@ -47,21 +47,49 @@ pub fn defer_first_ack(fd: std::os::fd::RawFd) {
     }
 }
 
-/// Listeners grouped per shard: `result[shard][i]` listens on the i-th resolved address.
+/// Listeners grouped per shard: `per_shard[shard]` holds `(i, socket)` pairs, `i` indexing the
+/// configured addresses. A shard usually has one socket per address; after a binary upgrade to
+/// fewer workers it may hold several inherited sockets of one address.
 pub struct Bound {
     pub addrs: Vec<SocketAddr>,
-    pub per_shard: Vec<Vec<TcpListener>>,
+    pub per_shard: Vec<Vec<(usize, TcpListener)>>,
 }
 
 pub fn bind_all(addrs: &[SocketAddr], shards: usize) -> io::Result<Bound> {
-    let mut per_shard: Vec<Vec<TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
+    bind_inheriting(addrs, shards, &mut |_, _| Vec::new())
+}
+
+/// Like `bind_all`, but address `i` first takes the sockets `inherit(i, addr)` returns (a
+/// predecessor's listeners, received over the upgrade socket), dealt to shards in turn; shards
+/// left without one bind a new SO_REUSEPORT socket on the same address. An inherited socket is
+/// the predecessor's own: connections waiting in its queue are accepted here, none is refused.
+pub fn bind_inheriting(
+    addrs: &[SocketAddr],
+    shards: usize,
+    inherit: &mut dyn FnMut(usize, SocketAddr) -> Vec<TcpListener>,
+) -> io::Result<Bound> {
+    let mut per_shard: Vec<Vec<(usize, TcpListener)>> = (0..shards).map(|_| Vec::new()).collect();
     let mut resolved = Vec::with_capacity(addrs.len());
-    for &addr in addrs {
-        let first = bind_one(addr).map_err(|e| with_addr(e, addr))?;
-        let real = first.local_addr()?;
-        per_shard[0].push(first);
-        for group in per_shard.iter_mut().skip(1) {
-            group.push(bind_one(real).map_err(|e| with_addr(e, real))?);
+    for (i, &addr) in addrs.iter().enumerate() {
+        let taken = inherit(i, addr);
+        let first_new = taken.len();
+        let real = match taken.first() {
+            Some(l) => l.local_addr()?,
+            None => {
+                let first = bind_one(addr).map_err(|e| with_addr(e, addr))?;
+                let real = first.local_addr()?;
+                per_shard[0].push((i, first));
+                real
+            }
+        };
+        for (j, l) in taken.into_iter().enumerate() {
+            per_shard[j % shards].push((i, l));
+        }
+        for group in per_shard
+            .iter_mut()
+            .skip(if first_new == 0 { 1 } else { first_new })
+        {
+            group.push((i, bind_one(real).map_err(|e| with_addr(e, real))?));
         }
         resolved.push(real);
     }

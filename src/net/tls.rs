@@ -36,6 +36,8 @@ pub struct CertSpec {
     pub key: PathBuf,
     /// Explicit names; empty means "the certificate's DNS SANs (or CN)".
     pub sni: Vec<String>,
+    /// OCSP response file to staple.
+    pub ocsp: Option<PathBuf>,
 }
 
 /// What a TLS listener was configured with; kept so SIGHUP can rebuild from the same files.
@@ -45,6 +47,10 @@ pub struct ListenTlsSpec {
     pub sni_strict: bool,
     pub client_ca: Option<PathBuf>,
     pub min_version: MinVersion,
+    /// The server's cipher suite order wins over the client's (nginx's `ssl_prefer_server_ciphers`).
+    pub prefer_server_ciphers: bool,
+    /// The Strict-Transport-Security value sent on this listener's responses.
+    pub hsts: Option<Arc<str>>,
 }
 
 /// The crypto provider everything TLS here uses: ring, whose default suites are all AEAD with
@@ -55,9 +61,10 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// One ticket-key source for the whole node. Every listener's ServerConfig, on every shard,
 /// holds this same Arc, so a ticket issued on one shard resumes on any other. It rotates keys
-/// every 6 hours by itself; its internal lock is taken once per handshake, never per request.
-pub fn new_ticketer() -> Result<Arc<dyn ProducesTickets>, String> {
-    rustls::crypto::ring::Ticketer::new().map_err(|e| format!("cannot create TLS ticket keys: {e}"))
+/// every 6 hours by itself; its lock is taken once per handshake, never per request. Its keys
+/// can be exported to a successor process (`net::tickets`).
+pub fn new_ticketer() -> Result<Arc<super::tickets::Tickets>, String> {
+    super::tickets::Tickets::new()
 }
 
 /// Reads every file named in `spec` and builds the listener's rustls config. Runs on the main
@@ -69,7 +76,10 @@ pub fn build_server_config(
     let provider = provider();
     let mut resolver = SniResolver::default();
     for (i, c) in spec.certificates.iter().enumerate() {
-        let (key, names) = load_certified_key(&c.cert, &c.key, &provider)?;
+        let (mut key, names) = load_certified_key(&c.cert, &c.key, &provider)?;
+        if let Some(p) = &c.ocsp {
+            key.ocsp = staple(p, &c.cert);
+        }
         let key = Arc::new(key);
         let names = if c.sni.is_empty() {
             names
@@ -109,11 +119,53 @@ pub fn build_server_config(
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // ring's order: AES-256-GCM, AES-128-GCM, then ChaCha20 (per version), ECDHE only.
+    cfg.ignore_client_order = spec.prefer_server_ciphers;
     // Resumption is stateless (tickets) only: a session-ID cache would be a lock shared by all
     // shards on every full handshake, and per-shard caches would not resume across shards.
     cfg.ticketer = ticketer;
     cfg.session_storage = Arc::new(NoServerSessionStorage {});
     Ok(Arc::new(cfg))
+}
+
+/// The OCSP response in `path`, if it is one: a missing or malformed file is logged and the
+/// certificate is served without a staple (clients then ask the responder themselves, or go
+/// without), never refused.
+fn staple(path: &Path, cert: &Path) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        // An OCSPResponse is a DER SEQUENCE whose first element is responseStatus, an
+        // ENUMERATED; 0 is `successful`. Anything else is not worth stapling.
+        Ok(der) if ocsp_successful(&der) => Some(der),
+        Ok(_) => {
+            log::warn!(
+                "{}: not a successful DER OCSP response; serving {} without a staple",
+                path.display(),
+                cert.display()
+            );
+            None
+        }
+        Err(e) => {
+            log::warn!(
+                "{}: {e}; serving {} without an OCSP staple",
+                path.display(),
+                cert.display()
+            );
+            None
+        }
+    }
+}
+
+/// `30 len 0A 01 00 ...`: a SEQUENCE starting with ENUMERATED successful(0).
+fn ocsp_successful(der: &[u8]) -> bool {
+    let Some((&0x30, rest)) = der.split_first() else {
+        return false;
+    };
+    let skip = match rest.first() {
+        Some(&l) if l < 0x80 => 1,
+        Some(&l) if (0x81..=0x84).contains(&l) => 1 + usize::from(l - 0x80),
+        _ => return false,
+    };
+    rest.get(skip..skip + 3) == Some(&[0x0a, 0x01, 0x00][..])
 }
 
 /// Loads a PEM chain and key, checks that they match and that the leaf has not expired, and
@@ -278,6 +330,8 @@ pub struct TlsInfo {
     pub resumed: bool,
     /// Subject of the verified client certificate (mTLS), e.g. `CN=client-a`.
     pub client_subject: Option<Box<str>>,
+    /// The listener's Strict-Transport-Security value, set on every response of the connection.
+    pub hsts: Option<Arc<str>>,
 }
 
 impl TlsInfo {
@@ -301,6 +355,7 @@ impl TlsInfo {
             cipher,
             resumed: c.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             client_subject,
+            hsts: None,
         }
     }
 }

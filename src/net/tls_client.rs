@@ -110,6 +110,11 @@ pub async fn connect(
 #[derive(Debug)]
 struct NoVerify(Arc<CryptoProvider>);
 
+/// The `verify = false` verifier, for other blocking TLS clients (the syslog sink).
+pub fn no_verify(provider: Arc<CryptoProvider>) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(NoVerify(provider))
+}
+
 impl ServerCertVerifier for NoVerify {
     fn verify_server_cert(
         &self,

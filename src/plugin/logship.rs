@@ -1,5 +1,5 @@
-//! Log shipping for http-logger and tcp-logger: JSON entries batched on the shard, handed over a
-//! crossbeam channel to one blocking sender thread per plugin config. The shard never blocks.
+//! Log shipping for http-logger, tcp-logger and syslog: JSON entries batched on the shard, handed
+//! over a crossbeam channel to one blocking sender thread per plugin config. The shard never blocks.
 
 // The shard only appends to its batch and, per full or stale batch, does one send on an
 // unbounded channel. The sender thread owns the bounded buffer (oldest entries dropped and
@@ -59,7 +59,7 @@ pub fn entry(cx: &Ctx) -> String {
     .to_string()
 }
 
-pub use crate::metrics::logship::{Counters, HTTP, TCP};
+pub use crate::metrics::logship::{Counters, HTTP, SYSLOG, TCP};
 
 /// Batch and retry keys shared by both loggers (APISIX's batch processor names).
 #[derive(Default)]
@@ -371,7 +371,8 @@ mod tests {
             names,
             [
                 super::super::http_logger::SPEC.name,
-                super::super::tcp_logger::SPEC.name
+                super::super::tcp_logger::SPEC.name,
+                super::super::syslog::SPEC.name
             ]
         );
     }

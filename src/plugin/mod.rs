@@ -39,6 +39,7 @@ mod proxy_cache;
 mod proxy_rewrite;
 mod request_id;
 mod response_rewrite;
+mod syslog;
 mod tcp_logger;
 mod traffic_split;
 

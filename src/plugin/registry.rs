@@ -31,6 +31,7 @@ pub const PLUGINS: &[&Spec] = &[
     &super::response_rewrite::SPEC,
     &super::http_logger::SPEC,
     &super::tcp_logger::SPEC,
+    &super::syslog::SPEC,
 ];
 
 fn spec(name: &str) -> Option<&'static Spec> {

@@ -59,6 +59,7 @@ pub const MINIMAL: &[(&str, &str)] = &[
     ("response-rewrite", ""),
     ("http-logger", "uri = \"http://127.0.0.1:9/log\""),
     ("tcp-logger", "host = \"127.0.0.1\"\nport = 9"),
+    ("syslog", "host = \"127.0.0.1\"\nport = 9"),
 ];
 
 thread_local! {

@@ -175,7 +175,14 @@ impl<S: ClientStream> ClientConn<S> {
     /// connection is reusable); otherwise labels the response and prepares the tee.
     pub(super) async fn cache_on_head(&mut self, shard: &Shard) -> Option<(After, bool)> {
         let reusable = self.upstream.reusable();
-        let a = on_head(&mut self.cx, &self.req, &self.upstream.resp, reusable)?;
+        let looked_up = self.cx.private.cache.inst.is_some()
+            && !matches!(self.cx.private.cache.mode, Mode::Invalidate);
+        let Some(a) = on_head(&mut self.cx, &self.req, &self.upstream.resp, reusable) else {
+            if looked_up {
+                shard.metrics.count_cache(false);
+            }
+            return None;
+        };
         Some((self.serve_entry(shard, &a.entry, a.label).await, a.reusable))
     }
 
@@ -198,6 +205,7 @@ impl<S: ClientStream> ClientConn<S> {
     /// Writes `e` to the client: 304 for a satisfied conditional, 206/416 for a Range on a
     /// full 200, the stored response otherwise; HEAD gets the head only.
     async fn serve_entry(&mut self, shard: &Shard, e: &Entry, label: &str) -> After {
+        shard.metrics.count_cache(true);
         let Some(inst) = self.cx.private.cache.inst.clone() else {
             return After::Close;
         };

@@ -175,7 +175,10 @@ impl<S: ClientStream> ClientConn<S> {
             let after = super::reuse::Pooled::new(self.handle(&shard)).await;
             self.observe_end(&shard, started);
             match after {
-                After::KeepAlive if !shard.drain.is_draining() => {}
+                // A response that promised keep-alive before a handover drain began: the client
+                // may already be sending the next request, which is answered (with a close).
+                After::KeepAlive
+                    if !shard.drain.is_draining() || shard.drain.linger().is_some() => {}
                 After::KeepAlive | After::Close => return None,
                 After::Tunnel(up) => return Some(up),
             }
@@ -208,9 +211,23 @@ impl<S: ClientStream> ClientConn<S> {
                     } else {
                         server.keepalive_timeout
                     };
+                    let read = read_some(
+                        &mut self.client.stream,
+                        &mut self.client.rbuf,
+                        IDLE_READ.min(server.read_buffer_bytes),
+                        wait,
+                    );
+                    let mut read = std::pin::pin!(read);
                     monoio::select! {
-                        r = read_some(&mut self.client.stream, &mut self.client.rbuf, IDLE_READ.min(server.read_buffer_bytes), wait) => r,
-                        _ = shard.drain.wait() => return HeadRead::Close,
+                        r = &mut read => r,
+                        _ = shard.drain.wait() => match shard.drain.linger() {
+                            // A request already on its way is answered (with a close).
+                            Some(l) => match monoio::time::timeout(l, read).await {
+                                Ok(r) => r,
+                                Err(_) => return HeadRead::Close,
+                            },
+                            None => return HeadRead::Close,
+                        },
                     }
                 }
                 Some(d) => {

@@ -17,6 +17,12 @@ impl<S: ClientStream> ClientConn<S> {
     /// Routes without plugins go straight to `forward`.
     pub(super) async fn with_plugins(&mut self, shard: &Shard, route: usize) -> After {
         self.cx.reset(route);
+        if let Some(h) = self.client.tls.as_ref().and_then(|t| t.hsts.as_deref()) {
+            // Before the plugins: response-rewrite may still change or remove it.
+            self.cx
+                .resp_headers
+                .set(b"strict-transport-security", h.as_bytes());
+        }
         if shard.plugins.is_empty(route) {
             return self.forward(shard, route).await;
         }

@@ -301,6 +301,7 @@ impl Shard {
             rate_limited: self.metrics.rate_limited(),
             invalid: self.metrics.invalid(),
             deprecated: self.metrics.deprecated(),
+            cache: self.metrics.cache(),
         }
     }
 }

@@ -16,11 +16,27 @@ pub struct SwapAck {
     pub result: Result<(), String>,
 }
 
+/// One listening socket of a shard, duplicated: its index into `server.listen` (`usize::MAX`
+/// for an address a reload added) and its address as configured.
+#[derive(Debug)]
+pub struct ListenerCopy {
+    pub index: usize,
+    pub addr: SocketAddr,
+    pub fd: std::os::fd::OwnedFd,
+}
+
 /// Messages from the main thread to a shard.
 #[derive(Debug)]
 pub enum Control {
     /// Stop accepting, finish in-flight requests, exit.
     Shutdown,
+    /// A binary upgrade's successor serves on the same sockets now: stop accepting and drain
+    /// like `Shutdown`, but idle keep-alive connections wait up to `linger` for one more request
+    /// (answered with `Connection: close`) instead of being closed under a client that may be
+    /// sending on them.
+    HandOver { linger: std::time::Duration },
+    /// Duplicates of this shard's listening sockets, for a binary upgrade's successor.
+    Sockets(Sender<Vec<ListenerCopy>>),
     /// New TLS configs (SIGHUP certificate reload), one per listener in `listen` order (`None`
     /// for plain ones). Used for new handshakes; open connections keep the session they have.
     ReloadTls(Vec<Option<Arc<rustls::ServerConfig>>>),

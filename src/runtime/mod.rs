@@ -103,7 +103,7 @@ fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>, FleetPorts) {
 /// Starts one pinned shard thread per entry of `per_shard` (its listeners, from
 /// `net::listen::bind_all`), each with its control channel and wake-up, the node's mesh between
 /// them, and the plane over them.
-pub fn start(cfg: Arc<Built>, per_shard: Vec<Vec<StdListener>>) -> Result<Shards, String> {
+pub fn start(cfg: Arc<Built>, per_shard: Vec<Vec<(usize, StdListener)>>) -> Result<Shards, String> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (links, wiring, fleet) = wire(per_shard.len());
     let mut handles = Vec::with_capacity(per_shard.len());
@@ -126,6 +126,17 @@ impl Shards {
     /// Tells every shard to drain and waits for them, up to `timeout` (plus a second).
     pub fn shutdown(self, timeout: Duration) {
         self.plane.send_all(|| Control::Shutdown);
+        self.wait_drained(timeout);
+    }
+
+    /// A binary upgrade's successor serves on the same sockets: every shard stops accepting and
+    /// drains, idle keep-alive connections waiting up to `linger` for one more request.
+    pub fn hand_over(self, timeout: Duration, linger: Duration) {
+        self.plane.send_all(|| Control::HandOver { linger });
+        self.wait_drained(timeout);
+    }
+
+    fn wait_drained(self, timeout: Duration) {
         // Shards stop themselves at the drain deadline; this is a backstop on top of it.
         let deadline = Instant::now() + timeout + Duration::from_secs(1);
         while Instant::now() < deadline && !self.handles.iter().all(|h| h.is_finished()) {
@@ -170,11 +181,31 @@ impl Shards {
     }
 }
 
+/// Copies of every shard's listening sockets (for a binary upgrade's successor), each shard
+/// asked over its control channel; a shard that does not answer within 2 s is left out (logged).
+pub fn listener_copies(plane: &Plane) -> Vec<control::ListenerCopy> {
+    let (tx, rx) = unbounded();
+    let asked = plane.send_all(|| Control::Sockets(tx.clone()));
+    drop(tx);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut out = Vec::new();
+    for _ in 0..asked {
+        match rx.recv_deadline(deadline) {
+            Ok(v) => out.extend(v),
+            Err(_) => {
+                log::error!("upgrade: a shard did not hand over its sockets");
+                break;
+            }
+        }
+    }
+    out
+}
+
 fn spawn_shard(
     id: usize,
     cpu: Option<usize>,
     cfg: Arc<Built>,
-    listeners: Vec<StdListener>,
+    listeners: Vec<(usize, StdListener)>,
     w: Wiring,
 ) -> Result<JoinHandle<()>, String> {
     std::thread::Builder::new()

@@ -347,7 +347,7 @@ impl Plane {
                 Ok(b) => {
                     for (tx, ls) in self.links.iter().zip(b.per_shard) {
                         let _ = tx.send(Control::Listen(
-                            ls.into_iter().map(|l| (*addr, l)).collect(),
+                            ls.into_iter().map(|(_, l)| (*addr, l)).collect(),
                         ));
                     }
                     for a in b.addrs {

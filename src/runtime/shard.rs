@@ -1,6 +1,7 @@
 //! One shard's loops: accept, and the control tick that applies `Control` messages (swaps,
 //! snapshots, purges) and drains the mesh lanes. Acts on proxy::shard's state; owns no other.
 
+use std::cell::Cell;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 /// (the control channel's and the mesh lanes'), `wake` its socket end.
 pub async fn run(
     shard: Rc<Shard>,
-    listeners: Vec<StdListener>,
+    listeners: Vec<(usize, StdListener)>,
     control: Receiver<Control>,
     wake: Option<std::os::unix::net::UnixStream>,
     bell: Arc<Doorbell>,
@@ -35,18 +36,18 @@ pub async fn run(
     monoio::spawn(crate::local::deadline::sweeper());
     crate::proxy::shard::spawn_housekeeping(&shard);
     let mut pending: Option<Rc<Shard>> = None;
-    // Per configured listen address, what stops its accept loop (a reload may remove it).
-    let mut open: Vec<(SocketAddr, Rc<Drain>)> = Vec::new();
+    // Per listening socket: its configured address, what stops its accept loop (a reload may
+    // remove the address) and the socket itself (a binary upgrade asks for a copy).
+    let mut open: Vec<Open> = Vec::new();
+    // Accept loops still running: a drained shard waits for them, since a cancelled accept may
+    // still deliver a connection that must be served, not dropped with the runtime.
+    let accepting = Rc::new(Cell::new(0usize));
     let configured = shard.built.cfg.server.listen.clone();
-    for (index, (l, addr)) in listeners.into_iter().zip(configured).enumerate() {
-        match TcpListener::from_std(l) {
-            Ok(l) => {
-                let stop = Rc::new(Drain::default());
-                open.push((addr, stop.clone()));
-                monoio::spawn(accept_loop(shard.clone(), l, index, stop));
-            }
-            Err(e) => log::error!("shard {}: cannot adopt listener: {e}", shard.id),
-        }
+    for (index, l) in listeners {
+        let Some(&addr) = configured.get(index) else {
+            continue;
+        };
+        open.extend(adopt_listener(&shard, l, addr, index, &accepting));
     }
     let mut last_sweep = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
@@ -60,6 +61,17 @@ pub async fn run(
         shard.lanes.drain();
         loop {
             match control.try_recv() {
+                Ok(Control::HandOver { linger }) => {
+                    if !shard.drain.is_draining() {
+                        shard.drain.fire_lingering(linger);
+                        drain_deadline =
+                            Some(Instant::now() + shard.built.cfg.server.shutdown_timeout);
+                    }
+                    break;
+                }
+                Ok(Control::Sockets(reply)) => {
+                    let _ = reply.send(listener_copies(&shard, &open));
+                }
                 Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => {
                     if !shard.drain.is_draining() {
                         shard.drain.fire();
@@ -140,22 +152,15 @@ pub async fn run(
                 }
                 Ok(Control::Listen(ls)) => {
                     for (addr, l) in ls {
-                        match TcpListener::from_std(l) {
-                            // Index past the TLS table: served as plain HTTP.
-                            Ok(l) => {
-                                let stop = Rc::new(Drain::default());
-                                open.push((addr, stop.clone()));
-                                monoio::spawn(accept_loop(shard.clone(), l, usize::MAX, stop));
-                            }
-                            Err(e) => log::error!("shard {}: cannot adopt listener: {e}", shard.id),
-                        }
+                        // Index past the TLS table: served as plain HTTP.
+                        open.extend(adopt_listener(&shard, l, addr, usize::MAX, &accepting));
                     }
                 }
                 Ok(Control::Unlisten(addrs)) => {
-                    open.retain(|(a, stop)| {
-                        let gone = addrs.contains(a);
+                    open.retain(|o| {
+                        let gone = addrs.contains(&o.addr);
                         if gone {
-                            stop.fire();
+                            o.stop.fire();
                         }
                         !gone
                     });
@@ -187,7 +192,7 @@ pub async fn run(
         shard.lanes.drain();
         let now = Instant::now();
         if let Some(deadline) = drain_deadline {
-            if shard.conns.get() == 0 || now >= deadline {
+            if (shard.conns.get() == 0 && accepting.get() == 0) || now >= deadline {
                 if let Some(log) = &shard.log {
                     log.flush();
                 }
@@ -207,46 +212,113 @@ pub async fn run(
     }
 }
 
+/// One listening socket of this shard.
+struct Open {
+    /// As configured (`server.listen[index]`, or the address a reload added).
+    addr: SocketAddr,
+    /// Into `server.listen` (`usize::MAX`: added by a reload, plain HTTP).
+    index: usize,
+    stop: Rc<Drain>,
+    listener: Rc<TcpListener>,
+}
+
+fn adopt_listener(
+    shard: &Rc<Shard>,
+    l: StdListener,
+    addr: SocketAddr,
+    index: usize,
+    accepting: &Rc<Cell<usize>>,
+) -> Option<Open> {
+    match TcpListener::from_std(l) {
+        Ok(l) => {
+            let stop = Rc::new(Drain::default());
+            let listener = Rc::new(l);
+            accepting.set(accepting.get() + 1);
+            let running = accepting.clone();
+            let (sh, li, st) = (shard.clone(), listener.clone(), stop.clone());
+            monoio::spawn(async move {
+                accept_loop(sh, li, index, st).await;
+                running.set(running.get() - 1);
+            });
+            Some(Open {
+                addr,
+                index,
+                stop,
+                listener,
+            })
+        }
+        Err(e) => {
+            log::error!("shard {}: cannot adopt listener: {e}", shard.id);
+            None
+        }
+    }
+}
+
+/// Duplicates of this shard's listening sockets for a binary upgrade; none once draining (the
+/// successor asks before any shard drains, and a drained shard's sockets are being closed).
+fn listener_copies(shard: &Shard, open: &[Open]) -> Vec<super::control::ListenerCopy> {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    if shard.drain.is_draining() {
+        return Vec::new();
+    }
+    open.iter()
+        .filter_map(|o| {
+            // SAFETY: the fd belongs to `o.listener`, which `open` keeps alive across this call.
+            let fd = unsafe { BorrowedFd::borrow_raw(o.listener.as_raw_fd()) };
+            match fd.try_clone_to_owned() {
+                Ok(fd) => Some(super::control::ListenerCopy {
+                    index: o.index,
+                    addr: o.addr,
+                    fd,
+                }),
+                Err(e) => {
+                    log::error!("shard {}: cannot duplicate a listener: {e}", shard.id);
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 /// Accepts until the shard drains or `stop` fires (its address was removed by a reload);
-/// returning drops `listener`, which closes this shard's socket for the address.
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, index: usize, stop: Rc<Drain>) {
+/// returning drops this loop's handle on `listener`, which closes this shard's socket once the
+/// shard's table lets go of it too.
+///
+/// The pending accept is cancelled, never dropped: with io_uring a connection the kernel already
+/// accepted for it would otherwise be lost with the dropped operation. A connection that wins
+/// the race with the cancellation is served like any other (it sees the drain). That matters on
+/// a binary upgrade, where the successor keeps accepting on the same socket.
+async fn accept_loop(shard: Rc<Shard>, listener: Rc<TcpListener>, index: usize, stop: Rc<Drain>) {
     let max = shard.built.cfg.server.max_connections;
     let mut warned_fd = false;
+    let mut canceller = monoio::io::Canceller::new();
     loop {
+        let accept = listener.cancelable_accept(canceller.handle());
+        let mut accept = std::pin::pin!(accept);
+        let mut last = false;
         let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = shard.drain.wait() => return,
-            _ = stop.wait() => return,
+            r = &mut accept => r,
+            _ = shard.drain.wait() => {
+                last = true;
+                canceller = canceller.cancel();
+                accept.await
+            },
+            _ = stop.wait() => {
+                last = true;
+                canceller = canceller.cancel();
+                accept.await
+            },
         };
         match accepted {
             Ok((stream, peer)) => {
                 if shard.conns.get() >= max {
                     // Over the cap: close at once so existing connections keep their share.
                     drop(stream);
-                    continue;
-                }
-                shard.conns.set(shard.conns.get() + 1);
-                if shard.conns.get() == 1 {
-                    shard.bell.ring();
-                }
-                shard.stats.accepted.set(shard.stats.accepted.get() + 1);
-                // The generation a reload may have swapped in applies from this connection on.
-                let gen = current(&shard);
-                // TCP_NODELAY comes from the listener (net/listen.rs), no syscall here.
-                if gen.built.cfg.server.defer_first_ack {
-                    crate::net::listen::defer_first_ack(std::os::fd::AsRawFd::as_raw_fd(&stream));
-                }
-                // Looked up per connection so a reload applies to the next handshake.
-                let tls = shard.tls.borrow().get(index).cloned().flatten();
-                match tls {
-                    None => {
-                        monoio::spawn(crate::proxy::serve(gen, stream, peer, None));
-                    }
-                    Some(cfg) => {
-                        monoio::spawn(serve_tls(gen, cfg, stream, peer));
-                    }
+                } else {
+                    serve_accepted(&shard, stream, peer, index);
                 }
             }
+            Err(_) if last => {}
             Err(e) => {
                 let fd_exhausted = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
                 if fd_exhausted && !warned_fd {
@@ -257,6 +329,33 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, index: usize, stop
                 monoio::time::sleep(Duration::from_millis(if fd_exhausted { 50 } else { 5 })).await;
             }
         }
+        if last {
+            return;
+        }
+    }
+}
+
+fn serve_accepted(shard: &Rc<Shard>, stream: TcpStream, peer: SocketAddr, index: usize) {
+    shard.conns.set(shard.conns.get() + 1);
+    if shard.conns.get() == 1 {
+        shard.bell.ring();
+    }
+    shard.stats.accepted.set(shard.stats.accepted.get() + 1);
+    // The generation a reload may have swapped in applies from this connection on.
+    let gen = current(shard);
+    // TCP_NODELAY comes from the listener (net/listen.rs), no syscall here.
+    if gen.built.cfg.server.defer_first_ack {
+        crate::net::listen::defer_first_ack(std::os::fd::AsRawFd::as_raw_fd(&stream));
+    }
+    // Looked up per connection so a reload applies to the next handshake.
+    let tls = shard.tls.borrow().get(index).cloned().flatten();
+    match tls {
+        None => {
+            monoio::spawn(crate::proxy::serve(gen, stream, peer, None));
+        }
+        Some(cfg) => {
+            monoio::spawn(serve_tls(gen, cfg, stream, peer, index));
+        }
     }
 }
 
@@ -266,10 +365,20 @@ async fn serve_tls(
     cfg: Arc<rustls::ServerConfig>,
     stream: TcpStream,
     peer: SocketAddr,
+    index: usize,
 ) {
     let limit = shard.built.cfg.server.client_header_timeout;
     match crate::net::tls::accept(cfg, stream, limit).await {
-        Ok((tls, info)) => crate::proxy::serve(shard, tls, peer, Some(Box::new(info))).await,
+        Ok((tls, mut info)) => {
+            info.hsts = shard
+                .built
+                .cfg
+                .server
+                .tls
+                .get(index)
+                .and_then(|t| t.as_ref()?.hsts.clone());
+            crate::proxy::serve(shard, tls, peer, Some(Box::new(info))).await
+        }
         Err(e) => {
             // `serve` (whose guard would decrement) never ran.
             shard.conns.set(shard.conns.get().saturating_sub(1));
@@ -318,7 +427,7 @@ upstream = "u"
                 .expect("runtime");
             rt.block_on(async move {
                 let shard = Rc::new(Shard::new(0, cfg, Lanes::solo()));
-                run(shard, vec![listener], rx, Some(end), bell).await
+                run(shard, vec![(0, listener)], rx, Some(end), bell).await
             });
         });
         let (ack, acks) = unbounded();

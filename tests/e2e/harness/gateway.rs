@@ -348,6 +348,11 @@ impl Gateway {
         self.stderr.text()
     }
 
+    /// The config file it runs on (a binary upgrade's successor reads the same path).
+    pub fn config_path(&self) -> &Path {
+        &self._config.path
+    }
+
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
     }

@@ -1,6 +1,7 @@
 //! The e2e harness by role (each file's first two lines: what it owns, what it must not touch).
 //! Owns the module map, re-exports, `wait_until` and `cpu_lock`; no process, socket or config code.
 
+pub mod chromium;
 mod client;
 mod config;
 pub mod etcd;
@@ -13,7 +14,9 @@ mod procfs;
 pub mod prometheus;
 mod raw_origin;
 mod redis;
+pub mod rsyslog;
 pub mod tls;
+pub mod upgrade;
 mod wire;
 
 pub use client::*;

@@ -52,6 +52,8 @@ impl Pki {
         let inter_key = KeyPair::generate().expect("inter key");
         let inter_params = ca_params(&format!("{tag} intermediate"));
         let inter_cert = inter_params.signed_by(&inter_key, &root).expect("inter");
+        // On disk too, for tools that act as the intermediate (an OCSP responder).
+        let inter_key_pem = inter_key.serialize_pem();
         let pki = Pki {
             dir,
             root_pem: root_cert.pem(),
@@ -59,6 +61,8 @@ impl Pki {
             inter: Issuer::new(inter_params, inter_key),
         };
         pki.write("root.pem", &pki.root_pem);
+        pki.write("inter.pem", &pki.inter_pem);
+        pki.write("inter.key", &inter_key_pem);
         pki
     }
 
