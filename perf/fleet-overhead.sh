@@ -17,7 +17,9 @@ RPORT=$(free_port)
 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
 pids+=($!)
 wait_port "$RPORT"
-rcmds() { redis-cli -p "$RPORT" info stats | awk -F: '/total_commands_processed/ {print $2+0}'; }
+# Script calls (EVALSHA/EVAL) the store executed: total_commands_processed would also count the
+# four commands each script runs inside.
+rcmds() { redis-cli -p "$RPORT" info commandstats | awk -F'[=,:]' '/^cmdstat_eval(sha)?:/ {n += $3} END {print n+0}'; }
 
 taskset -c 0 "$T/ringway-bench" serve --listen 127.0.0.1:0 -t 1 2>"$work/serve.log" &
 pids+=($!)
@@ -35,22 +37,34 @@ route() { # name path policy-lines
   route redis10 /redis10 "policy = \"redis\"\nsync_interval = \"10ms\"\nredis = { addr = \"127.0.0.1:$RPORT\", database = 1 }\n"
 } >"$work/gw.toml"
 "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
-pids+=($!)
+GW_PID=$!
+pids+=($GW_PID)
 for _ in $(seq 50); do grep -q "status listening on" "$work/gw.log" 2>/dev/null && break; sleep 0.1; done
 GW=$(grep -o "^.*[^s] listening on [0-9.:]*" "$work/gw.log" | grep -v status | head -1 | grep -o "[0-9.]*:[0-9]*$")
 echo "origin $ORIGIN gateway $GW redis 127.0.0.1:$RPORT"
 for p in local redis redis10; do curl -fsS -o /dev/null "http://$GW/$p"; done
 
-run() { taskset -c 0 wrk -t1 "$@" | awk '/Requests\/sec/ {print $2}'; }
+# The gateway's CPU time (user + system, clock ticks) from /proc: per request it is steadier than
+# req/s on a shared machine.
+ticks() { awk '{print $14 + $15}' "/proc/$GW_PID/stat"; }
+HZ=$(getconf CLK_TCK)
+# Prints "req/s cpu-us-per-request".
+run() {
+  local t0 t1 out
+  t0=$(ticks)
+  out=$(taskset -c 0 wrk -t1 "$@")
+  t1=$(ticks)
+  awk -v d=$((t1 - t0)) -v hz="$HZ" '/requests in/ {n = $1} /Requests\/sec/ {r = $2} END {printf "%s %.1f", r, d * 1e6 / hz / n}' <<<"$out"
+}
 for r in $(seq "$ROUNDS"); do
   l=$(run -c64 -d"${SECS}s" "http://$GW/local")
   c0=$(rcmds); rr=$(run -c64 -d"${SECS}s" "http://$GW/redis"); c1=$(rcmds)
-  echo "round $r local $l req/s redis $rr req/s ($(( (c1 - c0) / SECS )) redis commands/s)"
+  echo "round $r local $l | redis $rr (req/s, gateway CPU us/request) | $(( (c1 - c0) / SECS )) script calls/s"
 done
 # Commands per second against request rate (one key): a light and a full load, 50 ms and 10 ms.
 for p in redis redis10; do
   for c in 1 64; do
     c0=$(rcmds); rr=$(run -c"$c" -d"${SECS}s" "http://$GW/$p"); c1=$(rcmds)
-    echo "$p connections $c: $rr req/s, $(( (c1 - c0) / SECS )) redis commands/s"
+    echo "$p connections $c: $rr (req/s, CPU us/request), $(( (c1 - c0) / SECS )) script calls/s"
   done
 done

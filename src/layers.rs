@@ -7,7 +7,7 @@
 //!
 //! | layer | modules | what lives there |
 //! |---|---|---|
-//! | start-up | main, server, admin, active_health, demo, fleet | wiring, signals, the admin/status/health/fleet threads, the demo upstream |
+//! | start-up | main, server, admin, active_health, demo, fleet, etcd | wiring, signals, the admin/status/health/fleet/etcd threads, the demo upstream |
 //! | runtime | runtime | shard threads, control channels, the node's mesh, the plane (two-step swaps), drain |
 //! | proxy | proxy | the per-connection phase driver and a shard's per-generation state |
 //! | build | built | config data -> router + plugin factories |
@@ -20,7 +20,15 @@
 pub const LAYERS: &[(&str, &[&str])] = &[
     (
         "start-up",
-        &["main", "server", "admin", "active_health", "demo", "fleet"],
+        &[
+            "main",
+            "server",
+            "etcd",
+            "admin",
+            "active_health",
+            "demo",
+            "fleet",
+        ],
     ),
     ("runtime", &["runtime"]),
     ("proxy", &["proxy"]),

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod etcd;
 pub mod fleet;
 pub mod http;
 pub mod layers;

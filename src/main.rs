@@ -126,6 +126,18 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Check { config } => match ringway::built::load(&config) {
+            Ok(cfg) if cfg.cfg.config_source.is_some() => {
+                match ringway::etcd::check(&cfg, &config) {
+                    Ok(summary) => {
+                        println!("{}: ok; {summary}", config.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("ringway: {}: {e}", config.display());
+                        ExitCode::from(2)
+                    }
+                }
+            }
             Ok(cfg) => {
                 println!(
                     "{}: ok ({} routes, {} apis, {} upstreams, {} workers)",

@@ -12,7 +12,13 @@ use crate::built::Built;
 
 /// Runs the gateway until a termination signal; returns once shards have drained.
 pub fn run(built: Built) -> Result<(), String> {
-    let built = crate::admin::startup_config(built)?;
+    let (built, etcd) = match built.cfg.config_source {
+        Some(_) => {
+            let (b, f) = crate::etcd::startup(built)?;
+            (b, Some(f))
+        }
+        None => (crate::admin::startup_config(built)?, None),
+    };
     let cfg = &built.cfg;
     // Signals are claimed before anything serves, so an early SIGTERM still drains cleanly.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
@@ -36,6 +42,9 @@ pub fn run(built: Built) -> Result<(), String> {
         crate::fleet::start(ports)?;
     }
     let ops = crate::admin::Ops::new(shards.plane.clone());
+    if let Some(f) = etcd {
+        f.run(&ops);
+    }
     crate::admin::start_status(&shards.plane)?;
     crate::admin::start_admin(&ops)?;
     crate::active_health::start(shards.plane.clone())?;

@@ -5,6 +5,7 @@
 
 use serde_json::{json, Value};
 
+use super::change::Refused;
 use super::document::{merge_patch, Document, Kind};
 use super::http::{Request, Response};
 use super::Ops;
@@ -68,28 +69,27 @@ pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Respons
             "admin store unavailable (config not loaded from a file)",
         );
     };
-    match (r.method.as_str(), id) {
+    let todo = match (r.method.as_str(), id) {
         ("GET", None) => {
             let list: Vec<Value> = store.sets[kind.seg()]
                 .iter()
-                .map(|(id, v)| item(kind, id, v))
+                .map(|(id, v)| revised(ops, item(kind, id, v), kind, id))
                 .collect();
-            Response::json(200, &json!({ "total": list.len(), "list": list }))
+            return Response::json(200, &json!({ "total": list.len(), "list": list }));
         }
-        ("GET", Some(id)) => match store.sets[kind.seg()].get(id) {
-            Some(v) => Response::json(200, &item(kind, id, v)),
-            None => not_found(kind, id),
-        },
+        ("GET", Some(id)) => {
+            return match store.sets[kind.seg()].get(id) {
+                Some(v) => Response::json(200, &revised(ops, item(kind, id, v), kind, id)),
+                None => not_found(kind, id),
+            }
+        }
         ("PUT", Some(id)) => match body(r) {
-            Ok(v) => change(plane, store, kind, id.to_string(), Some(v)),
-            Err(e) => e,
+            Ok(v) => (id.to_string(), Some(v), Vec::new()),
+            Err(e) => return e,
         },
         ("POST", None) => match body(r) {
-            Ok(v) => {
-                let id = new_id(store, kind);
-                change(plane, store, kind, id, Some(v))
-            }
-            Err(e) => e,
+            Ok(v) => (new_id(store, kind), Some(v), Vec::new()),
+            Err(e) => return e,
         },
         ("PATCH", Some(id)) => {
             let Some(mut cur) = store.sets[kind.seg()].get(id).cloned() else {
@@ -98,9 +98,9 @@ pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Respons
             match body(r) {
                 Ok(p) => {
                     merge_patch(&mut cur, &p);
-                    change(plane, store, kind, id.to_string(), Some(cur))
+                    (id.to_string(), Some(cur), Vec::new())
                 }
-                Err(e) => e,
+                Err(e) => return e,
             }
         }
         ("DELETE", Some(id)) => {
@@ -114,74 +114,87 @@ pub fn handle(ops: &Ops, cfg: &AdminConfig, keys: &Keys, r: &Request) -> Respons
                     format!("{}/{id} is still referenced by {refs:?}; delete those first or add ?force=true (which deletes them too)", kind.seg()),
                 );
             }
-            for rf in &refs {
-                if let Some((k, rid)) = rf.split_once('/') {
-                    store.sets.get_mut(k).map(|s| s.remove(rid));
+            let also: Vec<String> = refs
+                .iter()
+                .filter_map(|rf| rf.strip_prefix("routes/").map(String::from))
+                .collect();
+            (id.to_string(), None, also)
+        }
+        (m, _) => return Response::error(405, format!("{m} not allowed here")),
+    };
+    let (id, obj, also) = todo;
+    match ops.remote.get() {
+        None => {
+            for rid in &also {
+                store.sets.get_mut("routes").map(|s| s.remove(rid));
+            }
+            change(plane, store, kind, id, obj)
+        }
+        Some(remote) => {
+            let obj = super::change::with_id(kind, &id, obj);
+            if let Some(v) = &obj {
+                if let Err(e) = super::change::check_one(plane, store, kind, &id, Some(v.clone())) {
+                    return Response::error(400, e.to_string());
                 }
             }
-            change(plane, store, kind, id.to_string(), None)
+            let before = store.sets[kind.seg()].contains_key(&id);
+            let expected = match r.arg("mod_revision").map(str::parse::<i64>) {
+                None => None,
+                Some(Ok(n)) if n >= 0 => Some(n),
+                Some(_) => return Response::error(400, "mod_revision: expected a revision number"),
+            };
+            // The etcd thread applies the write from its watch under this lock.
+            drop(guard);
+            remote_change(&**remote, plane, (kind, id, obj), also, before, expected)
         }
-        (m, _) => Response::error(405, format!("{m} not allowed here")),
     }
 }
 
-/// Why a change was not applied: the document refused it, or the shards did (a swap aborted
-/// because some shard failed or timed out preparing it; see `Plane::apply`).
-enum Refused {
-    Invalid(crate::config::ConfigError),
-    Aborted(String),
-}
-
-/// One route put or removed without a full rebuild: only that route is validated, the router
-/// and shards update that route only, and the state file gets one journal line. `Ok(None)`
-/// when the change needs the full path (see `built::with_route`).
-fn route_change(
+/// A change when etcd is the source: written there (compare-and-swap on each object's mod
+/// revision), answered once committed; this node applies it from its watch like every other.
+fn remote_change(
+    remote: &dyn super::Remote,
     plane: &Plane,
-    store: &mut Document,
-    id: &str,
-    obj: Option<Value>,
-) -> Result<Option<(u64, std::time::Duration)>, Refused> {
-    let cur = plane.config();
-    let Some(order) = route_order(store, &cur, id) else {
-        return Ok(None);
+    (kind, id, obj): (Kind, String, Option<Value>),
+    also: Vec<String>,
+    existed: bool,
+    expected: Option<i64>,
+) -> Response {
+    let mut changes = vec![(kind, id.clone(), obj.clone())];
+    changes.extend(also.into_iter().map(|rid| (Kind::Routes, rid, None)));
+    let (rev, applied) = match remote.write(changes, expected) {
+        Ok(done) => done,
+        Err(super::RemoteError::Conflict(e)) => return Response::error(409, e),
+        Err(super::RemoteError::Unavailable(e)) => return Response::error(503, e),
     };
-    let built = crate::built::with_route(&cur, id, obj.clone(), order).map_err(Refused::Invalid)?;
-    let Some((cfg, slot)) = built else {
-        return Ok(None);
+    log::info!(
+        "admin: {} {}/{id}: committed to etcd at revision {rev}{}",
+        if obj.is_some() { "put" } else { "deleted" },
+        kind.seg(),
+        if applied {
+            ", applied"
+        } else {
+            ", not applied here yet"
+        }
+    );
+    let status = if obj.is_some() && !existed { 201 } else { 200 };
+    let mut out = match &obj {
+        Some(v) => item(kind, &id, v),
+        None => json!({ "key": format!("/apisix/{}/{id}", kind.seg()), "deleted": "1" }),
     };
-    let done = plane.apply_route(cfg, slot).map_err(Refused::Aborted)?;
-    if let Err(e) = store.persist_change(Kind::Routes, id, obj.as_ref()) {
-        log::error!(
-            "admin: applied generation {} but could not persist it: {e}",
-            done.0
-        );
-    }
-    Ok(Some(done))
+    out["revision"] = json!(rev);
+    out["applied"] = json!(applied);
+    out["config_generation"] = json!(plane.generation());
+    Response::json(status, &out)
 }
 
-/// Where route `id` goes among routes of equal precedence: a full build from the store ranks
-/// them in id (= name) order, so a replaced route keeps its order and a new one gets an order
-/// between its neighbours by name. `None` when that is not possible without renumbering.
-fn route_order(store: &Document, built: &crate::built::Built, id: &str) -> Option<u64> {
-    use std::ops::Bound::{Excluded, Unbounded};
-    let (cfg, router) = (&built.cfg, &built.router);
-    if !cfg.routes.name_ordered() {
-        return None;
+/// With etcd as the source, an object carries its mod revision (APISIX's `modifiedIndex`), the
+/// `?mod_revision=` a client sends back to change it only if nobody else did meanwhile.
+fn revised(ops: &Ops, mut v: Value, kind: Kind, id: &str) -> Value {
+    if let Some(remote) = ops.remote.get() {
+        v["modifiedIndex"] = json!(remote.mod_revision(kind, id));
     }
-    let order_of = |name: &str| router.order(cfg.routes.id(name)?);
-    if let Some(slot) = cfg.routes.id(id) {
-        return router.order(slot);
-    }
-    let set = &store.sets[Kind::Routes.seg()];
-    let lo = match set.range::<str, _>((Unbounded, Excluded(id))).next_back() {
-        Some((name, _)) => order_of(name)?,
-        None => 0,
-    };
-    let hi = match set.range::<str, _>((Excluded(id), Unbounded)).next() {
-        Some((name, _)) => order_of(name)?,
-        None => lo.saturating_add(2 * crate::route::ORDER_STEP),
-    };
-    (hi > lo + 1 && hi <= crate::route::ORDER_MAX).then(|| lo + (hi - lo) / 2)
+    v
 }
 
 fn item(kind: Kind, id: &str, v: &Value) -> Value {
@@ -220,70 +233,12 @@ fn change(
     id: String,
     obj: Option<Value>,
 ) -> Response {
-    let field = kind.id_field();
-    let obj = obj.map(|mut v| {
-        if let Some(m) = v.as_object_mut() {
-            m.insert(field.into(), Value::String(id.clone()));
-        }
-        v
-    });
-    let set = store
-        .sets
-        .get_mut(kind.seg())
-        .expect("every kind has a set");
-    let before = match &obj {
-        Some(v) => set.insert(id.clone(), v.clone()),
-        None => set.remove(&id),
-    };
-    let restore = |store: &mut Document| {
-        let set = store
-            .sets
-            .get_mut(kind.seg())
-            .expect("every kind has a set");
-        match &before {
-            Some(b) => set.insert(id.clone(), b.clone()),
-            None => set.remove(&id),
-        };
-    };
-    if let Some(v) = &obj {
-        if kind == Kind::GlobalRules && !v.get("plugins").is_some_and(Value::is_object) {
-            restore(store);
-            return Response::error(
-                400,
-                format!("global_rules/{id}.plugins: expected an object of plugin configs"),
-            );
-        }
-    }
-    let applied = match kind {
-        Kind::Routes => route_change(plane, store, &id, obj.clone()),
-        _ => Ok(None),
-    };
-    let applied = match applied {
-        Ok(Some((g, t))) => Ok((g, t, "one route")),
-        Ok(None) => match store.build() {
-            Ok(cfg) => match plane.apply(super::with_source(cfg, plane)) {
-                Ok((g, t)) => {
-                    if let Err(e) = store.persist() {
-                        log::error!("admin: applied generation {g} but could not persist it: {e}");
-                    }
-                    Ok((g, t, "full rebuild"))
-                }
-                Err(e) => Err(Refused::Aborted(e)),
-            },
-            Err(e) => Err(Refused::Invalid(e)),
-        },
-        Err(e) => Err(e),
-    };
-    let (generation, took, how) = match applied {
+    let obj = super::change::with_id(kind, &id, obj);
+    let done = match super::change::apply_one(plane, store, kind, &id, obj.clone()) {
         Ok(done) => done,
-        Err(Refused::Invalid(e)) => {
-            restore(store);
-            plane.note_failure();
-            return Response::error(400, e.to_string());
-        }
+        Err(Refused::Invalid(e)) => return Response::error(400, e.to_string()),
         Err(Refused::Aborted(e)) => {
             // Counted and logged by the plane; nothing was persisted.
-            restore(store);
             let keep = plane.generation();
             return Response::error(
                 503,
@@ -295,11 +250,14 @@ fn change(
         }
     };
     log::info!(
-        "admin: {} {}/{id}: generation {generation} applied in {took:?} ({how})",
+        "admin: {} {}/{id}: generation {} applied in {:?} ({})",
         if obj.is_some() { "put" } else { "deleted" },
-        kind.seg()
+        kind.seg(),
+        done.generation,
+        done.took,
+        done.how
     );
-    let status = match (&obj, &before) {
+    let status = match (&obj, &done.before) {
         (Some(_), None) => 201,
         _ => 200,
     };
@@ -307,6 +265,6 @@ fn change(
         Some(v) => item(kind, &id, v),
         None => json!({ "key": format!("/apisix/{}/{id}", kind.seg()), "deleted": "1" }),
     };
-    out["config_generation"] = json!(generation);
+    out["config_generation"] = json!(done.generation);
     Response::json(status, &out)
 }

@@ -11,7 +11,7 @@ use crate::built::Built;
 use crate::config::ConfigError;
 
 /// An admin collection: its URL segment, its key in the document, and the field holding the id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Routes,
     Upstreams,

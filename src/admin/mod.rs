@@ -3,6 +3,7 @@
 //! be reached from the request path: shards only ever see what arrives on their control channels.
 
 pub mod api;
+pub mod change;
 pub mod docs;
 pub mod document;
 pub mod http;
@@ -20,6 +21,32 @@ use http::{Request, Response};
 pub struct Ops {
     pub plane: Arc<Plane>,
     pub store: Mutex<Option<document::Document>>,
+    /// Set when the configuration lives in etcd (src/etcd): admin writes go there instead.
+    pub remote: std::sync::OnceLock<Arc<dyn Remote>>,
+}
+
+/// Where admin writes go when another store is the source of truth (etcd, src/etcd). The
+/// node applies a write when its watch sees it, like every other node.
+pub trait Remote: Send + Sync {
+    /// Writes the changes (all or none) if every object is still at the mod revision this node
+    /// last saw; returns the committed revision and whether this node applied it in time.
+    /// `expected`: the first change's mod revision as the client last read it (`?mod_revision=`),
+    /// instead of this node's.
+    fn write(
+        &self,
+        changes: Vec<(document::Kind, String, Option<serde_json::Value>)>,
+        expected: Option<i64>,
+    ) -> Result<(i64, bool), RemoteError>;
+
+    /// The object's mod revision as this node last saw it (0: not in the store).
+    fn mod_revision(&self, kind: document::Kind, id: &str) -> i64;
+}
+
+pub enum RemoteError {
+    /// Someone else changed one of the objects first (409).
+    Conflict(String),
+    /// The store is unreachable or slow (503).
+    Unavailable(String),
 }
 
 impl Ops {
@@ -27,6 +54,7 @@ impl Ops {
         Arc::new(Ops {
             plane,
             store: Mutex::new(None),
+            remote: std::sync::OnceLock::new(),
         })
     }
 
@@ -106,6 +134,9 @@ fn state_file(cfg: &crate::config::Config) -> Option<std::path::PathBuf> {
 /// routes, upstreams, consumers and global rules are replaced by the state's (changes survive
 /// restarts).
 pub fn startup_config(file: Built) -> Result<Built, String> {
+    if file.cfg.config_source.is_some() {
+        return Ok(file);
+    }
     let (Some(src), Some(state)) = (file.cfg.source.clone(), state_file(&file.cfg)) else {
         return Ok(file);
     };
@@ -127,13 +158,17 @@ pub fn start_admin(ops: &Arc<Ops>) -> Result<(), String> {
     let Some(admin) = cfg.admin.clone() else {
         return Ok(());
     };
-    let store = match &cfg.source {
-        Some(src) => Some(
-            document::Document::open(src, state_file(cfg)).map_err(|e| format!("admin: {e}"))?,
-        ),
-        None => None,
-    };
-    *ops.store.lock().unwrap_or_else(|e| e.into_inner()) = store;
+    // With etcd as the source, the etcd thread owns the document (and no admin state file).
+    if cfg.config_source.is_none() {
+        let store = match &cfg.source {
+            Some(src) => Some(
+                document::Document::open(src, state_file(cfg))
+                    .map_err(|e| format!("admin: {e}"))?,
+            ),
+            None => None,
+        };
+        *ops.store.lock().unwrap_or_else(|e| e.into_inner()) = store;
+    }
     let key = match &admin.key {
         Some(k) => k.clone(),
         None => {

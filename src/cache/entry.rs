@@ -192,7 +192,7 @@ impl Entry {
             vary,
             ..Entry::default()
         };
-        let age = resp.header("age").and_then(parse_u64);
+        let age = resp.header("age").and_then(rules::delta_seconds);
         if !e.set_freshness(
             p,
             age,
@@ -229,7 +229,7 @@ impl Entry {
         e.headers
             .retain(|(n, _)| !fresh.iter().any(|(f, _)| f.eq_ignore_ascii_case(n)));
         e.headers.extend(fresh);
-        let age = resp.header("age").and_then(parse_u64);
+        let age = resp.header("age").and_then(rules::delta_seconds);
         e.set_freshness(p, age, req_ms, now_ms, false).then_some(e)
     }
 
@@ -283,7 +283,12 @@ impl Entry {
 }
 
 fn parse_u64(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(rules::trim(v)).ok()?.parse().ok()
+    // Digits only: "+5", "-1", "5.0" are not ages (nor range positions).
+    let v = rules::trim(v);
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// Whether a client's conditional request is satisfied by `e` (answer 304), RFC 9110 13.2.2:

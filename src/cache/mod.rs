@@ -1,31 +1,35 @@
 //! The proxy cache's shard-side machinery: per-shard instances (store, in-flight fetches), purges
 //! between shards, the per-request `CacheCx` carried in `Ctx`, the body tee and the expiry sweep.
 //!
-//! Sharding: each shard owns its store in a `RefCell` (no lock, no shared atomic on the hit
-//! path); a cache's node-wide `max_bytes` is split evenly, each shard holding at most
-//! `max_bytes / shards`, so the node total can never exceed it. Purges travel over the node
-//! mesh's purge lane (one for every cache, addressed by the cache's identity); a send wakes the
-//! receiving shard, which delivers them at once to its `Caches` (the shard's instance registry,
-//! kept across generations and handed to the plugins that build instances, not a thread-local).
+//! Sharding by key (see `peer.rs` for the protocol): a cache is one store per node, split by a
+//! hash of the key over the shards. Each key has one owner shard whose store (a `RefCell`, no
+//! lock) alone holds it and whose in-flight table alone coalesces its fetches; other shards ask
+//! the owner over the node mesh's cache lane and serve its answer (refcounted entries, the body
+//! never copied). A cache's node-wide `max_bytes` is split evenly, each shard's store holding at
+//! most `max_bytes / shards` of the keys it owns, so the node total never exceeds it and every
+//! object is held once. Mail on the lane (asks, answers, puts, purges) names a cache by its
+//! identity; a send wakes the receiving shard, which delivers it at once to its `Caches` (the
+//! shard's instance registry, kept across generations and handed to the plugins that build
+//! instances, not a thread-local). With one shard every key is local: no mail, no wait.
 
 pub mod admin;
 pub mod entry;
+pub mod peer;
 pub mod rules;
 pub mod sketch;
 pub mod store;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::rc::{Rc, Weak};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
 
 pub use entry::Entry;
+pub use peer::{Flight, Leader, Mail, Peers};
 pub use store::{Store, StoreStats};
 
 use crate::util::mesh::Lane;
@@ -117,13 +121,19 @@ pub struct Ack {
 pub struct Instance {
     pub conf: std::sync::Arc<CacheConf>,
     pub shard: usize,
+    /// The keys this shard owns (see `peer::owner`).
     pub store: RefCell<Store>,
-    /// Keys being fetched from the origin on this shard, for request coalescing.
-    pub inflight: RefCell<HashMap<Vec<u8>, Rc<Gate>>>,
-    /// Names this cache on every shard (a hash of its identity, see `adopt`): purges carry it.
+    /// Fetches from the origin of keys this shard owns, led here or on another shard: one per
+    /// key per node.
+    pub inflight: RefCell<HashMap<Vec<u8>, Rc<Flight>>>,
+    /// The last flight id given out here.
+    pub flights: Cell<u64>,
+    /// Names this cache on every shard (a hash of its identity, see `adopt`): mail carries it.
     pub key: u64,
-    /// This shard's end of the purge lane.
-    pub lane: Rc<Lane<PurgeMsg>>,
+    /// This shard's end of the cache lane.
+    pub lane: Rc<Lane<Mail>>,
+    /// This shard's requests waiting for owners' answers (shared by the shard's caches).
+    pub peers: Rc<Peers>,
 }
 
 impl Instance {
@@ -139,11 +149,11 @@ impl Instance {
     /// Sends `t` to this cache on every other shard (each is woken to purge it at once);
     /// returns how many were sent, which is how many acks to expect when `ack` is given.
     pub fn broadcast(&self, t: &Target, ack: Option<&Sender<Ack>>) -> usize {
-        self.lane.broadcast(PurgeMsg {
+        self.lane.broadcast(Mail::Purge(PurgeMsg {
             cache: self.key,
             target: t.clone(),
             ack: ack.cloned(),
-        })
+        }))
     }
 }
 
@@ -154,6 +164,8 @@ pub struct Caches {
     instances: RefCell<Vec<Weak<Instance>>>,
     /// The instance built for each cache identity on this shard.
     adopted: RefCell<HashMap<String, Weak<Instance>>>,
+    /// Requests on this shard waiting for answers from owners.
+    peers: Rc<Peers>,
 }
 
 /// The key purges name a cache with: the same for the same identity on every shard.
@@ -190,24 +202,56 @@ impl Caches {
             .collect()
     }
 
-    /// Carries out the purges other shards sent this one (called whenever the shard wakes):
-    /// each removes matches from every live instance of its cache here and, if asked, reports.
-    pub fn deliver(&self, lane: &Lane<PurgeMsg>) {
+    /// What requests waiting for owners' answers register with (instances built here share it).
+    pub fn peers(&self) -> Rc<Peers> {
+        self.peers.clone()
+    }
+
+    /// The live instance named `cache` (any generation's: they share contents, see `adopt`).
+    fn find(&self, cache: u64) -> Option<Rc<Instance>> {
+        self.instances
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|i| i.key == cache)
+    }
+
+    /// Takes in what other shards sent this one (called whenever the shard wakes): purges are
+    /// carried out on every live instance of their cache here (and acked if asked), asks about
+    /// keys this shard owns are answered, answers go to the requests waiting for them, puts
+    /// change the keys this shard owns.
+    pub fn deliver(&self, lane: &Lane<Mail>) {
         while let Some(m) = lane.try_recv() {
-            let mut removed = 0;
-            let mut stats = StoreStats::default();
-            for inst in self.live().into_iter().filter(|i| i.key == m.cache) {
-                removed += inst.purge_local(&m.target);
-                stats = inst.store.borrow().stats();
+            match m {
+                Mail::Purge(m) => self.purge(lane.id(), m),
+                Mail::Ask(a) => {
+                    let answer = self.find(a.cache).map(|i| i.answer(&a)).unwrap_or_default();
+                    lane.send(a.from, Mail::Answer { id: a.id, answer });
+                }
+                Mail::Answer { id, answer } => self.peers.fill(id, answer),
+                Mail::Put(p) => {
+                    if let Some(i) = self.find(p.cache) {
+                        i.apply(&p.key, p.hash, p.op, p.flight);
+                    }
+                }
             }
-            if let Some(a) = m.ack {
-                // Answered even when this shard has no such cache, so the sender need not wait.
-                let _ = a.send(Ack {
-                    shard: lane.id(),
-                    removed,
-                    stats,
-                });
-            }
+        }
+    }
+
+    fn purge(&self, shard: usize, m: PurgeMsg) {
+        let mut removed = 0;
+        let mut stats = StoreStats::default();
+        for inst in self.live().into_iter().filter(|i| i.key == m.cache) {
+            removed += inst.purge_local(&m.target);
+            stats = inst.store.borrow().stats();
+        }
+        if let Some(a) = m.ack {
+            // Answered even when this shard has no such cache, so the sender need not wait.
+            let _ = a.send(Ack {
+                shard,
+                removed,
+                stats,
+            });
         }
     }
 
@@ -228,82 +272,36 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A one-shot signal on one shard: waiters for a coalesced fetch park here.
-#[derive(Default)]
-pub struct Gate {
-    open: Cell<bool>,
-    wakers: RefCell<Vec<Waker>>,
-}
-
-impl Gate {
-    pub fn open(&self) {
-        self.open.set(true);
-        for w in self.wakers.borrow_mut().drain(..) {
-            w.wake();
-        }
-    }
-
-    pub fn wait(self: Rc<Self>) -> GateWait {
-        GateWait(self)
-    }
-}
-
-pub struct GateWait(Rc<Gate>);
-
-impl Future for GateWait {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.open.get() {
-            return Poll::Ready(());
-        }
-        self.0.wakers.borrow_mut().push(cx.waker().clone());
-        Poll::Pending
-    }
-}
-
-/// Held by the request fetching a key for everyone on its shard; dropping it (done, failed or
-/// cancelled) releases the waiters.
-pub struct Leader {
-    inst: Rc<Instance>,
-    key: Vec<u8>,
-    gate: Rc<Gate>,
-}
-
-impl Leader {
-    /// Becomes the fetcher of `key`, or returns the gate of the fetch already running.
-    pub fn claim(inst: &Rc<Instance>, key: &[u8]) -> Result<Leader, Rc<Gate>> {
-        let mut m = inst.inflight.borrow_mut();
-        if let Some(g) = m.get(key) {
-            return Err(g.clone());
-        }
-        let gate = Rc::new(Gate::default());
-        m.insert(key.to_vec(), gate.clone());
-        Ok(Leader {
-            inst: inst.clone(),
-            key: key.to_vec(),
-            gate,
-        })
-    }
-}
-
-impl Drop for Leader {
-    fn drop(&mut self) {
-        let mut m = self.inst.inflight.borrow_mut();
-        if m.get(&self.key).is_some_and(|g| Rc::ptr_eq(g, &self.gate)) {
-            m.remove(&self.key);
-        }
-        self.gate.open();
-    }
-}
-
 /// Copies response body bytes into a pending entry while they stream to the client, and gives
-/// up (dropping what it had) once they pass the object limit.
-#[derive(Debug, Default)]
+/// up (dropping what it had) once they pass the object limit. When the body has arrived whole
+/// (`finish`, called before its last bytes are written to the client) the entry goes to the
+/// key's owner, so a client that saw the whole response finds it stored on any shard.
+#[derive(Default)]
 pub struct Tee {
     pub buf: Vec<u8>,
     pub limit: usize,
     pub over: bool,
     pub done: bool,
+    /// The entry the body completes, and where it goes.
+    pub pending: Option<Pending>,
+}
+
+/// An entry waiting for its body.
+pub struct Pending {
+    pub inst: Rc<Instance>,
+    pub key: Vec<u8>,
+    pub hash: u64,
+    pub entry: Entry,
+}
+
+impl std::fmt::Debug for Tee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tee")
+            .field("len", &self.buf.len())
+            .field("over", &self.over)
+            .field("done", &self.done)
+            .finish()
+    }
 }
 
 impl Tee {
@@ -328,8 +326,18 @@ impl Tee {
         self.buf.extend_from_slice(data);
     }
 
+    /// The body ended cleanly: stores the pending entry (once) if the body fit.
     pub fn finish(&mut self) {
-        self.done = true;
+        if std::mem::replace(&mut self.done, true) || self.over {
+            return;
+        }
+        if let Some(mut p) = self.pending.take() {
+            let mut body = std::mem::take(&mut self.buf);
+            body.shrink_to_fit();
+            p.entry.body = bytes::Bytes::from(body);
+            p.inst
+                .put(&p.key, p.hash, peer::Op::Store(Arc::new(p.entry)), None);
+        }
     }
 }
 
@@ -342,13 +350,15 @@ pub enum Mode {
     /// Lookup skipped (`bypass`, Authorization without a shareable entry, Range on a miss).
     Bypass,
     Miss,
-    Hit(Rc<Entry>),
+    Hit(Arc<Entry>),
     /// Stale within stale-while-revalidate: serve it, refresh in the background.
-    StaleRefresh(Rc<Entry>),
+    StaleRefresh(Arc<Entry>),
     /// Stale (or no-cache) with a validator: conditional request to the origin.
-    Revalidate(Rc<Entry>),
+    Revalidate(Arc<Entry>),
     /// Stale without a validator: full fetch (the entry still serves stale-if-error).
-    Expired(Rc<Entry>),
+    Expired(Arc<Entry>),
+    /// Another shard owns the key: ask it (proxy/cached.rs), then decide as for a local lookup.
+    Remote,
     Purge(Target),
     /// An unsafe method: invalidate the key if the origin answers with success.
     Invalidate,
@@ -365,12 +375,42 @@ pub struct CacheCx {
     pub store: bool,
     /// When the request was looked up (unix ms), the "request_time" of RFC 9111 4.2.3.
     pub req_ms: u64,
-    /// The entry being built from the upstream response, waiting for its body.
-    pub pending: Option<Entry>,
     pub tee: Option<Tee>,
     pub leader: Option<Leader>,
     /// This exchange is a background refresh (no client to answer).
     pub background: bool,
+    /// What the lookup decision depends on besides the entry found.
+    pub ask: Lookup,
+}
+
+/// The request's part in the lookup decision.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Lookup {
+    /// The client's no-cache / max-age=0, honoured by configuration.
+    pub client_no_cache: bool,
+    pub ranged: bool,
+    pub authorized: bool,
+}
+
+impl CacheCx {
+    /// Decides the mode from the variant found for this request (`contains`: any variant of
+    /// the key is stored), the same for a local lookup and an owner's answer.
+    pub fn decide(&mut self, found: Option<Arc<Entry>>, contains: bool) {
+        let (l, now) = (self.ask, self.req_ms);
+        let found = found.filter(|e| !l.authorized || e.auth_ok);
+        self.mode = match found {
+            None if l.ranged || (l.authorized && contains) => Mode::Bypass,
+            None => Mode::Miss,
+            Some(e) if e.is_fresh(now) && !l.client_no_cache => Mode::Hit(e),
+            Some(e) if !l.client_no_cache && e.in_swr(now) => Mode::StaleRefresh(e),
+            Some(e) if e.has_validator() => Mode::Revalidate(e),
+            Some(e) => Mode::Expired(e),
+        };
+        if l.ranged && !matches!(self.mode, Mode::Hit(_) | Mode::StaleRefresh(_)) {
+            // A partial response is neither stored nor coalesced with full fetches.
+            self.store = false;
+        }
+    }
 }
 
 impl CacheCx {
@@ -387,14 +427,14 @@ impl CacheCx {
         self.key.clear();
         self.mode = Mode::Off;
         self.store = false;
-        self.pending = None;
         self.tee = None;
         self.leader = None;
         self.background = false;
+        self.ask = Lookup::default();
     }
 
     /// The stale entry this request holds, if any (for stale-if-error).
-    pub fn stale(&self) -> Option<&Rc<Entry>> {
+    pub fn stale(&self) -> Option<&Arc<Entry>> {
         match &self.mode {
             Mode::Revalidate(e) | Mode::Expired(e) | Mode::StaleRefresh(e) => Some(e),
             _ => None,

@@ -27,20 +27,22 @@ impl CacheControl {
         let mut cc = CacheControl::default();
         for v in values {
             for d in split_list(v) {
-                let (name, arg) = match d.iter().position(|&b| b == b'=') {
-                    Some(i) => (trim(&d[..i]), Some(unquote(trim(&d[i + 1..])))),
+                let (name, raw) = match d.iter().position(|&b| b == b'=') {
+                    Some(i) => (trim(&d[..i]), Some(trim(&d[i + 1..]))),
                     None => (d, None),
                 };
+                let arg = raw.map(unquote);
                 let secs = || arg.and_then(parse_secs);
-                // A directive repeated with conflicting values makes it invalid (RFC 9111 4.2.1):
-                // keep the smallest, which errs on the side of staleness.
-                let min = |old: Option<u64>, new: Option<u64>| match (old, new) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
+                // max-age and s-maxage take the token form only (RFC 9111 5.2.2.1: senders
+                // must not quote it); a quoted, non-numeric or missing value is invalid, and so
+                // is a directive given twice: the response is then stale (RFC 9111 4.2.1).
+                let age = |old: Option<u64>| match (old, raw.and_then(parse_secs)) {
+                    (None, Some(v)) => Some(v),
+                    _ => Some(0),
                 };
                 match name.to_ascii_lowercase().as_slice() {
-                    b"max-age" => cc.max_age = min(cc.max_age, secs().or(Some(0))),
-                    b"s-maxage" => cc.s_maxage = min(cc.s_maxage, secs().or(Some(0))),
+                    b"max-age" => cc.max_age = age(cc.max_age),
+                    b"s-maxage" => cc.s_maxage = age(cc.s_maxage),
                     b"no-store" => cc.no_store = true,
                     b"no-cache" => cc.no_cache = true,
                     b"private" => cc.private = true,
@@ -189,46 +191,103 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-fn num(s: &[u8]) -> Option<u32> {
-    if s.is_empty() || s.len() > 4 || !s.iter().all(u8::is_ascii_digit) {
+const DAYS: [&[u8]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
+const LONG_DAYS: [&[u8]; 7] = [
+    b"Monday",
+    b"Tuesday",
+    b"Wednesday",
+    b"Thursday",
+    b"Friday",
+    b"Saturday",
+    b"Sunday",
+];
+
+/// Exactly `n` ASCII digits.
+fn digits(s: &[u8], n: usize) -> Option<u32> {
+    if s.len() != n || !s.iter().all(u8::is_ascii_digit) {
         return None;
     }
     Some(s.iter().fold(0u32, |a, &b| a * 10 + u32::from(b - b'0')))
 }
 
-/// Parses IMF-fixdate, RFC 850 and asctime dates (RFC 9110 5.6.7) to unix seconds.
+/// `HH:MM:SS`.
+fn time_of_day(t: &[u8]) -> Option<(u32, u32, u32)> {
+    match t {
+        [h1, h2, b':', m1, m2, b':', s1, s2] => Some((
+            digits(&[*h1, *h2], 2)?,
+            digits(&[*m1, *m2], 2)?,
+            digits(&[*s1, *s2], 2)?,
+        )),
+        _ => None,
+    }
+}
+
+fn month(m: &[u8]) -> Option<u32> {
+    // Case-sensitive, as the grammar's literals are (RFC 9110 5.6.7).
+    MONTHS.iter().position(|x| *x == m).map(|i| i as u32 + 1)
+}
+
+/// Parses an HTTP-date (RFC 9110 5.6.7) to unix seconds: IMF-fixdate, or the obsolete RFC 850
+/// and asctime forms, exactly as the grammar writes them (case, commas, single spaces, a
+/// two-digit year only in the RFC 850 form); anything else is not a date.
 pub fn parse_http_date(v: &[u8]) -> Option<u64> {
     let v = trim(v);
-    let words: Vec<&[u8]> = v.split(|&b| b == b' ').filter(|w| !w.is_empty()).collect();
-    let (day, mon, year, time) = match words.as_slice() {
+    let (day, mon, year, time) = if v.len() == 29 && v[3] == b',' {
         // Sun, 06 Nov 1994 08:49:37 GMT
-        [_, d, m, y, t, b"GMT"] => (num(d)?, *m, num(y)?, *t),
-        // Sunday, 06-Nov-94 08:49:37 GMT
-        [_, dmy, t, b"GMT"] => {
-            let mut p = dmy.split(|&b| b == b'-');
-            let (d, m, y) = (p.next()?, p.next()?, num(p.next()?)?);
-            // Two-digit years: RFC 9110 says assume the most recent past century that fits.
-            let y = if y < 70 {
-                2000 + y
-            } else if y < 100 {
-                1900 + y
-            } else {
-                y
-            };
-            (num(d)?, m, y, *t)
+        if !DAYS.contains(&&v[..3]) || &v[4..5] != b" " || &v[25..] != b" GMT" {
+            return None;
         }
+        let (d, m, y, t) = (&v[5..7], &v[8..11], &v[12..16], &v[17..25]);
+        if v[7] != b' ' || v[11] != b' ' || v[16] != b' ' {
+            return None;
+        }
+        (digits(d, 2)?, month(m)?, digits(y, 4)?, time_of_day(t)?)
+    } else if let Some(comma) = v.iter().position(|&b| b == b',').filter(|&i| i > 3) {
+        // Sunday, 06-Nov-94 08:49:37 GMT
+        let rest = &v[comma..];
+        if !LONG_DAYS.contains(&&v[..comma]) || rest.len() != 24 || &rest[..2] != b", " {
+            return None;
+        }
+        let (d, m, y, t) = (&rest[2..4], &rest[5..8], &rest[9..11], &rest[12..20]);
+        if rest[4] != b'-' || rest[8] != b'-' || rest[11] != b' ' || &rest[20..] != b" GMT" {
+            return None;
+        }
+        // Two-digit years: the most recent past year with those digits (RFC 9110 5.6.7), taken
+        // here as 1970-2069.
+        let y = digits(y, 2)?;
+        let y = if y < 70 { 2000 + y } else { 1900 + y };
+        (digits(d, 2)?, month(m)?, y, time_of_day(t)?)
+    } else if v.len() == 24 {
         // Sun Nov  6 08:49:37 1994
-        [_, m, d, t, y] => (num(d)?, *m, num(y)?, *t),
-        _ => return None,
+        let (m, d, t, y) = (&v[4..7], &v[8..10], &v[11..19], &v[20..]);
+        if !DAYS.contains(&&v[..3])
+            || v[3] != b' '
+            || v[7] != b' '
+            || v[10] != b' '
+            || v[19] != b' '
+        {
+            return None;
+        }
+        let d = match d {
+            [b' ', x] => digits(&[*x], 1)?,
+            _ => digits(d, 2)?,
+        };
+        (d, month(m)?, digits(y, 4)?, time_of_day(t)?)
+    } else {
+        return None;
     };
-    let m = MONTHS.iter().position(|x| x.eq_ignore_ascii_case(mon))? as u32 + 1;
-    let mut hms = time.split(|&b| b == b':');
-    let (h, mi, s) = (num(hms.next()?)?, num(hms.next()?)?, num(hms.next()?)?);
+    let (h, mi, s) = time;
     if !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 || year < 1970 {
         return None;
     }
-    let days = days_from_civil(i64::from(year), m, day);
+    let days = days_from_civil(i64::from(year), mon, day);
     u64::try_from(days * 86_400 + i64::from(h * 3600 + mi * 60 + s)).ok()
+}
+
+/// A delta-seconds value (RFC 9111 1.2.2): digits only, no sign, no fraction; too large a
+/// value counts as very large.
+pub fn delta_seconds(v: &[u8]) -> Option<u64> {
+    parse_secs(trim(v))
 }
 
 /// Formats unix seconds as an IMF-fixdate.
@@ -269,17 +328,23 @@ mod tests {
     #[test]
     fn cache_control_directives() {
         let cc = CacheControl::parse([
-            &b"public, max-age=60, s-maxage=\"30\""[..],
+            &b"public, max-age=060, s-maxage=\"30\""[..],
             b"stale-while-revalidate=5,stale-if-error=10, must-revalidate",
         ]);
-        assert_eq!(cc.max_age, Some(60));
-        assert_eq!(cc.s_maxage, Some(30));
+        assert_eq!(cc.max_age, Some(60), "leading zeros are valid");
+        assert_eq!(cc.s_maxage, Some(0), "a quoted s-maxage is invalid: stale");
         assert!(cc.public && cc.must_revalidate && cc.no_stale());
         assert_eq!(cc.stale_while_revalidate, Some(5));
         assert_eq!(cc.stale_if_error, Some(10));
         let cc = CacheControl::parse([&b"private=\"x, y\", no-cache, max-age=abc"[..]]);
         assert!(cc.private && cc.no_cache);
         assert_eq!(cc.max_age, Some(0), "malformed max-age is stale");
+        let cc = CacheControl::parse([&b"max-age=60"[..], b"max-age=60"]);
+        assert_eq!(
+            cc.max_age,
+            Some(0),
+            "a directive given twice is invalid: stale"
+        );
     }
 
     #[test]
@@ -337,6 +402,33 @@ mod tests {
         );
         assert_eq!(parse_http_date(b"0"), None);
         assert_eq!(parse_http_date(b"Mon, 32 Jan 2024 00:00:00 GMT"), None);
+        for bad in [
+            &b"sun, 06 Nov 1994 08:49:37 GMT"[..], // wrong case
+            b"Sun, 06 nov 1994 08:49:37 GMT",
+            b"Sun, 06 Nov 1994 08:49:37 gmt",
+            b"Sun 06 Nov 1994 08:49:37 GMT",   // missing comma
+            b"Sun,  06 Nov 1994 08:49:37 GMT", // extra space
+            b"Sun, 06 Nov  1994 08:49:37 GMT",
+            b"Sun, 06 Nov 94 08:49:37 GMT", // two-digit year where four are required
+            b"Sun, 6 Nov 1994 08:49:37 GMT",
+            b"Sun, 06 Nov 1994 8:49:37 GMT",
+            b"Sun, 06 Nov 1994 08:49:37 UTC",
+            b"Sunday, 06-Nov-1994 08:49:37 GMT",
+            b"Sunday 06-Nov-94 08:49:37 GMT",
+            b"Sun Nov 6 08:49:37 1994",
+            b"Sun Nov  6 08:49:37 94",
+        ] {
+            assert_eq!(
+                parse_http_date(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(delta_seconds(b"007"), Some(7));
+        for bad in [&b"+5"[..], b"-1", b"5.0", b"", b"5 6", b"0x10"] {
+            assert_eq!(delta_seconds(bad), None);
+        }
         for t in [0u64, 951_782_400, 1_709_251_199, 4_102_444_800] {
             assert_eq!(parse_http_date(format_http_date(t).as_bytes()), Some(t));
         }

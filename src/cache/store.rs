@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -32,7 +33,7 @@ enum Region {
 
 struct Node {
     key: Rc<[u8]>,
-    entry: Rc<Entry>,
+    entry: Arc<Entry>,
     size: usize,
     hash: u64,
     region: Region,
@@ -139,11 +140,43 @@ impl Store {
 
     /// The variant of `key` whose Vary values `matches` accepts; records the hit (a hit on
     /// probation promotes the entry to the protected segment).
-    pub fn get(&mut self, key: &[u8], matches: impl Fn(&Entry) -> bool) -> Option<Rc<Entry>> {
+    pub fn get(&mut self, key: &[u8], matches: impl Fn(&Entry) -> bool) -> Option<Arc<Entry>> {
         let ids = self.map.get(key)?;
         let id = *ids
             .iter()
             .find(|&&i| self.node(i).is_some_and(|n| matches(&n.entry)))?;
+        self.hit(id)
+    }
+
+    /// Every variant of `key`, each recorded as hit (for another shard, which picks the variant).
+    pub fn get_all(&mut self, key: &[u8]) -> Vec<Arc<Entry>> {
+        // One map lookup: the ids are copied out (at most MAX_VARIANTS + 1) before hits relink.
+        let mut ids = [NIL; MAX_VARIANTS + 1];
+        let n = match self.map.get(key) {
+            Some(v) => {
+                let n = v.len().min(ids.len());
+                ids[..n].copy_from_slice(&v[..n]);
+                n
+            }
+            None => return Vec::new(),
+        };
+        let mut out = Vec::with_capacity(n);
+        for &id in &ids[..n] {
+            out.extend(self.hit(id));
+        }
+        out
+    }
+
+    /// Every variant of `key`, without recording a hit.
+    pub fn peek_all(&self, key: &[u8]) -> Vec<Arc<Entry>> {
+        self.map.get(key).map_or_else(Vec::new, |ids| {
+            ids.iter()
+                .filter_map(|&i| self.node(i).map(|n| n.entry.clone()))
+                .collect()
+        })
+    }
+
+    fn hit(&mut self, id: u32) -> Option<Arc<Entry>> {
         let (region, entry) = self.node(id).map(|n| (n.region, n.entry.clone()))?;
         self.unlink(id);
         match region {
@@ -163,7 +196,8 @@ impl Store {
 
     /// Stores `entry` under `key`, replacing a variant with the same Vary values. Returns false
     /// if it was not kept (too large for the budget, or colder than what it would evict).
-    pub fn insert(&mut self, key: &[u8], hash: u64, entry: Entry) -> bool {
+    pub fn insert(&mut self, key: &[u8], hash: u64, entry: impl Into<Arc<Entry>>) -> bool {
+        let entry: Arc<Entry> = entry.into();
         let size = key.len() + entry.size() + ENTRY_OVERHEAD;
         if size > self.window_max.max(self.main_max) {
             self.rejected += 1;
@@ -187,7 +221,7 @@ impl Store {
         };
         let node = Node {
             key: key.clone(),
-            entry: Rc::new(entry),
+            entry,
             size,
             hash,
             region,

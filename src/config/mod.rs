@@ -7,6 +7,7 @@ pub mod ops;
 mod raw;
 mod routes;
 pub mod slo;
+pub mod source;
 mod tls;
 mod validate;
 
@@ -158,6 +159,8 @@ pub struct Config {
     pub status: Option<ops::StatusConfig>,
     pub admin: Option<ops::AdminConfig>,
     pub access_log: Option<crate::accesslog::AccessLogConfig>,
+    /// `[config_source] etcd = {...}`: objects also come from etcd (see `crate::etcd`).
+    pub config_source: Option<source::EtcdSource>,
     /// The file this was loaded from (SIGHUP re-reads it; the admin state file sits beside it).
     pub source: Option<PathBuf>,
 }

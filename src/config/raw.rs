@@ -36,6 +36,51 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub access_log: Option<RawAccessLog>,
+    /// `[config_source]`: where routes, upstreams, consumers and global rules come from
+    /// besides this file (etcd).
+    #[serde(default)]
+    pub config_source: Option<RawConfigSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfigSource {
+    pub etcd: RawEtcd,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub tls: Option<RawEtcdTls>,
+    /// With etcd unreachable at start-up and no saved configuration: how long to keep trying.
+    #[serde(default)]
+    pub startup_wait: Option<String>,
+    /// The last good configuration from etcd; default `<config file>.etcd.json`.
+    #[serde(default)]
+    pub saved_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcdTls {
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub cert: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -63,7 +63,8 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
     // With the admin API on, ties between routes go to the lower name: that is the order of the
     // admin document (routes by id = name), so a file load, a build from the admin document and
     // a one-route change (which places a route among its neighbours by name) all agree.
-    let name_order = raw.admin.is_some();
+    let name_order = raw.admin.is_some() || raw.config_source.is_some();
+    let config_source = super::source::etcd(&raw, dir)?;
     let status = super::ops::status(&raw)?;
     let admin = super::ops::admin(&raw, dir)?;
     let access_log = super::ops::access_log(&raw, dir)?;
@@ -86,6 +87,7 @@ pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError
         status,
         admin,
         access_log,
+        config_source,
         source: None,
     })
 }

@@ -94,6 +94,8 @@ impl Fleet {
             self.limiters
                 .retain(|_, l| now.duration_since(l.heard) < FORGET);
             if self.limiters.is_empty() {
+                self.stores.clear();
+                publish_state(&self.stores);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -194,14 +196,16 @@ impl Fleet {
                 continue;
             };
             let interval_ms = l.spec.interval.as_millis() as u64;
+            let stale_ms = (10 * interval_ms).max(1000);
             batches.push(Batch {
                 ns: l.spec.ns.clone(),
                 kind: l.spec.kind.clone(),
                 node: self.node.clone(),
                 now_ms: l.wall_now(now),
                 window: l.window(now),
-                stale_ms: (10 * interval_ms).max(1000),
-                asks: l.asks(now),
+                stale_ms,
+                // Refreshed well before the store counts the node silent.
+                asks: l.asks(now, Duration::from_millis(stale_ms / 3)),
             });
         }
         let n_keys: usize = batches.iter().map(|b| b.asks.len()).sum();

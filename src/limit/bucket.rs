@@ -345,3 +345,38 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fleet_tests {
+    use super::*;
+
+    #[test]
+    fn the_node_fraction_scales_the_rate_and_modes_override() {
+        let mut l = Bucket::new(
+            BucketParams {
+                rate: 100.0,
+                burst: 0.0,
+                max_keys: 10,
+            },
+            0,
+            1,
+        );
+        assert!(l.check(1, 0).is_ok());
+        // A quarter of the cluster's 100/s: one request per 40 ms.
+        l.grant(
+            Mode::Shared,
+            1.0,
+            &[GrantItem {
+                key: 1,
+                cap: 0,
+                frac: 0.25,
+            }],
+        );
+        assert_eq!(l.check(1, 20), Err(Rejected));
+        assert!(l.check(1, 40).is_ok());
+        l.grant(Mode::Deny, 1.0, &[]);
+        assert_eq!(l.check(2, 1000), Err(Rejected));
+        l.grant(Mode::Allow, 1.0, &[]);
+        assert!((0..10).all(|_| l.check(1, 41).is_ok()));
+    }
+}

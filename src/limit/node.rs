@@ -50,6 +50,11 @@ struct Key {
     /// Exchanges left before an idle key stops being asked for (its release must reach the store).
     linger: u8,
     frac: f64,
+    /// A shard reported since the key was last asked for.
+    fresh: bool,
+    /// When it was last asked for (a key nobody reports on is refreshed now and then, so the
+    /// store does not take its reservation for a silent node's).
+    asked: Option<Instant>,
 }
 
 /// One cluster-wide limiter on this node (one limiter of one limiter set).
@@ -112,6 +117,7 @@ impl NodeLimiter {
             }
             k.shards[from] = Some((up.window, *it));
             k.linger = LINGER;
+            k.fresh = true;
         }
     }
 
@@ -129,9 +135,12 @@ impl NodeLimiter {
         self.nodes = n;
     }
 
-    /// What to exchange now: keys with a count, an allocation or demand in the current window,
-    /// and idle ones for a few more rounds. Keys idle longer are forgotten.
-    pub fn asks(&mut self, now: Instant) -> Vec<Ask> {
+    /// What to exchange now: keys with a count, an allocation or demand in the current window
+    /// that a shard reported on since the last exchange (or not for `refresh`), and idle ones
+    /// for a few more rounds. Keys idle longer are forgotten. So the store hears of a key as
+    /// often as its state changes, at most once an interval: a key with no new requests costs
+    /// one call per `refresh`, not per interval.
+    pub fn asks(&mut self, now: Instant, refresh: Duration) -> Vec<Ask> {
         let window = self.window(now);
         let kind = self.spec.kind.clone();
         let tick_ms = self.tick.as_millis().max(1) as f64;
@@ -152,12 +161,22 @@ impl NodeLimiter {
                 };
             }
             let active = count > 0 || floor > 0 || demand > 0.0;
+            let due = k.fresh
+                || k.asked
+                    .map_or(true, |t| now.saturating_duration_since(t) >= refresh);
             if !active {
                 if k.linger == 0 {
                     return false;
                 }
+                if !due {
+                    return true;
+                }
                 k.linger -= 1;
+            } else if !due {
+                return true;
             }
+            k.fresh = false;
+            k.asked = Some(now);
             let demand = match kind {
                 Kind::Count { .. } => (demand * 1000.0 / tick_ms).round() as u64,
                 Kind::Req { .. } => (demand * 1000.0 * 1000.0 / tick_ms).round() as u64,
@@ -245,6 +264,8 @@ mod tests {
     use super::*;
     use crate::limit::fleet::{OnError, Store};
 
+    const R: Duration = Duration::from_millis(500);
+
     fn up(spec: &Arc<FleetSpec>, set: Instant, from: u16, window: u64, items: Vec<Item>) -> Uplink {
         Uplink {
             set,
@@ -292,7 +313,7 @@ mod tests {
         n.absorb(&up(&s, set, 1, 10, vec![it(5, 20, 2)]), set);
         // The counts of an older window do not count.
         n.absorb(&up(&s, set, 2, 9, vec![it(50, 50, 0)]), set);
-        let asks = n.asks(set);
+        let asks = n.asks(set, R);
         assert_eq!(
             asks,
             vec![Ask {
@@ -319,10 +340,14 @@ mod tests {
         // Idle: asked LINGER more times, then forgotten.
         n.absorb(&up(&s, set, 0, 10, vec![it(0, 0, 0)]), set);
         n.absorb(&up(&s, set, 1, 10, vec![it(0, 0, 0)]), set);
-        for _ in 0..LINGER {
-            assert_eq!(n.asks(set).len(), 1);
+        // Asked once for the news, then only every `R` while idle, LINGER times in all.
+        assert_eq!(n.asks(set, R).len(), 1);
+        assert!(n.asks(set, R).is_empty(), "nothing new");
+        assert_eq!(n.keys(), 1);
+        for i in 1..LINGER {
+            assert_eq!(n.asks(set + R * i as u32, R).len(), 1);
         }
-        assert!(n.asks(set).is_empty());
+        assert!(n.asks(set + R * 9, R).is_empty());
         assert_eq!(n.keys(), 0);
     }
 
@@ -339,7 +364,7 @@ mod tests {
             demand: 512,
         };
         n.absorb(&up(&s, set, 0, 0, vec![item]), set);
-        let asks = n.asks(set);
+        let asks = n.asks(set, R);
         assert_eq!(asks[0].demand, 100_000, "100/s x1000");
         let g = n.settle(
             set,

@@ -17,6 +17,8 @@ pub struct PlaneInfo {
     pub uptime_secs: u64,
     /// Active health check results: (upstream, node) -> (up, checks passed, checks failed).
     pub active: BTreeMap<(String, String), (bool, u64, u64)>,
+    /// `[config_source]`: the etcd watch's progress (None: the file is the only source).
+    pub source: Option<super::source::SourceInfo>,
 }
 
 /// Sums over shards, keyed so the output order is stable.
@@ -94,6 +96,62 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+fn source_metrics(o: &mut String, s: &super::source::SourceInfo) {
+    family(
+        o,
+        SOURCE_REVISION,
+        "gauge",
+        "etcd revision whose content this node serves (config_source).",
+    );
+    let _ = writeln!(o, "{SOURCE_REVISION} {}", s.revision);
+    family(
+        o,
+        SOURCE_WATCH_STATE,
+        "gauge",
+        "1 for the config source watch's current state (syncing, watching, disconnected).",
+    );
+    for st in super::source::WatchState::ALL {
+        let v = u8::from(st == s.state);
+        let _ = writeln!(o, "{SOURCE_WATCH_STATE}{{state=\"{}\"}} {v}", st.name());
+    }
+    family(
+        o,
+        SOURCE_EVENTS,
+        "counter",
+        "Config source objects applied or refused (invalid), from the watch and resyncs.",
+    );
+    let _ = writeln!(
+        o,
+        "{SOURCE_EVENTS}{{result=\"applied\"}} {}",
+        s.events_applied
+    );
+    let _ = writeln!(
+        o,
+        "{SOURCE_EVENTS}{{result=\"refused\"}} {}",
+        s.events_refused
+    );
+    family(
+        o,
+        SOURCE_RESYNCS,
+        "counter",
+        "Re-reads of the config source (compaction, reconnect, etcd restart) applied as a difference.",
+    );
+    let _ = writeln!(o, "{SOURCE_RESYNCS} {}", s.resyncs);
+    if let Some(t) = s.last_event {
+        family(
+            o,
+            SOURCE_LAST_EVENT_AGE,
+            "gauge",
+            "Seconds since the config source last changed an object on this node.",
+        );
+        let _ = writeln!(
+            o,
+            "{SOURCE_LAST_EVENT_AGE} {:.3}",
+            t.elapsed().as_secs_f64()
+        );
+    }
+}
+
 /// The `/metrics` body.
 pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
     let m = merge(snaps);
@@ -123,6 +181,9 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
         "{CONFIG_RELOADS}{{result=\"error\"}} {}",
         info.reloads_failed
     );
+    if let Some(src) = &info.source {
+        source_metrics(&mut o, src);
+    }
     family(&mut o, SHARDS, "gauge", "Shards (worker threads) running.");
     let _ = writeln!(o, "{SHARDS} {}", info.shards);
     family(
@@ -391,6 +452,12 @@ pub fn status_json(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> serde_json::Val
         "gateway_errors": m.errors,
         "per_shard": shards,
         "upstreams": ups,
+        "config_source": info.source.as_ref().map(|s| serde_json::json!({
+            "kind": s.kind, "revision": s.revision, "watch": s.state.name(),
+            "seconds_since_last_event": s.last_event.map(|t| t.elapsed().as_secs_f64()),
+            "events": { "applied": s.events_applied, "refused": s.events_refused },
+            "resyncs": s.resyncs, "started_from_saved": s.from_saved,
+        })),
     })
 }
 

@@ -5,6 +5,7 @@ pub mod expose;
 pub mod fleet;
 pub mod logship;
 pub mod names;
+pub mod source;
 
 use crate::util::cow::CowVec;
 use std::cell::{Cell, RefCell};

@@ -4,6 +4,11 @@
 pub const BUILD_INFO: &str = "ringway_build_info";
 pub const CONFIG_GENERATION: &str = "ringway_config_generation";
 pub const CONFIG_RELOADS: &str = "ringway_config_reloads_total";
+pub const SOURCE_REVISION: &str = "ringway_config_source_revision";
+pub const SOURCE_WATCH_STATE: &str = "ringway_config_source_watch_state";
+pub const SOURCE_EVENTS: &str = "ringway_config_source_events_total";
+pub const SOURCE_RESYNCS: &str = "ringway_config_source_resyncs_total";
+pub const SOURCE_LAST_EVENT_AGE: &str = "ringway_config_source_last_event_age_seconds";
 pub const SHARDS: &str = "ringway_shards";
 pub const SHARDS_REPORTING: &str = "ringway_shards_reporting";
 pub const CONNECTIONS_ACCEPTED: &str = "ringway_connections_accepted_total";

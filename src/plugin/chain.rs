@@ -13,7 +13,7 @@ use super::consumer::Consumers;
 use super::ctx::Ctx;
 use super::{phase, Flow, Plugin, PluginFactory, Reply};
 use crate::cache::Caches;
-use crate::cache::PurgeMsg;
+use crate::cache::Mail;
 use crate::http::parse::{RequestHead, ResponseHead};
 use crate::limit::bucket::{Bucket, BucketParams};
 use crate::limit::conc::Concurrency;
@@ -192,7 +192,7 @@ pub struct ShardCx {
     pub consumers: Arc<Consumers>,
     pub limiters: Vec<ShardLimiter>,
     /// This shard's end of the mesh's purge lane, for caches to reach their peers.
-    pub purges: Rc<Lane<PurgeMsg>>,
+    pub purges: Rc<Lane<Mail>>,
     /// This shard's counters (limit plugins count their rejections there).
     pub metrics: Rc<ShardMetrics>,
     /// This shard's cache instances (proxy-cache adopts its instance there across reloads).
@@ -212,7 +212,7 @@ pub struct ShardPlugins {
     /// The limiters' sync (None without limiters); shared by generations made by one-route
     /// changes, which keep the limiters too.
     sync: Option<Rc<LimitSync>>,
-    purges: Rc<Lane<PurgeMsg>>,
+    purges: Rc<Lane<Mail>>,
     /// The shard's counters (limit plugins count their rejections here).
     metrics: Rc<ShardMetrics>,
     caches: Rc<Caches>,
@@ -225,7 +225,7 @@ impl ShardPlugins {
     pub fn new(
         set: &PluginSet,
         limit: &Rc<Endpoint>,
-        purges: &Rc<Lane<PurgeMsg>>,
+        purges: &Rc<Lane<Mail>>,
         metrics: &Rc<ShardMetrics>,
         caches: &Rc<Caches>,
     ) -> ShardPlugins {

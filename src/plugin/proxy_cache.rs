@@ -12,7 +12,7 @@ use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::util::{cookie, duration, err, parse, query_arg, RawDur};
 use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
-use crate::cache::{self, rules, CacheConf, CacheKeyPart, Instance, Mode, Store, Target};
+use crate::cache::{self, rules, CacheConf, CacheKeyPart, Instance, Lookup, Mode, Store, Target};
 use crate::error::ConfigError;
 use crate::http::parse::{Method, RequestHead};
 
@@ -267,8 +267,10 @@ impl Factory {
             shard: shard.id,
             store: std::cell::RefCell::new(Store::new(budget, expected)),
             inflight: Default::default(),
+            flights: Default::default(),
             key,
             lane: shard.purges.clone(),
+            peers: shard.caches.peers(),
         })
     }
 }
@@ -402,29 +404,30 @@ impl Plugin for ProxyCache {
             && !ranged
             && !any_set(&conf.no_cache, req);
         c.req_ms = cache::now_ms();
+        c.ask = Lookup {
+            client_no_cache,
+            ranged,
+            authorized: req.header("authorization").is_some(),
+        };
+        if !self.inst.is_local(c.hash) {
+            // Another shard owns the key: bypass is decided here, the rest after asking it.
+            c.mode = if any_set(&conf.bypass, req) {
+                Mode::Bypass
+            } else {
+                Mode::Remote
+            };
+            return Flow::Continue;
+        }
         let mut store = self.inst.store.borrow_mut();
         store.touch(c.hash);
         if any_set(&conf.bypass, req) {
             c.mode = Mode::Bypass;
             return Flow::Continue;
         }
-        let authorized = req.header("authorization").is_some();
-        let found = store
-            .get(&c.key, |e| e.matches(req))
-            .filter(|e| !authorized || e.auth_ok);
-        let now = c.req_ms;
-        c.mode = match found {
-            None if ranged || (authorized && store.contains(&c.key)) => Mode::Bypass,
-            None => Mode::Miss,
-            Some(e) if e.is_fresh(now) && !client_no_cache => Mode::Hit(e),
-            Some(e) if !client_no_cache && e.in_swr(now) => Mode::StaleRefresh(e),
-            Some(e) if e.has_validator() => Mode::Revalidate(e),
-            Some(e) => Mode::Expired(e),
-        };
-        if ranged && !matches!(c.mode, Mode::Hit(_) | Mode::StaleRefresh(_)) {
-            // A partial response is neither stored nor coalesced with full fetches.
-            c.store = false;
-        }
+        let found = store.get(&c.key, |e| e.matches(req));
+        let contains = found.is_some() || (c.ask.authorized && store.contains(&c.key));
+        drop(store);
+        c.decide(found, contains);
         Flow::Continue
     }
 }

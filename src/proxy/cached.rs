@@ -2,6 +2,7 @@
 //! HIT/STALE/304/Range answers, coalescing, revalidation, storing, stale-if-error, refreshes, PURGE. Never forwards a request.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
@@ -10,7 +11,8 @@ use monoio::io::AsyncWriteRentExt;
 use super::conn::{After, ClientConn, ClientStream};
 use super::shard::Shard;
 use crate::cache::entry::{self, Entry};
-use crate::cache::{now_ms, CacheCx, Instance, Leader, Mode, Target, Tee};
+use crate::cache::peer::{Asking, Claim, Op, Turn, ASK_TIMEOUT};
+use crate::cache::{now_ms, Instance, Leader, Mode, Pending, Target, Tee};
 use crate::error::ProxyError;
 use crate::http::parse::{BodyKind, Method, RequestHead, ResponseHead};
 use crate::http::write::{header, put_u64, reason, status_line};
@@ -35,7 +37,17 @@ impl<S: ClientStream> ClientConn<S> {
         let Some(inst) = self.cx.private.cache.inst.clone() else {
             return OnRequest::Forward { invalidate: false };
         };
-        match std::mem::take(&mut self.cx.private.cache.mode) {
+        // Another shard's answer about a key it owns: what it stores, and our turn in its fetch.
+        let mut mode = std::mem::take(&mut self.cx.private.cache.mode);
+        if let Mode::Remote = mode {
+            let (asking, turn) = self.ask_owner(&inst).await;
+            if turn == Turn::Wait {
+                // Nothing stored and another shard fetches it (the mode is Miss).
+                return self.wait_remote(shard, &inst, asking).await;
+            }
+            mode = std::mem::take(&mut self.cx.private.cache.mode);
+        }
+        match mode {
             Mode::Purge(t) => return OnRequest::Answered(self.purge(shard, &inst, t).await),
             Mode::Hit(e) => return OnRequest::Answered(self.serve_entry(shard, &e, "HIT").await),
             Mode::StaleRefresh(e) => {
@@ -46,25 +58,38 @@ impl<S: ClientStream> ClientConn<S> {
             Mode::Invalidate => return OnRequest::Forward { invalidate: true },
             m => self.cx.private.cache.mode = m,
         }
-        if self.cx.private.cache.store && !matches!(self.cx.private.cache.mode, Mode::Bypass) {
-            match Leader::claim(&inst, &self.cx.private.cache.key) {
-                Ok(l) => self.cx.private.cache.leader = Some(l),
-                Err(gate) => {
-                    // Another request on this shard is fetching this key: wait for it, then
-                    // serve what it stored, or go to the origin ourselves.
-                    // Boxed: an inline monoio timer would over-align the request future.
-                    let _ =
-                        Box::pin(monoio::time::timeout(inst.conf.lock_timeout, gate.wait())).await;
-                    let now = now_ms();
-                    let auth = self.req.header("authorization").is_some();
-                    let found = inst
-                        .store
-                        .borrow_mut()
-                        .get(&self.cx.private.cache.key, |e| e.matches(&self.req))
-                        .filter(|e| e.is_fresh(now) && (!auth || e.auth_ok));
-                    if let Some(e) = found {
-                        return OnRequest::Answered(self.serve_entry(shard, &e, "HIT").await);
+        let c = &self.cx.private.cache;
+        if c.store && !matches!(c.mode, Mode::Bypass) && c.leader.is_none() {
+            if inst.is_local(c.hash) {
+                match Leader::claim(&inst, &c.key) {
+                    Ok(l) => self.cx.private.cache.leader = Some(l),
+                    Err(flight) => {
+                        // Another request is fetching this key for the node: wait for it, then
+                        // serve what it stored, or go to the origin ourselves.
+                        // Boxed: an inline monoio timer would over-align the request future.
+                        let _ =
+                            Box::pin(monoio::time::timeout(inst.conf.lock_timeout, flight.wait()))
+                                .await;
+                        let found = inst
+                            .store
+                            .borrow_mut()
+                            .get(&self.cx.private.cache.key, |e| e.matches(&self.req));
+                        if let Some(e) = self.usable(found) {
+                            return OnRequest::Answered(self.serve_entry(shard, &e, "HIT").await);
+                        }
                     }
+                }
+            } else {
+                // A stale entry that needs the origin: lead the owner's fetch or wait for it.
+                let a = inst.ask(&c.key, c.hash, Claim::LeadOrWait);
+                let turn = match a.next(ASK_TIMEOUT).await {
+                    Some(ans) => ans.turn,
+                    None => Turn::None,
+                };
+                match turn {
+                    Turn::Lead(id) => self.lead(&inst, id),
+                    Turn::Wait => return self.wait_remote(shard, &inst, Some(a)).await,
+                    _ => {}
                 }
             }
         }
@@ -72,21 +97,76 @@ impl<S: ClientStream> ClientConn<S> {
         OnRequest::Forward { invalidate: false }
     }
 
+    /// Asks the key's owner what it stores (claiming its fetch if nothing is) and decides the
+    /// mode from the answer; returns the registration (kept when told to wait) and the turn.
+    async fn ask_owner(&mut self, inst: &Rc<Instance>) -> (Option<Asking>, Turn) {
+        let c = &self.cx.private.cache;
+        let claim = if c.store { Claim::IfEmpty } else { Claim::No };
+        let asking = inst.ask(&c.key, c.hash, claim);
+        let ans = asking.next(ASK_TIMEOUT).await.unwrap_or_default();
+        let found = ans.variants.iter().find(|e| e.matches(&self.req)).cloned();
+        let contains = !ans.variants.is_empty();
+        self.cx.private.cache.decide(found, contains);
+        if !ans.known {
+            // No owner to coalesce with (a reload is building the cache there): a plain miss
+            // that is not stored either.
+            self.cx.private.cache.store = false;
+        }
+        match ans.turn {
+            Turn::Lead(id) => self.lead(inst, id),
+            Turn::Wait => return (Some(asking), Turn::Wait),
+            _ => {}
+        }
+        (None, ans.turn)
+    }
+
+    fn lead(&mut self, inst: &Rc<Instance>, id: u64) {
+        let c = &mut self.cx.private.cache;
+        c.leader = Some(Leader::remote(inst, &c.key, c.hash, id));
+    }
+
+    /// Waits (up to `lock_timeout`) for the fetch another shard leads for the owner: serves what
+    /// it stored, or goes to the origin itself.
+    async fn wait_remote(
+        &mut self,
+        shard: &Shard,
+        inst: &Rc<Instance>,
+        asking: Option<Asking>,
+    ) -> OnRequest {
+        let done = match &asking {
+            Some(a) => a.next(inst.conf.lock_timeout).await,
+            None => None,
+        };
+        drop(asking);
+        let found = done.and_then(|d| d.variants.into_iter().find(|e| e.matches(&self.req)));
+        if let Some(e) = self.usable(found) {
+            return OnRequest::Answered(self.serve_entry(shard, &e, "HIT").await);
+        }
+        conditionals(&mut self.cx);
+        OnRequest::Forward { invalidate: false }
+    }
+
+    /// A coalesced fetch's entry, if it may answer this request as a HIT.
+    fn usable(&self, found: Option<Arc<Entry>>) -> Option<Arc<Entry>> {
+        let auth = self.req.header("authorization").is_some();
+        found.filter(|e| e.is_fresh(now_ms()) && (!auth || e.auth_ok))
+    }
+
     /// Done hook, after the upstream exchange: an invalidating request that succeeded purges
     /// the key everywhere; otherwise the teed response is stored and coalesced waiters released.
     pub(super) fn cache_on_done(&mut self, invalidate: bool) {
         if invalidate {
             if (200..400).contains(&self.cx.status) {
-                if let Some(inst) = &self.cx.private.cache.inst {
-                    let t = Target::Key(self.cx.private.cache.key.clone());
-                    inst.purge_local(&t);
-                    inst.broadcast(&t, None);
+                let c = &self.cx.private.cache;
+                if let Some(inst) = &c.inst {
+                    // Only the owner stores the key.
+                    inst.put(&c.key, c.hash, Op::Remove, None);
                 }
             }
             return;
         }
-        commit(&mut self.cx.private.cache);
-        // Waiters are released after the entry is in the store.
+        // The tee stored the entry when the body ended; waiters are released after that.
+        self.cx.private.cache.tee = None;
         self.cx.private.cache.leader = None;
     }
 
@@ -310,24 +390,9 @@ pub(super) fn conditionals(cx: &mut Ctx) {
     }
 }
 
-/// Stores the teed response if its body arrived whole and within the object limit.
-pub(super) fn commit(c: &mut CacheCx) {
-    let (Some(inst), Some(mut e), Some(tee)) = (c.inst.clone(), c.pending.take(), c.tee.take())
-    else {
-        return;
-    };
-    if !tee.done || tee.over {
-        return;
-    }
-    let mut body = tee.buf;
-    body.shrink_to_fit();
-    e.body = Bytes::from(body);
-    inst.store.borrow_mut().insert(&c.key, c.hash, e);
-}
-
 /// The entry the head hook answers with instead of the upstream's response.
 pub(super) struct FromEntry {
-    pub(super) entry: Rc<Entry>,
+    pub(super) entry: Arc<Entry>,
     pub(super) label: &'static str,
     /// The upstream connection is clean (its 304 had no body left unread).
     pub(super) reusable: bool,
@@ -352,14 +417,13 @@ pub(super) fn on_head(
         let c = &cx.private.cache;
         let entry = match e.refreshed(resp, &conf.policy(), c.req_ms, now) {
             Some(fresh) => {
-                inst.store
-                    .borrow_mut()
-                    .insert(&c.key, c.hash, fresh.clone());
-                Rc::new(fresh)
+                let fresh = Arc::new(fresh);
+                inst.put(&c.key, c.hash, Op::Store(fresh.clone()), None);
+                fresh
             }
             None => {
                 // The origin now forbids storing: drop the entry, answer from it once.
-                inst.store.borrow_mut().remove(&c.key);
+                inst.put(&c.key, c.hash, Op::Remove, None);
                 e
             }
         };
@@ -402,13 +466,19 @@ pub(super) fn on_head(
             };
             // Known to be too large: stream it through without copying a byte.
             if expect.map_or(true, |n| n <= conf.max_body_bytes as u64) {
-                c.pending = Some(e);
-                c.tee = Some(Tee::new(conf.max_body_bytes, expect));
+                let mut tee = Tee::new(conf.max_body_bytes, expect);
+                tee.pending = Some(Pending {
+                    inst: inst.clone(),
+                    key: c.key.clone(),
+                    hash: c.hash,
+                    entry: e,
+                });
+                c.tee = Some(tee);
             }
         }
         None if c.stale().is_some() => {
             // The origin's new answer may not be stored: the old one must not be used.
-            inst.store.borrow_mut().remove(&c.key);
+            inst.put(&c.key, c.hash, Op::Remove, None);
         }
         None => {}
     }

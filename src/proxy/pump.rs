@@ -84,6 +84,10 @@ pub async fn pump_tee<R: AsyncReadRent, W: AsyncWriteRent>(
                 let take = (src_buf.len() as u64).min(rem) as usize;
                 if let Some(t) = tee.as_deref_mut() {
                     t.push(&src_buf[..take]);
+                    if take as u64 == rem {
+                        // Stored before the client has it all (see `Tee`).
+                        t.finish();
+                    }
                 }
                 emit(dst, out, src_buf, take, cfg).await?;
                 src_buf.advance(take);
@@ -123,6 +127,9 @@ pub async fn pump_tee<R: AsyncReadRent, W: AsyncWriteRent>(
                 if cfg.limit > 0 && total > cfg.limit {
                     return Err(PumpFail::TooLarge);
                 }
+                if let (true, Some(t)) = (progress.done, tee.as_deref_mut()) {
+                    t.finish();
+                }
                 if chunk_out {
                     emit(dst, out, src_buf, progress.consumed, cfg).await?;
                 } else if !out.is_empty() {
@@ -139,6 +146,9 @@ pub async fn pump_tee<R: AsyncReadRent, W: AsyncWriteRent>(
                 match read_some(src, src_buf, cfg.reserve, cfg.read_timeout).await {
                     Ok(_) => {}
                     Err(IoFail::Closed) => {
+                        if let Some(t) = tee.as_deref_mut() {
+                            t.finish();
+                        }
                         if chunk_out {
                             out.extend_from_slice(b"0\r\n\r\n");
                         }

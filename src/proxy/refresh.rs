@@ -2,10 +2,11 @@
 //! or replaces the cache entry. Owns its own request state and buffers; never touches a client connection.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::cached::{commit, conditionals, on_head};
+use super::cached::{conditionals, on_head};
 use super::conn::{ClientConn, ClientStream};
 use super::exchange::{
     balance_key, settle, target_path, Attempt, Next, Outgoing, UpstreamExchange,
@@ -14,6 +15,7 @@ use super::phases::response_phases;
 use super::pump::PumpCfg;
 use super::shard::Shard;
 use crate::cache::entry::Entry;
+use crate::cache::peer::{Claim, Turn, ASK_TIMEOUT};
 use crate::cache::{now_ms, CacheCx, Instance, Leader, Mode};
 use crate::config::RouteConfig;
 use crate::error::UpstreamError;
@@ -24,11 +26,18 @@ use crate::upstream::pool::PooledConn;
 use crate::upstream::UpstreamState;
 
 impl<S: ClientStream> ClientConn<S> {
-    /// stale-while-revalidate: one background refresh per key per shard, replaying this
-    /// request (with the plugins' upstream edits) to the upstream with no client attached.
-    pub(super) fn spawn_refresh(&mut self, route: usize, inst: &Rc<Instance>, e: Rc<Entry>) {
-        let Ok(leader) = Leader::claim(inst, &self.cx.private.cache.key) else {
-            return;
+    /// stale-while-revalidate: one background refresh per key per node (the owner's flight),
+    /// replaying this request (with the plugins' upstream edits) to the upstream with no client
+    /// attached.
+    pub(super) fn spawn_refresh(&mut self, route: usize, inst: &Rc<Instance>, e: Arc<Entry>) {
+        let (key, hash) = (&self.cx.private.cache.key, self.cx.private.cache.hash);
+        let leader = if inst.is_local(hash) {
+            match Leader::claim(inst, key) {
+                Ok(l) => Some(l),
+                Err(_) => return,
+            }
+        } else {
+            None // claimed from the owner by the task
         };
         let Some(shard) = super::shard::current_here() else {
             return;
@@ -54,11 +63,24 @@ impl<S: ClientStream> ClientConn<S> {
             },
             store: true,
             req_ms: now_ms(),
-            leader: Some(leader),
+            leader,
             background: true,
             ..CacheCx::default()
         };
         monoio::spawn(async move {
+            let mut cache = cache;
+            if cache.leader.is_none() {
+                let Some(inst) = cache.inst.clone() else {
+                    return;
+                };
+                let asking = inst.ask(&cache.key, cache.hash, Claim::LeadOnly);
+                match asking.next(ASK_TIMEOUT).await.map(|a| a.turn) {
+                    Some(Turn::Lead(id)) => {
+                        cache.leader = Some(Leader::remote(&inst, &cache.key, cache.hash, id));
+                    }
+                    _ => return, // refreshed already, or no owner to ask
+                }
+            }
             let mut r = Refresh {
                 req: RequestHead::default(),
                 cx: Ctx::new(shard.id, client_ip),
@@ -78,9 +100,9 @@ impl<S: ClientStream> ClientConn<S> {
             r.cx.upstream = upstream;
             r.cx.private.cache = cache;
             conditionals(&mut r.cx);
+            // The tee stores the entry when the body ends; dropping `r` then releases the key's
+            // leader, so waiters see the stored entry.
             r.run(&shard).await;
-            commit(&mut r.cx.private.cache);
-            // Dropping `r` releases the key's leader: waiters see the stored entry.
         });
     }
 }

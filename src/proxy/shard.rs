@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::built::Built;
-use crate::cache::PurgeMsg;
+use crate::cache::Mail;
 use crate::http::parse::HeadLimits;
 use crate::limit::fleet::{Grant, Uplink};
 use crate::limit::sync::{Endpoint, Report};
@@ -55,7 +55,7 @@ pub struct Lanes {
     /// Limit-sync reports from peers, for the limiter sets on this shard.
     pub limit: Rc<Endpoint>,
     /// Cache purges from peers.
-    pub purge: Rc<Lane<PurgeMsg>>,
+    pub purge: Rc<Lane<Mail>>,
     /// The shard's cache instances, which those purges (and the admin API's) reach.
     pub caches: Rc<crate::cache::Caches>,
 }
@@ -64,7 +64,7 @@ impl Lanes {
     /// `grant` and `up` join the node's fleet thread (cluster-wide limiters).
     pub fn new(
         limit: Lane<Report>,
-        purge: Lane<PurgeMsg>,
+        purge: Lane<Mail>,
         grant: Lane<Grant>,
         up: Option<crossbeam_channel::Sender<Uplink>>,
     ) -> Lanes {

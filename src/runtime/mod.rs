@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver};
 
 use crate::built::Built;
-use crate::cache::PurgeMsg;
+use crate::cache::Mail;
 use crate::limit::fleet::{Grant, Uplink};
 use crate::limit::sync::Report;
 use crate::net::ring::block_on;
@@ -47,7 +47,7 @@ struct Wiring {
     wake: Option<std::os::unix::net::UnixStream>,
     bell: Arc<Doorbell>,
     limit: Lane<Report>,
-    purge: Lane<PurgeMsg>,
+    purge: Lane<Mail>,
     grant: Lane<Grant>,
     up: crossbeam_channel::Sender<Uplink>,
 }
@@ -73,7 +73,7 @@ fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>, FleetPorts) {
     // Only shards send on the limit and purge lanes (their inlets are dropped); the fleet
     // thread sends grants through the grant lane's inlet and hears shards on `up`.
     let (limit, _) = mesh.lane::<Report>();
-    let (purge, _) = mesh.lane::<PurgeMsg>();
+    let (purge, _) = mesh.lane::<Mail>();
     let (grant, grants) = mesh.lane::<Grant>();
     let (up, uplinks) = unbounded();
     let mut links = Vec::with_capacity(workers);

@@ -15,6 +15,7 @@ use super::wake::ShardLink;
 use crate::built::Built;
 use crate::config::Config;
 use crate::metrics::expose::PlaneInfo;
+use crate::metrics::source::SourceInfo;
 use crate::metrics::ShardSnapshot;
 
 /// How long a scrape waits for shards (nudged, they answer as soon as their thread is free).
@@ -43,6 +44,8 @@ struct Inner {
     reloads_failed: u64,
     /// Active health results: (upstream, node addr) -> (up, passes, fails).
     active: BTreeMap<(String, String), (bool, u64, u64)>,
+    /// `[config_source]` progress, written by the etcd thread (src/etcd).
+    source: Option<SourceInfo>,
 }
 
 impl Plane {
@@ -56,6 +59,7 @@ impl Plane {
                 reloads_ok: 0,
                 reloads_failed: 0,
                 active: BTreeMap::new(),
+                source: None,
             }),
             swapped: Condvar::new(),
             swap: Mutex::new(()),
@@ -212,7 +216,14 @@ impl Plane {
             shards: self.links.len(),
             uptime_secs: self.started.elapsed().as_secs(),
             active: inner.active.clone(),
+            source: inner.source.clone(),
         }
+    }
+
+    /// Updates the config source's progress (the etcd thread, on each state change or event).
+    pub fn update_source(&self, f: impl FnOnce(&mut SourceInfo)) {
+        let mut inner = self.inner();
+        f(inner.source.get_or_insert_with(SourceInfo::etcd));
     }
 
     /// Records one active probe (`passed`) and the node's verdict (`up`); tells every shard
@@ -308,6 +319,9 @@ impl Plane {
                 "server.workers changed ({} -> {}); that needs a restart",
                 cur.server.workers, new.server.workers
             ));
+        }
+        if new.config_source != cur.config_source {
+            return Err("config_source changed; that needs a restart".into());
         }
         Ok(())
     }

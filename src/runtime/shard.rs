@@ -56,6 +56,8 @@ pub async fn run(
             .await;
         // Before reading: whatever is sent from here on rings (and wakes us) again.
         bell.answer();
+        // Mesh mail first too: a cache entry put before an admin purge was sent is purged by it.
+        shard.lanes.drain();
         loop {
             match control.try_recv() {
                 Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => {

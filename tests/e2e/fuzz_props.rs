@@ -316,6 +316,11 @@ fn router_matches_naive_reference() {
 }
 
 #[test]
+fn etcd_keys_and_values() {
+    drive("etcd_object", 6, 5_000, props::etcd_object, None);
+}
+
+#[test]
 fn config_loader_properties() {
     drive("config", 5, 2_000, props::config, None);
 }

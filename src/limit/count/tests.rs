@@ -164,3 +164,61 @@ fn many_keys_stay_bounded() {
     }
     assert!(l.len() <= 1000, "{} keys kept", l.len());
 }
+
+/// A cluster-wide limiter: windows on the wall clock, the node's cap from grants, the opening
+/// fraction for the next window, and the store-away modes.
+#[test]
+fn fleet_grants_cap_the_node_and_modes_override() {
+    use crate::limit::fleet::{GrantItem, Mode};
+    let p = CountParams {
+        limit: 100,
+        window_ms: 1000,
+        sliding: false,
+        max_keys: 100,
+    };
+    // The node epoch is 400 ms into a wall-clock second: its window ends 600 ms later.
+    let mut l = CountLimiter::new(p, 0, 1).fleet(1_000_400);
+    let w = l.window(0);
+    assert_eq!(w, 1000);
+    let d = l.check(5, 0);
+    assert!(d.allowed);
+    assert_eq!(d.reset_ms, 600);
+    // The store grants this node 10 in this window, and 30% of the next.
+    l.grant(
+        w,
+        Mode::Shared,
+        0.5,
+        &[GrantItem {
+            key: 5,
+            cap: 10,
+            frac: 0.3,
+        }],
+        1,
+    );
+    let ok = (0..20).filter(|i| l.check(5, 2 + i).allowed).count();
+    assert_eq!(ok, 9, "10 in all");
+    // A grant for another window is not applied to this one.
+    l.grant(
+        w + 1,
+        Mode::Shared,
+        0.5,
+        &[GrantItem {
+            key: 5,
+            cap: 50,
+            frac: 0.3,
+        }],
+        30,
+    );
+    assert!(!l.check(5, 31).allowed);
+    // Next window: 30 until a grant says otherwise.
+    let ok = (0..50).filter(|i| l.check(5, 600 + i).allowed).count();
+    assert_eq!(ok, 30);
+    // A key never granted opens with the default fraction.
+    let ok = (0..80).filter(|i| l.check(6, 700 + i).allowed).count();
+    assert_eq!(ok, 50);
+    // Store away: allow admits past the cap, deny refuses under it.
+    l.grant(l.window(800), Mode::Allow, 0.5, &[], 800);
+    assert!(l.check(5, 801).allowed);
+    l.grant(l.window(800), Mode::Deny, 0.5, &[], 802);
+    assert!(!l.check(7, 803).allowed);
+}

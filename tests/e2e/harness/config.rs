@@ -164,3 +164,13 @@ pub fn one_route(o: &Origin, server_overrides: &[(&str, &str)], plugins: &str) -
         route("r", &["/*"], "backend", plugins)
     )
 }
+
+/// Shards for the proxy-cache tests: `default`, or `RINGWAY_TEST_CACHE_WORKERS` when set (run
+/// `RINGWAY_TEST_CACHE_WORKERS=2 cargo test --test e2e -- cache` to try every cache test on two
+/// shards; sharding must be invisible to clients).
+pub fn cache_workers(default: usize) -> String {
+    std::env::var("RINGWAY_TEST_CACHE_WORKERS")
+        .ok()
+        .filter(|v| v.parse::<usize>().is_ok_and(|n| n > 0))
+        .unwrap_or_else(|| default.to_string())
+}

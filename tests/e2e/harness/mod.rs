@@ -3,6 +3,7 @@
 
 mod client;
 mod config;
+pub mod etcd;
 mod gateway;
 pub mod ops;
 mod origin;

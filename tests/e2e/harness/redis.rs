@@ -96,18 +96,6 @@ impl Redis {
         c.get_connection_with_timeout(Duration::from_secs(2))
             .expect("connect to the test redis-server")
     }
-
-    /// `INFO commandstats`' total calls (for commands/s measurements).
-    pub fn total_commands(&self) -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("stats")
-            .query(&mut self.conn())
-            .expect("INFO stats");
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    }
 }
 
 impl Drop for Redis {

@@ -957,3 +957,32 @@ pub fn openapi(data: &[u8]) {
         assert!(out.iter().all(|f| !f.detail.is_empty()));
     }
 }
+
+// ---------------------------------------------------------------------------
+// etcd_object
+// ---------------------------------------------------------------------------
+
+/// An etcd key and value as the etcd thread reads them (`key\nvalue`): never panic; a key that
+/// parses prints back to itself; a value that parses is an object whose id field is the key's id.
+pub fn etcd_object(data: &[u8]) {
+    use ringway::etcd::keys;
+    let (key, value) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &b""[..]),
+    };
+    let prefix = "/ringway";
+    match keys::parse_key(prefix, key) {
+        Ok((kind, id)) => {
+            assert_eq!(keys::key(prefix, kind, &id).as_bytes(), key);
+            assert!(!id.is_empty() && id.len() <= keys::MAX_ID && !id.contains('/'));
+            match keys::parse_value(kind, &id, value) {
+                Ok(v) => {
+                    assert!(v.is_object());
+                    assert_eq!(v[kind.id_field()].as_str(), Some(id.as_str()));
+                }
+                Err(e) => assert!(e.contains(&id), "error without the id: {e}"),
+            }
+        }
+        Err(e) => assert!(!e.is_empty()),
+    }
+}

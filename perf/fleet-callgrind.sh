@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Cluster-wide limits (issue 17): instructions per request of limit-count policy = "local" against
+# policy = "redis" (one key, sync_interval 50 ms) in one ringway under callgrind, as
+# perf/callgrind.sh does for plugins. Every thread is counted, the fleet thread (tokio, Redis
+# client) included, so the store exchanges are in the per-request figure. Needs redis-server.
+#
+#   perf/fleet-callgrind.sh           # SECS=4 CONNS=8 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${SECS:-4}
+CONNS=${CONNS:-8}
+T=${CARGO_TARGET_DIR:-target}/release
+for tool in valgrind callgrind_control callgrind_annotate; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y valgrind" >&2; exit 1; }
+done
+work=$(mktemp -d)
+. perf/lib.sh
+UP=$(free_port); GW=$(free_port); RP=$(free_port)
+redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null 2>&1 &
+pids+=($!)
+wait_port "$RP"
+"$T/ringway-bench" serve --listen "127.0.0.1:$UP" -t 1 --body-size 128 >/dev/null 2>&1 &
+pids+=($!)
+cat >"$work/gw.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$GW"]
+workers = 1
+keepalive_requests = 1000000
+[[upstreams]]
+name = "origin"
+nodes = [{ addr = "127.0.0.1:$UP" }]
+[[routes]]
+name = "local"
+paths = ["/local"]
+upstream = "origin"
+[routes.plugins.limit-count]
+count = 1000000000
+time_window = 60
+key = "remote_addr"
+[[routes]]
+name = "redis"
+paths = ["/redis"]
+upstream = "origin"
+[routes.plugins.limit-count]
+count = 1000000000
+time_window = 60
+key = "remote_addr"
+policy = "redis"
+redis = { addr = "127.0.0.1:$RP" }
+TOML
+RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
+  "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
+VG=$!
+pids+=($VG)
+for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.1; done
+for route in local redis; do
+  "$T/ringway-bench" -t 1 -c "$CONNS" -d 2s "http://127.0.0.1:$GW/$route" >/dev/null 2>&1
+done
+for route in local redis local redis; do
+  callgrind_control -z "$VG" >/dev/null
+  c0=$(redis-cli -p "$RP" info commandstats | awk -F'[=,:]' '/^cmdstat_eval(sha)?:/ {n += $3} END {print n+0}')
+  reqs=$("$T/ringway-bench" -t 1 -c "$CONNS" -d "${SECS}s" --json \
+    "http://127.0.0.1:$GW/$route" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
+  c1=$(redis-cli -p "$RP" info commandstats | awk -F'[=,:]' '/^cmdstat_eval(sha)?:/ {n += $3} END {print n+0}')
+  callgrind_control -d "$route" "$VG" >/dev/null
+  sleep 0.5
+  f=$(ls -t "$work"/cg.* | head -1)
+  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
+  echo "$route requests=$reqs Ir=$ir Ir/request=$((ir / reqs)) script-calls=$((c1 - c0))"
+done
