@@ -168,4 +168,16 @@ fn consumer_groups_through_the_admin_api() {
         text.contains("consumer_groups/silver.plugins.key-auth"),
         "{text}"
     );
+    // `?force=true` deletes the group and the consumers that name it in one change.
+    let (code, text) = api(
+        "DELETE",
+        "/apisix/admin/consumer_groups/silver?force=true",
+        "",
+    );
+    assert_eq!(code, 200, "{text}");
+    let (code, _) = api("GET", "/apisix/admin/consumers/dan", "");
+    assert_eq!(code, 404, "the group's consumer went with it");
+    let (code, _) = api("GET", "/apisix/admin/consumer_groups/silver", "");
+    assert_eq!(code, 404);
+    assert_eq!(status(p.addr, "/x", "dan-key", "GET"), 401);
 }
