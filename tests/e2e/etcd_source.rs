@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::harness::etcd::{time_until, Etcd, Relay};
 use crate::harness::ops::{self, http, Proc};
-use crate::harness::{cpu_lock, run_cli, server, wait_until, Client, Origin, Resp};
+use crate::harness::{closed_port, cpu_lock, run_cli, server, wait_until, Client, Origin, Resp};
 
 const KEY: &str = "admin-key-0123456789";
 const PREFIX: &str = "/rwt";
@@ -485,10 +485,7 @@ fn a_node_starts_from_its_saved_configuration_when_etcd_is_down() {
 
 #[test]
 fn without_etcd_or_a_saved_configuration_start_up_fails_clearly() {
-    let dead = format!("http://127.0.0.1:{}", {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    });
+    let dead = format!("http://127.0.0.1:{}", closed_port().port());
     let dir = std::env::temp_dir().join(format!("ringway-etcd-dead-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("gw.toml");

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::prometheus::{scrape, value};
 use crate::harness::{
-    check_config, cpu_lock, route, server, upstream, wait_until, Gateway, Origin, OriginOpts, Resp,
+    check_config, closed_port, cpu_lock, route, server, upstream, wait_until, Gateway, Origin,
+    OriginOpts, Resp,
 };
 
 fn config(origin: SocketAddr, plugin: &str) -> String {
@@ -36,12 +37,6 @@ fn posted(sink: &Origin) -> Vec<serde_json::Value> {
 
 fn counter(status: SocketAddr, name: &str, plugin: &str) -> f64 {
     value(&scrape(status), name, &[("plugin", plugin)])
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
 }
 
 #[test]
@@ -105,7 +100,7 @@ fn http_logger_posts_json_batches() {
 #[test]
 fn http_sink_down_then_up_gets_later_entries_and_drops_are_counted() {
     let origin = Origin::start("o", |_| Resp::text(200, "ok").into());
-    let sink_addr = free_port();
+    let sink_addr = closed_port();
     let plugin = format!(
         "[routes.plugins.http-logger]\nuri = \"http://{sink_addr}/logs\"\nbatch_max_size = 1\n\
          inactive_timeout = \"50ms\"\nmax_retry_count = 1\nretry_delay = \"20ms\"\n\

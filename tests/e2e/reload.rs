@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::ops::Proc;
 use crate::harness::{
-    cpu_lock, get_req, route, server, upstream, wait_until, Client, Origin, Resp,
+    closed_port, cpu_lock, get_req, route, server, upstream, wait_until, Client, Origin, Resp,
 };
 
 fn cfg(listen: &[String], origin: SocketAddr, status: bool) -> String {
@@ -35,11 +35,6 @@ fn cfg(listen: &[String], origin: SocketAddr, status: bool) -> String {
 
 fn body_of(addr: SocketAddr) -> String {
     Client::connect(addr).get("/x").body_str()
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 #[test]
@@ -96,14 +91,14 @@ fn valid_file_is_swapped_in_and_invalid_is_refused() {
 #[test]
 fn new_listen_port_opens_without_dropping_connections() {
     let a = Origin::start("a", |_| Resp::text(200, "ok").into());
-    let first = free_port().to_string();
+    let first = closed_port().to_string();
     let p = Proc::start(
         "reload-listen",
         &cfg(std::slice::from_ref(&first), a.addr, false),
     );
     let mut kept = Client::connect(p.addr);
     assert_eq!(kept.get("/x").status, 200);
-    let second = free_port();
+    let second = closed_port();
     p.rewrite(&cfg(&[first, second.to_string()], a.addr, false));
     p.reload(1);
     assert!(
@@ -124,8 +119,8 @@ fn new_listen_port_opens_without_dropping_connections() {
 #[test]
 fn removed_listen_port_closes_but_its_connections_finish() {
     let a = Origin::start("a", |_| Resp::text(200, "ok").into());
-    let first = free_port().to_string();
-    let second = free_port();
+    let first = closed_port().to_string();
+    let second = closed_port();
     let both = [first.clone(), second.to_string()];
     let p = Proc::start("reload-unlisten", &cfg(&both, a.addr, false));
     // Connections on the port to be removed, open across the reload (several, so both

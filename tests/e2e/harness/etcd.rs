@@ -17,10 +17,7 @@ use serde_json::{json, Value};
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    super::closed_port().port()
 }
 
 /// One etcd member on 127.0.0.1.

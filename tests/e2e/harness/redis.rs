@@ -1,7 +1,7 @@
 //! Real Redis for the fleet tests: a `redis-server` on an ephemeral port in a temp dir (stop and
 //! start it again on the same port), and a three-master Redis Cluster. Killed on drop; no gateway code.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 use super::wait_until;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("an ephemeral port")
+    super::closed_port().port()
 }
 
 fn temp_dir(tag: &str) -> PathBuf {

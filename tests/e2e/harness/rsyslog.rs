@@ -1,7 +1,7 @@
 //! Owns a real rsyslogd for the syslog tests: its own config, work dir and ephemeral ports
 //! (UDP, TCP, or TLS with the ossl driver), every message written as one line. Asserts nothing.
 
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,11 +31,6 @@ pub struct Rsyslog {
     pub out: PathBuf,
 }
 
-fn free_tcp() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
 fn free_udp() -> SocketAddr {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
     s.local_addr().expect("addr")
@@ -50,12 +45,12 @@ impl Rsyslog {
         let dir = std::env::temp_dir().join(format!(
             "ringway-rsyslog-{}-{}",
             std::process::id(),
-            free_tcp().port()
+            super::closed_port().port()
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("rsyslog dir");
         let out = dir.join("out.log");
-        let probe = free_tcp();
+        let probe = super::closed_port();
         let addr = if listen == Listen::Udp {
             free_udp()
         } else {
