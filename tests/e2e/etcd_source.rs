@@ -435,7 +435,16 @@ fn compaction_crash_stop_and_partition_end_with_every_node_equal_to_etcd() {
     all_equal_to_etcd(&etcd, &nodes, Duration::from_secs(30));
     for n in nodes {
         assert!(n.metric("ringway_config_source_resyncs_total") >= 1.0);
-        assert_eq!(n.status()["config_source"]["watch"], "watching");
+        // A node that has just re-read etcd reports "syncing" until its new watch's first
+        // answer (a progress report at most one timeout later), so wait for the state, not
+        // for one sample of it.
+        assert!(
+            wait_until(Duration::from_secs(15), || n.status()["config_source"]
+                ["watch"]
+                == "watching"),
+            "{}",
+            n.status()["config_source"]
+        );
     }
     // The partitioned node caught up by re-reading etcd and applying the difference.
     let log = c.p.logs.text();
