@@ -86,6 +86,15 @@ pub struct LoadArgs {
     /// Print one JSON object on stdout instead of the human summary
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON object to FILE (for --compare), keeping the human summary on stdout
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
+    /// Also write a one-page HTML report (percentile plot, requests/s over time, errors)
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Compare two saved --json reports side by side (ratios B/A) instead of running load
+    #[arg(long, num_args = 2, value_names = ["A.json", "B.json"])]
+    pub compare: Vec<PathBuf>,
     /// Skip the initial connect check; failures are then only counted as connect errors
     #[arg(long)]
     pub no_preflight: bool,
@@ -134,6 +143,8 @@ pub struct LoadConfig {
     pub keepalive: bool,
     pub latency: bool,
     pub json: bool,
+    pub json_out: Option<PathBuf>,
+    pub html: Option<PathBuf>,
     pub preflight: bool,
 }
 
@@ -218,6 +229,8 @@ impl LoadArgs {
             keepalive,
             latency: self.latency,
             json: self.json,
+            json_out: self.json_out,
+            html: self.html,
             preflight: !self.no_preflight,
         })
     }

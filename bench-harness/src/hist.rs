@@ -29,6 +29,22 @@ pub struct Stats {
     /// Indexed by status code; a flat array keeps counting allocation-free.
     pub status: Vec<u64>,
     pub last_event: Option<Instant>,
+    /// Open loop only: how long after its due time each on-time request actually left.
+    pub schedule: Option<Histogram<u64>>,
+    /// Open loop: requests whose connection was still busy at their due time.
+    pub late: u64,
+    /// Responses and errors per `SLICE` of the measured window, for the over-time plot.
+    pub timeline: Vec<Slice>,
+    origin: Instant,
+}
+
+/// Width of one timeline bucket (`slice` divides by it in whole tenths of a second).
+pub const SLICE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slice {
+    pub responses: u64,
+    pub errors: u64,
 }
 
 fn new_hist() -> Result<Histogram<u64>, String> {
@@ -36,8 +52,13 @@ fn new_hist() -> Result<Histogram<u64>, String> {
 }
 
 impl Stats {
-    pub fn new(open_loop: bool) -> Result<Stats, String> {
+    /// `origin` is the start of the measured window (timeline bucket 0).
+    pub fn new(open_loop: bool, origin: Instant) -> Result<Stats, String> {
         Ok(Stats {
+            schedule: if open_loop { Some(new_hist()?) } else { None },
+            late: 0,
+            timeline: Vec::new(),
+            origin,
             uncorrected: new_hist()?,
             corrected: if open_loop { Some(new_hist()?) } else { None },
             requests: 0,
@@ -64,6 +85,10 @@ impl Stats {
         if let Some(slot) = self.status.get_mut(usize::from(status)) {
             *slot += 1;
         }
+        let bad = !(200..400).contains(&status);
+        let s = self.slice(done);
+        s.responses += 1;
+        s.errors += u64::from(bad);
         self.uncorrected.saturating_record(nanos(done - sent));
         if let Some(h) = &mut self.corrected {
             h.saturating_record(nanos(done.saturating_duration_since(intended)));
@@ -71,7 +96,25 @@ impl Stats {
         self.last_event = Some(done);
     }
 
-    pub fn error(&mut self, kind: ErrorKind, n: u64) {
+    fn slice(&mut self, at: Instant) -> &mut Slice {
+        let since = at.saturating_duration_since(self.origin);
+        let i = (since.as_secs() * 10 + u64::from(since.subsec_millis() / 100)) as usize;
+        if i >= self.timeline.len() {
+            self.timeline.resize(i + 1, Slice::default());
+        }
+        &mut self.timeline[i]
+    }
+
+    pub fn scheduled(&mut self, intended: Instant, sent: Instant, on_time: bool) {
+        if !on_time {
+            self.late += 1;
+        } else if let Some(h) = &mut self.schedule {
+            h.saturating_record(nanos(sent.saturating_duration_since(intended)));
+        }
+    }
+
+    pub fn error(&mut self, kind: ErrorKind, n: u64, at: Instant) {
+        self.slice(at).errors += n;
         match kind {
             ErrorKind::Connect => self.connect += n,
             ErrorKind::Read => self.read += n,
@@ -84,8 +127,21 @@ impl Stats {
         self.uncorrected
             .add(&other.uncorrected)
             .map_err(|e| format!("merge: {e:?}"))?;
-        if let (Some(a), Some(b)) = (&mut self.corrected, &other.corrected) {
-            a.add(b).map_err(|e| format!("merge: {e:?}"))?;
+        for (a, b) in [
+            (&mut self.corrected, &other.corrected),
+            (&mut self.schedule, &other.schedule),
+        ] {
+            if let (Some(a), Some(b)) = (a, b) {
+                a.add(b).map_err(|e| format!("merge: {e:?}"))?;
+            }
+        }
+        self.late += other.late;
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline.resize(other.timeline.len(), Slice::default());
+        }
+        for (a, b) in self.timeline.iter_mut().zip(&other.timeline) {
+            a.responses += b.responses;
+            a.errors += b.errors;
         }
         self.requests += other.requests;
         self.bytes += other.bytes;
@@ -128,7 +184,7 @@ fn nanos(d: Duration) -> u64 {
 }
 
 /// Percentile summary in microseconds.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub count: u64,
     pub min: f64,
@@ -201,8 +257,8 @@ mod tests {
     #[test]
     fn merge_and_summarise() {
         let t0 = Instant::now();
-        let mut a = Stats::new(true).expect("stats");
-        let mut b = Stats::new(true).expect("stats");
+        let mut a = Stats::new(true, t0).expect("stats");
+        let mut b = Stats::new(true, t0).expect("stats");
         for i in 1..=100u64 {
             a.record(t0, t0, t0 + Duration::from_micros(i), 200, 10);
         }
@@ -213,8 +269,18 @@ mod tests {
             500,
             10,
         );
-        b.error(ErrorKind::Timeout, 2);
+        b.error(ErrorKind::Timeout, 2, t0 + Duration::from_millis(250));
         a.merge(&b).expect("merge");
+        assert_eq!(a.timeline.len(), 11, "{:?}", a.timeline);
+        assert_eq!(a.timeline[0].responses, 100);
+        assert_eq!(a.timeline[2].errors, 2);
+        assert_eq!(
+            a.timeline[10],
+            Slice {
+                responses: 1,
+                errors: 1
+            }
+        );
         assert_eq!((a.requests, a.bytes, a.timeout), (101, 1010, 2));
         assert_eq!(a.bad_statuses().collect::<Vec<_>>(), vec![(500, 1)]);
         assert_eq!(a.total_errors(), 3);

@@ -113,8 +113,120 @@ pub struct ResponseHead {
 }
 
 /// `Ok(None)` means the head is not complete yet. `head_request` matters because a response
-/// to HEAD carries Content-Length without a body.
+/// to HEAD carries Content-Length without a body. A plain head (CRLF lines, token names, no
+/// folding) is read by a single line scan; anything else goes through httparse, which decides.
 pub fn parse_response_head(
+    buf: &[u8],
+    head_request: bool,
+) -> Result<Option<ResponseHead>, &'static str> {
+    match fast_head(buf) {
+        Fast::Head(status, version, head_len, framing) => Ok(Some(frame_response(
+            status,
+            version,
+            head_len,
+            &framing,
+            head_request,
+        ))),
+        Fast::Partial => Ok(None),
+        Fast::Unusual => parse_response_head_strict(buf, head_request),
+    }
+}
+
+enum Fast {
+    Head(u16, u8, usize, Framing),
+    Partial,
+    Unusual,
+}
+
+/// Header-name bytes (RFC 9110 tchar).
+const fn token_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    t
+}
+static TOKEN: [bool; 256] = token_table();
+
+fn fast_head(buf: &[u8]) -> Fast {
+    // "HTTP/1.x 200 " at least; shorter is either partial or not worth a fast path.
+    let Some(nl) = memchr::memchr(b'\n', buf) else {
+        return if buf.len() < 8192 {
+            Fast::Partial
+        } else {
+            Fast::Unusual
+        };
+    };
+    let line = &buf[..nl];
+    if line.len() < 13
+        || &line[..7] != b"HTTP/1."
+        || !matches!(line[7], b'0' | b'1')
+        || line[8] != b' '
+        || !line[9..12].iter().all(u8::is_ascii_digit)
+        || !matches!(line[12], b' ' | b'\r')
+        || line[line.len() - 1] != b'\r'
+    {
+        return Fast::Unusual;
+    }
+    let status = line[9..12]
+        .iter()
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    let version = line[7] - b'0';
+    let mut framing = Framing::default();
+    let mut pos = nl + 1;
+    for _ in 0..=MAX_HEADERS {
+        let rest = &buf[pos..];
+        let Some(nl) = memchr::memchr(b'\n', rest) else {
+            return Fast::Partial;
+        };
+        if nl == 0 || rest[nl - 1] != b'\r' {
+            return Fast::Unusual;
+        }
+        let line = &rest[..nl - 1];
+        pos += nl + 1;
+        if line.is_empty() {
+            return Fast::Head(status, version, pos, framing);
+        }
+        // The name runs to the first non-token byte, which must be the colon.
+        let colon = line
+            .iter()
+            .position(|&b| !TOKEN[usize::from(b)])
+            .unwrap_or(line.len());
+        if colon == 0 || line.get(colon) != Some(&b':') {
+            return Fast::Unusual;
+        }
+        let name = &line[..colon];
+        if framing.add(name, &line[colon + 1..]).is_err() {
+            return Fast::Unusual;
+        }
+    }
+    // More headers than httparse takes: let it give the error.
+    Fast::Unusual
+}
+
+/// The httparse path: every head the fast scan does not take, and the reference it is tested
+/// against.
+pub fn parse_response_head_strict(
     buf: &[u8],
     head_request: bool,
 ) -> Result<Option<ResponseHead>, &'static str> {
@@ -125,9 +237,24 @@ pub fn parse_response_head(
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err("malformed response head"),
     };
-    let status = resp.code.unwrap_or(0);
     let framing = Framing::scan(resp.headers)?;
-    let mut close = framing.close || resp.version == Some(0) && !framing.keep_alive;
+    Ok(Some(frame_response(
+        resp.code.unwrap_or(0),
+        resp.version.unwrap_or(1),
+        head_len,
+        &framing,
+        head_request,
+    )))
+}
+
+fn frame_response(
+    status: u16,
+    version: u8,
+    head_len: usize,
+    framing: &Framing,
+    head_request: bool,
+) -> ResponseHead {
+    let mut close = framing.close || version == 0 && !framing.keep_alive;
     let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
         Body::None
     } else if framing.chunked {
@@ -138,12 +265,12 @@ pub fn parse_response_head(
         close = true;
         Body::UntilClose
     };
-    Ok(Some(ResponseHead {
+    ResponseHead {
         status,
         head_len,
         body,
         close,
-    }))
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -182,6 +309,7 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, &'static st
     }))
 }
 
+#[derive(Default)]
 struct Framing {
     length: Option<u64>,
     chunked: bool,
@@ -191,28 +319,49 @@ struct Framing {
 
 impl Framing {
     fn scan(headers: &[httparse::Header<'_>]) -> Result<Framing, &'static str> {
-        let mut f = Framing {
-            length: None,
-            chunked: false,
-            close: false,
-            keep_alive: false,
-        };
+        let mut f = Framing::default();
         for h in headers {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                let v = std::str::from_utf8(h.value).map_err(|_| "bad content-length")?;
-                f.length = Some(v.trim().parse().map_err(|_| "bad content-length")?);
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                f.chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
-            } else if h.name.eq_ignore_ascii_case("connection") {
-                for token in h.value.split(|&b| b == b',') {
-                    let token = token.trim_ascii();
-                    f.close |= token.eq_ignore_ascii_case(b"close");
-                    f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                }
-            }
+            f.add(h.name.as_bytes(), h.value)?;
         }
         Ok(f)
     }
+
+    /// Takes one header; the length check first keeps the common headers at one compare.
+    fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), &'static str> {
+        match name.len() {
+            14 if name_is(name, b"content-length") => {
+                let v = value.trim_ascii();
+                if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+                    return Err("bad content-length");
+                }
+                let n = v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                self.length = Some(n);
+            }
+            17 if name_is(name, b"transfer-encoding") => {
+                self.chunked = last_token(value).eq_ignore_ascii_case(b"chunked");
+            }
+            10 if name_is(name, b"connection") => {
+                for token in value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    self.close |= token.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Case-insensitive match of a token `name` against a lowercase name of letters and `-`:
+/// setting bit 0x20 lowercases a letter and maps no other token byte onto a letter or `-`.
+fn name_is(name: &[u8], lower: &[u8]) -> bool {
+    name.len() == lower.len()
+        && name
+            .iter()
+            .zip(lower)
+            .fold(0u8, |acc, (a, b)| acc | ((a | 0x20) ^ b))
+            == 0
 }
 
 fn last_token(v: &[u8]) -> &[u8] {
@@ -271,6 +420,66 @@ mod tests {
             .expect("parse")
             .expect("complete");
         assert_eq!((head.body, head.close), (Body::None, true));
+    }
+
+    const HEADS: [&[u8]; 6] = [
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 06 Dec 2026 22:32:17 GMT\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nCONTENT-LENGTH:7\r\nconnection: Keep-Alive\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 503 \r\nconnection: close\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nX-A: \tv\r\n\r\n",
+    ];
+
+    /// The fast scan and httparse give the same answer on every prefix of well-formed heads.
+    #[test]
+    fn fast_head_matches_httparse() {
+        for raw in HEADS {
+            for head_req in [false, true] {
+                for cut in 0..=raw.len() {
+                    assert_eq!(
+                        parse_response_head(&raw[..cut], head_req),
+                        parse_response_head_strict(&raw[..cut], head_req),
+                        "{:?} cut at {cut}",
+                        String::from_utf8_lossy(raw)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Mutated heads never panic, and a head the fast scan accepts is one httparse either
+    /// accepts identically or rejects (the scan does not check value and reason bytes).
+    #[test]
+    fn fast_head_never_disagrees_on_mutations() {
+        let mut rng = crate::scenario::Rng::new(21);
+        for i in 0..40_000 {
+            let mut raw = HEADS[i % HEADS.len()].to_vec();
+            for _ in 0..1 + rng.next() % 3 {
+                let at = (rng.next() % raw.len() as u64) as usize;
+                let byte = b"\r\n: \t0aZ-\x00\x7f\xff"[(rng.next() % 12) as usize];
+                match rng.next() % 3 {
+                    0 => raw[at] = byte,
+                    1 => raw.insert(at, byte),
+                    _ => {
+                        raw.remove(at);
+                    }
+                }
+            }
+            let fast = parse_response_head(&raw, false);
+            let strict = parse_response_head_strict(&raw, false);
+            if let (Ok(Some(f)), Ok(Some(s))) = (&fast, &strict) {
+                assert_eq!(f, s, "{:?}", String::from_utf8_lossy(&raw));
+            }
+            if strict.is_err() {
+                continue;
+            }
+            assert!(
+                fast.is_ok(),
+                "fast rejected what httparse took: {:?}",
+                String::from_utf8_lossy(&raw)
+            );
+        }
     }
 
     #[test]

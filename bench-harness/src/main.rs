@@ -3,9 +3,12 @@
 
 mod args;
 mod client;
+mod compare;
 mod duration;
 mod hist;
+mod html;
 mod http;
+mod pacer;
 mod progress;
 mod report;
 mod runtime;
@@ -41,6 +44,9 @@ fn main() {
     };
     let result = match cli.cmd {
         Some(args::Cmd::Serve(a)) => a.validate().and_then(serve::run),
+        None if !cli.load.compare.is_empty() => {
+            compare::run(&cli.load.compare[0], &cli.load.compare[1]).map(|t| print_stdout(&t))
+        }
         None => cli.load.validate().and_then(load),
     };
     if let Err(e) = result {
@@ -54,6 +60,12 @@ fn load(cfg: args::LoadConfig) -> Result<(), String> {
         worker::preflight(&cfg)?;
     }
     let result = worker::run(&cfg)?;
+    if let Some(path) = &cfg.json_out {
+        write_file(path, &report::json(&cfg, &result)?)?;
+    }
+    if let Some(path) = &cfg.html {
+        write_file(path, &html::page(&cfg, &result))?;
+    }
     let text = if cfg.json {
         report::json(&cfg, &result)?
     } else {
@@ -61,6 +73,10 @@ fn load(cfg: args::LoadConfig) -> Result<(), String> {
     };
     print_stdout(&text);
     Ok(())
+}
+
+fn write_file(path: &std::path::Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// `println!` panics on a closed pipe (`ringway-bench ... | head`); a reader that left early

@@ -10,46 +10,57 @@ use crate::args::LoadConfig;
 use crate::hist::{us, Stats, Summary};
 use crate::worker::RunResult;
 
-#[derive(Serialize)]
-struct JsonReport<'a> {
-    url: &'a str,
-    mode: &'static str,
-    threads: usize,
-    connections: usize,
-    pipeline: usize,
-    rate: Option<f64>,
-    keepalive: bool,
-    duration_s: f64,
-    warmup_s: f64,
-    requests: u64,
-    bytes: u64,
-    rps: f64,
-    bytes_per_s: f64,
-    errors: JsonErrors,
-    status_counts: BTreeMap<String, u64>,
+#[derive(Serialize, serde::Deserialize)]
+pub struct JsonReport {
+    pub url: String,
+    pub mode: String,
+    pub threads: usize,
+    pub connections: usize,
+    pub pipeline: usize,
+    pub rate: Option<f64>,
+    pub keepalive: bool,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub requests: u64,
+    pub bytes: u64,
+    pub rps: f64,
+    pub bytes_per_s: f64,
+    pub errors: JsonErrors,
+    pub status_counts: BTreeMap<String, u64>,
     /// From actual send to response end.
-    latency_uncorrected_us: Summary,
+    pub latency_uncorrected_us: Summary,
     /// Open loop only (null in closed loop): from intended send time to response end.
-    latency_corrected_us: Option<Summary>,
+    pub latency_corrected_us: Option<Summary>,
+    /// Open loop only: how long after its due time each request left, over the requests whose
+    /// connection was free in time (the pacer's own error).
+    #[serde(default)]
+    pub schedule_error_us: Option<Summary>,
+    /// Open loop: requests whose connection was still busy with the previous one when due.
+    #[serde(default)]
+    pub late_sends: u64,
 }
 
-#[derive(Serialize)]
-struct JsonErrors {
-    connect: u64,
-    read: u64,
-    write: u64,
-    timeout: u64,
+#[derive(Serialize, serde::Deserialize)]
+pub struct JsonErrors {
+    pub connect: u64,
+    pub read: u64,
+    pub write: u64,
+    pub timeout: u64,
     /// Responses outside 2xx/3xx, by status code.
-    status: BTreeMap<String, u64>,
-    total: u64,
+    pub status: BTreeMap<String, u64>,
+    pub total: u64,
 }
 
 pub fn json(cfg: &LoadConfig, run: &RunResult) -> Result<String, String> {
+    serde_json::to_string(&summarise(cfg, run)).map_err(|e| format!("json: {e}"))
+}
+
+pub fn summarise(cfg: &LoadConfig, run: &RunResult) -> JsonReport {
     let s = &run.stats;
     let secs = run.elapsed.as_secs_f64().max(1e-9);
-    let report = JsonReport {
-        url: &cfg.label,
-        mode: if cfg.rate.is_some() { "open" } else { "closed" },
+    JsonReport {
+        url: cfg.label.clone(),
+        mode: if cfg.rate.is_some() { "open" } else { "closed" }.to_string(),
         threads: cfg.threads,
         connections: cfg.connections,
         pipeline: cfg.pipeline,
@@ -72,11 +83,12 @@ pub fn json(cfg: &LoadConfig, run: &RunResult) -> Result<String, String> {
         status_counts: s.statuses().map(|(c, n)| (c.to_string(), n)).collect(),
         latency_uncorrected_us: Summary::of(&s.uncorrected),
         latency_corrected_us: s.corrected.as_ref().map(Summary::of),
-    };
-    serde_json::to_string(&report).map_err(|e| format!("json: {e}"))
+        schedule_error_us: s.schedule.as_ref().map(Summary::of),
+        late_sends: s.late,
+    }
 }
 
-fn fmt_us(v: f64) -> String {
+pub fn fmt_us(v: f64) -> String {
     if v >= 1_000_000.0 {
         format!("{:.2}s", v / 1_000_000.0)
     } else if v >= 1_000.0 {
@@ -86,7 +98,7 @@ fn fmt_us(v: f64) -> String {
     }
 }
 
-fn fmt_bytes(b: f64) -> String {
+pub fn fmt_bytes(b: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
     let mut v = b;
     let mut i = 0;
@@ -185,6 +197,18 @@ pub fn human(cfg: &LoadConfig, run: &RunResult) -> String {
             );
         }
         None => latency_block(&mut out, "Latency:", &s.uncorrected, cfg.latency),
+    }
+    if let Some(h) = s.schedule.as_ref().filter(|h| !h.is_empty()) {
+        let e = Summary::of(h);
+        let _ = writeln!(
+            out,
+            "  Schedule error (send after due time): p50 {}, p99 {}, p99.9 {}, max {}; {} sends late (connection busy)",
+            fmt_us(e.p50),
+            fmt_us(e.p99),
+            fmt_us(e.p99_9),
+            fmt_us(e.max),
+            s.late
+        );
     }
     let _ = writeln!(
         out,

@@ -7,6 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
 static PIN_WARNED: AtomicBool = AtomicBool::new(false);
 
+thread_local! {
+    /// Whether this thread's runtime is on io_uring (set by `block_on`).
+    static ON_URING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the current thread runs on io_uring (so a timerfd can be read on the ring).
+pub fn on_uring() -> bool {
+    ON_URING.with(|c| c.get())
+}
+
 /// The core for thread `index`: from `--cpus` if given, else the cores this process may use
 /// (so an outer `taskset` is respected rather than overridden).
 pub fn pin_current(index: usize, cpus: &[usize]) {
@@ -35,13 +45,17 @@ where
         .enable_timer()
         .build()
     {
-        Ok(mut rt) => Ok(rt.block_on(make())),
+        Ok(mut rt) => {
+            ON_URING.with(|c| c.set(true));
+            Ok(rt.block_on(make()))
+        }
         Err(e) => {
             if !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
                 eprintln!(
                     "ringway-bench: warning: io_uring unavailable ({e}); using the epoll driver"
                 );
             }
+            ON_URING.with(|c| c.set(false));
             let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .enable_timer()
                 .build()

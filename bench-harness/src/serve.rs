@@ -1,11 +1,11 @@
-//! `ringway-bench serve`: a minimal thread-per-core static HTTP/1.1 server (SO_REUSEPORT
-//! listener per thread, keep-alive, pipelining, optional delay/stall, request counter).
-//! Must not share code paths with the load generator's measurement.
+//! `ringway-bench serve`: a minimal thread-per-core static HTTP/1.1 server (SO_REUSEPORT listener
+//! per thread, keep-alive, pipelining, microsecond --delay, stall, counter). Must not measure.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use monoio::buf::IoBufMut;
@@ -15,6 +15,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::args::ServeConfig;
 use crate::http;
+use crate::pacer::Pacer;
 
 #[repr(align(128))]
 #[derive(Default)]
@@ -146,11 +147,17 @@ async fn accept_loop(
     t: usize,
 ) -> Result<(), String> {
     let listener = TcpListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
+    // --delay is kept to the microsecond by the same timerfd pacer the open loop uses.
+    let pacer = Pacer::new(0, crate::runtime::on_uring())?;
+    if shared.delay.is_some() {
+        crate::pacer::tighten_timer_slack();
+        monoio::spawn(pacer.clone().run());
+    }
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(serve_conn(stream, shared.clone(), t));
+                monoio::spawn(serve_conn(stream, shared.clone(), t, pacer.clone()));
             }
             // Typically EMFILE under a connection storm: back off instead of spinning.
             Err(_) => monoio::time::sleep(Duration::from_millis(5)).await,
@@ -158,10 +165,25 @@ async fn accept_loop(
     }
 }
 
-async fn serve_conn(mut stream: TcpStream, shared: Arc<Shared>, t: usize) {
+async fn serve_conn(stream: TcpStream, shared: Arc<Shared>, t: usize, pacer: Rc<Pacer>) {
+    let slot = pacer.alloc_slot();
+    serve_requests(stream, &shared, t, &pacer, slot).await;
+    // Every wait above completed before it returned, so no stale due time names this slot.
+    pacer.free_slot(slot);
+}
+
+async fn serve_requests(
+    mut stream: TcpStream,
+    shared: &Shared,
+    t: usize,
+    pacer: &Pacer,
+    slot: usize,
+) {
     let mut rbuf = BytesMut::with_capacity(8192);
     let mut wbuf = BytesMut::with_capacity(8192);
     let mut pending: Option<http::RequestHead> = None;
+    // When the bytes being answered arrived: --delay counts from here.
+    let mut read_at = Instant::now();
     loop {
         let mut close = false;
         let mut stall = false;
@@ -177,7 +199,7 @@ async fn serve_conn(mut stream: TcpStream, shared: Arc<Shared>, t: usize) {
                     break;
                 }
                 let Some(req) = pending.take() else { break };
-                stall |= respond(&shared, t, &req, &mut wbuf);
+                stall |= respond(shared, t, &req, &mut wbuf);
                 if req.close {
                     close = true;
                     break;
@@ -199,7 +221,7 @@ async fn serve_conn(mut stream: TcpStream, shared: Arc<Shared>, t: usize) {
         }
         if !wbuf.is_empty() {
             if let Some(d) = shared.delay {
-                monoio::time::sleep(d).await;
+                pacer.wait(slot, read_at + d).await;
             }
             if stall {
                 monoio::time::sleep(shared.stall).await;
@@ -221,6 +243,9 @@ async fn serve_conn(mut stream: TcpStream, shared: Arc<Shared>, t: usize) {
         let (len, cap) = (rbuf.len(), rbuf.capacity());
         let (res, slice) = stream.read(rbuf.slice_mut(len..cap)).await;
         rbuf = slice.into_inner();
+        if shared.delay.is_some() {
+            read_at = Instant::now();
+        }
         match res {
             Ok(0) | Err(_) => return,
             Ok(_) => {}

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::args::LoadConfig;
-use crate::client::{self, Ctx, Live};
+use crate::client::{self, Ctx, Guard, Live};
 use crate::hist::Stats;
+use crate::pacer::Pacer;
 use crate::progress::Progress;
 
 pub struct RunResult {
@@ -54,7 +55,7 @@ pub fn run(cfg: &LoadConfig) -> Result<RunResult, String> {
             .name(format!("bench-{t}"))
             .spawn(move || {
                 crate::runtime::pin_current(t, &cpus);
-                let result = Stats::new(rate.is_some()).and_then(|stats| {
+                let result = Stats::new(rate.is_some(), measure_start).and_then(|stats| {
                     let ctx = Rc::new(Ctx {
                         addr,
                         mix,
@@ -69,7 +70,7 @@ pub fn run(cfg: &LoadConfig) -> Result<RunResult, String> {
                         stats: RefCell::new(stats),
                         live,
                     });
-                    crate::runtime::block_on(|| drive(ctx.clone(), ids))?;
+                    crate::runtime::block_on(|| drive(ctx.clone(), ids))??;
                     Rc::try_unwrap(ctx)
                         .map(|c| c.stats.into_inner())
                         .map_err(|_| "connection task outlived its runtime".to_string())
@@ -120,22 +121,39 @@ pub fn run(cfg: &LoadConfig) -> Result<RunResult, String> {
     })
 }
 
-async fn drive(ctx: Rc<Ctx>, ids: Vec<usize>) {
-    let open = ctx.rate.is_some();
+async fn drive(ctx: Rc<Ctx>, ids: Vec<usize>) -> Result<(), String> {
+    let guards: Vec<Rc<Guard>> = ids.iter().map(|_| Rc::default()).collect();
+    // Not awaited: it sleeps between scans and goes down with the runtime.
+    monoio::spawn(client::watchdog(
+        guards.clone(),
+        client::watchdog_period(ctx.timeout),
+    ));
+    if ctx.rate.is_none() {
+        let tasks: Vec<_> = ids
+            .into_iter()
+            .zip(guards)
+            .map(|(id, g)| monoio::spawn(client::closed_loop(ctx.clone(), id, g)))
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        return Ok(());
+    }
+    crate::pacer::tighten_timer_slack();
+    let pacer = Pacer::new(ids.len(), crate::runtime::on_uring())?;
+    let firing = monoio::spawn(pacer.clone().run());
     let tasks: Vec<_> = ids
         .into_iter()
-        .map(|id| {
-            let ctx = ctx.clone();
-            monoio::spawn(async move {
-                if open {
-                    client::open_loop(ctx, id).await
-                } else {
-                    client::closed_loop(ctx, id).await
-                }
-            })
+        .zip(guards)
+        .enumerate()
+        .map(|(slot, (id, g))| {
+            monoio::spawn(client::open_loop(ctx.clone(), id, g, pacer.clone(), slot))
         })
         .collect();
     for t in tasks {
         t.await;
     }
+    pacer.stop();
+    firing.await;
+    Ok(())
 }
