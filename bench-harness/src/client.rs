@@ -46,6 +46,8 @@ pub struct Ctx {
     pub measure_start: Instant,
     pub end: Instant,
     pub rate: Option<f64>,
+    /// Open loop: the pacer's busy-poll window.
+    pub spin: Duration,
     pub connections: usize,
     pub stats: RefCell<Stats>,
     pub live: Arc<Live>,

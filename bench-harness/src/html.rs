@@ -15,7 +15,7 @@ const H: f64 = 320.0;
 const LEFT: f64 = 70.0;
 const BOTTOM: f64 = 40.0;
 const TOP: f64 = 20.0;
-const RIGHT: f64 = 20.0;
+const RIGHT: f64 = 40.0;
 /// The percentile axis ends at 99.9999% (x = 10^6), like HdrHistogram's plotter.
 const MAX_NINES: f64 = 6.0;
 

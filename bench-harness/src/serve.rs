@@ -32,6 +32,7 @@ struct Shared {
     keepalive_head: usize,
     close_head: usize,
     delay: Option<Duration>,
+    spin: Duration,
     stall_once_after: Option<u64>,
     stall: Duration,
 }
@@ -116,6 +117,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), String> {
         keepalive_head,
         close_head,
         delay: cfg.delay,
+        spin: cfg.spin,
         stall_once_after: cfg.stall_once_after,
         stall: cfg.stall,
     });
@@ -148,7 +150,7 @@ async fn accept_loop(
 ) -> Result<(), String> {
     let listener = TcpListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
     // --delay is kept to the microsecond by the same timerfd pacer the open loop uses.
-    let pacer = Pacer::new(0, crate::runtime::on_uring())?;
+    let pacer = Pacer::new(0, crate::runtime::on_uring(), shared.spin)?;
     if shared.delay.is_some() {
         crate::pacer::tighten_timer_slack();
         monoio::spawn(pacer.clone().run());

@@ -43,6 +43,7 @@ pub fn run(cfg: &LoadConfig) -> Result<RunResult, String> {
         let cpus = cfg.cpus.clone();
         // Connection ids t, t+threads, ... keep both the count and the open-loop schedule even.
         let ids: Vec<usize> = (t..cfg.connections).step_by(cfg.threads).collect();
+        let spin = cfg.spin;
         let (addr, pipeline, timeout, keepalive, rate, connections) = (
             cfg.addr,
             cfg.pipeline,
@@ -66,6 +67,7 @@ pub fn run(cfg: &LoadConfig) -> Result<RunResult, String> {
                         measure_start,
                         end,
                         rate,
+                        spin,
                         connections,
                         stats: RefCell::new(stats),
                         live,
@@ -140,7 +142,7 @@ async fn drive(ctx: Rc<Ctx>, ids: Vec<usize>) -> Result<(), String> {
         return Ok(());
     }
     crate::pacer::tighten_timer_slack();
-    let pacer = Pacer::new(ids.len(), crate::runtime::on_uring())?;
+    let pacer = Pacer::new(ids.len(), crate::runtime::on_uring(), ctx.spin)?;
     let firing = monoio::spawn(pacer.clone().run());
     let tasks: Vec<_> = ids
         .into_iter()
