@@ -41,10 +41,23 @@ where
     F: FnOnce() -> Fut,
     Fut: Future,
 {
-    match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+    // COOP_TASKRUN: completions wait for the thread's next ring call instead of interrupting
+    // it (the gateway measured ~20% more requests/s per core with it); each runtime submits
+    // only from its own thread (SINGLE_ISSUER). Older kernels refuse the flags: plain ring then.
+    let mut urb = io_uring::IoUring::builder();
+    urb.setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .setup_single_issuer();
+    let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .uring_builder(urb)
         .enable_timer()
         .build()
-    {
+        .or_else(|_| {
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .enable_timer()
+                .build()
+        });
+    match built {
         Ok(mut rt) => {
             ON_URING.with(|c| c.set(true));
             Ok(rt.block_on(make()))

@@ -1,7 +1,7 @@
 //! Runs a load test: one pinned thread per core, each with its own monoio runtime and its share
 //! of the connections; merges the per-thread stats. Must not format results (see report.rs).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::IsTerminal;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -71,6 +71,7 @@ pub fn run(cfg: &LoadConfig) -> Result<RunResult, String> {
                         connections,
                         stats: RefCell::new(stats),
                         live,
+                        errors: Cell::new(0),
                     });
                     crate::runtime::block_on(|| drive(ctx.clone(), ids))??;
                     Rc::try_unwrap(ctx)
