@@ -43,7 +43,15 @@ pub fn run(cfg: &LoadConfig) -> Result<RunResult, String> {
         let cpus = cfg.cpus.clone();
         // Connection ids t, t+threads, ... keep both the count and the open-loop schedule even.
         let ids: Vec<usize> = (t..cfg.connections).step_by(cfg.threads).collect();
-        let spin = cfg.spin;
+        // The busy-poll window is capped at a quarter of the gap between this thread's sends,
+        // so polling never takes more than a quarter of the thread from the requests.
+        let spin = match cfg.rate {
+            Some(r) => {
+                let gap = cfg.connections as f64 / (r * ids.len() as f64);
+                cfg.spin.min(Duration::from_secs_f64(gap / 4.0))
+            }
+            None => Duration::ZERO,
+        };
         let (addr, pipeline, timeout, keepalive, rate, connections) = (
             cfg.addr,
             cfg.pipeline,
