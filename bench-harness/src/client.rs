@@ -1,5 +1,5 @@
-//! One benchmark connection: connect, write prebuilt requests, read and frame responses, and
-//! the closed-loop and open-loop send disciplines. Must not spawn threads or print anything.
+//! One benchmark connection (connect, write prebuilt requests, read and frame responses), its
+//! timeout watchdog, and the closed/open-loop send disciplines. Must not spawn threads or print.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;

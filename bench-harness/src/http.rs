@@ -1,5 +1,5 @@
-//! HTTP/1.1 message framing shared by the client and `serve`: head parsing via httparse and
-//! incremental body consumption (Content-Length, chunked, read-until-close). Must not do IO.
+//! HTTP/1.1 framing for the client and `serve`: heads (a one-pass scan, httparse for anything
+//! unusual) and incremental bodies (Content-Length, chunked, until close). Must not do IO.
 
 const MAX_HEADERS: usize = 64;
 
