@@ -12,12 +12,12 @@ use super::conn::{After, ClientConn, ClientStream};
 use super::shard::Shard;
 use crate::cache::entry::{self, Entry};
 use crate::cache::peer::{Asking, Claim, Op, Turn, ASK_TIMEOUT};
-use crate::cache::{now_ms, Instance, Leader, Mode, Pending, Target, Tee};
+use crate::cache::{invalidate, now_ms, Instance, Leader, Mode, Pending, Target, Tee};
 use crate::error::ProxyError;
 use crate::http::parse::{BodyKind, Method, RequestHead, ResponseHead};
 use crate::http::write::{header, put_u64, reason, status_line};
 use crate::net::io::write_all;
-use crate::plugin::Ctx;
+use crate::plugin::{Ctx, Reply};
 
 /// Bodies up to this size go out in one write with their head.
 const COALESCE: usize = 32 * 1024;
@@ -49,7 +49,18 @@ impl<S: ClientStream> ClientConn<S> {
         }
         match mode {
             Mode::Purge(t) => return OnRequest::Answered(self.purge(shard, &inst, t).await),
-            Mode::Hit(e) => return OnRequest::Answered(self.serve_entry(shard, &e, "HIT").await),
+            Mode::Hit(e) => {
+                // Stale only when the client's max-stale accepted it.
+                let label = if e.is_fresh(now_ms()) { "HIT" } else { "STALE" };
+                return OnRequest::Answered(self.serve_entry(shard, &e, label).await);
+            }
+            Mode::Unavailable => {
+                shard.metrics.count_cache(false);
+                let status = inst.conf.status_header.as_str();
+                let reply = Reply::json_message(504, "only-if-cached: nothing usable is stored")
+                    .header(status, "MISS");
+                return OnRequest::Answered(self.send_reply(shard, reply).await);
+            }
             Mode::StaleRefresh(e) => {
                 self.spawn_refresh(self.cx.route, &inst, e.clone());
                 return OnRequest::Answered(self.serve_entry(shard, &e, "STALE").await);
@@ -161,6 +172,9 @@ impl<S: ClientStream> ClientConn<S> {
                 if let Some(inst) = &c.inst {
                     // Only the owner stores the key.
                     inst.put(&c.key, c.hash, Op::Remove, None);
+                    for t in &c.also {
+                        inst.invalidate(t);
+                    }
                 }
             }
             return;
@@ -232,8 +246,13 @@ impl<S: ClientStream> ClientConn<S> {
         status_line(w, status, reason(status).as_bytes());
         let edits = &self.cx.resp_headers;
         for (n, v) in &e.headers {
-            let hidden = conf.hide_cache_headers
-                && (n.eq_ignore_ascii_case(b"cache-control") || n.eq_ignore_ascii_case(b"expires"));
+            let hidden = (conf.hide_cache_headers
+                && (n.eq_ignore_ascii_case(b"cache-control")
+                    || n.eq_ignore_ascii_case(b"expires")))
+                || conf
+                    .targeted
+                    .iter()
+                    .any(|t| n.eq_ignore_ascii_case(t.as_bytes()));
             if hidden || (!edits.is_empty() && edits.drops(n)) {
                 continue;
             }
@@ -441,6 +460,19 @@ pub(super) fn on_head(
             reusable,
         });
     }
+    if let (Method::Head, 200, Some(e)) = (req.method, status, cx.private.cache.stale()) {
+        // A HEAD's answer updates (or retires) the stored GET response (RFC 9111 4.3.5).
+        let c = &cx.private.cache;
+        let op = match entry::head_update(e, resp, &conf.policy(), c.req_ms, now) {
+            Some(Some(updated)) => Op::Store(Arc::new(updated)),
+            _ => Op::Remove,
+        };
+        inst.put(&c.key, c.hash, op, None);
+    }
+    for t in &conf.targeted {
+        // Meant for this cache only (RFC 9213 2.1).
+        cx.resp_headers.remove(t.as_bytes());
+    }
     if matches!(status, 500 | 502 | 503 | 504) {
         if let Some(e) = cx.private.cache.stale().filter(|e| e.in_sie(now)).cloned() {
             return Some(FromEntry {
@@ -449,6 +481,20 @@ pub(super) fn on_head(
                 reusable: false,
             });
         }
+    }
+    let unsafe_method = matches!(
+        req.method,
+        Method::Post | Method::Put | Method::Delete | Method::Patch
+    );
+    if unsafe_method && (200..400).contains(&status) {
+        // Its success also invalidates the same-origin Location and Content-Location.
+        let uris: Vec<String> = ["location", "content-location"]
+            .iter()
+            .filter_map(|n| resp.header(n))
+            .filter_map(|v| invalidate::same_origin_uri(v, req.host(), req.path()))
+            .collect();
+        cx.private.cache.also =
+            invalidate::targets(&conf.key, req.host(), uris.iter().map(String::as_str));
     }
     let label: &[u8] = match cx.private.cache.mode {
         Mode::Invalidate => return None,

@@ -7,7 +7,7 @@ use crate::harness::*;
 /// One gateway with proxy-cache (plus `extra` keys) on a catch-all route to `o`: two shards
 /// (`RINGWAY_TEST_CACHE_WORKERS` to change), each request on a new connection, so requests land
 /// on the key's owner and on the other shard alike.
-fn gw(o: &Origin, extra: &str) -> Gateway {
+pub(crate) fn gw(o: &Origin, extra: &str) -> Gateway {
     let cfg = format!(
         "{}{}{}",
         server(&[("workers", &cache_workers(2))]),
