@@ -314,6 +314,10 @@ pub struct Pending {
     pub key: Vec<u8>,
     pub hash: u64,
     pub entry: Entry,
+    /// This request's turn at the key's fetch: ended right after the store (dropped with
+    /// `Pending`), so the fetch is over at the owner before the client has the last byte and
+    /// its next request is not made to wait for a fetch it saw finish.
+    pub leader: Option<Leader>,
 }
 
 impl std::fmt::Debug for Tee {
@@ -405,8 +409,6 @@ pub struct CacheCx {
     pub background: bool,
     /// What the lookup decision depends on besides the entry found.
     pub ask: Lookup,
-    /// An unsafe request's success also invalidates these (its Location, Content-Location).
-    pub also: Vec<Target>,
 }
 
 impl CacheCx {
@@ -451,7 +453,6 @@ impl CacheCx {
         self.leader = None;
         self.background = false;
         self.ask = Lookup::default();
-        self.also.clear();
     }
 
     /// The stale entry this request holds, if any (for stale-if-error).

@@ -163,20 +163,11 @@ impl<S: ClientStream> ClientConn<S> {
         found.filter(|e| e.is_fresh(now_ms()) && (!auth || e.auth_ok))
     }
 
-    /// Done hook, after the upstream exchange: an invalidating request that succeeded purges
-    /// the key everywhere; otherwise the teed response is stored and coalesced waiters released.
+    /// Done hook, after the upstream exchange: coalesced waiters are released (the teed
+    /// response was stored when its body ended). An unsafe request's invalidations were sent
+    /// when its head arrived (`on_head`).
     pub(super) fn cache_on_done(&mut self, invalidate: bool) {
         if invalidate {
-            if (200..400).contains(&self.cx.status) {
-                let c = &self.cx.private.cache;
-                if let Some(inst) = &c.inst {
-                    // Only the owner stores the key.
-                    inst.put(&c.key, c.hash, Op::Remove, None);
-                    for t in &c.also {
-                        inst.invalidate(t);
-                    }
-                }
-            }
             return;
         }
         // The tee stored the entry when the body ended; waiters are released after that.
@@ -487,14 +478,19 @@ pub(super) fn on_head(
         Method::Post | Method::Put | Method::Delete | Method::Patch
     );
     if unsafe_method && (200..400).contains(&status) {
-        // Its success also invalidates the same-origin Location and Content-Location.
+        // Its success invalidates the key at its owner, and the same-origin Location and
+        // Content-Location URIs (RFC 9111 4.4): sent before the response goes on to the
+        // client, as a store is, so its next request does not find them.
+        let c = &cx.private.cache;
+        inst.put(&c.key, c.hash, Op::Remove, None);
         let uris: Vec<String> = ["location", "content-location"]
             .iter()
             .filter_map(|n| resp.header(n))
             .filter_map(|v| invalidate::same_origin_uri(v, req.host(), req.path()))
             .collect();
-        cx.private.cache.also =
-            invalidate::targets(&conf.key, req.host(), uris.iter().map(String::as_str));
+        for t in invalidate::targets(&conf.key, req.host(), uris.iter().map(String::as_str)) {
+            inst.invalidate(&t);
+        }
     }
     let label: &[u8] = match cx.private.cache.mode {
         Mode::Invalidate => return None,
@@ -526,6 +522,7 @@ pub(super) fn on_head(
                     key: c.key.clone(),
                     hash: c.hash,
                     entry: e,
+                    leader: c.leader.take(),
                 });
                 c.tee = Some(tee);
             }
