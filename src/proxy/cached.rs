@@ -39,6 +39,11 @@ impl<S: ClientStream> ClientConn<S> {
         };
         // Another shard's answer about a key it owns: what it stores, and our turn in its fetch.
         let mut mode = std::mem::take(&mut self.cx.private.cache.mode);
+        match mode {
+            Mode::Remote => shard.metrics.count_cache_lookup(true),
+            Mode::Off | Mode::Bypass | Mode::Invalidate | Mode::Purge(_) => {}
+            _ => shard.metrics.count_cache_lookup(false),
+        }
         if let Mode::Remote = mode {
             let (asking, turn) = self.ask_owner(&inst).await;
             if turn == Turn::Wait {
