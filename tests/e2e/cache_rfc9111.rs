@@ -454,3 +454,65 @@ fn conditional_requests_are_answered_from_fresh_entries() {
     }
     assert_eq!(o.request_count(), 2);
 }
+
+#[test]
+fn early_hints_reach_http11_clients_and_are_never_stored() {
+    use std::io::Write;
+    let o = RawOrigin::start(|_, s| {
+        s.write_all(
+            b"HTTP/1.1 102 Processing\r\n\r\n\
+              HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: x-hop\r\nX-Hop: 1\r\n\r\n\
+              HTTP/1.1 100 Continue\r\n\r\n\
+              HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok",
+        )
+        .is_ok()
+    });
+    let cfg = format!(
+        "{}{}{}",
+        server(&[("workers", &cache_workers(2))]),
+        upstream("backend", &[o.addr], ""),
+        route(
+            "c",
+            &["/*"],
+            "backend",
+            "[routes.plugins.proxy-cache]\nmode = \"rfc9111\"\n"
+        )
+    );
+    let g = Gateway::start(&cfg);
+    let mut c = g.client();
+    c.send("GET /e HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut statuses = Vec::new();
+    let last = loop {
+        let r = c.try_read_response_ext(false).expect("a response");
+        statuses.push(r.status);
+        if r.status >= 200 {
+            break r;
+        }
+        if r.status == 103 {
+            assert_eq!(r.header("Link"), Some("</a.css>; rel=preload"));
+            assert!(
+                !r.has_header("X-Hop"),
+                "Connection-listed fields stay behind"
+            );
+        }
+    };
+    assert_eq!(
+        statuses,
+        [102, 103, 200],
+        "100 Continue is the gateway's own business"
+    );
+    assert_eq!(
+        (status(&last), last.body_str()),
+        ("MISS".into(), "ok".into())
+    );
+    // From the cache: the final response only.
+    let mut c = g.client();
+    c.send("GET /e HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.try_read_response_ext(false).expect("a response");
+    assert_eq!((r.status, status(&r)), (200, "HIT".into()));
+    // An HTTP/1.0 client gets no interim responses.
+    let mut c = g.client();
+    c.send("GET /f HTTP/1.0\r\nHost: t\r\n\r\n");
+    let r = c.try_read_response_ext(false).expect("a response");
+    assert_eq!((r.status, r.body_str()), (200, "ok".into()));
+}
