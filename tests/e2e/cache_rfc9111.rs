@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::cache::gw;
+use crate::cache::{gw, gw_at};
 use crate::harness::*;
 
 fn rfc(o: &Origin) -> Gateway {
@@ -467,18 +467,7 @@ fn early_hints_reach_http11_clients_and_are_never_stored() {
         )
         .is_ok()
     });
-    let cfg = format!(
-        "{}{}{}",
-        server(&[("workers", &cache_workers(2))]),
-        upstream("backend", &[o.addr], ""),
-        route(
-            "c",
-            &["/*"],
-            "backend",
-            "[routes.plugins.proxy-cache]\nmode = \"rfc9111\"\n"
-        )
-    );
-    let g = Gateway::start(&cfg);
+    let g = gw_at(o.addr, "mode = \"rfc9111\"");
     let mut c = g.client();
     c.send("GET /e HTTP/1.1\r\nHost: t\r\n\r\n");
     let mut statuses = Vec::new();
