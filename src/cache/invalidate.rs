@@ -11,6 +11,10 @@ use super::{CacheKeyPart, Target};
 pub fn same_origin_uri(value: &[u8], host: &[u8], req_path: &[u8]) -> Option<String> {
     let v = std::str::from_utf8(super::rules::trim(value)).ok()?;
     let v = v.split('#').next().unwrap_or(v);
+    if v.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        // Not a URI reference.
+        return None;
+    }
     let lower = v.get(..8).unwrap_or(v).to_ascii_lowercase();
     let rest = if let Some(r) = v.strip_prefix("//") {
         Some(r)
