@@ -249,7 +249,21 @@ impl<S: ClientStream> ClientConn<S> {
                     .targeted
                     .iter()
                     .any(|t| n.eq_ignore_ascii_case(t.as_bytes()));
-            if hidden || (!edits.is_empty() && edits.drops(n)) {
+            // A 304 carries the fields that guide caches, not the absent body's metadata
+            // (RFC 9110 15.4.5).
+            let not_for_304 = status == 304
+                && ![
+                    &b"cache-control"[..],
+                    b"content-location",
+                    b"date",
+                    b"etag",
+                    b"expires",
+                    b"vary",
+                    b"last-modified",
+                ]
+                .iter()
+                .any(|x| n.eq_ignore_ascii_case(x));
+            if hidden || not_for_304 || (!edits.is_empty() && edits.drops(n)) {
                 continue;
             }
             header(w, n, v);
