@@ -28,7 +28,7 @@ pub struct AdminAck {
 }
 
 /// The `Target` for one cache, or `None` if its key needs request parts the URL lacks.
-fn target_for(parts: &[CacheKeyPart], t: &AdminTarget) -> Option<Target> {
+pub(crate) fn target_for(parts: &[CacheKeyPart], t: &AdminTarget) -> Option<Target> {
     let (host, uri, prefix) = match t {
         AdminTarget::Tag(tag) => return Some(Target::Tag(tag.as_bytes().to_vec())),
         AdminTarget::Url { host, uri } => (host, uri.as_str(), false),

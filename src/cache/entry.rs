@@ -38,6 +38,11 @@ pub struct Policy<'a> {
     pub set_cookie: bool,
     /// The X-Cache-Status header name, never stored.
     pub status_header: &'a str,
+    /// `mode = "rfc9111"`: any final status with explicit freshness (or a heuristically
+    /// cacheable one) may be stored, and so may responses with `Set-Cookie`.
+    pub rfc: bool,
+    /// Targeted fields (RFC 9213), lowercase, first present wins over `Cache-Control`.
+    pub targeted: &'a [String],
 }
 
 fn skip_stored(name: &[u8], status_header: &str) -> bool {
@@ -152,10 +157,16 @@ impl Entry {
         req_ms: u64,
         now_ms: u64,
     ) -> Option<Entry> {
-        if !p.statuses.contains(&resp.status) {
+        let status_ok = if p.rfc {
+            // Final and complete: a 304 or 206 is not a response that can be reused as such.
+            (200..600).contains(&resp.status) && !matches!(resp.status, 206 | 304)
+        } else {
+            p.statuses.contains(&resp.status)
+        };
+        if !status_ok {
             return None;
         }
-        if resp.header("set-cookie").is_some() && !p.set_cookie {
+        if resp.header("set-cookie").is_some() && !p.set_cookie && !p.rfc {
             return None;
         }
         let mut headers = Vec::with_capacity(resp.headers.len());
@@ -215,10 +226,18 @@ impl Entry {
         now_ms: u64,
     ) -> Option<Entry> {
         let mut e = self.clone();
+        // Not updated (RFC 9111 3.2): what is never stored, what the connection named, and
+        // what describes the stored body itself (its length, range and coding).
         let fresh: Vec<(Bytes, Bytes)> = resp
             .headers
             .iter()
-            .filter(|h| !skip_stored(resp.name(h), p.status_header))
+            .filter(|h| {
+                let n = resp.name(h);
+                !skip_stored(n, p.status_header)
+                    && !resp.listed_in_connection(n)
+                    && !n.eq_ignore_ascii_case(b"content-range")
+                    && !n.eq_ignore_ascii_case(b"content-encoding")
+            })
             .map(|h| {
                 (
                     Bytes::copy_from_slice(resp.name(h)),
@@ -243,7 +262,14 @@ impl Entry {
         now_ms: u64,
         authorized: bool,
     ) -> bool {
-        let cc = CacheControl::parse(all(&self.headers, "cache-control"));
+        // A targeted field (RFC 9213) replaces Cache-Control and Expires when it is valid.
+        let targeted = p
+            .targeted
+            .iter()
+            .find_map(|n| CacheControl::parse_targeted(all(&self.headers, n)));
+        let use_expires = targeted.is_none();
+        let cc =
+            targeted.unwrap_or_else(|| CacheControl::parse(all(&self.headers, "cache-control")));
         if cc.no_store || cc.private {
             return false;
         }
@@ -257,13 +283,21 @@ impl Entry {
                     .and_then(rules::parse_http_date)
                     .unwrap_or(now_s),
             ),
-            expires: self.header("expires").map(rules::parse_http_date),
+            expires: self
+                .header("expires")
+                .filter(|_| use_expires)
+                .map(rules::parse_http_date),
             last_modified: self
                 .header("last-modified")
                 .and_then(rules::parse_http_date),
             age,
             cc: cc.clone(),
         };
+        let explicit = cc.max_age.is_some() || cc.s_maxage.is_some() || facts.expires.is_some();
+        if p.rfc && !explicit && !cc.public && !rules::heuristically_cacheable(self.status) {
+            // RFC 9111 3: nothing says it may be reused.
+            return false;
+        }
         let lifetime = rules::lifetime(&facts, self.status, p.default_ttl);
         // Already stale, nothing to revalidate with and no stale window: of no use stored.
         let windows = cc.stale_if_error.unwrap_or(0) + cc.stale_while_revalidate.unwrap_or(0);
@@ -292,21 +326,55 @@ fn parse_u64(v: &[u8]) -> Option<u64> {
 }
 
 /// Whether a client's conditional request is satisfied by `e` (answer 304), RFC 9110 13.2.2:
-/// If-None-Match wins over If-Modified-Since.
+/// If-None-Match (weak comparison, a list, `*` for any stored representation) wins over
+/// If-Modified-Since, which compares with Last-Modified, else the stored Date, else the time
+/// the response was received (RFC 9111 4.3.2); an invalid date is ignored.
 pub fn not_modified(req: &RequestHead, e: &Entry) -> bool {
     if let Some(inm) = req.header("if-none-match") {
+        if rules::split_list(inm).any(|t| t == b"*") {
+            return true;
+        }
         return e
             .header("etag")
             .is_some_and(|t| rules::etag_matches(inm, t));
     }
-    match (
-        req.header("if-modified-since")
-            .and_then(rules::parse_http_date),
-        e.header("last-modified").and_then(rules::parse_http_date),
-    ) {
-        (Some(since), Some(lm)) => lm <= since,
+    let Some(since) = req
+        .header("if-modified-since")
+        .and_then(rules::parse_http_date)
+    else {
+        return false;
+    };
+    let modified = e
+        .header("last-modified")
+        .or_else(|| e.header("date"))
+        .and_then(rules::parse_http_date)
+        .unwrap_or(e.stored_ms / 1000);
+    modified <= since
+}
+
+/// What a `200` to a `HEAD` does to the stored `GET` response (RFC 9111 4.3.5): if it agrees
+/// with the stored one (same strong or weak ETag and Last-Modified when either has them, and
+/// a Content-Length equal to the stored body's), its headers update the entry as a 304's
+/// would (`Some(updated)`, or `Some(None)` if the update forbids storing); otherwise the
+/// stored response is out of date and must go (`None`).
+pub fn head_update(
+    e: &Entry,
+    resp: &ResponseHead,
+    p: &Policy<'_>,
+    req_ms: u64,
+    now_ms: u64,
+) -> Option<Option<Entry>> {
+    let same = |name: &str| match (resp.header(name), e.header(name)) {
+        (Some(a), Some(b)) => rules::trim(a) == rules::trim(b),
+        (None, None) => true,
         _ => false,
-    }
+    };
+    let length_ok = match resp.header("content-length") {
+        Some(l) => rules::delta_seconds(l) == Some(e.body.len() as u64),
+        None => true,
+    };
+    (same("etag") && same("last-modified") && length_ok)
+        .then(|| e.refreshed(resp, p, req_ms, now_ms))
 }
 
 /// A single satisfiable `Range: bytes=` range over `len` bytes, as `start..end`.

@@ -14,7 +14,9 @@
 
 pub mod admin;
 pub mod entry;
+pub mod invalidate;
 pub mod peer;
+pub mod request;
 pub mod rules;
 pub mod sketch;
 pub mod store;
@@ -30,6 +32,7 @@ use crossbeam_channel::Sender;
 
 pub use entry::Entry;
 pub use peer::{Flight, Leader, Mail, Peers};
+pub use request::Lookup;
 pub use store::{Store, StoreStats};
 
 use crate::util::mesh::Lane;
@@ -71,6 +74,11 @@ pub struct CacheConf {
     pub purge_allow: Vec<ipnet::IpNet>,
     pub admin_key: Option<String>,
     pub admission: bool,
+    /// `mode = "rfc9111"`: a shared cache to the letter (see README "Cache").
+    pub rfc: bool,
+    /// `targeted_cache_control`, lowercase: fields that replace Cache-Control for this cache
+    /// (RFC 9213) and are removed before the response goes to the client.
+    pub targeted: Vec<String>,
 }
 
 impl CacheConf {
@@ -80,6 +88,8 @@ impl CacheConf {
             default_ttl: self.ttl,
             set_cookie: self.set_cookie,
             status_header: &self.status_header,
+            rfc: self.rfc,
+            targeted: &self.targeted,
         }
     }
 
@@ -143,6 +153,18 @@ impl Instance {
             Target::Key(k) => s.remove(k),
             Target::Prefix(p) => s.remove_where(Some(p), None),
             Target::Tag(g) => s.remove_where(None, Some(g)),
+        }
+    }
+
+    /// Removes `t` without waiting: a key at its owner (here or by mail), a prefix here and on
+    /// every other shard.
+    pub fn invalidate(&self, t: &Target) {
+        match t {
+            Target::Key(k) => self.put(k, xxhash_rust::xxh3::xxh3_64(k), peer::Op::Remove, None),
+            t => {
+                self.purge_local(t);
+                self.broadcast(t, None);
+            }
         }
     }
 
@@ -292,6 +314,10 @@ pub struct Pending {
     pub key: Vec<u8>,
     pub hash: u64,
     pub entry: Entry,
+    /// This request's turn at the key's fetch: ended right after the store (dropped with
+    /// `Pending`), so the fetch is over at the owner before the client has the last byte and
+    /// its next request is not made to wait for a fetch it saw finish.
+    pub leader: Option<Leader>,
 }
 
 impl std::fmt::Debug for Tee {
@@ -362,6 +388,8 @@ pub enum Mode {
     Purge(Target),
     /// An unsafe method: invalidate the key if the origin answers with success.
     Invalidate,
+    /// `only-if-cached` and nothing usable stored: answer 504 (RFC 9111 5.2.1.7).
+    Unavailable,
 }
 
 /// The per-request cache state, kept in `Ctx` and reset between requests.
@@ -383,15 +411,6 @@ pub struct CacheCx {
     pub ask: Lookup,
 }
 
-/// The request's part in the lookup decision.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Lookup {
-    /// The client's no-cache / max-age=0, honoured by configuration.
-    pub client_no_cache: bool,
-    pub ranged: bool,
-    pub authorized: bool,
-}
-
 impl CacheCx {
     /// Decides the mode from the variant found for this request (`contains`: any variant of
     /// the key is stored), the same for a local lookup and an owner's answer.
@@ -401,11 +420,14 @@ impl CacheCx {
         self.mode = match found {
             None if l.ranged || (l.authorized && contains) => Mode::Bypass,
             None => Mode::Miss,
-            Some(e) if e.is_fresh(now) && !l.client_no_cache => Mode::Hit(e),
-            Some(e) if !l.client_no_cache && e.in_swr(now) => Mode::StaleRefresh(e),
+            Some(e) if l.accepts(&e, now) => Mode::Hit(e),
+            Some(e) if l.may_refresh_stale() && e.in_swr(now) => Mode::StaleRefresh(e),
             Some(e) if e.has_validator() => Mode::Revalidate(e),
             Some(e) => Mode::Expired(e),
         };
+        if l.only_if_cached && !matches!(self.mode, Mode::Hit(_) | Mode::StaleRefresh(_)) {
+            self.mode = Mode::Unavailable;
+        }
         if l.ranged && !matches!(self.mode, Mode::Hit(_) | Mode::StaleRefresh(_)) {
             // A partial response is neither stored nor coalesced with full fetches.
             self.store = false;

@@ -19,6 +19,10 @@ pub struct CacheControl {
     pub stale_if_error: Option<u64>,
     /// Request only.
     pub only_if_cached: bool,
+    /// Request only: `max-stale` (a bare one accepts any staleness: `u64::MAX`).
+    pub max_stale: Option<u64>,
+    /// Request only.
+    pub min_fresh: Option<u64>,
 }
 
 impl CacheControl {
@@ -52,6 +56,13 @@ impl CacheControl {
                     b"stale-while-revalidate" => cc.stale_while_revalidate = secs(),
                     b"stale-if-error" => cc.stale_if_error = secs(),
                     b"only-if-cached" => cc.only_if_cached = true,
+                    b"max-stale" => {
+                        cc.max_stale = match raw {
+                            None => Some(u64::MAX),
+                            Some(_) => secs().or(cc.max_stale),
+                        }
+                    }
+                    b"min-fresh" => cc.min_fresh = secs().or(cc.min_fresh),
                     _ => {}
                 }
             }
@@ -59,11 +70,90 @@ impl CacheControl {
         cc
     }
 
+    /// A targeted field (RFC 9213, e.g. `CDN-Cache-Control`): a Structured Fields Dictionary
+    /// (RFC 8941) whose members are the Cache-Control directives. `None` when the field is absent,
+    /// empty or not a valid Dictionary: the cache then falls back to `Cache-Control`. A member
+    /// given twice takes its last value (a Dictionary's rule); a directive whose value has the
+    /// wrong type (`max-age="60"`, `max-age=1.5`) is ignored.
+    pub fn parse_targeted<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Option<CacheControl> {
+        let mut cc = CacheControl::default();
+        let mut any = false;
+        for v in values {
+            for member in split_list(v) {
+                let (name, value) = sf_member(member)?;
+                any = true;
+                let int = value.and_then(sf_integer);
+                let flag = value.map_or(true, |v| v == b"?1");
+                match name {
+                    b"max-age" => cc.max_age = int.or(cc.max_age),
+                    b"s-maxage" => cc.s_maxage = int.or(cc.s_maxage),
+                    b"stale-while-revalidate" => {
+                        cc.stale_while_revalidate = int.or(cc.stale_while_revalidate)
+                    }
+                    b"stale-if-error" => cc.stale_if_error = int.or(cc.stale_if_error),
+                    b"no-store" => cc.no_store = flag,
+                    b"no-cache" => {
+                        cc.no_cache = flag || value.is_some_and(|v| v.starts_with(b"\""))
+                    }
+                    b"private" => cc.private = flag || value.is_some_and(|v| v.starts_with(b"\"")),
+                    b"public" => cc.public = flag,
+                    b"must-revalidate" => cc.must_revalidate = flag,
+                    b"proxy-revalidate" => cc.proxy_revalidate = flag,
+                    _ => {}
+                }
+            }
+        }
+        any.then_some(cc)
+    }
+
     /// Serving stale is forbidden (must-revalidate, proxy-revalidate, and s-maxage which
     /// implies proxy-revalidate for a shared cache, RFC 9111 5.2.2.10).
     pub fn no_stale(&self) -> bool {
         self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some()
     }
+}
+
+/// One Dictionary member (`key` or `key=value`, parameters dropped) if it is well formed:
+/// an sf-key, and a bare item that is an integer, decimal, string, token or boolean.
+fn sf_member(m: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let mut quoted = false;
+    let end = m
+        .iter()
+        .position(|&b| {
+            quoted ^= b == b'"';
+            b == b';' && !quoted
+        })
+        .unwrap_or(m.len());
+    let m = trim(&m[..end]);
+    let (key, value) = match m.iter().position(|&b| b == b'=') {
+        Some(i) => (&m[..i], Some(&m[i + 1..])),
+        None => (m, None),
+    };
+    let key_ok = matches!(key.first(), Some(b'a'..=b'z' | b'*'))
+        && key
+            .iter()
+            .all(|&b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' | b'*'));
+    let value_ok = value.map_or(true, |v| match v {
+        [b'"', inner @ .., b'"'] => inner.iter().all(|&b| (0x20..0x7f).contains(&b)),
+        b"?0" | b"?1" => true,
+        [b'-' | b'0'..=b'9', ..] => {
+            let digits = v.strip_prefix(b"-").unwrap_or(v);
+            !digits.is_empty() && digits.iter().all(|&b| b.is_ascii_digit() || b == b'.')
+        }
+        [b'a'..=b'z' | b'A'..=b'Z' | b'*', rest @ ..] => rest
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && !b"\"(),;<=>?@[\\]{}".contains(&b)),
+        _ => false,
+    });
+    (key_ok && value_ok).then_some((key, value))
+}
+
+/// A non-negative sf-integer (at most 15 digits); anything else is not one.
+fn sf_integer(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 15 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 fn parse_secs(v: &[u8]) -> Option<u64> {
@@ -432,6 +522,30 @@ mod tests {
         for t in [0u64, 951_782_400, 1_709_251_199, 4_102_444_800] {
             assert_eq!(parse_http_date(format_http_date(t).as_bytes()), Some(t));
         }
+    }
+
+    #[test]
+    fn request_directives_and_targeted_fields() {
+        let cc = CacheControl::parse([&b"max-stale, min-fresh=5, only-if-cached"[..]]);
+        assert_eq!(cc.max_stale, Some(u64::MAX));
+        assert_eq!(cc.min_fresh, Some(5));
+        assert!(cc.only_if_cached);
+        assert_eq!(
+            CacheControl::parse([&b"max-stale=9"[..]]).max_stale,
+            Some(9)
+        );
+        let t = CacheControl::parse_targeted([&b"max-age=60, no-store=?0, max-age=30"[..]]);
+        let t = t.expect("valid dictionary");
+        assert_eq!(t.max_age, Some(30), "the last member wins");
+        assert!(!t.no_store);
+        let t = CacheControl::parse_targeted([&b"max-age=\"60\", public"[..]]).expect("valid");
+        assert_eq!(t.max_age, None, "a string is not an integer: ignored");
+        assert!(t.public);
+        for bad in [&b"Max-Age=60"[..], b"max-age=", b"max-age=60 x", b"=5"] {
+            assert!(CacheControl::parse_targeted([bad]).is_none(), "{bad:?}");
+        }
+        assert!(CacheControl::parse_targeted([&b""[..]]).is_none());
+        assert!(CacheControl::parse_targeted([&b"max-age=5;a=1, private"[..]]).is_some());
     }
 
     #[test]

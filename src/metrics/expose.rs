@@ -34,7 +34,7 @@ pub(super) struct Merged {
     pub(super) log_lines: u64,
     pub(super) log_dropped: u64,
     pub(super) rate_limited: [u64; 3],
-    pub(super) cache: [u64; 2],
+    pub(super) cache: [u64; 4],
     pub(super) invalid: BTreeMap<String, [u64; 2]>,
     pub(super) deprecated: BTreeMap<(String, String), u64>,
 }
@@ -387,6 +387,14 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
     );
     let _ = writeln!(o, "{CACHE_RESPONSES}{{result=\"hit\"}} {}", m.cache[0]);
     let _ = writeln!(o, "{CACHE_RESPONSES}{{result=\"miss\"}} {}", m.cache[1]);
+    family(
+        &mut o,
+        CACHE_LOOKUPS,
+        "counter",
+        "proxy-cache lookups: in the store of the shard that got the request (it owns the key) or asked of the owner on another shard.",
+    );
+    let _ = writeln!(o, "{CACHE_LOOKUPS}{{owner=\"local\"}} {}", m.cache[2]);
+    let _ = writeln!(o, "{CACHE_LOOKUPS}{{owner=\"remote\"}} {}", m.cache[3]);
     loggers(&mut o);
     oidc(&mut o);
     fleet(&mut o);

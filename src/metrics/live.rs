@@ -80,7 +80,12 @@ pub fn live_json(info: &PlaneInfo, snaps: &[ShardSnapshot], src: &Source) -> Val
         "routes": routes,
         "upstreams": upstreams,
         "rate_limited": limited,
-        "cache": { "hits": m.cache[0], "misses": m.cache[1] },
+        "cache": {
+            "hits": m.cache[0],
+            "misses": m.cache[1],
+            "local_lookups": m.cache[2],
+            "remote_lookups": m.cache[3],
+        },
     })
 }
 
@@ -111,7 +116,7 @@ mod tests {
                     },
                 ],
             }],
-            cache: [3, 1],
+            cache: [3, 1, 2, 2],
             ..Default::default()
         };
         let mut info = PlaneInfo::default();

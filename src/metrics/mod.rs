@@ -102,8 +102,9 @@ pub struct ShardMetrics {
     /// Calls to deprecated API versions, by (API `name@version`, consumer or "").
     deprecated: RefCell<HashMap<ApiConsumer, u64>>,
     /// proxy-cache answers: [from an entry (HIT, STALE, REVALIDATED), from the origin (MISS,
-    /// EXPIRED, BYPASS)].
-    cache: [Cell<u64>; 2],
+    /// EXPIRED, BYPASS)], then lookups: [in this shard's store (it owns the key), asked of the
+    /// key's owner on another shard].
+    cache: [Cell<u64>; 4],
 }
 
 impl ShardMetrics {
@@ -170,8 +171,14 @@ impl ShardMetrics {
         bump(&self.cache[usize::from(!hit)], 1);
     }
 
-    /// [hits, misses] on this shard.
-    pub fn cache(&self) -> [u64; 2] {
+    /// One proxy-cache lookup: in this shard's own store, or asked of another shard (`remote`).
+    #[inline]
+    pub fn count_cache_lookup(&self, remote: bool) {
+        bump(&self.cache[2 + usize::from(remote)], 1);
+    }
+
+    /// [hits, misses, local lookups, cross-shard asks] on this shard.
+    pub fn cache(&self) -> [u64; 4] {
         self.cache.each_ref().map(Cell::get)
     }
 }
@@ -247,8 +254,8 @@ pub struct ShardSnapshot {
     pub invalid: Vec<(String, [u64; 2])>,
     /// Calls to deprecated API versions: `(api, consumer, count)`.
     pub deprecated: Vec<(String, String, u64)>,
-    /// proxy-cache answers: [hits, misses].
-    pub cache: [u64; 2],
+    /// proxy-cache answers and lookups: [hits, misses, local lookups, cross-shard asks].
+    pub cache: [u64; 4],
 }
 
 #[cfg(test)]

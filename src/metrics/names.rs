@@ -27,6 +27,7 @@ pub const API_INVALID: &str = "ringway_api_invalid_requests_total";
 pub const API_DEPRECATED: &str = "ringway_api_deprecated_requests_total";
 pub const OIDC_PROVIDER_REQUESTS: &str = "ringway_oidc_provider_requests_total";
 pub const CACHE_RESPONSES: &str = "ringway_cache_responses_total";
+pub const CACHE_LOOKUPS: &str = "ringway_cache_lookups_total";
 pub const LOGGER_SENT: &str = "ringway_logger_entries_sent_total";
 pub const LOGGER_DROPPED: &str = "ringway_logger_entries_dropped_total";
 pub const LOGGER_FAILURES: &str = "ringway_logger_send_failures_total";

@@ -58,6 +58,10 @@ struct Raw {
     admin_key: Option<String>,
     #[serde(default)]
     admission: Option<String>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    targeted_cache_control: Option<Vec<String>>,
 }
 
 fn part(path: &str, key: &str, s: &str) -> Result<CacheKeyPart, ConfigError> {
@@ -123,6 +127,7 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
             }
         }
     }
+    let statuses_given = r.cache_http_status.is_some();
     let statuses = r.cache_http_status.unwrap_or_else(|| vec![200, 301, 404]);
     if let Some(s) = statuses.iter().find(|s| !(200..=599).contains(*s)) {
         return Err(err(
@@ -154,7 +159,52 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
             format!("expected 1..=max_bytes ({max_bytes}), got {max_body}"),
         ));
     }
-    let honor = match r.client_no_cache.as_deref().unwrap_or("ignore") {
+    let rfc = match r.mode.as_deref().unwrap_or("apisix") {
+        "apisix" => false,
+        "rfc9111" => true,
+        o => {
+            return Err(err(
+                path,
+                "mode",
+                format!("{o:?}: expected \"apisix\" or \"rfc9111\""),
+            ))
+        }
+    };
+    if rfc && statuses_given {
+        return Err(err(
+            path,
+            "cache_http_status",
+            "not used with mode = \"rfc9111\" (any final status with explicit freshness may be stored)",
+        ));
+    }
+    if rfc && r.client_no_cache.as_deref() == Some("ignore") {
+        return Err(err(
+            path,
+            "client_no_cache",
+            "mode = \"rfc9111\" always honours the client's request directives",
+        ));
+    }
+    let targeted = r
+        .targeted_cache_control
+        .unwrap_or_else(|| vec!["CDN-Cache-Control".into()]);
+    if let Some(t) = targeted.iter().find(|t| {
+        t.is_empty()
+            || t.eq_ignore_ascii_case("cache-control")
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }) {
+        return Err(err(
+            path,
+            "targeted_cache_control",
+            format!("{t:?} is not a targeted field name (such as \"CDN-Cache-Control\")"),
+        ));
+    }
+    let honor = match r
+        .client_no_cache
+        .as_deref()
+        .unwrap_or(if rfc { "honor" } else { "ignore" })
+    {
         "ignore" => false,
         "honor" | "honour" => true,
         o => {
@@ -226,6 +276,8 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
         purge_allow,
         admin_key: r.admin_key.filter(|k| !k.is_empty()),
         admission,
+        rfc,
+        targeted: targeted.iter().map(|t| t.to_ascii_lowercase()).collect(),
     };
     Ok(Arc::new(Factory {
         // Debug output covers every setting; an equal identity on reload keeps the contents.
@@ -402,16 +454,25 @@ impl Plugin for ProxyCache {
                     && req
                         .header("pragma")
                         .is_some_and(|p| p.eq_ignore_ascii_case(b"no-cache"))));
+        // The standards mode honours every request directive (RFC 9111 5.2.1).
+        let rfc = |v: Option<u64>| v.filter(|_| conf.rfc);
         let ranged = req.header("range").is_some();
+        // Never fetched, so never a fetch for others to wait on.
+        let only_if_cached = conf.rfc && req_cc.only_if_cached;
         c.store = req.method == Method::Get
             && !req_cc.no_store
             && !ranged
+            && !only_if_cached
             && !any_set(&conf.no_cache, req);
         c.req_ms = cache::now_ms();
         c.ask = Lookup {
             client_no_cache,
             ranged,
             authorized: req.header("authorization").is_some(),
+            max_age: rfc(req_cc.max_age),
+            max_stale: rfc(req_cc.max_stale),
+            min_fresh: rfc(req_cc.min_fresh),
+            only_if_cached,
         };
         if !self.inst.is_local(c.hash) {
             // Another shard owns the key: bypass is decided here, the rest after asking it.

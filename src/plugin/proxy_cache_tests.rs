@@ -162,4 +162,16 @@ fn config_errors_name_the_key() {
     assert_eq!(e.path, "routes[0].plugins.proxy-cache.purge_allow[0]");
     let e = testkit::config_error("[proxy-cache]\nadmission = \"fifo\"\n");
     assert_eq!(e.path, "routes[0].plugins.proxy-cache.admission");
+    let e = testkit::config_error("[proxy-cache]\nmode = \"rfc\"\n");
+    assert_eq!(e.path, "routes[0].plugins.proxy-cache.mode");
+    let e = testkit::config_error("[proxy-cache]\nmode = \"rfc9111\"\ncache_http_status = [200]\n");
+    assert_eq!(e.path, "routes[0].plugins.proxy-cache.cache_http_status");
+    let e =
+        testkit::config_error("[proxy-cache]\nmode = \"rfc9111\"\nclient_no_cache = \"ignore\"\n");
+    assert_eq!(e.path, "routes[0].plugins.proxy-cache.client_no_cache");
+    let e = testkit::config_error("[proxy-cache]\ntargeted_cache_control = [\"Cache-Control\"]\n");
+    assert_eq!(
+        e.path,
+        "routes[0].plugins.proxy-cache.targeted_cache_control"
+    );
 }

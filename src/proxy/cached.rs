@@ -12,12 +12,12 @@ use super::conn::{After, ClientConn, ClientStream};
 use super::shard::Shard;
 use crate::cache::entry::{self, Entry};
 use crate::cache::peer::{Asking, Claim, Op, Turn, ASK_TIMEOUT};
-use crate::cache::{now_ms, Instance, Leader, Mode, Pending, Target, Tee};
+use crate::cache::{invalidate, now_ms, Instance, Leader, Mode, Pending, Target, Tee};
 use crate::error::ProxyError;
 use crate::http::parse::{BodyKind, Method, RequestHead, ResponseHead};
 use crate::http::write::{header, put_u64, reason, status_line};
 use crate::net::io::write_all;
-use crate::plugin::Ctx;
+use crate::plugin::{Ctx, Reply};
 
 /// Bodies up to this size go out in one write with their head.
 const COALESCE: usize = 32 * 1024;
@@ -39,6 +39,11 @@ impl<S: ClientStream> ClientConn<S> {
         };
         // Another shard's answer about a key it owns: what it stores, and our turn in its fetch.
         let mut mode = std::mem::take(&mut self.cx.private.cache.mode);
+        match mode {
+            Mode::Remote => shard.metrics.count_cache_lookup(true),
+            Mode::Off | Mode::Bypass | Mode::Invalidate | Mode::Purge(_) => {}
+            _ => shard.metrics.count_cache_lookup(false),
+        }
         if let Mode::Remote = mode {
             let (asking, turn) = self.ask_owner(&inst).await;
             if turn == Turn::Wait {
@@ -49,7 +54,18 @@ impl<S: ClientStream> ClientConn<S> {
         }
         match mode {
             Mode::Purge(t) => return OnRequest::Answered(self.purge(shard, &inst, t).await),
-            Mode::Hit(e) => return OnRequest::Answered(self.serve_entry(shard, &e, "HIT").await),
+            Mode::Hit(e) => {
+                // Stale only when the client's max-stale accepted it.
+                let label = if e.is_fresh(now_ms()) { "HIT" } else { "STALE" };
+                return OnRequest::Answered(self.serve_entry(shard, &e, label).await);
+            }
+            Mode::Unavailable => {
+                shard.metrics.count_cache(false);
+                let status = inst.conf.status_header.as_str();
+                let reply = Reply::json_message(504, "only-if-cached: nothing usable is stored")
+                    .header(status, "MISS");
+                return OnRequest::Answered(self.send_reply(shard, reply).await);
+            }
             Mode::StaleRefresh(e) => {
                 self.spawn_refresh(self.cx.route, &inst, e.clone());
                 return OnRequest::Answered(self.serve_entry(shard, &e, "STALE").await);
@@ -152,17 +168,11 @@ impl<S: ClientStream> ClientConn<S> {
         found.filter(|e| e.is_fresh(now_ms()) && (!auth || e.auth_ok))
     }
 
-    /// Done hook, after the upstream exchange: an invalidating request that succeeded purges
-    /// the key everywhere; otherwise the teed response is stored and coalesced waiters released.
+    /// Done hook, after the upstream exchange: coalesced waiters are released (the teed
+    /// response was stored when its body ended). An unsafe request's invalidations were sent
+    /// when its head arrived (`on_head`).
     pub(super) fn cache_on_done(&mut self, invalidate: bool) {
         if invalidate {
-            if (200..400).contains(&self.cx.status) {
-                let c = &self.cx.private.cache;
-                if let Some(inst) = &c.inst {
-                    // Only the owner stores the key.
-                    inst.put(&c.key, c.hash, Op::Remove, None);
-                }
-            }
             return;
         }
         // The tee stored the entry when the body ended; waiters are released after that.
@@ -232,9 +242,28 @@ impl<S: ClientStream> ClientConn<S> {
         status_line(w, status, reason(status).as_bytes());
         let edits = &self.cx.resp_headers;
         for (n, v) in &e.headers {
-            let hidden = conf.hide_cache_headers
-                && (n.eq_ignore_ascii_case(b"cache-control") || n.eq_ignore_ascii_case(b"expires"));
-            if hidden || (!edits.is_empty() && edits.drops(n)) {
+            let hidden = (conf.hide_cache_headers
+                && (n.eq_ignore_ascii_case(b"cache-control")
+                    || n.eq_ignore_ascii_case(b"expires")))
+                || conf
+                    .targeted
+                    .iter()
+                    .any(|t| n.eq_ignore_ascii_case(t.as_bytes()));
+            // A 304 carries the fields that guide caches, not the absent body's metadata
+            // (RFC 9110 15.4.5).
+            let not_for_304 = status == 304
+                && ![
+                    &b"cache-control"[..],
+                    b"content-location",
+                    b"date",
+                    b"etag",
+                    b"expires",
+                    b"vary",
+                    b"last-modified",
+                ]
+                .iter()
+                .any(|x| n.eq_ignore_ascii_case(x));
+            if hidden || not_for_304 || (!edits.is_empty() && edits.drops(n)) {
                 continue;
             }
             header(w, n, v);
@@ -441,6 +470,19 @@ pub(super) fn on_head(
             reusable,
         });
     }
+    if let (Method::Head, 200, Some(e)) = (req.method, status, cx.private.cache.stale()) {
+        // A HEAD's answer updates (or retires) the stored GET response (RFC 9111 4.3.5).
+        let c = &cx.private.cache;
+        let op = match entry::head_update(e, resp, &conf.policy(), c.req_ms, now) {
+            Some(Some(updated)) => Op::Store(Arc::new(updated)),
+            _ => Op::Remove,
+        };
+        inst.put(&c.key, c.hash, op, None);
+    }
+    for t in &conf.targeted {
+        // Meant for this cache only (RFC 9213 2.1).
+        cx.resp_headers.remove(t.as_bytes());
+    }
     if matches!(status, 500 | 502 | 503 | 504) {
         if let Some(e) = cx.private.cache.stale().filter(|e| e.in_sie(now)).cloned() {
             return Some(FromEntry {
@@ -448,6 +490,25 @@ pub(super) fn on_head(
                 label: "STALE",
                 reusable: false,
             });
+        }
+    }
+    let unsafe_method = matches!(
+        req.method,
+        Method::Post | Method::Put | Method::Delete | Method::Patch
+    );
+    if unsafe_method && (200..400).contains(&status) {
+        // Its success invalidates the key at its owner, and the same-origin Location and
+        // Content-Location URIs (RFC 9111 4.4): sent before the response goes on to the
+        // client, as a store is, so its next request does not find them.
+        let c = &cx.private.cache;
+        inst.put(&c.key, c.hash, Op::Remove, None);
+        let uris: Vec<String> = ["location", "content-location"]
+            .iter()
+            .filter_map(|n| resp.header(n))
+            .filter_map(|v| invalidate::same_origin_uri(v, req.host(), req.path()))
+            .collect();
+        for t in invalidate::targets(&conf.key, req.host(), uris.iter().map(String::as_str)) {
+            inst.invalidate(&t);
         }
     }
     let label: &[u8] = match cx.private.cache.mode {
@@ -480,6 +541,7 @@ pub(super) fn on_head(
                     key: c.key.clone(),
                     hash: c.hash,
                     entry: e,
+                    leader: c.leader.take(),
                 });
                 c.tee = Some(tee);
             }

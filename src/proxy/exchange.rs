@@ -241,9 +241,14 @@ impl UpstreamExchange {
     /// one level less. Ends as the attempt should: a write error or a close before any response
     /// byte is `Stale` on a pooled connection and `Retry` on a fresh one (the close only when the
     /// request can be replayed: `replayable`, kept whole and idempotent), anything else `Fail`.
-    pub(super) async fn read_head(
+    /// `client`: an HTTP/1.1 client, to which 102 and 103 (Early Hints) are relayed as they
+    /// arrive (re-framed, hop-by-hop fields dropped; never stored by a cache, which only sees
+    /// the final head); other 1xx, and all of them for HTTP/1.0 clients, are dropped.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn read_head<W: monoio::io::AsyncWriteRent>(
         &mut self,
         conn: &mut PooledConn,
+        mut client: Option<&mut W>,
         pooled: bool,
         unsent: Option<&mut BytesMut>,
         method: Method,
@@ -268,6 +273,12 @@ impl UpstreamExchange {
                     Ok(Status::Complete(n)) => {
                         self.buf.advance(n);
                         if self.resp.status < 200 && self.resp.status != 101 {
+                            if let (Some(c), 102 | 103) = (client.as_deref_mut(), self.resp.status)
+                            {
+                                let mut out = interim_head(&self.resp);
+                                // A client that cannot take it will fail on the final head.
+                                let _ = write_all(c, &mut out, server.send_timeout).await;
+                            }
                             continue;
                         }
                         return Ok(());
@@ -322,4 +333,29 @@ impl UpstreamExchange {
     pub(super) fn reusable(&self) -> bool {
         self.resp.keep_alive && self.buf.is_empty()
     }
+}
+
+/// An interim (1xx) response head as relayed to the client: status line and end-to-end fields.
+fn interim_head(resp: &ResponseHead) -> BytesMut {
+    let mut out = BytesMut::with_capacity(256);
+    write::status_line(&mut out, resp.status, resp.reason());
+    for h in &resp.headers {
+        let n = resp.name(h);
+        let hop = [
+            &b"connection"[..],
+            b"keep-alive",
+            b"transfer-encoding",
+            b"content-length",
+            b"upgrade",
+            b"proxy-connection",
+            b"te",
+        ]
+        .iter()
+        .any(|x| x.eq_ignore_ascii_case(n));
+        if !hop && !resp.listed_in_connection(n) {
+            write::header(&mut out, n, resp.value(h));
+        }
+    }
+    out.put_slice(b"\r\n");
+    out
 }

@@ -175,6 +175,7 @@ impl<S: ClientStream> ClientConn<S> {
         let replayable = replay.is_some() && idempotent;
         let head = self.upstream.read_head(
             conn,
+            (self.req.version == 1).then_some(&mut self.client.stream),
             was_pooled,
             unsent,
             self.req.method,

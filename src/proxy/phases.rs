@@ -108,7 +108,7 @@ impl<S: ClientStream> ClientConn<S> {
 
     /// Writes a plugin's reply. The connection is kept if the unread request body, if any, is
     /// small enough to read and drop afterwards (discard.rs).
-    async fn send_reply(&mut self, shard: &Shard, reply: Reply) -> After {
+    pub(super) async fn send_reply(&mut self, shard: &Shard, reply: Reply) -> After {
         let keep = self.req.keep_alive
             && self.body_discardable()
             && !shard.drain.is_draining()

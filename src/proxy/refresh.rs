@@ -176,6 +176,7 @@ impl Refresh {
         out.head(&mut self.wbuf, route, up.cfg.nodes[node].host.as_bytes());
         let head = self.upstream.read_head(
             conn,
+            None::<&mut monoio::net::TcpStream>,
             pooled,
             Some(&mut self.wbuf),
             self.req.method,

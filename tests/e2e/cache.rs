@@ -7,11 +7,16 @@ use crate::harness::*;
 /// One gateway with proxy-cache (plus `extra` keys) on a catch-all route to `o`: two shards
 /// (`RINGWAY_TEST_CACHE_WORKERS` to change), each request on a new connection, so requests land
 /// on the key's owner and on the other shard alike.
-fn gw(o: &Origin, extra: &str) -> Gateway {
+pub(crate) fn gw(o: &Origin, extra: &str) -> Gateway {
+    gw_at(o.addr, extra)
+}
+
+/// `gw` for an origin at `addr` (a raw one, say).
+pub(crate) fn gw_at(addr: std::net::SocketAddr, extra: &str) -> Gateway {
     let cfg = format!(
         "{}{}{}",
         server(&[("workers", &cache_workers(2))]),
-        upstream("backend", &[o.addr], ""),
+        upstream("backend", &[addr], ""),
         route(
             "c",
             &["/*"],

@@ -118,6 +118,24 @@ fn a_key_fetched_on_one_shard_is_a_hit_on_every_other() {
         served.iter().all(|&n| n > 0.0)
     });
     assert!(every, "requests per shard: {served:?}");
+    // The lookups metric tells the owner's own lookups (local) from cross-shard asks (remote):
+    // 61 lookups of one key, on every shard, so both kinds.
+    let lookups = |owner| {
+        value(
+            &scrape(st),
+            "ringway_cache_lookups_total",
+            &[("owner", owner)],
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || lookups("local")
+            + lookups("remote")
+            == 61.0),
+        "lookups: {} local, {} remote",
+        lookups("local"),
+        lookups("remote")
+    );
+    assert!(lookups("local") > 0.0 && lookups("remote") > 0.0);
     // Vary variants follow the owner too: one entry per variant, each a HIT everywhere.
     let ov = Origin::start("v", |r| {
         Resp::text(

@@ -316,6 +316,11 @@ fn router_matches_naive_reference() {
 }
 
 #[test]
+fn cache_field_readers() {
+    drive("cache_fields", 7, 20_000, props::cache_fields, None);
+}
+
+#[test]
 fn oidc_jwks_and_tokens() {
     drive("oidc", 6, 3_000, props::oidc, None);
 }

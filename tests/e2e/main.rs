@@ -22,6 +22,7 @@ mod balance;
 mod cache;
 mod cache_ops;
 mod cache_rfc;
+mod cache_rfc9111;
 mod cache_shards;
 mod cache_stale;
 mod chunked;

@@ -146,6 +146,15 @@ fn cache_hits_and_misses_reach_metrics_and_the_live_json() {
     let (code, body) = ops::get(status, "/status/live");
     assert_eq!(code, 200);
     let live: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(live["cache"], serde_json::json!({"hits": 2, "misses": 1}));
+    assert_eq!(
+        (&live["cache"]["hits"], &live["cache"]["misses"]),
+        (&2.into(), &1.into())
+    );
+    let lookups = |k: &str| live["cache"][k].as_u64().expect("lookup count");
+    assert_eq!(
+        lookups("local_lookups") + lookups("remote_lookups"),
+        3,
+        "each request looked up once, in its shard's store or its owner's"
+    );
     assert_eq!(live["responses"]["classes"][1], 3);
 }

@@ -19,6 +19,10 @@
 //! * oidc: openid-connect's JWKS parser is deterministic, and no bytes presented as a bearer
 //!   token verify against a real provider's keys under rules they cannot meet (a forged or
 //!   mutated token is refused; an unknown kid is told apart only for a well-formed header).
+//! * cache_fields: proxy-cache's readers of response fields (Cache-Control, a targeted
+//!   CDN-Cache-Control dictionary, HTTP-dates, a Location) are deterministic; a date that parses
+//!   formats back to the same instant; a same-origin reference resolves to a path without dot
+//!   segments that (unless it starts with "//") resolves to itself.
 #![allow(dead_code)]
 
 use bytes::BytesMut;
@@ -1021,5 +1025,46 @@ pub fn openapi(data: &[u8]) {
         op.check_body(Some(b"application/json"), body, &mut out);
         op.check_body(Some(b"application/x-www-form-urlencoded"), body, &mut out);
         assert!(out.iter().all(|f| !f.detail.is_empty()));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// cache_fields
+// ---------------------------------------------------------------------------
+
+/// The first line of `data` as a field value (Cache-Control, a targeted field, an HTTP-date),
+/// the rest as a Location on the origin `t`.
+pub fn cache_fields(data: &[u8]) {
+    use ringway::cache::invalidate::same_origin_uri;
+    use ringway::cache::rules::{format_http_date, parse_http_date, CacheControl};
+    let (field, loc) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &b""[..]),
+    };
+    assert_eq!(CacheControl::parse([field]), CacheControl::parse([field]));
+    let t = CacheControl::parse_targeted([field]);
+    assert_eq!(t, CacheControl::parse_targeted([field]));
+    if let Some(t) = &t {
+        // sf-integers have at most 15 digits.
+        assert!(t.max_age.map_or(true, |v| v < 1_000_000_000_000_000));
+    }
+    if let Some(d) = parse_http_date(field) {
+        assert_eq!(
+            parse_http_date(format_http_date(d).as_bytes()),
+            Some(d),
+            "{field:?}"
+        );
+    }
+    if let Some(u) = same_origin_uri(loc, b"t", b"/a/b") {
+        assert!(u.starts_with('/'), "{u:?}");
+        let path = u.split('?').next().unwrap_or(&u);
+        assert!(!path.split('/').any(|s| s == "." || s == ".."), "{u:?}");
+        if !u.starts_with("//") {
+            // ("//x" is an origin-form path, but as a reference it names the authority x.)
+            assert_eq!(
+                same_origin_uri(u.as_bytes(), b"t", b"/x").as_deref(),
+                Some(&u[..])
+            );
+        }
     }
 }
