@@ -318,6 +318,39 @@ pub fn refresh_after(a: &Answer, refresh: Duration) -> Duration {
 mod tests {
     use super::*;
 
+    fn data(name: &str) -> Vec<u8> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/ocsp")
+            .join(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    fn der(name: &str) -> Vec<u8> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        CertificateDer::from_pem_slice(&data(name))
+            .expect("pem")
+            .as_ref()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_request_is_the_one_openssl_sends_and_its_answers_read() {
+        let q = query(&der("a.pem"), &der("ca.pem"), Some("http://127.0.0.1:1/")).expect("query");
+        assert_eq!(q.request, data("req.der"));
+        assert_eq!(q.url, "http://127.0.0.1:1/");
+        let good = parse_response(&data("good.der"), &q.serial).expect("good");
+        assert_eq!(good.status, CertStatus::Good);
+        assert_eq!(good.next_update, Some(good.this_update + 3600));
+        let revoked = parse_response(&data("revoked.der"), &q.serial).expect("revoked");
+        assert_eq!(revoked.status, CertStatus::Revoked);
+        assert_eq!(revoked.next_update, None);
+        let e = parse_response(&data("good.der"), &[1, 2, 3]).unwrap_err();
+        assert!(e.contains("does not name this certificate"), "{e}");
+        // No AIA in this certificate and none configured.
+        let e = query(&der("a.pem"), &der("ca.pem"), None).unwrap_err();
+        assert!(e.contains("ocsp_responder"), "{e}");
+    }
+
     #[test]
     fn generalized_times() {
         assert_eq!(generalized_time(b"19700101000000Z"), Ok(0));

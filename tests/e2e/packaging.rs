@@ -322,8 +322,11 @@ fn sigusr2_starts_the_new_binary_which_takes_over_and_tells_systemd_its_pid() {
         .wait_for(|l| l.contains("listening on"), Duration::from_secs(5))
         .and_then(|l| parse_listening_line(&l))
         .expect("listening");
+    // Made after the listeners say so: waited for, not sampled once.
     assert!(
-        dir.join("upgrade.sock").exists(),
+        wait_until(Duration::from_secs(10), || dir
+            .join("upgrade.sock")
+            .exists()),
         "upgrade socket in RUNTIME_DIRECTORY"
     );
     assert_eq!(one_shot(addr, get_req("/a", "x")).status, 200);
