@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::built::Built;
 use crate::metrics::ocsp as m;
 use crate::net::ocsp::{self, CertStatus, Query};
+use crate::net::tls::CertSpec;
 use crate::runtime::plane::Plane;
 
 /// Connect, write and read limits of one fetch; a fetch ends within about 3x this.
@@ -21,9 +21,10 @@ const MAX_RETRY: Duration = Duration::from_secs(60);
 
 /// One certificate the thread keeps a staple for.
 struct Job {
-    cert: PathBuf,
+    spec: CertSpec,
+    /// Built again from the files before each fetch, so a certificate renewed in place (and
+    /// reloaded by SIGHUP) is asked about under its new serial.
     query: Query,
-    refresh: Duration,
     due: Instant,
     retry: Duration,
     /// The last fetch's outcome (`None` before the first), to log on change only.
@@ -35,18 +36,13 @@ struct Job {
 /// Starts the thread when some TLS certificate has `ocsp_fetch`; errors are the build step's
 /// (it already built each query once), so a certificate that cannot be queried is skipped here.
 pub fn start(plane: Arc<Plane>, built: Arc<Built>) -> Result<(), String> {
-    let provider = crate::net::tls::provider();
     let mut jobs = Vec::new();
     for spec in built.cfg.server.tls.iter().flatten() {
-        for c in &spec.certificates {
-            let Some(f) = &c.fetch else { continue };
-            let query = crate::net::tls::load_certified_key(&c.cert, &c.key, &provider)
-                .and_then(|(key, _)| crate::net::tls::ocsp_query(&key, c, f));
-            match query {
+        for c in spec.certificates.iter().filter(|c| c.fetch.is_some()) {
+            match requery(c) {
                 Ok(query) => jobs.push(Job {
-                    cert: c.cert.clone(),
+                    spec: c.clone(),
                     query,
-                    refresh: f.refresh,
                     due: Instant::now(),
                     retry: Duration::from_secs(1),
                     ok: None,
@@ -79,10 +75,10 @@ fn run(mut jobs: Vec<Job>, plane: &Plane, built: &Built) {
                 if n < ocsp::now_secs() {
                     log::warn!(
                         "OCSP: {}: the stapled answer expired (nextUpdate passed) and {} has not answered; serving without a staple",
-                        j.cert.display(),
+                        j.spec.cert.display(),
                         j.query.url
                     );
-                    ocsp::forget(&j.cert);
+                    ocsp::forget(&j.spec.cert);
                     j.held_until = None;
                     changed = true;
                 }
@@ -100,8 +96,21 @@ fn run(mut jobs: Vec<Job>, plane: &Plane, built: &Built) {
     }
 }
 
+/// The query from the certificate files as they are now.
+fn requery(spec: &CertSpec) -> Result<Query, String> {
+    let f = spec.fetch.as_ref().ok_or("no ocsp_fetch")?;
+    let provider = crate::net::tls::provider();
+    let (key, _) = crate::net::tls::load_certified_key(&spec.cert, &spec.key, &provider)?;
+    crate::net::tls::ocsp_query(&key, spec, f)
+}
+
 /// One fetch for `j`; true when the staple to serve changed.
 fn step(j: &mut Job) -> bool {
+    match requery(&j.spec) {
+        Ok(q) => j.query = q,
+        // The files are SIGHUP's to judge; keep asking about the certificate being served.
+        Err(e) => log::debug!("OCSP: {e}; asking about the certificate loaded before"),
+    }
     let got = fetch(&j.query).and_then(|der| {
         let a = ocsp::parse_response(&der, &j.query.serial)?;
         if a.status == CertStatus::Unknown {
@@ -115,11 +124,12 @@ fn step(j: &mut Job) -> bool {
     match got {
         Ok((der, a)) => {
             m::FETCHED.fetch_add(1, Relaxed);
-            let after = ocsp::refresh_after(&a, j.refresh);
+            let refresh = j.spec.fetch.as_ref().map_or(MAX_RETRY, |f| f.refresh);
+            let after = ocsp::refresh_after(&a, refresh);
             if j.ok != Some(true) {
                 log::info!(
                     "OCSP: {}: {} answered {:?}; stapling it, next fetch in {after:?}",
-                    j.cert.display(),
+                    j.spec.cert.display(),
                     j.query.url,
                     a.status
                 );
@@ -127,8 +137,8 @@ fn step(j: &mut Job) -> bool {
             j.ok = Some(true);
             j.retry = Duration::from_secs(1);
             j.due = Instant::now() + after;
-            let same = ocsp::fetched(&j.cert).is_some_and(|d| d == der);
-            ocsp::store(&j.cert, der, a.next_update);
+            let same = ocsp::fetched(&j.spec.cert, &j.query.serial).is_some_and(|d| d == der);
+            ocsp::store(&j.spec.cert, &j.query.serial, der, a.next_update);
             j.held_until = Some(a.next_update);
             !same
         }
@@ -142,12 +152,13 @@ fn step(j: &mut Job) -> bool {
                 };
                 log::warn!(
                     "OCSP: {}: {} failed: {e}; {keep}, retrying",
-                    j.cert.display(),
+                    j.spec.cert.display(),
                     j.query.url
                 );
             }
             j.ok = Some(false);
-            j.due = Instant::now() + j.retry.min(j.refresh);
+            let refresh = j.spec.fetch.as_ref().map_or(MAX_RETRY, |f| f.refresh);
+            j.due = Instant::now() + j.retry.min(refresh);
             j.retry = (j.retry * 2).min(MAX_RETRY);
             false
         }

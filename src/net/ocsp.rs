@@ -271,17 +271,25 @@ pub fn now_secs() -> u64 {
 struct Staple {
     der: Vec<u8>,
     next_update: Option<u64>,
+    /// The serial it answers for: a renewed certificate in the same file is not given it.
+    serial: Vec<u8>,
 }
 
 /// Fetched staples by certificate file. Written by the OCSP thread, read by whoever builds the
 /// listeners' rustls configs (start-up, SIGHUP, the OCSP thread): never by a shard.
 static FETCHED: Mutex<Option<HashMap<PathBuf, Staple>>> = Mutex::new(None);
 
-/// Keeps `der` as the staple for `cert` until `next_update`.
-pub fn store(cert: &Path, der: Vec<u8>, next_update: Option<u64>) {
+/// Keeps `der`, the answer for `serial`, as the staple for `cert` until `next_update`.
+pub fn store(cert: &Path, serial: &[u8], der: Vec<u8>, next_update: Option<u64>) {
     let mut g = FETCHED.lock().unwrap_or_else(|p| p.into_inner());
-    g.get_or_insert_with(HashMap::new)
-        .insert(cert.to_path_buf(), Staple { der, next_update });
+    g.get_or_insert_with(HashMap::new).insert(
+        cert.to_path_buf(),
+        Staple {
+            der,
+            next_update,
+            serial: serial.to_vec(),
+        },
+    );
 }
 
 /// Forgets `cert`'s fetched staple (expired while the responder was down).
@@ -292,10 +300,11 @@ pub fn forget(cert: &Path) {
     }
 }
 
-/// The fetched staple for `cert`, if one is held and not past its nextUpdate.
-pub fn fetched(cert: &Path) -> Option<Vec<u8>> {
+/// The fetched staple for `cert` whose leaf has `serial`, if one is held and not past its
+/// nextUpdate.
+pub fn fetched(cert: &Path, serial: &[u8]) -> Option<Vec<u8>> {
     let g = FETCHED.lock().unwrap_or_else(|p| p.into_inner());
-    let s = g.as_ref()?.get(cert)?;
+    let s = g.as_ref()?.get(cert).filter(|s| s.serial == serial)?;
     match s.next_update {
         Some(n) if n < now_secs() => None,
         _ => Some(s.der.clone()),
@@ -349,6 +358,21 @@ mod tests {
         // No AIA in this certificate and none configured.
         let e = query(&der("a.pem"), &der("ca.pem"), None).unwrap_err();
         assert!(e.contains("ocsp_responder"), "{e}");
+    }
+
+    #[test]
+    fn a_fetched_staple_goes_only_to_its_serial_and_not_past_next_update() {
+        let cert = Path::new("/nonexistent/ringway-ocsp-store-test.pem");
+        store(cert, &[1, 2], b"answer".to_vec(), None);
+        assert_eq!(fetched(cert, &[1, 2]).as_deref(), Some(&b"answer"[..]));
+        // The file now holds a renewed certificate: the old answer is not for it.
+        assert_eq!(fetched(cert, &[3, 4]), None);
+        store(cert, &[1, 2], b"answer".to_vec(), Some(now_secs() - 10));
+        assert_eq!(fetched(cert, &[1, 2]), None);
+        store(cert, &[1, 2], b"answer".to_vec(), Some(now_secs() + 600));
+        assert!(fetched(cert, &[1, 2]).is_some());
+        forget(cert);
+        assert_eq!(fetched(cert, &[1, 2]), None);
     }
 
     #[test]

@@ -88,13 +88,14 @@ pub fn build_server_config(
     let mut resolver = SniResolver::default();
     for (i, c) in spec.certificates.iter().enumerate() {
         let (mut key, names) = load_certified_key(&c.cert, &c.key, &provider)?;
-        if let Some(f) = &c.fetch {
-            ocsp_query(&key, c, f)?;
-        }
+        let query = match &c.fetch {
+            Some(f) => Some(ocsp_query(&key, c, f)?),
+            None => None,
+        };
         if let Some(p) = &c.ocsp {
             key.ocsp = staple(p, &c.cert);
         }
-        if let Some(der) = c.fetch.as_ref().and(super::ocsp::fetched(&c.cert)) {
+        if let Some(der) = query.and_then(|q| super::ocsp::fetched(&c.cert, &q.serial)) {
             key.ocsp = Some(der);
         }
         let key = Arc::new(key);
