@@ -358,6 +358,11 @@ mod tests {
         // No AIA in this certificate and none configured.
         let e = query(&der("a.pem"), &der("ca.pem"), None).unwrap_err();
         assert!(e.contains("ocsp_responder"), "{e}");
+        // The responder named in the certificate's Authority Information Access.
+        let q = query(&der("aia.pem"), &der("ca.pem"), None).expect("aia query");
+        assert_eq!(q.url, "http://ocsp.a.test:8080/ocsp");
+        let q = query(&der("aia.pem"), &der("ca.pem"), Some("http://other/")).expect("query");
+        assert_eq!(q.url, "http://other/");
     }
 
     #[test]
