@@ -18,6 +18,7 @@ pub mod local;
 pub mod metrics;
 pub mod net;
 pub mod nofile;
+pub mod ocsp;
 pub mod openapi;
 pub mod plugin;
 pub mod proxy;

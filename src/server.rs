@@ -1,6 +1,6 @@
 //! Start-up: from a loaded config to a serving gateway — admin state, listeners (new, or a
 //! predecessor's on `--upgrade`), demo upstream, access log, shards, then the status/admin/health
-//! and upgrade threads — and the signal loop until drained. The only module that wires services.
+//! upgrade and OCSP threads — and the signal loop until drained. The only module that wires services.
 
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
@@ -86,6 +86,7 @@ pub fn run(built: Built, upgrade: bool) -> Result<(), String> {
         }
     }
     crate::active_health::start(shards.plane.clone())?;
+    crate::ocsp::start(shards.plane.clone(), built.clone())?;
     if let Some(h) = inherited {
         // Every shard's loop runs (it answers its control channel) before the old one stops.
         wait_shards(&shards.plane)?;

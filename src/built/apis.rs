@@ -198,6 +198,7 @@ fn route(
         strip_prefix: None,
         pass_host: PassHost::Pass,
         websocket: false,
+        hsts: None,
         spec: RouteSpec {
             hosts: a.hosts.clone(),
             paths,

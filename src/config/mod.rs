@@ -144,6 +144,9 @@ pub struct RouteConfig {
     pub strip_prefix: Option<String>,
     pub pass_host: PassHost,
     pub websocket: bool,
+    /// `hsts` on the route: its Strict-Transport-Security value, sent over TLS only, in place of
+    /// the listener's.
+    pub hsts: Option<std::sync::Arc<str>>,
     /// What the router matches on (compiled by the build step).
     pub spec: RouteSpec,
     /// Plugin name -> its table, as written; each plugin validates it when the set is built.

@@ -277,6 +277,15 @@ pub struct RawCertificate {
     /// A DER OCSP response to staple (e.g. from `openssl ocsp -respout`), re-read on SIGHUP.
     #[serde(default)]
     pub ocsp: Option<String>,
+    /// Fetch the OCSP answer from the responder the certificate names (AIA) and staple it.
+    #[serde(default)]
+    pub ocsp_fetch: Option<bool>,
+    /// The responder's URL (`http://...`) instead of the certificate's; implies `ocsp_fetch`.
+    #[serde(default)]
+    pub ocsp_responder: Option<String>,
+    /// Longest time between two fetches (default 1h); sooner when the answer's nextUpdate nears.
+    #[serde(default)]
+    pub ocsp_refresh: Option<RawDuration>,
 }
 
 /// `tls = { ... }` on an upstream.
@@ -445,6 +454,9 @@ pub struct RawRoute {
     pub upstream_host: Option<String>,
     #[serde(default)]
     pub enable_websocket: Option<bool>,
+    /// Strict-Transport-Security on this route's responses over TLS (beside the listener's).
+    #[serde(default)]
+    pub hsts: Option<RawHsts>,
     /// Plugin name -> its table; each plugin validates its own keys.
     #[serde(default)]
     pub plugins: BTreeMap<String, toml::Value>,

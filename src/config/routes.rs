@@ -269,12 +269,17 @@ pub(super) fn route(
             ))
         }
     };
+    let hsts = match &r.hsts {
+        None => None,
+        Some(h) => Some(super::tls::hsts_value(&at("hsts"), h)?),
+    };
     Ok(RouteConfig {
         name: r.name.clone(),
         upstream,
         strip_prefix: r.strip_prefix.clone(),
         pass_host,
         websocket: r.enable_websocket.unwrap_or(true),
+        hsts,
         spec: RouteSpec {
             hosts: r.hosts.clone(),
             paths: r.paths.clone(),

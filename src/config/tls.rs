@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::raw::{RawListenTable, RawUpstream};
 use super::ConfigError;
-use crate::net::tls::{CertSpec, ListenTlsSpec, MinVersion};
+use crate::net::tls::{CertSpec, ListenTlsSpec, MinVersion, OcspFetch};
 use crate::net::tls_client::UpstreamTlsSpec;
 
 pub(super) fn listener_tls(
@@ -53,11 +53,47 @@ pub(super) fn listener_tls(
                 ));
             }
         }
+        let cat = |key: &str| at(&format!("certificates[{n}].{key}"));
+        if let Some(u) = &c.ocsp_responder {
+            let host = u.strip_prefix("http://").unwrap_or("");
+            if host.is_empty() || host.starts_with('/') || u.bytes().any(|b| b <= b' ') {
+                return Err(ConfigError::new(
+                    cat("ocsp_responder"),
+                    format!("{u:?} is not an http:// URL (OCSP responders answer over plain HTTP)"),
+                ));
+            }
+        }
+        let fetch = c.ocsp_fetch.unwrap_or(false) || c.ocsp_responder.is_some();
+        if c.ocsp_fetch == Some(false) && c.ocsp_responder.is_some() {
+            return Err(ConfigError::new(
+                cat("ocsp_responder"),
+                "set with ocsp_fetch = false; drop one of them",
+            ));
+        }
+        if !fetch && c.ocsp_refresh.is_some() {
+            return Err(ConfigError::new(
+                cat("ocsp_refresh"),
+                "only used with ocsp_fetch = true or ocsp_responder",
+            ));
+        }
+        let fetch = if fetch {
+            let refresh = super::raw::dur(&cat("ocsp_refresh"), &c.ocsp_refresh, 3600)?;
+            if refresh.is_zero() {
+                return Err(ConfigError::new(cat("ocsp_refresh"), "must be above 0"));
+            }
+            Some(OcspFetch {
+                responder: c.ocsp_responder.clone(),
+                refresh,
+            })
+        } else {
+            None
+        };
         certificates.push(CertSpec {
             cert: dir.join(&c.cert),
             key: dir.join(&c.key),
             sni: c.sni.clone(),
             ocsp: c.ocsp.as_ref().map(|p| dir.join(p)),
+            fetch,
         });
     }
     let min_version = match t.min_version.as_deref() {
@@ -87,7 +123,10 @@ pub(super) fn listener_tls(
 
 /// The Strict-Transport-Security value (RFC 6797); `preload` needs what the browsers' preload
 /// list requires: a year or more and `includeSubDomains`.
-fn hsts_value(at: &str, h: &super::raw::RawHsts) -> Result<std::sync::Arc<str>, ConfigError> {
+pub(super) fn hsts_value(
+    at: &str,
+    h: &super::raw::RawHsts,
+) -> Result<std::sync::Arc<str>, ConfigError> {
     let max_age = super::raw::dur(&format!("{at}.max_age"), &Some(h.max_age.clone()), 0)?;
     let sub = h.include_subdomains.unwrap_or(false);
     let preload = h.preload.unwrap_or(false);

@@ -398,7 +398,28 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
     loggers(&mut o);
     oidc(&mut o);
     fleet(&mut o);
+    ocsp(&mut o);
     o
+}
+
+/// The OCSP stapling thread's fetches and how many certificates carry a fetched staple now.
+fn ocsp(o: &mut String) {
+    let (fetched, failed, stapled) = super::ocsp::counts();
+    family(
+        o,
+        OCSP_FETCHES,
+        "counter",
+        "OCSP responder fetches for stapling, by result (ok: a usable answer; failed: down, refused or unusable).",
+    );
+    let _ = writeln!(o, "{OCSP_FETCHES}{{result=\"ok\"}} {fetched}");
+    let _ = writeln!(o, "{OCSP_FETCHES}{{result=\"failed\"}} {failed}");
+    family(
+        o,
+        OCSP_STAPLED,
+        "gauge",
+        "Certificates with ocsp_fetch whose fetched OCSP answer is current and stapled.",
+    );
+    let _ = writeln!(o, "{OCSP_STAPLED} {stapled}");
 }
 
 /// The fleet thread's counters (process-wide, kept by that thread).

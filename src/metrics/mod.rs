@@ -6,6 +6,7 @@ pub mod fleet;
 pub mod live;
 pub mod logship;
 pub mod names;
+pub mod ocsp;
 pub mod oidc;
 pub mod source;
 

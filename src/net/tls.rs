@@ -38,6 +38,17 @@ pub struct CertSpec {
     pub sni: Vec<String>,
     /// OCSP response file to staple.
     pub ocsp: Option<PathBuf>,
+    /// Fetch the staple from the responder (the OCSP thread); a fetched answer wins over `ocsp`.
+    pub fetch: Option<OcspFetch>,
+}
+
+/// `ocsp_fetch` / `ocsp_responder` / `ocsp_refresh` of one certificate.
+#[derive(Debug, Clone)]
+pub struct OcspFetch {
+    /// Configured responder URL; `None`: the certificate's AIA.
+    pub responder: Option<String>,
+    /// Longest time between two fetches.
+    pub refresh: Duration,
 }
 
 /// What a TLS listener was configured with; kept so SIGHUP can rebuild from the same files.
@@ -77,8 +88,15 @@ pub fn build_server_config(
     let mut resolver = SniResolver::default();
     for (i, c) in spec.certificates.iter().enumerate() {
         let (mut key, names) = load_certified_key(&c.cert, &c.key, &provider)?;
+        let query = match &c.fetch {
+            Some(f) => Some(ocsp_query(&key, c, f)?),
+            None => None,
+        };
         if let Some(p) = &c.ocsp {
             key.ocsp = staple(p, &c.cert);
+        }
+        if let Some(der) = query.and_then(|q| super::ocsp::fetched(&c.cert, &q.serial)) {
+            key.ocsp = Some(der);
         }
         let key = Arc::new(key);
         let names = if c.sni.is_empty() {
@@ -126,6 +144,23 @@ pub fn build_server_config(
     cfg.ticketer = ticketer;
     cfg.session_storage = Arc::new(NoServerSessionStorage {});
     Ok(Arc::new(cfg))
+}
+
+/// What the OCSP thread sends for this certificate: needs the issuer (second in the chain file)
+/// and a responder URL (configured or in the certificate).
+pub fn ocsp_query(
+    key: &CertifiedKey,
+    c: &CertSpec,
+    f: &OcspFetch,
+) -> Result<super::ocsp::Query, String> {
+    let (Some(leaf), Some(issuer)) = (key.cert.first(), key.cert.get(1)) else {
+        return Err(format!(
+            "{}: OCSP fetching needs the issuer certificate after the leaf in this file",
+            c.cert.display()
+        ));
+    };
+    super::ocsp::query(leaf.as_ref(), issuer.as_ref(), f.responder.as_deref())
+        .map_err(|e| format!("{}: {e}", c.cert.display()))
 }
 
 /// The OCSP response in `path`, if it is one: a missing or malformed file is logged and the

@@ -17,7 +17,17 @@ impl<S: ClientStream> ClientConn<S> {
     /// Routes without plugins go straight to `forward`.
     pub(super) async fn with_plugins(&mut self, shard: &Shard, route: usize) -> After {
         self.cx.reset(route);
-        if let Some(h) = self.client.tls.as_ref().and_then(|t| t.hsts.as_deref()) {
+        // Over TLS only (RFC 6797 7.2): the route's own value, else the listener's.
+        let hsts = self.client.tls.as_ref().and_then(|t| {
+            shard
+                .built
+                .cfg
+                .routes
+                .get(route)
+                .and_then(|r| r.hsts.as_deref())
+                .or(t.hsts.as_deref())
+        });
+        if let Some(h) = hsts {
             // Before the plugins: response-rewrite may still change or remove it.
             self.cx
                 .resp_headers

@@ -156,29 +156,36 @@ impl Shards {
     /// configs to the shards. All or nothing: one bad file keeps every listener on its current
     /// certificates. The ticketer is carried over, so tickets issued before the reload still resume.
     pub fn reload_tls(&self, built: &Built) {
-        let cfg = &built.cfg;
-        let mut configs = Vec::with_capacity(cfg.server.tls.len());
-        for (i, (spec, cur)) in cfg.server.tls.iter().zip(&built.listener_tls).enumerate() {
-            let (Some(spec), Some(cur)) = (spec, cur) else {
-                configs.push(None);
-                continue;
-            };
-            match crate::net::tls::build_server_config(spec, cur.ticketer.clone()) {
-                Ok(c) => configs.push(Some(c)),
-                Err(e) => {
-                    log::error!("SIGHUP: certificate reload failed for server.listen[{i}], keeping the current certificates: {e}");
-                    return;
-                }
-            }
+        match rebuild_tls(&self.plane, built) {
+            Ok(0) => log::info!("SIGHUP: no TLS listeners, nothing to reload"),
+            Ok(n) => log::info!("SIGHUP: TLS certificates reloaded for {n} listener(s)"),
+            Err(e) => log::error!(
+                "SIGHUP: certificate reload failed for {e}; keeping the current certificates"
+            ),
         }
-        let n = configs.iter().filter(|c| c.is_some()).count();
-        if n == 0 {
-            log::info!("SIGHUP: no TLS listeners, nothing to reload");
-            return;
-        }
-        self.plane.send_all(|| Control::ReloadTls(configs.clone()));
-        log::info!("SIGHUP: TLS certificates reloaded for {n} listener(s)");
     }
+}
+
+/// Builds every TLS listener's rustls config again (certificate files, OCSP staples) on the
+/// calling control thread and hands them to the shards; returns how many listeners. All or
+/// nothing: an error (naming the listener) leaves every shard on its current configs.
+pub fn rebuild_tls(plane: &Plane, built: &Built) -> Result<usize, String> {
+    let cfg = &built.cfg;
+    let mut configs = Vec::with_capacity(cfg.server.tls.len());
+    for (i, (spec, cur)) in cfg.server.tls.iter().zip(&built.listener_tls).enumerate() {
+        let (Some(spec), Some(cur)) = (spec, cur) else {
+            configs.push(None);
+            continue;
+        };
+        let c = crate::net::tls::build_server_config(spec, cur.ticketer.clone())
+            .map_err(|e| format!("server.listen[{i}]: {e}"))?;
+        configs.push(Some(c));
+    }
+    let n = configs.iter().filter(|c| c.is_some()).count();
+    if n > 0 {
+        plane.send_all(|| Control::ReloadTls(configs.clone()));
+    }
+    Ok(n)
 }
 
 /// Copies of every shard's listening sockets (for a binary upgrade's successor), each shard

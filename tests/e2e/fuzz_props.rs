@@ -331,6 +331,11 @@ fn etcd_keys_and_values() {
 }
 
 #[test]
+fn ocsp_responses() {
+    drive("ocsp_response", 7, 5_000, props::ocsp_response, None);
+}
+
+#[test]
 fn config_loader_properties() {
     drive("config", 5, 2_000, props::config, None);
 }

@@ -1,6 +1,7 @@
-//! OCSP stapling from a configured response file, against a real responder (`openssl ocsp` in
-//! server mode): the staple is served and checked by `openssl s_client -status`, a SIGHUP picks
-//! up a refreshed answer, and a missing or bad file leaves the listener serving without one.
+//! OCSP stapling against a real responder (`openssl ocsp` in server mode), checked by
+//! `openssl s_client -status`: fetched by the gateway's OCSP thread (kept through a responder
+//! outage, refreshed when it is back), or from a configured file (SIGHUP re-reads it; a missing
+//! or bad file leaves the listener serving without a staple).
 
 use crate::harness::tls::Pki;
 use crate::harness::*;
@@ -41,6 +42,11 @@ fn serial(pem_path: &str) -> String {
 /// Starts `openssl ocsp` answering for the intermediate from `index`, on a free loopback port.
 fn responder(pki: &Pki) -> (Responder, u16) {
     let port = closed_port().port();
+    (responder_on(pki, port), port)
+}
+
+/// `openssl ocsp` on `port`.
+fn responder_on(pki: &Pki, port: u16) -> Responder {
     let child = openssl()
         .args(["ocsp", "-index"])
         .arg(pki.path("index.txt"))
@@ -57,7 +63,45 @@ fn responder(pki: &Pki) -> (Responder, u16) {
         .expect("openssl ocsp");
     // Not probed with a bare connect: openssl 3.0's responder spins on a connection that
     // sends nothing. `fetch` retries until it answers.
-    (Responder(child), port)
+    Responder(child)
+}
+
+/// Writes the responder's index: the leaf `a.pem` valid ("V") or revoked ("R").
+fn index(pki: &Pki, status: &str) {
+    let revoked = if status == "R" { "240101000000Z" } else { "" };
+    std::fs::write(
+        pki.path("index.txt"),
+        format!(
+            "{status}\t491231235959Z\t{revoked}\t{}\tunknown\t/CN=a.test\n",
+            serial(&pki.path("a.pem"))
+        ),
+    )
+    .expect("index");
+}
+
+/// Two shards, one TLS listener with the leaf in `cert` (`extra`: more keys of its certificate
+/// table), one catch-all route to `o`.
+fn config(pki: &Pki, o: &Origin, cert: &str, extra: &str) -> String {
+    format!(
+        "[server]\nworkers = 2\n\n[[server.listen]]\naddr = \"127.0.0.1:0\"\ntls = true\n\
+         certificates = [{{ cert = \"{cert}\", key = \"{}\"{extra} }}]\n\n{}{}",
+        pki.path("a.key"),
+        upstream("backend", &[o.addr], ""),
+        route("default", &["/*"], "backend", "")
+    )
+}
+
+/// One request over TLS: the handshake and the proxying work.
+fn served(gw: &Gateway, pki: &Pki) -> u16 {
+    crate::harness::tls::TlsClient::connect(
+        gw.addr,
+        "a.test",
+        &std::sync::Arc::new(pki.client_config()),
+    )
+    .expect("handshake")
+    .get("/")
+    .expect("request")
+    .0
 }
 
 /// Asks the responder about the leaf (retrying while it starts); writes the DER answer to `out`.
@@ -116,30 +160,17 @@ fn staple_seen(addr: std::net::SocketAddr) -> String {
 fn a_stapled_ocsp_answer_is_served_refreshed_on_sighup_and_optional() {
     let pki = Pki::new("ocsp");
     pki.leaf("a", &["a.test"]);
-    let index = |status: &str| {
-        let revoked = if status == "R" { "240101000000Z" } else { "" };
-        std::fs::write(
-            pki.path("index.txt"),
-            format!(
-                "{status}\t491231235959Z\t{revoked}\t{}\tunknown\t/CN=a.test\n",
-                serial(&pki.path("a.pem"))
-            ),
-        )
-        .expect("index");
-    };
-    index("V");
+    index(&pki, "V");
     let (resp, port) = responder(&pki);
     let staple = pki.path("a.ocsp.der");
     fetch(&pki, port, &staple);
 
     let o = Origin::start("o", |_| Resp::text(200, "ok").into());
-    let cfg = format!(
-        "[server]\nworkers = 1\n\n[[server.listen]]\naddr = \"127.0.0.1:0\"\ntls = true\n\
-         certificates = [{{ cert = \"{}\", key = \"{}\", ocsp = \"{staple}\" }}]\n\n{}{}",
-        pki.path("a.pem"),
-        pki.path("a.key"),
-        upstream("backend", &[o.addr], ""),
-        route("default", &["/*"], "backend", "")
+    let cfg = config(
+        &pki,
+        &o,
+        &pki.path("a.pem"),
+        &format!(", ocsp = \"{staple}\""),
     );
     let gw = Gateway::start(&cfg);
     let seen = staple_seen(gw.addr);
@@ -147,7 +178,7 @@ fn a_stapled_ocsp_answer_is_served_refreshed_on_sighup_and_optional() {
     assert!(seen.contains("Cert Status: good"), "{seen}");
 
     // The responder now says revoked; a fresh answer in the file goes out after SIGHUP.
-    index("R");
+    index(&pki, "R");
     drop(resp);
     let (_resp, port) = responder(&pki);
     fetch(&pki, port, &staple);
@@ -185,4 +216,100 @@ fn a_stapled_ocsp_answer_is_served_refreshed_on_sighup_and_optional() {
             200
         );
     }
+}
+
+#[test]
+fn the_staple_is_fetched_kept_through_a_responder_outage_and_refreshed() {
+    let pki = Pki::new("ocsp-fetch");
+    pki.leaf("a", &["a.test"]);
+    index(&pki, "V");
+    // The responder is down when the gateway starts.
+    let port = closed_port().port();
+    let o = Origin::start("o", |_| Resp::text(200, "ok").into());
+    let cfg = config(
+        &pki,
+        &o,
+        &pki.path("a.pem"),
+        &format!(", ocsp_responder = \"http://127.0.0.1:{port}/\", ocsp_refresh = \"1s\""),
+    );
+    let gw = Gateway::start(&cfg);
+    let seen = staple_seen(gw.addr);
+    assert!(seen.contains("OCSP response: no response sent"), "{seen}");
+    assert_eq!(served(&gw, &pki), 200);
+    assert!(
+        wait_until(Duration::from_secs(10), || gw.logs().contains("failed")
+            && gw.logs().contains("serving without a staple")),
+        "{}",
+        gw.logs()
+    );
+
+    // The responder comes up: the next fetch's answer is stapled, on every shard.
+    let resp = responder_on(&pki, port);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let s = staple_seen(gw.addr);
+            s.contains("OCSP Response Status: successful") && s.contains("Cert Status: good")
+        }),
+        "no staple after the responder came up: {}",
+        gw.logs()
+    );
+    for _ in 0..4 {
+        assert!(staple_seen(gw.addr).contains("Cert Status: good"));
+    }
+
+    // Down again: handshakes go on, with the answer held (no nextUpdate from this responder).
+    drop(resp);
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .logs()
+            .contains("keeping the current staple")),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(served(&gw, &pki), 200);
+    assert!(staple_seen(gw.addr).contains("Cert Status: good"));
+
+    // Back, now saying revoked: the staple is refreshed.
+    index(&pki, "R");
+    let _resp = responder_on(&pki, port);
+    assert!(
+        wait_until(Duration::from_secs(20), || staple_seen(gw.addr)
+            .contains("Cert Status: revoked")),
+        "the staple was not refreshed: {}",
+        gw.logs()
+    );
+    assert_eq!(
+        gw.logs().matches("serving without a staple").count(),
+        1,
+        "a log line per state change, not per retry: {}",
+        gw.logs()
+    );
+
+    // Config errors name the key; a chain without its issuer cannot be queried.
+    let with = |extra: &str, cert: &str| config(&pki, &o, cert, extra);
+    let a = pki.path("a.pem");
+    assert_config_rejected(
+        &with(", ocsp_responder = \"https://ocsp.test\"", &a),
+        &["server.listen[0].certificates[0].ocsp_responder", "http://"],
+    );
+    assert_config_rejected(
+        &with(", ocsp_refresh = \"1h\"", &a),
+        &["server.listen[0].certificates[0].ocsp_refresh"],
+    );
+    // No AIA in the test certificates and no ocsp_responder: nothing to ask.
+    assert_config_rejected(
+        &with(", ocsp_fetch = true", &a),
+        &["no OCSP responder", "ocsp_responder"],
+    );
+    let leaf_only = pki.path("leaf-only.pem");
+    let pem = std::fs::read_to_string(&a).expect("pem");
+    let first = pem
+        .split_inclusive("-----END CERTIFICATE-----")
+        .next()
+        .expect("leaf");
+    std::fs::write(&leaf_only, first).expect("write");
+    assert_config_rejected(
+        &with(", ocsp_responder = \"http://127.0.0.1:1/\"", &leaf_only),
+        &["issuer certificate"],
+    );
 }

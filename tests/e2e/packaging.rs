@@ -1,5 +1,6 @@
 //! Running on a node: the systemd unit (checked by `systemd-analyze verify` where installed),
-//! the cargo-deb metadata, the open-files limit at start, and SIGUSR2 upgrades with sd_notify.
+//! the .deb built from the cargo-deb metadata by config/debian/build-deb.sh, the open-files
+//! limit at start, and SIGUSR2 upgrades with sd_notify.
 
 use crate::harness::*;
 use std::os::unix::process::CommandExt;
@@ -99,6 +100,108 @@ fn the_deb_metadata_names_files_that_exist() {
         deb["conf-files"][0].as_str(),
         Some("/etc/ringway/ringway.toml")
     );
+}
+
+fn run_tool(cmd: &mut Command) -> String {
+    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?}: {said}");
+    said
+}
+
+#[test]
+fn the_deb_builds_and_installs_the_binary_unit_config_and_dashboards() {
+    assert!(
+        std::path::Path::new("/usr/bin/dpkg-deb").exists(),
+        "dpkg-deb not found: install the Debian package `dpkg`"
+    );
+    let dir = std::env::temp_dir().join(format!("ringway-deb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // The test's own (debug) binary stands in for the release one; uncompressed, for speed.
+    let built = run_tool(
+        Command::new(repo("config/debian/build-deb.sh"))
+            .arg(env!("CARGO_BIN_EXE_ringway"))
+            .arg(&dir)
+            .env("DEB_COMPRESSION", "none"),
+    );
+    let deb = built
+        .trim()
+        .lines()
+        .last()
+        .expect("the .deb's path")
+        .to_string();
+    assert!(
+        deb.ends_with(".deb") && std::path::Path::new(&deb).exists(),
+        "{built}"
+    );
+
+    let listing = run_tool(Command::new("dpkg-deb").args(["-c", &deb]));
+    for (path, mode) in [
+        ("./usr/bin/ringway", "-rwxr-xr-x root/root"),
+        ("./etc/ringway/ringway.toml", "-rw-r----- root/root"),
+        (
+            "./lib/systemd/system/ringway.service",
+            "-rw-r--r-- root/root",
+        ),
+        (
+            "./usr/share/ringway/dashboards/grafana-dashboard.json",
+            "-rw-r--r-- root/root",
+        ),
+        (
+            "./usr/share/ringway/dashboards/prometheus-alerts.yml",
+            "-rw-r--r-- root/root",
+        ),
+        ("./usr/share/doc/ringway/README.md", "-rw-r--r-- root/root"),
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with(mode) && l.ends_with(&format!(" {path}"))),
+            "{path} ({mode}) not in the package:\n{listing}"
+        );
+    }
+    let info = run_tool(Command::new("dpkg-deb").args(["-I", &deb]));
+    for want in [
+        "Package: ringway",
+        "Architecture: ",
+        "Section: net",
+        "conffiles",
+        "postinst",
+    ] {
+        assert!(info.contains(want), "control lacks {want:?}:\n{info}");
+    }
+    let depends = info
+        .lines()
+        .find(|l| l.trim_start().starts_with("Depends:"))
+        .unwrap_or_else(|| panic!("no Depends:\n{info}"));
+    assert!(
+        depends.contains("libc6") && depends.contains("adduser") && !depends.contains('$'),
+        "{depends}"
+    );
+    let conffiles = run_tool(Command::new("dpkg-deb").args(["-I", &deb, "conffiles"]));
+    assert_eq!(conffiles.trim(), "/etc/ringway/ringway.toml");
+    let postinst = run_tool(Command::new("dpkg-deb").args(["-I", &deb, "postinst"]));
+    assert!(postinst.contains("adduser --system") && !postinst.contains("#DEBHELPER#"));
+
+    // What it unpacks is a working install: the binary accepts the config it ships.
+    let root = dir.join("root");
+    run_tool(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    let checked = run_tool(
+        Command::new(root.join("usr/bin/ringway"))
+            .arg("check")
+            .arg("-c")
+            .arg(root.join("etc/ringway/ringway.toml")),
+    );
+    assert!(!checked.to_lowercase().contains("error"), "{checked}");
+    assert_eq!(
+        std::fs::read(root.join("lib/systemd/system/ringway.service")).expect("unit"),
+        std::fs::read(repo("config/ringway.service")).expect("unit")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `ringway run` with RLIMIT_NOFILE soft 256, hard 4096; stderr lines until it listens.
@@ -219,8 +322,11 @@ fn sigusr2_starts_the_new_binary_which_takes_over_and_tells_systemd_its_pid() {
         .wait_for(|l| l.contains("listening on"), Duration::from_secs(5))
         .and_then(|l| parse_listening_line(&l))
         .expect("listening");
+    // Made after the listeners say so: waited for, not sampled once.
     assert!(
-        dir.join("upgrade.sock").exists(),
+        wait_until(Duration::from_secs(10), || dir
+            .join("upgrade.sock")
+            .exists()),
         "upgrade socket in RUNTIME_DIRECTORY"
     );
     assert_eq!(one_shot(addr, get_req("/a", "x")).status, 200);

@@ -1,5 +1,6 @@
 //! What edge operators expect of a TLS listener beyond a clean scan: the server's cipher order
-//! (`prefer_server_ciphers`, on by default) and a Strict-Transport-Security header per listener.
+//! (`prefer_server_ciphers`, on by default) and a Strict-Transport-Security header per listener
+//! or per route.
 
 use crate::harness::tls::{provider, roots, Pki, TlsClient};
 use crate::harness::*;
@@ -12,14 +13,18 @@ fn origin() -> Origin {
 
 /// A gateway with one TLS listener (`extra`: more keys of its table) and one plain listener.
 fn gateway(o: &Origin, pki: &Pki, extra: &str) -> Gateway {
+    gateway_routes(o, pki, extra, &route("default", &["/*"], "backend", ""))
+}
+
+/// `gateway` with its own `[[routes]]` (to upstream "backend").
+fn gateway_routes(o: &Origin, pki: &Pki, extra: &str, routes: &str) -> Gateway {
     let cfg = format!(
         "[server]\nworkers = 1\n\n[[server.listen]]\naddr = \"127.0.0.1:0\"\ntls = true\n\
          certificates = [{{ cert = \"{}\", key = \"{}\" }}]\n{extra}\n\n\
-         [[server.listen]]\naddr = \"127.0.0.1:0\"\n\n{}{}",
+         [[server.listen]]\naddr = \"127.0.0.1:0\"\n\n{}{routes}",
         pki.path("a.pem"),
         pki.path("a.key"),
         upstream("backend", &[o.addr], ""),
-        route("default", &["/*"], "backend", "")
     );
     Gateway::start_with_listeners(&cfg, 2)
 }
@@ -67,10 +72,16 @@ fn the_server_cipher_order_wins_unless_turned_off() {
 
 /// The response head of `GET /` over TLS.
 fn tls_head(gw: &Gateway, pki: &Pki) -> String {
+    tls_head_of(gw, pki, "/")
+}
+
+fn tls_head_of(gw: &Gateway, pki: &Pki, path: &str) -> String {
     let mut c = TlsClient::connect(gw.addrs[0], "a.test", &Arc::new(pki.client_config()))
         .expect("handshake");
-    c.s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-        .expect("send");
+    c.s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .expect("send");
     let mut buf = Vec::new();
     let _ = c.s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -126,5 +137,69 @@ fn hsts_goes_on_the_tls_listeners_responses_only() {
     assert_config_rejected(
         &base(&format!("{cert}hsts = {{ max_age = \"soon\" }}")),
         &["server.listen[0].hsts.max_age"],
+    );
+}
+
+/// The `strict-transport-security` value of a response head, if any.
+fn sts(head: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("strict-transport-security")
+            .then(|| v.trim().to_string())
+    })
+}
+
+#[test]
+fn hsts_on_a_route_takes_the_place_of_the_listeners_over_tls_only() {
+    let pki = Pki::new("hsts-route");
+    pki.leaf("a", &["a.test"]);
+    let o = origin();
+    let routes = format!(
+        "{}{}",
+        route(
+            "strict",
+            &["/strict/*"],
+            "backend",
+            "hsts = { max_age = 31536000, include_subdomains = true }"
+        ),
+        route("default", &["/*"], "backend", "")
+    );
+    let gw = gateway_routes(&o, &pki, "hsts = { max_age = 600 }", &routes);
+    assert_eq!(
+        sts(&tls_head_of(&gw, &pki, "/strict/x")).as_deref(),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    assert_eq!(
+        sts(&tls_head_of(&gw, &pki, "/other")).as_deref(),
+        Some("max-age=600")
+    );
+    let plain = one_shot(gw.addrs[1], get_req("/strict/x", "a.test"));
+    assert_eq!(plain.status, 200);
+    assert!(
+        !plain.has_header("strict-transport-security"),
+        "HSTS over plain HTTP"
+    );
+    // A route's value needs no listener value.
+    let gw = gateway_routes(&o, &pki, "", &routes);
+    assert_eq!(
+        sts(&tls_head_of(&gw, &pki, "/strict/x")).as_deref(),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    assert_eq!(sts(&tls_head_of(&gw, &pki, "/other")), None);
+
+    let bad = |hsts: &str| {
+        format!(
+            "[server]\n[[server.listen]]\naddr = \"127.0.0.1:0\"\n\n{}{}",
+            upstream("backend", &[o.addr], ""),
+            route("strict", &["/*"], "backend", hsts)
+        )
+    };
+    assert_config_rejected(
+        &bad("hsts = { max_age = 600, preload = true }"),
+        &["routes[0].hsts.preload"],
+    );
+    assert_config_rejected(
+        &bad("hsts = { max_age = \"soon\" }"),
+        &["routes[0].hsts.max_age"],
     );
 }

@@ -1068,3 +1068,23 @@ pub fn cache_fields(data: &[u8]) {
         }
     }
 }
+
+/// An OCSP responder's DER answer (outside bytes, stapled to handshakes): the first byte is the
+/// length of the serial looked for, then the serial, then the answer. Never panics; an accepted
+/// answer's times are in order, and a changed serial is not found in it.
+pub fn ocsp_response(data: &[u8]) {
+    use ringway::net::ocsp::parse_response;
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let n = usize::from(n).min(rest.len());
+    let (serial, der) = rest.split_at(n);
+    if let Ok(a) = parse_response(der, serial) {
+        assert!(a.next_update.map_or(true, |u| u >= a.this_update));
+        let mut other = serial.to_vec();
+        other.push(0x5a);
+        if !der.windows(other.len()).any(|w| w == other.as_slice()) {
+            assert!(parse_response(der, &other).is_err());
+        }
+    }
+}
