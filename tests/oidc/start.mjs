@@ -16,6 +16,8 @@
 // Test-only routes outside the provider:
 //   POST /test/rotate   new signing keys (each alg) go first in the JWKS; the old ones stay listed
 //   POST /test/drop-old the old keys leave the JWKS
+//   POST /test/hold-introspection  the next introspection request waits until /test/release
+//   POST /test/release             answers the held introspection
 //   GET  /test/counts   {"jwks": n, "introspect": n, "discovery": n, "token": n}
 import http from 'node:http';
 import crypto from 'node:crypto';
@@ -111,6 +113,9 @@ function provider(jwks) {
   return p;
 }
 
+let hold = false;
+const held = [];
+
 let current = keys();
 let old = [];
 let handler = provider(current).callback();
@@ -130,13 +135,32 @@ server.on('request', (req, res) => {
     res.end('{}');
     return;
   }
+  if (path === '/test/hold-introspection' && req.method === 'POST') {
+    hold = true;
+    res.end('{}');
+    return;
+  }
+  if (path === '/test/release' && req.method === 'POST') {
+    hold = false;
+    held.splice(0).forEach((go) => go());
+    res.end('{}');
+    return;
+  }
   if (path === '/test/counts') {
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify(counts));
     return;
   }
   if (path === '/jwks') counts.jwks += 1;
-  else if (path === '/token/introspection') counts.introspect += 1;
+  else if (path === '/token/introspection') {
+    counts.introspect += 1;
+    if (hold) {
+      hold = false;
+      const h = handler;
+      held.push(() => h(req, res));
+      return;
+    }
+  }
   else if (path === '/.well-known/openid-configuration') counts.discovery += 1;
   else if (path === '/token') counts.token += 1;
   handler(req, res);

@@ -111,6 +111,18 @@ impl Oidc {
         assert_eq!(status, 200, "rotate: {text}");
     }
 
+    /// The next introspection request is held unanswered until `release`.
+    pub fn hold_next_introspection(&self) {
+        let (status, text) = self.http("POST", "/test/hold-introspection", None);
+        assert_eq!(status, 200, "hold: {text}");
+    }
+
+    /// Answers the held introspection request.
+    pub fn release(&self) {
+        let (status, text) = self.http("POST", "/test/release", None);
+        assert_eq!(status, 200, "release: {text}");
+    }
+
     /// Requests the provider received so far, by endpoint: `jwks`, `introspect`, `discovery`, `token`.
     pub fn count(&self, what: &str) -> u64 {
         let (status, text) = self.http("GET", "/test/counts", None);
