@@ -18,9 +18,7 @@ use base64::Engine;
 
 use super::calls::{Failed, Tokens};
 use super::conf::{Browser, Unauth};
-use crossbeam_channel::Sender;
-
-use super::remote::{Ask, News};
+use super::remote::{Ask, Mailbox};
 use super::session::{self, challenge, form_encode, query_param, Login, Session};
 use super::{unix_now, Grant, Side, MAX_REUSE_SECS};
 use crate::http::parse::RequestHead;
@@ -361,11 +359,7 @@ impl Side {
     }
 
     /// Sends the ask for `key` (a code or a refresh token) unless one is out; the wait for it.
-    fn ask_tokens(
-        self: &Rc<Self>,
-        key: &str,
-        ask: impl FnOnce(Sender<News>) -> Ask,
-    ) -> Option<Wait> {
+    fn ask_tokens(self: &Rc<Self>, key: &str, ask: impl FnOnce(Mailbox) -> Ask) -> Option<Wait> {
         let ends = self.ends.as_ref()?;
         if !self.asked.borrow().contains(key) {
             ends.asks.send(ask(ends.reply.clone())).ok()?;

@@ -85,7 +85,7 @@ impl PluginFactory for Factory {
             s: self.s.clone(),
             consumers: shard.consumers.clone(),
             names,
-            ends: remote.as_ref().map(Remote::join),
+            ends: remote.as_ref().map(|r| r.join(shard.purges.waker())),
             keys: RefCell::new(None),
             disc: RefCell::new(None),
             key_news: Cell::new(0),

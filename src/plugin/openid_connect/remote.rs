@@ -20,6 +20,7 @@ use super::calls::{
 };
 use super::keys::KeySet;
 use crate::metrics::oidc::count;
+use crate::util::mesh::Wake;
 
 const DISCOVERY: usize = 0;
 const JWKS: usize = 1;
@@ -33,19 +34,19 @@ pub const MAX_WORKERS: usize = 8;
 pub enum Ask {
     /// A token named a `kid` the shard's keys lack. `reply` hears `KeysUnchanged` when no new
     /// keys come of it (rate-limited, or the JWKS has nothing new); new keys go to every shard.
-    Refetch { reply: Sender<News> },
+    Refetch { reply: Mailbox },
     /// RFC 7662 for an opaque token; the answer goes to `reply` only.
-    Introspect { token: String, reply: Sender<News> },
+    Introspect { token: String, reply: Mailbox },
     /// The browser flow's callback: the code for tokens (PKCE `verifier`), the ID token checked
     /// against `nonce`. Answered as `Tokens { key: code }`.
     Exchange {
         code: String,
         verifier: String,
         nonce: String,
-        reply: Sender<News>,
+        reply: Mailbox,
     },
     /// A session's access token expired: new tokens for its refresh token (the key).
-    Refresh { token: String, reply: Sender<News> },
+    Refresh { token: String, reply: Mailbox },
 }
 
 /// What the control thread tells a shard.
@@ -70,7 +71,7 @@ pub enum News {
 /// thread broadcasts, never per request.
 #[derive(Default)]
 struct Hub {
-    shards: Vec<Sender<News>>,
+    shards: Vec<Mailbox>,
     current: Option<(Arc<KeySet>, Arc<Discovered>)>,
 }
 
@@ -84,7 +85,24 @@ pub struct Remote {
 pub struct ShardEnds {
     pub asks: Sender<Ask>,
     pub news: Receiver<News>,
-    pub reply: Sender<News>,
+    pub reply: Mailbox,
+}
+
+/// A shard's mailbox as the control thread and workers hold it: each send rings the shard's
+/// doorbell, so a request parked for the answer resumes at once.
+#[derive(Clone)]
+pub struct Mailbox {
+    tx: Sender<News>,
+    wake: Arc<dyn Wake>,
+}
+
+impl Mailbox {
+    /// Err when the shard's instance is gone.
+    pub fn send(&self, n: News) -> Result<(), ()> {
+        self.tx.send(n).map_err(|_| ())?;
+        self.wake.wake();
+        Ok(())
+    }
 }
 
 impl Remote {
@@ -100,9 +118,11 @@ impl Remote {
         Ok(Remote { hub, asks })
     }
 
-    /// A new shard's mailbox; it gets the current keys at once if there are any.
-    pub fn join(&self) -> ShardEnds {
+    /// A new shard's mailbox (`wake` rings its doorbell); it gets the current keys at once if
+    /// there are any.
+    pub fn join(&self, wake: Arc<dyn Wake>) -> ShardEnds {
         let (tx, news) = unbounded();
+        let tx = Mailbox { tx, wake };
         let mut hub = self.hub.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((k, d)) = &hub.current {
             let _ = tx.send(News::Keys(k.clone(), d.clone()));
@@ -120,7 +140,7 @@ impl Remote {
 struct Job {
     deadline: Instant,
     work: Work,
-    reply: Sender<News>,
+    reply: Mailbox,
 }
 
 enum Work {
