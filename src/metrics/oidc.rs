@@ -1,13 +1,15 @@
-//! Counters of openid-connect's calls to OpenID providers (discovery, JWKS, introspection): bumped
-//! by the plugin's control threads only, never per request on a shard; read by /metrics.
+//! Counters of openid-connect's calls to OpenID providers (discovery, JWKS, introspection, token,
+//! userinfo): bumped by the plugin's control and worker threads, never on a shard; read by /metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// The provider endpoints ringway calls, in exposition order.
-pub const ENDPOINTS: [&str; 3] = ["discovery", "jwks", "introspection"];
+pub const ENDPOINTS: [&str; 5] = ["discovery", "jwks", "introspection", "token", "userinfo"];
 
 /// (ok, failed) per endpoint of `ENDPOINTS`.
-static CALLS: [[AtomicU64; 2]; 3] = [
+static CALLS: [[AtomicU64; 2]; 5] = [
+    [AtomicU64::new(0), AtomicU64::new(0)],
+    [AtomicU64::new(0), AtomicU64::new(0)],
     [AtomicU64::new(0), AtomicU64::new(0)],
     [AtomicU64::new(0), AtomicU64::new(0)],
     [AtomicU64::new(0), AtomicU64::new(0)],
@@ -21,7 +23,7 @@ pub fn count(endpoint: usize, ok: bool) {
 }
 
 /// (endpoint, ok, failed) for /metrics.
-pub fn counts() -> [(&'static str, u64, u64); 3] {
+pub fn counts() -> [(&'static str, u64, u64); 5] {
     let c = |i: usize| {
         (
             ENDPOINTS[i],
@@ -29,5 +31,5 @@ pub fn counts() -> [(&'static str, u64, u64); 3] {
             CALLS[i][1].load(Relaxed),
         )
     };
-    [c(0), c(1), c(2)]
+    [c(0), c(1), c(2), c(3), c(4)]
 }

@@ -97,7 +97,8 @@ pub enum Flow {
     /// End the request here with this response; later request phases and the upstream are skipped.
     Respond(Reply),
     /// Not yet decidable: an answer is on its way from a control thread. The proxy awaits it
-    /// without blocking the shard (checking `ready` every `Wait::POLL`, for at most `within`),
+    /// without blocking the shard (checking `ready` each time the shard's doorbell rings, which
+    /// the answer's sender does, for at most `within`),
     /// then calls the same phase of the same plugin again, which must then decide.
     Wait(Wait),
 }
@@ -111,9 +112,7 @@ pub struct Wait {
 }
 
 impl Wait {
-    /// How often the proxy checks `ready`: the shard's mailboxes from control threads are read,
-    /// not waited on (no cross-thread waker reaches a request future), so a wait costs one
-    /// timer per millisecond; only first sightings of a token ever wait.
+    /// How often the unit-test driver (testkit) checks `ready`; the proxy is woken instead.
     pub const POLL: std::time::Duration = std::time::Duration::from_millis(1);
 }
 

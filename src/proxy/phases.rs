@@ -9,8 +9,9 @@ use super::conn::{After, ClientConn, ClientStream};
 use super::shard::Shard;
 use crate::http::parse::{Method, ResponseHead};
 use crate::http::write::{header, put_u64, reason, status_line};
+use crate::local::bell::parked;
 use crate::net::io::write_all;
-use crate::plugin::{Ctx, Reply, Resume, Step, Wait};
+use crate::plugin::{Ctx, Reply, Resume, Step};
 
 impl<S: ClientStream> ClientConn<S> {
     /// Routed request -> plugin request phases -> forward (or the plugin's reply) -> log.
@@ -43,10 +44,15 @@ impl<S: ClientStream> ClientConn<S> {
                 .request_phases(route, &self.req, &mut self.cx, from)
             {
                 Step::Wait(w, at) => {
-                    // Boxed for the same reason as the delay's `Sleep` below.
+                    // Parked until the shard's doorbell rings (the answer's sender rings it)
+                    // or `within` passes. Boxed for the same reason as the delay's `Sleep` below.
                     let end = std::time::Instant::now() + w.within;
-                    while !(w.ready)() && std::time::Instant::now() < end {
-                        Box::pin(monoio::time::sleep(Wait::POLL)).await;
+                    while !(w.ready)() {
+                        let left = end.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        let _ = Box::pin(monoio::time::timeout(left, parked())).await;
                     }
                     from = at;
                 }

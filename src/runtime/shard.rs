@@ -59,6 +59,8 @@ pub async fn run(
         bell.answer();
         // Mesh mail first too: a cache entry put before an admin purge was sent is purged by it.
         shard.lanes.drain();
+        // Requests parked for a control thread's answer look at their mailboxes again.
+        crate::local::bell::wake_parked();
         loop {
             match control.try_recv() {
                 Ok(Control::HandOver { linger }) => {

@@ -124,6 +124,14 @@ impl<T> Lane<T> {
         self.doors.len()
     }
 
+    /// This shard's own waker: for a thread outside the mesh that answers this shard on a
+    /// channel of its own and must wake it after each send.
+    pub fn waker(&self) -> Arc<dyn Wake> {
+        self.doors
+            .get(self.id)
+            .map_or_else(|| Arc::new(NoWake) as Arc<dyn Wake>, |d| d.wake.clone())
+    }
+
     /// Queues `msg` for shard `to` and wakes it; false if there is no such shard or it exited.
     pub fn send(&self, to: usize, msg: T) -> bool {
         self.doors.get(to).is_some_and(|d| d.send(msg))

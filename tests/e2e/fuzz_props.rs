@@ -326,6 +326,11 @@ fn oidc_jwks_and_tokens() {
 }
 
 #[test]
+fn oidc_session_cookies() {
+    drive("oidc_cookie", 7, 3_000, props::oidc_cookie, None);
+}
+
+#[test]
 fn etcd_keys_and_values() {
     drive("etcd_object", 6, 5_000, props::etcd_object, None);
 }

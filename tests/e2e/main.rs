@@ -45,6 +45,7 @@ mod loggers;
 mod metrics;
 mod ocsp;
 mod oidc;
+mod oidc_browser;
 mod openapi;
 mod packaging;
 mod pipelining;

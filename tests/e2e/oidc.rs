@@ -1,6 +1,7 @@
 //! openid-connect through the real server against a real OpenID provider (npm oidc-provider,
 //! harness/oidc.rs): JWT access tokens of each algorithm, expiry, audience, scopes, key rotation
-//! with unknown kids, opaque tokens via introspection, and the provider going away mid-test.
+//! with unknown kids, opaque tokens via introspection (concurrent calls: a held one delays only its
+//! own request), and the provider going away mid-test.
 
 use std::time::Duration;
 
@@ -272,4 +273,30 @@ fn a_provider_gone_mid_test_keeps_cached_keys_and_refuses_new_opaque_tokens() {
         "the outage is logged: {}",
         gw.logs()
     );
+}
+
+#[test]
+fn a_held_introspection_delays_only_its_own_request() {
+    let idp = Oidc::start();
+    let o = Origin::named("o");
+    let gw = gateway(&o, &idp, "timeout = \"20s\"\n");
+    let slow = idp.token("gw", "read", OPAQUE);
+    let fast = idp.token("gw-es", "read", OPAQUE);
+    let before = idp.count("introspect");
+    idp.hold_next_introspection();
+    let addr = gw.addr;
+    let held = std::thread::spawn(move || call(&mut Client::connect(addr), &slow).status);
+    assert!(
+        wait_until(Duration::from_secs(20), || idp.count("introspect") > before),
+        "the first introspection never reached the provider"
+    );
+    // The provider holds the first call until released: the second token is answered meanwhile.
+    let r = call(&mut gw.client(), &fast);
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert!(
+        !held.is_finished(),
+        "the held request cannot have been answered"
+    );
+    idp.release();
+    assert_eq!(held.join().expect("the held request"), 200);
 }

@@ -9,9 +9,15 @@
 //   https://api.ringway.test          JWT access token, aud = the resource
 //   https://api.ringway.test/opaque   opaque access token (introspect it), aud https://api.ringway.test
 //   https://other.ringway.test        JWT access token for another audience
+// Browser flow (authorization code + PKCE, dev login and consent pages: any login, any password):
+//   web    secret web-secret, redirect_uri $RINGWAY_WEB/callback, post-logout $RINGWAY_WEB/bye,
+//          scopes openid email, refresh tokens, opaque access tokens that live 3 s, userinfo
+//          {sub, email: sub@ringway.test}. RINGWAY_WEB is the gateway's base URL (env).
 // Test-only routes outside the provider:
 //   POST /test/rotate   new signing keys (each alg) go first in the JWKS; the old ones stay listed
 //   POST /test/drop-old the old keys leave the JWKS
+//   POST /test/hold-introspection  the next introspection request waits until /test/release
+//   POST /test/release             answers the held introspection
 //   GET  /test/counts   {"jwks": n, "introspect": n, "discovery": n, "token": n}
 import http from 'node:http';
 import crypto from 'node:crypto';
@@ -21,6 +27,8 @@ const API = 'https://api.ringway.test';
 const OPAQUE = 'https://api.ringway.test/opaque';
 const OTHER = 'https://other.ringway.test';
 const ALG_OF = { gw: 'RS256', short: 'RS256', 'gw-ps': 'PS256', 'gw-es': 'ES256', 'gw-ed': 'EdDSA' };
+
+const WEB = process.env.RINGWAY_WEB || 'http://127.0.0.1:1';
 
 let generation = 0;
 function keys() {
@@ -53,18 +61,34 @@ function provider(jwks) {
     response_types: [],
     scope: 'read write admin',
   }));
+  clients.push({
+    client_id: 'web',
+    client_secret: 'web-secret',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: [`${WEB}/callback`],
+    post_logout_redirect_uris: [`${WEB}/bye`],
+    scope: 'openid email',
+  });
   const p = new Provider(issuer, {
     clients,
+    claims: { openid: ['sub'], email: ['email'] },
+    findAccount: (ctx, id) => ({
+      accountId: id,
+      claims: () => ({ sub: id, email: `${id}@ringway.test` }),
+    }),
+    issueRefreshToken: (ctx, client) => client.grantTypeAllowed('refresh_token'),
     cookies: { keys: ['ringway-test-only'] },
     jwks: { keys: jwks },
     scopes: ['read', 'write', 'admin'],
     features: {
-      devInteractions: { enabled: false },
+      devInteractions: { enabled: true },
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
       resourceIndicators: {
         enabled: true,
-        defaultResource: () => API,
+        // The browser client's access token is for userinfo (no resource), as a plain RP's is.
+        defaultResource: (ctx, client) => (client && client.clientId === 'web' ? undefined : API),
         useGrantedResource: () => true,
         getResourceServerInfo: (ctx, resource, client) => {
           if (![API, OPAQUE, OTHER].includes(resource)) {
@@ -81,12 +105,16 @@ function provider(jwks) {
       },
     },
     ttl: {
+      AccessToken: (ctx, token, client) => (client && client.clientId === 'web' ? 3 : 3600),
       ClientCredentials: (ctx, token, client) => (client.clientId === 'short' ? 2 : 300),
     },
   });
   p.on('server_error', (ctx, err) => console.error('server_error', err));
   return p;
 }
+
+let hold = false;
+const held = [];
 
 let current = keys();
 let old = [];
@@ -107,13 +135,32 @@ server.on('request', (req, res) => {
     res.end('{}');
     return;
   }
+  if (path === '/test/hold-introspection' && req.method === 'POST') {
+    hold = true;
+    res.end('{}');
+    return;
+  }
+  if (path === '/test/release' && req.method === 'POST') {
+    hold = false;
+    held.splice(0).forEach((go) => go());
+    res.end('{}');
+    return;
+  }
   if (path === '/test/counts') {
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify(counts));
     return;
   }
   if (path === '/jwks') counts.jwks += 1;
-  else if (path === '/token/introspection') counts.introspect += 1;
+  else if (path === '/token/introspection') {
+    counts.introspect += 1;
+    if (hold) {
+      hold = false;
+      const h = handler;
+      held.push(() => h(req, res));
+      return;
+    }
+  }
   else if (path === '/.well-known/openid-configuration') counts.discovery += 1;
   else if (path === '/token') counts.token += 1;
   handler(req, res);

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::remote::Endpoints;
+use super::calls::Endpoints;
+use super::session::Sealer;
 use crate::error::ConfigError;
 use crate::plugin::util::{duration, err, parse, RawDur};
 
@@ -41,6 +42,17 @@ fn yes() -> bool {
     true
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SessionConf {
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    cookie_name: Option<String>,
+    #[serde(default)]
+    lifetime: Option<RawDur>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Conf {
@@ -68,9 +80,23 @@ struct Conf {
     access_token_in_authorization_header: bool,
     #[serde(default = "yes")]
     set_userinfo_header: bool,
-    /// Browser flow only (no ID token on the bearer path); accepted for APISIX configs.
-    #[serde(default)]
+    /// Browser flow only (no ID token on the bearer path).
+    #[serde(default = "yes")]
     set_id_token_header: bool,
+    #[serde(default)]
+    redirect_uri: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    session: SessionConf,
+    #[serde(default)]
+    logout_path: Option<String>,
+    #[serde(default)]
+    post_logout_redirect_uri: Option<String>,
+    #[serde(default = "yes")]
+    renew_access_token_on_expiry: bool,
+    #[serde(default)]
+    token_endpoint_auth_method: Option<String>,
     #[serde(default)]
     unauth_action: Option<String>,
     #[serde(default)]
@@ -112,12 +138,43 @@ pub(super) struct Settings {
     pub set_access_token_header: bool,
     pub access_token_in_authorization_header: bool,
     pub set_userinfo_header: bool,
-    pub pass_unauthenticated: bool,
+    pub set_id_token_header: bool,
+    pub unauth: Unauth,
+    /// The authorization code flow, when `bearer_only = false`.
+    pub browser: Option<Browser>,
     pub consumer_by: Option<String>,
     pub claims_to_headers: Vec<(String, String)>,
     pub intro_ttl: Duration,
     pub negative_ttl: Duration,
     pub unavailable_status: u16,
+}
+
+/// What a request without credentials gets (`unauth_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauth {
+    /// A login (browser flow) or 401 (bearer only).
+    Auth,
+    Deny,
+    Pass,
+}
+
+/// The browser flow's settings.
+pub(super) struct Browser {
+    pub redirect_uri: String,
+    /// `redirect_uri`'s path: the request path the callback arrives on.
+    pub callback_path: String,
+    pub scope: String,
+    pub sealer: Sealer,
+    pub cookie: String,
+    /// The login-in-progress cookie's name.
+    pub state_cookie: String,
+    /// Seconds a session lasts (the cookie's Max-Age).
+    pub lifetime: u64,
+    pub logout_path: String,
+    pub post_logout_redirect_uri: Option<String>,
+    pub renew: bool,
+    /// Cookies carry Secure (the redirect_uri is https).
+    pub secure: bool,
 }
 
 /// Every duration of this plugin is added to `Instant`s on the shard: a week at most.
@@ -144,38 +201,123 @@ fn http_url(path: &str, key: &str, u: &str) -> Result<(), ConfigError> {
     }
 }
 
+fn auth_method(path: &str, key: &str, v: &Option<String>) -> Result<bool, ConfigError> {
+    match v.as_deref() {
+        None | Some("client_secret_basic") => Ok(false),
+        Some("client_secret_post") => Ok(true),
+        Some(o) => Err(err(
+            path,
+            key,
+            format!("expected client_secret_basic or client_secret_post, got {o:?}"),
+        )),
+    }
+}
+
+/// The browser flow's keys (`bearer_only = false`), checked.
+fn browser(c: &Conf, path: &str) -> Result<Browser, ConfigError> {
+    let redirect_uri = c.redirect_uri.clone().ok_or_else(|| {
+        err(
+            path,
+            "redirect_uri",
+            "required with bearer_only = false: the full callback URL registered at the provider",
+        )
+    })?;
+    http_url(path, "redirect_uri", &redirect_uri)?;
+    let after_scheme = redirect_uri.split_once("://").map_or("", |x| x.1);
+    let callback_path = match after_scheme.find('/') {
+        Some(i) => after_scheme[i..]
+            .split(['?', '#'])
+            .next()
+            .unwrap_or("/")
+            .to_string(),
+        None => "/".to_string(),
+    };
+    let secret = c.session.secret.clone().unwrap_or_default();
+    if secret.len() < 16 {
+        return Err(err(
+            path,
+            "session.secret",
+            "required with bearer_only = false, at least 16 characters (it seals the session cookie)",
+        ));
+    }
+    let cookie = c
+        .session
+        .cookie_name
+        .clone()
+        .unwrap_or_else(|| "ringway_session".into());
+    if cookie.is_empty()
+        || !cookie
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(err(
+            path,
+            "session.cookie_name",
+            format!("{cookie:?}: use letters, digits, - and _"),
+        ));
+    }
+    let logout_path = c.logout_path.clone().unwrap_or_else(|| "/logout".into());
+    if !logout_path.starts_with('/') {
+        return Err(err(path, "logout_path", "must start with /"));
+    }
+    if logout_path == callback_path {
+        return Err(err(path, "logout_path", "is redirect_uri's path"));
+    }
+    if let Some(u) = &c.post_logout_redirect_uri {
+        http_url(path, "post_logout_redirect_uri", u)?;
+    }
+    let lifetime = dur(
+        path,
+        "session.lifetime",
+        &c.session.lifetime,
+        Duration::from_secs(3600),
+    )?
+    .as_secs()
+    .max(1);
+    Ok(Browser {
+        secure: redirect_uri.starts_with("https://"),
+        redirect_uri,
+        callback_path,
+        scope: c.scope.clone().unwrap_or_else(|| "openid".into()),
+        sealer: Sealer::new(&secret),
+        state_cookie: format!("{cookie}_login"),
+        cookie,
+        lifetime,
+        logout_path,
+        post_logout_redirect_uri: c.post_logout_redirect_uri.clone(),
+        renew: c.renew_access_token_on_expiry,
+    })
+}
+
 /// Validates one plugin table into the settings its instances share.
 pub(super) fn settings(v: &toml::Value, path: &str) -> Result<Settings, ConfigError> {
     let c: Conf = parse(v, path)?;
-    let _ = c.set_id_token_header;
-    if !c.bearer_only {
-        return Err(err(
-            path,
-            "bearer_only",
-            "the browser flow (bearer_only = false) is not implemented yet; only bearer tokens are",
-        ));
-    }
     http_url(path, "discovery", &c.discovery)?;
+    let browser = if c.bearer_only {
+        None
+    } else {
+        Some(browser(&c, path)?)
+    };
     if let Some(u) = &c.introspection_endpoint {
         http_url(path, "introspection_endpoint", u)?;
     }
     if c.client_id.is_empty() {
         return Err(err(path, "client_id", "must not be empty"));
     }
-    let secret_in_body = match c.introspection_endpoint_auth_method.as_deref() {
-        None | Some("client_secret_basic") => false,
-        Some("client_secret_post") => true,
-        Some(o) => {
-            return Err(err(
-                path,
-                "introspection_endpoint_auth_method",
-                format!("expected client_secret_basic or client_secret_post, got {o:?}"),
-            ))
-        }
-    };
-    let pass_unauthenticated = match c.unauth_action.as_deref() {
-        None | Some("auth") | Some("deny") => false,
-        Some("pass") => true,
+    let secret_in_body = auth_method(
+        path,
+        "introspection_endpoint_auth_method",
+        &c.introspection_endpoint_auth_method,
+    )?;
+    let token_secret_in_body = auth_method(
+        path,
+        "token_endpoint_auth_method",
+        &c.token_endpoint_auth_method,
+    )?;
+    let unauth = match c.unauth_action.as_deref() {
+        None | Some("auth") => Unauth::Auth,
+        Some("deny") => Unauth::Deny,
+        Some("pass") => Unauth::Pass,
         Some(o) => {
             return Err(err(
                 path,
@@ -219,6 +361,7 @@ pub(super) fn settings(v: &toml::Value, path: &str) -> Result<Settings, ConfigEr
         }
     }
     let scope = c.required_scopes.join(" ");
+    let skew = dur(path, "clock_skew", &c.clock_skew, Duration::ZERO)?;
     let s = Settings {
         endpoints: Endpoints {
             discovery: c.discovery,
@@ -226,6 +369,10 @@ pub(super) fn settings(v: &toml::Value, path: &str) -> Result<Settings, ConfigEr
             client_secret: c.client_secret,
             introspection: c.introspection_endpoint,
             secret_in_body,
+            token_secret_in_body,
+            redirect_uri: browser.as_ref().map(|b| b.redirect_uri.clone()),
+            userinfo: c.set_userinfo_header,
+            skew: skew.as_secs(),
             timeout: dur(path, "timeout", &c.timeout, Duration::from_secs(3))?,
             jwks_refresh: dur(
                 path,
@@ -248,13 +395,15 @@ pub(super) fn settings(v: &toml::Value, path: &str) -> Result<Settings, ConfigEr
         required_scopes: c.required_scopes,
         issuers: c.claim_validator.issuer.valid_issuers,
         audience,
-        skew: dur(path, "clock_skew", &c.clock_skew, Duration::ZERO)?,
+        skew,
         reuse_verified: c.reuse_verified_tokens,
         required_claims: c.claim_validator.required_claims,
         set_access_token_header: c.set_access_token_header,
         access_token_in_authorization_header: c.access_token_in_authorization_header,
         set_userinfo_header: c.set_userinfo_header,
-        pass_unauthenticated,
+        set_id_token_header: c.set_id_token_header,
+        unauth,
+        browser,
         consumer_by: c.consumer_by,
         claims_to_headers: c.claims_to_headers.into_iter().collect(),
         intro_ttl: dur(

@@ -1,6 +1,6 @@
-//! openid-connect (bearer path): access tokens from an OpenID provider, JWTs verified on the shard
-//! against the provider's JWKS, opaque ones introspected (RFC 7662); RFC 6750 answers. Provider
-//! calls run on the config's control thread (remote.rs); shards read its news, never block on it.
+//! openid-connect: bearer access tokens from an OpenID provider (JWTs verified on the shard against
+//! the provider's JWKS, opaque ones introspected, RFC 6750 answers) and the browser flow
+//! (browser.rs). Provider calls run off the shard (remote.rs); shards read its news, never block.
 
 // Per shard and config, one `Side`: the provider's keys as last heard, the verified-token cache
 // (a JWT already verified is recognised by its bytes until it expires, with no signature check),
@@ -8,10 +8,13 @@
 // `introspection_cache_ttl`, negative for `introspection_negative_ttl`), and the tokens asked
 // about. The shard reads its mailbox at most every `DRAIN_EVERY` and while a request waits.
 
+mod browser;
 mod cache;
+mod calls;
 mod conf;
 pub mod keys;
 mod remote;
+pub mod session;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -23,9 +26,10 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 use self::cache::TokenCache;
-use self::conf::Settings;
+use self::calls::{Discovered, Failed, Introspection, Tokens};
+use self::conf::{Settings, Unauth};
 use self::keys::{KeySet, Refusal, Rules};
-use self::remote::{Ask, Introspection, News, Remote, ShardEnds};
+use self::remote::{Ask, News, Remote, ShardEnds};
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::key_auth::set_consumer;
@@ -81,8 +85,9 @@ impl PluginFactory for Factory {
             s: self.s.clone(),
             consumers: shard.consumers.clone(),
             names,
-            ends: remote.as_ref().map(Remote::join),
+            ends: remote.as_ref().map(|r| r.join(shard.purges.waker())),
             keys: RefCell::new(None),
+            disc: RefCell::new(None),
             key_news: Cell::new(0),
             next_drain: Cell::new(Instant::now()),
             refetch: Cell::new(None),
@@ -90,6 +95,9 @@ impl PluginFactory for Factory {
             intro: RefCell::default(),
             denied: RefCell::default(),
             pending: RefCell::default(),
+            sessions: RefCell::default(),
+            asked: RefCell::default(),
+            answers: RefCell::default(),
         })))
     }
 }
@@ -108,6 +116,8 @@ struct Side {
     names: HashMap<String, usize>,
     ends: Option<ShardEnds>,
     keys: RefCell<Option<(Arc<KeySet>, Rules)>>,
+    /// The provider's endpoints (browser flow), from the same news as the keys.
+    disc: RefCell<Option<Arc<Discovered>>>,
     /// Bumped by every keys answer (new or unchanged): what an unknown-kid wait watches.
     key_news: Cell<u64>,
     next_drain: Cell<Instant>,
@@ -117,6 +127,12 @@ struct Side {
     intro: RefCell<TokenCache<Rc<Grant>>>,
     denied: RefCell<TokenCache<()>>,
     pending: RefCell<HashSet<Box<[u8]>>>,
+    /// Browser flow: opened session cookies by their bytes (until the access token expires).
+    sessions: RefCell<TokenCache<Rc<Grant>>>,
+    /// Codes and refresh tokens asked about, and the answers (kept `browser::ANSWER_KEEP`).
+    asked: RefCell<HashSet<String>>,
+    #[allow(clippy::type_complexity)]
+    answers: RefCell<HashMap<String, (Instant, Rc<Result<Tokens, Failed>>)>>,
 }
 
 struct Oidc(Rc<Side>);
@@ -128,7 +144,7 @@ fn invalid_token() -> Flow {
     Flow::Respond(Reply::json_message(401, "invalid_token").header("WWW-Authenticate", INVALID))
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -148,7 +164,8 @@ impl Side {
         let Some(ends) = &self.ends else { return };
         while let Ok(n) = ends.news.try_recv() {
             match n {
-                News::Keys(k, issuer) => {
+                News::Keys(k, disc) => {
+                    let issuer = disc.issuer.clone();
                     let s = &self.s;
                     let rules = Rules {
                         issuers: if s.issuers.is_empty() {
@@ -161,6 +178,7 @@ impl Side {
                         required_claims: s.required_claims.clone(),
                     };
                     *self.keys.borrow_mut() = Some((k, rules));
+                    *self.disc.borrow_mut() = Some(disc);
                     // A key taken out of the set must not go on admitting its tokens.
                     self.jwt.borrow_mut().clear();
                     self.key_news.set(self.key_news.get() + 1);
@@ -182,6 +200,7 @@ impl Side {
                         Introspection::Unavailable => {}
                     }
                 }
+                News::Tokens { key, result } => self.answered(key, result, now),
             }
         }
     }
@@ -352,7 +371,10 @@ impl Plugin for Oidc {
             side.next_drain.set(now + DRAIN_EVERY);
         }
         let Some(tok) = bearer(req).filter(|t| !t.is_empty()) else {
-            if side.s.pass_unauthenticated {
+            if let Some(b) = &side.s.browser {
+                return side.browse(b, req, cx, waited);
+            }
+            if side.s.unauth == Unauth::Pass {
                 return Flow::Continue;
             }
             return Flow::Respond(
@@ -370,10 +392,7 @@ impl Plugin for Oidc {
             return invalid_token();
         };
         let wait = |w: Option<Wait>, cx: &mut Ctx| match w {
-            Some(w) => {
-                cx.private.oidc_waited = true;
-                Flow::Wait(w)
-            }
+            Some(w) => side.park(w, cx),
             None => invalid_token(),
         };
         if side.s.use_jwks && keys::looks_like_jwt(tok.as_bytes()) {
@@ -434,7 +453,11 @@ mod tests {
         assert_eq!(e.path, "routes[0].plugins.openid-connect");
         let base = "[openid-connect]\nclient_id = \"c\"\ndiscovery = \"http://127.0.0.1:9/d\"\n";
         for (extra, key) in [
-            ("bearer_only = false", "bearer_only"),
+            ("bearer_only = false", "redirect_uri"),
+            (
+                "bearer_only = false\nredirect_uri = \"http://a/cb\"",
+                "session.secret",
+            ),
             ("unauth_action = \"x\"", "unauth_action"),
             ("timeout = \"soon\"", "timeout"),
             ("introspection_cache_ttl = 1e12", "introspection_cache_ttl"),

@@ -136,6 +136,12 @@ impl Chromium {
 
     /// Sends one DevTools command and waits for its result (events meanwhile are recorded).
     pub fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    /// `call`, with the protocol's error returned (e.g. a page navigating away mid-evaluate).
+    pub fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let msg = json!({ "id": id, "method": method, "params": params }).to_string();
@@ -148,8 +154,10 @@ impl Chromium {
                 read_message(ws, deadline).unwrap_or_else(|e| panic!("devtools {method}: {e}"));
             let v: Value = serde_json::from_str(&text).expect("devtools json");
             if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {}", v["error"]);
-                return v["result"].clone();
+                return match v.get("error") {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(v["result"].clone()),
+                };
             }
             self.event(&v);
         }
@@ -185,11 +193,16 @@ impl Chromium {
         r["result"]["value"].clone()
     }
 
-    /// Polls `expr` until it is `true`, up to `timeout`; returns how long that took.
+    /// Polls `expr` until it is `true`, up to `timeout`; returns how long that took. A page
+    /// still navigating (no context to evaluate in) counts as not yet.
     pub fn wait_true(&mut self, expr: &str, timeout: Duration) -> Option<Duration> {
         let t0 = Instant::now();
         while t0.elapsed() < timeout {
-            if self.eval(expr) == Value::Bool(true) {
+            let r = self.try_call(
+                "Runtime.evaluate",
+                json!({ "expression": expr, "returnByValue": true }),
+            );
+            if r.is_ok_and(|r| r["result"]["value"] == Value::Bool(true)) {
                 return Some(t0.elapsed());
             }
             std::thread::sleep(Duration::from_millis(100));

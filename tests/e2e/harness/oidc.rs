@@ -28,6 +28,12 @@ fn dir() -> PathBuf {
 impl Oidc {
     /// Starts tests/oidc/start.mjs with node; fails naming what is missing.
     pub fn start() -> Oidc {
+        Oidc::start_with_web("http://127.0.0.1:1")
+    }
+
+    /// As `start`, with the browser client `web` registered for a gateway at `base`
+    /// (`http://127.0.0.1:PORT`): its callback `base/callback`, post-logout `base/bye`.
+    pub fn start_with_web(base: &str) -> Oidc {
         let d = dir();
         assert!(
             d.join("node_modules/oidc-provider").is_dir(),
@@ -36,6 +42,7 @@ impl Oidc {
         );
         let mut child = Command::new("node")
             .arg("start.mjs")
+            .env("RINGWAY_WEB", base)
             .current_dir(&d)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -102,6 +109,18 @@ impl Oidc {
     pub fn rotate(&self) {
         let (status, text) = self.http("POST", "/test/rotate", None);
         assert_eq!(status, 200, "rotate: {text}");
+    }
+
+    /// The next introspection request is held unanswered until `release`.
+    pub fn hold_next_introspection(&self) {
+        let (status, text) = self.http("POST", "/test/hold-introspection", None);
+        assert_eq!(status, 200, "hold: {text}");
+    }
+
+    /// Answers the held introspection request.
+    pub fn release(&self) {
+        let (status, text) = self.http("POST", "/test/release", None);
+        assert_eq!(status, 200, "release: {text}");
     }
 
     /// Requests the provider received so far, by endpoint: `jwks`, `introspect`, `discovery`, `token`.

@@ -23,6 +23,9 @@
 //!   CDN-Cache-Control dictionary, HTTP-dates, a Location) are deterministic; a date that parses
 //!   formats back to the same instant; a same-origin reference resolves to a path without dot
 //!   segments that (unless it starts with "//") resolves to itself.
+//! * oidc_cookie: openid-connect's browser-flow cookies: no Cookie header or query opens as a
+//!   session or login unless sealed with the secret (mutated seals never open), and what is sealed
+//!   opens to itself through the chunked Set-Cookie -> Cookie round trip.
 #![allow(dead_code)]
 
 use bytes::BytesMut;
@@ -928,6 +931,49 @@ pub fn oidc(data: &[u8]) {
         Ok(claims) => panic!("{tok:?} verified: {claims:?}"),
         Err(Refusal::UnknownKid) => assert!(looks_like_jwt(tok.as_bytes()), "{tok:?}"),
         Err(Refusal::Invalid) => {}
+    }
+}
+
+/// `data` as a Cookie header and a callback query, and as the content of a sealed session.
+pub fn oidc_cookie(data: &[u8]) {
+    use ringway::plugin::openid_connect::session::{
+        cookie, query_param, read_chunked, write_chunked, Login, Sealer, Session,
+    };
+    let s = Sealer::new("fuzzing-secret-0123456789");
+    if let Some(raw) = read_chunked(data, "sess") {
+        assert!(s.open::<Session>("sess", &raw).is_none(), "forged session");
+    }
+    if let Some(v) = cookie(data, "sess_login") {
+        assert!(s.open::<Login>("sess_login", v).is_none(), "forged login");
+    }
+    let _ = query_param(data, "code");
+    let _ = query_param(data, "state");
+    // Round trip: a session carrying the input opens to itself; one flipped byte never opens.
+    let text = String::from_utf8_lossy(data).into_owned();
+    let sess = Session {
+        exp: 1,
+        access_token: text.clone(),
+        access_exp: 0,
+        refresh_token: Some(text.chars().rev().collect()),
+        id_token: None,
+        claims: Default::default(),
+    };
+    let sealed = s.seal("sess", &sess).expect("sealed");
+    if let Some(set) = write_chunked("sess", &sealed, 60, false) {
+        let header = set
+            .iter()
+            .map(|c| c.split(';').next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let raw = read_chunked(header.as_bytes(), "sess").expect("chunks read back");
+        assert_eq!(s.open::<Session>("sess", &raw), Some(sess));
+        let mut bad = raw.clone();
+        let i = data.len() % bad.len();
+        bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
+        assert!(
+            s.open::<Session>("sess", &bad).is_none(),
+            "mutated seal opened"
+        );
     }
 }
 
