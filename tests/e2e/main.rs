@@ -45,6 +45,7 @@ mod metrics;
 mod ocsp;
 mod oidc;
 mod openapi;
+mod openapi_versions;
 mod packaging;
 mod pipelining;
 mod plugins_access;

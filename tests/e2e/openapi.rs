@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::harness::prometheus::{scrape, value};
 use crate::harness::*;
 
-fn doc_path(rel: &str) -> String {
+pub(crate) fn doc_path(rel: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/openapi")
         .join(rel)
@@ -31,7 +31,13 @@ fn config(origin: std::net::SocketAddr, apis: &str) -> String {
     )
 }
 
-fn send(c: &mut Client, method: &str, path: &str, headers: &str, body: &str) -> Response {
+pub(crate) fn send(
+    c: &mut Client,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> Response {
     let len = if body.is_empty() && method == "GET" {
         String::new()
     } else {
@@ -47,7 +53,7 @@ fn json_post(c: &mut Client, path: &str, body: &str) -> Response {
 }
 
 /// The problem's `errors` as (in, name, pointer), after checking the problem's shape.
-fn problems(r: &Response) -> Vec<(String, String, String)> {
+pub(crate) fn problems(r: &Response) -> Vec<(String, String, String)> {
     assert_eq!(r.status, 400, "{}", r.body_str());
     assert_eq!(r.header("Content-Type"), Some("application/problem+json"));
     let j = r.json();
@@ -62,7 +68,7 @@ fn problems(r: &Response) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn one(r: &Response, at: &str, name: &str, pointer: &str) {
+pub(crate) fn one(r: &Response, at: &str, name: &str, pointer: &str) {
     let p = problems(r);
     assert!(
         p.iter()
