@@ -28,6 +28,8 @@ pub struct Generated {
 #[derive(Debug)]
 pub struct BuiltApi {
     pub doc: Arc<Document>,
+    /// The names of the routes made from it (its per-API series sum theirs).
+    pub routes: Arc<[Box<str>]>,
 }
 
 /// An API's document parsed and its routes made, before they join a config.
@@ -273,6 +275,7 @@ pub fn expand(cfg: &mut Config) -> Result<(Vec<Generated>, Vec<BuiltApi>), Confi
             .flatten()
             .map(|b| format!("{}/{}", b.base_path, b.version.as_deref().unwrap_or("")));
         let e = expand_one(i, a, successor.as_deref())?;
+        let names: Arc<[Box<str>]> = e.routes.iter().map(|r| r.0.name.as_str().into()).collect();
         for (rc, extra, what) in e.routes {
             let id = cfg.routes.push(rc).map_err(|m| {
                 ConfigError::new(format!("apis[{i}]"), format!("operation {what:?}: {m}"))
@@ -284,7 +287,10 @@ pub fn expand(cfg: &mut Config) -> Result<(Vec<Generated>, Vec<BuiltApi>), Confi
                 extra,
             });
         }
-        built.push(BuiltApi { doc: e.doc });
+        built.push(BuiltApi {
+            doc: e.doc,
+            routes: names,
+        });
     }
     Ok((out, built))
 }
