@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::config::apis::{http_date, ApiConfig, Validate, VersionBy};
 use crate::config::{Cond, Config, ConfigError, PassHost, RouteConfig, RouteSpec};
-use crate::openapi::{self, Document};
+use crate::openapi::{self, Compiled, Document};
 use crate::plugin::chain::FactoryRef;
 use crate::plugin::openapi::{
     Deprecation, MethodNotAllowed, Mode, NotDescribed, Notice, Validation,
@@ -30,11 +30,14 @@ pub struct BuiltApi {
     pub doc: Arc<Document>,
     /// The names of the routes made from it (its per-API series sum theirs).
     pub routes: Arc<[Box<str>]>,
+    /// Its validators (`validate` not off); held so the next generation can reuse them.
+    pub compiled: Option<Arc<Compiled>>,
 }
 
 /// An API's document parsed and its routes made, before they join a config.
 pub struct Expanded {
     pub doc: Arc<Document>,
+    pub compiled: Option<Arc<Compiled>>,
     pub routes: Vec<(RouteConfig, Vec<FactoryRef>, String)>,
 }
 
@@ -123,11 +126,9 @@ pub fn expand_one(
     let place = placement(a);
     let notice = deprecation(a, successor);
     let at = format!("apis[{i}].spec");
-    let doc = openapi::parse(&a.text).map_err(|e| ConfigError::new(&at, e.to_string()))?;
-    let compiled = match a.validate {
-        Validate::Off => None,
-        _ => Some(openapi::compile(&doc).map_err(|e| ConfigError::new(&at, e.to_string()))?),
-    };
+    // An unchanged document keeps the previous generation's parse and validators.
+    let (doc, compiled) = super::reuse::load(&a.text, a.validate != Validate::Off)
+        .map_err(|e| ConfigError::new(&at, e.to_string()))?;
     let api_name: Arc<str> = a.id().into();
     let mode = if a.validate == Validate::Monitor {
         Mode::Monitor
@@ -217,7 +218,8 @@ pub fn expand_one(
         }
     }
     Ok(Expanded {
-        doc: Arc::new(doc),
+        doc,
+        compiled,
         routes,
     })
 }
@@ -290,6 +292,7 @@ pub fn expand(cfg: &mut Config) -> Result<(Vec<Generated>, Vec<BuiltApi>), Confi
         built.push(BuiltApi {
             doc: e.doc,
             routes: names,
+            compiled: e.compiled,
         });
     }
     Ok((out, built))
