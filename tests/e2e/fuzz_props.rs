@@ -316,6 +316,11 @@ fn router_matches_naive_reference() {
 }
 
 #[test]
+fn media_type_versions_pick_a_route() {
+    drive("media_version", 7, 5_000, props::media_version, None);
+}
+
+#[test]
 fn oidc_jwks_and_tokens() {
     drive("oidc", 6, 3_000, props::oidc, None);
 }
