@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use crate::config::apis::{http_date, ApiConfig, Validate, VersionBy};
 use crate::config::{Cond, Config, ConfigError, PassHost, RouteConfig, RouteSpec};
-use crate::openapi::{self, Document};
+use crate::openapi::{self, Compiled, Document};
 use crate::plugin::chain::FactoryRef;
-use crate::plugin::openapi::{Deprecation, MethodNotAllowed, Mode, Validation};
+use crate::plugin::openapi::{
+    Deprecation, MethodNotAllowed, Mode, NotDescribed, Notice, Validation,
+};
 use crate::plugin::PluginSet;
 
 /// A route made from an API, and the internal plugin it gets on top of its tables.
@@ -26,19 +28,25 @@ pub struct Generated {
 #[derive(Debug)]
 pub struct BuiltApi {
     pub doc: Arc<Document>,
+    /// The names of the routes made from it (its per-API series sum theirs).
+    pub routes: Arc<[Box<str>]>,
+    /// Its validators (`validate` not off); held so the next generation can reuse them.
+    pub compiled: Option<Arc<Compiled>>,
 }
 
 /// An API's document parsed and its routes made, before they join a config.
 pub struct Expanded {
     pub doc: Arc<Document>,
+    pub compiled: Option<Arc<Compiled>>,
     pub routes: Vec<(RouteConfig, Vec<FactoryRef>, String)>,
 }
 
 /// Where an API's routes sit: the path prefixes (base path, version segment) and the header
-/// condition that picks the version.
+/// or media-type condition that picks the version.
 struct Placement {
     prefixes: Vec<String>,
     conds: Vec<Cond>,
+    media: Option<String>,
 }
 
 fn placement(a: &ApiConfig) -> Placement {
@@ -47,6 +55,7 @@ fn placement(a: &ApiConfig) -> Placement {
         VersionBy::Label => Placement {
             prefixes: vec![a.base_path.clone()],
             conds: Vec::new(),
+            media: None,
         },
         VersionBy::Path => {
             let mut prefixes = vec![format!("{}/{v}", a.base_path)];
@@ -56,6 +65,7 @@ fn placement(a: &ApiConfig) -> Placement {
             Placement {
                 prefixes,
                 conds: Vec::new(),
+                media: None,
             }
         }
         VersionBy::Header(h) => Placement {
@@ -68,12 +78,19 @@ fn placement(a: &ApiConfig) -> Placement {
                     value: Some(v),
                 }]
             },
+            media: None,
+        },
+        VersionBy::MediaType => Placement {
+            prefixes: vec![a.base_path.clone()],
+            conds: Vec::new(),
+            media: (!a.default).then_some(v),
         },
     }
 }
 
-/// The Deprecation / Sunset / Link headers of a deprecated or sunsetting API.
-fn deprecation(a: &ApiConfig, successor: Option<&str>) -> Option<FactoryRef> {
+/// The Deprecation / Sunset / Link headers of a deprecated or sunsetting API: set first thing
+/// (so the gateway's own answers carry them too) and again last in the response phase.
+fn deprecation(a: &ApiConfig, successor: Option<&str>) -> Vec<FactoryRef> {
     let mut headers = Vec::new();
     if let Some(t) = a.deprecated {
         headers.push(("Deprecation", format!("@{t}")));
@@ -82,15 +99,21 @@ fn deprecation(a: &ApiConfig, successor: Option<&str>) -> Option<FactoryRef> {
         headers.push(("Sunset", http_date(t)));
     }
     if headers.is_empty() {
-        return None;
+        return Vec::new();
     }
     if let Some(s) = a.successor.as_deref().or(successor) {
         headers.push(("Link", format!("<{s}>; rel=\"successor-version\"")));
     }
-    Some(Arc::new(Deprecation {
-        api: a.id().into(),
-        headers: headers.into(),
-    }))
+    let headers: Arc<[(&'static str, String)]> = headers.into();
+    vec![
+        Arc::new(Notice {
+            headers: headers.clone(),
+        }),
+        Arc::new(Deprecation {
+            api: a.id().into(),
+            headers,
+        }),
+    ]
 }
 
 /// Parses `a`'s document (error paths `apis[i].spec: #/...`) and makes its routes;
@@ -103,11 +126,9 @@ pub fn expand_one(
     let place = placement(a);
     let notice = deprecation(a, successor);
     let at = format!("apis[{i}].spec");
-    let doc = openapi::parse(&a.text).map_err(|e| ConfigError::new(&at, e.to_string()))?;
-    let compiled = match a.validate {
-        Validate::Off => None,
-        _ => Some(openapi::compile(&doc).map_err(|e| ConfigError::new(&at, e.to_string()))?),
-    };
+    // An unchanged document keeps the previous generation's parse and validators.
+    let (doc, compiled) = super::reuse::load(&a.text, a.validate != Validate::Off)
+        .map_err(|e| ConfigError::new(&at, e.to_string()))?;
     let api_name: Arc<str> = a.id().into();
     let mode = if a.validate == Validate::Monitor {
         Mode::Monitor
@@ -138,7 +159,7 @@ pub fn expand_one(
             })?;
             plugins.insert(name.clone(), t);
         }
-        let mut extra: Vec<FactoryRef> = notice.iter().cloned().collect();
+        let mut extra: Vec<FactoryRef> = notice.to_vec();
         if let Some(c) = &compiled {
             extra.push(Arc::new(Validation {
                 api: api_name.clone(),
@@ -161,6 +182,17 @@ pub fn expand_one(
             op.name.clone(),
         ));
     }
+    // A route the gateway answers itself (405, 404), with the version's notice.
+    let mut answer = |paths: Vec<String>, what: String, by: FactoryRef| {
+        let mut extra: Vec<FactoryRef> = vec![by];
+        extra.extend(notice.iter().cloned());
+        let name = format!("{api_name}: {what}");
+        routes.push((
+            route(a, &place, name, paths, Vec::new(), a.plugins.clone()),
+            extra,
+            what,
+        ));
+    };
     for (_, (tail, methods)) in by_path {
         let allow: Arc<str> = methods.join(", ").into();
         let paths: Vec<String> = place
@@ -169,17 +201,25 @@ pub fn expand_one(
             .map(|p| format!("{p}{tail}"))
             .collect();
         let what = format!("405 {}", paths[0]);
-        let mut extra: Vec<FactoryRef> = vec![Arc::new(MethodNotAllowed { allow })];
-        extra.extend(notice.iter().cloned());
-        let name = format!("{api_name}: {what}");
-        routes.push((
-            route(a, &place, name, paths, Vec::new(), a.plugins.clone()),
-            extra,
-            what,
-        ));
+        answer(paths, what, Arc::new(MethodNotAllowed { allow }));
+    }
+    if !notice.is_empty() {
+        // The rest of a deprecated version's prefix: 404 with the notice (an empty prefix is
+        // left to the gateway's plain 404: it would catch other routes' misses).
+        let paths: Vec<String> = place
+            .prefixes
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| format!("{p}/*"))
+            .collect();
+        if let Some(first) = paths.first() {
+            let what = format!("404 {first}");
+            answer(paths, what, Arc::new(NotDescribed));
+        }
     }
     Ok(Expanded {
-        doc: Arc::new(doc),
+        doc,
+        compiled,
         routes,
     })
 }
@@ -204,6 +244,7 @@ fn route(
             paths,
             methods,
             headers: place.conds.clone(),
+            media_version: place.media.clone(),
             ..RouteSpec::default()
         },
         plugins,
@@ -237,6 +278,7 @@ pub fn expand(cfg: &mut Config) -> Result<(Vec<Generated>, Vec<BuiltApi>), Confi
             .flatten()
             .map(|b| format!("{}/{}", b.base_path, b.version.as_deref().unwrap_or("")));
         let e = expand_one(i, a, successor.as_deref())?;
+        let names: Arc<[Box<str>]> = e.routes.iter().map(|r| r.0.name.as_str().into()).collect();
         for (rc, extra, what) in e.routes {
             let id = cfg.routes.push(rc).map_err(|m| {
                 ConfigError::new(format!("apis[{i}]"), format!("operation {what:?}: {m}"))
@@ -248,7 +290,11 @@ pub fn expand(cfg: &mut Config) -> Result<(Vec<Generated>, Vec<BuiltApi>), Confi
                 extra,
             });
         }
-        built.push(BuiltApi { doc: e.doc });
+        built.push(BuiltApi {
+            doc: e.doc,
+            routes: names,
+            compiled: e.compiled,
+        });
     }
     Ok((out, built))
 }

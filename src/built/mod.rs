@@ -3,6 +3,7 @@
 //! Runs on the loading thread (start-up, SIGHUP, admin API), never per request; does no I/O.
 
 pub mod apis;
+mod reuse;
 pub mod tls;
 
 use std::sync::Arc;

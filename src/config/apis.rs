@@ -27,6 +27,10 @@ pub enum VersionBy {
     /// A request header (lowercase name) equal to the version; the default version takes
     /// requests without it.
     Header(String),
+    /// A version named by the request's media type, in Accept or Content-Type:
+    /// `application/vnd.acme.v2+json` or `application/json; version=2`; the default version
+    /// takes requests naming none.
+    MediaType,
 }
 
 /// Default `max_body_bytes` of an API: bodies read whole for validation.
@@ -167,6 +171,7 @@ pub(super) fn api(
     let version_by = match a.version_by.as_deref() {
         None => VersionBy::Label,
         Some("path") => VersionBy::Path,
+        Some("media_type") => VersionBy::MediaType,
         Some(h) if h.starts_with("header:") && h.len() > 7 => {
             let name = &h[7..];
             if !name
@@ -184,7 +189,7 @@ pub(super) fn api(
             return Err(ConfigError::new(
                 at("version_by"),
                 format!(
-                "expected \"path\" or \"header:NAME\" (e.g. \"header:Accept-Version\"), got {o:?}"
+                "expected \"path\", \"media_type\" or \"header:NAME\" (e.g. \"header:Accept-Version\"), got {o:?}"
             ),
             ))
         }

@@ -29,6 +29,10 @@ pub struct RouteSpec {
     pub args: Vec<Cond>,
     /// Higher wins, before any specificity rule.
     pub priority: i32,
+    /// A version the request's media type must name (`[[apis]]` with `version_by =
+    /// "media_type"`): `application/vnd.acme.v2+json` or `...; version=2` in Accept or
+    /// Content-Type. `v2` and `2` name the same version.
+    pub media_version: Option<String>,
 }
 
 /// `value` None = present (any value, even empty); Some = exact equality of the first occurrence.
@@ -287,6 +291,7 @@ pub(super) fn route(
             headers,
             args,
             priority: r.priority,
+            media_version: None,
         },
         plugins: r.plugins.clone(),
     })

@@ -1,6 +1,6 @@
 //! `[apis.slo]` thresholds, checked, and the Prometheus rules `ringway alerts` writes for them:
-//! per-API recording rules over the per-route series (an API's routes are named `API.…` and
-//! `API: 405 …`) and alerting rules on those. Text only; nothing here runs in the gateway.
+//! 5-minute recording rules over the gateway's per-API series (`ringway_api_*{api}`) and
+//! alerting rules on those. Text only; nothing here runs in the gateway.
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -47,18 +47,6 @@ pub(super) fn slo(at: &str, s: &RawSlo) -> Result<Slo, ConfigError> {
     })
 }
 
-/// The route-label regex (RE2, as a PromQL string body) matching an API's routes.
-fn routes_regex(id: &str) -> String {
-    let mut esc = String::new();
-    for c in id.chars() {
-        if !c.is_ascii_alphanumeric() && c != '_' && c != '-' && c != '@' {
-            esc.push_str("\\\\");
-        }
-        esc.push(c);
-    }
-    format!("{esc}\\\\..+|{esc}: .+")
-}
-
 fn prom_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms % 1000 == 0 {
@@ -71,17 +59,16 @@ fn prom_duration(d: Duration) -> String {
 /// Prometheus rule groups (YAML) for APIs given as (`name@version`, its `[apis.slo]`); `None`
 /// when there are none.
 pub fn alert_rules<'a>(apis: impl IntoIterator<Item = (String, &'a Slo)>) -> Option<String> {
-    let mut o = String::from("# Written by `ringway alerts`: per-API series recorded from the per-route ones,\n# and alerts on the [apis.slo] thresholds.\ngroups:\n");
+    let mut o = String::from("# Written by `ringway alerts`: 5-minute rates of the gateway's per-API series,\n# and alerts on the [apis.slo] thresholds.\ngroups:\n");
     let mut any = false;
     for (id, slo) in apis {
         any = true;
-        let re = routes_regex(&id);
         let _ = write!(
             o,
             "  - name: ringway-api-{id}\n    rules:\n\
-             \x20     - record: ringway:api_requests:rate5m\n        expr: |\n          sum(rate(ringway_http_requests_total{{route=~\"{re}\"}}[5m]))\n        labels:\n          api: \"{id}\"\n\
-             \x20     - record: ringway:api_errors:rate5m\n        expr: |\n          sum(rate(ringway_http_requests_total{{route=~\"{re}\",code=\"5xx\"}}[5m]))\n        labels:\n          api: \"{id}\"\n\
-             \x20     - record: ringway:api_latency_p99:5m\n        expr: |\n          histogram_quantile(0.99, sum by (le) (rate(ringway_http_request_duration_seconds_bucket{{route=~\"{re}\"}}[5m])))\n        labels:\n          api: \"{id}\"\n"
+             \x20     - record: ringway:api_requests:rate5m\n        expr: |\n          sum(rate(ringway_api_requests_total{{api=\"{id}\"}}[5m]))\n        labels:\n          api: \"{id}\"\n\
+             \x20     - record: ringway:api_errors:rate5m\n        expr: |\n          sum(rate(ringway_api_errors_total{{api=\"{id}\"}}[5m]))\n        labels:\n          api: \"{id}\"\n\
+             \x20     - record: ringway:api_latency_p99:5m\n        expr: |\n          histogram_quantile(0.99, sum by (le) (rate(ringway_api_request_duration_seconds_bucket{{api=\"{id}\"}}[5m])))\n        labels:\n          api: \"{id}\"\n"
         );
         let forr = prom_duration(slo.r#for);
         if let Some(p99) = slo.latency_p99 {
@@ -105,10 +92,21 @@ pub fn alert_rules<'a>(apis: impl IntoIterator<Item = (String, &'a Slo)>) -> Opt
 #[cfg(test)]
 mod tests {
     #[test]
-    fn regex_escapes_dots() {
-        assert_eq!(
-            super::routes_regex("a.b@v1"),
-            "a\\\\.b@v1\\\\..+|a\\\\.b@v1: .+"
+    fn rules_read_the_gateways_api_series() {
+        let slo = super::Slo {
+            latency_p99: Some(std::time::Duration::from_millis(300)),
+            error_ratio: None,
+            r#for: std::time::Duration::from_secs(300),
+        };
+        let y = super::alert_rules([("a.b@v1".to_string(), &slo)]).expect("rules");
+        assert!(
+            y.contains("ringway_api_requests_total{api=\"a.b@v1\"}"),
+            "{y}"
         );
+        assert!(
+            y.contains("ringway_api_request_duration_seconds_bucket{api=\"a.b@v1\"}"),
+            "{y}"
+        );
+        assert!(!y.contains("RingwayApiErrorRatioHigh"), "{y}");
     }
 }

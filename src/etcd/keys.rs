@@ -32,7 +32,8 @@ pub fn parse_key(prefix: &str, key: &[u8]) -> Result<(Kind, String), String> {
         .and_then(|r| r.strip_prefix('/'))
         .ok_or_else(|| format!("key {text:?} is not under {prefix}/"))?;
     let (seg, id) = rest.split_once('/').ok_or_else(|| {
-        format!("key {text:?}: expected {prefix}/<routes|upstreams|consumers|global_rules>/<id>")
+        let kinds: Vec<&str> = KINDS.iter().map(|k| k.seg()).collect();
+        format!("key {text:?}: expected {prefix}/<{}>/<id>", kinds.join("|"))
     })?;
     let kind = Kind::parse(seg).ok_or_else(|| {
         let known: Vec<&str> = KINDS.iter().map(|k| k.seg()).collect();

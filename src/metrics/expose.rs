@@ -19,6 +19,8 @@ pub struct PlaneInfo {
     pub active: BTreeMap<(String, String), (bool, u64, u64)>,
     /// `[config_source]`: the etcd watch's progress (None: the file is the only source).
     pub source: Option<super::source::SourceInfo>,
+    /// `[[apis]]` and their routes, for the per-API series.
+    pub apis: Vec<super::api::ApiRoutes>,
 }
 
 /// Sums over shards, keyed so the output order is stable.
@@ -256,28 +258,14 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
         "Time from request head read to response written, by route.",
     );
     for (route, c) in &m.routes {
-        let r = label(route);
-        let mut cum = 0;
-        for (i, b) in BUCKETS_US.iter().enumerate() {
-            cum += c.buckets[i];
-            let le = *b as f64 / 1e6;
-            let _ = writeln!(
-                o,
-                "{HTTP_DURATION}_bucket{{route=\"{r}\",le=\"{le}\"}} {cum}"
-            );
-        }
-        cum += c.buckets[BUCKETS_US.len()];
-        let _ = writeln!(
-            o,
-            "{HTTP_DURATION}_bucket{{route=\"{r}\",le=\"+Inf\"}} {cum}"
+        histogram(
+            &mut o,
+            HTTP_DURATION,
+            &format!("route=\"{}\"", label(route)),
+            c,
         );
-        let _ = writeln!(
-            o,
-            "{HTTP_DURATION}_sum{{route=\"{r}\"}} {}",
-            c.sum_us as f64 / 1e6
-        );
-        let _ = writeln!(o, "{HTTP_DURATION}_count{{route=\"{r}\"}} {cum}");
     }
+    api_series(&mut o, &super::api::sums(&info.apis, &m.routes));
     family(
         &mut o,
         UPSTREAM_RESPONSES,
@@ -523,9 +511,84 @@ pub fn status_json(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> serde_json::Val
     })
 }
 
+/// One histogram's buckets, sum and count for the series labelled `labels` (`k="v"`).
+fn histogram(o: &mut String, name: &str, labels: &str, c: &RouteCounts) {
+    let mut cum = 0;
+    for (i, b) in BUCKETS_US.iter().enumerate() {
+        cum += c.buckets[i];
+        let le = *b as f64 / 1e6;
+        let _ = writeln!(o, "{name}_bucket{{{labels},le=\"{le}\"}} {cum}");
+    }
+    cum += c.buckets[BUCKETS_US.len()];
+    let _ = writeln!(o, "{name}_bucket{{{labels},le=\"+Inf\"}} {cum}");
+    let _ = writeln!(o, "{name}_sum{{{labels}}} {}", c.sum_us as f64 / 1e6);
+    let _ = writeln!(o, "{name}_count{{{labels}}} {cum}");
+}
+
+/// Writes the three families (every configured API, zero or not, so alerts see the series).
+pub(super) fn api_series(o: &mut String, apis: &[(String, RouteCounts)]) {
+    if apis.is_empty() {
+        return;
+    }
+    family(
+        o,
+        API_REQUESTS,
+        "counter",
+        "Requests answered per API (name@version) and status class, the gateway's own answers included.",
+    );
+    for (id, c) in apis {
+        let a = label(id);
+        for (i, class) in CLASSES.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "{API_REQUESTS}{{api=\"{a}\",code=\"{class}\"}} {}",
+                c.classes[i]
+            );
+        }
+    }
+    family(
+        o,
+        API_ERRORS,
+        "counter",
+        "5xx answers per API (name@version).",
+    );
+    for (id, c) in apis {
+        let _ = writeln!(o, "{API_ERRORS}{{api=\"{}\"}} {}", label(id), c.classes[4]);
+    }
+    family(
+        o,
+        API_DURATION,
+        "histogram",
+        "Time from request head read to response written, per API (name@version).",
+    );
+    for (id, c) in apis {
+        histogram(o, API_DURATION, &format!("api=\"{}\"", label(id)), c);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_series_have_the_api_label() {
+        let mut c = RouteCounts::default();
+        c.classes[1] = 1;
+        c.classes[3] = 1;
+        c.buckets[0] = 1;
+        c.buckets[1] = 1;
+        c.sum_us = 1400;
+        let mut o = String::new();
+        api_series(&mut o, &[("p@v1".to_string(), c)]);
+        for want in [
+            "ringway_api_requests_total{api=\"p@v1\",code=\"2xx\"} 1\n",
+            "ringway_api_errors_total{api=\"p@v1\"} 0\n",
+            "ringway_api_request_duration_seconds_bucket{api=\"p@v1\",le=\"0.001\"} 2\n",
+            "ringway_api_request_duration_seconds_count{api=\"p@v1\"} 2\n",
+        ] {
+            assert!(o.contains(want), "{want} in {o}");
+        }
+    }
 
     #[test]
     fn label_escaping() {

@@ -1,6 +1,7 @@
 //! Shard-local request counters (plain `Cell`s, no atomics, no locks) and the `Send` snapshots a
 //! shard hands to the status thread when asked. Must not do I/O; exposition lives in `expose.rs`.
 
+pub mod api;
 pub mod expose;
 pub mod fleet;
 pub mod live;

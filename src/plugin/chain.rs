@@ -524,7 +524,8 @@ impl ShardPlugins {
         Step::Pass
     }
 
-    /// Runs `request_body` over the route's chain; a plugin's reply ends the request.
+    /// Runs `request_body` over the route's chain; a plugin's reply ends the request (with the
+    /// response header edits made so far, as in `request_phases`).
     pub fn request_body(
         &self,
         route: usize,
@@ -534,7 +535,7 @@ impl ShardPlugins {
     ) -> Option<Reply> {
         for p in self.route_chain(route).with(phase::REQUEST_BODY) {
             if let Flow::Respond(reply) = p.request_body(req, body, cx) {
-                return Some(reply);
+                return Some(with_resp_headers(reply, cx));
             }
         }
         None

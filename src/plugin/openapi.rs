@@ -1,6 +1,6 @@
 //! The plugins `[[apis]]` put on the routes of an OpenAPI document (not configurable by name):
-//! `openapi-validation` checks a request against its operation (parameters in `access`, the
-//! body in `request_body`), `openapi-method` answers 405 with `Allow` on a described path.
+//! validation (parameters in `access`, the body in `request_body`), the 405/404 answers of
+//! described paths, a deprecated version's notice. Must not touch routing or the document.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -181,6 +181,78 @@ impl Plugin for NotAllowed {
         Flow::Respond(
             Reply::json_message(405, &msg).header("Allow", self.allow.as_bytes().to_vec()),
         )
+    }
+}
+
+/// A path under a deprecated version's prefix that its document does not describe: 404, so
+/// the answer carries the version's notice like every other.
+pub static NOT_FOUND: Spec = Spec {
+    name: "openapi-not-found",
+    priority: 2450,
+    phases: phase::ACCESS,
+    build: internal,
+};
+
+pub struct NotDescribed;
+
+impl PluginFactory for NotDescribed {
+    fn spec(&self) -> &'static Spec {
+        &NOT_FOUND
+    }
+    fn build(&self, _: &ShardCx) -> Rc<dyn Plugin> {
+        Rc::new(NotDescribed)
+    }
+}
+
+impl Plugin for NotDescribed {
+    fn spec(&self) -> &'static Spec {
+        &NOT_FOUND
+    }
+
+    fn access(&self, _: &RequestHead, _: &mut Ctx) -> Flow {
+        Flow::Respond(Reply::json_message(
+            404,
+            "no operation of this API version has this path",
+        ))
+    }
+}
+
+/// First of all: the notice goes into the response header edits before any plugin can
+/// answer by itself (400 validation, 401, 405, 429, a CORS preflight), since a plugin's reply
+/// carries the edits made so far.
+pub static DEPRECATION_NOTICE: Spec = Spec {
+    name: "api-deprecation-notice",
+    priority: 20000,
+    phases: phase::REWRITE,
+    build: internal,
+};
+
+impl PluginFactory for Notice {
+    fn spec(&self) -> &'static Spec {
+        &DEPRECATION_NOTICE
+    }
+    fn build(&self, _: &ShardCx) -> Rc<dyn Plugin> {
+        Rc::new(Notice {
+            headers: self.headers.clone(),
+        })
+    }
+}
+
+/// The deprecation headers, set early (see `DEPRECATION_NOTICE`).
+pub struct Notice {
+    pub headers: Arc<[(&'static str, String)]>,
+}
+
+impl Plugin for Notice {
+    fn spec(&self) -> &'static Spec {
+        &DEPRECATION_NOTICE
+    }
+
+    fn rewrite(&self, _: &RequestHead, cx: &mut Ctx) -> Flow {
+        for (n, v) in self.headers.iter() {
+            cx.resp_headers.set(n.as_bytes(), v.as_bytes());
+        }
+        Flow::Continue
     }
 }
 

@@ -181,6 +181,8 @@ struct Conds {
     methods: Box<[Box<[u8]>]>,
     headers: Box<[CondMatch<Box<str>>]>,
     args: Box<[CondMatch<Box<[u8]>>]>,
+    /// A version Accept or Content-Type must name (`pattern::names_version`).
+    media: Option<Box<[u8]>>,
 }
 
 struct Ctx<'a> {
@@ -489,7 +491,11 @@ fn compile(spec: &RouteSpec, order: u64) -> Result<Compiled, String> {
             Ok((name, c.value.as_ref().map(|v| v.as_bytes().into())))
         })
         .collect::<Result<Box<[_]>, String>>()?;
-    let nconds = usize::from(!methods.is_empty()) + headers.len() + args.len();
+    let media = spec.media_version.as_ref().map(|v| v.as_bytes().into());
+    let nconds = usize::from(!methods.is_empty())
+        + headers.len()
+        + args.len()
+        + usize::from(media.is_some());
     Ok(Compiled {
         hosts,
         paths,
@@ -500,6 +506,7 @@ fn compile(spec: &RouteSpec, order: u64) -> Result<Compiled, String> {
             methods,
             headers,
             args,
+            media,
         }),
     })
 }
@@ -514,6 +521,14 @@ impl Conds {
             && self.args.iter().all(|(name, want)| {
                 matches_cond(pattern::query_arg(ctx.query, name), want.as_deref())
             })
+            && match self.media.as_deref() {
+                None => true,
+                Some(v) => ["accept", "content-type"].iter().any(|h| {
+                    ctx.req
+                        .header(h)
+                        .is_some_and(|m| pattern::names_version(m, v))
+                }),
+            }
     }
 }
 

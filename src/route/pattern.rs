@@ -217,6 +217,39 @@ pub(super) fn query_arg<'q>(query: &'q [u8], name: &[u8]) -> Option<&'q [u8]> {
     })
 }
 
+/// Whether a media-type header (`Accept`'s list or one `Content-Type`) names version `want`:
+/// a `version=` parameter, or the last dotted part of a vendor subtype before its `+suffix`
+/// (`application/vnd.acme.v2+json`). Case-insensitive; `v2` and `2` are the same version.
+pub(super) fn names_version(header: &[u8], want: &[u8]) -> bool {
+    fn bare(v: &[u8]) -> &[u8] {
+        match v {
+            [b'v' | b'V', d, ..] if d.is_ascii_digit() => &v[1..],
+            _ => v,
+        }
+    }
+    let same = |got: &[u8]| {
+        let got = got.trim_ascii();
+        let got = got
+            .strip_prefix(b"\"")
+            .and_then(|g| g.strip_suffix(b"\""))
+            .unwrap_or(got);
+        !got.is_empty() && bare(got).eq_ignore_ascii_case(bare(want))
+    };
+    header.split(|&b| b == b',').any(|range| {
+        let mut parts = range.split(|&b| b == b';');
+        let mime = parts.next().unwrap_or_default().trim_ascii();
+        let subtype = mime.splitn(2, |&b| b == b'/').nth(1).unwrap_or_default();
+        let vendor = subtype.len() > 4 && subtype[..4].eq_ignore_ascii_case(b"vnd.");
+        let tree = subtype.split(|&b| b == b'+').next().unwrap_or_default();
+        (vendor && tree.rsplit(|&b| b == b'.').next().is_some_and(same))
+            || parts.any(|p| {
+                let mut kv = p.splitn(2, |&b| b == b'=');
+                let k = kv.next().unwrap_or_default().trim_ascii();
+                k.eq_ignore_ascii_case(b"version") && kv.next().is_some_and(same)
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,5 +352,21 @@ mod tests {
         assert_eq!(query_arg(q, b"e"), None);
         assert_eq!(query_arg(b"?x=1", b"x"), Some(b"1".as_slice()));
         assert_eq!(query_arg(b"", b"x"), None);
+    }
+
+    #[test]
+    fn media_versions() {
+        let yes = |h: &str, v: &str| names_version(h.as_bytes(), v.as_bytes());
+        assert!(yes("application/vnd.acme.v2+json", "v2"));
+        assert!(yes("application/vnd.acme.v2+json", "2"));
+        assert!(yes("application/vnd.github.V3", "v3"));
+        assert!(yes("text/html, application/json; version=2; q=0.9", "v2"));
+        assert!(yes("application/json;Version=\"2.1\"", "2.1"));
+        assert!(!yes("application/vnd.acme.v2+json", "v1"));
+        assert!(!yes("application/json", "v1"));
+        assert!(!yes("application/json; version=", "v1"));
+        assert!(!yes("application/v2+json", "v2"));
+        assert!(!yes("", "1"));
+        assert!(!yes("application/vnd.", "v1"));
     }
 }

@@ -217,6 +217,17 @@ impl Plane {
             uptime_secs: self.started.elapsed().as_secs(),
             active: inner.active.clone(),
             source: inner.source.clone(),
+            apis: inner
+                .cfg
+                .cfg
+                .apis
+                .iter()
+                .zip(inner.cfg.apis.iter())
+                .map(|(a, b)| crate::metrics::api::ApiRoutes {
+                    id: a.id(),
+                    routes: b.routes.clone(),
+                })
+                .collect(),
         }
     }
 

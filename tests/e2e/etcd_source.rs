@@ -543,3 +543,58 @@ fn check_validates_the_etcd_content() {
     assert!(all.contains("2 refused"), "{all}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `<prefix>/apis/<id>`: an API with its OpenAPI document inline, written to etcd directly or
+/// through the admin API, becomes routes (validated) on every node; a bad document is refused
+/// with its pointer on every node and the rest keeps serving; a delete removes its routes.
+#[test]
+fn apis_in_etcd_become_validated_routes_on_every_node() {
+    let etcd = Etcd::start();
+    let o = origin();
+    seed(&etcd, &o);
+    let a = Node::start("etcd-apis-a", &etcd.endpoint());
+    let b = Node::start("etcd-apis-b", &etcd.endpoint());
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/openapi/oai/petstore.yaml"
+    ))
+    .expect("petstore document");
+    let api = |base: &str, doc: &str| {
+        json!({"upstream": "o", "base_path": base, "document": doc}).to_string()
+    };
+    etcd.put(&format!("{PREFIX}/apis/pets"), &api("/pa", &doc));
+    for n in [&a, &b] {
+        assert!(wait_until(Duration::from_secs(10), || n.get("/pa/pets/7") == 200));
+        assert_eq!(n.get("/pa/pets?limit=x"), 400, "validated");
+        assert_eq!(n.get("/pa/owners"), 404);
+        assert_eq!(n.get("/stable"), 200);
+    }
+
+    // A document with a bad parameter is refused everywhere, naming the pointer.
+    let bad = doc.replacen("in: query", "in: body", 1);
+    etcd.put(&format!("{PREFIX}/apis/bad"), &api("/pb", &bad));
+    for n in [&a, &b] {
+        let line =
+            n.p.logs
+                .wait_for(|l| l.contains("refused apis/bad"), Duration::from_secs(10));
+        let line = line.unwrap_or_else(|| panic!("{}", n.p.logs.text()));
+        assert!(line.contains("#/paths/~1pets/get/parameters/0"), "{line}");
+        assert_eq!(n.get("/pa/pets/7"), 200);
+        assert_eq!(n.get("/pb/pets"), 404);
+    }
+    etcd.delete(&format!("{PREFIX}/apis/bad"));
+
+    // Through the admin API: written to etcd, followed by the other node.
+    let (code, v) = a.api("PUT", "/apisix/admin/apis/v2", &api("/v2", &doc));
+    assert!(code == 200 || code == 201, "{code} {v}");
+    assert_eq!(etcd.range(&format!("{PREFIX}/apis/v2")).0.len(), 1);
+    assert_eq!(a.get("/v2/pets"), 200);
+    assert!(wait_until(Duration::from_secs(10), || b.get("/v2/pets") == 200));
+
+    let (code, v) = b.api("DELETE", "/apisix/admin/apis/pets", "");
+    assert_eq!(code, 200, "{v}");
+    for n in [&a, &b] {
+        assert!(wait_until(Duration::from_secs(10), || n.get("/pa/pets/7") == 404));
+        assert_eq!(n.get("/v2/pets"), 200);
+    }
+}

@@ -321,6 +321,11 @@ fn cache_field_readers() {
 }
 
 #[test]
+fn media_type_versions_pick_a_route() {
+    drive("media_version", 7, 5_000, props::media_version, None);
+}
+
+#[test]
 fn oidc_jwks_and_tokens() {
     drive("oidc", 6, 3_000, props::oidc, None);
 }

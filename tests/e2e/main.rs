@@ -47,6 +47,7 @@ mod ocsp;
 mod oidc;
 mod oidc_browser;
 mod openapi;
+mod openapi_versions;
 mod packaging;
 mod pipelining;
 mod plugins_access;

@@ -1134,3 +1134,34 @@ pub fn ocsp_response(data: &[u8]) {
         }
     }
 }
+
+/// `version_by = "media_type"` routes: for any Accept / Content-Type bytes (split at the first
+/// NUL) the router picks the versioned route or the default, never panics, and a plain vendor
+/// media type naming the version always picks the versioned one.
+pub fn media_version(data: &[u8]) {
+    struct View<'a>(&'a [u8], &'a [u8]);
+    impl RequestView for View<'_> {
+        fn header(&self, name: &str) -> Option<&[u8]> {
+            match name {
+                "accept" => Some(self.0),
+                "content-type" => Some(self.1),
+                _ => None,
+            }
+        }
+    }
+    let spec = |v: Option<&str>| RouteSpec {
+        paths: vec!["/p".into()],
+        media_version: v.map(String::from),
+        ..RouteSpec::default()
+    };
+    let router = Router::build(&[spec(None), spec(Some("v2"))]).expect("routes build");
+    let split = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+    let (accept, ct) = (&data[..split], data.get(split + 1..).unwrap_or_default());
+    let mut params = Params::new();
+    let got = router.find(b"h", b"/p", b"", b"GET", &View(accept, ct), &mut params);
+    assert!(matches!(got, Some(0 | 1)), "{got:?}");
+    let mut named = b"application/vnd.x.v2+json, ".to_vec();
+    named.extend_from_slice(accept);
+    let got = router.find(b"h", b"/p", b"", b"GET", &View(&named, ct), &mut params);
+    assert_eq!(got, Some(1));
+}
