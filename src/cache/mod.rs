@@ -18,6 +18,7 @@ pub mod peer;
 pub mod rules;
 pub mod sketch;
 pub mod store;
+pub mod tier;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -71,6 +72,8 @@ pub struct CacheConf {
     pub purge_allow: Vec<ipnet::IpNet>,
     pub admin_key: Option<String>,
     pub admission: bool,
+    /// The shared tier behind the node's store (`l2`).
+    pub l2: Option<Arc<tier::TierConf>>,
 }
 
 impl CacheConf {
@@ -134,6 +137,8 @@ pub struct Instance {
     pub lane: Rc<Lane<Mail>>,
     /// This shard's requests waiting for owners' answers (shared by the shard's caches).
     pub peers: Rc<Peers>,
+    /// The shared tier behind this cache (`l2`), if configured and the node has a tier thread.
+    pub tier: Option<tier::Tier>,
 }
 
 impl Instance {
@@ -166,6 +171,8 @@ pub struct Caches {
     adopted: RefCell<HashMap<String, Weak<Instance>>>,
     /// Requests on this shard waiting for answers from owners.
     peers: Rc<Peers>,
+    /// The way to the node's tier thread (none on a shard built alone).
+    tier: Option<tier::TierLink>,
 }
 
 /// The key purges name a cache with: the same for the same identity on every shard.
@@ -174,6 +181,22 @@ pub fn key_of(ident: &str) -> u64 {
 }
 
 impl Caches {
+    /// A shard's caches that reach the node's tier thread through `tier`.
+    pub fn with_tier(tier: Option<tier::TierLink>) -> Caches {
+        Caches {
+            tier,
+            ..Caches::default()
+        }
+    }
+
+    /// The tier for a cache with `l2` settings `conf`, if this shard has a tier thread.
+    pub fn tier(&self, conf: &Arc<tier::TierConf>) -> Option<tier::Tier> {
+        self.tier.as_ref().map(|link| tier::Tier {
+            conf: conf.clone(),
+            link: link.clone(),
+        })
+    }
+
     /// The cache instance for `ident` (plugin path, settings, shard count): the live one with
     /// that identity on this shard if there is one, so a reload that leaves a cache's settings
     /// alone keeps its contents and in-flight fetches (also across a swap that was prepared and
@@ -232,6 +255,14 @@ impl Caches {
                 Mail::Put(p) => {
                     if let Some(i) = self.find(p.cache) {
                         i.apply(&p.key, p.hash, p.op, p.flight);
+                    }
+                }
+                // Another node purged a cache of this tier namespace.
+                Mail::TierPurge { ns, target } => {
+                    for i in self.live() {
+                        if i.tier.as_ref().is_some_and(|t| *t.conf.ns == *ns) {
+                            i.purge_local(&target);
+                        }
                     }
                 }
             }
@@ -335,8 +366,11 @@ impl Tee {
             let mut body = std::mem::take(&mut self.buf);
             body.shrink_to_fit();
             p.entry.body = bytes::Bytes::from(body);
-            p.inst
-                .put(&p.key, p.hash, peer::Op::Store(Arc::new(p.entry)), None);
+            let e = Arc::new(p.entry);
+            if let Some(t) = &p.inst.tier {
+                t.put(&p.key, &e);
+            }
+            p.inst.put(&p.key, p.hash, peer::Op::Store(e), None);
         }
     }
 }

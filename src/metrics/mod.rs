@@ -8,6 +8,7 @@ pub mod logship;
 pub mod names;
 pub mod oidc;
 pub mod source;
+pub mod tier;
 
 use crate::util::cow::CowVec;
 use std::cell::{Cell, RefCell};

@@ -24,6 +24,7 @@ mod cache_ops;
 mod cache_rfc;
 mod cache_shards;
 mod cache_stale;
+mod cache_tier;
 mod chunked;
 mod config;
 mod consumer_groups;
