@@ -19,6 +19,9 @@
 //! * oidc: openid-connect's JWKS parser is deterministic, and no bytes presented as a bearer
 //!   token verify against a real provider's keys under rules they cannot meet (a forged or
 //!   mutated token is refused; an unknown kid is told apart only for a well-formed header).
+//! * cache_tier: what the shared cache tier hands back (an entry blob, a memcached reply, a
+//!   purge published by another node) never panics; a blob that decodes encodes back to
+//!   itself with headers that cannot break a response; a memcached value lies inside the reply.
 #![allow(dead_code)]
 
 use bytes::BytesMut;
@@ -1021,5 +1024,52 @@ pub fn openapi(data: &[u8]) {
         op.check_body(Some(b"application/json"), body, &mut out);
         op.check_body(Some(b"application/x-www-form-urlencoded"), body, &mut out);
         assert!(out.iter().all(|f| !f.detail.is_empty()));
+    }
+}
+
+/// The shared cache tier's readers of outside bytes. `data[0] % 16` bytes after it are the key
+/// the blob is read for, the rest the blob; the whole input is also a memcached reply and a
+/// published purge.
+pub fn cache_tier(data: &[u8]) {
+    use ringway::cache::tier::{decode, encode};
+    use ringway::fleet::memcached::{parse, Reply};
+    use ringway::fleet::tier::parse_purge;
+    if let Some((&n, rest)) = data.split_first() {
+        let n = (n as usize % 16).min(rest.len());
+        let (key, blob) = rest.split_at(n);
+        if let Some(e) = decode(key, bytes::Bytes::copy_from_slice(blob)) {
+            assert_eq!(
+                encode(key, &e),
+                blob,
+                "a decoded entry encodes back to its blob"
+            );
+            for (name, value) in &e.headers {
+                assert!(!name.is_empty() && !name.iter().any(|b| b" :\r\n\0".contains(b)));
+                assert!(!value.iter().any(|b| b"\r\n\0".contains(b)));
+            }
+            assert!((200..=599).contains(&e.status));
+        }
+    }
+    for max in [0, 3, 1 << 20] {
+        match parse(data, max) {
+            Reply::Hit { data: r, used } => {
+                assert!(r.start <= r.end && r.end <= used && used <= data.len());
+                assert!(r.len() <= max);
+                assert!(data[..used].ends_with(b"END\r\n"));
+            }
+            Reply::Miss { used } | Reply::Status { used, .. } => {
+                assert!(used <= data.len() && data[..used].ends_with(b"\r\n"));
+            }
+            Reply::Incomplete => assert!(
+                !data[..data.len().min(1024)]
+                    .windows(2)
+                    .any(|w| w == b"\r\n")
+                    || data.starts_with(b"VALUE ")
+            ),
+            Reply::Bad => {}
+        }
+    }
+    if let Some((node, ns, _)) = parse_purge(data) {
+        assert!(!node.contains(&b'\n') && !ns.contains('\n'));
     }
 }
