@@ -8,6 +8,17 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
+const ADMIN: &str = "admin-key-0123456789";
+
+/// Whether the test redis-server holds a key matching `pattern`.
+fn redis_has(redis: &Redis, pattern: &str) -> bool {
+    let mut c = redis.conn();
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query::<Vec<Vec<u8>>>(&mut c)
+        .is_ok_and(|k| !k.is_empty())
+}
+
 /// A node: two shards, one cached route "c" on "/*" with `l2` pointing at the tier.
 fn node(o: &Origin, backend: &str, addr: SocketAddr) -> (Gateway, SocketAddr) {
     let plugins = format!(
@@ -15,7 +26,7 @@ fn node(o: &Origin, backend: &str, addr: SocketAddr) -> (Gateway, SocketAddr) {
          l2 = {{ backend = \"{backend}\", addr = \"{addr}\", timeout = \"100ms\" }}\n"
     );
     let cfg = format!(
-        "{}[status]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
+        "{}[status]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\nkey = \"{ADMIN}\"\n\n{}{}",
         server(&[("workers", "2")]),
         upstream("backend", &[o.addr], ""),
         route("c", &["/*"], "backend", &plugins)
@@ -121,13 +132,10 @@ fn redis_tier_shares_objects_and_purges_reach_every_node() {
     // A tag purge: B stored /p/1 (tag "grp") from the origin and wrote it to the tier; a tag
     // purge on A clears both.
     assert_eq!(label(&get(&b, "/p/1")), "MISS");
-    assert!(wait_until(Duration::from_secs(5), || {
-        let mut c = redis.conn();
-        redis::cmd("KEYS")
-            .arg("ringway:t:*grp")
-            .query::<Vec<String>>(&mut c)
-            .is_ok_and(|k| !k.is_empty())
-    }));
+    assert!(wait_until(Duration::from_secs(5), || redis_has(
+        &redis,
+        "ringway:t:*grp"
+    )));
     let r = a
         .client()
         .request("PURGE /p/1 HTTP/1.1\r\nHost: t\r\nSurrogate-Key: grp\r\n\r\n");
@@ -138,6 +146,29 @@ fn redis_tier_shares_objects_and_purges_reach_every_node() {
     ) >= 2.0));
     let n = o.request_count();
     assert_eq!(label(&get(&b, "/p/1")), "MISS");
+    assert_eq!(o.request_count(), n + 1);
+    // An admin-API prefix purge on A: out of the tier and out of B's store.
+    assert_eq!(label(&get(&b, "/q/1")), "MISS");
+    assert!(wait_until(Duration::from_secs(5), || redis_has(
+        &redis,
+        "ringway:c:*/q/1"
+    )));
+    let adm = ops::listener(&a.stderr, "admin");
+    let (code, _) = ops::http(
+        adm,
+        "POST",
+        "/apisix/admin/cache/purge",
+        &[("X-API-KEY", ADMIN), ("Content-Type", "application/json")],
+        r#"{"host":"t","prefix":"/q/"}"#,
+    );
+    assert_eq!(code, 404, "A itself held nothing under /q/");
+    assert!(wait_until(Duration::from_secs(5), || metric(
+        sb,
+        "ringway_cache_tier_purges_heard_total"
+    ) >= 3.0));
+    assert!(!redis_has(&redis, "ringway:c:*/q/1"));
+    let n = o.request_count();
+    assert_eq!(label(&get(&b, "/q/1")), "MISS");
     assert_eq!(o.request_count(), n + 1);
 }
 
