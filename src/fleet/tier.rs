@@ -208,7 +208,9 @@ impl Tier {
         match r {
             Ok(v) => {
                 recovered(&srv);
-                tier::decode(key, Bytes::from(v?))
+                // Larger than any entry this cache writes: not one of ours.
+                let v = v.filter(|v| v.len() <= max)?;
+                tier::decode(key, Bytes::from(v))
             }
             Err(e) => {
                 TIER.errors.fetch_add(1, Relaxed);
