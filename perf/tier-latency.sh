@@ -2,7 +2,8 @@
 # Shared cache tier (issue 17): how long a cross-node hit takes (node B answers from the tier what
 # node A fetched) against a miss that goes to the origin and a hit in B's own store. Two ringway
 # nodes (workers = 1, both on cpu 1), redis-server or memcached and a small python origin on
-# this machine; each request on a new connection, timed by curl (time_total).
+# this machine; each request on a new connection (same Host on both nodes, as behind a load
+# balancer: the key is host + URI), timed by curl (time_total).
 # Usage: perf/tier-latency.sh [keys] [origin-delay-ms]
 #   (needs a release build of ringway, curl, python3, redis-server, memcached)
 set -euo pipefail
@@ -31,6 +32,7 @@ body = b"x" * 1024
 seen = [0]
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    wbufsize = 65536  # head and body in one write (no Nagle + delayed-ACK stall)
     def do_GET(self):
         if self.path == "/count":
             n = str(seen[0]).encode()
@@ -84,7 +86,7 @@ EOF
 # times URL-PREFIX RUN: GETs URL-PREFIX/k1..N on new connections, prints "median p90" in ms.
 times() {
   for i in $(seq "$N"); do
-    curl -s -o /dev/null -w '%{time_total}\n' "$1/$2/k$i"
+    curl -s -o /dev/null -H "Host: t" -w '%{time_total}\n' "$1/$2/k$i"
   done | sort -n | awk '{v[NR] = $1 * 1000} END {printf "%.3f %.3f", v[int(NR / 2) + 1], v[int(NR * 0.9)]}'
 }
 
