@@ -1,6 +1,7 @@
 //! The node's fleet thread: cluster-wide limits through Redis (the shared cache tier's thread is
-//! `tier.rs`, started the same way by `on_runtime`). It hears the shards' limit reports, exchanges the node's counts with each store every `sync_interval` and sends the
-//! shards their grants. Runs its own current-thread tokio runtime; must never block a shard
+//! `tier.rs`, started the same way by `on_runtime`). It hears the shards' limit reports,
+//! exchanges the node's counts with each store every `sync_interval` and sends the shards their
+//! grants. Runs its own current-thread tokio runtime; must never block a shard
 //! (it reaches them only through the grant lane) and never runs on a shard's thread.
 //!
 //! A store that fails (refused, timed out, partitioned) is marked down: one log line, a metric,
