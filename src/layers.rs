@@ -7,7 +7,7 @@
 //!
 //! | layer | modules | what lives there |
 //! |---|---|---|
-//! | start-up | main, server, admin, active_health, demo, fleet, etcd, upgrade, nofile, ocsp | wiring, signals, the admin/status/health/fleet/etcd threads, the demo upstream, binary upgrades, the open-files limit, the OCSP stapling thread |
+//! | start-up | main, server, admin, active_health, demo, fleet, etcd, upgrade, nofile, ocsp | wiring, signals, the admin/status/health/fleet (limits, cache tier)/etcd threads, the demo upstream, binary upgrades, the open-files limit, the OCSP stapling thread |
 //! | runtime | runtime | shard threads, control channels, the node's mesh, the plane (two-step swaps), drain |
 //! | proxy | proxy | the per-connection phase driver and a shard's per-generation state |
 //! | build | built | config data -> router + plugin factories |

@@ -69,6 +69,9 @@ pub fn run(built: Built, upgrade: bool) -> Result<(), String> {
     if let Some(ports) = shards.fleet.take() {
         crate::fleet::start(ports)?;
     }
+    if let Some(ports) = shards.tier.take() {
+        crate::fleet::tier::start(ports)?;
+    }
     let ops = crate::admin::Ops::new(shards.plane.clone());
     if let Some(f) = etcd {
         f.run(&ops);

@@ -1,6 +1,7 @@
 //! Admin-API purges on one shard: turns a URL, URL prefix or Surrogate-Key tag into each local
 //! cache's own key (its `cache_key` parts) and removes matches. Runs on the shard's thread
-//! when its control channel delivers the purge; must not reach across shards itself.
+//! when its control channel delivers the purge; must not reach across shards itself (shard 0
+//! hands each purge to a cache's shared tier, which reaches the other nodes).
 
 use super::{CacheKeyPart, Caches, Target};
 
@@ -79,10 +80,21 @@ pub fn purge_here(caches: &Caches, shard: usize, t: &AdminTarget) -> AdminAck {
         shard,
         ..AdminAck::default()
     };
-    for inst in caches.live() {
+    let mut tiers: Vec<&str> = Vec::new();
+    let live = caches.live();
+    for inst in &live {
         ack.caches += 1;
         match target_for(&inst.conf.key, t) {
-            Some(target) => ack.removed += inst.purge_local(&target),
+            Some(target) => {
+                ack.removed += inst.purge_local(&target);
+                // The shared tier and the other nodes: told once per node (by shard 0).
+                if let Some(tier) = inst.tier.as_ref().filter(|_| shard == 0) {
+                    if !tiers.contains(&&*tier.conf.ns) {
+                        tiers.push(&tier.conf.ns);
+                        tier.purge(&target);
+                    }
+                }
+            }
             None => ack.skipped += 1,
         }
     }

@@ -20,6 +20,7 @@ pub mod request;
 pub mod rules;
 pub mod sketch;
 pub mod store;
+pub mod tier;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -79,6 +80,8 @@ pub struct CacheConf {
     /// `targeted_cache_control`, lowercase: fields that replace Cache-Control for this cache
     /// (RFC 9213) and are removed before the response goes to the client.
     pub targeted: Vec<String>,
+    /// The shared tier behind the node's store (`l2`).
+    pub l2: Option<Arc<tier::TierConf>>,
 }
 
 impl CacheConf {
@@ -144,6 +147,8 @@ pub struct Instance {
     pub lane: Rc<Lane<Mail>>,
     /// This shard's requests waiting for owners' answers (shared by the shard's caches).
     pub peers: Rc<Peers>,
+    /// The shared tier behind this cache (`l2`), if configured and the node has a tier thread.
+    pub tier: Option<tier::Tier>,
 }
 
 impl Instance {
@@ -188,6 +193,8 @@ pub struct Caches {
     adopted: RefCell<HashMap<String, Weak<Instance>>>,
     /// Requests on this shard waiting for answers from owners.
     peers: Rc<Peers>,
+    /// The way to the node's tier thread (none on a shard built alone).
+    tier: Option<tier::TierLink>,
 }
 
 /// The key purges name a cache with: the same for the same identity on every shard.
@@ -196,6 +203,22 @@ pub fn key_of(ident: &str) -> u64 {
 }
 
 impl Caches {
+    /// A shard's caches that reach the node's tier thread through `tier`.
+    pub fn with_tier(tier: Option<tier::TierLink>) -> Caches {
+        Caches {
+            tier,
+            ..Caches::default()
+        }
+    }
+
+    /// The tier for a cache with `l2` settings `conf`, if this shard has a tier thread.
+    pub fn tier(&self, conf: &Arc<tier::TierConf>) -> Option<tier::Tier> {
+        self.tier.as_ref().map(|link| tier::Tier {
+            conf: conf.clone(),
+            link: link.clone(),
+        })
+    }
+
     /// The cache instance for `ident` (plugin path, settings, shard count): the live one with
     /// that identity on this shard if there is one, so a reload that leaves a cache's settings
     /// alone keeps its contents and in-flight fetches (also across a swap that was prepared and
@@ -254,6 +277,14 @@ impl Caches {
                 Mail::Put(p) => {
                     if let Some(i) = self.find(p.cache) {
                         i.apply(&p.key, p.hash, p.op, p.flight);
+                    }
+                }
+                // Another node purged a cache of this tier namespace.
+                Mail::TierPurge { ns, target } => {
+                    for i in self.live() {
+                        if i.tier.as_ref().is_some_and(|t| *t.conf.ns == *ns) {
+                            i.purge_local(&target);
+                        }
                     }
                 }
             }
@@ -361,8 +392,11 @@ impl Tee {
             let mut body = std::mem::take(&mut self.buf);
             body.shrink_to_fit();
             p.entry.body = bytes::Bytes::from(body);
-            p.inst
-                .put(&p.key, p.hash, peer::Op::Store(Arc::new(p.entry)), None);
+            let e = Arc::new(p.entry);
+            if let Some(t) = &p.inst.tier {
+                t.put(&p.key, &e);
+            }
+            p.inst.put(&p.key, p.hash, peer::Op::Store(e), None);
         }
     }
 }

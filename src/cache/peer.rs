@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use super::{now_ms, Entry, Instance, PurgeMsg};
+use super::tier::TierReq;
+use super::{now_ms, Entry, Instance, PurgeMsg, Target};
 use crate::util::hash::BytesHasher;
 
 /// How long a shard waits for the owner's first answer: the owner answers when its control loop
@@ -48,6 +49,8 @@ pub enum Mail {
     Answer { id: u64, answer: Answer },
     /// To a key's owner: a change to the key, and maybe the end of the fetch `flight`.
     Put(Put),
+    /// From the tier thread: another node purged `target` from caches of tier namespace `ns`.
+    TierPurge { ns: Arc<str>, target: Target },
 }
 
 #[derive(Clone, Debug)]
@@ -202,6 +205,24 @@ impl Instance {
             asking.slot.answer.replace(Some(Answer::default()));
         }
         asking
+    }
+
+    /// Asks the shared tier for `key` (`None` without one): the tier thread answers like an
+    /// owner, with the entry found (or none) as cache-lane mail, or not at all past its timeout.
+    pub fn ask_tier(&self, key: &[u8]) -> Option<Asking> {
+        let t = self.tier.as_ref()?;
+        let asking = self.peers.open();
+        let req = TierReq::Get {
+            conf: t.conf.clone(),
+            key: key.to_vec(),
+            shard: self.shard,
+            id: asking.id,
+        };
+        if t.link.asks.send(req).is_err() {
+            // The tier thread is gone: a miss at once.
+            asking.slot.answer.replace(Some(Answer::default()));
+        }
+        Some(asking)
     }
 
     /// Owner side of an `Ask`: counts the request for admission, returns the variants (a hit

@@ -1,6 +1,7 @@
-//! The node's fleet thread: cluster-wide limits through Redis. It hears the shards' limit
-//! reports, exchanges the node's counts with each store every `sync_interval` and sends the
-//! shards their grants. Runs its own current-thread tokio runtime; must never block a shard
+//! The node's fleet thread: cluster-wide limits through Redis (the shared cache tier's thread is
+//! `tier.rs`, started the same way by `on_runtime`). It hears the shards' limit reports,
+//! exchanges the node's counts with each store every `sync_interval` and sends the shards their
+//! grants. Runs its own current-thread tokio runtime; must never block a shard
 //! (it reaches them only through the grant lane) and never runs on a shard's thread.
 //!
 //! A store that fails (refused, timed out, partitioned) is marked down: one log line, a metric,
@@ -8,7 +9,9 @@
 //! to 1 s. The first exchange after it returns pushes the node's counts again, so every node
 //! sees them within two intervals.
 
+pub mod memcached;
 pub mod store;
+pub mod tier;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -29,8 +32,22 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Starts the fleet thread. It idles (a wake-up every 100 ms) until a cluster-wide limiter reports.
 pub fn start(ports: FleetPorts) -> Result<(), String> {
+    on_runtime(
+        "ringway-fleet",
+        "fleet: cannot start its runtime; cluster-wide limits stay node-local",
+        move || Fleet::new(ports).run(),
+    )
+}
+
+/// Starts thread `name` running `task` on its own current-thread tokio runtime (in a `LocalSet`,
+/// so its tasks may share `Rc`s); `fails` is logged if the runtime cannot be built.
+pub(crate) fn on_runtime<F, T>(name: &str, fails: &'static str, task: T) -> Result<(), String>
+where
+    T: FnOnce() -> F + Send + 'static,
+    F: std::future::Future<Output = ()> + 'static,
+{
     std::thread::Builder::new()
-        .name("ringway-fleet".into())
+        .name(name.into())
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -38,14 +55,14 @@ pub fn start(ports: FleetPorts) -> Result<(), String> {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    log::error!("fleet: cannot start its runtime ({e}); cluster-wide limits stay node-local");
+                    log::error!("{fails} ({e})");
                     return;
                 }
             };
-            rt.block_on(Fleet::new(ports).run());
+            tokio::task::LocalSet::new().block_on(&rt, task());
         })
         .map(|_| ())
-        .map_err(|e| format!("cannot start the fleet thread: {e}"))
+        .map_err(|e| format!("cannot start thread {name}: {e}"))
 }
 
 /// One store's connection and health.

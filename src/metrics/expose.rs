@@ -387,6 +387,10 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
     oidc(&mut o);
     fleet(&mut o);
     ocsp(&mut o);
+    for (name, kind, help, v) in super::tier::families() {
+        family(&mut o, name, kind, help);
+        let _ = writeln!(o, "{name} {v}");
+    }
     o
 }
 

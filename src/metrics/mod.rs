@@ -10,6 +10,7 @@ pub mod names;
 pub mod ocsp;
 pub mod oidc;
 pub mod source;
+pub mod tier;
 
 use crate::util::cow::CowVec;
 use std::cell::{Cell, RefCell};

@@ -44,6 +44,16 @@ pub const FLEET_COMMANDS: &str = "ringway_fleet_redis_commands_total";
 pub const FLEET_LATENCY_SUM: &str = "ringway_fleet_sync_seconds_sum";
 pub const FLEET_LATENCY_LAST: &str = "ringway_fleet_sync_seconds_last";
 pub const FLEET_KEYS: &str = "ringway_fleet_keys";
+pub const TIER_STATE: &str = "ringway_cache_tier_state";
+pub const TIER_LOOKUPS: &str = "ringway_cache_tier_lookups_total";
+pub const TIER_HITS: &str = "ringway_cache_tier_hits_total";
+pub const TIER_ERRORS: &str = "ringway_cache_tier_errors_total";
+pub const TIER_WRITES: &str = "ringway_cache_tier_writes_total";
+pub const TIER_WRITE_ERRORS: &str = "ringway_cache_tier_write_errors_total";
+pub const TIER_DROPPED: &str = "ringway_cache_tier_writes_dropped_total";
+pub const TIER_PURGES_SENT: &str = "ringway_cache_tier_purges_sent_total";
+pub const TIER_PURGES_HEARD: &str = "ringway_cache_tier_purges_heard_total";
+pub const TIER_CHANGES: &str = "ringway_cache_tier_state_changes_total";
 
 /// Route label for requests that matched no route (404s, malformed heads).
 pub const UNROUTED: &str = "";

@@ -12,6 +12,7 @@ use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::util::{cookie, duration, err, parse, query_arg, RawDur};
 use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
+use crate::cache::tier::{Backend, TierConf};
 use crate::cache::{self, rules, CacheConf, CacheKeyPart, Instance, Lookup, Mode, Store, Target};
 use crate::error::ConfigError;
 use crate::http::parse::{Method, RequestHead};
@@ -62,6 +63,80 @@ struct Raw {
     mode: Option<String>,
     #[serde(default)]
     targeted_cache_control: Option<Vec<String>>,
+    l2: Option<RawTier>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    backend: String,
+    addr: String,
+    #[serde(default)]
+    timeout: Option<RawDur>,
+    #[serde(default)]
+    max_object_bytes: Option<u64>,
+    #[serde(default)]
+    ttl: Option<RawDur>,
+}
+
+/// The `l2` table: the shared tier (README "Shared cache tier").
+fn tier(path: &str, r: &RawTier, owner: &str) -> Result<TierConf, ConfigError> {
+    let backend = match r.backend.as_str() {
+        "redis" => Backend::Redis,
+        "memcached" => Backend::Memcached,
+        o => {
+            return Err(err(
+                path,
+                "l2.backend",
+                format!("{o:?}: expected \"redis\" or \"memcached\""),
+            ))
+        }
+    };
+    let ok_addr = r
+        .addr
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if !ok_addr {
+        return Err(err(
+            path,
+            "l2.addr",
+            format!("{:?} is not host:port", r.addr),
+        ));
+    }
+    let timeout = match &r.timeout {
+        Some(d) => duration(path, "l2.timeout", d)?,
+        None => std::time::Duration::from_millis(50),
+    };
+    if timeout.is_zero() || timeout > std::time::Duration::from_secs(10) {
+        return Err(err(
+            path,
+            "l2.timeout",
+            "expected more than 0 and at most 10s (a lookup that takes longer is a miss)",
+        ));
+    }
+    let ttl_cap = match &r.ttl {
+        Some(d) => duration(path, "l2.ttl", d)?,
+        None => std::time::Duration::from_secs(3600),
+    };
+    if ttl_cap < std::time::Duration::from_secs(1) {
+        return Err(err(path, "l2.ttl", "expected at least 1s"));
+    }
+    let max_object_bytes = r.max_object_bytes.unwrap_or(1 << 20);
+    if max_object_bytes == 0 || max_object_bytes > 512 << 20 {
+        return Err(err(
+            path,
+            "l2.max_object_bytes",
+            format!("expected 1..=536870912, got {max_object_bytes}"),
+        ));
+    }
+    Ok(TierConf {
+        backend,
+        addr: r.addr.clone(),
+        timeout,
+        max_object_bytes: max_object_bytes as usize,
+        ttl_cap,
+        ns: owner.to_string(),
+    })
 }
 
 fn part(path: &str, key: &str, s: &str) -> Result<CacheKeyPart, ConfigError> {
@@ -278,6 +353,10 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
         admission,
         rfc,
         targeted: targeted.iter().map(|t| t.to_ascii_lowercase()).collect(),
+        l2: match &r.l2 {
+            Some(t) => Some(Arc::new(tier(path, t, &cx.owner)?)),
+            None => None,
+        },
     };
     Ok(Arc::new(Factory {
         // Debug output covers every setting; an equal identity on reload keeps the contents.
@@ -324,6 +403,7 @@ impl Factory {
             key,
             lane: shard.purges.clone(),
             peers: shard.caches.peers(),
+            tier: self.conf.l2.as_ref().and_then(|c| shard.caches.tier(c)),
         })
     }
 }

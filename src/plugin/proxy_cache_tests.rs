@@ -175,3 +175,18 @@ fn config_errors_name_the_key() {
         "routes[0].plugins.proxy-cache.targeted_cache_control"
     );
 }
+
+#[test]
+fn l2_settings_are_checked() {
+    let l2 = |t: &str| testkit::config_error(&format!("[proxy-cache]\nl2 = {{ {t} }}\n"));
+    let e = l2("backend = \"mongodb\", addr = \"h:1\"");
+    assert_eq!(e.path, "routes[0].plugins.proxy-cache.l2.backend");
+    let e = l2("backend = \"redis\", addr = \"no-port\"");
+    assert_eq!(e.path, "routes[0].plugins.proxy-cache.l2.addr");
+    let e = l2("backend = \"redis\", addr = \"h:1\", timeout = \"0s\"");
+    assert_eq!(e.path, "routes[0].plugins.proxy-cache.l2.timeout");
+    let e = l2("backend = \"memcached\", addr = \"h:1\", ttl = \"10ms\"");
+    assert_eq!(e.path, "routes[0].plugins.proxy-cache.l2.ttl");
+    let e = l2("backend = \"memcached\", addr = \"h:1\", max_object_bytes = 0");
+    assert_eq!(e.path, "routes[0].plugins.proxy-cache.l2.max_object_bytes");
+}

@@ -22,6 +22,9 @@ use crate::plugin::{Ctx, Reply};
 /// Bodies up to this size go out in one write with their head.
 const COALESCE: usize = 32 * 1024;
 
+/// How much longer than the tier's own timeout a request waits for the tier thread's answer.
+const TIER_SLACK: Duration = Duration::from_millis(20);
+
 /// What the cache's request hook decided.
 pub(super) enum OnRequest {
     /// Answered from the store (HIT, STALE with a background refresh, a coalesced HIT, PURGE).
@@ -109,8 +112,52 @@ impl<S: ClientStream> ClientConn<S> {
                 }
             }
         }
+        if let Some(after) = self.tier_lookup(shard, &inst).await {
+            return OnRequest::Answered(after);
+        }
         conditionals(&mut self.cx);
         OnRequest::Forward { invalidate: false }
+    }
+
+    /// The node misses (or holds only a stale entry) and this request leads the key's fetch:
+    /// asks the shared tier first (`l2`). Its fresh entry is stored here and served; a stale one
+    /// newer than ours is revalidated with its validators; nothing, or no answer within the
+    /// tier's timeout, goes to the origin as before.
+    async fn tier_lookup(&mut self, shard: &Shard, inst: &Rc<Instance>) -> Option<After> {
+        let c = &self.cx.private.cache;
+        let ours = match &c.mode {
+            Mode::Miss => None,
+            Mode::Revalidate(e) | Mode::Expired(e) => Some(e.stored_ms),
+            _ => return None,
+        };
+        // Only the key's one fetcher on this node asks (waiters get what it finds).
+        c.leader.as_ref()?;
+        let wait = inst.tier.as_ref()?.conf.timeout + TIER_SLACK;
+        let asking = inst.ask_tier(&c.key)?;
+        let ans = asking.next(wait).await?;
+        let e = ans.variants.into_iter().find(|e| e.matches(&self.req))?;
+        if ours.is_some_and(|s| s >= e.stored_ms) {
+            return None;
+        }
+        let c = &mut self.cx.private.cache;
+        c.decide(Some(e.clone()), true);
+        if let Mode::StaleRefresh(e) = &c.mode {
+            // This request leads the fetch already: it revalidates instead of a refresh.
+            let e = e.clone();
+            c.mode = if e.has_validator() {
+                Mode::Revalidate(e)
+            } else {
+                Mode::Expired(e)
+            };
+        }
+        if matches!(c.mode, Mode::Bypass | Mode::Miss) {
+            return None;
+        }
+        inst.put(&c.key, c.hash, Op::Store(e.clone()), None);
+        match c.mode {
+            Mode::Hit(_) => Some(self.serve_entry(shard, &e, "HIT").await),
+            _ => None,
+        }
     }
 
     /// Asks the key's owner what it stores (claiming its fetch if nothing is) and decides the
@@ -346,6 +393,10 @@ impl<S: ClientStream> ClientConn<S> {
     /// PURGE: removes the key (or prefix, or Surrogate-Key tag) here and on every shard, and
     /// waits for each shard's answer so the result is visible everywhere when the client sees it.
     async fn purge(&mut self, shard: &Shard, inst: &Rc<Instance>, t: Target) -> After {
+        if let Some(tier) = &inst.tier {
+            // The shared tier and, through it, every other node.
+            tier.purge(&t);
+        }
         let mut removed = inst.purge_local(&t);
         let mut shards = vec![(inst.shard, inst.store.borrow().stats())];
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -455,6 +506,9 @@ pub(super) fn on_head(
         let entry = match e.refreshed(resp, &conf.policy(), c.req_ms, now) {
             Some(fresh) => {
                 let fresh = Arc::new(fresh);
+                if let Some(t) = &inst.tier {
+                    t.put(&c.key, &fresh);
+                }
                 inst.put(&c.key, c.hash, Op::Store(fresh.clone()), None);
                 fresh
             }
@@ -502,6 +556,10 @@ pub(super) fn on_head(
         // client, as a store is, so its next request does not find them.
         let c = &cx.private.cache;
         inst.put(&c.key, c.hash, Op::Remove, None);
+        if let Some(tier) = &inst.tier {
+            // The shared tier and, through it, every other node.
+            tier.purge(&Target::Key(c.key.clone()));
+        }
         let uris: Vec<String> = ["location", "content-location"]
             .iter()
             .filter_map(|n| resp.header(n))
@@ -509,6 +567,9 @@ pub(super) fn on_head(
             .collect();
         for t in invalidate::targets(&conf.key, req.host(), uris.iter().map(String::as_str)) {
             inst.invalidate(&t);
+            if let Some(tier) = &inst.tier {
+                tier.purge(&t);
+            }
         }
     }
     let label: &[u8] = match cx.private.cache.mode {

@@ -61,23 +61,25 @@ pub struct Lanes {
 }
 
 impl Lanes {
-    /// `grant` and `up` join the node's fleet thread (cluster-wide limiters).
+    /// `grant` and `up` join the node's fleet thread (cluster-wide limiters), `tier` its
+    /// shared cache tier thread.
     pub fn new(
         limit: Lane<Report>,
         purge: Lane<Mail>,
         grant: Lane<Grant>,
         up: Option<crossbeam_channel::Sender<Uplink>>,
+        tier: Option<crate::cache::tier::TierLink>,
     ) -> Lanes {
         Lanes {
             limit: Rc::new(Endpoint::node(limit, grant, up)),
             purge: Rc::new(purge),
-            caches: Rc::default(),
+            caches: Rc::new(crate::cache::Caches::with_tier(tier)),
         }
     }
 
     /// A shard alone on a mesh of one (tests, tools).
     pub fn solo() -> Lanes {
-        Lanes::new(Lane::solo(), Lane::solo(), Lane::solo(), None)
+        Lanes::new(Lane::solo(), Lane::solo(), Lane::solo(), None, None)
     }
 
     /// Takes in what peers sent: limit reports go to their limiter sets, purges are carried

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver};
 
 use crate::built::Built;
+use crate::cache::tier::{TierLink, TierReq, PUT_QUEUE};
 use crate::cache::Mail;
 use crate::limit::fleet::{Grant, Uplink};
 use crate::limit::sync::Report;
@@ -32,6 +33,16 @@ pub struct Shards {
     handles: Vec<JoinHandle<()>>,
     /// The fleet thread's ends: shards' uplinks in, grants out (start-up hands them over).
     pub fleet: Option<FleetPorts>,
+    /// The shared cache tier thread's ends (start-up hands them over).
+    pub tier: Option<TierPorts>,
+}
+
+/// What the node's tier thread (shared cache tier) needs: shards' lookups, purges and writes in,
+/// the cache lane's inlet for answers and other nodes' purges out.
+pub struct TierPorts {
+    pub mail: crate::util::mesh::Inlet<Mail>,
+    pub asks: tokio::sync::mpsc::UnboundedReceiver<TierReq>,
+    pub puts: tokio::sync::mpsc::Receiver<TierReq>,
 }
 
 /// What the node's fleet thread (cluster-wide limits) needs to reach the shards.
@@ -50,12 +61,13 @@ struct Wiring {
     purge: Lane<Mail>,
     grant: Lane<Grant>,
     up: crossbeam_channel::Sender<Uplink>,
+    tier: TierLink,
 }
 
 /// The plane's links to `workers` shards and each shard's wiring: one doorbell per shard, rung by
 /// its control link and by every lane of the node's one mesh (one lane per kind of cross-core
 /// mail). Adding a kind of mail is adding a lane here and a field to `proxy::shard::Lanes`.
-fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>, FleetPorts) {
+fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>, FleetPorts, TierPorts) {
     let mut wakes = Vec::with_capacity(workers);
     let mut bells = Vec::with_capacity(workers);
     for id in 0..workers {
@@ -70,10 +82,17 @@ fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>, FleetPorts) {
         bells.push(Arc::new(Doorbell::new(nudge)));
     }
     let mesh = Mesh::new(bells.iter().map(|b| b.clone() as Arc<dyn Wake>).collect());
-    // Only shards send on the limit and purge lanes (their inlets are dropped); the fleet
-    // thread sends grants through the grant lane's inlet and hears shards on `up`.
+    // Only shards send on the limit lane (its inlet is dropped); the fleet thread sends grants
+    // through the grant lane's inlet and hears shards on `up`; the tier thread answers lookups
+    // (and passes on other nodes' purges) through the cache lane's inlet.
     let (limit, _) = mesh.lane::<Report>();
-    let (purge, _) = mesh.lane::<Mail>();
+    let (purge, mail) = mesh.lane::<Mail>();
+    let (asks_tx, asks) = tokio::sync::mpsc::unbounded_channel();
+    let (puts_tx, puts) = tokio::sync::mpsc::channel(PUT_QUEUE);
+    let link = TierLink {
+        asks: asks_tx,
+        puts: puts_tx,
+    };
     let (grant, grants) = mesh.lane::<Grant>();
     let (up, uplinks) = unbounded();
     let mut links = Vec::with_capacity(workers);
@@ -95,9 +114,11 @@ fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>, FleetPorts) {
             purge,
             grant,
             up: up.clone(),
+            tier: link.clone(),
         });
     }
-    (links, wiring, FleetPorts { grants, uplinks })
+    let tier = TierPorts { mail, asks, puts };
+    (links, wiring, FleetPorts { grants, uplinks }, tier)
 }
 
 /// Starts one pinned shard thread per entry of `per_shard` (its listeners, from
@@ -105,7 +126,7 @@ fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>, FleetPorts) {
 /// them, and the plane over them.
 pub fn start(cfg: Arc<Built>, per_shard: Vec<Vec<(usize, StdListener)>>) -> Result<Shards, String> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let (links, wiring, fleet) = wire(per_shard.len());
+    let (links, wiring, fleet, tier) = wire(per_shard.len());
     let mut handles = Vec::with_capacity(per_shard.len());
     for (id, (listeners, w)) in per_shard.into_iter().zip(wiring).enumerate() {
         let cpu = match &cfg.cfg.server.cpu_affinity {
@@ -119,6 +140,7 @@ pub fn start(cfg: Arc<Built>, per_shard: Vec<Vec<(usize, StdListener)>>) -> Resu
         plane: Plane::new(cfg, links),
         handles,
         fleet: Some(fleet),
+        tier: Some(tier),
     })
 }
 
@@ -230,7 +252,7 @@ fn spawn_shard(
                 let shard = Rc::new(Shard::new(
                     id,
                     cfg,
-                    Lanes::new(w.limit, w.purge, w.grant, Some(w.up)),
+                    Lanes::new(w.limit, w.purge, w.grant, Some(w.up), Some(w.tier)),
                 ));
                 shard::run(shard, listeners, w.control, w.wake, w.bell)
             };

@@ -346,6 +346,11 @@ fn ocsp_responses() {
 }
 
 #[test]
+fn cache_tier_readers() {
+    drive("cache_tier", 7, 20_000, props::cache_tier, None);
+}
+
+#[test]
 fn config_loader_properties() {
     drive("config", 5, 2_000, props::config, None);
 }

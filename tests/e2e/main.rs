@@ -25,6 +25,7 @@ mod cache_rfc;
 mod cache_rfc9111;
 mod cache_shards;
 mod cache_stale;
+mod cache_tier;
 mod chunked;
 mod config;
 mod consumer_groups;

@@ -50,6 +50,18 @@ fn spawn(port: u16, dir: &PathBuf, extra: &[&str]) -> Child {
     child
 }
 
+/// Kills `child` (if running) and waits until nothing accepts on `addr` any more.
+pub(super) fn kill_until_closed(child: Option<Child>, addr: SocketAddr, what: &str) {
+    if let Some(mut c) = child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || TcpStream::connect(addr).is_err()),
+        "{what} still accepts after kill"
+    );
+}
+
 /// One standalone `redis-server`.
 pub struct Redis {
     pub addr: SocketAddr,
@@ -71,15 +83,7 @@ impl Redis {
 
     /// Kills the server (its data is gone, as after a crash without persistence).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let addr = self.addr;
-        assert!(
-            wait_until(Duration::from_secs(5), || TcpStream::connect(addr).is_err()),
-            "redis-server still accepts after kill"
-        );
+        kill_until_closed(self.child.take(), self.addr, "redis-server");
     }
 
     /// Starts it again on the same port.

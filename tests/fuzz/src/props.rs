@@ -26,6 +26,9 @@
 //! * oidc_cookie: openid-connect's browser-flow cookies: no Cookie header or query opens as a
 //!   session or login unless sealed with the secret (mutated seals never open), and what is sealed
 //!   opens to itself through the chunked Set-Cookie -> Cookie round trip.
+//! * cache_tier: what the shared cache tier hands back (an entry blob, a memcached reply, a
+//!   purge published by another node) never panics; a blob that decodes encodes back to
+//!   itself with headers that cannot break a response; a memcached value lies inside the reply.
 #![allow(dead_code)]
 
 use bytes::BytesMut;
@@ -1164,4 +1167,51 @@ pub fn media_version(data: &[u8]) {
     named.extend_from_slice(accept);
     let got = router.find(b"h", b"/p", b"", b"GET", &View(&named, ct), &mut params);
     assert_eq!(got, Some(1));
+}
+
+/// The shared cache tier's readers of outside bytes. `data[0] % 16` bytes after it are the key
+/// the blob is read for, the rest the blob; the whole input is also a memcached reply and a
+/// published purge.
+pub fn cache_tier(data: &[u8]) {
+    use ringway::cache::tier::{decode, encode};
+    use ringway::fleet::memcached::{parse, Reply};
+    use ringway::fleet::tier::parse_purge;
+    if let Some((&n, rest)) = data.split_first() {
+        let n = (n as usize % 16).min(rest.len());
+        let (key, blob) = rest.split_at(n);
+        if let Some(e) = decode(key, bytes::Bytes::copy_from_slice(blob)) {
+            assert_eq!(
+                encode(key, &e),
+                blob,
+                "a decoded entry encodes back to its blob"
+            );
+            for (name, value) in &e.headers {
+                assert!(!name.is_empty() && !name.iter().any(|b| b" :\r\n\0".contains(b)));
+                assert!(!value.iter().any(|b| b"\r\n\0".contains(b)));
+            }
+            assert!((200..=599).contains(&e.status));
+        }
+    }
+    for max in [0, 3, 1 << 20] {
+        match parse(data, max) {
+            Reply::Hit { data: r, used } => {
+                assert!(r.start <= r.end && r.end <= used && used <= data.len());
+                assert!(r.len() <= max);
+                assert!(data[..used].ends_with(b"END\r\n"));
+            }
+            Reply::Miss { used } | Reply::Status { used, .. } => {
+                assert!(used <= data.len() && data[..used].ends_with(b"\r\n"));
+            }
+            Reply::Incomplete => assert!(
+                !data[..data.len().min(1024)]
+                    .windows(2)
+                    .any(|w| w == b"\r\n")
+                    || data.starts_with(b"VALUE ")
+            ),
+            Reply::Bad => {}
+        }
+    }
+    if let Some((node, ns, _)) = parse_purge(data) {
+        assert!(!node.contains(&b'\n') && !ns.contains('\n'));
+    }
 }
