@@ -9,13 +9,19 @@
 #   SECS=5 CONNS=8 perf/callgrind.sh
 #   ANNOTATE=1 perf/callgrind.sh      # also print the top functions per route (callgrind_annotate)
 #   OUT=/tmp/cg perf/callgrind.sh     # keep the dumps there (default perf/out) to diff routes or builds
+#   STRACE=1 perf/callgrind.sh        # no valgrind: syscalls per 1000 requests per route instead
+#                                     # (strace -c -f on the gateway; io_uring ops are not syscalls,
+#                                     # only io_uring_enter is)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-4}
 CONNS=${CONNS:-8}
 T=${CARGO_TARGET_DIR:-target}/release
-for tool in valgrind callgrind_control callgrind_annotate; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y valgrind" >&2; exit 1; }
+STRACE=${STRACE:-0}
+tools="valgrind callgrind_control callgrind_annotate"
+[ "$STRACE" = 1 ] && tools=strace
+for tool in $tools; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y valgrind strace" >&2; exit 1; }
 done
 work=$(mktemp -d)
 . perf/lib.sh
@@ -48,8 +54,12 @@ username = "bench"
 [consumers.plugins.key-auth]
 key = "bench-key"
 TOML
-RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
-  "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
+if [ "$STRACE" = 1 ]; then
+  RINGWAY_LOG=warn "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
+else
+  RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
+    "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
+fi
 VG=$!
 pids+=($VG)
 for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.1; done
@@ -59,9 +69,22 @@ for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break;
 n=0
 for route in plain auth; do
   n=$((n + 1))
-  callgrind_control -z "$VG" >/dev/null
+  if [ "$STRACE" = 1 ]; then
+    strace -c -f -p "$VG" -o "$work/strace.$route" 2>/dev/null &
+    ST=$!
+    sleep 0.5
+  else
+    callgrind_control -z "$VG" >/dev/null
+  fi
   reqs=$("$T/ringway-bench" -t 1 -c "$CONNS" -d "${SECS}s" --json -H 'apikey: bench-key' \
     "http://127.0.0.1:$GW/$route" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
+  if [ "$STRACE" = 1 ]; then
+    kill -INT "$ST"; wait "$ST" 2>/dev/null || true
+    echo "$route requests=$reqs syscalls per 1000 requests:"
+    awk -v r="$reqs" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "  %-16s %8.1f\n", $NF, $4 * 1000 / r }' \
+      "$work/strace.$route" | sort -k2 -nr
+    continue
+  fi
   callgrind_control -d "$route" "$VG" >/dev/null
   sleep 0.5
   f=$(ls -t "$work"/cg.* | head -1)

@@ -7,6 +7,7 @@
 #
 #   perf/idle-rss.sh            # N=10000
 #   N=2000 perf/idle-rss.sh
+#   PROXY=nginx perf/idle-rss.sh   # the same measure for nginx (one process, keep-alive upstream)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-10000}
@@ -32,7 +33,31 @@ name = "all"
 paths = ["/*"]
 upstream = "origin"
 TOML
-RINGWAY_LOG=warn "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
+if [ "${PROXY:-ringway}" = nginx ]; then
+  need nginx "apt-get install -y nginx-light"
+  cat >"$work/nginx.conf" <<NGINX
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile $((N * 3));
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections $((N * 2 + 100)); }
+http {
+  access_log off;
+  keepalive_timeout 300s;
+  keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:$UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$GW;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+  nginx -p "$work" -c "$work/nginx.conf" >"$work/gw.log" 2>&1 &
+else
+  RINGWAY_LOG=warn "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
+fi
 GWPID=$!
 pids+=($GWPID)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.05; done

@@ -84,6 +84,12 @@ enum HeadRead {
 /// that needs more grows the buffer to `read_buffer_bytes`; it shrinks back when idle.
 const IDLE_READ: usize = 2048;
 
+/// How long an idle plain connection waits for its next request with a read (and its buffer)
+/// in flight. Past it the read is cancelled, taking the buffer along, and the connection waits
+/// for readiness holding none (memory per idle connection, perf/idle-rss.sh); busy keep-alive
+/// connections never get there, so they pay no extra ring operation per request.
+const IDLE_HOLD: Duration = Duration::from_millis(500);
+
 /// Serves one accepted connection to completion.
 pub async fn serve<S: ClientStream>(
     shard: Rc<Shard>,
@@ -211,23 +217,44 @@ impl<S: ClientStream> ClientConn<S> {
                     } else {
                         server.keepalive_timeout
                     };
-                    let read = read_some(
-                        &mut self.client.stream,
-                        &mut self.client.rbuf,
-                        IDLE_READ.min(server.read_buffer_bytes),
-                        wait,
-                    );
-                    let mut read = std::pin::pin!(read);
-                    monoio::select! {
-                        r = &mut read => r,
-                        _ = shard.drain.wait() => match shard.drain.linger() {
-                            // A request already on its way is answered (with a close).
-                            Some(l) => match monoio::time::timeout(l, read).await {
-                                Ok(r) => r,
-                                Err(_) => return HeadRead::Close,
+                    let plain = self.client.stream.plain_tcp().is_some();
+                    let hold = if plain { wait.min(IDLE_HOLD) } else { wait };
+                    let res = {
+                        let read = read_some(
+                            &mut self.client.stream,
+                            &mut self.client.rbuf,
+                            IDLE_READ.min(server.read_buffer_bytes),
+                            hold,
+                        );
+                        let mut read = std::pin::pin!(read);
+                        monoio::select! {
+                            r = &mut read => r,
+                            _ = shard.drain.wait() => match shard.drain.linger() {
+                                // A request already on its way is answered (with a close).
+                                Some(l) => match monoio::time::timeout(l, read).await {
+                                    Ok(r) => r,
+                                    Err(_) => return HeadRead::Close,
+                                },
+                                None => return HeadRead::Close,
                             },
-                            None => return HeadRead::Close,
-                        },
+                        }
+                    };
+                    match res {
+                        // Idle past IDLE_HOLD: the cancelled read took the buffer along.
+                        Err(IoFail::Timeout) if hold < wait => {
+                            if !self.idle_ready(shard, wait - hold).await {
+                                return HeadRead::Close;
+                            }
+                            // Bytes (or a close) are waiting: a new buffer, one read.
+                            read_some(
+                                &mut self.client.stream,
+                                &mut self.client.rbuf,
+                                IDLE_READ.min(server.read_buffer_bytes),
+                                server.client_header_timeout,
+                            )
+                            .await
+                        }
+                        r => r,
                     }
                 }
                 Some(d) => {
@@ -253,6 +280,32 @@ impl<S: ClientStream> ClientConn<S> {
                 Err(_) => return HeadRead::Close,
             }
         }
+    }
+
+    /// Waits until the idle plain socket is readable (bytes or a close) holding no buffer; false
+    /// when `wait` ends first, or a drain does (after its linger, if any).
+    async fn idle_ready(&self, shard: &Shard, wait: Duration) -> bool {
+        use crate::local::deadline::within;
+        let Some(tcp) = self.client.stream.plain_tcp() else {
+            return true;
+        };
+        // Not relaxed: the legacy (epoll) driver then confirms its readiness with a poll(2)
+        // (only here, on a connection that idled), so the read that follows does not wait.
+        let ready = within(wait, tcp.readable(false));
+        let mut ready = std::pin::pin!(ready);
+        let r = monoio::select! {
+            r = &mut ready => r,
+            _ = shard.drain.wait() => match shard.drain.linger() {
+                // A request already on its way is answered (with a close).
+                Some(l) => match within(l, ready).await {
+                    Ok(r) => r,
+                    Err(_) => return false,
+                },
+                None => return false,
+            },
+        };
+        // An error (the socket is gone) is left to the read to report.
+        r.is_ok()
     }
 
     /// Parks the request-time buffers while the connection waits for a request (idle.rs), and

@@ -119,3 +119,120 @@ fn keepalive_client_connection_serves_sequential_requests_with_bodies() {
         assert_eq!(r.body_str(), body);
     }
 }
+
+/// An origin that frames every response for keep-alive and then closes the connection once
+/// the gateway has pooled it: with a FIN, or (paths under /rst) with a reset.
+fn closing_origin() -> RawOrigin {
+    RawOrigin::start(|head, s| {
+        use std::io::Write;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        if head_path(head).starts_with("/rst") {
+            std::thread::sleep(Duration::from_millis(20));
+            let _ = socket2::SockRef::from(&*s).set_linger(Some(Duration::ZERO));
+        }
+        false
+    })
+}
+
+#[test]
+fn pooled_connection_closed_by_the_upstream_while_idle_is_not_an_error() {
+    // GET, POST and PUT (idempotent or not, body kept whole) each find the pooled connection
+    // closed or reset while it idled; the client never sees that dead connection.
+    let o = closing_origin();
+    let gw = Gateway::start(&simple_config(o.addr, &[]));
+    let mut c = gw.client();
+    for (i, path) in ["/fin", "/rst"].into_iter().enumerate() {
+        let r = c.get(&format!("{path}/warm"));
+        assert_eq!(
+            (r.status, r.body_str().as_str()),
+            (200, "ok"),
+            "{path} warm-up"
+        );
+        for (j, req) in [
+            get_req(&format!("{path}/get"), "example.com"),
+            format!(
+                "POST {path}/post HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\n\r\nhi"
+            ),
+            format!("PUT {path}/put HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\n\r\nhi"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // The origin has closed every connection it served: the pooled one is dead.
+            assert!(
+                wait_until(Duration::from_secs(5), || o.open_conns() == 0),
+                "origin still holds {} connections",
+                o.open_conns()
+            );
+            let r = c.request(&req);
+            assert_eq!(
+                (r.status, r.body_str().as_str()),
+                (200, "ok"),
+                "{path} request {j} after the pooled connection died: {}",
+                r.raw_head
+            );
+            assert!(
+                o.accepted() >= 2 + i * 4 + j,
+                "each request needed a connection"
+            );
+        }
+    }
+}
+
+#[test]
+fn idle_client_connection_reads_requests_after_its_buffer_was_released() {
+    // A plain connection idle for longer than the gateway's hold (500 ms) gives its read
+    // buffer back and waits for readiness; it takes a new one when bytes arrive. Requests that
+    // come in pieces, larger than the idle read, or pipelined after such a wait must all be
+    // read whole; a client closing a connection in that state frees it. (The pauses put the
+    // connection in that state; nothing here depends on how fast the gateway answers.)
+    let past_hold = || std::thread::sleep(Duration::from_millis(700));
+    let origin = Origin::echo_target("o");
+    let gw = Gateway::start(&simple_config(origin.addr, &[]));
+    let mut c = gw.client();
+    let r = c.get("/first");
+    assert_eq!((r.status, r.body_str().as_str()), (200, "/first"));
+
+    // A head split across two writes, the second after a pause.
+    past_hold();
+    c.send("GET /split HTTP/1.1\r\nHo");
+    std::thread::sleep(Duration::from_millis(100));
+    c.send("st: example.com\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!((r.status, r.body_str().as_str()), (200, "/split"));
+
+    // A head larger than the idle read (2 KiB).
+    past_hold();
+    let big = "x".repeat(6000);
+    let r = c.request(format!(
+        "GET /big HTTP/1.1\r\nHost: example.com\r\nX-Big: {big}\r\n\r\n"
+    ));
+    assert_eq!((r.status, r.body_str().as_str()), (200, "/big"));
+
+    // Two pipelined requests in one write after an idle wait.
+    past_hold();
+    c.send("GET /p1 HTTP/1.1\r\nHost: example.com\r\n\r\nGET /p2 HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    for p in ["/p1", "/p2"] {
+        let r = c.read_response();
+        assert_eq!((r.status, r.body_str().as_str()), (200, p));
+    }
+
+    // Many idle connections, each served once, then closed by their clients while idle.
+    let mut idle: Vec<Client> = (0..50).map(|_| gw.client()).collect();
+    for (i, c) in idle.iter_mut().enumerate() {
+        let r = c.get(&format!("/idle/{i}"));
+        assert_eq!(r.status, 200);
+    }
+    // Every served client is idle now; the gateway holds one fd for each (and the pool's).
+    past_hold();
+    let held = fd_count(gw.pid);
+    drop(idle);
+    drop(c);
+    let n = wait_fds_at_most(gw.pid, held - 51, Duration::from_secs(5));
+    assert!(
+        n <= held - 51,
+        "{n} fds after 51 idle clients closed, {held} while they idled: idle connections leaked"
+    );
+    let mut c = gw.client();
+    assert_eq!(c.get("/after").body_str(), "/after");
+}
