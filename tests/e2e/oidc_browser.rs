@@ -299,6 +299,7 @@ fn bad_cookies_and_stray_callbacks_start_a_new_login_and_deny_or_pass_as_configu
         .any(|c| c.starts_with("ringway_session=")));
     drop(c);
     drop(gw);
+    port_released(port);
 
     for (action, want) in [("deny", 401), ("pass", 200)] {
         let gw = gateway(port, &o, &idp, &format!("unauth_action = \"{action}\"\n"));
@@ -308,5 +309,22 @@ fn bad_cookies_and_stray_callbacks_start_a_new_login_and_deny_or_pass_as_configu
             "Cookie: ringway_session=1.AAAA\r\n",
         );
         assert_eq!(r.status, want, "{action}: {}", r.body_str());
+        drop(gw);
+        port_released(port);
     }
+}
+
+/// Waits until nothing listens on `port` any more. A killed gateway's listening socket can
+/// outlive the process for a moment (its io_uring is torn down after the process is reaped);
+/// the next gateway on the same port (the provider knows this redirect_uri) shares the
+/// SO_REUSEPORT group with it until then, and a connection the kernel hands to the old socket
+/// is reset.
+fn port_released(port: u16) {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
+        }),
+        "port {port} still accepts connections after its gateway was stopped"
+    );
 }
