@@ -46,6 +46,10 @@ upstream = "origin"
 TOML
   oidc oidc ""
   oidc oidc-noreuse "reuse_verified_tokens = false"
+  # Like for like with key-auth, which forwards only the consumer's name: the same route without
+  # the token and userinfo headers APISIX's defaults forward upstream.
+  oidc oidc-bare "set_access_token_header = false
+set_userinfo_header = false"
   printf '[[consumers]]\nusername = "gw"\n[consumers.plugins.key-auth]\nkey = "bench-key"\n'
 } >"$work/gw.toml"
 RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
@@ -59,10 +63,10 @@ for _ in $(seq 100); do
   curl -fsS -o /dev/null -H "Authorization: Bearer $JWT" "http://127.0.0.1:$GW/oidc" && break; sleep 0.2
 done
 H=(-H 'apikey: bench-key' -H "Authorization: Bearer $JWT")
-for route in plain key oidc oidc-noreuse; do # warm up
+for route in plain key oidc oidc-bare oidc-noreuse; do # warm up
   "$T/ringway-bench" -t 1 -c "$CONNS" -d 1s "${H[@]}" "http://127.0.0.1:$GW/$route" >/dev/null 2>&1
 done
-for route in plain key oidc oidc-noreuse; do
+for route in plain key oidc oidc-bare oidc-noreuse; do
   callgrind_control -z "$VG" >/dev/null
   out=$("$T/ringway-bench" -t 1 -c "$CONNS" -d "${SECS}s" --json "${H[@]}" "http://127.0.0.1:$GW/$route")
   reqs=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
