@@ -539,15 +539,16 @@ impl Plugin for ProxyCache {
         let ranged = req.header("range").is_some();
         // Never fetched, so never a fetch for others to wait on.
         let only_if_cached = conf.rfc && req_cc.only_if_cached;
-        c.store = req.method == Method::Get
+        let storable = req.method == Method::Get
             && !req_cc.no_store
-            && !ranged
             && !only_if_cached
             && !any_set(&conf.no_cache, req);
+        c.store = storable && !ranged;
         c.req_ms = cache::now_ms();
         c.ask = Lookup {
             client_no_cache,
             ranged,
+            store_partial: conf.rfc && ranged && storable,
             authorized: req.header("authorization").is_some(),
             max_age: rfc(req_cc.max_age),
             max_stale: rfc(req_cc.max_stale),

@@ -12,7 +12,7 @@ use super::conn::{After, ClientConn, ClientStream};
 use super::shard::Shard;
 use crate::cache::entry::{self, Entry};
 use crate::cache::peer::{Asking, Claim, Op, Turn, ASK_TIMEOUT};
-use crate::cache::{invalidate, now_ms, Instance, Leader, Mode, Pending, Target, Tee};
+use crate::cache::{invalidate, now_ms, partial, Instance, Leader, Mode, Pending, Target, Tee};
 use crate::error::ProxyError;
 use crate::http::parse::{BodyKind, Method, RequestHead, ResponseHead};
 use crate::http::write::{header, put_u64, reason, status_line};
@@ -212,7 +212,7 @@ impl<S: ClientStream> ClientConn<S> {
     /// A coalesced fetch's entry, if it may answer this request as a HIT.
     fn usable(&self, found: Option<Arc<Entry>>) -> Option<Arc<Entry>> {
         let auth = self.req.header("authorization").is_some();
-        found.filter(|e| e.is_fresh(now_ms()) && (!auth || e.auth_ok))
+        found.filter(|e| e.partial.is_none() && e.is_fresh(now_ms()) && (!auth || e.auth_ok))
     }
 
     /// Done hook, after the upstream exchange: coalesced waiters are released (the teed
@@ -584,6 +584,10 @@ pub(super) fn on_head(
         cx.resp_headers.remove(b"expires");
     }
     let c = &mut cx.private.cache;
+    if c.ask.store_partial && status == 206 {
+        partial::store(c, &inst, req, resp, now);
+        return None;
+    }
     if !c.store || req.method != Method::Get {
         return None;
     }
@@ -603,6 +607,7 @@ pub(super) fn on_head(
                     hash: c.hash,
                     entry: e,
                     leader: c.leader.take(),
+                    merge: None,
                 });
                 c.tee = Some(tee);
             }
