@@ -136,3 +136,31 @@ fn the_default_mode_keeps_range_misses_out_of_the_cache() {
     assert_eq!(o.request_count(), 3);
     assert_eq!(label(&get(&g, "/a", "")), "MISS");
 }
+
+#[test]
+fn a_full_get_over_a_partial_entry_goes_to_the_origin_and_replaces_it() {
+    let o = origin(Arc::new(AtomicUsize::new(1)));
+    let g = gw(&o, "mode = \"rfc9111\"");
+    for p in ["/a", "/b", "/c"] {
+        range(&g, p, 0, 9);
+        let r = get(&g, p, "");
+        assert_eq!(
+            (r.status, label(&r), r.body_str()),
+            (200, "MISS", V1.into()),
+            "{p}"
+        );
+        let r = get(&g, p, "");
+        assert_eq!(
+            (r.status, label(&r), r.body_str()),
+            (200, "HIT", V1.into()),
+            "{p}"
+        );
+        let r = range(&g, p, 10, 19);
+        assert_eq!(
+            (r.status, label(&r), r.body_str()),
+            (206, "HIT", V1[10..].into()),
+            "{p}"
+        );
+    }
+    assert_eq!(o.request_count(), 6);
+}
