@@ -1,8 +1,9 @@
 //! Incomplete responses (RFC 9111 3.3-3.4), `mode = "rfc9111"` only: which 206s are stored as
 //! partial entries (the tee that stores one) and how a later range completes them. No I/O.
 //!
-//! A partial entry holds one contiguous span of the representation (its `Span`), the headers of
-//! the 206 that brought it, and is never served: lookups treat it as a miss (`CacheCx::decide`).
+//! A partial entry holds one contiguous span of the representation (its `Span`) and the headers
+//! of the 206 that brought it. Lookups treat it as a miss (`CacheCx::decide`); it answers only a
+//! single range wholly inside its bytes (`covered`), never a full request.
 //! A 206 is stored when it has exactly one `Content-Range: bytes a-b/total` (a known total that
 //! fits `cache_max_body_bytes`) and a strong `ETag`, and its body is exactly `b - a + 1` bytes.
 //! It is combined with the stored partial when both carry the same strong ETag and total and
@@ -142,6 +143,21 @@ fn combine(a: u64, old: &[u8], b: u64, new: &[u8]) -> Option<(u64, Bytes)> {
     out[at(a)..at(old_end)].copy_from_slice(old);
     out[at(b)..at(new_end)].copy_from_slice(new);
     Some((start, Bytes::from(out)))
+}
+
+/// The client's single range when it lies wholly inside partial entry `e`'s bytes (RFC 9111
+/// 3.3: the only request a partial entry may answer), as `start..end` of the representation.
+pub fn covered(req: &RequestHead, e: &Entry) -> Option<(u64, u64)> {
+    let s = e.partial?;
+    let (a, b) = super::entry::range(req, e, s.total).ok()??;
+    (a >= s.start && b <= s.start + e.body.len() as u64).then_some((a, b))
+}
+
+/// The partial entry the lookup found, if it may answer this request: fresh enough for the
+/// client and holding the whole requested range.
+pub fn answers(c: &CacheCx, req: &RequestHead) -> Option<Arc<Entry>> {
+    let e = c.partial.as_ref()?;
+    (c.ask.accepts(e, c.req_ms) && covered(req, e).is_some()).then(|| e.clone())
 }
 
 /// A 206 to a Range request that may be stored (`Lookup::store_partial`): prepares the tee

@@ -77,6 +77,9 @@ impl<S: ClientStream> ClientConn<S> {
             Mode::Invalidate => return OnRequest::Forward { invalidate: true },
             m => self.cx.private.cache.mode = m,
         }
+        if let Some(e) = partial::answers(&self.cx.private.cache, &self.req) {
+            return OnRequest::Answered(self.serve_entry(shard, &e, "HIT").await);
+        }
         let c = &self.cx.private.cache;
         if c.store && !matches!(c.mode, Mode::Bypass) && c.leader.is_none() {
             if inst.is_local(c.hash) {
@@ -267,10 +270,19 @@ impl<S: ClientStream> ClientConn<S> {
             return After::Close;
         };
         let conf = &inst.conf;
-        let len = e.body.len() as u64;
+        // A partial entry's body starts at `off` of a representation of `len` bytes.
+        let (len, off) = e
+            .partial
+            .map_or((e.body.len() as u64, 0), |s| (s.total, s.start));
         let (status, span) = if (200..300).contains(&e.status) && entry::not_modified(&self.req, e)
         {
             (304, None)
+        } else if e.partial.is_some() {
+            // Only a range wholly inside its bytes is ever answered from a partial entry.
+            match partial::covered(&self.req, e) {
+                Some(r) => (206, Some(r)),
+                None => return After::Close,
+            }
         } else if e.status == 200 {
             match entry::range(&self.req, e, len) {
                 Ok(Some((a, b))) => (206, Some((a, b))),
@@ -295,7 +307,8 @@ impl<S: ClientStream> ClientConn<S> {
                 || conf
                     .targeted
                     .iter()
-                    .any(|t| n.eq_ignore_ascii_case(t.as_bytes()));
+                    .any(|t| n.eq_ignore_ascii_case(t.as_bytes()))
+                || (e.partial.is_some() && n.eq_ignore_ascii_case(b"content-range"));
             // A 304 carries the fields that guide caches, not the absent body's metadata
             // (RFC 9110 15.4.5).
             let not_for_304 = status == 304
@@ -359,7 +372,7 @@ impl<S: ClientStream> ClientConn<S> {
         let body = if self.req.method == Method::Head || b == a {
             Bytes::new()
         } else {
-            Bytes::slice(&e.body, a as usize..b as usize)
+            Bytes::slice(&e.body, (a - off) as usize..(b - off) as usize)
         };
         let send = shard.built.cfg.server.send_timeout;
         if body.len() <= COALESCE {

@@ -164,3 +164,40 @@ fn a_full_get_over_a_partial_entry_goes_to_the_origin_and_replaces_it() {
     }
     assert_eq!(o.request_count(), 6);
 }
+
+#[test]
+fn a_range_inside_a_partial_entry_is_answered_from_it_others_go_on() {
+    let o = origin(Arc::new(AtomicUsize::new(1)));
+    let g = gw(&o, "mode = \"rfc9111\"");
+    for p in ["/a", "/b", "/c"] {
+        range(&g, p, 4, 11);
+        let r = range(&g, p, 5, 8);
+        assert_eq!(
+            (r.status, label(&r), r.body_str()),
+            (206, "HIT", V1[5..9].into()),
+            "{p}"
+        );
+        assert_eq!(r.header("Content-Range"), Some("bytes 5-8/20"), "{p}");
+        assert_eq!(r.header_all("Content-Range").len(), 1, "{p}");
+        // Past its end, or a full request: the origin answers.
+        let r = range(&g, p, 10, 12);
+        assert_eq!(
+            (r.status, label(&r), r.body_str()),
+            (206, "MISS", V1[10..13].into()),
+            "{p}"
+        );
+        // The two were combined (4-12): a range inside both is now served.
+        let r = range(&g, p, 4, 12);
+        assert_eq!(
+            (r.status, label(&r), r.body_str()),
+            (206, "HIT", V1[4..13].into()),
+            "{p}"
+        );
+        // Client no-cache and a mismatched If-Range are not answered from it.
+        let r = get(&g, p, "Range: bytes=5-8\r\nCache-Control: no-cache\r\n");
+        assert_eq!(label(&r), "MISS", "{p}");
+        let r = get(&g, p, "Range: bytes=5-8\r\nIf-Range: \"v0\"\r\n");
+        assert_ne!(label(&r), "HIT", "{p}");
+    }
+    assert_eq!(o.request_count(), 4 * 3);
+}
