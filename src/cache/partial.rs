@@ -1,4 +1,4 @@
-//! Incomplete responses (RFC 9111 3.3-3.4), `mode = "rfc9111"` only: which 206s are stored as
+//! Incomplete responses (RFC 9111 3.3-3.4), in both modes: which 206s are stored as
 //! partial entries (the tee that stores one) and how a later range completes them. No I/O.
 //!
 //! A partial entry holds one contiguous span of the representation (its `Span`) and the headers

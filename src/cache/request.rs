@@ -10,7 +10,7 @@ pub struct Lookup {
     /// `rfc9111` mode, with `Pragma: no-cache` when there is no Cache-Control).
     pub client_no_cache: bool,
     pub ranged: bool,
-    /// `rfc9111` mode: a 206 answering this Range request may be stored as a partial entry.
+    /// A 206 answering this Range request may be stored as a partial entry.
     pub store_partial: bool,
     pub authorized: bool,
     /// `rfc9111` mode only: the request's `max-age`, `max-stale` (bare: `u64::MAX`) and

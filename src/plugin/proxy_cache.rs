@@ -215,7 +215,7 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
         return Err(err(
             path,
             "cache_http_status",
-            "206 is not stored (ranges are served from full responses)",
+            "206 is not listed: with 200 listed, 206s to Range requests are kept as partial entries",
         ));
     }
     let max_bytes = r.max_bytes.unwrap_or(64 << 20);
@@ -548,7 +548,8 @@ impl Plugin for ProxyCache {
         c.ask = Lookup {
             client_no_cache,
             ranged,
-            store_partial: conf.rfc && ranged && storable,
+            // The default mode stores parts only of what it would store whole (a 200).
+            store_partial: ranged && storable && (conf.rfc || conf.statuses.contains(&200)),
             authorized: req.header("authorization").is_some(),
             max_age: rfc(req_cc.max_age),
             max_stale: rfc(req_cc.max_stale),
