@@ -195,6 +195,7 @@ fn cache(c: &mut Criterion) {
             no_cache: false,
             no_stale: false,
             auth_ok: false,
+            partial: None,
         };
         store.insert(k.as_bytes(), xxhash_rust::xxh3::xxh3_64(k.as_bytes()), e);
         naive.insert(k, b"hello".to_vec());

@@ -6,6 +6,13 @@ use bytes::Bytes;
 use super::rules::{self, CacheControl, Facts};
 use crate::http::parse::{RequestHead, ResponseHead};
 
+/// Where a partial entry's body (`partial.rs`) lies in the whole representation of `total` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub start: u64,
+    pub total: u64,
+}
+
 /// One stored response (one Vary variant). Times are unix milliseconds.
 #[derive(Debug, Default, Clone)]
 pub struct Entry {
@@ -27,6 +34,8 @@ pub struct Entry {
     pub no_stale: bool,
     /// public / s-maxage / must-revalidate: may answer requests carrying Authorization.
     pub auth_ok: bool,
+    /// A partial entry (`partial.rs`): never served, only completed by later ranges.
+    pub partial: Option<Span>,
 }
 
 /// What the route's configuration says about storing.
@@ -166,6 +175,16 @@ impl Entry {
         if !status_ok {
             return None;
         }
+        Entry::from_any_response(resp, req, p, (req_ms, now_ms))
+    }
+
+    /// `from_response` without its status rule (a 206 kept by `partial.rs`).
+    pub(super) fn from_any_response(
+        resp: &ResponseHead,
+        req: &RequestHead,
+        p: &Policy<'_>,
+        (req_ms, now_ms): (u64, u64),
+    ) -> Option<Entry> {
         if resp.header("set-cookie").is_some() && !p.set_cookie && !p.rfc {
             return None;
         }

@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod entry;
 pub mod invalidate;
+pub mod partial;
 pub mod peer;
 pub mod request;
 pub mod rules;
@@ -349,6 +350,8 @@ pub struct Pending {
     /// `Pending`), so the fetch is over at the owner before the client has the last byte and
     /// its next request is not made to wait for a fetch it saw finish.
     pub leader: Option<Leader>,
+    /// A 206 kept as a partial entry: how its body combines with what is stored.
+    pub merge: Option<partial::Merge>,
 }
 
 impl std::fmt::Debug for Tee {
@@ -388,12 +391,20 @@ impl Tee {
         if std::mem::replace(&mut self.done, true) || self.over {
             return;
         }
-        if let Some(mut p) = self.pending.take() {
+        if let Some(p) = self.pending.take() {
             let mut body = std::mem::take(&mut self.buf);
             body.shrink_to_fit();
-            p.entry.body = bytes::Bytes::from(body);
-            let e = Arc::new(p.entry);
-            if let Some(t) = &p.inst.tier {
+            let body = bytes::Bytes::from(body);
+            let e = match &p.merge {
+                Some(m) => match partial::finish(p.entry, body, m) {
+                    Some(e) => e,
+                    None => return,
+                },
+                None => Entry { body, ..p.entry },
+            };
+            let e = Arc::new(e);
+            if let (Some(t), None) = (&p.inst.tier, e.partial) {
+                // Partial entries stay on the node.
                 t.put(&p.key, &e);
             }
             p.inst.put(&p.key, p.hash, peer::Op::Store(e), None);
@@ -443,6 +454,8 @@ pub struct CacheCx {
     pub background: bool,
     /// What the lookup decision depends on besides the entry found.
     pub ask: Lookup,
+    /// The partial entry stored for this request's variant (`partial.rs`), never served.
+    pub partial: Option<Arc<Entry>>,
 }
 
 impl CacheCx {
@@ -451,8 +464,14 @@ impl CacheCx {
     pub fn decide(&mut self, found: Option<Arc<Entry>>, contains: bool) {
         let (l, now) = (self.ask, self.req_ms);
         let found = found.filter(|e| !l.authorized || e.auth_ok);
+        // A partial entry is never served: a miss that a later range may complete.
+        let (found, partial) = match found {
+            Some(e) if e.partial.is_some() => (None, Some(e)),
+            f => (f, None),
+        };
+        self.partial = partial;
         self.mode = match found {
-            None if l.ranged || (l.authorized && contains) => Mode::Bypass,
+            None if (l.ranged && !l.store_partial) || (l.authorized && contains) => Mode::Bypass,
             None => Mode::Miss,
             Some(e) if l.accepts(&e, now) => Mode::Hit(e),
             Some(e) if l.may_refresh_stale() && e.in_swr(now) => Mode::StaleRefresh(e),
@@ -487,6 +506,7 @@ impl CacheCx {
         self.leader = None;
         self.background = false;
         self.ask = Lookup::default();
+        self.partial = None;
     }
 
     /// The stale entry this request holds, if any (for stale-if-error).

@@ -10,6 +10,8 @@ pub struct Lookup {
     /// `rfc9111` mode, with `Pragma: no-cache` when there is no Cache-Control).
     pub client_no_cache: bool,
     pub ranged: bool,
+    /// A 206 answering this Range request may be stored as a partial entry.
+    pub store_partial: bool,
     pub authorized: bool,
     /// `rfc9111` mode only: the request's `max-age`, `max-stale` (bare: `u64::MAX`) and
     /// `min-fresh` in seconds, and `only-if-cached`.

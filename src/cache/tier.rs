@@ -256,6 +256,7 @@ pub fn decode(key: &[u8], blob: Bytes) -> Option<Entry> {
         no_cache: flags & 1 != 0,
         no_stale: flags & 2 != 0,
         auth_ok: flags & 4 != 0,
+        partial: None,
     })
 }
 
@@ -298,6 +299,7 @@ mod tests {
             no_cache: false,
             no_stale: true,
             auth_ok: true,
+            partial: None,
         }
     }
 

@@ -215,7 +215,7 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
         return Err(err(
             path,
             "cache_http_status",
-            "206 is not stored (ranges are served from full responses)",
+            "206 is not listed: with 200 listed, 206s to Range requests are kept as partial entries",
         ));
     }
     let max_bytes = r.max_bytes.unwrap_or(64 << 20);
@@ -539,15 +539,17 @@ impl Plugin for ProxyCache {
         let ranged = req.header("range").is_some();
         // Never fetched, so never a fetch for others to wait on.
         let only_if_cached = conf.rfc && req_cc.only_if_cached;
-        c.store = req.method == Method::Get
+        let storable = req.method == Method::Get
             && !req_cc.no_store
-            && !ranged
             && !only_if_cached
             && !any_set(&conf.no_cache, req);
+        c.store = storable && !ranged;
         c.req_ms = cache::now_ms();
         c.ask = Lookup {
             client_no_cache,
             ranged,
+            // The default mode stores parts only of what it would store whole (a 200).
+            store_partial: ranged && storable && (conf.rfc || conf.statuses.contains(&200)),
             authorized: req.header("authorization").is_some(),
             max_age: rfc(req_cc.max_age),
             max_stale: rfc(req_cc.max_stale),

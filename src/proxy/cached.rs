@@ -12,7 +12,7 @@ use super::conn::{After, ClientConn, ClientStream};
 use super::shard::Shard;
 use crate::cache::entry::{self, Entry};
 use crate::cache::peer::{Asking, Claim, Op, Turn, ASK_TIMEOUT};
-use crate::cache::{invalidate, now_ms, Instance, Leader, Mode, Pending, Target, Tee};
+use crate::cache::{invalidate, now_ms, partial, Instance, Leader, Mode, Pending, Target, Tee};
 use crate::error::ProxyError;
 use crate::http::parse::{BodyKind, Method, RequestHead, ResponseHead};
 use crate::http::write::{header, put_u64, reason, status_line};
@@ -76,6 +76,9 @@ impl<S: ClientStream> ClientConn<S> {
             // The mode stays Off while it goes upstream: the response is labelled as a miss.
             Mode::Invalidate => return OnRequest::Forward { invalidate: true },
             m => self.cx.private.cache.mode = m,
+        }
+        if let Some(e) = partial::answers(&self.cx.private.cache, &self.req) {
+            return OnRequest::Answered(self.serve_entry(shard, &e, "HIT").await);
         }
         let c = &self.cx.private.cache;
         if c.store && !matches!(c.mode, Mode::Bypass) && c.leader.is_none() {
@@ -212,7 +215,7 @@ impl<S: ClientStream> ClientConn<S> {
     /// A coalesced fetch's entry, if it may answer this request as a HIT.
     fn usable(&self, found: Option<Arc<Entry>>) -> Option<Arc<Entry>> {
         let auth = self.req.header("authorization").is_some();
-        found.filter(|e| e.is_fresh(now_ms()) && (!auth || e.auth_ok))
+        found.filter(|e| e.partial.is_none() && e.is_fresh(now_ms()) && (!auth || e.auth_ok))
     }
 
     /// Done hook, after the upstream exchange: coalesced waiters are released (the teed
@@ -267,10 +270,19 @@ impl<S: ClientStream> ClientConn<S> {
             return After::Close;
         };
         let conf = &inst.conf;
-        let len = e.body.len() as u64;
+        // A partial entry's body starts at `off` of a representation of `len` bytes.
+        let (len, off) = e
+            .partial
+            .map_or((e.body.len() as u64, 0), |s| (s.total, s.start));
         let (status, span) = if (200..300).contains(&e.status) && entry::not_modified(&self.req, e)
         {
             (304, None)
+        } else if e.partial.is_some() {
+            // Only a range wholly inside its bytes is ever answered from a partial entry.
+            match partial::covered(&self.req, e) {
+                Some(r) => (206, Some(r)),
+                None => return After::Close,
+            }
         } else if e.status == 200 {
             match entry::range(&self.req, e, len) {
                 Ok(Some((a, b))) => (206, Some((a, b))),
@@ -295,7 +307,8 @@ impl<S: ClientStream> ClientConn<S> {
                 || conf
                     .targeted
                     .iter()
-                    .any(|t| n.eq_ignore_ascii_case(t.as_bytes()));
+                    .any(|t| n.eq_ignore_ascii_case(t.as_bytes()))
+                || (e.partial.is_some() && n.eq_ignore_ascii_case(b"content-range"));
             // A 304 carries the fields that guide caches, not the absent body's metadata
             // (RFC 9110 15.4.5).
             let not_for_304 = status == 304
@@ -359,7 +372,7 @@ impl<S: ClientStream> ClientConn<S> {
         let body = if self.req.method == Method::Head || b == a {
             Bytes::new()
         } else {
-            Bytes::slice(&e.body, a as usize..b as usize)
+            Bytes::slice(&e.body, (a - off) as usize..(b - off) as usize)
         };
         let send = shard.built.cfg.server.send_timeout;
         if body.len() <= COALESCE {
@@ -584,6 +597,10 @@ pub(super) fn on_head(
         cx.resp_headers.remove(b"expires");
     }
     let c = &mut cx.private.cache;
+    if c.ask.store_partial && status == 206 {
+        partial::store(c, &inst, req, resp, now);
+        return None;
+    }
     if !c.store || req.method != Method::Get {
         return None;
     }
@@ -603,6 +620,7 @@ pub(super) fn on_head(
                     hash: c.hash,
                     entry: e,
                     leader: c.leader.take(),
+                    merge: None,
                 });
                 c.tee = Some(tee);
             }

@@ -21,6 +21,7 @@ mod auth;
 mod balance;
 mod cache;
 mod cache_ops;
+mod cache_ranges;
 mod cache_rfc;
 mod cache_rfc9111;
 mod cache_shards;

@@ -20,9 +20,11 @@
 //!   token verify against a real provider's keys under rules they cannot meet (a forged or
 //!   mutated token is refused; an unknown kid is told apart only for a well-formed header).
 //! * cache_fields: proxy-cache's readers of response fields (Cache-Control, a targeted
-//!   CDN-Cache-Control dictionary, HTTP-dates, a Location) are deterministic; a date that parses
-//!   formats back to the same instant; a same-origin reference resolves to a path without dot
-//!   segments that (unless it starts with "//") resolves to itself.
+//!   CDN-Cache-Control dictionary, HTTP-dates, a Location, a 206's Content-Range) are
+//!   deterministic; a Content-Range that parses is a non-empty range inside its total and
+//!   reads back the same once printed; a date that parses formats back to the same instant; a
+//!   same-origin reference resolves to a path without dot segments that (unless it starts with
+//!   "//") resolves to itself.
 //! * oidc_cookie: openid-connect's browser-flow cookies: no Cookie header or query opens as a
 //!   session or login unless sealed with the secret (mutated seals never open), and what is sealed
 //!   opens to itself through the chunked Set-Cookie -> Cookie round trip.
@@ -1096,6 +1098,14 @@ pub fn cache_fields(data: &[u8]) {
     if let Some(t) = &t {
         // sf-integers have at most 15 digits.
         assert!(t.max_age.map_or(true, |v| v < 1_000_000_000_000_000));
+    }
+    if let Some((a, end, total)) = ringway::cache::partial::content_range(field) {
+        assert!(a < end && end <= total, "{field:?}");
+        let printed = format!("bytes {a}-{}/{total}", end - 1);
+        assert_eq!(
+            ringway::cache::partial::content_range(printed.as_bytes()),
+            Some((a, end, total))
+        );
     }
     if let Some(d) = parse_http_date(field) {
         assert_eq!(
