@@ -149,7 +149,7 @@ fn changed(links: &Links, s: &Store, up: bool, why: &str) {
     }
     let was = link.up.replace(up);
     FLEET
-        .state
+        .exact_state
         .store(if up { STATE_UP } else { STATE_DOWN }, Relaxed);
     if was.is_some() {
         FLEET.changes.fetch_add(1, Relaxed);

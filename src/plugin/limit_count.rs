@@ -338,6 +338,9 @@ struct Exact {
     waiting: RefCell<HashMap<u64, Option<Counted>>>,
 }
 
+/// Asks out on one shard past which answers nobody took are dropped.
+const MAX_WAITING: usize = 4096;
+
 /// The store's answer: the request's count and the ms left in its window (None: it failed).
 type Counted = Option<(u64, u64)>;
 
@@ -355,7 +358,13 @@ impl Exact {
         if !sent {
             return None;
         }
-        self.waiting.borrow_mut().insert(id, None);
+        let mut waiting = self.waiting.borrow_mut();
+        if waiting.len() >= MAX_WAITING {
+            // Answers nobody took: requests dropped while parked (a closed connection).
+            waiting.retain(|_, a| a.is_none());
+        }
+        waiting.insert(id, None);
+        drop(waiting);
         let me = self.clone();
         Some((
             id,
