@@ -1,5 +1,6 @@
 //! What makes a limiter cluster-wide (its Redis store, key namespace, sync interval, fallback)
-//! and the messages between a node's shards and its fleet thread. Data only: no I/O, no clock.
+//! and the messages between a node's shards and its fleet/exact-mode threads. Data only: no I/O,
+//! no clock (an exact-mode answer's send rings the shard's doorbell, nothing more).
 //!
 //! Shards send `Uplink`s (their per-key counts, allocations and demand, the same items they
 //! broadcast to each other) to the node's fleet thread; it exchanges the node's sum with Redis

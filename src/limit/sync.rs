@@ -1,6 +1,7 @@
 //! Cross-shard limit sync: the reports shards exchange over the node mesh's limit lane, and a
 //! shard's end of that lane (plus, for cluster-wide limiters, its uplink to the node's fleet
-//! thread and the grant lane back). Never used on the request path; only the sync tick sends.
+//! thread and the grant lane back). Only the sync tick sends, except limit-count's exact mode
+//! (`sync_interval = "0"`), whose asks go per request to the node's exact-mode thread.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};

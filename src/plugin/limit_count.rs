@@ -1,5 +1,6 @@
-//! limit-count: N requests per time window per key, node-wide via the shard's
-//! `CountLimiter` share. Sends X-RateLimit-* headers; never blocks or locks.
+//! limit-count: N requests per time window per key, node-wide via the shard's `CountLimiter`
+//! share, or in exact mode counted in Redis per request (the request parks, the shard does not
+//! block). Sends X-RateLimit-* headers; never blocks or locks.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
