@@ -9,6 +9,7 @@
 //! to 1 s. The first exchange after it returns pushes the node's counts again, so every node
 //! sees them within two intervals.
 
+pub mod exact;
 pub mod memcached;
 pub mod store;
 pub mod tier;
@@ -31,7 +32,14 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Starts the fleet thread. It idles (a wake-up every 100 ms) until a cluster-wide limiter reports.
-pub fn start(ports: FleetPorts) -> Result<(), String> {
+pub fn start(mut ports: FleetPorts) -> Result<(), String> {
+    if let Some(rx) = ports.exact.take() {
+        on_runtime(
+            "ringway-exact",
+            "fleet: cannot start the exact-mode runtime; exact-mode limits fall back per on_redis_error",
+            move || exact::run(rx),
+        )?;
+    }
     on_runtime(
         "ringway-fleet",
         "fleet: cannot start its runtime; cluster-wide limits stay node-local",
@@ -320,7 +328,7 @@ fn publish_state(stores: &HashMap<Store, StoreState>) {
 }
 
 /// The store for log lines (no password).
-fn describe(s: &Store) -> String {
+pub(crate) fn describe(s: &Store) -> String {
     match s {
         Store::Redis { addr, database, .. } => format!("redis {addr}/{database}"),
         Store::Cluster { nodes, .. } => format!("redis-cluster {}", nodes.join(",")),

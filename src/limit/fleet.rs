@@ -1,5 +1,6 @@
 //! What makes a limiter cluster-wide (its Redis store, key namespace, sync interval, fallback)
-//! and the messages between a node's shards and its fleet thread. Data only: no I/O, no clock.
+//! and the messages between a node's shards and its fleet/exact-mode threads. Data only: no I/O,
+//! no clock (an exact-mode answer's send rings the shard's doorbell, nothing more).
 //!
 //! Shards send `Uplink`s (their per-key counts, allocations and demand, the same items they
 //! broadcast to each other) to the node's fleet thread; it exchanges the node's sum with Redis
@@ -125,4 +126,42 @@ pub fn wall_ms_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// True for `sync_interval = "0"`: every request makes one round trip to the store (exact mode,
+/// limit-count only) instead of working from a share.
+pub fn is_exact(spec: &FleetSpec) -> bool {
+    spec.interval.is_zero()
+}
+
+/// Exact mode: one request's count for `key`, asked of the node's exact-mode thread. The answer
+/// goes to `reply` (which rings the asking shard's doorbell).
+pub struct ExactAsk {
+    pub spec: Arc<FleetSpec>,
+    pub key: u64,
+    pub id: u64,
+    pub reply: ExactReply,
+}
+
+/// Where an exact-mode answer goes: the asking plugin instance's mailbox and its shard's doorbell.
+#[derive(Clone)]
+pub struct ExactReply {
+    pub tx: crossbeam_channel::Sender<ExactAnswer>,
+    pub wake: Arc<dyn crate::util::mesh::Wake>,
+}
+
+impl ExactReply {
+    pub fn send(&self, a: ExactAnswer) {
+        if self.tx.send(a).is_ok() {
+            self.wake.wake();
+        }
+    }
+}
+
+/// The store's count for one ask, or None when the store could not be reached in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExactAnswer {
+    pub id: u64,
+    /// (requests counted in the window, this one included; ms until the window ends)
+    pub counted: Option<(u64, u64)>,
 }

@@ -1,6 +1,7 @@
 //! Cross-shard limit sync: the reports shards exchange over the node mesh's limit lane, and a
 //! shard's end of that lane (plus, for cluster-wide limiters, its uplink to the node's fleet
-//! thread and the grant lane back). Never used on the request path; only the sync tick sends.
+//! thread and the grant lane back). Only the sync tick sends, except limit-count's exact mode
+//! (`sync_interval = "0"`), whose asks go per request to the node's exact-mode thread.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
@@ -8,7 +9,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
-use super::fleet::{Grant, Uplink};
+use super::fleet::{ExactAsk, Grant, Uplink};
 use crate::util::mesh::Lane;
 
 pub use super::Item;
@@ -41,21 +42,38 @@ pub struct Endpoint {
     /// Grants from the node's fleet thread, and the way to it (cluster-wide limiters).
     grants: Lane<Grant>,
     up: Option<Sender<Uplink>>,
+    /// The node's exact-mode thread (`sync_interval = "0"`).
+    exact: Option<ExactTx>,
 }
+
+/// The way to the node's exact-mode thread.
+pub type ExactTx = tokio::sync::mpsc::UnboundedSender<ExactAsk>;
 
 impl Endpoint {
     pub fn new(lane: Lane<Report>) -> Endpoint {
-        Endpoint::node(lane, Lane::solo(), None)
+        Endpoint::node(lane, Lane::solo(), None, None)
     }
 
     /// An endpoint that also reaches the node's fleet thread (`up`) and hears its grants.
-    pub fn node(lane: Lane<Report>, grants: Lane<Grant>, up: Option<Sender<Uplink>>) -> Endpoint {
+    /// `exact` reaches its exact-mode thread.
+    pub fn node(
+        lane: Lane<Report>,
+        grants: Lane<Grant>,
+        up: Option<Sender<Uplink>>,
+        exact: Option<ExactTx>,
+    ) -> Endpoint {
         Endpoint {
             lane,
             sets: RefCell::new(Vec::new()),
             grants,
             up,
+            exact,
         }
+    }
+
+    /// Sends an exact-mode ask; false without the thread (the caller falls back at once).
+    pub fn exact(&self, a: ExactAsk) -> bool {
+        self.exact.as_ref().is_some_and(|tx| tx.send(a).is_ok())
     }
 
     /// Sends a cluster-wide limiter's report to the fleet thread; false without one (the

@@ -10,6 +10,8 @@ pub const STATE_DOWN: u64 = 2;
 
 pub struct Fleet {
     pub state: AtomicU64,
+    /// The exact-mode thread's view of its stores (shown combined with `state`: the worse).
+    pub exact_state: AtomicU64,
     /// Successful exchanges (one pipelined round trip each).
     pub syncs: AtomicU64,
     /// Failed exchanges or connection attempts (timeouts included).
@@ -27,6 +29,7 @@ pub struct Fleet {
 
 pub static FLEET: Fleet = Fleet {
     state: AtomicU64::new(STATE_NONE),
+    exact_state: AtomicU64::new(STATE_NONE),
     syncs: AtomicU64::new(0),
     errors: AtomicU64::new(0),
     changes: AtomicU64::new(0),
@@ -41,7 +44,7 @@ pub fn families() -> [(&'static str, &'static str, &'static str, u64); 8] {
     use super::names::*;
     let f = &FLEET;
     [
-        (FLEET_STATE, "gauge", "Shared limit store: 0 none configured, 1 reachable, 2 unreachable (node falls back per on_redis_error).", f.state.load(Relaxed)),
+        (FLEET_STATE, "gauge", "Shared limit store: 0 none configured, 1 reachable, 2 unreachable (node falls back per on_redis_error).", f.state.load(Relaxed).max(f.exact_state.load(Relaxed))),
         (FLEET_SYNCS, "counter", "Exchanges with the shared limit store (one pipelined round trip each).", f.syncs.load(Relaxed)),
         (FLEET_ERRORS, "counter", "Failed exchanges or connection attempts with the shared limit store.", f.errors.load(Relaxed)),
         (FLEET_CHANGES, "counter", "Reachable/unreachable transitions of the shared limit store.", f.changes.load(Relaxed)),

@@ -244,6 +244,8 @@ pub struct ShardCx {
     pub metrics: Rc<ShardMetrics>,
     /// This shard's cache instances (proxy-cache adopts its instance there across reloads).
     pub caches: Rc<Caches>,
+    /// This shard's end of the limit lane (limit-count's exact mode asks the node through it).
+    pub limit: Rc<Endpoint>,
 }
 
 /// A shard's plugin chains and limit state.
@@ -262,6 +264,7 @@ pub struct ShardPlugins {
     /// changes, which keep the limiters too.
     sync: Option<Rc<LimitSync>>,
     purges: Rc<Lane<Mail>>,
+    limit: Rc<Endpoint>,
     /// The shard's counters (limit plugins count their rejections here).
     metrics: Rc<ShardMetrics>,
     caches: Rc<Caches>,
@@ -322,6 +325,7 @@ impl ShardPlugins {
             purges: purges.clone(),
             metrics: metrics.clone(),
             caches: caches.clone(),
+            limit: limit.clone(),
         };
         let global = Rc::new(Chain::of(set.global.iter().map(|f| f.build(&cx))));
         let chains = set
@@ -348,6 +352,7 @@ impl ShardPlugins {
             limiters,
             sync,
             purges: purges.clone(),
+            limit: limit.clone(),
             metrics: metrics.clone(),
             caches: caches.clone(),
             epoch: set.epoch,
@@ -377,6 +382,7 @@ impl ShardPlugins {
             purges: self.purges.clone(),
             metrics: self.metrics.clone(),
             caches: self.caches.clone(),
+            limit: self.limit.clone(),
         };
         let mut chains = self.chains.clone();
         let route = set.routes.get(id).cloned().unwrap_or_default();
@@ -390,6 +396,7 @@ impl ShardPlugins {
             limiters: self.limiters.clone(),
             sync: self.sync.clone(),
             purges: self.purges.clone(),
+            limit: self.limit.clone(),
             metrics: self.metrics.clone(),
             caches: self.caches.clone(),
             epoch: self.epoch,

@@ -1,7 +1,9 @@
-//! limit-count: N requests per time window per key, node-wide via the shard's
-//! `CountLimiter` share. Sends X-RateLimit-* headers; never blocks or locks.
+//! limit-count: N requests per time window per key, node-wide via the shard's `CountLimiter`
+//! share, or in exact mode counted in Redis per request (the request parks, the shard does not
+//! block). Sends X-RateLimit-* headers; never blocks or locks.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -11,11 +13,12 @@ use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
 use super::consumer::Consumers;
 use super::limit_policy::{self, ClusterConf, PolicyKeys, RedisConf};
 use super::util::{duration, err, key_hash, key_parts, parse, positive, LimitKeyPart, RawDur};
-use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec, Wait};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
-use crate::limit::count::{CountLimiter, CountParams};
-use crate::limit::fleet::Kind;
+use crate::limit::count::{CountLimiter, CountParams, Decision};
+use crate::limit::fleet::{is_exact, ExactAnswer, ExactAsk, ExactReply, FleetSpec, Kind, OnError};
+use crate::limit::sync::Endpoint;
 use crate::metrics::{Limiter, ShardMetrics};
 
 pub const SPEC: Spec = Spec {
@@ -140,9 +143,22 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
             "a cluster-wide limit (policy = \"redis\") counts fixed windows only; drop window = \"sliding\"",
         ));
     }
+    // Exact mode asks the store per request: its limiter is not shared through the fleet thread
+    // (it is the node-local fallback for on_redis_error = "local").
+    let exact = fleet.clone().filter(|f| is_exact(f));
+    if exact.is_some() && cx.owner.starts_with("consumer") {
+        // Consumer policy chains run without parking (chain.rs): no per-request round trip.
+        return Err(err(
+            path,
+            "sync_interval",
+            "exact mode (\"0\") is for route and global limit-count; use 1ms..=10s on a consumer or consumer group",
+        ));
+    }
+    let fleet = fleet.filter(|f| !is_exact(f));
     let sync = match (&c.sync_interval, &fleet) {
         // Shards of a cluster-wide limit still sync among themselves at the local pace.
         (_, Some(f)) => f.interval.min(std::time::Duration::from_millis(20)),
+        (Some(_), None) if exact.is_some() => std::time::Duration::from_millis(20),
         (Some(d), None) => duration(path, "sync_interval", d)?,
         (None, None) => std::time::Duration::from_millis(20),
     };
@@ -160,7 +176,7 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
     };
     let limiter = match &c.group {
         Some(g) => {
-            let print = format!("{count}/{window_s}/{sliding}/{fleet:?}");
+            let print = format!("{count}/{window_s}/{sliding}/{fleet:?}/{exact:?}");
             match cx.groups.get(g) {
                 Some((id, p)) if *p == print => *id,
                 Some(_) => {
@@ -187,6 +203,7 @@ fn factory(v: &toml::Value, path: &str, cx: &mut BuildCx) -> Result<FactoryRef, 
         msg,
         headers: c.show_limit_quota_header.unwrap_or(true),
         limit_text: count.to_string().into_bytes(),
+        exact,
     }))))
 }
 
@@ -198,6 +215,8 @@ struct Shared {
     headers: bool,
     /// X-RateLimit-Limit, formatted once: the limit is the configured count on every request.
     limit_text: Vec<u8>,
+    /// `policy = "redis"` with `sync_interval = "0"`: a store round trip per request.
+    exact: Option<Arc<FleetSpec>>,
 }
 
 struct Factory(Arc<Shared>);
@@ -221,8 +240,23 @@ impl PluginFactory for Factory {
                 1,
             ))),
         };
+        let exact = self.0.exact.as_ref().map(|spec| {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            Rc::new(Exact {
+                spec: spec.clone(),
+                endpoint: shard.limit.clone(),
+                reply: ExactReply {
+                    tx,
+                    wake: shard.purges.waker(),
+                },
+                rx,
+                next: Cell::new(0),
+                waiting: RefCell::new(HashMap::new()),
+            })
+        });
         Rc::new(LimitCount {
             s: self.0.clone(),
+            exact,
             state,
             epoch: shard.epoch,
             consumers: shard.consumers.clone(),
@@ -233,6 +267,7 @@ impl PluginFactory for Factory {
 
 struct LimitCount {
     s: Arc<Shared>,
+    exact: Option<Rc<Exact>>,
     state: Rc<RefCell<CountLimiter>>,
     epoch: std::time::Instant,
     consumers: Arc<Consumers>,
@@ -247,7 +282,30 @@ impl Plugin for LimitCount {
     fn access(&self, req: &RequestHead, cx: &mut Ctx) -> Flow {
         let key = key_hash(&self.s.key, req, cx, &self.consumers);
         let now = cx.now_ms(self.epoch);
-        let d = self.state.borrow_mut().check(key, now);
+        let d = match &self.exact {
+            None => self.state.borrow_mut().check(key, now),
+            Some(x) => match cx.private.exact_ask.take() {
+                None => match x.ask(key) {
+                    Some(w) => {
+                        cx.private.exact_ask = Some(w.0);
+                        return Flow::Wait(w.1);
+                    }
+                    None => x.fallback(&self.state, key, now),
+                },
+                Some(id) => match x.answer(id) {
+                    Some((n, reset_ms)) => {
+                        let limit = x.limit();
+                        Decision {
+                            allowed: n <= limit,
+                            limit,
+                            remaining: limit.saturating_sub(n),
+                            reset_ms,
+                        }
+                    }
+                    None => x.fallback(&self.state, key, now),
+                },
+            },
+        };
         if self.s.headers {
             debug_assert_eq!(self.s.limit_text, d.limit.to_string().as_bytes());
             let h = &mut cx.resp_headers;
@@ -265,6 +323,94 @@ impl Plugin for LimitCount {
                 &self.s.msg,
             ))
         }
+    }
+}
+
+/// One shard's exact-mode side of a limit-count: asks out through the limit endpoint, answers
+/// in on its own mailbox (the sender rings the shard's doorbell, resuming the parked request).
+struct Exact {
+    spec: Arc<FleetSpec>,
+    endpoint: Rc<Endpoint>,
+    reply: ExactReply,
+    rx: crossbeam_channel::Receiver<ExactAnswer>,
+    next: Cell<u64>,
+    /// Asks out: None until answered. An ask given up on (timeout) is removed, so its late
+    /// answer is dropped.
+    waiting: RefCell<HashMap<u64, Option<Counted>>>,
+}
+
+/// Asks out on one shard past which answers nobody took are dropped.
+const MAX_WAITING: usize = 4096;
+
+/// The store's answer: the request's count and the ms left in its window (None: it failed).
+type Counted = Option<(u64, u64)>;
+
+impl Exact {
+    /// Sends the ask for `key`; its id and the wait for its answer (None: no exact-mode thread).
+    fn ask(self: &Rc<Self>, key: u64) -> Option<(u64, Wait)> {
+        let id = self.next.get();
+        self.next.set(id.wrapping_add(1));
+        let sent = self.endpoint.exact(ExactAsk {
+            spec: self.spec.clone(),
+            key,
+            id,
+            reply: self.reply.clone(),
+        });
+        if !sent {
+            return None;
+        }
+        let mut waiting = self.waiting.borrow_mut();
+        if waiting.len() >= MAX_WAITING {
+            // Answers nobody took: requests dropped while parked (a closed connection).
+            waiting.retain(|_, a| a.is_none());
+        }
+        waiting.insert(id, None);
+        drop(waiting);
+        let me = self.clone();
+        Some((
+            id,
+            Wait {
+                ready: Box::new(move || {
+                    me.drain();
+                    me.waiting.borrow().get(&id).is_some_and(Option::is_some)
+                }),
+                // The thread answers by its own timeout; the slack covers the hop back.
+                within: self.spec.timeout + std::time::Duration::from_millis(5),
+            },
+        ))
+    }
+
+    fn limit(&self) -> u64 {
+        match self.spec.kind {
+            Kind::Count { limit, .. } => limit,
+            Kind::Req { .. } => 0,
+        }
+    }
+
+    fn drain(&self) {
+        let mut w = self.waiting.borrow_mut();
+        while let Ok(a) = self.rx.try_recv() {
+            if let Some(slot) = w.get_mut(&a.id) {
+                *slot = Some(a.counted);
+            }
+        }
+    }
+
+    /// The store's count for ask `id`; None when it failed or did not come in time.
+    fn answer(&self, id: u64) -> Option<(u64, u64)> {
+        self.drain();
+        self.waiting.borrow_mut().remove(&id).flatten().flatten()
+    }
+
+    /// The store could not count this request: `on_redis_error`.
+    fn fallback(&self, local: &RefCell<CountLimiter>, key: u64, now: u64) -> Decision {
+        let mut d = local.borrow_mut().check(key, now);
+        match self.spec.on_error {
+            OnError::Local => {}
+            OnError::Allow => d.allowed = true,
+            OnError::Deny => d.allowed = false,
+        }
+        d
     }
 }
 
@@ -306,6 +452,20 @@ mod tests {
         let x = gw.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Tenant: b\r\n\r\n");
         assert_eq!(x.replied(), None);
         assert_eq!(x.client_header("X-RateLimit-Remaining"), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn exact_mode_loads_for_routes_and_not_for_limit_req() {
+        let redis =
+            "policy = \"redis\"\nredis = { addr = \"127.0.0.1:1\" }\nsync_interval = \"0\"\n";
+        let gw = testkit::gateway(&format!(
+            "[limit-count]\ncount = 1\ntime_window = 60\n{redis}"
+        ));
+        // No exact-mode thread here: on_redis_error's default ("local") decides at once.
+        assert_eq!(gw.send(GET).replied(), None);
+        assert_eq!(gw.send(GET).replied(), Some(503));
+        let e = testkit::config_error(&format!("[limit-req]\nrate = 1\nburst = 0\n{redis}"));
+        assert!(e.message.contains("is for limit-count"), "{}", e.message);
     }
 
     #[test]

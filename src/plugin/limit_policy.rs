@@ -147,15 +147,19 @@ pub fn fleet(
         Some(d) => duration(path, "sync_interval", d)?,
         None => DEFAULT_INTERVAL,
     };
-    if interval.is_zero() {
+    if interval.is_zero() && !matches!(kind, Kind::Count { .. }) {
         return Err(err(
             path,
             "sync_interval",
-            "exact mode (\"0\", a store round trip per request) is not available yet; use 1ms..=10s",
+            "exact mode (\"0\", a store round trip per request) is for limit-count; use 1ms..=10s",
         ));
     }
     if interval.as_secs() > 10 {
-        return Err(err(path, "sync_interval", "expected 1ms..=10s"));
+        return Err(err(
+            path,
+            "sync_interval",
+            "expected 0 (exact mode) or 1ms..=10s",
+        ));
     }
     let on_error = match keys.on_redis_error.unwrap_or("local") {
         "local" => OnError::Local,

@@ -62,16 +62,17 @@ pub struct Lanes {
 
 impl Lanes {
     /// `grant` and `up` join the node's fleet thread (cluster-wide limiters), `tier` its
-    /// shared cache tier thread.
+    /// shared cache tier thread, `exact` its exact-mode limit thread.
     pub fn new(
         limit: Lane<Report>,
         purge: Lane<Mail>,
         grant: Lane<Grant>,
         up: Option<crossbeam_channel::Sender<Uplink>>,
         tier: Option<crate::cache::tier::TierLink>,
+        exact: Option<crate::limit::sync::ExactTx>,
     ) -> Lanes {
         Lanes {
-            limit: Rc::new(Endpoint::node(limit, grant, up)),
+            limit: Rc::new(Endpoint::node(limit, grant, up, exact)),
             purge: Rc::new(purge),
             caches: Rc::new(crate::cache::Caches::with_tier(tier)),
         }
@@ -79,7 +80,7 @@ impl Lanes {
 
     /// A shard alone on a mesh of one (tests, tools).
     pub fn solo() -> Lanes {
-        Lanes::new(Lane::solo(), Lane::solo(), Lane::solo(), None, None)
+        Lanes::new(Lane::solo(), Lane::solo(), Lane::solo(), None, None, None)
     }
 
     /// Takes in what peers sent: limit reports go to their limiter sets, purges are carried

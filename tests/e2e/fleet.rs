@@ -15,7 +15,7 @@ fn wall_ms() -> u64 {
 }
 
 /// A gateway with one route "api" on "/*" carrying `plugins`, and a status listener.
-fn node(o: &Origin, workers: usize, plugins: &str) -> Gateway {
+pub(crate) fn node(o: &Origin, workers: usize, plugins: &str) -> Gateway {
     let cfg = format!(
         "{}[status]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
         server(&[("workers", &workers.to_string())]),
@@ -25,7 +25,7 @@ fn node(o: &Origin, workers: usize, plugins: &str) -> Gateway {
     Gateway::start(&cfg)
 }
 
-fn count_plugin(redis: &str, count: u64, window: u64, extra: &str) -> String {
+pub(crate) fn count_plugin(redis: &str, count: u64, window: u64, extra: &str) -> String {
     format!(
         "[routes.plugins.limit-count]\ncount = {count}\ntime_window = {window}\n\
          key = \"header:X-Tenant\"\nrejected_code = 429\npolicy = \"redis\"\n\
@@ -159,14 +159,14 @@ fn two_nodes_share_one_limit_within_five_percent() {
 }
 
 /// Waits, if need be, so that `secs` from now stay inside one hour-long window.
-fn clear_of_hour_boundary(secs: u64) {
+pub(crate) fn clear_of_hour_boundary(secs: u64) {
     let into = wall_ms() % 3_600_000;
     if into + secs * 1000 > 3_600_000 {
         thread::sleep(Duration::from_millis(3_600_000 - into + 100));
     }
 }
 
-fn fleet_metric(status: std::net::SocketAddr, name: &str) -> f64 {
+pub(crate) fn fleet_metric(status: std::net::SocketAddr, name: &str) -> f64 {
     prometheus::value(&prometheus::scrape(status), name, &[])
 }
 
@@ -194,7 +194,7 @@ fn stored_counts(redis: &Redis, route: &str) -> Vec<u64> {
 }
 
 /// Sends to `path` and returns (status, how long the answer took).
-fn timed(c: &mut Client, path: &str) -> (u16, Duration) {
+pub(crate) fn timed(c: &mut Client, path: &str) -> (u16, Duration) {
     let t = Instant::now();
     let r = get_with(c, path, "X-Tenant: t\r\n");
     (r.status, t.elapsed())

@@ -36,6 +36,7 @@ mod etcd_source;
 mod exhaustion;
 mod faults;
 mod fleet;
+mod fleet_exact;
 mod framing;
 mod fuzz_props;
 mod headers;

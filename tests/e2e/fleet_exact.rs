@@ -1,0 +1,165 @@
+//! limit-count's exact mode (`sync_interval = "0"`): two ringway processes and one real Redis
+//! admit exactly `count` in a window, and a store that is down gives each route its
+//! `on_redis_error` fallback without requests waiting past the timeout.
+
+use std::thread;
+use std::time::Duration;
+
+use crate::fleet::{clear_of_hour_boundary, count_plugin, fleet_metric, node, timed};
+use crate::harness::*;
+
+/// Four clients (two per node, two shards each) send 160 requests on one key, limit 50 in an
+/// hour-long window: exactly 50 are admitted across both nodes, and the store counted all 160.
+#[test]
+fn exact_mode_admits_exactly_count_across_two_nodes() {
+    let _cpu = cpu_lock();
+    let redis = Redis::start();
+    let o = Origin::named("o");
+    // A generous timeout and fail-closed: on a loaded machine a late answer must not turn into
+    // a local decision, which would make the count inexact.
+    let plugins = format!(
+        "[routes.plugins.limit-count]\ncount = 50\ntime_window = 3600\n\
+         key = \"header:X-Tenant\"\nrejected_code = 429\npolicy = \"redis\"\n\
+         redis = {{ addr = \"{}\", timeout = \"3s\" }}\nsync_interval = \"0\"\n\
+         on_redis_error = \"deny\"\n",
+        redis.addr
+    );
+    clear_of_hour_boundary(60);
+    let a = node(&o, 2, &plugins);
+    let b = node(&o, 2, &plugins);
+    let clients: Vec<_> = [&a, &a, &b, &b]
+        .iter()
+        .map(|gw| {
+            let mut c = gw.client();
+            thread::spawn(move || {
+                let mut ok = 0u64;
+                for _ in 0..40 {
+                    let r = get_with(&mut c, "/x", "X-Tenant: t\r\n");
+                    match r.status {
+                        200 => ok += 1,
+                        429 => {}
+                        s => panic!("unexpected status {s}"),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let admitted: u64 = clients.into_iter().map(|t| t.join().expect("client")).sum();
+    assert_eq!(admitted, 50, "exactly the limit across both nodes");
+    let mut c = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("ringway:lx:*")
+        .query(&mut c)
+        .expect("KEYS");
+    assert_eq!(keys.len(), 1, "one window key: {keys:?}");
+    let n: u64 = redis::cmd("GET").arg(&keys[0]).query(&mut c).expect("GET");
+    assert_eq!(n, 160, "one count per request");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query(&mut c)
+        .expect("PTTL");
+    assert!(
+        (1..=3_601_000).contains(&ttl),
+        "expires after its window: {ttl}"
+    );
+    // One more on node a: refused, with the quota headers.
+    let r = get_with(&mut a.client(), "/x", "X-Tenant: t\r\n");
+    assert_eq!(r.status, 429);
+}
+
+/// Redis stalled, then killed: each route falls back per on_redis_error (local: the node enforces the count
+/// on its own; allow; deny) at once, with one log line for the change and the store state in
+/// /metrics; when Redis returns, counting there resumes.
+#[test]
+fn exact_mode_falls_back_when_the_store_is_down() {
+    let _cpu = cpu_lock();
+    let mut redis = Redis::start();
+    let o = Origin::named("o");
+    let r = redis.addr.to_string();
+    let lc = |count: u64, on_err: &str| {
+        count_plugin(
+            &r,
+            count,
+            3600,
+            &format!("sync_interval = \"0\"\non_redis_error = \"{on_err}\"\n"),
+        )
+    };
+    let cfg = format!(
+        "{}[status]\nlisten = \"127.0.0.1:0\"\n\n{}{}{}{}",
+        server(&[("workers", "1")]),
+        upstream("backend", &[o.addr], ""),
+        route("local", &["/local"], "backend", &lc(3, "local")),
+        route("allow", &["/allow"], "backend", &lc(1, "allow")),
+        route("deny", &["/deny"], "backend", &lc(1000, "deny")),
+    );
+    clear_of_hour_boundary(30);
+    let gw = Gateway::start(&cfg);
+    let status = ops::listener(&gw.stderr, "status");
+    let mut c = gw.client();
+    assert_eq!(timed(&mut c, "/allow").0, 200);
+    assert_eq!(timed(&mut c, "/allow").0, 429, "counted in the store");
+    assert_eq!(timed(&mut c, "/deny").0, 200);
+    assert_eq!(fleet_metric(status, "ringway_fleet_store_state"), 1.0);
+
+    // A stall: Redis holds every client for 3 s, far beyond the 100 ms timeout. (The bounds
+    // below are loose for a loaded CI machine: well under the stall, not near the timeout.)
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .query(&mut redis.conn())
+        .expect("CLIENT PAUSE");
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let (s, t) = timed(&mut c, "/deny");
+        slowest = slowest.max(t);
+        assert_eq!(s, 429, "deny fails closed while the store stalls");
+    }
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "a request waited {slowest:?} while the store stalled"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || timed(&mut c, "/deny").0 == 200),
+        "deny not lifted after the stall:\n{}",
+        gw.logs()
+    );
+
+    redis.stop();
+    let mut slowest = Duration::ZERO;
+    let mut local_ok = 0;
+    for _ in 0..6 {
+        let (s, t) = timed(&mut c, "/local");
+        slowest = slowest.max(t);
+        local_ok += usize::from(s == 200);
+        let (s, t) = timed(&mut c, "/allow");
+        slowest = slowest.max(t);
+        assert_eq!(s, 200, "allow fails open");
+        let (s, t) = timed(&mut c, "/deny");
+        slowest = slowest.max(t);
+        assert_eq!(s, 429, "deny fails closed");
+    }
+    assert_eq!(local_ok, 3, "local: the node enforces the count on its own");
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "a request waited {slowest:?} with the store down"
+    );
+    assert_eq!(fleet_metric(status, "ringway_fleet_store_state"), 2.0);
+
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(5), || timed(&mut c, "/deny").0 == 200),
+        "deny not lifted after the store returned:\n{}",
+        gw.logs()
+    );
+    assert_eq!(fleet_metric(status, "ringway_fleet_store_state"), 1.0);
+    let logs = gw.logs();
+    assert_eq!(
+        logs.matches("unreachable (").count(),
+        2,
+        "one line per change:\n{logs}"
+    );
+    assert!(fleet_metric(status, "ringway_fleet_errors_total") >= 1.0);
+    assert!(fleet_metric(status, "ringway_fleet_state_changes_total") >= 2.0);
+}
