@@ -7,8 +7,8 @@ use crate::harness::ops;
 use std::time::Duration;
 
 use crate::harness::ops::{get, http};
-use crate::harness::prometheus::{scrape, value};
-use crate::harness::{route, server, upstream, wait_until, Gateway, Origin, Resp};
+use crate::harness::prometheus::{scrape, scrape_until, value};
+use crate::harness::{route, server, upstream, Gateway, Origin, Resp};
 
 fn two_routes(origin: std::net::SocketAddr) -> String {
     format!(
@@ -42,12 +42,9 @@ fn counters_match_traffic() {
         assert_eq!(gw.client().get("/nowhere").status, 404);
     }
     let weird = "we\"ird\\name";
-    let mut samples = Vec::new();
-    let settled = wait_until(Duration::from_secs(5), || {
-        samples = scrape(status);
-        value(&samples, "ringway_http_requests_total", &[]) == 12.0
+    let samples = scrape_until(status, Duration::from_secs(5), |s| {
+        value(s, "ringway_http_requests_total", &[]) == 12.0
     });
-    assert!(settled, "{samples:#?}");
     let v = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
     assert_eq!(
         v(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::prometheus::{scrape, value};
+use crate::harness::prometheus::{scrape, scrape_until, value};
 use crate::harness::*;
 
 pub(crate) fn doc_path(rel: &str) -> String {
@@ -327,16 +327,13 @@ fn openapi_31_dialect_each_kind_of_failure_and_monitor_mode() {
     );
     assert_eq!(json_post(&mut c, "/mon/pets", r#"{"name":5}"#).status, 200);
     assert_eq!(o.request_count(), valid + 2);
-    let mut samples = Vec::new();
-    let counted = wait_until(Duration::from_secs(5), || {
-        samples = scrape(status);
+    let samples = scrape_until(status, Duration::from_secs(5), |s| {
         value(
-            &samples,
+            s,
             "ringway_api_invalid_requests_total",
             &[("api", "m31"), ("action", "forwarded")],
         ) == 2.0
     });
-    assert!(counted, "{samples:#?}");
     let rejected = value(
         &samples,
         "ringway_api_invalid_requests_total",
@@ -717,16 +714,13 @@ fn versions_deprecation_headers_and_per_consumer_counts() {
     assert!(!send(&mut c, "GET", "/h/pets", "", "").has_header("Deprecation"));
     assert!(!send(&mut c, "GET", "/h/pets", "Accept-Version: 2\r\n", "").has_header("Deprecation"));
 
-    let mut samples = Vec::new();
-    let counted = wait_until(Duration::from_secs(5), || {
-        samples = scrape(status);
+    let samples = scrape_until(status, Duration::from_secs(5), |s| {
         value(
-            &samples,
+            s,
             "ringway_api_deprecated_requests_total",
             &[("api", "pets@v1"), ("consumer", "alice")],
         ) == 3.0
     });
-    assert!(counted, "{samples:#?}");
     // The 401 before any consumer was known counts as anonymous.
     let v1_anon = value(
         &samples,
@@ -833,21 +827,10 @@ fn slo_alert_rules_and_documentation_pages() {
         expr.contains("ringway_api_requests_total{api=\"pets@v1\"}"),
         "{expr}"
     );
-    let mut samples = Vec::new();
-    let counted = wait_until(Duration::from_secs(5), || {
-        samples = scrape(status);
-        value(
-            &samples,
-            "ringway_api_requests_total",
-            &[("api", "pets@v1")],
-        ) == 3.0
-            && value(
-                &samples,
-                "ringway_api_requests_total",
-                &[("api", "pets@v2")],
-            ) == 2.0
+    let samples = scrape_until(status, Duration::from_secs(5), |s| {
+        value(s, "ringway_api_requests_total", &[("api", "pets@v1")]) == 3.0
+            && value(s, "ringway_api_requests_total", &[("api", "pets@v2")]) == 2.0
     });
-    assert!(counted, "{samples:#?}");
     let v1 = [("api", "pets@v1")];
     assert_eq!(
         value(

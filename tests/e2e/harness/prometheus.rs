@@ -306,6 +306,22 @@ pub fn scrape(status: SocketAddr) -> Vec<Sample> {
     check_exposition(&text).unwrap()
 }
 
+/// Scrapes until `settled` holds for the samples (counters reach /metrics a moment after the
+/// answers that bumped them), and returns that scrape; panics with the last one after `within`.
+pub fn scrape_until(
+    status: SocketAddr,
+    within: std::time::Duration,
+    mut settled: impl FnMut(&[Sample]) -> bool,
+) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let ok = super::wait_until(within, || {
+        samples = scrape(status);
+        settled(&samples)
+    });
+    assert!(ok, "metrics never settled within {within:?}: {samples:#?}");
+    samples
+}
+
 /// `promtool check metrics` when promtool is on PATH (CI may install it); skipped otherwise,
 /// since the in-test checker above always runs.
 pub fn promtool_check(text: &str) {
