@@ -13,7 +13,7 @@
 //! | build | built | config data -> router + plugin factories |
 //! | plugin/cache/limit | plugin, cache, limit | the Plugin trait and plugins; the node-wide cache; limiter state machines |
 //! | upstream/route | upstream, route | balancers, passive health, pools; the compiled router |
-//! | http/net/config | http, net, config, accesslog, metrics, openapi | wire format; sockets, TLS, rings; validated config data; log and metric sinks; OpenAPI documents and their validators |
+//! | http/net/config | http, net, config, accesslog, metrics, openapi | wire format; sockets, TLS, rings, the shards' RESP/Redis client; validated config data; log and metric sinks; OpenAPI documents and their validators |
 //! | leaves | error, util, local | errors, units, copy-on-write containers, hashers, the cross-core mesh; per-shard deadlines and signals |
 
 /// Top to bottom; see the table above.

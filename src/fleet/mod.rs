@@ -9,7 +9,6 @@
 //! to 1 s. The first exchange after it returns pushes the node's counts again, so every node
 //! sees them within two intervals.
 
-pub mod exact;
 pub mod memcached;
 pub mod store;
 pub mod tier;
@@ -32,14 +31,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Starts the fleet thread. It idles (a wake-up every 100 ms) until a cluster-wide limiter reports.
-pub fn start(mut ports: FleetPorts) -> Result<(), String> {
-    if let Some(rx) = ports.exact.take() {
-        on_runtime(
-            "ringway-exact",
-            "fleet: cannot start the exact-mode runtime; exact-mode limits fall back per on_redis_error",
-            move || exact::run(rx),
-        )?;
-    }
+pub fn start(ports: FleetPorts) -> Result<(), String> {
     on_runtime(
         "ringway-fleet",
         "fleet: cannot start its runtime; cluster-wide limits stay node-local",
@@ -278,7 +270,7 @@ impl Fleet {
         FLEET.changes.fetch_add(1, Relaxed);
         log::warn!(
             "fleet: store {} unreachable ({why}); cluster-wide limits fall back per on_redis_error, retrying with backoff",
-            describe(s)
+            s.describe()
         );
         let now = Instant::now();
         for l in self.limiters.values().filter(|l| l.spec.store == *s) {
@@ -304,12 +296,12 @@ impl Fleet {
             FLEET.changes.fetch_add(1, Relaxed);
             log::info!(
                 "fleet: store {} reachable again; cluster-wide limits shared",
-                describe(s)
+                s.describe()
             );
         } else {
             log::info!(
                 "fleet: store {} reachable; cluster-wide limits shared",
-                describe(s)
+                s.describe()
             );
         }
         st.up = Some(true);
@@ -325,12 +317,4 @@ fn publish_state(stores: &HashMap<Store, StoreState>) {
         STATE_UP
     };
     FLEET.state.store(state, Relaxed);
-}
-
-/// The store for log lines (no password).
-pub(crate) fn describe(s: &Store) -> String {
-    match s {
-        Store::Redis { addr, database, .. } => format!("redis {addr}/{database}"),
-        Store::Cluster { nodes, .. } => format!("redis-cluster {}", nodes.join(",")),
-    }
 }

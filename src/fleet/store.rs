@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::{Cmd, ErrorKind, RedisResult};
 use tokio::task::JoinSet;
 
-use crate::limit::fleet::{Kind, Store};
+use crate::limit::fleet::{key_tag as tag, Kind, Store};
 use crate::limit::node::{Answer, Ask, SHARE_ONE};
 
 /// limit-count, per key: KEYS = (this window's hash, the previous window's); ARGV = node id,
@@ -230,38 +230,8 @@ pub struct Batch {
     pub asks: Vec<Ask>,
 }
 
-/// `{...}` is the Redis Cluster hash tag: a limit's keys (this window's and the previous
-/// one's) share it, so the script's keys are on one slot.
-fn tag(ns: &str, key: u64) -> String {
-    let ns: String = ns
-        .chars()
-        .map(|c| if c == '{' || c == '}' { '_' } else { c })
-        .collect();
-    format!("{{{ns}:{key:016x}}}")
-}
-
 pub fn count_key(ns: &str, key: u64, window: u64) -> String {
     format!("ringway:lc:{}:{window}", tag(ns, key))
-}
-
-/// Exact mode's counter for `key` in `window`: the same tag and window numbering as `count_key`.
-pub fn exact_key(ns: &str, key: u64, window: u64) -> String {
-    format!("ringway:lx:{}:{window}", tag(ns, key))
-}
-
-/// Exact mode, per request: KEYS = the window's counter; ARGV = when it expires (Unix ms).
-pub const EXACT_SCRIPT: &str =
-    "local n = redis.call('INCR', KEYS[1]) redis.call('PEXPIREAT', KEYS[1], ARGV[1]) return {n}";
-
-/// One exact-mode count: the window counter after this request's increment (atomic script).
-pub async fn exact_incr(conn: &Conn, key: &str, expire_at_ms: u64) -> RedisResult<u64> {
-    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let sha = SHA.get_or_init(|| redis::Script::new(EXACT_SCRIPT).get_hash().to_string());
-    let mut c = conn.clone();
-    let keys = [key.to_string()];
-    let args = [expire_at_ms.to_string()];
-    let v = c.eval(sha, EXACT_SCRIPT, &keys, &args).await?;
-    Ok(v.first().map_or(0, |n| (*n).max(0) as u64))
 }
 
 pub fn req_key(ns: &str, key: u64) -> String {

@@ -1,6 +1,6 @@
-//! What makes a limiter cluster-wide (its Redis store, key namespace, sync interval, fallback)
-//! and the messages between a node's shards and its fleet/exact-mode threads. Data only: no I/O,
-//! no clock (an exact-mode answer's send rings the shard's doorbell, nothing more).
+//! What makes a limiter cluster-wide (its Redis store, key namespace, sync interval, fallback),
+//! its keys in the store, and the messages between a node's shards and its fleet thread. Data
+//! only: no I/O.
 //!
 //! Shards send `Uplink`s (their per-key counts, allocations and demand, the same items they
 //! broadcast to each other) to the node's fleet thread; it exchanges the node's sum with Redis
@@ -25,6 +25,16 @@ pub enum Store {
         nodes: Vec<String>,
         password: Option<String>,
     },
+}
+
+impl Store {
+    /// How log lines name the store.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Redis { addr, database, .. } => format!("redis {addr}/{database}"),
+            Store::Cluster { nodes, .. } => format!("redis-cluster {}", nodes.join(",")),
+        }
+    }
 }
 
 /// What a node does while its store is unreachable (`on_redis_error`).
@@ -134,34 +144,22 @@ pub fn is_exact(spec: &FleetSpec) -> bool {
     spec.interval.is_zero()
 }
 
-/// Exact mode: one request's count for `key`, asked of the node's exact-mode thread. The answer
-/// goes to `reply` (which rings the asking shard's doorbell).
-pub struct ExactAsk {
-    pub spec: Arc<FleetSpec>,
-    pub key: u64,
-    pub id: u64,
-    pub reply: ExactReply,
+/// `{...}` is the Redis Cluster hash tag: a limit's keys (this window's and the previous
+/// one's, exact mode's) share it, so a script's keys are on one slot.
+pub fn key_tag(ns: &str, key: u64) -> String {
+    let ns: String = ns
+        .chars()
+        .map(|c| if c == '{' || c == '}' { '_' } else { c })
+        .collect();
+    format!("{{{ns}:{key:016x}}}")
 }
 
-/// Where an exact-mode answer goes: the asking plugin instance's mailbox and its shard's doorbell.
-#[derive(Clone)]
-pub struct ExactReply {
-    pub tx: crossbeam_channel::Sender<ExactAnswer>,
-    pub wake: Arc<dyn crate::util::mesh::Wake>,
+/// Exact mode's counter for `key` in `window`: the same tag and window numbering as the
+/// batched mode's `ringway:lc:` keys.
+pub fn exact_key(ns: &str, key: u64, window: u64) -> String {
+    format!("ringway:lx:{}:{window}", key_tag(ns, key))
 }
 
-impl ExactReply {
-    pub fn send(&self, a: ExactAnswer) {
-        if self.tx.send(a).is_ok() {
-            self.wake.wake();
-        }
-    }
-}
-
-/// The store's count for one ask, or None when the store could not be reached in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExactAnswer {
-    pub id: u64,
-    /// (requests counted in the window, this one included; ms until the window ends)
-    pub counted: Option<(u64, u64)>,
-}
+/// Exact mode, per request: KEYS = the window's counter; ARGV = when it expires (Unix ms).
+pub const EXACT_SCRIPT: &str =
+    "local n = redis.call('INCR', KEYS[1]) redis.call('PEXPIREAT', KEYS[1], ARGV[1]) return {n}";

@@ -1,7 +1,7 @@
 //! Cross-shard limit sync: the reports shards exchange over the node mesh's limit lane, and a
 //! shard's end of that lane (plus, for cluster-wide limiters, its uplink to the node's fleet
-//! thread and the grant lane back). Only the sync tick sends, except limit-count's exact mode
-//! (`sync_interval = "0"`), whose asks go per request to the node's exact-mode thread.
+//! thread and the grant lane back, and its Redis clients for limit-count's exact mode, which
+//! the requests themselves await). Only the sync tick sends on the lanes.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
-use super::fleet::{ExactAsk, Grant, Uplink};
+use super::fleet::{Grant, Uplink};
+use crate::net::redis::Clients;
 use crate::util::mesh::Lane;
 
 pub use super::Item;
@@ -42,38 +43,36 @@ pub struct Endpoint {
     /// Grants from the node's fleet thread, and the way to it (cluster-wide limiters).
     grants: Lane<Grant>,
     up: Option<Sender<Uplink>>,
-    /// The node's exact-mode thread (`sync_interval = "0"`).
-    exact: Option<ExactTx>,
+    /// This shard's Redis clients for exact mode (`sync_interval = "0"`).
+    exact: Option<Rc<Clients>>,
 }
-
-/// The way to the node's exact-mode thread.
-pub type ExactTx = tokio::sync::mpsc::UnboundedSender<ExactAsk>;
 
 impl Endpoint {
     pub fn new(lane: Lane<Report>) -> Endpoint {
-        Endpoint::node(lane, Lane::solo(), None, None)
+        Endpoint::node(lane, Lane::solo(), None, false)
     }
 
     /// An endpoint that also reaches the node's fleet thread (`up`) and hears its grants.
-    /// `exact` reaches its exact-mode thread.
+    /// With `exact`, the shard keeps Redis clients for exact mode.
     pub fn node(
         lane: Lane<Report>,
         grants: Lane<Grant>,
         up: Option<Sender<Uplink>>,
-        exact: Option<ExactTx>,
+        exact: bool,
     ) -> Endpoint {
         Endpoint {
+            exact: exact.then(|| Rc::new(Clients::new(lane.id()))),
             lane,
             sets: RefCell::new(Vec::new()),
             grants,
             up,
-            exact,
         }
     }
 
-    /// Sends an exact-mode ask; false without the thread (the caller falls back at once).
-    pub fn exact(&self, a: ExactAsk) -> bool {
-        self.exact.as_ref().is_some_and(|tx| tx.send(a).is_ok())
+    /// This shard's Redis clients for exact mode; None (tests, a shard without them): exact-mode
+    /// limiters fall back at once.
+    pub fn exact(&self) -> Option<&Rc<Clients>> {
+        self.exact.as_ref()
     }
 
     /// Sends a cluster-wide limiter's report to the fleet thread; false without one (the

@@ -37,6 +37,7 @@ pub(super) struct Merged {
     pub(super) log_dropped: u64,
     pub(super) rate_limited: [u64; 3],
     pub(super) cache: [u64; 4],
+    pub(super) exact: super::fleet::ExactCounts,
     pub(super) invalid: BTreeMap<String, [u64; 2]>,
     pub(super) deprecated: BTreeMap<(String, String), u64>,
 }
@@ -66,6 +67,10 @@ pub(super) fn merge(snaps: &[ShardSnapshot]) -> Merged {
         for (a, b) in m.cache.iter_mut().zip(s.cache) {
             *a += b;
         }
+        for (a, b) in m.exact.calls.iter_mut().zip(s.exact.calls) {
+            *a += b;
+        }
+        m.exact.state = m.exact.state.max(s.exact.state);
         for (name, c) in &s.routes {
             m.routes.entry(name.clone()).or_default().add(c);
         }
@@ -385,7 +390,7 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
     let _ = writeln!(o, "{CACHE_LOOKUPS}{{owner=\"remote\"}} {}", m.cache[3]);
     loggers(&mut o);
     oidc(&mut o);
-    fleet(&mut o);
+    fleet(&mut o, m.exact);
     ocsp(&mut o);
     for (name, kind, help, v) in super::tier::families() {
         family(&mut o, name, kind, help);
@@ -414,10 +419,10 @@ fn ocsp(o: &mut String) {
     let _ = writeln!(o, "{OCSP_STAPLED} {stapled}");
 }
 
-/// The fleet thread's counters (process-wide, kept by that thread).
-fn fleet(o: &mut String) {
+/// The fleet thread's counters (process-wide, kept by that thread) and exact mode's (per shard).
+fn fleet(o: &mut String, exact: super::fleet::ExactCounts) {
     let (sum, last) = super::fleet::latency_seconds();
-    for (name, kind, help, v) in super::fleet::families() {
+    for (name, kind, help, v) in super::fleet::families(exact) {
         family(o, name, kind, help);
         if name == FLEET_LATENCY_SUM {
             let _ = writeln!(o, "{name} {sum}");

@@ -1,5 +1,6 @@
 //! Counters of the fleet thread (cluster-wide limits through Redis): its store state, exchanges,
 //! errors and round-trip times. Bumped by that thread only, read by /metrics; never per request.
+//! Exact mode's per-request calls are counted per shard (net/redis.rs `Stats`) and added here.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -10,8 +11,6 @@ pub const STATE_DOWN: u64 = 2;
 
 pub struct Fleet {
     pub state: AtomicU64,
-    /// The exact-mode thread's view of its stores (shown combined with `state`: the worse).
-    pub exact_state: AtomicU64,
     /// Successful exchanges (one pipelined round trip each).
     pub syncs: AtomicU64,
     /// Failed exchanges or connection attempts (timeouts included).
@@ -29,7 +28,6 @@ pub struct Fleet {
 
 pub static FLEET: Fleet = Fleet {
     state: AtomicU64::new(STATE_NONE),
-    exact_state: AtomicU64::new(STATE_NONE),
     syncs: AtomicU64::new(0),
     errors: AtomicU64::new(0),
     changes: AtomicU64::new(0),
@@ -39,16 +37,25 @@ pub static FLEET: Fleet = Fleet {
     keys: AtomicU64::new(0),
 };
 
-/// (name, kind, help, value) for every fleet family, for /metrics.
-pub fn families() -> [(&'static str, &'static str, &'static str, u64); 8] {
+/// Exact mode's counts summed over shards: [commands, errors, changes] and the worst state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExactCounts {
+    pub calls: [u64; 3],
+    pub state: u64,
+}
+
+/// (name, kind, help, value) for every fleet family, for /metrics: the fleet thread's counters
+/// plus exact mode's (`x`); the state shown is the worse of the two.
+pub fn families(x: ExactCounts) -> [(&'static str, &'static str, &'static str, u64); 8] {
     use super::names::*;
     let f = &FLEET;
+    let [commands, errors, changes] = x.calls;
     [
-        (FLEET_STATE, "gauge", "Shared limit store: 0 none configured, 1 reachable, 2 unreachable (node falls back per on_redis_error).", f.state.load(Relaxed).max(f.exact_state.load(Relaxed))),
+        (FLEET_STATE, "gauge", "Shared limit store: 0 none configured, 1 reachable, 2 unreachable (node falls back per on_redis_error).", f.state.load(Relaxed).max(x.state)),
         (FLEET_SYNCS, "counter", "Exchanges with the shared limit store (one pipelined round trip each).", f.syncs.load(Relaxed)),
-        (FLEET_ERRORS, "counter", "Failed exchanges or connection attempts with the shared limit store.", f.errors.load(Relaxed)),
-        (FLEET_CHANGES, "counter", "Reachable/unreachable transitions of the shared limit store.", f.changes.load(Relaxed)),
-        (FLEET_COMMANDS, "counter", "Redis commands sent by this node for cluster-wide limits.", f.commands.load(Relaxed)),
+        (FLEET_ERRORS, "counter", "Failed exchanges or connection attempts with the shared limit store.", f.errors.load(Relaxed) + errors),
+        (FLEET_CHANGES, "counter", "Reachable/unreachable transitions of the shared limit store.", f.changes.load(Relaxed) + changes),
+        (FLEET_COMMANDS, "counter", "Redis commands sent by this node for cluster-wide limits.", f.commands.load(Relaxed) + commands),
         (FLEET_LATENCY_SUM, "counter", "Sum of exchange round-trip times in seconds (divide by syncs for the mean).", 0),
         (FLEET_LATENCY_LAST, "gauge", "Round-trip time of the last exchange in seconds.", 0),
         (FLEET_KEYS, "gauge", "Keys exchanged in the last round.", f.keys.load(Relaxed)),

@@ -259,6 +259,8 @@ pub struct ShardSnapshot {
     pub deprecated: Vec<(String, String, u64)>,
     /// proxy-cache answers and lookups: [hits, misses, local lookups, cross-shard asks].
     pub cache: [u64; 4],
+    /// limit-count exact mode's Redis calls from this shard.
+    pub exact: fleet::ExactCounts,
 }
 
 #[cfg(test)]

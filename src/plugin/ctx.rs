@@ -65,8 +65,8 @@ pub struct Private {
     pub log_req: Option<Box<ReqSummary>>,
     /// openid-connect: this request already waited once for the provider (decide now).
     pub oidc_waited: bool,
-    /// limit-count's exact mode: the ask this request is waiting on (its id).
-    pub exact_ask: Option<u64>,
+    /// limit-count's exact mode: where this request's count in the store lands.
+    pub exact: Option<crate::plugin::limit_exact::Counted>,
 }
 
 impl Private {
@@ -75,7 +75,7 @@ impl Private {
         self.cache.reset();
         self.log_req = None;
         self.oidc_waited = false;
-        self.exact_ask = None;
+        self.exact = None;
     }
 }
 

@@ -1,9 +1,8 @@
 //! limit-count: N requests per time window per key, node-wide via the shard's `CountLimiter`
-//! share, or in exact mode counted in Redis per request (the request parks, the shard does not
-//! block). Sends X-RateLimit-* headers; never blocks or locks.
+//! share, or in exact mode counted in Redis per request (limit_exact.rs: the request's future
+//! awaits the store, the shard does not block). Sends X-RateLimit-* headers; never locks.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -11,14 +10,14 @@ use serde::Deserialize;
 
 use super::chain::{BuildCx, FactoryRef, LimiterSpec, ShardCx, ShardLimiter};
 use super::consumer::Consumers;
+use super::limit_exact::Exact;
 use super::limit_policy::{self, ClusterConf, PolicyKeys, RedisConf};
 use super::util::{duration, err, key_hash, key_parts, parse, positive, LimitKeyPart, RawDur};
-use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec, Wait};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
-use crate::limit::count::{CountLimiter, CountParams, Decision};
-use crate::limit::fleet::{is_exact, ExactAnswer, ExactAsk, ExactReply, FleetSpec, Kind, OnError};
-use crate::limit::sync::Endpoint;
+use crate::limit::count::{CountLimiter, CountParams};
+use crate::limit::fleet::{is_exact, FleetSpec, Kind};
 use crate::metrics::{Limiter, ShardMetrics};
 
 pub const SPEC: Spec = Spec {
@@ -240,20 +239,11 @@ impl PluginFactory for Factory {
                 1,
             ))),
         };
-        let exact = self.0.exact.as_ref().map(|spec| {
-            let (tx, rx) = crossbeam_channel::unbounded();
-            Rc::new(Exact {
-                spec: spec.clone(),
-                endpoint: shard.limit.clone(),
-                reply: ExactReply {
-                    tx,
-                    wake: shard.purges.waker(),
-                },
-                rx,
-                next: Cell::new(0),
-                waiting: RefCell::new(HashMap::new()),
-            })
-        });
+        let exact = self
+            .0
+            .exact
+            .as_ref()
+            .map(|spec| Exact::new(spec.clone(), &shard.limit));
         Rc::new(LimitCount {
             s: self.0.clone(),
             exact,
@@ -267,7 +257,7 @@ impl PluginFactory for Factory {
 
 struct LimitCount {
     s: Arc<Shared>,
-    exact: Option<Rc<Exact>>,
+    exact: Option<Exact>,
     state: Rc<RefCell<CountLimiter>>,
     epoch: std::time::Instant,
     consumers: Arc<Consumers>,
@@ -284,26 +274,15 @@ impl Plugin for LimitCount {
         let now = cx.now_ms(self.epoch);
         let d = match &self.exact {
             None => self.state.borrow_mut().check(key, now),
-            Some(x) => match cx.private.exact_ask.take() {
+            Some(x) => match cx.private.exact.take() {
                 None => match x.ask(key) {
-                    Some(w) => {
-                        cx.private.exact_ask = Some(w.0);
-                        return Flow::Wait(w.1);
+                    Some((counted, wait)) => {
+                        cx.private.exact = Some(counted);
+                        return Flow::Wait(wait);
                     }
-                    None => x.fallback(&self.state, key, now),
+                    None => x.decide(None, &self.state, key, now),
                 },
-                Some(id) => match x.answer(id) {
-                    Some((n, reset_ms)) => {
-                        let limit = x.limit();
-                        Decision {
-                            allowed: n <= limit,
-                            limit,
-                            remaining: limit.saturating_sub(n),
-                            reset_ms,
-                        }
-                    }
-                    None => x.fallback(&self.state, key, now),
-                },
+                Some(counted) => x.decide(counted.get(), &self.state, key, now),
             },
         };
         if self.s.headers {
@@ -323,94 +302,6 @@ impl Plugin for LimitCount {
                 &self.s.msg,
             ))
         }
-    }
-}
-
-/// One shard's exact-mode side of a limit-count: asks out through the limit endpoint, answers
-/// in on its own mailbox (the sender rings the shard's doorbell, resuming the parked request).
-struct Exact {
-    spec: Arc<FleetSpec>,
-    endpoint: Rc<Endpoint>,
-    reply: ExactReply,
-    rx: crossbeam_channel::Receiver<ExactAnswer>,
-    next: Cell<u64>,
-    /// Asks out: None until answered. An ask given up on (timeout) is removed, so its late
-    /// answer is dropped.
-    waiting: RefCell<HashMap<u64, Option<Counted>>>,
-}
-
-/// Asks out on one shard past which answers nobody took are dropped.
-const MAX_WAITING: usize = 4096;
-
-/// The store's answer: the request's count and the ms left in its window (None: it failed).
-type Counted = Option<(u64, u64)>;
-
-impl Exact {
-    /// Sends the ask for `key`; its id and the wait for its answer (None: no exact-mode thread).
-    fn ask(self: &Rc<Self>, key: u64) -> Option<(u64, Wait)> {
-        let id = self.next.get();
-        self.next.set(id.wrapping_add(1));
-        let sent = self.endpoint.exact(ExactAsk {
-            spec: self.spec.clone(),
-            key,
-            id,
-            reply: self.reply.clone(),
-        });
-        if !sent {
-            return None;
-        }
-        let mut waiting = self.waiting.borrow_mut();
-        if waiting.len() >= MAX_WAITING {
-            // Answers nobody took: requests dropped while parked (a closed connection).
-            waiting.retain(|_, a| a.is_none());
-        }
-        waiting.insert(id, None);
-        drop(waiting);
-        let me = self.clone();
-        Some((
-            id,
-            Wait {
-                ready: Box::new(move || {
-                    me.drain();
-                    me.waiting.borrow().get(&id).is_some_and(Option::is_some)
-                }),
-                // The thread answers by its own timeout; the slack covers the hop back.
-                within: self.spec.timeout + std::time::Duration::from_millis(5),
-            },
-        ))
-    }
-
-    fn limit(&self) -> u64 {
-        match self.spec.kind {
-            Kind::Count { limit, .. } => limit,
-            Kind::Req { .. } => 0,
-        }
-    }
-
-    fn drain(&self) {
-        let mut w = self.waiting.borrow_mut();
-        while let Ok(a) = self.rx.try_recv() {
-            if let Some(slot) = w.get_mut(&a.id) {
-                *slot = Some(a.counted);
-            }
-        }
-    }
-
-    /// The store's count for ask `id`; None when it failed or did not come in time.
-    fn answer(&self, id: u64) -> Option<(u64, u64)> {
-        self.drain();
-        self.waiting.borrow_mut().remove(&id).flatten().flatten()
-    }
-
-    /// The store could not count this request: `on_redis_error`.
-    fn fallback(&self, local: &RefCell<CountLimiter>, key: u64, now: u64) -> Decision {
-        let mut d = local.borrow_mut().check(key, now);
-        match self.spec.on_error {
-            OnError::Local => {}
-            OnError::Allow => d.allowed = true,
-            OnError::Deny => d.allowed = false,
-        }
-        d
     }
 }
 
@@ -461,7 +352,7 @@ mod tests {
         let gw = testkit::gateway(&format!(
             "[limit-count]\ncount = 1\ntime_window = 60\n{redis}"
         ));
-        // No exact-mode thread here: on_redis_error's default ("local") decides at once.
+        // No Redis clients here: on_redis_error's default ("local") decides at once.
         assert_eq!(gw.send(GET).replied(), None);
         assert_eq!(gw.send(GET).replied(), Some(503));
         let e = testkit::config_error(&format!("[limit-req]\nrate = 1\nburst = 0\n{redis}"));

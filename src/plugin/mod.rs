@@ -31,6 +31,7 @@ mod jwt_auth;
 mod key_auth;
 mod limit_conn;
 mod limit_count;
+mod limit_exact;
 mod limit_policy;
 mod limit_req;
 pub mod openapi;
@@ -96,19 +97,29 @@ pub enum Flow {
     Continue,
     /// End the request here with this response; later request phases and the upstream are skipped.
     Respond(Reply),
-    /// Not yet decidable: an answer is on its way from a control thread. The proxy awaits it
-    /// without blocking the shard (checking `ready` each time the shard's doorbell rings, which
-    /// the answer's sender does, for at most `within`),
+    /// Not yet decidable: an answer is on its way (from a control thread, or from work on this
+    /// shard's runtime). The proxy awaits it without blocking the shard, for at most `within`,
     /// then calls the same phase of the same plugin again, which must then decide.
     Wait(Wait),
 }
 
-/// A plugin's wait for off-shard work (openid-connect's introspection and key refetch).
+/// A plugin's wait: openid-connect's introspection and key refetch (answered by its control
+/// thread), limit-count exact mode's store round trip (awaited on the shard).
 pub struct Wait {
-    /// True once the plugin can decide (it may drain its mailbox to find out). Same thread only.
-    pub ready: Box<dyn Fn() -> bool>,
+    pub until: Until,
     /// The longest wait; then the plugin runs again and decides without the answer.
     pub within: std::time::Duration,
+}
+
+/// What a `Wait` waits for.
+pub enum Until {
+    /// An answer from another thread: true once the plugin can decide (it may drain its mailbox
+    /// to find out). Checked each time the shard's doorbell rings, which the answer's sender
+    /// does. Same thread only.
+    Ready(Box<dyn Fn() -> bool>),
+    /// Work on the shard's own runtime that leaves its answer where the plugin finds it: the
+    /// request's future awaits it (no other thread, no doorbell).
+    Done(std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>),
 }
 
 impl Wait {

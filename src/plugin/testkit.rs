@@ -268,6 +268,11 @@ impl Gateway {
     }
 
     fn on_runtime<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.run(async { f() })
+    }
+
+    /// Runs `f` to its end on the test's monoio runtime (as a shard's would).
+    fn run<F: std::future::Future>(&self, f: F) -> F::Output {
         let mut rt = self.rt.borrow_mut();
         let rt = rt.get_or_insert_with(|| {
             monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
@@ -275,7 +280,7 @@ impl Gateway {
                 .build()
                 .expect("test runtime")
         });
-        rt.block_on(async { f() })
+        rt.block_on(f)
     }
 }
 
@@ -302,9 +307,16 @@ impl Exchange<'_> {
                     super::Step::Pass => break Flow::Continue,
                     // As proxy/phases.rs does, on this thread.
                     super::Step::Wait(w, at) => {
-                        let end = std::time::Instant::now() + w.within;
-                        while !(w.ready)() && std::time::Instant::now() < end {
-                            std::thread::sleep(super::Wait::POLL);
+                        match w.until {
+                            super::Until::Ready(ready) => {
+                                let end = std::time::Instant::now() + w.within;
+                                while !ready() && std::time::Instant::now() < end {
+                                    std::thread::sleep(super::Wait::POLL);
+                                }
+                            }
+                            super::Until::Done(work) => {
+                                let _ = self.gw.run(monoio::time::timeout(w.within, work));
+                            }
                         }
                         from = at;
                     }

@@ -11,7 +11,7 @@ use crate::http::parse::{Method, ResponseHead};
 use crate::http::write::{header, put_u64, reason, status_line};
 use crate::local::bell::parked;
 use crate::net::io::write_all;
-use crate::plugin::{Ctx, Reply, Resume, Step};
+use crate::plugin::{Ctx, Reply, Resume, Step, Until};
 
 impl<S: ClientStream> ClientConn<S> {
     /// Routed request -> plugin request phases -> forward (or the plugin's reply) -> log.
@@ -44,15 +44,23 @@ impl<S: ClientStream> ClientConn<S> {
                 .request_phases(route, &self.req, &mut self.cx, from)
             {
                 Step::Wait(w, at) => {
-                    // Parked until the shard's doorbell rings (the answer's sender rings it)
-                    // or `within` passes. Boxed for the same reason as the delay's `Sleep` below.
-                    let end = std::time::Instant::now() + w.within;
-                    while !(w.ready)() {
-                        let left = end.saturating_duration_since(std::time::Instant::now());
-                        if left.is_zero() {
-                            break;
+                    match w.until {
+                        // Parked until the shard's doorbell rings (the answer's sender rings it)
+                        // or `within` passes. Boxed for the same reason as the delay's `Sleep`
+                        // below.
+                        Until::Ready(ready) => {
+                            let end = std::time::Instant::now() + w.within;
+                            while !ready() {
+                                let left = end.saturating_duration_since(std::time::Instant::now());
+                                if left.is_zero() {
+                                    break;
+                                }
+                                let _ = Box::pin(monoio::time::timeout(left, parked())).await;
+                            }
                         }
-                        let _ = Box::pin(monoio::time::timeout(left, parked())).await;
+                        Until::Done(work) => {
+                            let _ = Box::pin(monoio::time::timeout(w.within, work)).await;
+                        }
                     }
                     from = at;
                 }

@@ -62,14 +62,15 @@ pub struct Lanes {
 
 impl Lanes {
     /// `grant` and `up` join the node's fleet thread (cluster-wide limiters), `tier` its
-    /// shared cache tier thread, `exact` its exact-mode limit thread.
+    /// shared cache tier thread; with `exact`, the shard has its own Redis clients for
+    /// limit-count's exact mode.
     pub fn new(
         limit: Lane<Report>,
         purge: Lane<Mail>,
         grant: Lane<Grant>,
         up: Option<crossbeam_channel::Sender<Uplink>>,
         tier: Option<crate::cache::tier::TierLink>,
-        exact: Option<crate::limit::sync::ExactTx>,
+        exact: bool,
     ) -> Lanes {
         Lanes {
             limit: Rc::new(Endpoint::node(limit, grant, up, exact)),
@@ -80,7 +81,7 @@ impl Lanes {
 
     /// A shard alone on a mesh of one (tests, tools).
     pub fn solo() -> Lanes {
-        Lanes::new(Lane::solo(), Lane::solo(), Lane::solo(), None, None, None)
+        Lanes::new(Lane::solo(), Lane::solo(), Lane::solo(), None, None, false)
     }
 
     /// Takes in what peers sent: limit reports go to their limiter sets, purges are carried
@@ -305,6 +306,10 @@ impl Shard {
             invalid: self.metrics.invalid(),
             deprecated: self.metrics.deprecated(),
             cache: self.metrics.cache(),
+            exact: self.lanes.limit.exact().map_or_else(Default::default, |c| {
+                let (calls, state) = c.counts();
+                crate::metrics::fleet::ExactCounts { calls, state }
+            }),
         }
     }
 }

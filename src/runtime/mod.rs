@@ -49,8 +49,6 @@ pub struct TierPorts {
 pub struct FleetPorts {
     pub grants: crate::util::mesh::Inlet<Grant>,
     pub uplinks: Receiver<Uplink>,
-    /// Exact-mode asks (`sync_interval = "0"`), one per request.
-    pub exact: Option<tokio::sync::mpsc::UnboundedReceiver<crate::limit::fleet::ExactAsk>>,
 }
 
 /// What one shard thread is handed: its control channel, the doorbell every sender rings with
@@ -64,7 +62,6 @@ struct Wiring {
     grant: Lane<Grant>,
     up: crossbeam_channel::Sender<Uplink>,
     tier: TierLink,
-    exact: crate::limit::sync::ExactTx,
 }
 
 /// The plane's links to `workers` shards and each shard's wiring: one doorbell per shard, rung by
@@ -98,7 +95,6 @@ fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>, FleetPorts, TierP
     };
     let (grant, grants) = mesh.lane::<Grant>();
     let (up, uplinks) = unbounded();
-    let (exact_tx, exact) = tokio::sync::mpsc::unbounded_channel();
     let mut links = Vec::with_capacity(workers);
     let mut wiring = Vec::with_capacity(workers);
     for ((((wake, bell), limit), purge), grant) in wakes
@@ -119,20 +115,10 @@ fn wire(workers: usize) -> (Vec<wake::ShardLink>, Vec<Wiring>, FleetPorts, TierP
             grant,
             up: up.clone(),
             tier: link.clone(),
-            exact: exact_tx.clone(),
         });
     }
     let tier = TierPorts { mail, asks, puts };
-    (
-        links,
-        wiring,
-        FleetPorts {
-            grants,
-            uplinks,
-            exact: Some(exact),
-        },
-        tier,
-    )
+    (links, wiring, FleetPorts { grants, uplinks }, tier)
 }
 
 /// Starts one pinned shard thread per entry of `per_shard` (its listeners, from
@@ -266,14 +252,7 @@ fn spawn_shard(
                 let shard = Rc::new(Shard::new(
                     id,
                     cfg,
-                    Lanes::new(
-                        w.limit,
-                        w.purge,
-                        w.grant,
-                        Some(w.up),
-                        Some(w.tier),
-                        Some(w.exact),
-                    ),
+                    Lanes::new(w.limit, w.purge, w.grant, Some(w.up), Some(w.tier), true),
                 ));
                 shard::run(shard, listeners, w.control, w.wake, w.bell)
             };

@@ -336,7 +336,17 @@ fn store_stalls_stops_and_returns_without_requests_waiting() {
     assert!(fleet_metric(status, "ringway_fleet_syncs_total") >= 1.0);
 }
 
-fn cmd<T: redis::FromRedisValue>(c: &mut redis::Connection, args: &[&str]) -> T {
+/// One request as tenant `name`: admitted (200) or refused (429), nothing else.
+pub(crate) fn tenant_admitted(c: &mut Client, name: &str) -> bool {
+    let r = get_with(c, "/x", &format!("X-Tenant: {name}\r\n"));
+    match r.status {
+        200 => true,
+        429 => false,
+        s => panic!("unexpected status {s}"),
+    }
+}
+
+pub(crate) fn cmd<T: redis::FromRedisValue>(c: &mut redis::Connection, args: &[&str]) -> T {
     let mut k = redis::cmd(args[0]);
     for a in &args[1..] {
         k.arg(*a);
@@ -378,12 +388,7 @@ fn redis_cluster_shares_limits_and_follows_a_moved_slot() {
         for i in 0..n {
             for (t, name) in tenants.iter().enumerate() {
                 let c = if (i + t) % 2 == 0 { &mut *ca } else { &mut *cb };
-                let r = get_with(c, "/x", &format!("X-Tenant: {name}\r\n"));
-                match r.status {
-                    200 => admitted[t] += 1,
-                    429 => {}
-                    s => panic!("unexpected status {s}"),
-                }
+                admitted[t] += u32::from(tenant_admitted(c, name));
             }
             thread::sleep(Duration::from_millis(5));
         }
@@ -431,26 +436,11 @@ fn redis_cluster_shares_limits_and_follows_a_moved_slot() {
         .iter()
         .find(|&&n| n != src)
         .expect("another master");
-    let (mut s, mut d) = (cluster.conn(src), cluster.conn(dst));
-    let slot: i64 = cmd(&mut s, &["CLUSTER", "KEYSLOT", key]);
-    let slot = slot.to_string();
-    let src_id: String = cmd(&mut s, &["CLUSTER", "MYID"]);
-    let dst_id: String = cmd(&mut d, &["CLUSTER", "MYID"]);
-    let _: () = cmd(&mut d, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]);
-    let _: () = cmd(&mut s, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]);
-    let moving: Vec<String> = cmd(&mut s, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
-    let port = dst.port().to_string();
-    let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
-    migrate.extend(moving.iter().map(String::as_str));
-    let _: redis::Value = cmd(&mut s, &migrate);
+    let mut d = cluster.conn(dst);
+    let moving = cluster.migrate(key, src, dst);
     // Nodes asking the old owner now get ASK for the migrated keys.
     thread::sleep(Duration::from_millis(200));
-    for &m in &cluster.nodes {
-        let _: () = cmd(
-            &mut cluster.conn(m),
-            &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id],
-        );
-    }
+    cluster.finish(&moving);
     let moved_at = wall_ms();
     round(&mut ca, &mut cb, &mut admitted, 20);
     eprintln!("fleet cluster: after the move {admitted:?}");

@@ -5,7 +5,9 @@
 use std::thread;
 use std::time::Duration;
 
-use crate::fleet::{clear_of_hour_boundary, count_plugin, fleet_metric, node, timed};
+use crate::fleet::{
+    clear_of_hour_boundary, cmd, count_plugin, fleet_metric, node, tenant_admitted, timed,
+};
 use crate::harness::*;
 
 /// Four clients (two per node, two shards each) send 160 requests on one key, limit 50 in an
@@ -162,4 +164,95 @@ fn exact_mode_falls_back_when_the_store_is_down() {
     );
     assert!(fleet_metric(status, "ringway_fleet_errors_total") >= 1.0);
     assert!(fleet_metric(status, "ringway_fleet_state_changes_total") >= 2.0);
+}
+
+/// Exact mode on a real three-master Redis Cluster, the nodes given one seed: the shard's own
+/// client follows MOVED to the masters owning the other limits, every request is counted once
+/// on the owner of its key's slot and exactly `count` are admitted per tenant; then one limit's
+/// slot is migrated (ASK while it moves, MOVED after) and the counting follows it, no call failing.
+#[test]
+fn exact_mode_on_a_redis_cluster_follows_moved_and_ask() {
+    let _cpu = cpu_lock();
+    let cluster = RedisCluster::start();
+    let o = Origin::named("o");
+    let plugins = format!(
+        "[routes.plugins.limit-count]\ncount = 10\ntime_window = 3600\n\
+         key = \"header:X-Tenant\"\nrejected_code = 429\npolicy = \"redis-cluster\"\n\
+         redis_cluster = {{ nodes = [\"{}\"], timeout = \"3s\" }}\nsync_interval = \"0\"\n\
+         on_redis_error = \"deny\"\n",
+        cluster.nodes[0]
+    );
+    clear_of_hour_boundary(60);
+    let a = node(&o, 2, &plugins);
+    let b = node(&o, 1, &plugins);
+    let (mut ca, mut cb) = (a.client(), b.client());
+    let tenants: Vec<String> = (0..6).map(|i| format!("tenant-{i}")).collect();
+    let mut admitted = vec![0u32; tenants.len()];
+    // Tenant `t`'s `i`th request, on the nodes in turn.
+    let mut send = |t: usize, i: usize, admitted: &mut Vec<u32>| {
+        let c = if (i + t) % 2 == 0 { &mut ca } else { &mut cb };
+        admitted[t] += u32::from(tenant_admitted(c, &tenants[t]));
+    };
+    for i in 0..15 {
+        for t in 0..tenants.len() {
+            send(t, i, &mut admitted);
+        }
+    }
+    assert_eq!(admitted, vec![10; 6], "exactly the count per tenant");
+    // Every window key on the master that owns its slot, counting every request once.
+    let mut owners = std::collections::BTreeMap::new();
+    for &m in &cluster.nodes {
+        let mut c = cluster.conn(m);
+        let keys: Vec<String> = cmd(&mut c, &["KEYS", "ringway:lx:*"]);
+        for k in keys {
+            assert_eq!(cluster.owner_of(&k), m, "{k} on its slot's owner");
+            let n: u64 = cmd(&mut c, &["GET", &k]);
+            assert_eq!(n, 15, "{k}: one count per request");
+            owners.insert(k, m);
+        }
+    }
+    assert_eq!(owners.len(), 6, "one key per tenant: {owners:?}");
+    let away: Vec<_> = owners
+        .iter()
+        .filter(|(_, &m)| m != cluster.nodes[0])
+        .collect();
+    assert!(!away.is_empty(), "all six on the seed: no MOVED followed");
+
+    // Migrate one limit's slot to another master.
+    let (key, &src) = owners.iter().next().expect("a key");
+    let dst = *cluster
+        .nodes
+        .iter()
+        .find(|&&n| n != src)
+        .expect("another master");
+    let mut d = cluster.conn(dst);
+    let moving = cluster.migrate(key, src, dst);
+    // While the slot migrates, the old owner answers ASK for the moved key.
+    let before = admitted.clone();
+    for i in 0..4 {
+        for t in 0..tenants.len() {
+            send(t, i, &mut admitted);
+        }
+    }
+    let _: () = cmd(&mut d, &["ASKING"]);
+    let n: u64 = cmd(&mut d, &["GET", key]);
+    assert_eq!(
+        n, 19,
+        "{key}: counted on the importing master during the move"
+    );
+    cluster.finish(&moving);
+    // Now MOVED: the nodes learn the slot's new owner.
+    for i in 0..4 {
+        for t in 0..tenants.len() {
+            send(t, i, &mut admitted);
+        }
+    }
+    assert_eq!(cluster.owner_of(key), dst);
+    let n: u64 = cmd(&mut d, &["GET", key]);
+    assert_eq!(n, 23, "{key}: counted on its new owner after the move");
+    assert_eq!(admitted, before, "nothing admitted past the count");
+    for gw in [&a, &b] {
+        let logs = gw.logs();
+        assert!(!logs.contains("unreachable ("), "a call failed:\n{logs}");
+    }
 }

@@ -351,6 +351,11 @@ fn cache_tier_readers() {
 }
 
 #[test]
+fn resp_replies() {
+    drive("resp", 8, 20_000, props::resp, None);
+}
+
+#[test]
 fn config_loader_properties() {
     drive("config", 5, 2_000, props::config, None);
 }

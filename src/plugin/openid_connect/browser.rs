@@ -22,7 +22,7 @@ use super::remote::{Ask, Mailbox};
 use super::session::{self, challenge, form_encode, query_param, Login, Session};
 use super::{unix_now, Grant, Side, MAX_REUSE_SECS};
 use crate::http::parse::RequestHead;
-use crate::plugin::{Ctx, Flow, Reply, Wait};
+use crate::plugin::{Ctx, Flow, Reply, Until, Wait};
 
 /// How long a login may take at the provider (the login cookie's lifetime).
 const LOGIN_SECS: u64 = 600;
@@ -368,10 +368,10 @@ impl Side {
         let me = self.clone();
         let key = key.to_string();
         Some(Wait {
-            ready: Box::new(move || {
+            until: Until::Ready(Box::new(move || {
                 me.drain(Instant::now());
                 !me.asked.borrow().contains(&key)
-            }),
+            })),
             // The worker's own timeout, and userinfo's after the token call.
             within: self.s.endpoints.timeout * 2 + Duration::from_millis(500),
         })

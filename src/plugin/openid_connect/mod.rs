@@ -33,7 +33,7 @@ use self::remote::{Ask, News, Remote, ShardEnds};
 use super::chain::{BuildCx, FactoryRef, ShardCx};
 use super::consumer::Consumers;
 use super::key_auth::set_consumer;
-use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec, Wait};
+use super::{phase, Ctx, Flow, Plugin, PluginFactory, Reply, Spec, Until, Wait};
 use crate::error::ConfigError;
 use crate::http::parse::RequestHead;
 
@@ -324,10 +324,10 @@ impl Side {
         }
         let me = self.clone();
         Some(Wait {
-            ready: Box::new(move || {
+            until: Until::Ready(Box::new(move || {
                 me.drain(Instant::now());
                 me.key_news.get() > seen
-            }),
+            })),
             within: self.s.endpoints.timeout * 2,
         })
     }
@@ -347,10 +347,10 @@ impl Side {
         }
         let me = self.clone();
         Some(Wait {
-            ready: Box::new(move || {
+            until: Until::Ready(Box::new(move || {
                 me.drain(Instant::now());
                 !me.pending.borrow().contains(&key)
-            }),
+            })),
             within: self.s.endpoints.timeout + Duration::from_millis(500),
         })
     }

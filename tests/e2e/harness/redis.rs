@@ -218,6 +218,49 @@ impl RedisCluster {
     pub fn conn(&self, a: SocketAddr) -> redis::Connection {
         self.node_conn(a).expect("cluster node connection")
     }
+
+    /// Starts moving `key`'s slot from master `src` to `dst` and migrates the slot's keys: the
+    /// old owner answers ASK for them until `finish`.
+    pub fn migrate(&self, key: &str, src: SocketAddr, dst: SocketAddr) -> Migration {
+        let (mut s, mut d) = (self.conn(src), self.conn(dst));
+        let slot: i64 = query(&mut s, &["CLUSTER", "KEYSLOT", key]);
+        let slot = slot.to_string();
+        let src_id: String = query(&mut s, &["CLUSTER", "MYID"]);
+        let dst_id: String = query(&mut d, &["CLUSTER", "MYID"]);
+        let _: () = query(&mut d, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]);
+        let _: () = query(&mut s, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]);
+        let moving: Vec<String> = query(&mut s, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+        let port = dst.port().to_string();
+        let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        migrate.extend(moving.iter().map(String::as_str));
+        let _: redis::Value = query(&mut s, &migrate);
+        Migration { slot, dst_id }
+    }
+
+    /// Gives a migrating slot to its new owner on every master: the old one answers MOVED.
+    pub fn finish(&self, m: &Migration) {
+        for &n in &self.nodes {
+            let _: () = query(
+                &mut self.conn(n),
+                &["CLUSTER", "SETSLOT", &m.slot, "NODE", &m.dst_id],
+            );
+        }
+    }
+}
+
+/// A slot on its way between masters (`RedisCluster::migrate`).
+pub struct Migration {
+    slot: String,
+    dst_id: String,
+}
+
+fn query<T: redis::FromRedisValue>(c: &mut redis::Connection, args: &[&str]) -> T {
+    let mut q = redis::cmd(args[0]);
+    for a in &args[1..] {
+        q.arg(*a);
+    }
+    q.query(c)
+        .unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")))
 }
 
 impl Drop for RedisCluster {

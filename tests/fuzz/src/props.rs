@@ -31,6 +31,10 @@
 //! * cache_tier: what the shared cache tier hands back (an entry blob, a memcached reply, a
 //!   purge published by another node) never panics; a blob that decodes encodes back to
 //!   itself with headers that cannot break a response; a memcached value lies inside the reply.
+//! * resp: the RESP2 reply parser (exact mode's Redis client) never panics and stays inside its
+//!   bounds; a reply it reads is exactly the bytes it used (every strict prefix asks for more,
+//!   and it parses the same from them alone); an encoded command reads back as its arguments;
+//!   cluster slots and redirections read from any bytes stay in range.
 #![allow(dead_code)]
 
 use bytes::BytesMut;
@@ -1223,5 +1227,64 @@ pub fn cache_tier(data: &[u8]) {
     }
     if let Some((node, ns, _)) = parse_purge(data) {
         assert!(!node.contains(&b'\n') && !ns.contains('\n'));
+    }
+}
+
+pub fn resp(data: &[u8]) {
+    use ringway::net::resp::{self, parse, Value};
+    fn fits(v: &Value, depth: usize) -> usize {
+        match v {
+            Value::Array(Some(items)) => {
+                assert!(depth + 1 < resp::MAX_DEPTH && items.len() <= resp::MAX_ARRAY);
+                1 + items.iter().map(|i| fits(i, depth + 1)).sum::<usize>()
+            }
+            Value::Bulk(Some(b)) => {
+                assert!(b.len() <= resp::MAX_BULK);
+                1
+            }
+            Value::Simple(l) | Value::Error(l) => {
+                assert!(l.len() <= resp::MAX_LINE && !l.contains(['\r', '\n']));
+                1
+            }
+            _ => 1,
+        }
+    }
+    if let Ok(Some((v, used))) = parse(data) {
+        assert!(used <= data.len());
+        assert!(fits(&v, 0) <= resp::MAX_VALUES);
+        assert_eq!(parse(&data[..used]), Ok(Some((v.clone(), used))));
+        for cut in [0, used / 2, used.saturating_sub(1)] {
+            if cut < used {
+                assert_eq!(
+                    parse(&data[..cut]),
+                    Ok(None),
+                    "a strict prefix is incomplete"
+                );
+            }
+        }
+    }
+    // Commands: the input split into arguments at spaces.
+    let args: Vec<&[u8]> = data.split(|&b| b == b' ').take(64).collect();
+    let mut out = Vec::new();
+    resp::encode(&mut out, &args);
+    match parse(&out) {
+        _ if args.iter().any(|a| a.len() > resp::MAX_BULK) => {}
+        Ok(Some((Value::Array(Some(items)), used))) => {
+            assert_eq!(used, out.len());
+            let back: Vec<&[u8]> = items
+                .iter()
+                .map(|i| match i {
+                    Value::Bulk(Some(b)) => b.as_slice(),
+                    other => panic!("not a bulk string: {other:?}"),
+                })
+                .collect();
+            assert_eq!(back, args);
+        }
+        other => panic!("an encoded command did not read back: {other:?}"),
+    }
+    assert!(resp::slot(data) < 16384);
+    if let Some(resp::Redirect::Moved { slot, .. }) = resp::redirect(&String::from_utf8_lossy(data))
+    {
+        assert!(slot < 16384);
     }
 }
