@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Cluster-wide limits (issue 17): instructions per request of limit-count policy = "local" against
-# policy = "redis" (one key, sync_interval 50 ms) in one ringway under callgrind, as
+# policy = "redis" (one key, sync_interval 50 ms) and exact mode (sync_interval = "0", a script
+# call per request) in one ringway under callgrind, as
 # perf/callgrind.sh does for plugins. Every thread is counted, the fleet thread (tokio, Redis
 # client) included, so the store exchanges are in the per-request figure. Needs redis-server.
 #
-#   perf/fleet-callgrind.sh           # SECS=4 CONNS=8 by default
+#   perf/fleet-callgrind.sh           # SECS=4 CONNS=8 ROUTES="local redis exact" by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-4}
 CONNS=${CONNS:-8}
+ROUTES=${ROUTES:-local redis exact}
 T=${CARGO_TARGET_DIR:-target}/release
 for tool in valgrind callgrind_control callgrind_annotate; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y valgrind" >&2; exit 1; }
@@ -47,16 +49,28 @@ time_window = 60
 key = "remote_addr"
 policy = "redis"
 redis = { addr = "127.0.0.1:$RP" }
+[[routes]]
+name = "exact"
+paths = ["/exact"]
+upstream = "origin"
+[routes.plugins.limit-count]
+count = 1000000000
+time_window = 60
+key = "remote_addr"
+policy = "redis"
+sync_interval = "0"
+on_redis_error = "deny"
+redis = { addr = "127.0.0.1:$RP", timeout = "2s" }
 TOML
 RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
   "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
 VG=$!
 pids+=($VG)
 for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.1; done
-for route in local redis; do
+for route in $ROUTES; do
   "$T/ringway-bench" -t 1 -c "$CONNS" -d 2s "http://127.0.0.1:$GW/$route" >/dev/null 2>&1
 done
-for route in local redis local redis; do
+for route in $ROUTES $ROUTES; do
   callgrind_control -z "$VG" >/dev/null
   c0=$(redis-cli -p "$RP" info commandstats | awk -F'[=,:]' '/^cmdstat_eval(sha)?:/ {n += $3} END {print n+0}')
   reqs=$("$T/ringway-bench" -t 1 -c "$CONNS" -d "${SECS}s" --json \
