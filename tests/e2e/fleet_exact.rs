@@ -166,6 +166,67 @@ fn exact_mode_falls_back_when_the_store_is_down() {
     assert!(fleet_metric(status, "ringway_fleet_state_changes_total") >= 2.0);
 }
 
+/// A store with a password and a database: each shard's client logs in (AUTH) and SELECTs the
+/// configured database on every connection, so the counts land there; a wrong password is a
+/// failed login, which falls back per on_redis_error.
+#[test]
+fn exact_mode_logs_in_and_selects_the_database() {
+    let _cpu = cpu_lock();
+    let redis = Redis::start();
+    let mut admin = redis.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret")
+        .query(&mut admin)
+        .expect("CONFIG SET requirepass");
+    let o = Origin::named("o");
+    let lc = |password: &str| {
+        format!(
+            "[routes.plugins.limit-count]\ncount = 2\ntime_window = 3600\nrejected_code = 429\n\
+             policy = \"redis\"\nsync_interval = \"0\"\non_redis_error = \"allow\"\n\
+             redis = {{ addr = \"{}\", password = \"{password}\", database = 2, timeout = \"3s\" }}\n",
+            redis.addr
+        )
+    };
+    let cfg = format!(
+        "{}{}{}{}",
+        server(&[("workers", "2")]),
+        upstream("backend", &[o.addr], ""),
+        route("good", &["/good"], "backend", &lc("s3cret")),
+        route("bad", &["/bad"], "backend", &lc("wrong")),
+    );
+    clear_of_hour_boundary(30);
+    let gw = Gateway::start(&cfg);
+    let mut c = gw.client();
+    let codes: Vec<u16> = (0..3).map(|_| c.get("/good").status).collect();
+    assert_eq!(codes, [200, 200, 429], "counted in the store");
+    let _: () = redis::cmd("SELECT")
+        .arg(2)
+        .query(&mut admin)
+        .expect("SELECT");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("ringway:lx:*")
+        .query(&mut admin)
+        .expect("KEYS");
+    assert_eq!(keys.len(), 1, "the window key in database 2: {keys:?}");
+    let n: u64 = redis::cmd("GET")
+        .arg(&keys[0])
+        .query(&mut admin)
+        .expect("GET");
+    assert_eq!(n, 3);
+    // The wrong password: the login fails, so the route fails open (allow), logged once.
+    let codes: Vec<u16> = (0..3).map(|_| c.get("/bad").status).collect();
+    assert_eq!(codes, [200, 200, 200], "allow while the login fails");
+    assert!(
+        wait_until(Duration::from_secs(5), || gw
+            .logs()
+            .contains("refused the login")),
+        "no log line for the failed login:\n{}",
+        gw.logs()
+    );
+}
+
 /// Exact mode on a real three-master Redis Cluster, the nodes given one seed: the shard's own
 /// client follows MOVED to the masters owning the other limits, every request is counted once
 /// on the owner of its key's slot and exactly `count` are admitted per tenant; then one limit's
