@@ -9,7 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -365,15 +365,11 @@ impl Client {
     }
 }
 
-/// A literal address, or a name resolved by the system (blocking: use addresses on hot paths).
+/// A literal address only: a shard never waits on a DNS lookup. Configured addresses are
+/// checked at load (plugin/limit_policy.rs); a cluster redirect naming a host fails this call.
 fn resolve(node: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = node.parse() {
-        return Ok(a);
-    }
-    node.to_socket_addrs()
-        .map_err(|e| format!("resolve {node}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("resolve {node}: no address"))
+    node.parse()
+        .map_err(|_| format!("{node} is not an IP address and port (no DNS lookups on a shard)"))
 }
 
 /// One node's connections on one shard.

@@ -357,6 +357,12 @@ mod tests {
         assert_eq!(gw.send(GET).replied(), Some(503));
         let e = testkit::config_error(&format!("[limit-req]\nrate = 1\nburst = 0\n{redis}"));
         assert!(e.message.contains("is for limit-count"), "{}", e.message);
+        // The shards connect in exact mode and never wait on DNS: names are refused at load.
+        let e = testkit::config_error(
+            "[limit-count]\ncount = 1\ntime_window = 60\npolicy = \"redis\"\nredis = { addr = \"redis.internal:6379\" }\nsync_interval = \"0\"\n",
+        );
+        assert_eq!(e.path, "routes[0].plugins.limit-count.redis.addr");
+        assert!(e.message.contains("IP address"), "{}", e.message);
     }
 
     #[test]

@@ -154,6 +154,29 @@ pub fn fleet(
             "exact mode (\"0\", a store round trip per request) is for limit-count; use 1ms..=10s",
         ));
     }
+    if interval.is_zero() {
+        // The shard itself connects in exact mode; a DNS lookup there would block the thread.
+        let (at, key, names): (String, &str, Vec<&String>) = match &store.0 {
+            Store::Redis { addr, .. } => (format!("{path}.redis"), "addr", vec![addr]),
+            Store::Cluster { nodes, .. } => (
+                format!("{path}.redis_cluster"),
+                "nodes",
+                nodes.iter().collect(),
+            ),
+        };
+        if let Some(n) = names
+            .iter()
+            .find(|n| n.parse::<std::net::SocketAddr>().is_err())
+        {
+            return Err(err(
+                &at,
+                key,
+                format!(
+                    "exact mode (sync_interval = \"0\") connects from the shards, which never wait on DNS: give an IP address and port, got {n:?}"
+                ),
+            ));
+        }
+    }
     if interval.as_secs() > 10 {
         return Err(err(
             path,
