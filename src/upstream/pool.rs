@@ -130,3 +130,7 @@ impl Default for Pool {
         Self::new()
     }
 }
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;
