@@ -69,9 +69,10 @@ pub struct ListenTlsSpec {
 /// RSA), so there is no weak option to turn off.
 pub fn provider() -> Arc<CryptoProvider> {
     #[cfg(feature = "tls-aws-lc")]
-    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let p = rustls::crypto::aws_lc_rs::default_provider();
     #[cfg(not(feature = "tls-aws-lc"))]
-    Arc::new(rustls::crypto::ring::default_provider())
+    let p = rustls::crypto::ring::default_provider();
+    Arc::new(p)
 }
 
 /// One ticket-key source for the whole node. Every listener's ServerConfig, on every shard,
