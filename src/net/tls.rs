@@ -64,10 +64,15 @@ pub struct ListenTlsSpec {
     pub hsts: Option<Arc<str>>,
 }
 
-/// The crypto provider everything TLS here uses: ring, whose default suites are all AEAD with
-/// forward secrecy (no CBC, RC4, 3DES, static RSA), so there is no weak option to turn off.
+/// The crypto provider everything TLS here uses: ring (or aws-lc-rs with the `tls-aws-lc`
+/// feature), whose default suites are all AEAD with forward secrecy (no CBC, RC4, 3DES, static
+/// RSA), so there is no weak option to turn off.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    #[cfg(feature = "tls-aws-lc")]
+    let p = rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(not(feature = "tls-aws-lc"))]
+    let p = rustls::crypto::ring::default_provider();
+    Arc::new(p)
 }
 
 /// One ticket-key source for the whole node. Every listener's ServerConfig, on every shard,
