@@ -7,8 +7,9 @@ use std::sync::Arc;
 use jsonschema::{Draft, Registry, Validator};
 use serde_json::{json, Map, Value};
 
-use super::doc::{Dialect, DocError, Document, Op, Param, ParamIn, Piece, Shape, Style};
+use super::doc::{Dialect, Document, Op, Param, ParamIn, Piece, Shape, Style};
 use super::params;
+use super::pointer::DocError;
 
 /// The base URI the document is registered under, so `$ref`s resolve inside it.
 const BASE: &str = "urn:ringway:openapi";
@@ -196,10 +197,10 @@ fn form_shapes(doc: &Document, ptr: Option<&str>) -> Result<Map<String, Value>, 
     let Some(s) = doc.root.pointer(&ptr[1..]) else {
         return Ok(out);
     };
-    let (s, at) = super::doc::resolve(&doc.root, s, ptr)?;
+    let (s, at) = super::pointer::resolve(&doc.root, s, ptr)?;
     if let Some(Value::Object(props)) = s.get("properties") {
         for (k, v) in props {
-            let p_at = format!("{at}/properties/{}", super::doc::escape(k));
+            let p_at = format!("{at}/properties/{}", super::pointer::escape(k));
             let shape = super::doc::shape_of(&doc.root, v, &p_at)?;
             out.insert(k.clone(), Value::String(shape_name(shape).into()));
         }

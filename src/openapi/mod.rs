@@ -6,8 +6,10 @@
 pub mod check;
 pub mod doc;
 mod params;
+pub mod pointer;
 pub mod problem;
 mod yaml;
 
 pub use check::{compile, Compiled, Failure, Operation, RequestParts};
-pub use doc::{parse, Dialect, DocError, Document, Op, Param, ParamIn};
+pub use doc::{parse, Dialect, Document, Op, Param, ParamIn};
+pub use pointer::DocError;
