@@ -7,7 +7,8 @@ use std::sync::Arc;
 use jsonschema::{Draft, Registry, Validator};
 use serde_json::{json, Map, Value};
 
-use super::doc::{Dialect, Document, Op, Param, ParamIn, Piece, Shape, Style};
+use super::doc::{Dialect, Document, Op, Piece};
+use super::inputs::{Param, ParamIn, Shape, Style};
 use super::params;
 use super::pointer::DocError;
 
@@ -201,7 +202,7 @@ fn form_shapes(doc: &Document, ptr: Option<&str>) -> Result<Map<String, Value>, 
     if let Some(Value::Object(props)) = s.get("properties") {
         for (k, v) in props {
             let p_at = format!("{at}/properties/{}", super::pointer::escape(k));
-            let shape = super::doc::shape_of(&doc.root, v, &p_at)?;
+            let shape = super::inputs::shape_of(&doc.root, v, &p_at)?;
             out.insert(k.clone(), Value::String(shape_name(shape).into()));
         }
     }
@@ -487,10 +488,10 @@ fn form_value(body: &[u8], shapes: &Map<String, Value>) -> Value {
     for (k, v) in &pairs {
         let kind = shapes.get(k).and_then(Value::as_str).unwrap_or("string");
         let scalar = match kind {
-            "integer" => super::doc::Scalar::Integer,
-            "number" => super::doc::Scalar::Number,
-            "boolean" => super::doc::Scalar::Boolean,
-            _ => super::doc::Scalar::String,
+            "integer" => super::inputs::Scalar::Integer,
+            "number" => super::inputs::Scalar::Number,
+            "boolean" => super::inputs::Scalar::Boolean,
+            _ => super::inputs::Scalar::String,
         };
         if kind == "array" {
             let e = m

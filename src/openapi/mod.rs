@@ -5,11 +5,13 @@
 
 pub mod check;
 pub mod doc;
+pub mod inputs;
 mod params;
 pub mod pointer;
 pub mod problem;
 mod yaml;
 
 pub use check::{compile, Compiled, Failure, Operation, RequestParts};
-pub use doc::{parse, Dialect, Document, Op, Param, ParamIn};
+pub use doc::{parse, Dialect, Document, Op};
+pub use inputs::{Param, ParamIn};
 pub use pointer::DocError;
