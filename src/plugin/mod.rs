@@ -13,6 +13,7 @@ pub mod ctx;
 pub mod logship;
 pub mod rand;
 pub mod registry;
+pub mod set;
 #[cfg(test)]
 pub(crate) mod testkit;
 pub mod util;
