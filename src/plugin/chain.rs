@@ -1,26 +1,23 @@
-//! The per-shard chains built from a `PluginSet` (set.rs) (`ShardPlugins`), the phase runners,
-//! and each generation's `LimitSync`. Reads config only through the set; never validates it.
+//! The per-shard chains built from a `PluginSet` (set.rs) (`ShardPlugins`) and the phase runners.
+//! Reads config only through the set, never validates it; limit state is limit_sync.rs's.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::consumer::Consumers;
 use super::ctx::Ctx;
-// The config-time half lives in set.rs; plugins import it from here as they always have.
+// The config-time half lives in set.rs and limit state in limit_sync.rs; plugins import them
+// from here as they always have.
+pub use super::limit_sync::{LimitSync, ShardLimiter};
 pub use super::set::{BuildCx, FactoryRef, LimiterSpec, PluginSet};
 use super::{phase, Flow, Plugin, Reply, Wait};
 use crate::cache::Caches;
 use crate::cache::Mail;
 use crate::http::parse::{RequestHead, ResponseHead};
-use crate::limit::bucket::Bucket;
-use crate::limit::conc::Concurrency;
-use crate::limit::count::CountLimiter;
-use crate::limit::fleet::{FleetSpec, Grant, Uplink};
-use crate::limit::sync::{Absorb, Endpoint, Report};
+use crate::limit::sync::Endpoint;
 use crate::metrics::ShardMetrics;
 use crate::util::cow::CowVec;
 use crate::util::mesh::Lane;
@@ -108,14 +105,6 @@ impl Chain {
     }
 }
 
-/// One shard's limiter state machines, by limiter id.
-#[derive(Clone)]
-pub enum ShardLimiter {
-    Count(Rc<RefCell<CountLimiter>>),
-    Req(Rc<RefCell<Bucket>>),
-    Conn(Rc<RefCell<Concurrency>>),
-}
-
 /// What a factory may use to build a shard's instance.
 pub struct ShardCx {
     pub id: usize,
@@ -167,40 +156,7 @@ impl ShardPlugins {
         caches: &Rc<Caches>,
     ) -> ShardPlugins {
         let (id, shards) = (purges.id(), purges.shards());
-        let limiters = set
-            .limiters
-            .iter()
-            .enumerate()
-            .map(|(i, s)| match s {
-                LimiterSpec::Count(p) => {
-                    let l = CountLimiter::new(*p, id, shards);
-                    let l = match set.fleet.get(i) {
-                        Some(Some(_)) => l.fleet(set.wall_ms),
-                        _ => l,
-                    };
-                    ShardLimiter::Count(Rc::new(RefCell::new(l)))
-                }
-                LimiterSpec::Req(p) => {
-                    ShardLimiter::Req(Rc::new(RefCell::new(Bucket::new(p.clone(), id, shards))))
-                }
-                LimiterSpec::Conn { max_keys } => ShardLimiter::Conn(Rc::new(RefCell::new(
-                    Concurrency::new(id, shards, *max_keys),
-                ))),
-            })
-            .collect::<Vec<_>>();
-        let sync = (!limiters.is_empty()).then(|| {
-            let sync = Rc::new(LimitSync {
-                limiters: limiters.clone(),
-                endpoint: limit.clone(),
-                epoch: set.epoch,
-                wall_ms: set.wall_ms,
-                fleet: set.fleet.clone(),
-                interval: set.sync_interval,
-            });
-            let weak: std::rc::Weak<dyn Absorb> = Rc::downgrade(&sync) as _;
-            limit.join(set.epoch, weak);
-            sync
-        });
+        let (limiters, sync) = super::limit_sync::build(set, limit, id, shards);
         let cx = ShardCx {
             id,
             shards,
@@ -466,109 +422,6 @@ impl ShardPlugins {
     /// This generation's limit sync, if it has limiters: what its housekeeping tick drives.
     pub fn limit_sync(&self) -> Option<Rc<LimitSync>> {
         self.sync.clone()
-    }
-}
-
-/// One generation's limiter state machines on one shard and its end of the limit lane. Peers'
-/// reports are absorbed as they arrive (the shard drains the lane when woken); the shard's own
-/// report goes out every `interval`, batching what changed since.
-pub struct LimitSync {
-    limiters: Vec<ShardLimiter>,
-    endpoint: Rc<Endpoint>,
-    epoch: Instant,
-    wall_ms: u64,
-    fleet: Vec<Option<Arc<FleetSpec>>>,
-    interval: Duration,
-}
-
-impl Absorb for LimitSync {
-    fn absorb(&self, r: &Report) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        match self.limiters.get(r.limiter as usize) {
-            Some(ShardLimiter::Count(l)) => {
-                l.borrow_mut()
-                    .absorb(r.from as usize, r.window, &r.items, now)
-            }
-            Some(ShardLimiter::Req(l)) => l.borrow_mut().absorb(r.from as usize, &r.items),
-            Some(ShardLimiter::Conn(l)) => l.borrow_mut().absorb(r.from as usize, &r.items),
-            None => {}
-        }
-    }
-
-    fn grant(&self, g: &Grant) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        match self.limiters.get(g.limiter as usize) {
-            Some(ShardLimiter::Count(l)) => {
-                l.borrow_mut()
-                    .grant(g.window, g.mode, g.default_frac, &g.items, now)
-            }
-            Some(ShardLimiter::Req(l)) => l.borrow_mut().grant(g.mode, g.default_frac, &g.items),
-            _ => {}
-        }
-    }
-}
-
-impl LimitSync {
-    /// How often this shard reports to its peers.
-    pub fn interval(&self) -> Duration {
-        self.interval
-    }
-
-    /// One sync tick: take in peers' reports not yet absorbed, recompute shares, tell peers
-    /// what changed.
-    pub fn tick(&self, sweep: bool) {
-        self.endpoint.drain();
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let me = self.endpoint.id() as u16;
-        for (i, l) in self.limiters.iter().enumerate() {
-            let (window, items) = match l {
-                ShardLimiter::Count(l) => {
-                    let mut l = l.borrow_mut();
-                    if sweep {
-                        l.sweep(now);
-                    }
-                    l.tick(now)
-                }
-                ShardLimiter::Req(l) => {
-                    let mut l = l.borrow_mut();
-                    if sweep {
-                        l.sweep(now);
-                    }
-                    (0, l.tick())
-                }
-                ShardLimiter::Conn(l) => {
-                    let mut l = l.borrow_mut();
-                    if sweep {
-                        l.sweep();
-                    }
-                    (0, l.tick())
-                }
-            };
-            if items.is_empty() {
-                continue;
-            }
-            if let Some(Some(spec)) = self.fleet.get(i) {
-                self.endpoint.uplink(Uplink {
-                    set: self.epoch,
-                    limiter: i as u32,
-                    wall_ms: self.wall_ms,
-                    spec: spec.clone(),
-                    from: me,
-                    tick: self.interval,
-                    window,
-                    items: items.clone(),
-                });
-            }
-            if self.endpoint.shards() > 1 {
-                self.endpoint.broadcast(Report {
-                    set: self.epoch,
-                    limiter: i as u32,
-                    from: me,
-                    window,
-                    items,
-                });
-            }
-        }
     }
 }
 

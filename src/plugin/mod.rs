@@ -10,6 +10,7 @@
 pub mod chain;
 pub mod consumer;
 pub mod ctx;
+pub mod limit_sync;
 pub mod logship;
 pub mod rand;
 pub mod registry;
