@@ -153,7 +153,7 @@ pub fn expand_one(
                     format!(
                         "{}/x-ringway-plugins/{}: {e}",
                         op.pointer,
-                        openapi::doc::escape(name)
+                        openapi::pointer::escape(name)
                     ),
                 )
             })?;

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod keys;
+mod startup;
 pub mod sync;
 mod watch;
 
@@ -120,7 +121,7 @@ pub fn startup(file: Built) -> Result<(Built, Fleet), String> {
             let t0 = Instant::now();
             let n = kvs.len();
             let (objects, bad) = parse_all(&src.prefix, kvs, rev);
-            let (built, r) = sync::startup_build(&mut doc, objects, &file_sets, rev)?;
+            let (built, r) = startup::startup_build(&mut doc, objects, &file_sets, rev)?;
             log::info!(
                 "config from etcd {:?} {}/ at revision {rev}: {n} key(s), {} refused (read in {read:?}, built in {:?})",
                 src.endpoints,
@@ -354,7 +355,7 @@ pub fn check(file: &Built, path: &Path) -> Result<String, String> {
     let (objects, bad) = parse_all(&src.prefix, kvs, rev);
     let mut doc = Document::open(path, None).map_err(|e| format!("{}: {e}", path.display()))?;
     let file_sets = doc.sets.clone();
-    let (built, refused) = sync::startup_build(&mut doc, objects, &file_sets, rev)?;
+    let (built, refused) = startup::startup_build(&mut doc, objects, &file_sets, rev)?;
     let refused = refused.len();
     let summary = format!(
         "etcd {}/ at revision {rev}: {n} key(s), {} refused; {} routes, {} upstreams in all",

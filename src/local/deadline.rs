@@ -329,6 +329,22 @@ pub async fn within<F: Future>(limit: Duration, fut: F) -> Result<F::Output, Ela
 mod tests {
     use super::*;
 
+    /// Waits (up to `limit`) for the sweeper to doze. The sweeper counts ticks, not wall time: on
+    /// a loaded machine its `QUIET_TICKS` take longer than `QUIET_TICKS * TICK`, so a single look
+    /// after a fixed sleep can come too soon. Sleeps with a monoio timer, registering no wait.
+    async fn until_dozing(limit: Duration) -> bool {
+        let t = Instant::now();
+        loop {
+            if SWEEP.with(|s| s.borrow().dozing) {
+                return true;
+            }
+            if t.elapsed() >= limit {
+                return false;
+            }
+            monoio::time::sleep(TICK).await;
+        }
+    }
+
     #[test]
     fn waits_end_never_early_with_and_without_a_sweeper() {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
@@ -347,6 +363,7 @@ mod tests {
 
             monoio::spawn(sweeper());
             monoio::time::sleep(TICK).await;
+            // Spawned tasks run once this one yields: the sleep above is enough on any load.
             assert!(SWEEP.with(|s| s.borrow().running));
             for _ in 0..3 {
                 let t = Instant::now();
@@ -359,8 +376,10 @@ mod tests {
             assert_eq!(within(limit, async { 7 }).await, Ok(7));
             // Quiet for QUIET_TICKS: the sweeper dozes (no wait is registered, so for good),
             // and coarse_now reads the clock instead of a tick that stopped moving.
-            monoio::time::sleep(TICK * (QUIET_TICKS + 3)).await;
-            assert!(SWEEP.with(|s| s.borrow().dozing), "sweeper still ticking");
+            assert!(
+                until_dozing(Duration::from_secs(5)).await,
+                "sweeper still ticking 5 s after the last wait"
+            );
             let before = Instant::now();
             assert!(coarse_now() >= before);
             // A wait registered during the doze wakes it and still ends on time, never early.
@@ -375,13 +394,14 @@ mod tests {
                 took < Duration::from_secs(2),
                 "doze swallowed the wait: {took:?}"
             );
-            // Quiet again with one long wait pending: the doze ends when that wait is due.
-            let long = Duration::from_millis(400);
+            // Quiet again with one long wait pending: the doze ends when that wait is due. The
+            // sweeper dozes after QUIET_TICKS of the wait's 100 ticks and until one tick before it
+            // fires, so the doze is watched for during most of the wait, however slow the ticks.
+            let long = Duration::from_millis(1000);
             let dozed = std::cell::Cell::new(false);
             let t = Instant::now();
             let res = within(long, async {
-                monoio::time::sleep(TICK * (QUIET_TICKS + 5)).await;
-                dozed.set(SWEEP.with(|s| s.borrow().dozing));
+                dozed.set(until_dozing(long).await);
                 std::future::pending::<()>().await
             })
             .await;
@@ -393,7 +413,7 @@ mod tests {
             let took = t.elapsed();
             assert!(took >= long, "ended early: {took:?}");
             assert!(
-                took < Duration::from_secs(3),
+                took < long + Duration::from_secs(2),
                 "doze swallowed the wait: {took:?}"
             );
             // A step that completes before its deadline leaves no live slot behind.

@@ -1,11 +1,13 @@
-//! Merges shard snapshots and renders them: Prometheus text format 0.0.4 for `/metrics`, JSON for
-//! `/status`. Runs on the status thread only; never touches shard state directly.
+//! Merges shard snapshots and renders them: Prometheus text format 0.0.4 for `/metrics` (control
+//! threads' families from control.rs), JSON for `/status`. Status thread only; no shard state.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use super::control::{fleet, loggers, ocsp, oidc, source_metrics};
 use super::names::*;
-use super::{RouteCounts, ShardSnapshot, BUCKETS_US};
+use super::text::{family, histogram, label, CLASSES};
+use super::{RouteCounts, ShardSnapshot};
 
 /// Gateway-wide facts the status thread knows itself (not counted by shards).
 #[derive(Debug, Clone, Default)]
@@ -84,83 +86,6 @@ pub(super) fn merge(snaps: &[ShardSnapshot]) -> Merged {
         }
     }
     m
-}
-
-/// Escapes a label value as the exposition format requires (backslash, quote, newline).
-pub fn label(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-fn source_metrics(o: &mut String, s: &super::source::SourceInfo) {
-    family(
-        o,
-        SOURCE_REVISION,
-        "gauge",
-        "etcd revision whose content this node serves (config_source).",
-    );
-    let _ = writeln!(o, "{SOURCE_REVISION} {}", s.revision);
-    family(
-        o,
-        SOURCE_WATCH_STATE,
-        "gauge",
-        "1 for the config source watch's current state (syncing, watching, disconnected).",
-    );
-    for st in super::source::WatchState::ALL {
-        let v = u8::from(st == s.state);
-        let _ = writeln!(o, "{SOURCE_WATCH_STATE}{{state=\"{}\"}} {v}", st.name());
-    }
-    family(
-        o,
-        SOURCE_EVENTS,
-        "counter",
-        "Config source objects applied or refused (invalid), from the watch and resyncs.",
-    );
-    let _ = writeln!(
-        o,
-        "{SOURCE_EVENTS}{{result=\"applied\"}} {}",
-        s.events_applied
-    );
-    let _ = writeln!(
-        o,
-        "{SOURCE_EVENTS}{{result=\"refused\"}} {}",
-        s.events_refused
-    );
-    family(
-        o,
-        SOURCE_RESYNCS,
-        "counter",
-        "Re-reads of the config source (compaction, reconnect, etcd restart) applied as a difference.",
-    );
-    let _ = writeln!(o, "{SOURCE_RESYNCS} {}", s.resyncs);
-    if let Some(t) = s.last_event {
-        family(
-            o,
-            SOURCE_LAST_EVENT_AGE,
-            "gauge",
-            "Seconds since the config source last changed an object on this node.",
-        );
-        let _ = writeln!(
-            o,
-            "{SOURCE_LAST_EVENT_AGE} {:.3}",
-            t.elapsed().as_secs_f64()
-        );
-    }
 }
 
 /// The `/metrics` body.
@@ -399,85 +324,6 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
     o
 }
 
-/// The OCSP stapling thread's fetches and how many certificates carry a fetched staple now.
-fn ocsp(o: &mut String) {
-    let (fetched, failed, stapled) = super::ocsp::counts();
-    family(
-        o,
-        OCSP_FETCHES,
-        "counter",
-        "OCSP responder fetches for stapling, by result (ok: a usable answer; failed: down, refused or unusable).",
-    );
-    let _ = writeln!(o, "{OCSP_FETCHES}{{result=\"ok\"}} {fetched}");
-    let _ = writeln!(o, "{OCSP_FETCHES}{{result=\"failed\"}} {failed}");
-    family(
-        o,
-        OCSP_STAPLED,
-        "gauge",
-        "Certificates with ocsp_fetch whose fetched OCSP answer is current and stapled.",
-    );
-    let _ = writeln!(o, "{OCSP_STAPLED} {stapled}");
-}
-
-/// The fleet thread's counters (process-wide, kept by that thread) and exact mode's (per shard).
-fn fleet(o: &mut String, exact: super::fleet::ExactCounts) {
-    let (sum, last) = super::fleet::latency_seconds();
-    for (name, kind, help, v) in super::fleet::families(exact) {
-        family(o, name, kind, help);
-        if name == FLEET_LATENCY_SUM {
-            let _ = writeln!(o, "{name} {sum}");
-        } else if name == FLEET_LATENCY_LAST {
-            let _ = writeln!(o, "{name} {last}");
-        } else {
-            let _ = writeln!(o, "{name} {v}");
-        }
-    }
-}
-
-/// http-logger / tcp-logger / syslog delivery counters (process-wide, kept by their sender threads).
-fn loggers(o: &mut String) {
-    let counts = super::logship::counts();
-    let families = [
-        (
-            LOGGER_SENT,
-            "Log entries delivered to the sink, by logger plugin.",
-        ),
-        (
-            LOGGER_DROPPED,
-            "Log entries dropped (buffer full while the sink was down, or retries exhausted).",
-        ),
-        (
-            LOGGER_FAILURES,
-            "Failed deliveries of a batch to the sink (each retry counts).",
-        ),
-    ];
-    for (i, (name, help)) in families.iter().enumerate() {
-        family(o, name, "counter", help);
-        for (plugin, sent, dropped, failed) in counts {
-            let v = [sent, dropped, failed][i];
-            let _ = writeln!(o, "{name}{{plugin=\"{plugin}\"}} {v}");
-        }
-    }
-}
-
-/// openid-connect's calls to its providers (process-wide, kept by its control threads).
-fn oidc(o: &mut String) {
-    family(
-        o,
-        OIDC_PROVIDER_REQUESTS,
-        "counter",
-        "Requests openid-connect sent to OpenID providers, by endpoint and outcome.",
-    );
-    for (endpoint, ok, failed) in super::oidc::counts() {
-        for (outcome, v) in [("ok", ok), ("error", failed)] {
-            let _ = writeln!(
-                o,
-                "{OIDC_PROVIDER_REQUESTS}{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {v}"
-            );
-        }
-    }
-}
-
 /// The `/status` body.
 pub fn status_json(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> serde_json::Value {
     let m = merge(snaps);
@@ -518,20 +364,6 @@ pub fn status_json(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> serde_json::Val
             "resyncs": s.resyncs, "started_from_saved": s.from_saved,
         })),
     })
-}
-
-/// One histogram's buckets, sum and count for the series labelled `labels` (`k="v"`).
-fn histogram(o: &mut String, name: &str, labels: &str, c: &RouteCounts) {
-    let mut cum = 0;
-    for (i, b) in BUCKETS_US.iter().enumerate() {
-        cum += c.buckets[i];
-        let le = *b as f64 / 1e6;
-        let _ = writeln!(o, "{name}_bucket{{{labels},le=\"{le}\"}} {cum}");
-    }
-    cum += c.buckets[BUCKETS_US.len()];
-    let _ = writeln!(o, "{name}_bucket{{{labels},le=\"+Inf\"}} {cum}");
-    let _ = writeln!(o, "{name}_sum{{{labels}}} {}", c.sum_us as f64 / 1e6);
-    let _ = writeln!(o, "{name}_count{{{labels}}} {cum}");
 }
 
 /// Writes the three families (every configured API, zero or not, so alerts see the series).
@@ -597,11 +429,6 @@ mod tests {
         ] {
             assert!(o.contains(want), "{want} in {o}");
         }
-    }
-
-    #[test]
-    fn label_escaping() {
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! shard hands to the status thread when asked. Must not do I/O; exposition lives in `expose.rs`.
 
 pub mod api;
+mod control;
 pub mod expose;
 pub mod fleet;
 pub mod live;
@@ -10,6 +11,7 @@ pub mod names;
 pub mod ocsp;
 pub mod oidc;
 pub mod source;
+mod text;
 pub mod tier;
 
 use crate::util::cow::CowVec;

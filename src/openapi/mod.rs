@@ -4,10 +4,16 @@
 //! request except `check::Operation::check_*`, which allocate only when a request is invalid.
 
 pub mod check;
+pub mod compile;
 pub mod doc;
+pub mod inputs;
 mod params;
+pub mod pointer;
 pub mod problem;
 mod yaml;
 
-pub use check::{compile, Compiled, Failure, Operation, RequestParts};
-pub use doc::{parse, Dialect, DocError, Document, Op, Param, ParamIn};
+pub use check::{Failure, Operation, RequestParts};
+pub use compile::{compile, Compiled};
+pub use doc::{parse, Dialect, Document, Op};
+pub use inputs::{Param, ParamIn};
+pub use pointer::DocError;

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::doc::{Scalar, Shape, Style};
+use super::inputs::{Scalar, Shape, Style};
 
 /// Percent-decodes `raw` (and `+` as a space in form data); `None` when the result is not UTF-8.
 pub fn decode(raw: &[u8], plus_space: bool) -> Option<String> {

@@ -1,30 +1,26 @@
-//! Plugin sets: factories from config (`PluginSet`, shared by shards), the per-shard chains
-//! built from them (`ShardPlugins`), the phase runners, and each generation's `LimitSync`.
+//! The per-shard chains built from a `PluginSet` (set.rs) (`ShardPlugins`) and the phase runners.
+//! Reads config only through the set, never validates it; limit state is limit_sync.rs's.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::consumer::Consumers;
 use super::ctx::Ctx;
-use super::{phase, Flow, Plugin, PluginFactory, Reply, Wait};
+// The config-time half lives in set.rs and limit state in limit_sync.rs; plugins import them
+// from here as they always have.
+pub use super::limit_sync::{LimitSync, ShardLimiter};
+pub use super::set::{BuildCx, FactoryRef, LimiterSpec, PluginSet};
+use super::{phase, Flow, Plugin, Reply, Wait};
 use crate::cache::Caches;
 use crate::cache::Mail;
 use crate::http::parse::{RequestHead, ResponseHead};
-use crate::limit::bucket::{Bucket, BucketParams};
-use crate::limit::conc::Concurrency;
-use crate::limit::count::{CountLimiter, CountParams};
-use crate::limit::fleet::{FleetSpec, Grant, Uplink};
-use crate::limit::sync::{Absorb, Endpoint, Report};
+use crate::limit::sync::Endpoint;
 use crate::metrics::ShardMetrics;
 use crate::util::cow::CowVec;
 use crate::util::mesh::Lane;
-
-pub type FactoryRef = Arc<dyn PluginFactory>;
 
 /// One request phase of a plugin, so the runner can loop over phases.
 type Phase = fn(&dyn Plugin, &RequestHead, &mut Ctx) -> Flow;
@@ -109,128 +105,6 @@ impl Chain {
     }
 }
 
-/// What a limiter id stands for; each shard builds one state machine per id.
-#[derive(Debug, Clone)]
-pub enum LimiterSpec {
-    Count(CountParams),
-    Req(BucketParams),
-    Conn { max_keys: usize },
-}
-
-/// All plugin configuration, validated and ready to build on each shard.
-pub struct PluginSet {
-    /// `[global_plugins]`, run for every route before the route's own.
-    pub global: Vec<FactoryRef>,
-    /// Per route id (as in `Config::routes`), sorted by priority; shared between generations.
-    pub routes: CowVec<Arc<[FactoryRef]>>,
-    /// Per consumer (index into `consumers.list`): its policy plugins, group's and own merged
-    /// (registry::consumer_chains), sorted by priority; empty for most.
-    pub consumer_chains: Arc<[Arc<[FactoryRef]>]>,
-    pub consumers: Arc<Consumers>,
-    pub limiters: Vec<LimiterSpec>,
-    /// How often shards exchange limit state.
-    pub sync_interval: Duration,
-    /// Node-wide time origin, so every shard agrees on window boundaries; also names the
-    /// limiter set in sync reports.
-    pub epoch: Instant,
-    /// Wall-clock ms at `epoch`: cluster-wide limiters number windows from the Unix epoch.
-    pub wall_ms: u64,
-    /// Per limiter id: what makes it cluster-wide, if it is (`policy = "redis"`).
-    pub fleet: Vec<Option<Arc<FleetSpec>>>,
-}
-
-impl Default for PluginSet {
-    fn default() -> Self {
-        PluginSet {
-            global: Vec::new(),
-            routes: CowVec::default(),
-            consumer_chains: Arc::new([]),
-            consumers: Arc::new(Consumers::default()),
-            limiters: Vec::new(),
-            sync_interval: Duration::from_millis(20),
-            epoch: Instant::now(),
-            wall_ms: 0,
-            fleet: Vec::new(),
-        }
-        .clocked()
-    }
-}
-
-impl PluginSet {
-    /// A copy for the next generation of a one-route change: factories, consumers and limiter
-    /// specs are shared; shards keep the limit state they have (`ShardPlugins::with_route`).
-    pub fn share(&self) -> PluginSet {
-        PluginSet {
-            global: self.global.clone(),
-            routes: self.routes.clone(),
-            consumer_chains: self.consumer_chains.clone(),
-            consumers: self.consumers.clone(),
-            limiters: self.limiters.clone(),
-            sync_interval: self.sync_interval,
-            epoch: self.epoch,
-            wall_ms: self.wall_ms,
-            fleet: self.fleet.clone(),
-        }
-    }
-
-    /// Sets `wall_ms` from `epoch`, once per set, so every shard numbers windows alike.
-    fn clocked(mut self) -> PluginSet {
-        let since = self.epoch.elapsed().as_millis() as u64;
-        self.wall_ms = crate::limit::fleet::wall_ms_now().saturating_sub(since);
-        self
-    }
-}
-
-impl std::fmt::Debug for PluginSet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names = |v: &[FactoryRef]| v.iter().map(|p| p.name()).collect::<Vec<_>>();
-        f.debug_struct("PluginSet")
-            .field("global", &names(&self.global))
-            .field(
-                "routes",
-                &self.routes.iter().map(|r| names(r)).collect::<Vec<_>>(),
-            )
-            .field("consumers", &self.consumers)
-            .field("limiters", &self.limiters.len())
-            .finish()
-    }
-}
-
-/// Config-time state shared by the plugin builders of one load.
-pub struct BuildCx<'a> {
-    pub upstreams: &'a HashMap<String, usize>,
-    pub consumers: Arc<Consumers>,
-    pub limiters: Vec<LimiterSpec>,
-    /// limit-count `group` -> (limiter id, the config it was defined with).
-    pub groups: HashMap<String, (u32, String)>,
-    pub sync_interval: Option<Duration>,
-    /// Cluster-wide limiters by id (`policy = "redis"`).
-    pub fleet: Vec<(u32, Arc<FleetSpec>)>,
-    /// Whose plugin table is being built: `route "name"` or `global_plugins`. Unlike the table's
-    /// path (`routes[i]`), it does not change when routes are reordered.
-    pub owner: String,
-}
-
-impl BuildCx<'_> {
-    pub fn add_limiter(&mut self, spec: LimiterSpec) -> u32 {
-        self.limiters.push(spec);
-        (self.limiters.len() - 1) as u32
-    }
-
-    /// Shards exchange state at the shortest interval any limiter asks for.
-    pub fn want_sync(&mut self, d: Duration) {
-        self.sync_interval = Some(self.sync_interval.map_or(d, |s| s.min(d)));
-    }
-}
-
-/// One shard's limiter state machines, by limiter id.
-#[derive(Clone)]
-pub enum ShardLimiter {
-    Count(Rc<RefCell<CountLimiter>>),
-    Req(Rc<RefCell<Bucket>>),
-    Conn(Rc<RefCell<Concurrency>>),
-}
-
 /// What a factory may use to build a shard's instance.
 pub struct ShardCx {
     pub id: usize,
@@ -282,40 +156,7 @@ impl ShardPlugins {
         caches: &Rc<Caches>,
     ) -> ShardPlugins {
         let (id, shards) = (purges.id(), purges.shards());
-        let limiters = set
-            .limiters
-            .iter()
-            .enumerate()
-            .map(|(i, s)| match s {
-                LimiterSpec::Count(p) => {
-                    let l = CountLimiter::new(*p, id, shards);
-                    let l = match set.fleet.get(i) {
-                        Some(Some(_)) => l.fleet(set.wall_ms),
-                        _ => l,
-                    };
-                    ShardLimiter::Count(Rc::new(RefCell::new(l)))
-                }
-                LimiterSpec::Req(p) => {
-                    ShardLimiter::Req(Rc::new(RefCell::new(Bucket::new(p.clone(), id, shards))))
-                }
-                LimiterSpec::Conn { max_keys } => ShardLimiter::Conn(Rc::new(RefCell::new(
-                    Concurrency::new(id, shards, *max_keys),
-                ))),
-            })
-            .collect::<Vec<_>>();
-        let sync = (!limiters.is_empty()).then(|| {
-            let sync = Rc::new(LimitSync {
-                limiters: limiters.clone(),
-                endpoint: limit.clone(),
-                epoch: set.epoch,
-                wall_ms: set.wall_ms,
-                fleet: set.fleet.clone(),
-                interval: set.sync_interval,
-            });
-            let weak: std::rc::Weak<dyn Absorb> = Rc::downgrade(&sync) as _;
-            limit.join(set.epoch, weak);
-            sync
-        });
+        let (limiters, sync) = super::limit_sync::build(set, limit, id, shards);
         let cx = ShardCx {
             id,
             shards,
@@ -581,109 +422,6 @@ impl ShardPlugins {
     /// This generation's limit sync, if it has limiters: what its housekeeping tick drives.
     pub fn limit_sync(&self) -> Option<Rc<LimitSync>> {
         self.sync.clone()
-    }
-}
-
-/// One generation's limiter state machines on one shard and its end of the limit lane. Peers'
-/// reports are absorbed as they arrive (the shard drains the lane when woken); the shard's own
-/// report goes out every `interval`, batching what changed since.
-pub struct LimitSync {
-    limiters: Vec<ShardLimiter>,
-    endpoint: Rc<Endpoint>,
-    epoch: Instant,
-    wall_ms: u64,
-    fleet: Vec<Option<Arc<FleetSpec>>>,
-    interval: Duration,
-}
-
-impl Absorb for LimitSync {
-    fn absorb(&self, r: &Report) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        match self.limiters.get(r.limiter as usize) {
-            Some(ShardLimiter::Count(l)) => {
-                l.borrow_mut()
-                    .absorb(r.from as usize, r.window, &r.items, now)
-            }
-            Some(ShardLimiter::Req(l)) => l.borrow_mut().absorb(r.from as usize, &r.items),
-            Some(ShardLimiter::Conn(l)) => l.borrow_mut().absorb(r.from as usize, &r.items),
-            None => {}
-        }
-    }
-
-    fn grant(&self, g: &Grant) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        match self.limiters.get(g.limiter as usize) {
-            Some(ShardLimiter::Count(l)) => {
-                l.borrow_mut()
-                    .grant(g.window, g.mode, g.default_frac, &g.items, now)
-            }
-            Some(ShardLimiter::Req(l)) => l.borrow_mut().grant(g.mode, g.default_frac, &g.items),
-            _ => {}
-        }
-    }
-}
-
-impl LimitSync {
-    /// How often this shard reports to its peers.
-    pub fn interval(&self) -> Duration {
-        self.interval
-    }
-
-    /// One sync tick: take in peers' reports not yet absorbed, recompute shares, tell peers
-    /// what changed.
-    pub fn tick(&self, sweep: bool) {
-        self.endpoint.drain();
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let me = self.endpoint.id() as u16;
-        for (i, l) in self.limiters.iter().enumerate() {
-            let (window, items) = match l {
-                ShardLimiter::Count(l) => {
-                    let mut l = l.borrow_mut();
-                    if sweep {
-                        l.sweep(now);
-                    }
-                    l.tick(now)
-                }
-                ShardLimiter::Req(l) => {
-                    let mut l = l.borrow_mut();
-                    if sweep {
-                        l.sweep(now);
-                    }
-                    (0, l.tick())
-                }
-                ShardLimiter::Conn(l) => {
-                    let mut l = l.borrow_mut();
-                    if sweep {
-                        l.sweep();
-                    }
-                    (0, l.tick())
-                }
-            };
-            if items.is_empty() {
-                continue;
-            }
-            if let Some(Some(spec)) = self.fleet.get(i) {
-                self.endpoint.uplink(Uplink {
-                    set: self.epoch,
-                    limiter: i as u32,
-                    wall_ms: self.wall_ms,
-                    spec: spec.clone(),
-                    from: me,
-                    tick: self.interval,
-                    window,
-                    items: items.clone(),
-                });
-            }
-            if self.endpoint.shards() > 1 {
-                self.endpoint.broadcast(Report {
-                    set: self.epoch,
-                    limiter: i as u32,
-                    from: me,
-                    window,
-                    items,
-                });
-            }
-        }
     }
 }
 

@@ -10,9 +10,11 @@
 pub mod chain;
 pub mod consumer;
 pub mod ctx;
+pub mod limit_sync;
 pub mod logship;
 pub mod rand;
 pub mod registry;
+pub mod set;
 #[cfg(test)]
 pub(crate) mod testkit;
 pub mod util;

@@ -69,29 +69,35 @@ impl<S: ClientStream> ClientConn<S> {
         };
         monoio::spawn(async move {
             let mut cache = cache;
+            let mut req = RequestHead::default();
+            if !matches!(req.parse(&head, &shard.limits), Ok(Status::Complete(_))) {
+                return;
+            }
             if cache.leader.is_none() {
                 let Some(inst) = cache.inst.clone() else {
                     return;
                 };
                 let asking = inst.ask(&cache.key, cache.hash, Claim::LeadOnly);
-                match asking.next(ASK_TIMEOUT).await.map(|a| a.turn) {
-                    Some(Turn::Lead(id)) => {
-                        cache.leader = Some(Leader::remote(&inst, &cache.key, cache.hash, id));
-                    }
-                    _ => return, // refreshed already, or no owner to ask
+                let Some(answer) = asking.next(ASK_TIMEOUT).await else {
+                    return; // no owner to ask
+                };
+                let Turn::Lead(id) = answer.turn else {
+                    return; // a refresh runs already
+                };
+                let leader = Leader::remote(&inst, &cache.key, cache.hash, id);
+                if refreshed_meanwhile(&cache.mode, &answer.variants, &req) {
+                    return; // dropping the turn ends it on the owner
                 }
+                cache.leader = Some(leader);
             }
             let mut r = Refresh {
-                req: RequestHead::default(),
+                req,
                 cx: Ctx::new(shard.id, client_ip),
                 ip,
                 path: BytesMut::with_capacity(256),
                 wbuf: BytesMut::with_capacity(4096),
                 upstream: UpstreamExchange::default(),
             };
-            if !matches!(r.req.parse(&head, &shard.limits), Ok(Status::Complete(_))) {
-                return;
-            }
             r.cx.reset(route);
             r.cx.req_headers = edits;
             r.cx.uri = uri;
@@ -105,6 +111,20 @@ impl<S: ClientStream> ClientConn<S> {
             r.run(&shard).await;
         });
     }
+}
+
+/// The owner gives a turn whenever no fetch of the key runs, also right after one ended: when
+/// the stale hit that asked for this refresh read the entry before another refresh stored a new
+/// one. A fresh variant of this request stored after the stale one means there is nothing to do
+/// (on a loaded box this made a second origin request for one stale period).
+fn refreshed_meanwhile(mode: &Mode, variants: &[Arc<Entry>], req: &RequestHead) -> bool {
+    let (Mode::Revalidate(stale) | Mode::Expired(stale)) = mode else {
+        return false;
+    };
+    let now = now_ms();
+    variants
+        .iter()
+        .any(|v| v.stored_ms > stale.stored_ms && v.is_fresh(now) && v.matches(req))
 }
 
 /// The refresh's copy of the request and the state of its one exchange.

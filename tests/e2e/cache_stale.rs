@@ -36,21 +36,24 @@ fn status(r: &Response) -> String {
 
 #[test]
 fn etag_revalidation_304_refreshes_the_entry() {
+    // The 200 is fresh for 2 s (the HIT right after the MISS has that long, even on a loaded
+    // box), the 304 for a minute (the HIT after it must come from the 304's refresh, not from a
+    // race with the clock). Stale once max-age plus a second of Date rounding has passed.
     let o = Origin::start("o", |r| {
-        let resp = if r.header("If-None-Match") == Some("\"v1\"") {
-            Resp::new(304)
+        let (resp, cc) = if r.header("If-None-Match") == Some("\"v1\"") {
+            (Resp::new(304), "max-age=60")
         } else {
-            Resp::text(200, "v1")
+            (Resp::text(200, "v1"), "max-age=2")
         };
         resp.header("ETag", "\"v1\"")
-            .header("Cache-Control", "max-age=1")
+            .header("Cache-Control", cc)
             .header("X-Gen", &r.target)
             .into()
     });
     let g = gw_with(&o, "", 2);
     assert_eq!(status(&get(&g, "/e", "")), "MISS");
     assert_eq!(status(&get(&g, "/e", "")), "HIT");
-    thread::sleep(Duration::from_millis(2100));
+    thread::sleep(Duration::from_millis(3100));
     let r = get(&g, "/e", "");
     assert_eq!(
         (r.status, status(&r), r.body_str().as_str()),
@@ -113,11 +116,22 @@ fn stale_while_revalidate_serves_stale_with_one_background_refresh() {
             let _ = wait_until(Duration::from_secs(15), || release2.load(SeqCst));
         }
         answered2.fetch_add(1, SeqCst);
+        // gen0 goes stale after 2 s; the refreshed gen1 stays fresh for the rest of the test,
+        // so a slow client on a loaded box cannot find it stale and start a second refresh.
+        let cc = if i == 0 {
+            "max-age=2, stale-while-revalidate=30"
+        } else {
+            "max-age=60, stale-while-revalidate=30"
+        };
         Resp::text(200, format!("gen{i}"))
-            .header("Cache-Control", "max-age=2, stale-while-revalidate=30")
+            .header("Cache-Control", cc)
             .into()
     });
-    let g = gw_with(&o, "", 4);
+    // The refresh is held at the origin while the five stale answers are fetched; past
+    // lock_timeout (5 s by default) the owner would give the next stale hit a new turn, as
+    // README "Coalescing" says. Five new connections took longer than that on a loaded 2-core
+    // box (three origin requests), so the hold is kept well inside the lock here.
+    let g = gw_with(&o, "lock_timeout = \"60s\"", 4);
     assert_eq!(get(&g, "/s", "").body_str(), "gen0");
     thread::sleep(Duration::from_millis(3100));
     for _ in 0..5 {
@@ -125,7 +139,7 @@ fn stale_while_revalidate_serves_stale_with_one_background_refresh() {
         assert_eq!((status(&r), r.body_str()), ("STALE".into(), "gen0".into()));
     }
     assert!(
-        wait_until(Duration::from_secs(5), || n.load(SeqCst) == 2),
+        wait_until(Duration::from_secs(20), || n.load(SeqCst) == 2),
         "one background refresh reached the origin"
     );
     assert_eq!(
@@ -134,13 +148,20 @@ fn stale_while_revalidate_serves_stale_with_one_background_refresh() {
         "the five stale answers came back while the refresh was still held at the origin"
     );
     release.store(true, SeqCst);
-    assert!(wait_until(Duration::from_secs(5), || get(&g, "/s", "")
-        .body_str()
-        == "gen1"));
+    let mut seen = Vec::new();
+    let refreshed = wait_until(Duration::from_secs(20), || {
+        let r = get(&g, "/s", "");
+        seen.push(format!("{} {}", status(&r), r.body_str()));
+        r.body_str() == "gen1"
+    });
+    assert!(
+        refreshed,
+        "the refresh's gen1 never served; answers: {seen:?}"
+    );
     assert_eq!(
         o.request_count(),
         2,
-        "one background refresh for five stale hits"
+        "one background refresh for five stale hits; answers after the release: {seen:?}"
     );
     assert_eq!(status(&get(&g, "/s", "")), "HIT");
 }

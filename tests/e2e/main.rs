@@ -50,6 +50,7 @@ mod ocsp;
 mod oidc;
 mod oidc_browser;
 mod openapi;
+mod openapi_ops;
 mod openapi_versions;
 mod packaging;
 mod pipelining;

