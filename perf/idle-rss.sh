@@ -43,6 +43,8 @@ $listen
 [[upstreams]]
 name = "origin"
 nodes = [{ addr = "127.0.0.1:$UP" }]
+# As many idle upstream connections kept as nginx's \`keepalive 64\` below (the default is 320).
+keepalive_pool = { size = 64 }
 [[routes]]
 name = "all"
 paths = ["/*"]
