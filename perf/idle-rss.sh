@@ -8,6 +8,7 @@
 #   perf/idle-rss.sh            # N=10000
 #   N=2000 perf/idle-rss.sh
 #   PROXY=nginx perf/idle-rss.sh   # the same measure for nginx (one process, keep-alive upstream)
+#   TLS=1 N=2000 perf/idle-rss.sh  # TLS client connections (config/certs/demo.*), either proxy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-10000}
@@ -19,15 +20,31 @@ work=$(mktemp -d)
 UP=$(free_port); GW=$(free_port)
 "$T/ringway-bench" serve --listen "127.0.0.1:$UP" -t 1 --body-size 128 >/dev/null 2>&1 &
 pids+=($!)
+TLS=${TLS:-0}
+CERT=$PWD/config/certs/demo.pem
+KEY=$PWD/config/certs/demo.key
+if [ "$TLS" = 1 ]; then
+  listen="[[server.listen]]
+addr = \"127.0.0.1:$GW\"
+tls = true
+certificates = [{ cert = \"$CERT\", key = \"$KEY\" }]"
+  ngx_listen="listen 127.0.0.1:$GW ssl; ssl_certificate $CERT; ssl_certificate_key $KEY;"
+else
+  listen=""
+  ngx_listen="listen 127.0.0.1:$GW;"
+fi
 cat >"$work/gw.toml" <<TOML
 [server]
-listen = ["127.0.0.1:$GW"]
+$( [ "$TLS" = 1 ] || echo "listen = [\"127.0.0.1:$GW\"]" )
 workers = 1
 max_connections = $((N * 2))
 keepalive_timeout = "300s"
+$listen
 [[upstreams]]
 name = "origin"
 nodes = [{ addr = "127.0.0.1:$UP" }]
+# As many idle upstream connections kept as nginx's \`keepalive 64\` below (the default is 320).
+keepalive_pool = { size = 64 }
 [[routes]]
 name = "all"
 paths = ["/*"]
@@ -49,7 +66,7 @@ http {
   keepalive_requests 1000000;
   upstream origin { server 127.0.0.1:$UP; keepalive 64; }
   server {
-    listen 127.0.0.1:$GW;
+    $ngx_listen
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
 }
@@ -63,15 +80,21 @@ pids+=($GWPID)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.05; done
 sleep 0.3
 rss() { awk '/VmRSS/ {print $2}' "/proc/$GWPID/status"; }
-python3 - "$GW" "$N" "$GWPID" <<'PY'
-import socket, sys, time, selectors
-port, n, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+python3 - "$GW" "$N" "$GWPID" "$TLS" <<'PY'
+import socket, ssl, sys, time, selectors
+port, n, pid, tls = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+def connect():
+    s = socket.create_connection(("127.0.0.1", port))
+    return ctx.wrap_socket(s, server_hostname="localhost") if tls else s
 def rss():
     for l in open(f"/proc/{pid}/status"):
         if l.startswith("VmRSS"):
             return int(l.split()[1])
 # Warm-up: one connection, a few requests, so one-off allocations (pools, upstream conn) are in the base.
-w = socket.create_connection(("127.0.0.1", port))
+w = connect()
 for _ in range(3):
     w.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     got = b""
@@ -82,7 +105,7 @@ base = rss()
 socks = []
 req = b"GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: idle-rss\r\n\r\n"
 for i in range(n):
-    s = socket.create_connection(("127.0.0.1", port))
+    s = connect()
     s.sendall(req)
     socks.append(s)
     if len(socks) % 500 == 0:

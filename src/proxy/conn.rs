@@ -1,7 +1,7 @@
 //! One client connection: reads request heads (with keep-alive, pipelining and timeouts),
 //! routes each request and hands it to the phase driver (phases.rs). Owns the connection's reusable buffers.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -71,12 +71,26 @@ pub(super) struct Client<S> {
     pub(super) tls: Option<Box<TlsInfo>>,
     /// Requests read on this connection so far.
     pub(super) served: u64,
+    /// The socket became readable while the connection idled holding no buffer: the next read
+    /// is for bytes (or a close) already there.
+    woke: bool,
 }
 
 enum HeadRead {
     Ready,
     Close,
     Fail(ClientError),
+    /// Idle past `IDLE_HOLD` (read cancelled, no buffer held); this much of the wait is left.
+    Idle(Duration),
+}
+
+/// How the request loop ends.
+enum Ran {
+    Close,
+    /// The upstream switched protocols: become a byte tunnel to this stream.
+    Tunnel(UpstreamStream),
+    /// Idle past `IDLE_HOLD`, with this much of the keep-alive wait left.
+    Idle(Duration),
 }
 
 /// Read size while waiting for a request on an empty buffer: enough for typical request heads
@@ -90,57 +104,136 @@ const IDLE_READ: usize = 2048;
 /// connections never get there, so they pay no extra ring operation per request.
 const IDLE_HOLD: Duration = Duration::from_millis(500);
 
+/// What an idle plain connection keeps while it waits for readiness past `IDLE_HOLD`: the socket
+/// and a few facts about it. Everything request-shaped (`ClientConn`) is dropped meanwhile, so the
+/// connection's task is this, a shard pointer and the readiness wait (perf/idle-rss.sh).
+struct Idle<S> {
+    stream: S,
+    ip: IpAddr,
+    tls: Option<Box<TlsInfo>>,
+    served: u64,
+    nonblocking: bool,
+}
+
 /// Serves one accepted connection to completion.
-pub async fn serve<S: ClientStream>(
+pub fn serve<S: ClientStream>(
     shard: Rc<Shard>,
     stream: S,
     peer: SocketAddr,
     tls: Option<Box<TlsInfo>>,
-) {
-    let _guard = ConnGuard(shard.clone());
-    let buf = shard.built.cfg.server.read_buffer_bytes;
-    let mut c = ClientConn {
-        client: Client {
-            stream,
-            nonblocking: false,
-            rbuf: BytesMut::with_capacity(IDLE_READ.min(buf)),
-            ip: peer.ip().to_string(),
-            tls,
-            served: 0,
-        },
-        req: RequestHead::default(),
-        params: Params::new(),
-        cx: crate::plugin::Ctx::new(shard.id, peer.ip()),
-        // Buffers and head storage come from the thread's idle list when a request's bytes arrive (idle.rs).
-        path: BytesMut::new(),
-        wbuf: BytesMut::new(),
-        upstream: UpstreamExchange::default(),
+) -> impl std::future::Future<Output = ()> + 'static {
+    let idle = Idle {
+        stream,
+        ip: peer.ip(),
+        tls,
+        served: 0,
+        nonblocking: false,
     };
-    if let Some(upstream) = c.run(&shard).await {
-        let ClientConn {
-            client: Client { stream, rbuf, .. },
-            upstream: UpstreamExchange { buf: ubuf, .. },
-            ..
-        } = c;
-        // Boxed: inline, the tunnel's state would size every connection's task (idle memory).
-        Box::pin(tunnel::run(
-            stream,
-            rbuf,
-            upstream,
-            ubuf,
-            shard.built.cfg.server.tunnel_idle_timeout,
-        ))
-        .await;
-    } else {
-        // Recycled for the next connection (a new connection per request skips the allocator).
-        c.park();
-        if c.client.tls.is_some() {
-            // close_notify: without it OpenSSL-based clients treat our close as a truncation and
-            // drop the session, so they never resume (measured: s_time -reuse fell to full-handshake rate).
-            let send = shard.built.cfg.server.send_timeout;
-            let _ = crate::local::deadline::within(send, c.client.stream.shutdown()).await;
+    // Boxed: an async fn keeps its arguments for its whole life (rust-lang/rust#62958), which
+    // would put the stream (a TLS one is ~4.5 KB) in the task beside the busy block's copy.
+    connection(shard, Box::new(idle))
+}
+
+async fn connection<S: ClientStream>(shard: Rc<Shard>, mut idle: Box<Idle<S>>) {
+    let _guard = ConnGuard(shard.clone());
+    let mut shard = shard;
+    let mut woke = false;
+    loop {
+        // The request state (`ClientConn`, the head reads, the request's own block) lives on the
+        // heap only while the connection is busy: inline, it would size the task of every idle
+        // connection. One allocation per busy period, not per request.
+        let (next, rest) = Box::pin(busy(shard, idle, woke)).await;
+        shard = next;
+        let Some((rest, left)) = rest else { return };
+        idle = rest;
+        if !idle_ready(&shard, &idle.stream, left).await {
+            return;
+        }
+        woke = true;
+    }
+}
+
+/// Serves requests until the connection is done (None) or idles past the hold: then hands back
+/// what the idle wait keeps, and how much of the keep-alive wait is left.
+async fn busy<S: ClientStream>(
+    mut shard: Rc<Shard>,
+    idle: Box<Idle<S>>,
+    woke: bool,
+) -> (Rc<Shard>, Option<(Box<Idle<S>>, Duration)>) {
+    let mut c = ClientConn::resume(&shard, *idle, woke);
+    match c.run(&mut shard).await {
+        Ran::Idle(left) => {
+            c.park();
+            let Client {
+                stream,
+                tls,
+                served,
+                nonblocking,
+                ..
+            } = c.client;
+            let rest = Idle {
+                stream,
+                ip: c.cx.client_ip,
+                tls,
+                served,
+                nonblocking,
+            };
+            return (shard, Some((Box::new(rest), left)));
+        }
+        Ran::Tunnel(upstream) => {
+            let ClientConn {
+                client: Client { stream, rbuf, .. },
+                upstream: UpstreamExchange { buf: ubuf, .. },
+                ..
+            } = c;
+            // Boxed: inline, the tunnel's state would size every busy connection's block.
+            Box::pin(tunnel::run(
+                stream,
+                rbuf,
+                upstream,
+                ubuf,
+                shard.built.cfg.server.tunnel_idle_timeout,
+            ))
+            .await;
+        }
+        Ran::Close => {
+            // Recycled for the next connection (a new connection per request skips the allocator).
+            c.park();
+            if c.client.tls.is_some() {
+                // close_notify: without it OpenSSL-based clients treat our close as a truncation and
+                // drop the session, so they never resume (measured: s_time -reuse fell to full-handshake rate).
+                let send = shard.built.cfg.server.send_timeout;
+                let _ = crate::local::deadline::within(send, c.client.stream.shutdown()).await;
+            }
         }
     }
+    (shard, None)
+}
+
+/// Waits until the idle plain socket is readable (bytes or a close) holding no buffer; false
+/// when `wait` ends first, or a drain does (after its linger, if any).
+async fn idle_ready<S: ClientStream>(shard: &Shard, stream: &S, wait: Duration) -> bool {
+    use crate::local::deadline::within;
+    let Some(tcp) = stream.plain_tcp() else {
+        return true;
+    };
+    // Not relaxed: the legacy (epoll) driver then confirms its readiness with a poll(2)
+    // (only here, on a connection that idled), so the read that follows does not wait.
+    let ready = within(wait, tcp.readable(false));
+    let mut ready = std::pin::pin!(ready);
+    let r = monoio::select! {
+        r = &mut ready => r,
+        _ = shard.drain.wait() => match shard.drain.linger() {
+            // A request already on its way is answered (with a close).
+            Some(l) => match within(l, ready).await {
+                Ok(r) => r,
+                Err(_) => return false,
+            },
+            None => return false,
+        },
+    };
+    // An error (the socket is gone) is left to the read to report.
+    r.is_ok()
 }
 
 /// Keeps the shard's connection count right however the task ends.
@@ -153,24 +246,49 @@ impl Drop for ConnGuard {
 }
 
 impl<S: ClientStream> ClientConn<S> {
-    async fn run(&mut self, first: &Rc<Shard>) -> Option<UpstreamStream> {
-        let mut shard = first.clone();
+    /// A connection idle between requests, rebuilt around its socket (a new connection, or one
+    /// whose socket became readable after an idle wait: `woke`).
+    fn resume(shard: &Shard, idle: Idle<S>, woke: bool) -> ClientConn<S> {
+        ClientConn {
+            client: Client {
+                stream: idle.stream,
+                nonblocking: idle.nonblocking,
+                // Allocated by the first read (read_some reserves the idle read size).
+                rbuf: BytesMut::new(),
+                ip: idle.ip.to_string(),
+                tls: idle.tls,
+                served: idle.served,
+                woke,
+            },
+            req: RequestHead::default(),
+            params: Params::new(),
+            cx: crate::plugin::Ctx::new(shard.id, idle.ip),
+            // Buffers and head storage come from the thread's idle list when a request's bytes arrive (idle.rs).
+            path: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            upstream: UpstreamExchange::default(),
+        }
+    }
+
+    /// Serves requests; `shard` follows config swaps (the generation the last request ran on).
+    async fn run(&mut self, shard: &mut Rc<Shard>) -> Ran {
         loop {
-            match self.read_head(&shard).await {
+            match self.read_head(shard).await {
                 HeadRead::Ready => {}
-                HeadRead::Close => return None,
+                HeadRead::Close => return Ran::Close,
+                HeadRead::Idle(left) => return Ran::Idle(left),
                 HeadRead::Fail(e) => {
                     let started = self.observe_start();
                     // Boxed (rare path) so its write timer does not size the idle task.
-                    Box::pin(self.respond_error(&shard, e.into(), false)).await;
-                    self.observe_bad_head(&shard, started);
-                    return None;
+                    Box::pin(self.respond_error(shard, e.into(), false)).await;
+                    self.observe_bad_head(shard, started);
+                    return Ran::Close;
                 }
             }
             // Request boundary: a config swapped in since the last request applies from here;
             // `shard` keeps the generation this request started on alive until it is done.
-            if let Some(newer) = super::shard::newer(&shard) {
-                shard = newer;
+            if let Some(newer) = super::shard::newer(shard) {
+                *shard = newer;
             }
             self.client.served += 1;
             shard.stats.requests.set(shard.stats.requests.get() + 1);
@@ -178,15 +296,15 @@ impl<S: ClientStream> ClientConn<S> {
             // On the heap for the request's duration: the exchange's state machine is ~2 KiB,
             // and inline it would stay allocated in the task of every idle keep-alive
             // connection. A recycled block, not a Box: see reuse.rs.
-            let after = super::reuse::Pooled::new(self.handle(&shard)).await;
-            self.observe_end(&shard, started);
+            let after = super::reuse::Pooled::new(self.handle(shard)).await;
+            self.observe_end(shard, started);
             match after {
                 // A response that promised keep-alive before a handover drain began: the client
                 // may already be sending the next request, which is answered (with a close).
                 After::KeepAlive
                     if !shard.drain.is_draining() || shard.drain.linger().is_some() => {}
-                After::KeepAlive | After::Close => return None,
-                After::Tunnel(up) => return Some(up),
+                After::KeepAlive | After::Close => return Ran::Close,
+                After::Tunnel(up) => return Ran::Tunnel(up),
             }
         }
     }
@@ -206,7 +324,19 @@ impl<S: ClientStream> ClientConn<S> {
                 }
                 deadline.get_or_insert_with(|| Instant::now() + server.client_header_timeout);
             }
+            // Readable after an idle wait holding nothing (serve): bytes or a close are there.
+            let woke = deadline.is_none() && std::mem::take(&mut self.client.woke);
             let res = match deadline {
+                // A new buffer, one read.
+                None if woke => {
+                    read_some(
+                        &mut self.client.stream,
+                        &mut self.client.rbuf,
+                        IDLE_READ.min(server.read_buffer_bytes),
+                        server.client_header_timeout,
+                    )
+                    .await
+                }
                 None => {
                     // Idle between requests: park the exchange buffers on the shard's free list
                     // and read into a small buffer (memory per idle connection).
@@ -240,20 +370,9 @@ impl<S: ClientStream> ClientConn<S> {
                         }
                     };
                     match res {
-                        // Idle past IDLE_HOLD: the cancelled read took the buffer along.
-                        Err(IoFail::Timeout) if hold < wait => {
-                            if !self.idle_ready(shard, wait - hold).await {
-                                return HeadRead::Close;
-                            }
-                            // Bytes (or a close) are waiting: a new buffer, one read.
-                            read_some(
-                                &mut self.client.stream,
-                                &mut self.client.rbuf,
-                                IDLE_READ.min(server.read_buffer_bytes),
-                                server.client_header_timeout,
-                            )
-                            .await
-                        }
+                        // Idle past IDLE_HOLD: the cancelled read took the buffer along; the
+                        // rest of the wait is on readiness, with the request state dropped (serve).
+                        Err(IoFail::Timeout) if hold < wait => return HeadRead::Idle(wait - hold),
                         r => r,
                     }
                 }
@@ -280,32 +399,6 @@ impl<S: ClientStream> ClientConn<S> {
                 Err(_) => return HeadRead::Close,
             }
         }
-    }
-
-    /// Waits until the idle plain socket is readable (bytes or a close) holding no buffer; false
-    /// when `wait` ends first, or a drain does (after its linger, if any).
-    async fn idle_ready(&self, shard: &Shard, wait: Duration) -> bool {
-        use crate::local::deadline::within;
-        let Some(tcp) = self.client.stream.plain_tcp() else {
-            return true;
-        };
-        // Not relaxed: the legacy (epoll) driver then confirms its readiness with a poll(2)
-        // (only here, on a connection that idled), so the read that follows does not wait.
-        let ready = within(wait, tcp.readable(false));
-        let mut ready = std::pin::pin!(ready);
-        let r = monoio::select! {
-            r = &mut ready => r,
-            _ = shard.drain.wait() => match shard.drain.linger() {
-                // A request already on its way is answered (with a close).
-                Some(l) => match within(l, ready).await {
-                    Ok(r) => r,
-                    Err(_) => return false,
-                },
-                None => return false,
-            },
-        };
-        // An error (the socket is gone) is left to the read to report.
-        r.is_ok()
     }
 
     /// Parks the request-time buffers while the connection waits for a request (idle.rs), and
@@ -399,5 +492,47 @@ impl<S: ClientStream> ClientConn<S> {
         .is_ok();
         self.upstream.buf.clear();
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Sizes that decide memory per idle keep-alive connection (perf/idle-rss.sh): a regression
+    //! here shows up as kilobytes per connection times every idle client.
+
+    use super::*;
+    use monoio::net::TcpStream;
+    use std::mem::size_of;
+
+    fn output_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    fn output_size2<A, B, F>(_: fn(A, B) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    #[test]
+    fn an_idle_connection_task_holds_no_request_state() {
+        type Tls = crate::net::tls::ServerStream;
+        let task = output_size2(connection::<TcpStream>);
+        let busy_block = output_size(busy::<TcpStream>);
+        let conn = size_of::<ClientConn<TcpStream>>();
+        let idle = size_of::<Idle<TcpStream>>();
+        eprintln!(
+            "serve future (the task while idle) {task} B, TLS {} B; busy block {busy_block} B \
+             (ClientConn {conn} B, Ctx {} B, RequestHead {} B); idle state {idle} B",
+            output_size2(connection::<Tls>),
+            size_of::<crate::plugin::Ctx>(),
+            size_of::<RequestHead>(),
+        );
+        // The task of an idle connection is the socket, a few facts and the readiness wait; the
+        // request state is in the busy block, which is dropped while idle.
+        assert!(task <= 600, "connection future grew to {task} bytes");
+        assert!(idle <= 160, "idle state grew to {idle} bytes");
+        assert!(
+            busy_block >= conn,
+            "the request state must live in the busy block"
+        );
     }
 }

@@ -39,6 +39,9 @@ pub(super) struct Pooled<F> {
 }
 
 impl<F: Future> Pooled<F> {
+    /// Inlined so the future is built in its block: called out of line, the whole future type
+    /// (~2 KiB) is copied in (callgrind: +250 Ir of memcpy per request).
+    #[inline(always)]
     pub(super) fn new(f: F) -> Pooled<F> {
         let layout = Layout::new::<F>();
         if layout.size() == 0 {
