@@ -287,7 +287,8 @@ impl Fleet {
                 OnError::Allow => Mode::Allow,
                 OnError::Deny => Mode::Deny,
             };
-            let g = l.grant(now, mode, Vec::new());
+            let mut g = l.grant(now, mode, Vec::new());
+            g.default_frac = l.fallback_frac();
             self.ports.grants.send_all(|| g.clone());
         }
     }
