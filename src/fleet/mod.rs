@@ -13,6 +13,7 @@ pub mod exact;
 pub mod memcached;
 pub mod store;
 pub mod tier;
+pub mod tier_redis;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
