@@ -303,7 +303,8 @@ pub fn parse_published(m: &[u8]) -> Option<(StreamId, &[u8])> {
 struct CatchUp {
     /// Purges published after the last one heard, oldest first, with their ids.
     missed: Vec<(StreamId, Vec<u8>)>,
-    /// Some purges after the last one heard were trimmed away (or the stream is gone).
+    /// The last purge heard is no longer in the stream (trimmed, or the stream is gone): purges
+    /// after it may have been trimmed too.
     gap: bool,
     /// The newest id in the stream (where to go on from).
     newest: StreamId,
@@ -328,17 +329,28 @@ async fn catch_up(c: &mut MultiplexedConnection, last: Option<StreamId>) -> Redi
             newest: newest(&top).unwrap_or((0, 0)),
         });
     };
-    let info: RedisResult<Value> = redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(PURGE_STREAM)
-        .query_async(c)
-        .await;
-    let gap = match info {
-        // Gone: Redis restarted or was flushed; what was published before is unknowable.
-        Err(_) => last != (0, 0),
-        Ok(v) => field(&v, b"max-deleted-entry-id")
-            .and_then(parse_id)
-            .is_some_and(|d| d > last),
+    // Trimming removes the oldest entries first: if the last purge heard is still in the
+    // stream, nothing after it was trimmed. If it is gone (trimmed, or the stream lost with
+    // Redis's data), purges after it may have been: a gap (conservative). Before any purge was
+    // heard (`last` = 0-0), a gap is any entry deleted since the stream began.
+    let gap = if last == (0, 0) {
+        let info: RedisResult<Value> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(PURGE_STREAM)
+            .query_async(c)
+            .await;
+        info.ok().is_some_and(|v| {
+            matches!((number(&v, b"entries-added"), number(&v, b"length")), (Some(a), Some(l)) if a > l)
+        })
+    } else {
+        let id = format!("{}-{}", last.0, last.1);
+        let here: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg(PURGE_STREAM)
+            .arg(&id)
+            .arg(&id)
+            .query_async(c)
+            .await?;
+        here.is_empty()
     };
     let mut missed = Vec::new();
     let mut from = last;
@@ -377,22 +389,27 @@ async fn catch_up(c: &mut MultiplexedConnection, last: Option<StreamId>) -> Redi
     })
 }
 
-/// A field of an XINFO reply (a flat name, value list, or a map under RESP3) as bytes.
-fn field<'a>(v: &'a Value, name: &[u8]) -> Option<&'a [u8]> {
-    let text = |v: &'a Value| match v {
-        Value::BulkString(b) => Some(&b[..]),
-        Value::SimpleString(s) => Some(s.as_bytes()),
+/// A numeric field of an XINFO reply (a flat name, value list, or a map under RESP3).
+fn number(v: &Value, name: &[u8]) -> Option<u64> {
+    let is_name = |k: &Value| match k {
+        Value::BulkString(b) => b[..] == *name,
+        Value::SimpleString(s) => s.as_bytes() == name,
+        _ => false,
+    };
+    let value = |v: &Value| match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
         _ => None,
     };
     match v {
         Value::Array(items) => items
             .chunks(2)
-            .find(|p| p.len() == 2 && text(&p[0]) == Some(name))
-            .and_then(|p| text(&p[1])),
+            .find(|p| p.len() == 2 && is_name(&p[0]))
+            .and_then(|p| value(&p[1])),
         Value::Map(pairs) => pairs
             .iter()
-            .find(|(k, _)| text(k) == Some(name))
-            .and_then(|(_, v)| text(v)),
+            .find(|(k, _)| is_name(k))
+            .and_then(|(_, v)| value(v)),
         _ => None,
     }
 }

@@ -298,7 +298,8 @@ fn redis_tier_keeps_every_vary_variant_and_purges_them_all() {
 
 /// Node B's path to Redis is cut (a black-hole relay) while node A purges: B misses the
 /// published purge and still serves its copy; once the path heals, B resubscribes, replays the
-/// purge from the purge stream and drops its copy.
+/// purge from the purge stream and drops its copy. Then a purge trimmed from the stream while B
+/// was cut off (a gap): B drops every entry of the cache.
 #[test]
 fn redis_tier_purge_missed_while_unsubscribed_is_replayed() {
     let redis = Redis::start();
@@ -346,6 +347,35 @@ fn redis_tier_purge_missed_while_unsubscribed_is_replayed() {
     assert_eq!(o.request_count(), n + 1);
     assert!(b.logs().contains("replayed from ringway:cache:purges"));
     assert_eq!(metric(sb, "ringway_cache_tier_purge_gaps_total"), 0.0);
+
+    // A gap: while B is cut off again, A purges /g and the stream is trimmed past it. B cannot
+    // know what it missed: it drops every entry of the cache (/keep too, never purged).
+    for path in ["/g", "/keep"] {
+        assert_eq!(label(&get(&b, path)), "MISS");
+        assert!(wait_until(Duration::from_secs(5), || label(&get(&b, path)) == "HIT"));
+    }
+    relay.cut();
+    assert_eq!(purge(&a, "/g").status, 404, "A itself held nothing at /g");
+    let _: u64 = redis::cmd("XTRIM")
+        .arg("ringway:cache:purges")
+        .arg("MAXLEN")
+        .arg(0)
+        .query(&mut redis.conn())
+        .expect("XTRIM");
+    relay.heal();
+    assert!(
+        at_least(sb, "ringway_cache_tier_purge_gaps_total", 1.0, 10),
+        "B never noticed the gap:\n{}",
+        b.logs()
+    );
+    for path in ["/g", "/keep"] {
+        assert!(
+            wait_until(Duration::from_secs(5), || label(&get(&b, path)) == "MISS"),
+            "B kept {path} after a gap:\n{}",
+            b.logs()
+        );
+    }
+    assert!(b.logs().contains("were trimmed from ringway:cache:purges"));
 }
 
 /// Waits up to `secs` for the metric `name` to reach `min`.
