@@ -12,6 +12,7 @@
 pub mod memcached;
 pub mod store;
 pub mod tier;
+pub mod tier_redis;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -279,7 +280,8 @@ impl Fleet {
                 OnError::Allow => Mode::Allow,
                 OnError::Deny => Mode::Deny,
             };
-            let g = l.grant(now, mode, Vec::new());
+            let mut g = l.grant(now, mode, Vec::new());
+            g.default_frac = l.fallback_frac();
             self.ports.grants.send_all(|| g.clone());
         }
     }

@@ -16,11 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::AsyncCommands;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::memcached;
+use super::tier_redis::Namespaces;
+use super::{memcached, tier_redis};
 use crate::cache::peer::{Answer, Mail};
 use crate::cache::tier::{self, Backend, TierConf, TierReq};
 use crate::cache::{now_ms, Target};
@@ -28,10 +27,8 @@ use crate::metrics::tier::TIER;
 use crate::runtime::TierPorts;
 use crate::util::mesh::Inlet;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// The Redis channel purges travel on between nodes.
-pub const PURGE_CHANNEL: &str = "ringway:cache:purge";
+pub use super::tier_redis::{parse_purge, purge_message, PURGE_CHANNEL};
+use super::tier_redis::{within, BACKOFF_MAX, BACKOFF_MIN};
 
 /// Starts the tier thread; it sleeps on its queues until a cache with `l2` is used.
 pub fn start(ports: TierPorts) -> Result<(), String> {
@@ -64,12 +61,15 @@ struct Tier {
     servers: RefCell<HashMap<(Backend, String), Rc<Server>>>,
     /// This node's name in published purges (its own are not applied twice).
     node: String,
+    /// The cache namespaces seen using each Redis address (dropped whole after a purge gap).
+    namespaces: Namespaces,
 }
 
 async fn run(mut ports: TierPorts) {
     let t = Rc::new(Tier {
         mail: ports.mail.clone(),
         servers: RefCell::default(),
+        namespaces: Namespaces::default(),
         node: format!(
             "{:016x}",
             xxh3_64(
@@ -96,6 +96,13 @@ async fn run(mut ports: TierPorts) {
 
 impl Tier {
     fn server(self: &Rc<Self>, conf: &TierConf) -> Rc<Server> {
+        if conf.backend == Backend::Redis {
+            let mut n = self.namespaces.borrow_mut();
+            let set = n.entry(conf.addr.clone()).or_default();
+            if !set.contains(&conf.ns) {
+                set.insert(conf.ns.clone());
+            }
+        }
         let k = (conf.backend, conf.addr.clone());
         if let Some(s) = self.servers.borrow().get(&k) {
             return s.clone();
@@ -111,7 +118,12 @@ impl Tier {
         });
         self.servers.borrow_mut().insert(k, s.clone());
         if conf.backend == Backend::Redis {
-            tokio::task::spawn_local(listen(self.clone(), conf.addr.clone(), conf.timeout));
+            let hearer = tier_redis::Hearer {
+                mail: self.mail.clone(),
+                node: self.node.clone(),
+                namespaces: self.namespaces.clone(),
+            };
+            tokio::task::spawn_local(tier_redis::listen(hearer, conf.addr.clone(), conf.timeout));
         }
         s
     }
@@ -125,14 +137,15 @@ impl Tier {
                 id,
             } => {
                 TIER.lookups.fetch_add(1, Relaxed);
-                let found = self.get(&conf, &key).await;
-                let variants = match found {
-                    Some(e) => {
-                        TIER.hits.fetch_add(1, Relaxed);
-                        vec![Arc::new(e)]
-                    }
-                    None => Vec::new(),
-                };
+                let variants: Vec<_> = self
+                    .get(&conf, &key)
+                    .await
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect();
+                if !variants.is_empty() {
+                    TIER.hits.fetch_add(1, Relaxed);
+                }
                 let answer = Answer {
                     known: true,
                     variants,
@@ -152,18 +165,9 @@ impl Tier {
                 let r = match &conn {
                     Conn::Redis(c) => {
                         let mut c = c.clone();
-                        let k = redis_key(&conf.ns, &key);
-                        let mut p = redis::pipe();
-                        p.cmd("SET").arg(&k).arg(blob).arg("PX").arg(ms).ignore();
-                        for tag in tags(&entry) {
-                            let set = tag_key(&conf.ns, tag);
-                            p.cmd("SADD").arg(&set).arg(&k).ignore();
-                            p.cmd("PEXPIRE")
-                                .arg(&set)
-                                .arg(conf.ttl_cap.as_millis() as u64)
-                                .ignore();
-                        }
-                        within(conf.timeout, p.query_async::<()>(&mut c)).await
+                        let put =
+                            tier_redis::put(&mut c, &conf.ns, &key, &entry, blob, ms, conf.ttl_cap);
+                        within(conf.timeout, put).await
                     }
                     Conn::Memcached(pool) => {
                         let k = memcached::key(xxh3_64(conf.ns.as_bytes()), &key);
@@ -186,36 +190,41 @@ impl Tier {
         }
     }
 
-    /// The tier's entry for `key`, if it answers in time with one that decodes.
-    async fn get(self: &Rc<Self>, conf: &TierConf, key: &[u8]) -> Option<crate::cache::Entry> {
+    /// The tier's entries for `key` (Redis: every variant; memcached: the last one written), if
+    /// it answers in time with ones that decode.
+    async fn get(self: &Rc<Self>, conf: &TierConf, key: &[u8]) -> Vec<crate::cache::Entry> {
         let srv = self.server(conf);
         let Some(conn) = connection(&srv, conf.timeout).await else {
             TIER.errors.fetch_add(1, Relaxed);
-            return None;
+            return Vec::new();
         };
         let max = conf.max_object_bytes + key.len() + 64 * 1024;
         let r = match &conn {
             Conn::Redis(c) => {
                 let mut c = c.clone();
-                let k = redis_key(&conf.ns, key);
-                within(conf.timeout, c.get::<_, Option<Vec<u8>>>(k)).await
+                within(conf.timeout, tier_redis::lookup(&mut c, &conf.ns, key)).await
             }
             Conn::Memcached(pool) => {
                 let k = memcached::key(xxh3_64(conf.ns.as_bytes()), key);
-                pool.get(&k, max, conf.timeout).await
+                pool.get(&k, max, conf.timeout)
+                    .await
+                    .map(|v| v.into_iter().collect())
             }
         };
         match r {
-            Ok(v) => {
+            Ok(blobs) => {
                 recovered(&srv);
-                // Larger than any entry this cache writes: not one of ours.
-                let v = v.filter(|v| v.len() <= max)?;
-                tier::decode(key, Bytes::from(v))
+                blobs
+                    .into_iter()
+                    // Larger than any entry this cache writes: not one of ours.
+                    .filter(|v| v.len() <= max)
+                    .filter_map(|v| tier::decode(key, Bytes::from(v)))
+                    .collect()
             }
             Err(e) => {
                 TIER.errors.fetch_add(1, Relaxed);
                 failed(&srv, &e);
-                None
+                Vec::new()
             }
         }
     }
@@ -236,18 +245,10 @@ impl Tier {
                 let mut c = c.clone();
                 let msg = purge_message(&self.node, &conf.ns, target);
                 // Purges may walk the keyspace (prefixes): allowed ten timeouts.
-                within(conf.timeout * 10, async {
-                    let keys = redis_matches(&mut c, &conf.ns, target).await?;
-                    let mut p = redis::pipe();
-                    for k in &keys {
-                        p.cmd("DEL").arg(k).ignore();
-                    }
-                    if let Target::Tag(t) = target {
-                        p.cmd("DEL").arg(tag_key(&conf.ns, t)).ignore();
-                    }
-                    p.cmd("PUBLISH").arg(PURGE_CHANNEL).arg(msg).ignore();
-                    p.query_async::<()>(&mut c).await
-                })
+                within(
+                    conf.timeout * 10,
+                    tier_redis::purge(&mut c, &conf.ns, target, msg),
+                )
                 .await
             }
             Conn::Memcached(pool) => match target {
@@ -282,16 +283,6 @@ fn name(b: Backend) -> &'static str {
     match b {
         Backend::Redis => "redis",
         Backend::Memcached => "memcached",
-    }
-}
-
-async fn within<T, E: std::fmt::Display>(
-    d: Duration,
-    f: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(d, f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {d:?}")),
     }
 }
 
@@ -369,156 +360,4 @@ fn recovered(srv: &Server) {
     }
     srv.up.set(Some(true));
     TIER.state.store(1, Relaxed);
-}
-
-/// Where a cache's entry for `key` lives in Redis: the namespace hashed, then the key as it is.
-fn redis_key(ns: &str, key: &[u8]) -> Vec<u8> {
-    let mut k = format!("ringway:c:{:016x}:", xxh3_64(ns.as_bytes())).into_bytes();
-    k.extend_from_slice(key);
-    k
-}
-
-/// The set of keys stored with Surrogate-Key `tag`.
-fn tag_key(ns: &str, tag: &[u8]) -> Vec<u8> {
-    let mut k = format!("ringway:t:{:016x}:", xxh3_64(ns.as_bytes())).into_bytes();
-    k.extend_from_slice(tag);
-    k
-}
-
-fn tags(e: &crate::cache::Entry) -> impl Iterator<Item = &[u8]> {
-    e.headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(b"surrogate-key"))
-        .flat_map(|(_, v)| v.split(|&b| b == b' ').filter(|t| !t.is_empty()))
-}
-
-/// The Redis keys `target` names: the key itself, those under a prefix (SCAN), a tag's set.
-async fn redis_matches(
-    c: &mut redis::aio::MultiplexedConnection,
-    ns: &str,
-    target: &Target,
-) -> redis::RedisResult<Vec<Vec<u8>>> {
-    match target {
-        Target::Key(k) => Ok(vec![redis_key(ns, k)]),
-        Target::Tag(t) => c.smembers(tag_key(ns, t)).await,
-        Target::Prefix(p) => {
-            let mut pattern = Vec::new();
-            for &b in &redis_key(ns, p) {
-                if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
-                    pattern.push(b'\\');
-                }
-                pattern.push(b);
-            }
-            pattern.push(b'*');
-            let mut out = Vec::new();
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(c)
-                    .await?;
-                out.extend(keys);
-                if next == 0 {
-                    return Ok(out);
-                }
-                cursor = next;
-            }
-        }
-    }
-}
-
-/// A purge as published: `node \n ns \n kind target` (kind K, P or T).
-pub fn purge_message(node: &str, ns: &str, t: &Target) -> Vec<u8> {
-    let (kind, body) = match t {
-        Target::Key(k) => (b'K', k),
-        Target::Prefix(p) => (b'P', p),
-        Target::Tag(g) => (b'T', g),
-    };
-    let mut m = format!("{node}\n{ns}\n").into_bytes();
-    m.push(kind);
-    m.extend_from_slice(body);
-    m
-}
-
-/// Reads a published purge (any bytes: another node's, or anything on the channel); `None`
-/// unless it is one. Never panics.
-pub fn parse_purge(m: &[u8]) -> Option<(&[u8], &str, Target)> {
-    let mut it = m.splitn(3, |&b| b == b'\n');
-    let node = it.next()?;
-    let ns = std::str::from_utf8(it.next()?).ok()?;
-    let rest = it.next()?;
-    let (&kind, body) = rest.split_first()?;
-    let body = body.to_vec();
-    let t = match kind {
-        b'K' => Target::Key(body),
-        b'P' => Target::Prefix(body),
-        b'T' => Target::Tag(body),
-        _ => return None,
-    };
-    Some((node, ns, t))
-}
-
-/// Hears purges published by other nodes on `addr` and hands them to every shard; reconnects
-/// with backoff. A purge published while this node was not subscribed is missed (logged).
-async fn listen(t: Rc<Tier>, addr: String, timeout: Duration) {
-    let mut backoff = BACKOFF_MIN;
-    let mut lost = false;
-    loop {
-        let sub = within(timeout * 4, async {
-            let client = redis::Client::open(format!("redis://{addr}/"))?;
-            let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(PURGE_CHANNEL).await?;
-            Ok::<_, redis::RedisError>(ps)
-        })
-        .await;
-        let ps = match sub {
-            Ok(ps) => ps,
-            Err(_) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        if lost {
-            log::warn!("cache tier: purge channel on redis {addr} back; purges sent while it was lost were missed here");
-        }
-        backoff = BACKOFF_MIN;
-        let mut stream = ps.into_on_message();
-        while let Some(msg) = stream.next().await {
-            let Some((node, ns, target)) = parse_purge(msg.get_payload_bytes()) else {
-                continue;
-            };
-            if node == t.node.as_bytes() {
-                continue;
-            }
-            TIER.purges_heard.fetch_add(1, Relaxed);
-            let ns: Arc<str> = ns.into();
-            t.mail.send_all(|| Mail::TierPurge {
-                ns: ns.clone(),
-                target: target.clone(),
-            });
-        }
-        lost = true;
-        log::warn!("cache tier: purge channel on redis {addr} lost; reconnecting");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn purge_messages_round_trip() {
-        let m = purge_message("n1", "route \"a\"", &Target::Prefix(b"h\x1f/x\ny".to_vec()));
-        let (node, ns, t) = parse_purge(&m).expect("parses");
-        assert_eq!((node, ns), (&b"n1"[..], "route \"a\""));
-        assert!(matches!(t, Target::Prefix(p) if p == b"h\x1f/x\ny"));
-        assert!(parse_purge(b"n1\nns\nXabc").is_none());
-        assert!(parse_purge(b"n1\nns\n").is_none());
-        assert!(parse_purge(b"").is_none());
-    }
 }

@@ -114,10 +114,12 @@ impl CountLimiter {
 
     /// Makes this a shard of a cluster-wide limiter: windows are numbered from the Unix epoch
     /// (`wall_ms` = wall-clock ms at the node epoch), so every node agrees on their bounds, and
-    /// the node limit per key is what the fleet thread grants.
-    pub fn fleet(mut self, wall_ms: u64) -> CountLimiter {
+    /// the node limit per key is what the fleet thread grants. Until its first grant, a key opens
+    /// with `opening` of the limit (the node does not know yet whether it is alone).
+    pub fn fleet(mut self, wall_ms: u64, opening: f64) -> CountLimiter {
         self.node.offset_ms = wall_ms;
         self.node.fleet = true;
+        self.node.default_frac = opening;
         self
     }
 

@@ -71,6 +71,19 @@ pub struct FleetSpec {
     pub on_error: OnError,
 }
 
+impl FleetSpec {
+    /// The fraction a shard opens a key with before the fleet thread's first word
+    /// (`opening_frac`; limit-req opens with its whole rate: it has no window to overrun).
+    pub fn opening(&self, tick: Duration) -> f64 {
+        match self.kind {
+            Kind::Count { limit, window_ms } => {
+                opening_frac(limit, window_ms, self.interval.max(tick))
+            }
+            Kind::Req { .. } => 1.0,
+        }
+    }
+}
+
 /// How shards decide while the fleet thread says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -129,6 +142,16 @@ pub fn node_limit(limit: u64, cap: Option<u64>, frac: f64) -> u64 {
         Some(c) => c.min(limit),
         None => (limit as f64 * frac.clamp(0.0, 1.0)).floor() as u64,
     }
+}
+
+/// limit-count: the fraction of the limit a node opens a key with when it may not be alone and
+/// the store reserved nothing for it yet: half an interval's worth of the limit, plus one request
+/// (`interval` is the sync interval or the shards' tick, whichever is longer). What a node admits
+/// on it before its first exchange can be over the limit, so it is kept small: a whole
+/// interval's worth measured +5% with traffic moving to a node mid-window, half +2.7%.
+pub fn opening_frac(limit: u64, window_ms: u64, interval: Duration) -> f64 {
+    let interval = interval.as_millis() as f64;
+    (interval / 2.0 / window_ms.max(1) as f64 + 1.0 / limit.max(1) as f64).min(1.0)
 }
 
 /// Wall-clock milliseconds now, for windows aligned across nodes.

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::fleet::{FleetSpec, Grant, GrantItem, Kind, Mode, Uplink};
+use super::fleet::{opening_frac, FleetSpec, Grant, GrantItem, Kind, Mode, Uplink};
 use super::sync::Item;
 use super::weight;
 
@@ -238,23 +238,35 @@ impl NodeLimiter {
         }
     }
 
-    /// The fraction a key the node has no answer for opens with: the whole limit while no
-    /// other node was ever seen; otherwise, for limit-count, half an interval's worth of the
-    /// limit (the store reserved nothing for this node, and another node may be using the key
-    /// already: what it admits before its first exchange may be over the limit; a whole
-    /// interval's worth measured +5% with traffic moving to a node mid-window, half +2.7%), and
-    /// for limit-req an equal part among the nodes last seen.
+    /// The fraction a key the node has no answer for opens with: the whole limit once an
+    /// exchange showed the node alone; otherwise, for limit-count, the cautious opening
+    /// (`opening_frac`: the store reserved nothing for this node, and another node may be using
+    /// the key already), and for limit-req an equal part among the nodes last seen. Before the
+    /// node's first exchange (`nodes` = 0) it does not know whether it is alone: opening with
+    /// the whole limit there let two nodes starting together each admit it until their first
+    /// exchange (21 of 20 on a loaded machine, where that exchange came late).
     pub fn default_frac(&self) -> f64 {
-        if self.nodes <= 1 {
+        if self.nodes == 1 {
             return 1.0;
         }
-        let equal = 1.0 / self.nodes as f64;
+        let equal = 1.0 / self.nodes.max(1) as f64;
         match self.spec.kind {
             Kind::Count { limit, window_ms } => {
-                let interval = self.spec.interval.max(self.tick).as_millis() as f64;
-                equal.min(interval / 2.0 / window_ms.max(1) as f64 + 1.0 / limit.max(1) as f64)
+                let interval = self.spec.interval.max(self.tick);
+                equal.min(opening_frac(limit, window_ms, interval))
             }
             Kind::Req { .. } => equal,
+        }
+    }
+
+    /// The fraction for keys without a grant while the store is away (`on_redis_error =
+    /// "local"`): as in `default_frac`, but a node that never reached the store enforces the
+    /// whole limit alone rather than the cautious opening, which would refuse nearly everything.
+    pub fn fallback_frac(&self) -> f64 {
+        if self.nodes == 0 {
+            1.0
+        } else {
+            self.default_frac()
         }
     }
 }
@@ -310,6 +322,10 @@ mod tests {
             demand,
         };
         n.absorb(&up(&s, set, 0, 10, vec![it(10, 30, 4)]), set);
+        // Before the first exchange the node does not know it is alone: a new key opens
+        // cautiously, unless the store is away (then the node enforces the whole limit).
+        assert!((n.default_frac() - (25.0 / 3_600_000.0 + 1.0 / 100.0)).abs() < 1e-12);
+        assert_eq!(n.fallback_frac(), 1.0);
         n.absorb(&up(&s, set, 1, 10, vec![it(5, 20, 2)]), set);
         // The counts of an older window do not count.
         n.absorb(&up(&s, set, 2, 9, vec![it(50, 50, 0)]), set);

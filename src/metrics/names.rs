@@ -53,6 +53,8 @@ pub const TIER_WRITE_ERRORS: &str = "ringway_cache_tier_write_errors_total";
 pub const TIER_DROPPED: &str = "ringway_cache_tier_writes_dropped_total";
 pub const TIER_PURGES_SENT: &str = "ringway_cache_tier_purges_sent_total";
 pub const TIER_PURGES_HEARD: &str = "ringway_cache_tier_purges_heard_total";
+pub const TIER_PURGES_REPLAYED: &str = "ringway_cache_tier_purges_replayed_total";
+pub const TIER_PURGE_GAPS: &str = "ringway_cache_tier_purge_gaps_total";
 pub const TIER_CHANGES: &str = "ringway_cache_tier_state_changes_total";
 
 /// Route label for requests that matched no route (404s, malformed heads).

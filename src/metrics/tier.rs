@@ -18,6 +18,10 @@ pub struct Tier {
     /// Purges this node sent to the tier (and published) / heard from other nodes.
     pub purges_sent: AtomicU64,
     pub purges_heard: AtomicU64,
+    /// Purges another node published while this one was not subscribed, replayed from the stream.
+    pub purges_replayed: AtomicU64,
+    /// Resubscriptions that found purges trimmed away: every entry of the caches on the tier dropped.
+    pub purge_gaps: AtomicU64,
     /// Reachable/unreachable transitions.
     pub changes: AtomicU64,
 }
@@ -32,11 +36,13 @@ pub static TIER: Tier = Tier {
     dropped: AtomicU64::new(0),
     purges_sent: AtomicU64::new(0),
     purges_heard: AtomicU64::new(0),
+    purges_replayed: AtomicU64::new(0),
+    purge_gaps: AtomicU64::new(0),
     changes: AtomicU64::new(0),
 };
 
 /// (name, kind, help, value) for every tier family, for /metrics.
-pub fn families() -> [(&'static str, &'static str, &'static str, u64); 10] {
+pub fn families() -> [(&'static str, &'static str, &'static str, u64); 12] {
     use super::names::*;
     let t = &TIER;
     [
@@ -49,6 +55,8 @@ pub fn families() -> [(&'static str, &'static str, &'static str, u64); 10] {
         (TIER_DROPPED, "counter", "Writes dropped because the queue to the tier thread was full.", t.dropped.load(Relaxed)),
         (TIER_PURGES_SENT, "counter", "Purges this node applied to the shared tier and published to the fleet.", t.purges_sent.load(Relaxed)),
         (TIER_PURGES_HEARD, "counter", "Purges heard from other nodes and applied to this node's caches.", t.purges_heard.load(Relaxed)),
+        (TIER_PURGES_REPLAYED, "counter", "Purges published while this node's subscription was down, replayed from the purge stream on resubscribing.", t.purges_replayed.load(Relaxed)),
+        (TIER_PURGE_GAPS, "counter", "Resubscriptions that found missed purges trimmed from the stream: every entry of the caches on the tier was dropped.", t.purge_gaps.load(Relaxed)),
         (TIER_CHANGES, "counter", "Reachable/unreachable transitions of the shared cache tier.", t.changes.load(Relaxed)),
     ]
 }

@@ -38,7 +38,7 @@ pub(super) fn build(
             LimiterSpec::Count(p) => {
                 let l = CountLimiter::new(*p, id, shards);
                 let l = match set.fleet.get(i) {
-                    Some(Some(_)) => l.fleet(set.wall_ms),
+                    Some(Some(f)) => l.fleet(set.wall_ms, f.opening(set.sync_interval)),
                     _ => l,
                 };
                 ShardLimiter::Count(Rc::new(RefCell::new(l)))

@@ -232,3 +232,153 @@ fn memcached_tier_down_requests_still_served() {
     let addr = mc.addr;
     down("memcached", addr, || mc.stop());
 }
+
+/// Two Vary variants fetched on node A are both hits on node B (each kept in the tier under its
+/// own key, listed beside the URL's); a URL purge on A removes every variant from the tier and
+/// from B's store.
+#[test]
+fn redis_tier_keeps_every_vary_variant_and_purges_them_all() {
+    let redis = Redis::start();
+    let o = Origin::start("o", |r| {
+        let lang = r.header("Accept-Language").unwrap_or("none").to_string();
+        Resp::text(200, format!("v-{}-{lang}", r.target))
+            .header("Cache-Control", "max-age=600")
+            .header("Vary", "Accept-Language")
+            .into()
+    });
+    let (a, sa) = node(&o, "redis", redis.addr);
+    let (b, sb) = node(&o, "redis", redis.addr);
+    let ask = |gw: &Gateway, lang: &str| {
+        gw.client().request(format!(
+            "GET /v HTTP/1.1\r\nHost: t\r\nAccept-Language: {lang}\r\n\r\n"
+        ))
+    };
+    for lang in ["en", "de"] {
+        let r = ask(&a, lang);
+        assert_eq!((r.status, label(&r)), (200, "MISS"), "{lang} on A");
+    }
+    assert_eq!(o.request_count(), 2);
+    assert!(
+        at_least(sa, "ringway_cache_tier_writes_total", 2.0, 5),
+        "node A never wrote both variants:\n{}",
+        a.logs()
+    );
+    for lang in ["en", "de"] {
+        let r = ask(&b, lang);
+        assert_eq!(
+            (r.status, label(&r), r.body_str()),
+            (200, "HIT", format!("v-/v-{lang}")),
+            "{lang} on B:\n{}",
+            b.logs()
+        );
+    }
+    assert_eq!(o.request_count(), 2, "node B went to the origin");
+    assert_eq!(metric(sb, "ringway_cache_tier_hits_total"), 2.0);
+    // A URL purge on A: every variant leaves the tier and B's store.
+    assert_eq!(purge(&a, "/v").status, 200);
+    assert!(
+        at_least(sb, "ringway_cache_tier_purges_heard_total", 1.0, 5),
+        "B never heard the purge:\n{}",
+        b.logs()
+    );
+    assert!(
+        !redis_has(&redis, "ringway:c:*/v*"),
+        "a variant or the index is left in the tier"
+    );
+    for (i, lang) in ["en", "de"].into_iter().enumerate() {
+        let r = ask(&b, lang);
+        assert_eq!(
+            (r.status, label(&r)),
+            (200, "MISS"),
+            "{lang} on B after the purge"
+        );
+        assert_eq!(o.request_count(), 3 + i);
+    }
+}
+
+/// Node B's path to Redis is cut (a black-hole relay) while node A purges: B misses the
+/// published purge and still serves its copy; once the path heals, B resubscribes, replays the
+/// purge from the purge stream and drops its copy. Then a purge trimmed from the stream while B
+/// was cut off (a gap): B drops every entry of the cache.
+#[test]
+fn redis_tier_purge_missed_while_unsubscribed_is_replayed() {
+    let redis = Redis::start();
+    let relay = etcd::Relay::start(redis.addr);
+    let o = tagged_cache_origin();
+    let (a, _) = node(&o, "redis", redis.addr);
+    let (b, sb) = node(&o, "redis", relay.addr);
+    // B stores /m and writes it to the tier; A gets it from there.
+    assert_eq!(label(&get(&b, "/m")), "MISS");
+    assert!(wait_until(Duration::from_secs(5), || redis_has(
+        &redis,
+        "ringway:c:*/m"
+    )));
+    assert_eq!(label(&get(&a, "/m")), "HIT");
+    assert_eq!(o.request_count(), 1);
+    // B listens (a first purge, of something else, is heard).
+    assert_eq!(purge(&a, "/other").status, 404);
+    assert!(
+        at_least(sb, "ringway_cache_tier_purges_heard_total", 1.0, 5),
+        "B never subscribed:\n{}",
+        b.logs()
+    );
+    relay.cut();
+    assert_eq!(purge(&a, "/m").status, 200);
+    assert!(!redis_has(&redis, "ringway:c:*/m"), "out of the tier");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        metric(sb, "ringway_cache_tier_purges_heard_total"),
+        1.0,
+        "B heard the purge through a cut path"
+    );
+    assert_eq!(label(&get(&b, "/m")), "HIT", "B's own copy, purge missed");
+    relay.heal();
+    assert!(
+        at_least(sb, "ringway_cache_tier_purges_replayed_total", 1.0, 10),
+        "B never replayed the missed purge:\n{}",
+        b.logs()
+    );
+    let n = o.request_count();
+    assert!(
+        wait_until(Duration::from_secs(5), || label(&get(&b, "/m")) == "MISS"),
+        "B still serves the purged object:\n{}",
+        b.logs()
+    );
+    assert_eq!(o.request_count(), n + 1);
+    assert!(b.logs().contains("replayed from ringway:cache:purges"));
+    assert_eq!(metric(sb, "ringway_cache_tier_purge_gaps_total"), 0.0);
+
+    // A gap: while B is cut off again, A purges /g and the stream is trimmed past it. B cannot
+    // know what it missed: it drops every entry of the cache (/keep too, never purged).
+    for path in ["/g", "/keep"] {
+        assert_eq!(label(&get(&b, path)), "MISS");
+        assert!(wait_until(Duration::from_secs(5), || label(&get(&b, path)) == "HIT"));
+    }
+    relay.cut();
+    assert_eq!(purge(&a, "/g").status, 404, "A itself held nothing at /g");
+    let _: u64 = redis::cmd("XTRIM")
+        .arg("ringway:cache:purges")
+        .arg("MAXLEN")
+        .arg(0)
+        .query(&mut redis.conn())
+        .expect("XTRIM");
+    relay.heal();
+    assert!(
+        at_least(sb, "ringway_cache_tier_purge_gaps_total", 1.0, 10),
+        "B never noticed the gap:\n{}",
+        b.logs()
+    );
+    for path in ["/g", "/keep"] {
+        assert!(
+            wait_until(Duration::from_secs(5), || label(&get(&b, path)) == "MISS"),
+            "B kept {path} after a gap:\n{}",
+            b.logs()
+        );
+    }
+    assert!(b.logs().contains("were trimmed from ringway:cache:purges"));
+}
+
+/// Waits up to `secs` for the metric `name` to reach `min`.
+fn at_least(status: SocketAddr, name: &str, min: f64, secs: u64) -> bool {
+    wait_until(Duration::from_secs(secs), || metric(status, name) >= min)
+}

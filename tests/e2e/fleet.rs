@@ -40,14 +40,39 @@ fn align_to_second(ms: u64) {
     thread::sleep(Duration::from_millis(next - now));
 }
 
+/// What `drive` saw in each wall-clock second (window): requests admitted, and whether the
+/// window was inside the schedule and every node's client delivered its planned load on time.
+struct Driven {
+    admitted: std::collections::BTreeMap<u64, u64>,
+    delivered: std::collections::BTreeSet<u64>,
+}
+
+impl Driven {
+    /// Admitted per full window in which the planned load was delivered on time. Partial
+    /// windows (where the schedule starts and ends) are left out, and so are windows where a
+    /// load thread fell behind its schedule: a loaded machine starves the paced clients, which
+    /// then send less than planned, or a late burst, and what the limit admits from that says
+    /// nothing about its accuracy.
+    fn full_windows(&self) -> Vec<u64> {
+        self.delivered
+            .iter()
+            .map(|w| self.admitted.get(w).copied().unwrap_or(0))
+            .collect()
+    }
+}
+
+/// A request counts as delivered on time when answered (around) this soon after it was planned.
+const ON_TIME_MS: u64 = 50;
+
 /// Sends `rate(node, second)` requests per second to each node from one paced thread per node
-/// for `secs` seconds (second 0 starts now); returns admitted requests per wall-clock second.
+/// for `secs` seconds (second 0 starts now); returns admitted requests per wall-clock second and
+/// the full seconds in which every node got at least 90% of its planned requests on time.
 fn drive(
     gws: &[&Gateway],
     tenant: &str,
     secs: u64,
     rate: impl Fn(usize, u64) -> u64 + Send + Sync + 'static,
-) -> std::collections::BTreeMap<u64, u64> {
+) -> Driven {
     let rate = Arc::new(rate);
     let start = Instant::now();
     let start_wall = wall_ms();
@@ -59,7 +84,8 @@ fn drive(
             let rate = rate.clone();
             let tenant = tenant.to_string();
             thread::spawn(move || {
-                let mut admitted: Vec<u64> = Vec::new();
+                // (wall ms the request was planned for, wall ms it was answered around, status)
+                let mut sent: Vec<(u64, u64, u16)> = Vec::new();
                 let mut next = Duration::ZERO;
                 loop {
                     let s = next.as_secs();
@@ -74,43 +100,64 @@ fn drive(
                     if let Some(wait) = next.checked_sub(start.elapsed()) {
                         thread::sleep(wait);
                     }
-                    let sent = start.elapsed();
+                    let t0 = start.elapsed();
                     let resp = get_with(&mut c, "/x", &format!("X-Tenant: {tenant}\r\n"));
-                    let got = start.elapsed();
-                    let at = start_wall + ((sent + got) / 2).as_millis() as u64;
+                    let at = start_wall + ((t0 + start.elapsed()) / 2).as_millis() as u64;
                     match resp.status {
-                        200 => admitted.push(at),
-                        429 => admitted.push(at | TRIED),
+                        200 | 429 => {}
                         s => panic!("unexpected status {s}"),
                     }
+                    sent.push((start_wall + next.as_millis() as u64, at, resp.status));
                     next += Duration::from_secs_f64(1.0 / r as f64);
                 }
-                admitted
+                sent
             })
         })
         .collect();
-    let mut per = std::collections::BTreeMap::new();
+    // Windows wholly inside the schedule, after the first (the key is new there: partial at
+    // best, and where the schedule starts on a window, the nodes' first meeting with the key).
+    let end_wall = start_wall + secs * 1000;
+    let mut delivered: std::collections::BTreeSet<u64> =
+        (start_wall / 1000 + 1..end_wall / 1000).collect();
+    let mut admitted = std::collections::BTreeMap::new();
     let mut tried = std::collections::BTreeMap::new();
     for t in threads {
-        for ms in t.join().expect("load thread") {
-            *tried.entry((ms & !TRIED) / 1000).or_insert(0u64) += 1;
-            if ms & TRIED == 0 {
-                *per.entry(ms / 1000).or_insert(0) += 1;
+        let (mut planned, mut on_time) = (
+            std::collections::BTreeMap::new(),
+            std::collections::BTreeMap::new(),
+        );
+        for (plan, at, status) in t.join().expect("load thread") {
+            *planned.entry(plan / 1000).or_insert(0u64) += 1;
+            if at / 1000 == plan / 1000 && at.saturating_sub(plan) <= ON_TIME_MS {
+                *on_time.entry(plan / 1000).or_insert(0u64) += 1;
+            }
+            *tried.entry(at / 1000).or_insert(0u64) += 1;
+            *admitted.entry(at / 1000).or_insert(0u64) += u64::from(status == 200);
+        }
+        for (w, p) in planned {
+            if on_time.get(&w).copied().unwrap_or(0) * 10 < p * 9 {
+                delivered.remove(&w);
             }
         }
     }
     eprintln!(
-        "fleet drive: sent per second {:?}",
-        tried.values().collect::<Vec<_>>()
+        "fleet drive: sent per second {:?}, full windows delivered on time {:?}",
+        tried.values().collect::<Vec<_>>(),
+        delivered
+            .iter()
+            .map(|w| tried.keys().position(|k| k == w))
+            .collect::<Vec<_>>()
     );
-    per
+    Driven {
+        admitted,
+        delivered,
+    }
 }
-
-/// Marks a refused request's time in `drive`'s list (wall-clock ms stay far below it).
-const TRIED: u64 = 1 << 62;
 
 /// Two processes, one Redis, limit 300/s on one key: every full window admits 300 within the
 /// bound, whatever the split. Exact figures go to perf/RESULTS.md (printed with --nocapture).
+/// A case is driven again (with a new key) while it has fewer than three full windows in which
+/// the load was delivered as planned.
 #[test]
 fn two_nodes_share_one_limit_within_five_percent() {
     let _cpu = cpu_lock();
@@ -132,18 +179,21 @@ fn two_nodes_share_one_limit_within_five_percent() {
     ];
     let mut report = Vec::new();
     for (i, (name, split, offset)) in cases.iter().enumerate() {
-        let tenant = format!("t{i}");
-        align_to_second(*offset);
-        let per = drive(&[&a, &b], &tenant, 5, *split);
-        // Full windows only: the first second (keys new everywhere) and the last are partial.
-        let full: Vec<u64> = per
-            .iter()
-            .skip(1)
-            .take(per.len().saturating_sub(2))
-            .map(|(_, n)| *n)
-            .collect();
+        let mut full = Vec::new();
+        for attempt in 0..3 {
+            if full.len() >= 3 {
+                break;
+            }
+            let tenant = format!("t{i}-{attempt}");
+            align_to_second(*offset);
+            let driven = drive(&[&a, &b], &tenant, 5, *split);
+            full.extend(driven.full_windows());
+        }
         eprintln!("fleet accuracy {name}: admitted per full window {full:?} (limit 300)");
-        assert!(full.len() >= 3, "{name}: too few full windows: {per:?}");
+        assert!(
+            full.len() >= 3,
+            "{name}: too few full windows with the load delivered: {full:?}"
+        );
         report.push((name.to_string(), full));
     }
     for (name, full) in &report {
@@ -226,10 +276,7 @@ fn store_stalls_stops_and_returns_without_requests_waiting() {
     let gw = Gateway::start(&cfg);
     let status = ops::listener(&gw.stderr, "status");
     let mut c = gw.client();
-    for _ in 0..3 {
-        assert_eq!(timed(&mut c, "/local").0, 200);
-    }
-    assert_eq!(timed(&mut c, "/allow").0, 200);
+    assert_eq!(timed(&mut c, "/local").0, 200);
     assert_eq!(timed(&mut c, "/allow").0, 200);
     assert_eq!(timed(&mut c, "/deny").0, 200);
     assert!(
@@ -240,6 +287,18 @@ fn store_stalls_stops_and_returns_without_requests_waiting() {
         "store never reported up:\n{}",
         gw.logs()
     );
+    // Before its first exchange the node opened each key cautiously (it might not be alone);
+    // the exchange showed it alone, so the grant now in flight to the shard gives it the whole
+    // limit (refused requests do not count against it).
+    for (path, more) in [("/local", 2), ("/allow", 1)] {
+        for _ in 0..more {
+            assert!(
+                wait_until(Duration::from_secs(3), || timed(&mut c, path).0 == 200),
+                "{path}: the node's grant never came:\n{}",
+                gw.logs()
+            );
+        }
+    }
     thread::sleep(Duration::from_millis(200));
     assert_eq!(
         timed(&mut c, "/allow").0,
@@ -320,9 +379,20 @@ fn store_stalls_stops_and_returns_without_requests_waiting() {
         "fleet reconcile: counts back in the store {:?} after restart",
         back.elapsed()
     );
-    assert_eq!(fleet_metric(status, "ringway_fleet_store_state"), 1.0);
+    assert!(
+        wait_until(Duration::from_secs(3), || fleet_metric(
+            status,
+            "ringway_fleet_store_state"
+        ) == 1.0),
+        "store state not back to up:\n{}",
+        gw.logs()
+    );
     assert_eq!(timed(&mut c, "/local").0, 429, "still 5 in the window");
-    assert_eq!(timed(&mut c, "/deny").0, 200, "deny lifted");
+    assert!(
+        wait_until(Duration::from_secs(3), || timed(&mut c, "/deny").0 == 200),
+        "deny not lifted:\n{}",
+        gw.logs()
+    );
 
     let logs = gw.logs();
     let down = logs.matches("unreachable (").count();
@@ -375,7 +445,7 @@ fn redis_cluster_shares_limits_and_follows_a_moved_slot() {
     let plugins = format!(
         "[routes.plugins.limit-count]\ncount = 20\ntime_window = 3600\nkey = \"header:X-Tenant\"\n\
          rejected_code = 429\npolicy = \"redis-cluster\"\n\
-         redis_cluster = {{ nodes = [\"{}\"], timeout = \"200ms\" }}\n",
+         redis_cluster = {{ nodes = [\"{}\"], timeout = \"1s\" }}\n",
         cluster.nodes[0]
     );
     clear_of_hour_boundary(60);
@@ -384,23 +454,42 @@ fn redis_cluster_shares_limits_and_follows_a_moved_slot() {
     let (mut ca, mut cb) = (a.client(), b.client());
     let tenants: Vec<String> = (0..6).map(|i| format!("tenant-{i}")).collect();
     let mut admitted = vec![0u32; tenants.len()];
-    let round = |ca: &mut Client, cb: &mut Client, admitted: &mut Vec<u32>, n: usize| {
-        for i in 0..n {
-            for (t, name) in tenants.iter().enumerate() {
-                let c = if (i + t) % 2 == 0 { &mut *ca } else { &mut *cb };
-                admitted[t] += u32::from(tenant_admitted(c, name));
+    // Rounds `from..to`: in round i, tenant t is sent to node a if i + t is even, else to b.
+    let round =
+        |ca: &mut Client, cb: &mut Client, admitted: &mut Vec<u32>, from: usize, to: usize| {
+            for i in from..to {
+                for (t, name) in tenants.iter().enumerate() {
+                    let c = if (i + t) % 2 == 0 { &mut *ca } else { &mut *cb };
+                    admitted[t] += u32::from(tenant_admitted(c, name));
+                }
+                thread::sleep(Duration::from_millis(5));
             }
-            thread::sleep(Duration::from_millis(5));
+        };
+    // Rounds until every limit is used up: each request is checked against the count as it
+    // is answered (none may be admitted past it), and in the end exactly the count is admitted
+    // (the nodes' reservations converge; a fixed number of rounds could end before they had on
+    // a loaded machine).
+    let began = Instant::now();
+    let mut rounds = 0;
+    while admitted.iter().any(|&n| n < 20) && began.elapsed() < Duration::from_secs(20) {
+        round(&mut ca, &mut cb, &mut admitted, rounds, rounds + 1);
+        rounds += 1;
+        for (t, &n) in admitted.iter().enumerate() {
+            assert!(
+                n <= 20,
+                "tenant {t}: admitted {n} of 20 after {rounds} rounds: {admitted:?}\nnode a:\n{}\nnode b:\n{}",
+                a.logs(),
+                b.logs()
+            );
         }
-    };
-    round(&mut ca, &mut cb, &mut admitted, 40);
-    eprintln!("fleet cluster: admitted per tenant {admitted:?} (count 20, 40 sent each)");
-    for (t, &n) in admitted.iter().enumerate() {
-        assert!(
-            (18..=20).contains(&n),
-            "tenant {t}: admitted {n} of 20: {admitted:?}"
-        );
     }
+    eprintln!("fleet cluster: admitted per tenant {admitted:?} (count 20) after {rounds} rounds");
+    assert!(
+        admitted.iter().all(|&n| n == 20),
+        "limits not used up within 20 s: {admitted:?}\nnode a:\n{}\nnode b:\n{}",
+        a.logs(),
+        b.logs()
+    );
     // Where the limits live: every master answers KEYS for its own slots only.
     let mut owners = std::collections::BTreeMap::new();
     for &m in &cluster.nodes {
@@ -442,7 +531,7 @@ fn redis_cluster_shares_limits_and_follows_a_moved_slot() {
     thread::sleep(Duration::from_millis(200));
     cluster.finish(&moving);
     let moved_at = wall_ms();
-    round(&mut ca, &mut cb, &mut admitted, 20);
+    round(&mut ca, &mut cb, &mut admitted, 0, 20);
     eprintln!("fleet cluster: after the move {admitted:?}");
     for (t, &n) in admitted.iter().enumerate() {
         assert!(
@@ -459,15 +548,21 @@ fn redis_cluster_shares_limits_and_follows_a_moved_slot() {
     // While a slot migrates, Redis answers a multi-key script whose keys are split between the
     // two owners (this window's hash moved, the previous window's absent) with TRYAGAIN; the
     // client retries past the timeout at most for that round: one fallback, then back.
+    // (The store is back once the retries give up: wait for the log line, bounded.)
     for gw in [&a, &b] {
-        let logs = gw.logs();
-        let (down, up) = (
-            logs.matches("unreachable (").count(),
-            logs.matches("reachable again").count(),
-        );
+        let changes = || {
+            let logs = gw.logs();
+            (
+                logs.matches("unreachable (").count(),
+                logs.matches("reachable again").count(),
+            )
+        };
+        wait_until(Duration::from_secs(5), || changes().0 == changes().1);
+        let (down, up) = changes();
         assert!(
             down <= 1 && up == down,
-            "more than one failed round:\n{logs}"
+            "more than one failed round, or not back:\n{}",
+            gw.logs()
         );
     }
 }
@@ -487,14 +582,20 @@ fn limit_req_rate_is_split_between_nodes() {
     );
     let a = node(&o, 1, &plugins);
     let b = node(&o, 1, &plugins);
-    align_to_second(0);
-    let per = drive(&[&a, &b], "req", 5, |n, _| if n == 0 { 240 } else { 80 });
-    let full: Vec<u64> = per
-        .values()
-        .skip(1)
-        .take(per.len().saturating_sub(2))
-        .copied()
-        .collect();
+    let mut full = Vec::new();
+    for attempt in 0..3 {
+        if full.len() >= 3 {
+            break;
+        }
+        align_to_second(0);
+        let tenant = format!("req-{attempt}");
+        let driven = drive(&[&a, &b], &tenant, 5, |n, _| if n == 0 { 240 } else { 80 });
+        full.extend(driven.full_windows());
+    }
+    assert!(
+        full.len() >= 3,
+        "too few full seconds with the load delivered: {full:?}"
+    );
     eprintln!("fleet limit-req 3:1: admitted per second {full:?} (rate 100)");
     let mean = full.iter().sum::<u64>() as f64 / full.len().max(1) as f64;
     assert!(

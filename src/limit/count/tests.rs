@@ -177,7 +177,7 @@ fn fleet_grants_cap_the_node_and_modes_override() {
         max_keys: 100,
     };
     // The node epoch is 400 ms into a wall-clock second: its window ends 600 ms later.
-    let mut l = CountLimiter::new(p, 0, 1).fleet(1_000_400);
+    let mut l = CountLimiter::new(p, 0, 1).fleet(1_000_400, 1.0);
     let w = l.window(0);
     assert_eq!(w, 1000);
     let d = l.check(5, 0);
@@ -221,4 +221,25 @@ fn fleet_grants_cap_the_node_and_modes_override() {
     assert!(l.check(5, 801).allowed);
     l.grant(l.window(800), Mode::Deny, 0.5, &[], 802);
     assert!(!l.check(7, 803).allowed);
+}
+
+#[test]
+fn fleet_keys_open_cautiously_before_the_first_grant() {
+    use crate::limit::fleet::{opening_frac, Mode};
+    let p = CountParams {
+        limit: 20,
+        window_ms: 3_600_000,
+        sliding: false,
+        max_keys: 100,
+    };
+    let open = opening_frac(20, 3_600_000, std::time::Duration::from_millis(50));
+    let mut l = CountLimiter::new(p, 0, 1).fleet(0, open);
+    // Before any word from the fleet thread: one request (a twentieth of the limit, plus half
+    // a 50 ms interval's worth of an hour-long window, rounds down to 1).
+    let ok = (0..10).filter(|i| l.check(1, *i).allowed).count();
+    assert_eq!(ok, 1);
+    // The first exchange showed the node alone: keys it had no grant for open with the limit.
+    l.grant(l.window(20), Mode::Shared, 1.0, &[], 20);
+    let ok = (0..30).filter(|i| l.check(2, 30 + i).allowed).count();
+    assert_eq!(ok, 20);
 }

@@ -1184,12 +1184,12 @@ pub fn media_version(data: &[u8]) {
 }
 
 /// The shared cache tier's readers of outside bytes. `data[0] % 16` bytes after it are the key
-/// the blob is read for, the rest the blob; the whole input is also a memcached reply and a
-/// published purge.
+/// the blob is read for, the rest the blob; the whole input is also a memcached reply, a purge
+/// and a purge as published (with its stream id).
 pub fn cache_tier(data: &[u8]) {
     use ringway::cache::tier::{decode, encode};
     use ringway::fleet::memcached::{parse, Reply};
-    use ringway::fleet::tier::parse_purge;
+    use ringway::fleet::tier_redis::parse_purge;
     if let Some((&n, rest)) = data.split_first() {
         let n = (n as usize % 16).min(rest.len());
         let (key, blob) = rest.split_at(n);
@@ -1227,6 +1227,10 @@ pub fn cache_tier(data: &[u8]) {
     }
     if let Some((node, ns, _)) = parse_purge(data) {
         assert!(!node.contains(&b'\n') && !ns.contains('\n'));
+    }
+    if let Some((_, rest)) = ringway::fleet::tier_redis::parse_published(data) {
+        assert!(rest.len() < data.len());
+        let _ = parse_purge(rest);
     }
 }
 
