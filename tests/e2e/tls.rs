@@ -430,3 +430,34 @@ fn a_closing_connection_ends_with_close_notify() {
         String::from_utf8_lossy(&all)
     );
 }
+
+#[test]
+fn large_bodies_cross_tls_both_ways_on_one_keep_alive_connection() {
+    // Bodies of many TLS records and beyond one write's batch, in both directions, then a
+    // small exchange on the same connection: the stream's batching keeps record order intact.
+    let pki = Pki::new("bulk");
+    pki.leaf("a", &["a.test"]);
+    let origin = Origin::echo_body("bulk");
+    let gw = tls_gateway(
+        &origin,
+        1,
+        &format!(
+            "certificates = [{{ cert = \"{}\", key = \"{}\" }}]",
+            pki.path("a.pem"),
+            pki.path("a.key")
+        ),
+    );
+    let mut c =
+        TlsClient::connect(gw.addr, "a.test", &Arc::new(pki.client_config())).expect("handshake");
+    for size in [64 * 1024, 300 * 1024 + 7, 1] {
+        let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 23) as u8).collect();
+        let (status, got) = c.post("/echo", &body).expect("echo over TLS");
+        assert_eq!(status, 200);
+        assert_eq!(got.len(), size, "body of {size} bytes");
+        assert!(
+            got.as_bytes() == body.as_slice(),
+            "body of {size} bytes differs"
+        );
+    }
+    assert_eq!(c.get("/small").expect("small GET").0, 200);
+}
