@@ -44,9 +44,9 @@ impl TlsStream {
     /// Wraps a session whose handshake is complete; records it already decrypted (the first
     /// request, when it followed the handshake) are served by the first read.
     pub fn new(tcp: TcpStream, mut conn: ServerConnection) -> Self {
-        // Our own WRITE_MAX bounds what one call encrypts; rustls' 64 KiB default would split a
-        // 64 KiB body (65,624 bytes once framed) into two sends.
-        conn.set_buffer_limit(None);
+        // rustls' 64 KiB default would split a 64 KiB body (65,624 bytes once framed) into two
+        // sends; one write's WRITE_MAX plus framing and queued alerts fits this with room.
+        conn.set_buffer_limit(Some(WRITE_MAX + 16 * 1024));
         TlsStream {
             tcp,
             conn,
@@ -127,8 +127,10 @@ impl TlsStream {
         for part in parts {
             let room = WRITE_MAX - taken;
             let part = &part[..part.len().min(room)];
-            taken += self.conn.writer().write(part)?;
-            if taken == WRITE_MAX {
+            let n = self.conn.writer().write(part)?;
+            taken += n;
+            if n < part.len() || taken == WRITE_MAX {
+                // Full (rustls' limit or ours): the caller's write_all sends the rest next call.
                 break;
             }
         }
