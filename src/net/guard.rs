@@ -1,9 +1,9 @@
 //! `Guarded<S>`: makes a TLS stream safe to use after one of its I/O futures was dropped (timeouts, select!).
 //! Owns only a poisoned flag; it never buffers or changes bytes.
 //!
-//! monoio-rustls (safe-io mode) moves its buffer into the pending read or write; a future
-//! dropped mid-operation leaves the buffer gone and the next call on the stream panics (abort,
-//! with `panic = "abort"`). The proxy drops futures routinely (read timeouts, `select!` with
+//! monoio-rustls (safe-io mode, upstream side) and our `TlsStream` (client side) move their buffer
+//! into the pending read or write; a future dropped mid-operation leaves the buffer gone (and
+//! monoio-rustls' next call panics, an abort with `panic = "abort"`; ours would lose bytes). The proxy drops futures routinely (read timeouts, `select!` with
 //! drain), so every operation after such a drop fails with an error instead.
 
 use std::cell::Cell;

@@ -1,5 +1,5 @@
 //! Sockets: SO_REUSEPORT listeners created before the shards start, and TLS on both sides
-//! (termination in `tls`, upstream in `tls_client`), ticket keys and descriptor passing for a binary
+//! (termination in `tls`, its record-batching stream in `tls_stream`, upstream in `tls_client`), ticket keys and descriptor passing for a binary
 //! upgrade (`tickets`, `fdpass`), syslog delivery (`syslog`), OCSP requests and answers (`ocsp`),
 //! the RESP wire format and a shard's async Redis client (`resp`, `redis`); nothing here knows
 //! about HTTP.
@@ -16,3 +16,4 @@ pub mod syslog;
 pub mod tickets;
 pub mod tls;
 pub mod tls_client;
+pub mod tls_stream;

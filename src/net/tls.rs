@@ -18,9 +18,10 @@ use rustls::sign::CertifiedKey;
 use rustls::{Error as TlsError, InconsistentKeys, RootCertStore};
 
 use super::guard::Guarded;
+use super::tls_stream::TlsStream;
 
-/// A terminated client connection: monoio-rustls' stream behind the cancel guard.
-pub type ServerStream = Guarded<monoio_rustls::ServerTlsStream<TcpStream>>;
+/// A terminated client connection: our batching TLS stream behind the cancel guard.
+pub type ServerStream = Guarded<TlsStream>;
 
 /// Lowest protocol version a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -416,10 +417,7 @@ pub async fn accept(
     let info = TlsInfo::of(&conn);
     // Bytes that followed the handshake (the first request) are already decrypted inside
     // `conn`, where the stream's first read finds them.
-    Ok((
-        Guarded::new(monoio_rustls::ServerTlsStream::new(tcp, conn)),
-        info,
-    ))
+    Ok((Guarded::new(TlsStream::new(tcp, conn)), info))
 }
 
 /// Largest read fed to rustls at once: small enough that what follows the handshake always

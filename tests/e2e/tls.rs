@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::harness::tls::{
     client_config_with, provider, roots, AnyCert, Pki, RsaOnly, TlsClient, T,
 };
-use crate::harness::{check_config_file, route, upstream, Gateway, Origin, Resp, TempFile};
+use crate::harness::{check_config_file, route, upstream, Gateway, Origin, Reply, Resp, TempFile};
 use rcgen::KeyPair;
 use rustls::ClientConfig;
 
@@ -400,12 +400,11 @@ fn bad_expired_and_mismatched_files_are_refused_naming_the_file() {
     );
 }
 
-#[test]
-fn a_closing_connection_ends_with_close_notify() {
-    use std::io::{Read, Write};
-    let pki = Pki::new("notify");
+/// One worker, one certificate for `a.test` in front of `origin`, and a client connected to it
+/// (everything returned must stay alive for the test's length).
+fn one_cert_client(tag: &str, origin: Origin) -> (Pki, Origin, Gateway, TlsClient) {
+    let pki = Pki::new(tag);
     pki.leaf("a", &["a.test"]);
-    let origin = proto_origin();
     let gw = tls_gateway(
         &origin,
         1,
@@ -415,8 +414,15 @@ fn a_closing_connection_ends_with_close_notify() {
             pki.path("a.key")
         ),
     );
-    let mut c =
+    let c =
         TlsClient::connect(gw.addr, "a.test", &Arc::new(pki.client_config())).expect("handshake");
+    (pki, origin, gw, c)
+}
+
+#[test]
+fn a_closing_connection_ends_with_close_notify() {
+    use std::io::{Read, Write};
+    let (_pki, _origin, _gw, mut c) = one_cert_client("notify", proto_origin());
     c.s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         .expect("write");
     // rustls reports a close without close_notify as UnexpectedEof; OpenSSL clients would
@@ -429,4 +435,60 @@ fn a_closing_connection_ends_with_close_notify() {
         "{}",
         String::from_utf8_lossy(&all)
     );
+}
+
+#[test]
+fn large_bodies_cross_tls_both_ways_on_one_keep_alive_connection() {
+    // Bodies of many TLS records and beyond one write's batch, in both directions, then a
+    // small exchange on the same connection: the stream's batching keeps record order intact.
+    let (_pki, _origin, _gw, mut c) = one_cert_client("bulk", Origin::echo_body("bulk"));
+    for size in [64 * 1024, 300 * 1024 + 7, 1] {
+        let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 23) as u8).collect();
+        let (status, got) = c.post("/echo", &body).expect("echo over TLS");
+        assert_eq!(status, 200);
+        assert_eq!(got.len(), size, "body of {size} bytes");
+        assert!(
+            got.as_bytes() == body.as_slice(),
+            "body of {size} bytes differs"
+        );
+    }
+    assert_eq!(c.get("/small").expect("small GET").0, 200);
+}
+
+#[test]
+fn a_websocket_tunnel_over_tls_echoes_both_ways() {
+    // The tunnel splits the client's TLS stream into a read half and a write half that run at
+    // once; each chunk is echoed back through the write half while the read half waits.
+    use std::io::{Read, Write};
+    let origin = Origin::start("ws", |_| Reply::Upgrade {
+        close_after_first_echo: false,
+    });
+    let (_pki, _origin, _gw, mut c) = one_cert_client("ws", origin);
+    c.s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .expect("write upgrade");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            c.s.read(&mut byte).expect("read 101 head"),
+            1,
+            "closed in head"
+        );
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    for round in 0..25u8 {
+        let chunk: Vec<u8> = (0..8192u32).map(|i| (i as u8) ^ round).collect();
+        c.s.write_all(&chunk).expect("write tunnel chunk");
+        let mut back = vec![0u8; chunk.len()];
+        c.s.read_exact(&mut back).expect("echoed chunk");
+        assert!(back == chunk, "round {round}: echo differs");
+    }
 }

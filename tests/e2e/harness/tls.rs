@@ -193,9 +193,23 @@ impl TlsClient {
     /// One keep-alive GET; returns (status, body). Errors are I/O or TLS failures.
     pub fn get(&mut self, path: &str) -> Result<(u16, String), String> {
         let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
-        self.s
-            .write_all(req.as_bytes())
-            .map_err(|e| e.to_string())?;
+        self.exchange(req.as_bytes())
+    }
+
+    /// One keep-alive POST of `body` (sent with its head in one write); returns (status, body).
+    pub fn post(&mut self, path: &str, body: &[u8]) -> Result<(u16, String), String> {
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        self.exchange(&req)
+    }
+
+    /// Writes one request and reads its Content-Length-framed response.
+    fn exchange(&mut self, req: &[u8]) -> Result<(u16, String), String> {
+        self.s.write_all(req).map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         let head_end = loop {
