@@ -22,14 +22,15 @@ use std::time::{Duration, Instant};
 use crate::limit::fleet::{Mode, OnError, Store};
 use crate::limit::node::NodeLimiter;
 use crate::metrics::fleet::{FLEET, STATE_DOWN, STATE_NONE, STATE_UP};
+// One reconnect policy for a node's limit stores, whether the batched exchange or a shard's
+// exact-mode client finds them down.
+use crate::net::redis::{BACKOFF_MAX, BACKOFF_MIN};
 use crate::runtime::FleetPorts;
 use store::{Batch, Conn};
 
 /// A limiter set that stopped reporting this long ago is forgotten (a reload replaced it, or
 /// it has no traffic; it is rebuilt from the next report).
 const FORGET: Duration = Duration::from_secs(60);
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Starts the fleet thread. It idles (a wake-up every 100 ms) until a cluster-wide limiter reports.
 pub fn start(ports: FleetPorts) -> Result<(), String> {
