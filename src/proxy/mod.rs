@@ -12,6 +12,7 @@ mod idle;
 mod observe;
 mod phases;
 mod pump;
+mod purge;
 mod refresh;
 mod reuse;
 pub mod shard;
