@@ -4,14 +4,12 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::BufMut;
+use bytes::Bytes;
 
 use super::conn::{After, ClientConn, ClientStream};
 use super::shard::Shard;
 use crate::cache::{Instance, Target};
-use crate::http::parse::BodyKind;
-use crate::http::write::{put_u64, reason, status_line};
-use crate::net::io::write_all;
+use crate::plugin::Reply;
 
 impl<S: ClientStream> ClientConn<S> {
     /// PURGE: removes the key (or prefix, or Surrogate-Key tag) here and on every shard, and
@@ -49,30 +47,12 @@ impl<S: ClientStream> ClientConn<S> {
         .to_string();
         let status = if removed > 0 { 200 } else { 404 };
         self.cx.status = status;
-        let keep =
-            self.req.keep_alive && self.req.body == BodyKind::Empty && !shard.drain.is_draining();
-        let w = &mut self.wbuf;
-        w.clear();
-        status_line(w, status, reason(status).as_bytes());
-        w.put_slice(b"Content-Type: application/json\r\nContent-Length: ");
-        put_u64(w, body.len() as u64);
-        w.put_slice(if keep {
-            b"\r\n\r\n"
-        } else {
-            b"\r\nConnection: close\r\n\r\n"
-        });
-        w.put_slice(body.as_bytes());
-        let ok = write_all(
-            &mut self.client.stream,
-            &mut self.wbuf,
-            shard.built.cfg.server.send_timeout,
-        )
-        .await
-        .is_ok();
-        if ok && keep {
-            After::KeepAlive
-        } else {
-            After::Close
-        }
+        let mut reply = Reply::new(status);
+        reply.headers.push((
+            Bytes::from_static(b"Content-Type"),
+            Bytes::from_static(b"application/json"),
+        ));
+        reply.body = Bytes::from(body);
+        self.send_reply(shard, reply).await
     }
 }
