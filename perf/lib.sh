@@ -1,6 +1,7 @@
 # Shared by the perf/ scripts (sourced after `work=$(mktemp -d)`): background processes go in
 # `pids` and are stopped by PID on exit with `$work`; ports are ephemeral 127.0.0.1 ones.
 pids=()
+PERF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -z "${work:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
 need() { command -v "$1" >/dev/null || { echo "missing $1: $2" >&2; exit 1; }; }
@@ -52,4 +53,19 @@ wrk_rps() { taskset -c 0 wrk -t1 -c64 -d"${SECS}s" "$@" | awk '/Requests\/sec/ {
 # enough never to trip, keyed by remote_addr; POLICY-LINES (printf %b escapes) pick the policy.
 limit_route() {
   printf '[[routes]]\nname = "%s"\npaths = ["%s"]\nupstream = "origin"\n[routes.plugins.limit-count]\ncount = 1000000000\ntime_window = 60\nkey = "remote_addr"\n%b\n' "$1" "$2" "${3:-}"
+}
+# start_idp [CPU]: the test OpenID provider (tests/oidc, npm oidc-provider; needs `npm ci` there),
+# pinned to CPU if given, logging to $work/idp.log; sets IDP to its base URL once it listens.
+start_idp() {
+  local pin=() i
+  [ -z "${1:-}" ] || pin=(taskset -c "$1")
+  (cd "$PERF_DIR/../tests/oidc" && exec "${pin[@]}" node start.mjs) >"$work/idp.log" 2>&1 &
+  pids+=($!)
+  for ((i = 0; i < 100; i++)); do grep -q "^listening" "$work/idp.log" && break; sleep 0.1; done
+  IDP="http://127.0.0.1:$(awk '/^listening/ {print $2}' "$work/idp.log")"
+}
+# idp_token RESOURCE: an access token from $IDP (client credentials of the tests' client "gw").
+idp_token() {
+  curl -fsS -u gw:gw-secret -d grant_type=client_credentials -d scope=read -d "resource=$1" \
+    "$IDP/token" | sed 's/.*"access_token":"\([^"]*\)".*/\1/'
 }
