@@ -6,7 +6,8 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 need() { command -v "$1" >/dev/null || { echo "missing $1: $2" >&2; exit 1; }; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; tail -n 5 "${work:-.}"/*.log >&2 2>/dev/null; exit 1; }
+# wait_port PORT [SECONDS]: waits (10 s unless told) until 127.0.0.1:PORT accepts connections.
+wait_port() { local i; for ((i = 0; i < ${2:-10} * 20; i++)); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; tail -n 5 "${work:-.}"/*.log >&2 2>/dev/null; exit 1; }
 
 # log_addr LOG [KIND] [SECONDS]: waits (10 s unless told) until LOG shows "listening on ADDR"
 # (the proxy's line or ringway-bench serve's; with KIND, "KIND listening on", e.g. admin or
@@ -68,4 +69,21 @@ start_idp() {
 idp_token() {
   curl -fsS -u gw:gw-secret -d grant_type=client_credentials -d scope=read -d "resource=$1" \
     "$IDP/token" | sed 's/.*"access_token":"\([^"]*\)".*/\1/'
+}
+# start_cg_gw CONFIG: `ringway run` (BIN, else from $T) under callgrind, dumps in $work/cg.*, log in
+# $work/gw.log; sets VG and waits (30 s: valgrind starts slowly) for 127.0.0.1:$GW to open.
+start_cg_gw() {
+  RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
+    "${BIN:-$T/ringway}" run -c "$1" >"$work/gw.log" 2>&1 &
+  VG=$!
+  pids+=("$VG")
+  wait_port "$GW" 30
+}
+# cg_dump NAME: dumps what $VG counted since `callgrind_control -z "$VG"` as NAME; sets CG_FILE
+# (the dump) and CG_IR (its instruction total).
+cg_dump() {
+  callgrind_control -d "$1" "$VG" >/dev/null
+  sleep 0.5
+  CG_FILE=$(ls -t "$work"/cg.* | head -1)
+  CG_IR=$(awk '/^(summary|totals):/ {print $2; exit}' "$CG_FILE")
 }

@@ -49,11 +49,7 @@ TOML
 set_userinfo_header = false"
   printf '[[consumers]]\nusername = "gw"\n[consumers.plugins.key-auth]\nkey = "bench-key"\n'
 } >"$work/gw.toml"
-RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
-  "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
-VG=$!
-pids+=($VG)
-for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.1; done
+start_cg_gw "$work/gw.toml"
 JWT=$(idp_token "$API")
 for _ in $(seq 100); do
   curl -fsS -o /dev/null -H "Authorization: Bearer $JWT" "http://127.0.0.1:$GW/oidc" && break; sleep 0.2
@@ -66,9 +62,7 @@ for route in plain key oidc oidc-bare oidc-noreuse; do
   callgrind_control -z "$VG" >/dev/null
   out=$("$T/ringway-bench" -t 1 -c "$CONNS" -d "${SECS}s" --json "${H[@]}" "http://127.0.0.1:$GW/$route")
   reqs=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
-  callgrind_control -d "$route" "$VG" >/dev/null
-  sleep 0.5
-  f=$(ls -t "$work"/cg.* | head -1)
-  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
+  cg_dump "$route"
+  ir=$CG_IR
   echo "$route requests=$reqs Ir=$ir Ir/request=$((ir / reqs))"
 done
