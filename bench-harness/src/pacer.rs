@@ -202,9 +202,9 @@ impl Pacer {
                 let (next, fired) = self.fire_due();
                 let now = Instant::now();
                 let poll_on = next.is_some_and(|due| due <= now + self.spin);
-                // Whatever was just fired runs before the timer is re-armed below: re-arming
-                // is a syscall (a VM exit on the test VM) that otherwise sat between the due
-                // time and the send, ~8 us at low rates.
+                // Whatever was just fired runs before the timer is re-armed below: re-arming is
+                // a syscall (it reprograms the timer hardware) that otherwise sat between the
+                // due time and the send, ~8 us at low rates.
                 if (poll_on && now - spin_start < MAX_SPIN) || fired {
                     Requeue {
                         pacer: &self,
