@@ -48,11 +48,7 @@ upstream = "origin"
 [routes.plugins.proxy-cache]
 cache_ttl = 600
 TOML
-RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
-  "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
-VG=$!
-pids+=($VG)
-for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.1; done
+start_cg_gw "$work/gw.toml"
 "$T/examples/cache_owner" "127.0.0.1:$GW" "$SHARDS" >"$work/keys.txt"
 while read -r shard path; do
   # Stored once (by its owner), then warmed on one connection.
@@ -62,18 +58,15 @@ done <"$work/keys.txt"
 # count varies a lot under valgrind, which runs one thread at a time.
 callgrind_control -z "$VG" >/dev/null
 sleep "$SECS"
-callgrind_control -d idle "$VG" >/dev/null
-sleep 0.5
-idle=$(awk '/^(summary|totals):/ {print $2; exit}' "$(ls -t "$work"/cg.* | head -1)")
+cg_dump idle
+idle=$CG_IR
 echo "idle ${SECS}s: Ir=$idle"
 while read -r shard path; do
   callgrind_control -z "$VG" >/dev/null
   reqs=$("$T/ringway-bench" -t 1 -c "$CONNS" -d "${SECS}s" --json "http://127.0.0.1:$GW$path" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
-  callgrind_control -d "owner$shard" "$VG" >/dev/null
-  sleep 0.5
-  f=$(ls -t "$work"/cg.* | head -1)
-  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
+  cg_dump "owner$shard"
+  f=$CG_FILE ir=$CG_IR
   echo "key owned by shard $shard ($path): requests=$reqs Ir=$ir Ir/request=$((ir / reqs)) net of idle=$(((ir - idle) / reqs))"
   mkdir -p "${OUT:-perf/out}"
   cp "$f" "${OUT:-perf/out}/callgrind-cache-owner$shard.out"

@@ -56,13 +56,12 @@ key = "bench-key"
 TOML
 if [ "$STRACE" = 1 ]; then
   RINGWAY_LOG=warn "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
+  VG=$!
+  pids+=("$VG")
+  wait_port "$GW" 30
 else
-  RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
-    "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
+  start_cg_gw "$work/gw.toml"
 fi
-VG=$!
-pids+=($VG)
-for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.1; done
 # Warm the connection pool and allocator before counting.
 "$T/ringway-bench" -t 1 -c "$CONNS" -d 2s -H 'apikey: bench-key' "http://127.0.0.1:$GW/auth" >/dev/null 2>&1
 "$T/ringway-bench" -t 1 -c "$CONNS" -d 2s "http://127.0.0.1:$GW/plain" >/dev/null 2>&1
@@ -85,10 +84,8 @@ for route in plain auth; do
       "$work/strace.$route" | sort -k2 -nr
     continue
   fi
-  callgrind_control -d "$route" "$VG" >/dev/null
-  sleep 0.5
-  f=$(ls -t "$work"/cg.* | head -1)
-  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
+  cg_dump "$route"
+  f=$CG_FILE ir=$CG_IR
   echo "$route requests=$reqs Ir=$ir Ir/request=$((ir / reqs))"
   mkdir -p "${OUT:-perf/out}"
   cp "$f" "${OUT:-perf/out}/callgrind-$route.out"

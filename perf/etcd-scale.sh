@@ -10,11 +10,11 @@ ROUTES=${1:-50000}
 NODES=${2:-3}
 CHANGES=${3:-50}
 BIN=${4:-${CARGO_TARGET_DIR:-target}/release/ringway}
-command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
-DIR=$(mktemp -d)
-trap 'rm -rf "$DIR"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-CP=$(port); PP=$(port)
+work=$(mktemp -d)
+. "$(dirname "$0")/lib.sh"
+need etcd "apt-get install etcd-server"
+CP=$(free_port); PP=$(free_port)
+DIR=$work
 export ROUTES NODES CHANGES BIN DIR CP PP
 python3 - <<'PY'
 import atexit, base64, http.client, json, os, socket, statistics, subprocess, sys, time

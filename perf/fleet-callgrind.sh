@@ -18,9 +18,7 @@ done
 work=$(mktemp -d)
 . perf/lib.sh
 UP=$(free_port); GW=$(free_port); RP=$(free_port)
-redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null 2>&1 &
-pids+=($!)
-wait_port "$RP"
+start_redis "$RP"
 "$T/ringway-bench" serve --listen "127.0.0.1:$UP" -t 1 --body-size 128 >/dev/null 2>&1 &
 pids+=($!)
 cat >"$work/gw.toml" <<TOML
@@ -62,23 +60,17 @@ sync_interval = "0"
 on_redis_error = "deny"
 redis = { addr = "127.0.0.1:$RP", timeout = "2s" }
 TOML
-RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
-  "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
-VG=$!
-pids+=($VG)
-for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.1; done
+start_cg_gw "$work/gw.toml"
 for route in $ROUTES; do
   "$T/ringway-bench" -t 1 -c "$CONNS" -d 2s "http://127.0.0.1:$GW/$route" >/dev/null 2>&1
 done
 for route in $ROUTES $ROUTES; do
   callgrind_control -z "$VG" >/dev/null
-  c0=$(redis-cli -p "$RP" info commandstats | awk -F'[=,:]' '/^cmdstat_eval(sha)?:/ {n += $3} END {print n+0}')
+  c0=$(redis_evals "$RP")
   reqs=$("$T/ringway-bench" -t 1 -c "$CONNS" -d "${SECS}s" --json \
     "http://127.0.0.1:$GW/$route" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
-  c1=$(redis-cli -p "$RP" info commandstats | awk -F'[=,:]' '/^cmdstat_eval(sha)?:/ {n += $3} END {print n+0}')
-  callgrind_control -d "$route" "$VG" >/dev/null
-  sleep 0.5
-  f=$(ls -t "$work"/cg.* | head -1)
-  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
+  c1=$(redis_evals "$RP")
+  cg_dump "$route"
+  ir=$CG_IR
   echo "$route requests=$reqs Ir=$ir Ir/request=$((ir / reqs)) script-calls=$((c1 - c0))"
 done

@@ -14,33 +14,19 @@ need wrk "apt-get install wrk"
 need redis-server "apt-get install redis-server"
 
 RPORT=$(free_port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
-pids+=($!)
-wait_port "$RPORT"
-# Script calls (EVALSHA/EVAL) the store executed: total_commands_processed would also count the
-# four commands each script runs inside.
-rcmds() { redis-cli -p "$RPORT" info commandstats | awk -F'[=,:]' '/^cmdstat_eval(sha)?:/ {n += $3} END {print n+0}'; }
+start_redis "$RPORT"
 
-taskset -c 0 "$T/ringway-bench" serve --listen 127.0.0.1:0 -t 1 2>"$work/serve.log" &
-pids+=($!)
-for _ in $(seq 50); do grep -q "listening on" "$work/serve.log" 2>/dev/null && break; sleep 0.1; done
-ORIGIN=$(grep -o "listening on [0-9.:]*" "$work/serve.log" | head -1 | awk '{print $3}')
-
-route() { # name path policy-lines
-  printf '[[routes]]\nname = "%s"\npaths = ["%s"]\nupstream = "origin"\n[routes.plugins.limit-count]\ncount = 1000000000\ntime_window = 60\nkey = "remote_addr"\n%b\n' "$1" "$2" "$3"
-}
+start_serve
 {
   printf '[server]\nlisten = ["127.0.0.1:0"]\nworkers = 1\ncpu_affinity = [1]\n\n[status]\nlisten = "127.0.0.1:0"\n\n'
   printf '[[upstreams]]\nname = "origin"\nnodes = [{ addr = "%s", weight = 1 }]\n\n' "$ORIGIN"
-  route local /local ''
-  route redis /redis "policy = \"redis\"\nredis = { addr = \"127.0.0.1:$RPORT\" }\n"
-  route redis10 /redis10 "policy = \"redis\"\nsync_interval = \"10ms\"\nredis = { addr = \"127.0.0.1:$RPORT\", database = 1 }\n"
+  limit_route local /local ''
+  limit_route redis /redis "policy = \"redis\"\nredis = { addr = \"127.0.0.1:$RPORT\" }\n"
+  limit_route redis10 /redis10 "policy = \"redis\"\nsync_interval = \"10ms\"\nredis = { addr = \"127.0.0.1:$RPORT\", database = 1 }\n"
 } >"$work/gw.toml"
-"$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
-GW_PID=$!
-pids+=($GW_PID)
-for _ in $(seq 50); do grep -q "status listening on" "$work/gw.log" 2>/dev/null && break; sleep 0.1; done
-GW=$(grep -o "^.*[^s] listening on [0-9.:]*" "$work/gw.log" | grep -v status | head -1 | grep -o "[0-9.]*:[0-9]*$")
+start_gw "$work/gw.toml"
+log_addr "$work/gw.log" status >/dev/null
+GW=$(log_addr "$work/gw.log")
 echo "origin $ORIGIN gateway $GW redis 127.0.0.1:$RPORT"
 for p in local redis redis10; do curl -fsS -o /dev/null "http://$GW/$p"; done
 
@@ -58,13 +44,13 @@ run() {
 }
 for r in $(seq "$ROUNDS"); do
   l=$(run -c64 -d"${SECS}s" "http://$GW/local")
-  c0=$(rcmds); rr=$(run -c64 -d"${SECS}s" "http://$GW/redis"); c1=$(rcmds)
+  c0=$(redis_evals "$RPORT"); rr=$(run -c64 -d"${SECS}s" "http://$GW/redis"); c1=$(redis_evals "$RPORT")
   echo "round $r local $l | redis $rr (req/s, gateway CPU us/request) | $(( (c1 - c0) / SECS )) script calls/s"
 done
 # Commands per second against request rate (one key): a light and a full load, 50 ms and 10 ms.
 for p in redis redis10; do
   for c in 1 64; do
-    c0=$(rcmds); rr=$(run -c"$c" -d"${SECS}s" "http://$GW/$p"); c1=$(rcmds)
+    c0=$(redis_evals "$RPORT"); rr=$(run -c"$c" -d"${SECS}s" "http://$GW/$p"); c1=$(redis_evals "$RPORT")
     echo "$p connections $c: $rr (req/s, CPU us/request), $(( (c1 - c0) / SECS )) script calls/s"
   done
 done

@@ -1,8 +1,89 @@
 # Shared by the perf/ scripts (sourced after `work=$(mktemp -d)`): background processes go in
 # `pids` and are stopped by PID on exit with `$work`; ports are ephemeral 127.0.0.1 ones.
 pids=()
+PERF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -z "${work:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
 need() { command -v "$1" >/dev/null || { echo "missing $1: $2" >&2; exit 1; }; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; tail -n 5 "${work:-.}"/*.log >&2 2>/dev/null; exit 1; }
+# wait_port PORT [SECONDS]: waits (10 s unless told) until 127.0.0.1:PORT accepts connections.
+wait_port() { local i; for ((i = 0; i < ${2:-10} * 20; i++)); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; tail -n 5 "${work:-.}"/*.log >&2 2>/dev/null; exit 1; }
+
+# log_addr LOG [KIND] [SECONDS]: waits (10 s unless told) until LOG shows "listening on ADDR"
+# (the proxy's line or ringway-bench serve's; with KIND, "KIND listening on", e.g. admin or
+# status) and prints ADDR; fails with LOG's tail if it never does.
+log_addr() {
+  local pat='(^|\] )listening on [0-9.:]+' i
+  [ -z "${2:-}" ] || pat="$2 listening on [0-9.:]+"
+  for ((i = 0; i < ${3:-10} * 20; i++)); do
+    if grep -qE "$pat" "$1" 2>/dev/null; then grep -oE "$pat" "$1" | head -1 | grep -oE '[0-9.]+:[0-9]+$'; return 0; fi
+    sleep 0.05
+  done
+  echo "no \"$pat\" in $1" >&2; tail -n 5 "$1" >&2; exit 1
+}
+# start_serve [ARGS...]: `ringway-bench serve` (from $T) on CPU 0 at an ephemeral port, logging to
+# $work/serve.log; sets SERVE_PID and ORIGIN (its host:port).
+start_serve() {
+  taskset -c 0 "$T/ringway-bench" serve --listen 127.0.0.1:0 -t 1 "$@" 2>"$work/serve.log" &
+  SERVE_PID=$!
+  pids+=("$SERVE_PID")
+  ORIGIN=$(log_addr "$work/serve.log")
+}
+# start_gw CONFIG [LOG]: `ringway run` (BIN, else from $T) in the background, logging to LOG
+# ($work/gw.log); sets GW_PID. Read its addresses with log_addr.
+start_gw() {
+  "${BIN:-$T/ringway}" run -c "$1" >"${2:-$work/gw.log}" 2>&1 &
+  GW_PID=$!
+  pids+=("$GW_PID")
+}
+# start_redis PORT [CPU]: a throwaway redis-server (no persistence) on 127.0.0.1:PORT, pinned to
+# CPU if given; returns once it accepts connections.
+start_redis() {
+  local pin=()
+  [ -z "${2:-}" ] || pin=(taskset -c "$2")
+  "${pin[@]}" redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis-$1.log" 2>&1 &
+  pids+=($!)
+  wait_port "$1"
+}
+# redis_evals PORT: script calls (EVAL/EVALSHA) the store has executed (total_commands_processed
+# would also count the commands each script runs inside).
+redis_evals() { redis-cli -p "$1" info commandstats | awk -F'[=,:]' '/^cmdstat_eval(sha)?:/ {n += $3} END {print n+0}'; }
+# wrk_rps ARGS...: wrk, one thread and 64 connections on CPU 0 for $SECS seconds; prints req/s.
+wrk_rps() { taskset -c 0 wrk -t1 -c64 -d"${SECS}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
+# limit_route NAME PATH [POLICY-LINES]: a route to upstream "origin" with a limit-count high
+# enough never to trip, keyed by remote_addr; POLICY-LINES (printf %b escapes) pick the policy.
+limit_route() {
+  printf '[[routes]]\nname = "%s"\npaths = ["%s"]\nupstream = "origin"\n[routes.plugins.limit-count]\ncount = 1000000000\ntime_window = 60\nkey = "remote_addr"\n%b\n' "$1" "$2" "${3:-}"
+}
+# start_idp [CPU]: the test OpenID provider (tests/oidc, npm oidc-provider; needs `npm ci` there),
+# pinned to CPU if given, logging to $work/idp.log; sets IDP to its base URL once it listens.
+start_idp() {
+  local pin=() i
+  [ -z "${1:-}" ] || pin=(taskset -c "$1")
+  (cd "$PERF_DIR/../tests/oidc" && exec "${pin[@]}" node start.mjs) >"$work/idp.log" 2>&1 &
+  pids+=($!)
+  for ((i = 0; i < 100; i++)); do grep -q "^listening" "$work/idp.log" && break; sleep 0.1; done
+  IDP="http://127.0.0.1:$(awk '/^listening/ {print $2}' "$work/idp.log")"
+}
+# idp_token RESOURCE: an access token from $IDP (client credentials of the tests' client "gw").
+idp_token() {
+  curl -fsS -u gw:gw-secret -d grant_type=client_credentials -d scope=read -d "resource=$1" \
+    "$IDP/token" | sed 's/.*"access_token":"\([^"]*\)".*/\1/'
+}
+# start_cg_gw CONFIG: `ringway run` (BIN, else from $T) under callgrind, dumps in $work/cg.*, log in
+# $work/gw.log; sets VG and waits (30 s: valgrind starts slowly) for 127.0.0.1:$GW to open.
+start_cg_gw() {
+  RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
+    "${BIN:-$T/ringway}" run -c "$1" >"$work/gw.log" 2>&1 &
+  VG=$!
+  pids+=("$VG")
+  wait_port "$GW" 30
+}
+# cg_dump NAME: dumps what $VG counted since `callgrind_control -z "$VG"` as NAME; sets CG_FILE
+# (the dump) and CG_IR (its instruction total).
+cg_dump() {
+  callgrind_control -d "$1" "$VG" >/dev/null
+  sleep 0.5
+  CG_FILE=$(ls -t "$work"/cg.* | head -1)
+  CG_IR=$(awk '/^(summary|totals):/ {print $2; exit}' "$CG_FILE")
+}

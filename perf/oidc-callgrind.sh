@@ -15,10 +15,7 @@ need node "apt-get install -y nodejs npm; then npm ci in tests/oidc"
 UP=$(free_port); GW=$(free_port)
 "$T/ringway-bench" serve --listen "127.0.0.1:$UP" -t 1 --body-size 128 >/dev/null 2>&1 &
 pids+=($!)
-(cd tests/oidc && exec node start.mjs) >"$work/idp.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do grep -q "^listening" "$work/idp.log" && break; sleep 0.1; done
-IDP="http://127.0.0.1:$(awk '/^listening/ {print $2}' "$work/idp.log")"
+start_idp
 API=https://api.ringway.test
 oidc() { # route name, extra line
   printf '[[routes]]\nname = "%s"\npaths = ["/%s"]\nupstream = "origin"\n' "$1" "$1"
@@ -52,13 +49,8 @@ TOML
 set_userinfo_header = false"
   printf '[[consumers]]\nusername = "gw"\n[consumers.plugins.key-auth]\nkey = "bench-key"\n'
 } >"$work/gw.toml"
-RINGWAY_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
-  "$T/ringway" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
-VG=$!
-pids+=($VG)
-for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.1; done
-JWT=$(curl -fsS -u gw:gw-secret -d grant_type=client_credentials -d scope=read -d "resource=$API" \
-  "$IDP/token" | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
+start_cg_gw "$work/gw.toml"
+JWT=$(idp_token "$API")
 for _ in $(seq 100); do
   curl -fsS -o /dev/null -H "Authorization: Bearer $JWT" "http://127.0.0.1:$GW/oidc" && break; sleep 0.2
 done
@@ -70,9 +62,7 @@ for route in plain key oidc oidc-bare oidc-noreuse; do
   callgrind_control -z "$VG" >/dev/null
   out=$("$T/ringway-bench" -t 1 -c "$CONNS" -d "${SECS}s" --json "${H[@]}" "http://127.0.0.1:$GW/$route")
   reqs=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
-  callgrind_control -d "$route" "$VG" >/dev/null
-  sleep 0.5
-  f=$(ls -t "$work"/cg.* | head -1)
-  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
+  cg_dump "$route"
+  ir=$CG_IR
   echo "$route requests=$reqs Ir=$ir Ir/request=$((ir / reqs))"
 done

@@ -17,10 +17,7 @@ need curl "apt-get install -y curl"
 UP=$(free_port); GW=$(free_port)
 taskset -c 0 "$BENCH" serve --listen "127.0.0.1:$UP" -t 1 --body-size 16 >/dev/null 2>&1 &
 pids+=($!)
-(cd tests/oidc && exec taskset -c 0 node start.mjs) >"$work/idp.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do grep -q "^listening" "$work/idp.log" && break; sleep 0.1; done
-IDP="http://127.0.0.1:$(awk '/^listening/ {print $2}' "$work/idp.log")"
+start_idp 0
 cat >"$work/gw.toml" <<TOML
 [server]
 listen = ["127.0.0.1:$GW"]

@@ -11,14 +11,12 @@ set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-10}
 T=${CARGO_TARGET_DIR:-target}/release
-DIR=$(mktemp -d)
-trap 'kill $SERVE_PID ${GW_PID:-} 2>/dev/null; rm -rf "$DIR"' EXIT
-gzip -dc tests/openapi/github/api.github.com.json.gz >"$DIR/github.json"
+work=$(mktemp -d)
+. "$(dirname "$0")/lib.sh"
+need wrk "apt-get install wrk"
+gzip -dc tests/openapi/github/api.github.com.json.gz >"$work/github.json"
 
-taskset -c 0 "$T/ringway-bench" serve --listen 127.0.0.1:0 -t 1 2>"$DIR/serve.log" &
-SERVE_PID=$!
-for _ in $(seq 50); do grep -q "listening on" "$DIR/serve.log" 2>/dev/null && break; sleep 0.1; done
-ORIGIN=$(grep -o "listening on [0-9.:]*" "$DIR/serve.log" | head -1 | awk '{print $3}')
+start_serve
 
 base() {
   cat <<TOML
@@ -41,32 +39,31 @@ paths = ["/plain/*"]
 upstream = "origin"
 TOML
 }
-base >"$DIR/plain.toml"
-{ base; printf '\n[[apis]]\nname = "github"\nspec = "github.json"\nupstream = "origin"\n'; } >"$DIR/gw.toml"
+base >"$work/plain.toml"
+{ base; printf '\n[[apis]]\nname = "github"\nspec = "github.json"\nupstream = "origin"\n'; } >"$work/gw.toml"
 
 start() { # config -> MS (to shard 0 started), GW_PID, GW, ADMIN
   local t0 t1
   t0=$(date +%s%N)
-  "$T/ringway" run -c "$1" >"$DIR/gw.log" 2>&1 &
-  GW_PID=$!
-  for _ in $(seq 600); do grep -q "shard 0 started" "$DIR/gw.log" 2>/dev/null && break; sleep 0.01; done
+  start_gw "$1"
+  for _ in $(seq 600); do grep -q "shard 0 started" "$work/gw.log" 2>/dev/null && break; sleep 0.01; done
   t1=$(date +%s%N)
-  GW=$(grep -o "listening on [0-9.:]*" "$DIR/gw.log" | head -1 | awk '{print $3}')
-  ADMIN=$(grep -o "admin listening on [0-9.:]*" "$DIR/gw.log" | head -1 | awk '{print $4}')
+  GW=$(log_addr "$work/gw.log")
+  ADMIN=$(log_addr "$work/gw.log" admin)
   MS=$(((t1 - t0) / 1000000))
 }
 stop() { kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true; GW_PID=; }
 
 for r in $(seq "$ROUNDS"); do
-  start "$DIR/plain.toml"; a=$MS; stop
-  start "$DIR/gw.toml"; b=$MS; stop
+  start "$work/plain.toml"; a=$MS; stop
+  start "$work/gw.toml"; b=$MS; stop
   echo "startup round $r: without the API ${a} ms, with GitHub's 1223 operations ${b} ms"
 done
 
-start "$DIR/gw.toml"
+start "$work/gw.toml"
 BODY=$(python3 -c 'import json; print(json.dumps({"title":"Theme change does not apply to the header until reload","body":("Steps to reproduce: open the settings page, change the theme twice and reload. The header keeps the old colours until the cache expires. ")*6,"assignees":["octocat","hubot"],"milestone":3,"labels":["bug","ui","needs-triage"]}))')
 echo "body ${#BODY} bytes"
-cat >"$DIR/post.lua" <<LUA
+cat >"$work/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [[$BODY]]
@@ -77,20 +74,20 @@ for p in /plain/repos/o/r/issues /repos/o/r/issues; do
 done
 code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' --data '{"body":1}' "http://$GW/repos/o/r/issues")
 [ "$code" = 400 ] || { echo "invalid body answered $code"; exit 1; }
-run() { taskset -c 0 wrk -t1 -c64 -d"${SECS}s" -s "$DIR/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }
+run() { taskset -c 0 wrk -t1 -c64 -d"${SECS}s" -s "$work/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }
 for r in $(seq "$ROUNDS"); do
   p=$(run "http://$GW/plain/repos/o/r/issues")
   v=$(run "http://$GW/repos/o/r/issues")
   echo "round $r plain $p validated $v ($(python3 -c "print(f'{($v/$p-1)*100:+.1f}%')"))"
 done
 
-python3 - "$DIR/github.json" >"$DIR/put.json" <<'PY'
+python3 - "$work/github.json" >"$work/put.json" <<'PY'
 import json, sys
 print(json.dumps({"upstream": "origin", "base_path": "/v2", "document": json.load(open(sys.argv[1]))}))
 PY
 for r in $(seq "$ROUNDS"); do
-  t=$(curl -s -o "$DIR/put.out" -w '%{time_total}' -X PUT -H 'X-API-KEY: bench-admin-key-0123456789' \
-      -H 'Content-Type: application/json' --data-binary @"$DIR/put.json" "http://$ADMIN/apisix/admin/apis/github")
-  grep -q config_generation "$DIR/put.out" || { cat "$DIR/put.out"; exit 1; }
-  echo "admin PUT round $r: ${t}s; log: $(grep -o 'generation [0-9]* applied in [^ ]*' "$DIR/gw.log" | tail -1)"
+  t=$(curl -s -o "$work/put.out" -w '%{time_total}' -X PUT -H 'X-API-KEY: bench-admin-key-0123456789' \
+      -H 'Content-Type: application/json' --data-binary @"$work/put.json" "http://$ADMIN/apisix/admin/apis/github")
+  grep -q config_generation "$work/put.out" || { cat "$work/put.out"; exit 1; }
+  echo "admin PUT round $r: ${t}s; log: $(grep -o 'generation [0-9]* applied in [^ ]*' "$work/gw.log" | tail -1)"
 done

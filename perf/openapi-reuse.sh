@@ -7,10 +7,10 @@
 set -euo pipefail
 ROUNDS=${1:-5}
 BIN=${2:-${CARGO_TARGET_DIR:-target}/release/ringway}
-DIR=$(mktemp -d)
-trap 'kill ${GW_PID:-} 2>/dev/null; rm -rf "$DIR"' EXIT
-gzip -dc tests/openapi/github/api.github.com.json.gz >"$DIR/github.json"
-cat >"$DIR/gw.toml" <<TOML
+work=$(mktemp -d)
+. "$(dirname "$0")/lib.sh"
+gzip -dc tests/openapi/github/api.github.com.json.gz >"$work/github.json"
+cat >"$work/gw.toml" <<TOML
 [server]
 listen = ["127.0.0.1:0"]
 workers = 1
@@ -29,19 +29,18 @@ spec = "github.json"
 upstream = "origin"
 TOML
 t0=$(date +%s%N)
-"$BIN" run -c "$DIR/gw.toml" >"$DIR/gw.log" 2>&1 &
-GW_PID=$!
-for _ in $(seq 6000); do grep -q "admin listening on" "$DIR/gw.log" 2>/dev/null && break; sleep 0.01; done
+start_gw "$work/gw.toml"
+for _ in $(seq 6000); do grep -q "admin listening on" "$work/gw.log" 2>/dev/null && break; sleep 0.01; done
 echo "start-up to admin listening: $((($(date +%s%N) - t0) / 1000000)) ms"
-ADMIN=$(grep -o "admin listening on [0-9.:]*" "$DIR/gw.log" | head -1 | awk '{print $4}')
+ADMIN=$(log_addr "$work/gw.log" admin)
 for r in $(seq "$ROUNDS"); do
-  python3 - "$r" >"$DIR/put.json" <<'PY'
+  python3 - "$r" >"$work/put.json" <<'PY'
 import json, sys
 doc = open("tests/openapi/oai/petstore.yaml").read().replace("version: 1.0.0", f"version: 1.0.{sys.argv[1]}")
 print(json.dumps({"upstream": "origin", "base_path": "/p", "document": doc}))
 PY
-  t=$(curl -s -o "$DIR/put.out" -w '%{time_total}' -X PUT -H 'X-API-KEY: bench-admin-key-0123456789' \
-      -H 'Content-Type: application/json' --data-binary @"$DIR/put.json" "http://$ADMIN/apisix/admin/apis/pets")
-  grep -q config_generation "$DIR/put.out" || { cat "$DIR/put.out"; exit 1; }
+  t=$(curl -s -o "$work/put.out" -w '%{time_total}' -X PUT -H 'X-API-KEY: bench-admin-key-0123456789' \
+      -H 'Content-Type: application/json' --data-binary @"$work/put.json" "http://$ADMIN/apisix/admin/apis/pets")
+  grep -q config_generation "$work/put.out" || { cat "$work/put.out"; exit 1; }
   echo "admin PUT of the petstore, round $r: ${t}s"
 done

@@ -6,15 +6,12 @@ set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-10}
 T=${CARGO_TARGET_DIR:-target}/release
-DIR=$(mktemp -d)
-trap 'kill $SERVE_PID $GW_PID 2>/dev/null; cat "$DIR/gw.log" >&2; rm -rf "$DIR"' EXIT
+work=$(mktemp -d)
+. "$(dirname "$0")/lib.sh"
+need wrk "apt-get install wrk"
+start_serve
 
-taskset -c 0 "$T/ringway-bench" serve --listen 127.0.0.1:0 -t 1 2>"$DIR/serve.log" &
-SERVE_PID=$!
-for _ in $(seq 50); do grep -q "listening on" "$DIR/serve.log" 2>/dev/null && break; sleep 0.1; done
-ORIGIN=$(grep -o "listening on [0-9.:]*" "$DIR/serve.log" | head -1 | awk '{print $3}')
-
-cat >"$DIR/gw.toml" <<TOML
+cat >"$work/gw.toml" <<TOML
 [server]
 listen = ["127.0.0.1:0"]
 workers = 1
@@ -44,18 +41,15 @@ username = "bench"
 [consumers.plugins.key-auth]
 key = "bench-key"
 TOML
-"$T/ringway" run -c "$DIR/gw.toml" >"$DIR/gw.log" 2>&1 &
-GW_PID=$!
-for _ in $(seq 50); do grep -q "listening on" "$DIR/gw.log" 2>/dev/null && break; sleep 0.1; done
-GW=$(grep -o "listening on [0-9.:]*" "$DIR/gw.log" | head -1 | awk '{print $3}')
+start_gw "$work/gw.toml"
+GW=$(log_addr "$work/gw.log")
 echo "origin $ORIGIN gateway $GW"
 # Check both routes answer 200 before measuring.
 curl -fsS -o /dev/null "http://$GW/plain"
 curl -fsS -o /dev/null -H 'apikey: bench-key' "http://$GW/auth"
 
-run() { taskset -c 0 wrk -t1 -c64 -d"${SECS}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
 for r in $(seq "$ROUNDS"); do
-  p=$(run "http://$GW/plain")
-  a=$(run -H 'apikey: bench-key' "http://$GW/auth")
+  p=$(wrk_rps "http://$GW/plain")
+  a=$(wrk_rps -H 'apikey: bench-key' "http://$GW/auth")
   echo "round $r plain $p auth $a"
 done

@@ -33,39 +33,21 @@ done
 
 OUT=perf/out/soak-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "${RESTARTER:-}" ] && kill "$RESTARTER" 2>/dev/null || true
-  [ -n "${GW:-}" ] && kill "$GW" 2>/dev/null || true
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
+# Everything started goes in `pids`, stopped on exit (the logs stay in $OUT).
+. perf/lib.sh
 
-# Waits for "listening on ADDR" in a log file and prints ADDR.
-listen_addr() {
-  local log=$1
-  for _ in $(seq 1 100); do
-    local a
-    a=$(grep -m1 -o 'listening on [0-9.]*:[0-9]*' "$log" 2>/dev/null | awk '{print $3}') || true
-    if [ -n "$a" ]; then echo "$a"; return 0; fi
-    sleep 0.1
-  done
-  echo "no 'listening on' in $log" >&2; cat "$log" >&2; return 1
-}
-
-start_serve() { # name listen extra-args...
+serve_node() { # name listen extra-args...
   local name=$1 listen=$2; shift 2
   "$BENCH" serve --listen "$listen" -t 1 "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
   echo $!
 }
 
-S1_PID=$(start_serve small1 127.0.0.1:0 --body-size 128); PIDS+=("$S1_PID")
-S2_PID=$(start_serve small2 127.0.0.1:0 --body-size 128); PIDS+=("$S2_PID")
-L_PID=$(start_serve large 127.0.0.1:0 --body-size 262144); PIDS+=("$L_PID")
-W_PID=$(start_serve slow 127.0.0.1:0 --body-size 64 --delay 200ms); PIDS+=("$W_PID")
-S1=$(listen_addr "$OUT/small1.log"); S2=$(listen_addr "$OUT/small2.log")
-L=$(listen_addr "$OUT/large.log"); W=$(listen_addr "$OUT/slow.log")
+S1_PID=$(serve_node small1 127.0.0.1:0 --body-size 128); pids+=("$S1_PID")
+S2_PID=$(serve_node small2 127.0.0.1:0 --body-size 128); pids+=("$S2_PID")
+L_PID=$(serve_node large 127.0.0.1:0 --body-size 262144); pids+=("$L_PID")
+W_PID=$(serve_node slow 127.0.0.1:0 --body-size 64 --delay 200ms); pids+=("$W_PID")
+S1=$(log_addr "$OUT/small1.log"); S2=$(log_addr "$OUT/small2.log")
+L=$(log_addr "$OUT/large.log"); W=$(log_addr "$OUT/slow.log")
 
 cat >"$OUT/ringway.toml" <<EOF
 [server]
@@ -106,7 +88,8 @@ upstream = "slow"
 EOF
 "$GW_BIN" run -c "$OUT/ringway.toml" 2>"$OUT/ringway.log" &
 GW=$!
-GWADDR=$(listen_addr "$OUT/ringway.log")
+pids+=("$GW")
+GWADDR=$(log_addr "$OUT/ringway.log")
 BASE=http://$GWADDR
 
 head -c 1024 /dev/zero | tr '\0' 's' >"$OUT/body-1k"
@@ -150,7 +133,7 @@ A=$!
 B=$!
 "$BENCH" -t 1 -c 4 -R 20 -d "${DURATION}s" --timeout 50ms --json "$BASE/slow/abort" >"$OUT/c.json" 2>"$OUT/c.log" &
 C=$!
-PIDS+=("$A" "$B" "$C")
+pids+=("$A" "$B" "$C")
 
 (
   n=0
@@ -164,6 +147,7 @@ PIDS+=("$A" "$B" "$C")
   done
 ) &
 RESTARTER=$!
+pids+=("$RESTARTER")
 
 echo "t_s,rss_kb,fds" >"$OUT/samples.csv"
 START=$(date +%s)

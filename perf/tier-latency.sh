@@ -17,8 +17,7 @@ need redis-server "apt-get install redis-server"
 need memcached "apt-get install memcached"
 
 RPORT=$(free_port)
-taskset -c 0 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
-pids+=($!)
+start_redis "$RPORT" 0
 MPORT=$(free_port)
 taskset -c 0 memcached -l 127.0.0.1 -p "$MPORT" -U 0 -m 256 -u root >"$work/memcached.log" 2>&1 &
 pids+=($!)
@@ -54,11 +53,11 @@ class H(BaseHTTPRequestHandler):
 ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 EOF
 pids+=($!)
-wait_port "$RPORT"
 wait_port "$MPORT"
 wait_port "$OPORT"
 
-# node NAME BACKEND ADDR: starts a node, prints its address.
+# node NAME BACKEND ADDR: starts a node, sets NODE to its address (not in a $(...) subshell,
+# so its pid reaches `pids` and the cleanup stops it).
 node() {
   cat >"$work/$1.toml" <<EOF
 [server]
@@ -77,10 +76,8 @@ upstream = "origin"
 [routes.plugins.proxy-cache]
 l2 = { backend = "$2", addr = "$3" }
 EOF
-  "$T/ringway" run -c "$work/$1.toml" >"$work/$1.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do grep -q "listening on" "$work/$1.log" 2>/dev/null && break; sleep 0.05; done
-  grep -o "listening on [0-9.:]*" "$work/$1.log" | head -1 | awk '{print $3}'
+  start_gw "$work/$1.toml" "$work/$1.log"
+  NODE=$(log_addr "$work/$1.log" "" 5)
 }
 
 # times URL-PREFIX RUN: GETs URL-PREFIX/k1..N on new connections, prints "median p90" in ms.
@@ -95,8 +92,8 @@ echo "origin direct: $(times "http://127.0.0.1:$OPORT" direct)"
 for b in redis memcached; do
   addr="127.0.0.1:$RPORT"
   [ "$b" = memcached ] && addr="127.0.0.1:$MPORT"
-  A=$(node "a-$b" "$b" "$addr")
-  B=$(node "b-$b" "$b" "$addr")
+  node "a-$b" "$b" "$addr"; A=$NODE
+  node "b-$b" "$b" "$addr"; B=$NODE
   miss=$(times "http://$A" "$b")
   sleep 1 # A's writes reach the tier
   tier=$(times "http://$B" "$b")

@@ -60,7 +60,8 @@ pub struct LoadArgs {
     #[arg(short = 'R', long)]
     pub rate: Option<f64>,
     /// Open loop: busy-poll this long before each send time instead of trusting the timer alone
-    /// (more CPU, fewer microseconds of send error; 0 turns it off)
+    /// (fewer microseconds of send error for more CPU: a thread whose sends are closer together
+    /// than this polls without a break; 0 turns it off)
     #[arg(long, value_parser = crate::duration::parse, default_value = "50us")]
     pub spin: Duration,
     /// Requests written back to back per connection before reading (closed loop only)

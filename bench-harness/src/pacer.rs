@@ -34,6 +34,10 @@ pub struct Pacer {
     /// lands 15-80 us late on the test VM and one poll round takes ~2 us. Costs up to
     /// `rate x window` of the thread's CPU.
     spin: Duration,
+    /// The busy-poll's yield (see `Requeue`): the firing task's waker, parked for the relay.
+    yielded: RefCell<Option<Waker>>,
+    /// The relay task's waker, while it waits for the next yield.
+    relay: RefCell<Option<Waker>>,
 }
 
 #[derive(Default)]
@@ -136,6 +140,8 @@ impl Pacer {
             armed: Cell::new(None),
             stopped: Cell::new(false),
             spin,
+            yielded: RefCell::new(None),
+            relay: RefCell::new(None),
         }))
     }
 
@@ -184,6 +190,7 @@ impl Pacer {
         let Ok(file) = monoio::fs::File::from_std(file) else {
             return;
         };
+        let relay = monoio::spawn(self.clone().relay());
         let mut buf = vec![0u8; 8];
         while !self.stopped.get() {
             let (_res, b) = file.read_at(buf, 0).await;
@@ -192,19 +199,47 @@ impl Pacer {
             buf.resize(8, 0);
             let spin_start = Instant::now();
             loop {
-                let next = self.fire_due();
+                let (next, fired) = self.fire_due();
                 let now = Instant::now();
-                match next {
-                    Some(due) if due <= now + self.spin && now - spin_start < MAX_SPIN => {
-                        YieldNow(false).await
+                let poll_on = next.is_some_and(|due| due <= now + self.spin);
+                // Whatever was just fired runs before the timer is re-armed below: re-arming is
+                // a syscall (it reprograms the timer hardware) that otherwise sat between the
+                // due time and the send, ~8 us at low rates.
+                if (poll_on && now - spin_start < MAX_SPIN) || fired {
+                    Requeue {
+                        pacer: &self,
+                        queued: false,
                     }
-                    _ => break,
+                    .await;
+                }
+                if !poll_on || now - spin_start >= MAX_SPIN {
+                    break;
                 }
             }
             let next = self.heap.borrow().peek().map(|r| r.0 .0);
             self.armed.set(next);
             timer.arm(next.map(|d| self.early(d)));
         }
+        if let Some(w) = self.relay.borrow_mut().take() {
+            w.wake();
+        }
+        relay.await;
+    }
+
+    /// The busy-poll's helper task: each time it is woken it wakes the firing task, which so
+    /// lands at the back of the run queue (see `Requeue`). Ends after `stop`.
+    async fn relay(self: Rc<Self>) {
+        std::future::poll_fn(|cx| {
+            if let Some(w) = self.yielded.borrow_mut().take() {
+                w.wake();
+            }
+            if self.stopped.get() {
+                return Poll::Ready(());
+            }
+            *self.relay.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     /// When the timerfd should wake the pacer for `due`.
@@ -212,15 +247,17 @@ impl Pacer {
         due.checked_sub(self.spin).unwrap_or(due)
     }
 
-    /// Wakes every slot now due; returns the next due time.
-    fn fire_due(&self) -> Option<Instant> {
+    /// Wakes every slot now due; returns the next due time and whether any slot was woken.
+    fn fire_due(&self) -> (Option<Instant>, bool) {
         let mut heap = self.heap.borrow_mut();
         let mut slots = self.slots.borrow_mut();
         let now = Instant::now();
+        let mut fired = false;
         while let Some(&Reverse((due, slot))) = heap.peek() {
             if due > now {
-                return Some(due);
+                return (Some(due), fired);
             }
+            fired = true;
             heap.pop();
             let s = &mut slots[slot];
             s.fired = true;
@@ -228,7 +265,7 @@ impl Pacer {
                 w.wake();
             }
         }
-        None
+        (None, fired)
     }
 
     /// Makes `run` return: sets the flag and fires the timer once more.
@@ -241,17 +278,31 @@ impl Pacer {
     }
 }
 
-/// Lets every other ready task (and the ring's completions) run once, then resumes.
-struct YieldNow(bool);
+/// Lets every other ready task (and the ring's completions) run once, then resumes. monoio
+/// puts a task that wakes itself during its own poll at the *front* of the run queue, so a
+/// self-waking yield would poll again before the sends it just fired or any completion: the
+/// whole busy-poll window (up to `MAX_SPIN`) went by before they ran. Instead the relay task is
+/// woken (a task woken by another goes to the back) and it wakes this one, behind the rest.
+struct Requeue<'a> {
+    pacer: &'a Pacer,
+    queued: bool,
+}
 
-impl Future for YieldNow {
+impl Future for Requeue<'_> {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
+        if self.queued {
             return Poll::Ready(());
         }
-        self.0 = true;
-        cx.waker().wake_by_ref();
+        self.queued = true;
+        match self.pacer.relay.borrow_mut().take() {
+            Some(relay) => {
+                *self.pacer.yielded.borrow_mut() = Some(cx.waker().clone());
+                relay.wake();
+            }
+            // The relay has not run yet (the very first poll): an ordinary yield this once.
+            None => cx.waker().wake_by_ref(),
+        }
         Poll::Pending
     }
 }

@@ -43,14 +43,12 @@ pub fn run(cfg: &LoadConfig) -> Result<RunResult, String> {
         let cpus = cfg.cpus.clone();
         // Connection ids t, t+threads, ... keep both the count and the open-loop schedule even.
         let ids: Vec<usize> = (t..cfg.connections).step_by(cfg.threads).collect();
-        // The busy-poll window is capped at a quarter of the gap between this thread's sends,
-        // so polling never takes more than a quarter of the thread from the requests.
-        let spin = match cfg.rate {
-            Some(r) => {
-                let gap = cfg.connections as f64 / (r * ids.len() as f64);
-                cfg.spin.min(Duration::from_secs_f64(gap / 4.0))
-            }
-            None => Duration::ZERO,
+        // The busy-poll window: where sends are closer together than it, the thread polls
+        // without a break (the price of sub-microsecond sends is the whole core).
+        let spin = if cfg.rate.is_some() {
+            cfg.spin
+        } else {
+            Duration::ZERO
         };
         let (addr, pipeline, timeout, keepalive, rate, connections) = (
             cfg.addr,
