@@ -50,7 +50,9 @@ fn html_report_renders_in_chromium_and_compare_reads_saved_runs() {
     );
     let v = json(&out);
     let requests = num(&v, &["requests"]);
-    assert!(requests > 3000.0, "{v}");
+    // 4,000 were due; half is the floor because a loaded CI box can stall the run for most of a
+    // second (seen: 700 ms), and what this test checks is the report, not the pace.
+    assert!(requests > 2000.0, "{v}");
     // The file is the same report stdout printed.
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&a_json).expect("json-out")).expect("json");
