@@ -2,7 +2,17 @@
 # `pids` and are stopped by PID on exit with `$work`; ports are ephemeral 127.0.0.1 ones.
 pids=()
 PERF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -z "${work:-}" ] || rm -rf "$work"; }
+# TERM first (a gateway drains), KILL whatever is still there 10 s later: a gateway under
+# valgrind can take minutes to drain, and a script must stop by itself.
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for _ in $(seq 100); do
+    alive=0; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 1 ] || break; sleep 0.1
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true; [ -z "${work:-}" ] || rm -rf "$work"
+}
 trap cleanup EXIT
 need() { command -v "$1" >/dev/null || { echo "missing $1: $2" >&2; exit 1; }; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
