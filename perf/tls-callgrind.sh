@@ -1,29 +1,38 @@
 #!/usr/bin/env bash
-# Instructions (or syscalls) per keep-alive TLS request: perf/callgrind.sh's method on a TLS
-# listener. One ringway shard terminating TLS (config/certs/demo.pem, ECDSA P-256) under
-# `valgrind --tool=callgrind`, origin `ringway-bench serve` with a BODY-byte body (not profiled);
-# wrk over https (its handshakes happen in the warm-up, before the counters are zeroed) drives
-# CONNS keep-alive connections for SECS; the dump's total Ir is divided by wrk's request count.
+# Instructions, syscalls or ring submissions per keep-alive TLS request: perf/callgrind.sh's
+# method on a TLS listener. One ringway shard terminating TLS (config/certs/demo.pem, ECDSA P-256),
+# origin `ringway-bench serve` with a BODY-byte body (not measured); wrk over https drives CONNS
+# keep-alive connections for SECS after a 2 s warm-up, and the count is divided by wrk's requests.
+# Each wrk run opens CONNS new connections, so its count holds CONNS full handshakes too
+# (~1.3M Ir each): callgrind mode therefore counts two runs, SECS and 2 x SECS long, and reports
+# (Ir of the long - Ir of the short) / (requests of the long - requests of the short), in which
+# the handshakes cancel (also the plain totals of the long run, handshakes included).
 #
-#   perf/tls-callgrind.sh                 # 1 KiB body, 8 connections, 4 s
+#   perf/tls-callgrind.sh                 # callgrind: Ir per request, 1 KiB body, 8 conns, 4 s
 #   BODY=65536 perf/tls-callgrind.sh      # 64 KiB body
 #   ANNOTATE=1 perf/tls-callgrind.sh      # also the top functions by self cost per request
-#   STRACE=1 perf/tls-callgrind.sh        # no valgrind: syscalls per 1000 requests (strace -c -f)
+#   MODE=strace perf/tls-callgrind.sh     # no valgrind: syscalls per 1000 requests (strace -c -f)
+#   MODE=ops perf/tls-callgrind.sh        # no valgrind: io_uring submissions per request (perf stat)
 #   RINGWAY=/path/to/ringway perf/tls-callgrind.sh   # another build (default target/release)
+#   OUT=/tmp/cg perf/tls-callgrind.sh     # keep the dump there (default perf/out), e.g. for
+#                                         # perf/callgrind-diff.py between two builds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-4}
 CONNS=${CONNS:-8}
 BODY=${BODY:-1024}
-STRACE=${STRACE:-0}
+MODE=${MODE:-callgrind}
 T=${CARGO_TARGET_DIR:-target}/release
 RW=${RINGWAY:-$T/ringway}
 work=$(mktemp -d)
 . perf/lib.sh
 need wrk "apt-get install -y wrk"
-if [ "$STRACE" = 1 ]; then need strace "apt-get install -y strace"; else
-  for tool in valgrind callgrind_control callgrind_annotate; do need "$tool" "apt-get install -y valgrind"; done
-fi
+case $MODE in
+  strace) need strace "apt-get install -y strace" ;;
+  ops) need perf "apt-get install -y linux-perf" ;;
+  callgrind) for tool in valgrind callgrind_control callgrind_annotate; do need "$tool" "apt-get install -y valgrind"; done ;;
+  *) echo "MODE is callgrind, strace or ops" >&2; exit 1 ;;
+esac
 UP=$(free_port); GW=$(free_port)
 "$T/ringway-bench" serve --listen "127.0.0.1:$UP" -t 1 --body-size "$BODY" >/dev/null 2>&1 &
 pids+=($!)
@@ -44,43 +53,53 @@ paths = ["/*"]
 upstream = "origin"
 TOML
 # error: rustls warns on every handshake whose SNI is an IP address (wrk sends one).
-if [ "$STRACE" = 1 ]; then
-  RINGWAY_LOG=error "$RW" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
-else
+if [ "$MODE" = callgrind ]; then
   RINGWAY_LOG=error valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.%p" \
     "$RW" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
-fi
-VG=$!
-pids+=($VG)
-for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.1; done
-# Warm the pool and allocator; the measured run's handshakes are then the only ones counted,
-# CONNS of them (wrk reconnects nothing on keep-alive): a few thousand Ir per request at most.
-wrk -t1 -c"$CONNS" -d2s "https://127.0.0.1:$GW/" >/dev/null 2>&1
-if [ "$STRACE" = 1 ]; then
-  strace -c -f -p "$VG" -o "$work/strace" 2>/dev/null &
-  ST=$!
-  sleep 0.5
 else
-  callgrind_control -z "$VG" >/dev/null
+  RINGWAY_LOG=error "$RW" run -c "$work/gw.toml" >"$work/gw.log" 2>&1 &
 fi
+GWPID=$!
+pids+=($GWPID)
+for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.1; done
+# Warm the upstream pool and the allocator before counting.
+wrk -t1 -c"$CONNS" -d2s "https://127.0.0.1:$GW/" >/dev/null 2>&1
+case $MODE in
+  strace) strace -c -f -p "$GWPID" -o "$work/count" 2>/dev/null & ST=$!; sleep 0.5 ;;
+  ops) perf stat -e io_uring:io_uring_submit_req -p "$GWPID" -x, -o "$work/count" & ST=$!; sleep 0.5 ;;
+  callgrind) callgrind_control -z "$GWPID" >/dev/null ;;
+esac
 reqs=$(wrk -t1 -c"$CONNS" -d"${SECS}s" "https://127.0.0.1:$GW/" | awk '/requests in/ {print $1}')
-if [ "$STRACE" = 1 ]; then
-  kill -INT "$ST"; wait "$ST" 2>/dev/null || true
-  echo "tls body=$BODY requests=$reqs syscalls per 1000 requests:"
-  awk -v r="$reqs" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "  %-16s %8.1f\n", $NF, $4 * 1000 / r }' \
-    "$work/strace" | sort -k2 -nr
-  exit 0
-fi
-# Stop the dump's process outright: a graceful drain under valgrind takes long.
-stop_vg() { kill -KILL "$VG" 2>/dev/null || true; }
-callgrind_control -d tls "$VG" >/dev/null
+reqs1=$reqs
+case $MODE in
+  strace)
+    kill -INT "$ST"; wait "$ST" 2>/dev/null || true
+    echo "tls body=$BODY requests=$reqs syscalls per 1000 requests:"
+    awk -v r="$reqs" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "  %-16s %8.1f\n", $NF, $4 * 1000 / r }' \
+      "$work/count" | sort -k2 -nr
+    exit 0 ;;
+  ops)
+    kill -INT "$ST"; wait "$ST" 2>/dev/null || true
+    awk -F, -v r="$reqs" -v b="$BODY" '/io_uring_submit_req/ {
+      printf "tls body=%s requests=%s io_uring submissions per request: %.2f\n", b, r, $1 / r }' "$work/count"
+    exit 0 ;;
+esac
+callgrind_control -d short "$GWPID" >/dev/null
+sleep 0.5
+ir_of() { awk '/^(summary|totals):/ {print $2; exit}' "$1"; }
+ir1=$(ir_of "$(ls -t "$work"/cg.* | head -1)")
+callgrind_control -z "$GWPID" >/dev/null
+reqs=$(wrk -t1 -c"$CONNS" -d"$((2 * SECS))s" "https://127.0.0.1:$GW/" | awk '/requests in/ {print $1}')
+callgrind_control -d long "$GWPID" >/dev/null
 sleep 0.5
 f=$(ls -t "$work"/cg.* | head -1)
-ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
-echo "tls body=$BODY requests=$reqs Ir=$ir Ir/request=$((ir / reqs))"
+ir=$(ir_of "$f")
+echo "tls body=$BODY requests=$reqs Ir=$ir Ir/request=$((ir / reqs)) (handshakes included);" \
+  "without handshakes: $(((ir - ir1) / (reqs - reqs1))) Ir/request"
 mkdir -p "${OUT:-perf/out}"
 cp "$f" "${OUT:-perf/out}/callgrind-tls-$BODY.out"
-stop_vg
+# Stopped outright: a graceful drain under valgrind takes minutes.
+kill -KILL "$GWPID" 2>/dev/null || true
 if [ "${ANNOTATE:-0}" = 1 ]; then
   callgrind_annotate --threshold=100 --inclusive=no --auto=no "$f" 2>/dev/null \
     | grep -E '^ *[0-9,]+ \(' | grep -vE 'PROGRAM TOTALS|clone\.S|start_thread|thread_start|vtable\.shim' \
