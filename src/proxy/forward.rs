@@ -1,7 +1,7 @@
 //! The client side of the upstream phase: sends a routed request over leased connections (exchange.rs is the upstream
 //! half), streams bodies both ways, retries as the leases' outcomes allow. Never edits balancer, health or pools itself.
 
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, BytesMut};
 
 use super::conn::{After, ClientConn, ClientStream};
 use super::exchange::{balance_key, settle, target_path, Attempt, Next, Outgoing};
@@ -19,6 +19,13 @@ use crate::upstream::UpstreamState;
 /// Request bodies up to this size that already sit in the read buffer are kept until the
 /// response arrives, so the request can be replayed on another node.
 const REPLAY_MAX: u64 = 64 * 1024;
+
+/// Upstream read size for a response body longer than `read_buffer_bytes` relayed to a TLS
+/// client: a 64 KiB body sitting in the upstream socket comes in one read and leaves as one TLS
+/// write (its records in one send), where 16 KiB reads made ~5 reads and ~5 sends (ring
+/// submissions per 64 KiB request 12.0 -> 7.0). Plain clients get long bodies spliced instead.
+/// The buffer is the parked set's (idle.rs keeps it up to its 64 KiB cap).
+const TLS_RELAY_READ: usize = 64 * 1024;
 
 impl<S: ClientStream> ClientConn<S> {
     pub(super) async fn forward(&mut self, shard: &Shard, route_id: usize) -> After {
@@ -255,10 +262,11 @@ impl<S: ClientStream> ClientConn<S> {
                 reusable: false,
             };
         }
+        let reserve = self.relay_reserve(server.read_buffer_bytes);
         let pc = PumpCfg {
             read_timeout: cfg.read_timeout,
             write_timeout: server.send_timeout,
-            reserve: server.read_buffer_bytes,
+            reserve,
             limit: 0,
             max_trailer: server.max_header_bytes,
         };
@@ -282,6 +290,29 @@ impl<S: ClientStream> ClientConn<S> {
             out: if keep { After::KeepAlive } else { After::Close },
             reusable: self.upstream.reusable(),
         }
+    }
+
+    /// The upstream read size for relaying this response's body: `read_buffer_bytes`, or
+    /// [`TLS_RELAY_READ`] for a long body to a TLS client (its buffer then widened once).
+    fn relay_reserve(&mut self, read_buffer_bytes: usize) -> usize {
+        let long = match self.upstream.resp.body {
+            BodyKind::Length(n) => n > read_buffer_bytes as u64,
+            BodyKind::Empty => false,
+            BodyKind::Chunked | BodyKind::UntilClose => true,
+        };
+        if !long || self.client.stream.plain_tcp().is_some() {
+            return read_buffer_bytes;
+        }
+        let buf = &mut self.upstream.buf;
+        if buf.capacity() < TLS_RELAY_READ / 2 {
+            // One exact allocation, which the parked set then keeps: growing the 16 KiB buffer
+            // by `reserve` overshot the set's 64 KiB cap, so every request dropped its set and
+            // regrew (and copied) both buffers (callgrind, perf/RESULTS.md).
+            let mut wide = BytesMut::with_capacity(TLS_RELAY_READ);
+            wide.extend_from_slice(buf);
+            *buf = wide;
+        }
+        read_buffer_bytes.max(TLS_RELAY_READ)
     }
 
     /// Relays a 101 and hands both sockets to the tunnel.

@@ -40,6 +40,10 @@ impl Req {
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
     }
+    /// The path's last segment as a number (`/b/42` -> 42), for origins whose answer it sizes.
+    pub fn last_number(&self) -> Option<usize> {
+        self.path().rsplit('/').next()?.parse().ok()
+    }
     pub fn head_str(&self) -> String {
         String::from_utf8_lossy(&self.raw_head).into_owned()
     }

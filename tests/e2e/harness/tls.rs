@@ -210,22 +210,26 @@ impl TlsClient {
     /// Writes one request and reads its Content-Length-framed response.
     fn exchange(&mut self, req: &[u8]) -> Result<(u16, String), String> {
         self.s.write_all(req).map_err(|e| e.to_string())?;
+        self.read_response()
+    }
+
+    /// Reads one Content-Length-framed response, leaving what follows it (a pipelined
+    /// response's bytes) unread in the connection: reads stop at its end.
+    pub fn read_response(&mut self) -> Result<(u16, String), String> {
+        // The head byte by byte (it is short), so nothing past this response is consumed.
         let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let head_end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-            let n = self.s.read(&mut chunk).map_err(|e| e.to_string())?;
-            if n == 0 {
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            if self.s.read(&mut byte).map_err(|e| e.to_string())? == 0 {
                 return Err("closed before the response head".into());
             }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let status: u16 = head[9..12]
-            .parse()
-            .map_err(|_| format!("bad head {head}"))?;
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&buf).to_string();
+        let status: u16 = head
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad head {head}"))?;
         let len: usize = head
             .lines()
             .find_map(|l| {
@@ -234,17 +238,11 @@ impl TlsClient {
                     .then(|| v.trim().parse().ok())?
             })
             .ok_or_else(|| format!("no content-length in {head}"))?;
-        while buf.len() < head_end + len {
-            let n = self.s.read(&mut chunk).map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("closed inside the body".into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        Ok((
-            status,
-            String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string(),
-        ))
+        let mut body = vec![0u8; len];
+        self.s
+            .read_exact(&mut body)
+            .map_err(|e| format!("inside the body: {e}"))?;
+        Ok((status, String::from_utf8_lossy(&body).to_string()))
     }
 }
 
