@@ -14,6 +14,10 @@ use super::{
 };
 use super::{ConsumerConfig, ConsumerGroupConfig};
 
+/// `keepalive_pool.peek_after` by default: far below any upstream's keep-alive timeout, far above
+/// how long a pooled connection idles under load.
+const PEEK_AFTER: Duration = Duration::from_millis(25);
+
 pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
     let server = server(&raw, dir)?;
     let demo = match &raw.demo {
@@ -315,6 +319,7 @@ fn upstream(i: usize, u: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
             size: 320,
             idle_timeout: Duration::from_secs(60),
             requests: 1000,
+            peek_after: PEEK_AFTER,
         },
         Some(p) => PoolConfig {
             size: p.size.unwrap_or(320),
@@ -328,6 +333,10 @@ fn upstream(i: usize, u: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
                 }
                 Some(n) => n,
                 None => 1000,
+            },
+            peek_after: match &p.peek_after {
+                None => PEEK_AFTER,
+                v => dur(&at("keepalive_pool.peek_after"), v, 0)?,
             },
         },
     };

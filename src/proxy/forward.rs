@@ -4,7 +4,7 @@
 use bytes::{Buf, BufMut};
 
 use super::conn::{After, ClientConn, ClientStream};
-use super::exchange::{balance_key, settle, target_path, Attempt, Next, Outgoing};
+use super::exchange::{balance_key, idempotent, settle, target_path, Attempt, Next, Outgoing};
 use super::pump::{pump_body, PumpCfg, PumpFail};
 use super::shard::Shard;
 use crate::config::RouteConfig;
@@ -59,7 +59,9 @@ impl<S: ClientStream> ClientConn<S> {
     ) -> After {
         // Node choice, connections and what each attempt's end means for balancer, passive
         // health and pool are the lease's (upstream/lease.rs); this loop only says how it ended.
-        let mut tries = up.attempts(hash);
+        // A request that can be sent again may take a just-returned pooled connection unpeeked.
+        let replayable = replay.is_some() && idempotent(&self.req, &self.cx);
+        let mut tries = up.attempts(hash).replayable(replayable);
         loop {
             let (lease, mut conn) = match tries.lease().await {
                 Ok(l) => l,
