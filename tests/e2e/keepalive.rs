@@ -393,3 +393,46 @@ fn request_dropped_unanswered_on_a_reused_connection_is_retried_only_when_idempo
     assert!(r.connection_close(), "502 after a body: {}", r.raw_head);
     assert_eq!(gw.client().get("/after").status, 200);
 }
+
+#[test]
+fn with_peek_after_0s_bytes_sent_just_after_a_response_keep_the_connection_out_of_use() {
+    // The origin sends a whole extra response 5 ms after the one it framed: inside the default
+    // 25 ms of unpeeked reuse, so only the peek (`peek_after = "0s"`) keeps it from answering
+    // the next GET.
+    let wrote = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = wrote.clone();
+    let o = RawOrigin::start(move |head, s| {
+        use std::io::Write;
+        let ok = answer_path(head, s);
+        if head_path(head) == "/first" {
+            std::thread::sleep(Duration::from_millis(5));
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!");
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        ok
+    });
+    let gw = Gateway::start(&simple_config_with(
+        o.addr,
+        &[],
+        "keepalive_pool = { peek_after = \"0s\" }",
+    ));
+    let mut c = gw.client();
+    assert_eq!(c.get("/first").body_str(), "/first");
+    assert!(
+        wait_until(Duration::from_secs(5), || wrote
+            .load(std::sync::atomic::Ordering::SeqCst)),
+        "the origin never sent its extra response"
+    );
+    let r = c.get("/next");
+    assert_eq!(
+        (r.status, r.body_str()),
+        (200, "/next".to_string()),
+        "{}",
+        r.raw_head
+    );
+    assert_eq!(
+        o.accepted(),
+        2,
+        "the connection with stray bytes was reused"
+    );
+}
