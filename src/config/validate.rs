@@ -14,9 +14,10 @@ use super::{
 };
 use super::{ConsumerConfig, ConsumerGroupConfig};
 
-/// `keepalive_pool.peek_after` by default: far below any upstream's keep-alive timeout, far above
-/// how long a pooled connection idles under load.
-const PEEK_AFTER: Duration = Duration::from_millis(25);
+/// `keepalive_pool.peek_after` by default: every reuse is peeked. Skipping the peek saves a
+/// system call per request but lets bytes an upstream sends beyond its framing answer the next
+/// request (perf/RESULTS.md, "Issue 21, upstream pool: reuse without the peek").
+const PEEK_AFTER: Duration = Duration::ZERO;
 
 pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
     let server = server(&raw, dir)?;

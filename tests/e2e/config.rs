@@ -124,7 +124,7 @@ read_timeout = "60s"
 retries = 1
 max_fails = 1
 fail_timeout = "10s"
-keepalive_pool = { size = 320, idle_timeout = "60s", requests = 1000, peek_after = "25ms" }
+keepalive_pool = { size = 320, idle_timeout = "60s", requests = 1000, peek_after = "0s" }
 
 [[upstreams]]
 name = "other"

@@ -298,38 +298,46 @@ impl PerConnection {
     }
 }
 
+/// The upstream pool settings each reuse test runs with: every reuse peeked (the default), and
+/// unpeeked reuse within 25 ms (a dead connection then shows only when the request is sent).
+const POOLS: [&str; 2] = ["", "keepalive_pool = { peek_after = \"25ms\" }"];
+
 #[test]
 fn origin_closing_each_connection_after_three_requests_unannounced_never_fails_a_get() {
     // Like a server with a per-connection request limit that does not say `Connection: close`:
     // the FIN follows the third response, racing the gateway's next use of the connection.
-    let served = PerConnection::default();
-    let o = RawOrigin::start(move |head, s| {
-        let n = served.count(s);
-        answer_path(head, s) && n < 3
-    });
-    let gw = Gateway::start(&simple_config(o.addr, &[]));
-    gets_never_fail(&gw, "limit", 4, 60, |_| Duration::ZERO);
-    assert!(
-        o.accepted() >= 4 * 60 / 3,
-        "the origin served at most 3 requests per connection, yet only {} were opened",
-        o.accepted()
-    );
+    for pool in POOLS {
+        let served = PerConnection::default();
+        let o = RawOrigin::start(move |head, s| {
+            let n = served.count(s);
+            answer_path(head, s) && n < 3
+        });
+        let gw = Gateway::start(&simple_config_with(o.addr, &[], pool));
+        gets_never_fail(&gw, "limit", 4, 60, |_| Duration::ZERO);
+        assert!(
+            o.accepted() >= 4 * 60 / 3,
+            "[{pool}] the origin served at most 3 requests per connection, yet only {} were opened",
+            o.accepted()
+        );
+    }
 }
 
 #[test]
 fn origin_closing_connections_idle_for_30ms_never_fails_a_get() {
     // An origin keep-alive timeout of 30 ms, with pauses between requests on both sides of it
-    // (and of the gateway's 25 ms unpeeked-reuse window): a pooled connection is often closed
-    // just as the gateway takes it.
-    let o = RawOrigin::start_with_idle(Duration::from_millis(30), answer_path);
-    let gw = Gateway::start(&simple_config(o.addr, &[]));
-    gets_never_fail(&gw, "idle", 3, 40, |i| {
-        Duration::from_millis((i as u64 * 7) % 60)
-    });
-    assert!(
-        o.accepted() > 1,
-        "the origin's idle timeout never closed a pooled connection"
-    );
+    // (and of the 25 ms unpeeked-reuse window): a pooled connection is often closed just as the
+    // gateway takes it.
+    for pool in POOLS {
+        let o = RawOrigin::start_with_idle(Duration::from_millis(30), answer_path);
+        let gw = Gateway::start(&simple_config_with(o.addr, &[], pool));
+        gets_never_fail(&gw, "idle", 3, 40, |i| {
+            Duration::from_millis((i as u64 * 7) % 60)
+        });
+        assert!(
+            o.accepted() > 1,
+            "[{pool}] the origin's idle timeout never closed a pooled connection"
+        );
+    }
 }
 
 #[test]
@@ -395,10 +403,10 @@ fn request_dropped_unanswered_on_a_reused_connection_is_retried_only_when_idempo
 }
 
 #[test]
-fn with_peek_after_0s_bytes_sent_just_after_a_response_keep_the_connection_out_of_use() {
-    // The origin sends a whole extra response 5 ms after the one it framed: inside the default
-    // 25 ms of unpeeked reuse, so only the peek (`peek_after = "0s"`) keeps it from answering
-    // the next GET.
+fn bytes_sent_just_after_a_response_keep_the_connection_out_of_use() {
+    // The origin sends a whole extra response 5 ms after the one it framed. The default peek at
+    // reuse keeps it from answering the next GET (with `peek_after = "25ms"` it would: the
+    // reason unpeeked reuse is opt-in).
     let wrote = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = wrote.clone();
     let o = RawOrigin::start(move |head, s| {
@@ -411,11 +419,7 @@ fn with_peek_after_0s_bytes_sent_just_after_a_response_keep_the_connection_out_o
         }
         ok
     });
-    let gw = Gateway::start(&simple_config_with(
-        o.addr,
-        &[],
-        "keepalive_pool = { peek_after = \"0s\" }",
-    ));
+    let gw = Gateway::start(&simple_config(o.addr, &[]));
     let mut c = gw.client();
     assert_eq!(c.get("/first").body_str(), "/first");
     assert!(
