@@ -75,7 +75,7 @@ impl<S: ClientStream> ClientConn<S> {
                     lease.node(),
                     &mut conn,
                     lease.pooled(),
-                    replay,
+                    (replay, replayable),
                 )
                 .await;
             match settle(lease, conn, attempt) {
@@ -99,7 +99,8 @@ impl<S: ClientStream> ClientConn<S> {
         self.fail(shard, err).await
     }
 
-    /// One request/response exchange on one upstream connection.
+    /// One request/response exchange on one upstream connection. `replay`: the body length kept
+    /// in the read buffer for a retry; `replayable`: that, and the method is idempotent.
     #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &mut self,
@@ -109,7 +110,7 @@ impl<S: ClientStream> ClientConn<S> {
         node: usize,
         conn: &mut PooledConn,
         was_pooled: bool,
-        replay: Option<usize>,
+        (replay, replayable): (Option<usize>, bool),
     ) -> Attempt<After> {
         let server = &shard.built.cfg.server;
         let cfg = &up.cfg;
@@ -120,7 +121,6 @@ impl<S: ClientStream> ClientConn<S> {
             client_ip: self.client.ip.as_bytes(),
             https: self.client.tls.is_some(),
         };
-        let idempotent = out.idempotent();
         self.wbuf.clear();
         out.head(&mut self.wbuf, route, cfg.nodes[node].host.as_bytes());
         let unsent = match replay {
@@ -174,7 +174,6 @@ impl<S: ClientStream> ClientConn<S> {
 
         // Response head (after the request, if it was kept for replay); informational
         // responses other than 101 are consumed there.
-        let replayable = replay.is_some() && idempotent;
         let head = self.upstream.read_head(
             conn,
             (self.req.version == 1).then_some(&mut self.client.stream),

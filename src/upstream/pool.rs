@@ -47,11 +47,11 @@ impl Pool {
 
     /// The warmest usable connection. It is peeked (`IdleCheck`) unless `replayable` (the
     /// request can be sent again on a fresh connection if this one turns out dead) and it came
-    /// back less than `peek_after` ago (at most a quarter of `idle_timeout`; ages are read on
-    /// the coarse clock, so up to one 10 ms tick more).
+    /// back less than `peek_after` ago (ages are read on the coarse clock, so up to one 10 ms
+    /// tick more).
     pub fn take(&mut self, cfg: &PoolConfig, now: Instant, replayable: bool) -> Option<PooledConn> {
         let unpeeked = if replayable {
-            cfg.peek_after.min(cfg.idle_timeout / 4)
+            cfg.peek_after
         } else {
             Duration::ZERO
         };
