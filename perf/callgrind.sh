@@ -9,6 +9,7 @@
 #   SECS=5 CONNS=8 perf/callgrind.sh
 #   ANNOTATE=1 perf/callgrind.sh      # also print the top functions per route (callgrind_annotate)
 #   OUT=/tmp/cg perf/callgrind.sh     # keep the dumps there (default perf/out) to diff routes or builds
+#   PEEK_AFTER=25ms perf/callgrind.sh # the upstream's keepalive_pool.peek_after (unpeeked reuse)
 #   STRACE=1 perf/callgrind.sh        # no valgrind: syscalls per 1000 requests per route instead
 #                                     # (strace -c -f on the gateway; io_uring ops are not syscalls,
 #                                     # only io_uring_enter is)
@@ -36,6 +37,7 @@ keepalive_requests = 1000000
 [[upstreams]]
 name = "origin"
 nodes = [{ addr = "127.0.0.1:$UP" }]
+${PEEK_AFTER:+keepalive_pool = { peek_after = \"$PEEK_AFTER\" \}}
 [[routes]]
 name = "plain"
 paths = ["/plain"]

@@ -108,6 +108,9 @@ pub struct PoolConfig {
     pub size: usize,
     pub idle_timeout: Duration,
     pub requests: u32,
+    /// A replayable request reuses a connection idle for less than this without peeking at it
+    /// (upstream/pool.rs); zero: always peek. At most a quarter of `idle_timeout`.
+    pub peek_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -428,6 +428,8 @@ pub struct RawPool {
     pub idle_timeout: Option<RawDuration>,
     #[serde(default)]
     pub requests: Option<u32>,
+    #[serde(default)]
+    pub peek_after: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]

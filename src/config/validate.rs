@@ -14,6 +14,11 @@ use super::{
 };
 use super::{ConsumerConfig, ConsumerGroupConfig};
 
+/// `keepalive_pool.peek_after` by default: every reuse is peeked. Skipping the peek saves a
+/// system call per request but lets bytes an upstream sends beyond its framing answer the next
+/// request (perf/RESULTS.md, "Issue 21, upstream pool: reuse without the peek").
+const PEEK_AFTER: Duration = Duration::ZERO;
+
 pub(super) fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
     let server = server(&raw, dir)?;
     let demo = match &raw.demo {
@@ -315,21 +320,31 @@ fn upstream(i: usize, u: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
             size: 320,
             idle_timeout: Duration::from_secs(60),
             requests: 1000,
+            peek_after: PEEK_AFTER,
         },
-        Some(p) => PoolConfig {
-            size: p.size.unwrap_or(320),
-            idle_timeout: dur(&at("keepalive_pool.idle_timeout"), &p.idle_timeout, 60)?,
-            requests: match p.requests {
-                Some(0) => {
-                    return Err(ConfigError::new(
-                        at("keepalive_pool.requests"),
-                        "must be at least 1",
-                    ))
+        Some(p) => {
+            let idle_timeout = dur(&at("keepalive_pool.idle_timeout"), &p.idle_timeout, 60)?;
+            PoolConfig {
+                size: p.size.unwrap_or(320),
+                idle_timeout,
+                requests: match p.requests {
+                    Some(0) => {
+                        return Err(ConfigError::new(
+                            at("keepalive_pool.requests"),
+                            "must be at least 1",
+                        ))
+                    }
+                    Some(n) => n,
+                    None => 1000,
+                },
+                // Skipping the peek is for connections moments old, not for most of their life.
+                peek_after: match &p.peek_after {
+                    None => PEEK_AFTER,
+                    v => dur(&at("keepalive_pool.peek_after"), v, 0)?,
                 }
-                Some(n) => n,
-                None => 1000,
-            },
-        },
+                .min(idle_timeout / 4),
+            }
+        }
     };
     Ok(UpstreamConfig {
         name: u.name.clone(),

@@ -145,10 +145,16 @@ impl Outgoing<'_> {
     /// The method sent upstream (a plugin's, or the client's) may be repeated.
     #[inline]
     pub(super) fn idempotent(&self) -> bool {
-        match self.cx.method {
-            Some(m) => Method::from_bytes(m.as_bytes()).idempotent(),
-            None => self.req.method.idempotent(),
-        }
+        idempotent(self.req, self.cx)
+    }
+}
+
+/// The method sent upstream for `req` (a plugin's, or the client's) may be repeated.
+#[inline]
+pub(super) fn idempotent(req: &RequestHead, cx: &Ctx) -> bool {
+    match cx.method {
+        Some(m) => Method::from_bytes(m.as_bytes()).idempotent(),
+        None => req.method.idempotent(),
     }
 }
 

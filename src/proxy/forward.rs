@@ -4,7 +4,7 @@
 use bytes::{Buf, BufMut, BytesMut};
 
 use super::conn::{After, ClientConn, ClientStream};
-use super::exchange::{balance_key, settle, target_path, Attempt, Next, Outgoing};
+use super::exchange::{balance_key, idempotent, settle, target_path, Attempt, Next, Outgoing};
 use super::pump::{pump_body, PumpCfg, PumpFail};
 use super::shard::Shard;
 use crate::config::RouteConfig;
@@ -66,7 +66,9 @@ impl<S: ClientStream> ClientConn<S> {
     ) -> After {
         // Node choice, connections and what each attempt's end means for balancer, passive
         // health and pool are the lease's (upstream/lease.rs); this loop only says how it ended.
-        let mut tries = up.attempts(hash);
+        // A request that can be sent again may take a just-returned pooled connection unpeeked.
+        let replayable = replay.is_some() && idempotent(&self.req, &self.cx);
+        let mut tries = up.attempts(hash).replayable(replayable);
         loop {
             let (lease, mut conn) = match tries.lease().await {
                 Ok(l) => l,
@@ -80,7 +82,7 @@ impl<S: ClientStream> ClientConn<S> {
                     lease.node(),
                     &mut conn,
                     lease.pooled(),
-                    replay,
+                    (replay, replayable),
                 )
                 .await;
             match settle(lease, conn, attempt) {
@@ -104,7 +106,8 @@ impl<S: ClientStream> ClientConn<S> {
         self.fail(shard, err).await
     }
 
-    /// One request/response exchange on one upstream connection.
+    /// One request/response exchange on one upstream connection. `replay`: the body length kept
+    /// in the read buffer for a retry; `replayable`: that, and the method is idempotent.
     #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &mut self,
@@ -114,7 +117,7 @@ impl<S: ClientStream> ClientConn<S> {
         node: usize,
         conn: &mut PooledConn,
         was_pooled: bool,
-        replay: Option<usize>,
+        (replay, replayable): (Option<usize>, bool),
     ) -> Attempt<After> {
         let server = &shard.built.cfg.server;
         let cfg = &up.cfg;
@@ -125,7 +128,6 @@ impl<S: ClientStream> ClientConn<S> {
             client_ip: self.client.ip.as_bytes(),
             https: self.client.tls.is_some(),
         };
-        let idempotent = out.idempotent();
         self.wbuf.clear();
         out.head(&mut self.wbuf, route, cfg.nodes[node].host.as_bytes());
         let unsent = match replay {
@@ -179,7 +181,6 @@ impl<S: ClientStream> ClientConn<S> {
 
         // Response head (after the request, if it was kept for replay); informational
         // responses other than 101 are consumed there.
-        let replayable = replay.is_some() && idempotent;
         let head = self.upstream.read_head(
             conn,
             (self.req.version == 1).then_some(&mut self.client.stream),

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use super::cached::{conditionals, on_head};
 use super::conn::{ClientConn, ClientStream};
 use super::exchange::{
-    balance_key, settle, target_path, Attempt, Next, Outgoing, UpstreamExchange,
+    balance_key, idempotent, settle, target_path, Attempt, Next, Outgoing, UpstreamExchange,
 };
 use super::phases::response_phases;
 use super::pump::PumpCfg;
@@ -156,7 +156,10 @@ impl Refresh {
         } else {
             0
         };
-        let mut tries = up.attempts(hash);
+        // No body: replayable when idempotent.
+        let mut tries = up
+            .attempts(hash)
+            .replayable(idempotent(&self.req, &self.cx));
         loop {
             let Ok((lease, mut conn)) = tries.lease().await else {
                 return;

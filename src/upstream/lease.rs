@@ -38,6 +38,8 @@ pub struct Attempts<'u> {
     /// Attempts made so far (the stale connection's retry is not counted).
     made: u32,
     stale_retry_used: bool,
+    /// The request can be sent again if a pooled connection turns out dead (`replayable`).
+    replayable: bool,
     /// The next attempt goes to this node on a fresh connection (after a stale pooled one).
     fresh_for: Option<usize>,
     /// What the request is answered with if no attempt succeeds.
@@ -61,6 +63,7 @@ impl UpstreamState {
             tried: NodeSet::new(self.cfg.nodes.len()),
             made: 0,
             stale_retry_used: false,
+            replayable: false,
             fresh_for: None,
             last: UpstreamError::ConnectRefused,
         }
@@ -68,6 +71,13 @@ impl UpstreamState {
 }
 
 impl<'u> Attempts<'u> {
+    /// The request is kept whole and idempotent: a pooled connection returned moments ago is
+    /// leased without peeking at it (a dead one ends as `Outcome::Stale`, then a fresh one).
+    pub fn replayable(mut self, yes: bool) -> Self {
+        self.replayable = yes;
+        self
+    }
+
     /// Leases a node and a connection to it: the node's warmest pooled connection, or a new one
     /// (connect_timeout; for a TLS upstream the handshake too). A failed connect counts against
     /// the node and moves on to the next, within the retry budget. `Err` is the error to answer
@@ -82,7 +92,7 @@ impl<'u> Attempts<'u> {
             } else {
                 self.up.pools[node]
                     .borrow_mut()
-                    .take(&self.up.cfg.pool, now)
+                    .take(&self.up.cfg.pool, now, self.replayable)
             };
             let (conn, was_pooled) = match pooled {
                 Some(c) => (c, true),

@@ -1,7 +1,7 @@
 //! Per-shard, per-node keep-alive pool of idle upstream connections.
 //! Owns only idle sockets and their age/use counts; it never reads or writes them.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::stream::UpstreamStream;
 use crate::config::PoolConfig;
@@ -45,11 +45,19 @@ impl Pool {
         self.idle.is_empty()
     }
 
-    pub fn take(&mut self, cfg: &PoolConfig, now: Instant) -> Option<PooledConn> {
+    /// The warmest usable connection. It is peeked (`IdleCheck`) unless `replayable` (the
+    /// request can be sent again on a fresh connection if this one turns out dead) and it came
+    /// back less than `peek_after` ago (ages are read on the coarse clock, so up to one 10 ms
+    /// tick more).
+    pub fn take(&mut self, cfg: &PoolConfig, now: Instant, replayable: bool) -> Option<PooledConn> {
+        let unpeeked = if replayable {
+            cfg.peek_after
+        } else {
+            Duration::ZERO
+        };
         while let Some(c) = self.idle.pop() {
-            if now.saturating_duration_since(c.idle_since) < cfg.idle_timeout
-                && c.stream.idle_quiet()
-            {
+            let idle = now.saturating_duration_since(c.idle_since);
+            if idle < cfg.idle_timeout && (idle < unpeeked || c.stream.idle_quiet()) {
                 return Some(c);
             }
         }

@@ -1,6 +1,7 @@
 //! Unit tests for the pool's idle check (the peek at take time) on both drivers: a quiet
 //! connection comes back usable; one the upstream closed or wrote to while it idled is never
-//! handed out. Loopback sockets only.
+//! handed out, except to a replayable request moments after it came back (the peek skipped).
+//! Loopback sockets only.
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -17,6 +18,7 @@ fn cfg() -> PoolConfig {
         size: 8,
         idle_timeout: Duration::from_secs(60),
         requests: 1000,
+        peek_after: Duration::from_millis(25),
     }
 }
 
@@ -51,9 +53,9 @@ async fn pooled(listener: &std::net::TcpListener) -> (Pool, std::net::TcpStream)
     (pool, server)
 }
 
-/// Waits (bounded at 5 s) until the pooled connection has something to say (the state the
-/// take-time check must see), then checks that `take` drops it instead of handing it out.
-async fn not_handed_out(mut pool: Pool) {
+/// Waits (bounded at 5 s) until the pool's warmest connection has something to say (the state
+/// the take-time check must see).
+async fn wait_not_quiet(pool: &Pool) {
     let mut seen = false;
     for _ in 0..500 {
         seen = pool.idle.last().is_some_and(|c| !c.stream.idle_quiet());
@@ -66,7 +68,12 @@ async fn not_handed_out(mut pool: Pool) {
         seen,
         "the upstream's close or bytes never reached the pooled socket"
     );
-    assert!(pool.take(&cfg(), Instant::now()).is_none());
+}
+
+/// Once the pooled connection has something to say, `take` drops it instead of handing it out.
+async fn not_handed_out(mut pool: Pool) {
+    wait_not_quiet(&pool).await;
+    assert!(pool.take(&cfg(), Instant::now(), false).is_none());
     assert!(pool.is_empty());
 }
 
@@ -77,7 +84,9 @@ fn a_quiet_connection_comes_back_usable_and_counted() {
             let (mut pool, mut server) = pooled(&listener).await;
             monoio::time::sleep(Duration::from_millis(20)).await;
             pool.sweep(&cfg(), Instant::now());
-            let mut conn = pool.take(&cfg(), Instant::now()).expect("quiet connection");
+            let mut conn = pool
+                .take(&cfg(), Instant::now(), false)
+                .expect("quiet connection");
             assert!(pool.is_empty());
             assert_eq!(conn.requests, 1);
             let (r, _) = conn.stream.write_all(b"ping").await;
@@ -91,7 +100,7 @@ fn a_quiet_connection_comes_back_usable_and_counted() {
             assert_eq!(buf, b"pong");
             // Back in the pool and out again: the same working socket, counted twice.
             pool.put(conn, &cfg(), Instant::now());
-            let conn = pool.take(&cfg(), Instant::now()).expect("again");
+            let conn = pool.take(&cfg(), Instant::now(), false).expect("again");
             assert_eq!(conn.requests, 2);
         })
     });
@@ -127,7 +136,7 @@ fn worn_out_or_expired_connections_are_not_kept() {
     on_both_drivers(|listener| {
         Box::pin(async move {
             let (mut pool, _server) = pooled(&listener).await;
-            let conn = pool.take(&cfg(), Instant::now()).expect("quiet");
+            let conn = pool.take(&cfg(), Instant::now(), false).expect("quiet");
             // The 1000th request on it: closed instead of pooled.
             let worn = PooledConn {
                 requests: cfg().requests - 1,
@@ -137,7 +146,51 @@ fn worn_out_or_expired_connections_are_not_kept() {
             assert!(pool.is_empty());
             let (mut pool, _server) = pooled(&listener).await;
             let later = Instant::now() + cfg().idle_timeout;
-            assert!(pool.take(&cfg(), later).is_none());
+            assert!(pool.take(&cfg(), later, true).is_none());
+        })
+    });
+}
+
+/// A pooled connection whose upstream has closed it (the EOF is waiting on the socket), put
+/// back at `at`.
+async fn dead_put_at(listener: &std::net::TcpListener, at: Instant) -> Pool {
+    let (mut pool, server) = pooled(listener).await;
+    let conn = pool.take(&cfg(), Instant::now(), false).expect("quiet");
+    pool.put(conn, &cfg(), at);
+    drop(server);
+    wait_not_quiet(&pool).await;
+    pool
+}
+
+#[test]
+fn only_a_replayable_request_skips_the_peek_and_only_just_after_the_put() {
+    on_both_drivers(|listener| {
+        Box::pin(async move {
+            let at = Instant::now();
+            // Replayable, moments after the put: handed out unpeeked (a dead one is the
+            // request's stale retry to settle).
+            let mut pool = dead_put_at(&listener, at).await;
+            let conn = pool.take(&cfg(), at + Duration::from_millis(5), true);
+            assert!(
+                conn.is_some(),
+                "a replayable request just after the put peeks"
+            );
+            // Past the window the peek runs and sees the close.
+            pool.put(conn.expect("taken"), &cfg(), at);
+            let later = at + cfg().peek_after;
+            assert!(pool.take(&cfg(), later, true).is_none());
+            // Not replayable: always peeked.
+            let mut pool = dead_put_at(&listener, at).await;
+            assert!(pool
+                .take(&cfg(), at + Duration::from_millis(5), false)
+                .is_none());
+            // `peek_after = 0s`: always peeked.
+            let mut pool = dead_put_at(&listener, at).await;
+            let strict = PoolConfig {
+                peek_after: Duration::ZERO,
+                ..cfg()
+            };
+            assert!(pool.take(&strict, at, true).is_none());
         })
     });
 }

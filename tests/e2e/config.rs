@@ -124,7 +124,7 @@ read_timeout = "60s"
 retries = 1
 max_fails = 1
 fail_timeout = "10s"
-keepalive_pool = { size = 320, idle_timeout = "60s", requests = 1000 }
+keepalive_pool = { size = 320, idle_timeout = "60s", requests = 1000, peek_after = "0s" }
 
 [[upstreams]]
 name = "other"
@@ -223,6 +223,19 @@ fn bad_duration() {
 fn bad_duration_in_upstream() {
     let cfg = valid_config().replace("nodes = [", "read_timeout = \"soon\"\nnodes = [");
     assert_bad(&cfg, &["upstreams[0].read_timeout"], "duration \"soon\"");
+}
+
+#[test]
+fn bad_peek_after_in_keepalive_pool() {
+    let cfg = valid_config().replace(
+        "nodes = [",
+        "keepalive_pool = { peek_after = \"-5ms\" }\nnodes = [",
+    );
+    assert_bad(
+        &cfg,
+        &["upstreams[0].keepalive_pool.peek_after"],
+        "duration \"-5ms\"",
+    );
 }
 
 #[test]

@@ -22,6 +22,15 @@ pub struct RawOrigin {
 
 impl RawOrigin {
     pub fn start(handler: impl Fn(&str, &mut TcpStream) -> bool + Send + Sync + 'static) -> Self {
+        Self::start_with_idle(Duration::from_secs(60), handler)
+    }
+
+    /// As `start`, but each connection is closed once it has been idle (no request head
+    /// arriving) for `idle`, like an origin's keep-alive timeout.
+    pub fn start_with_idle(
+        idle: Duration,
+        handler: impl Fn(&str, &mut TcpStream) -> bool + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind raw origin");
         let addr = listener.local_addr().expect("raw origin addr");
         let stop = Arc::new(AtomicBool::new(false));
@@ -44,10 +53,11 @@ impl RawOrigin {
                         thread::Builder::new()
                             .name("raw-origin-conn".into())
                             .spawn(move || {
-                                let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+                                let tick = idle.min(Duration::from_millis(100));
+                                let _ = s.set_read_timeout(Some(tick));
                                 let mut buf = Vec::new();
                                 let mut tmp = [0u8; 16384];
-                                let idle_until = Instant::now() + Duration::from_secs(60);
+                                let mut idle_until = Instant::now() + idle;
                                 'conn: while !st2.load(SeqCst) && Instant::now() < idle_until {
                                     while let Some(end) = find_subslice(&buf, b"\r\n\r\n") {
                                         let head: Vec<u8> = buf.drain(..end + 4).collect();
@@ -55,6 +65,7 @@ impl RawOrigin {
                                         if !h(&text, &mut s) {
                                             break 'conn;
                                         }
+                                        idle_until = Instant::now() + idle;
                                     }
                                     match s.read(&mut tmp) {
                                         Ok(0) => break,
