@@ -13,8 +13,13 @@
 
 use std::io::{self, Read, Write};
 
+use std::future::poll_fn;
+use std::time::Duration;
+
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut, RawBuf};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, Split,
+};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use rustls::ServerConnection;
@@ -38,6 +43,10 @@ pub struct TlsStream {
     rbuf: Vec<u8>,
     rpos: usize,
     wbuf: Vec<u8>,
+    /// The last read filled its destination, so rustls may hold more plaintext.
+    more: bool,
+    /// Cancels `hold`'s socket read when its wait passes (made on the first hold).
+    canceller: Option<Canceller>,
 }
 
 impl TlsStream {
@@ -53,6 +62,68 @@ impl TlsStream {
             rbuf: Vec::new(),
             rpos: 0,
             wbuf: Vec::new(),
+            // The handshake may have left the first request's plaintext in the session.
+            more: true,
+            canceller: None,
+        }
+    }
+
+    /// The socket under the session (an idle connection waits on its readiness, proxy/conn.rs).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Waits up to `limit` for the client's next bytes between requests. `Ok(true)`: bytes (or
+    /// the peer's close) are here for the next read, or were already buffered; `Ok(false)`:
+    /// none came, the socket read was cancelled without losing a byte, and the stream's buffers
+    /// are freed until its next read, so an idle connection can wait on `tcp()`'s readiness
+    /// holding none (memory per idle keep-alive connection, perf/idle-rss.sh).
+    pub async fn hold(&mut self, limit: Duration) -> io::Result<bool> {
+        if self.rpos < self.rbuf.len() {
+            return Ok(true);
+        }
+        if self.more {
+            let state = self
+                .conn
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+                return Ok(true);
+            }
+            self.more = false;
+        }
+        let mut b = std::mem::take(&mut self.rbuf);
+        b.clear();
+        b.reserve_exact(READ_BUF);
+        let handle = self.canceller.get_or_insert_with(Canceller::new).handle();
+        let mut op = std::pin::pin!(self.tcp.cancelable_read(b, handle));
+        let mut wait = crate::local::deadline::Wait::new(limit);
+        let (r, b) = match poll_fn(|cx| wait.poll_with(op.as_mut(), cx)).await {
+            Some(done) => done,
+            None => {
+                // Cancelled and then awaited (not dropped): the read ends with the bytes that
+                // arrived meanwhile, or with nothing read (ECANCELED) and its buffer back.
+                if let Some(c) = self.canceller.take() {
+                    self.canceller = Some(c.cancel());
+                }
+                op.await
+            }
+        };
+        match r {
+            Ok(n) => {
+                self.rbuf = b;
+                self.rpos = 0;
+                if n == 0 {
+                    self.conn.read_tls(&mut io::empty())?;
+                }
+                Ok(true)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                drop(b);
+                self.wbuf = Vec::new();
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -91,7 +162,11 @@ impl TlsStream {
     async fn read_plain(&mut self, dst: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.conn.reader().read(dst) {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    // rustls' reader fills `dst` while it has plaintext: a short read drained it.
+                    self.more = n == dst.len();
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }

@@ -9,6 +9,7 @@ use bytes::{Buf, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
 use super::exchange::UpstreamExchange;
+use super::hold::{Hold, IdleSocket};
 use super::shard::Shard;
 use super::splice::PlainSocket;
 use super::tunnel;
@@ -36,8 +37,14 @@ pub(super) enum After {
 
 /// A client-side byte stream (plain TCP or TLS): anything monoio can read, write and split, and
 /// that says whether it is a bare socket (bodies can then be spliced, splice.rs).
-pub trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + PlainSocket + 'static {}
-impl<T: AsyncReadRent + AsyncWriteRent + Split + PlainSocket + 'static> ClientStream for T {}
+pub trait ClientStream:
+    AsyncReadRent + AsyncWriteRent + Split + PlainSocket + IdleSocket + 'static
+{
+}
+impl<T: AsyncReadRent + AsyncWriteRent + Split + PlainSocket + IdleSocket + 'static> ClientStream
+    for T
+{
+}
 
 /// One client connection: its client side, and the state of the request being served (reused
 /// from request to request; the buffers are parked while the connection is idle, idle.rs).
@@ -144,9 +151,18 @@ async fn connection<S: ClientStream>(shard: Rc<Shard>, mut idle: Box<Idle<S>>) {
         // connection. One allocation per busy period, not per request.
         let (next, rest) = Box::pin(busy(shard, idle, woke)).await;
         shard = next;
+        shard.stats.settled.set(shard.stats.settled.get() + 1);
         let Some((rest, left)) = rest else { return };
         idle = rest;
-        if !idle_ready(&shard, &idle.stream, left).await {
+        if !super::hold::ready(&shard, &idle.stream, left).await {
+            if idle.tls.is_some() {
+                // close_notify, as after a last response (busy): the wait ended cleanly, and
+                // clients that see a bare close drop the session instead of resuming it.
+                // Boxed so that this last step does not size the idle task.
+                let send = shard.built.cfg.server.send_timeout;
+                let close = crate::local::deadline::within(send, idle.stream.shutdown());
+                let _ = Box::pin(close).await;
+            }
             return;
         }
         woke = true;
@@ -208,32 +224,6 @@ async fn busy<S: ClientStream>(
         }
     }
     (shard, None)
-}
-
-/// Waits until the idle plain socket is readable (bytes or a close) holding no buffer; false
-/// when `wait` ends first, or a drain does (after its linger, if any).
-async fn idle_ready<S: ClientStream>(shard: &Shard, stream: &S, wait: Duration) -> bool {
-    use crate::local::deadline::within;
-    let Some(tcp) = stream.plain_tcp() else {
-        return true;
-    };
-    // Not relaxed: the legacy (epoll) driver then confirms its readiness with a poll(2)
-    // (only here, on a connection that idled), so the read that follows does not wait.
-    let ready = within(wait, tcp.readable(false));
-    let mut ready = std::pin::pin!(ready);
-    let r = monoio::select! {
-        r = &mut ready => r,
-        _ = shard.drain.wait() => match shard.drain.linger() {
-            // A request already on its way is answered (with a close).
-            Some(l) => match within(l, ready).await {
-                Ok(r) => r,
-                Err(_) => return false,
-            },
-            None => return false,
-        },
-    };
-    // An error (the socket is gone) is left to the read to report.
-    r.is_ok()
 }
 
 /// Keeps the shard's connection count right however the task ends.
@@ -347,15 +337,23 @@ impl<S: ClientStream> ClientConn<S> {
                     } else {
                         server.keepalive_timeout
                     };
-                    let plain = self.client.stream.plain_tcp().is_some();
-                    let hold = if plain { wait.min(IDLE_HOLD) } else { wait };
+                    let idles = self.client.stream.idle_tcp().is_some();
+                    let hold = if idles { wait.min(IDLE_HOLD) } else { wait };
                     let res = {
-                        let read = read_some(
-                            &mut self.client.stream,
-                            &mut self.client.rbuf,
-                            IDLE_READ.min(server.read_buffer_bytes),
-                            hold,
-                        );
+                        let (stream, rbuf) = (&mut self.client.stream, &mut self.client.rbuf);
+                        let size = IDLE_READ.min(server.read_buffer_bytes);
+                        let read = async move {
+                            match stream.hold(hold).await {
+                                Hold::Read => read_some(stream, rbuf, size, hold).await,
+                                // Bytes are there: the rest of the head has the header timeout.
+                                Hold::Bytes => {
+                                    read_some(stream, rbuf, size, server.client_header_timeout)
+                                        .await
+                                }
+                                Hold::Passed => Err(IoFail::Timeout),
+                                Hold::Failed => Err(IoFail::Error),
+                            }
+                        };
                         let mut read = std::pin::pin!(read);
                         monoio::select! {
                             r = &mut read => r,

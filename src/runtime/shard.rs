@@ -51,6 +51,7 @@ pub async fn run(
     }
     let mut last_sweep = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
+    let mut quiet = super::quiet::Quiet::default();
     loop {
         let idle = shard.conns.get() == 0 && drain_deadline.is_none();
         wake.sleep(if idle { IDLE_TICK } else { TICK }, &shard.bell)
@@ -211,6 +212,7 @@ pub async fn run(
         if let Some(log) = &shard.log {
             log.flush();
         }
+        quiet.tick(&shard.stats, shard.id, now);
     }
 }
 

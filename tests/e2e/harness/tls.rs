@@ -161,6 +161,8 @@ pub fn client_config_with(
 
 pub struct TlsClient {
     pub s: StreamOwned<ClientConnection, TcpStream>,
+    /// Bytes read past the last response (the next pipelined one).
+    rest: Vec<u8>,
 }
 
 impl TlsClient {
@@ -179,7 +181,10 @@ impl TlsClient {
         while s.conn.is_handshaking() {
             s.conn.complete_io(&mut s.sock).map_err(|e| e.to_string())?;
         }
-        Ok(TlsClient { s })
+        Ok(TlsClient {
+            s,
+            rest: Vec::new(),
+        })
     }
 
     pub fn peer_leaf(&self) -> CertificateDer<'static> {
@@ -210,7 +215,13 @@ impl TlsClient {
     /// Writes one request and reads its Content-Length-framed response.
     fn exchange(&mut self, req: &[u8]) -> Result<(u16, String), String> {
         self.s.write_all(req).map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
+        self.read_response()
+    }
+
+    /// Reads one Content-Length-framed response (status, body); bytes past it are kept for the
+    /// next call (pipelined responses).
+    pub fn read_response(&mut self) -> Result<(u16, String), String> {
+        let mut buf = std::mem::take(&mut self.rest);
         let mut chunk = [0u8; 4096];
         let head_end = loop {
             if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -241,6 +252,7 @@ impl TlsClient {
             }
             buf.extend_from_slice(&chunk[..n]);
         }
+        self.rest = buf.split_off(head_end + len);
         Ok((
             status,
             String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string(),

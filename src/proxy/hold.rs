@@ -1,0 +1,88 @@
+//! How a client stream waits between keep-alive requests: the short hold (a read in flight) per
+//! kind of stream, and the wait on the socket's readiness holding no buffer after it. Owns no
+//! buffers and no request state; knows nothing of HTTP.
+//!
+//! Why: an idle keep-alive connection should hold no read buffer (perf/idle-rss.sh). A plain
+//! socket's hold is the next request's read with a short limit (a cancelled plain read takes its
+//! buffer along); a TLS stream holds with a read it cancels and then awaits, so no ciphertext is
+//! lost when the hold passes, and frees its buffers before the readiness wait.
+
+use std::future::Future;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+
+use super::shard::Shard;
+
+/// How a stream's hold ended.
+pub enum Hold {
+    /// Nothing done: the caller's read holds (plain sockets).
+    Read,
+    /// Bytes (or the peer's close) are there for the next read, or already were.
+    Bytes,
+    /// None came; no read is in flight and the stream holds no buffer.
+    Passed,
+    /// The socket failed (or the stream is unusable).
+    Failed,
+}
+
+/// A client stream that can idle holding no buffer between requests.
+pub trait IdleSocket {
+    /// The socket whose readiness an idle connection waits on; `None`: it cannot idle.
+    fn idle_tcp(&self) -> Option<&TcpStream>;
+
+    /// Waits up to `limit` for the next request's first bytes where the stream buffers above the
+    /// socket (TLS); see [`Hold`].
+    fn hold(&mut self, limit: Duration) -> impl Future<Output = Hold>;
+}
+
+impl IdleSocket for TcpStream {
+    fn idle_tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+
+    #[inline(always)]
+    fn hold(&mut self, _: Duration) -> impl Future<Output = Hold> {
+        std::future::ready(Hold::Read)
+    }
+}
+
+impl IdleSocket for crate::net::tls::ServerStream {
+    fn idle_tcp(&self) -> Option<&TcpStream> {
+        (!self.is_poisoned()).then(|| self.get_ref().tcp())
+    }
+
+    async fn hold(&mut self, limit: Duration) -> Hold {
+        match self.run(|s| s.hold(limit)).await {
+            Ok(true) => Hold::Bytes,
+            Ok(false) => Hold::Passed,
+            Err(_) => Hold::Failed,
+        }
+    }
+}
+
+/// Waits until the idle socket is readable (bytes or a close) holding no buffer; false when
+/// `wait` ends first, or a drain does (after its linger, if any).
+pub(super) async fn ready<S: IdleSocket>(shard: &Shard, stream: &S, wait: Duration) -> bool {
+    use crate::local::deadline::within;
+    let Some(tcp) = stream.idle_tcp() else {
+        return true;
+    };
+    // Not relaxed: the legacy (epoll) driver then confirms its readiness with a poll(2)
+    // (only here, on a connection that idled), so the read that follows does not wait.
+    let ready = within(wait, tcp.readable(false));
+    let mut ready = std::pin::pin!(ready);
+    let r = monoio::select! {
+        r = &mut ready => r,
+        _ = shard.drain.wait() => match shard.drain.linger() {
+            // A request already on its way is answered (with a close).
+            Some(l) => match within(l, ready).await {
+                Ok(r) => r,
+                Err(_) => return false,
+            },
+            None => return false,
+        },
+    };
+    // An error (the socket is gone) is left to the read to report.
+    r.is_ok()
+}
