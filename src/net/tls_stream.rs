@@ -12,14 +12,13 @@
 //! (and the bytes in flight); [`super::guard::Guarded`] wraps this stream so later calls fail.
 
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 
 use std::future::poll_fn;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut, RawBuf};
-use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, Split,
-};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use rustls::ServerConnection;
@@ -45,8 +44,6 @@ pub struct TlsStream {
     wbuf: Vec<u8>,
     /// The last read filled its destination, so rustls may hold more plaintext.
     more: bool,
-    /// Cancels `hold`'s socket read when its wait passes (made on the first hold).
-    canceller: Option<Canceller>,
 }
 
 impl TlsStream {
@@ -64,7 +61,6 @@ impl TlsStream {
             wbuf: Vec::new(),
             // The handshake may have left the first request's plaintext in the session.
             more: true,
-            canceller: None,
         }
     }
 
@@ -75,9 +71,15 @@ impl TlsStream {
 
     /// Waits up to `limit` for the client's next bytes between requests. `Ok(true)`: bytes (or
     /// the peer's close) are here for the next read, or were already buffered; `Ok(false)`:
-    /// none came, the socket read was cancelled without losing a byte, and the stream's buffers
-    /// are freed until its next read, so an idle connection can wait on `tcp()`'s readiness
-    /// holding none (memory per idle keep-alive connection, perf/idle-rss.sh).
+    /// none came, the socket read was cancelled, and the stream's buffers are freed until its
+    /// next read, so an idle connection can wait on `tcp()`'s readiness holding none (memory
+    /// per idle keep-alive connection, perf/idle-rss.sh).
+    ///
+    /// The read is dropped (cancelled) only when the socket has nothing queued just before, so
+    /// bytes are lost only if they arrive in the microseconds between that check and the
+    /// cancel, as with a plain connection's hold. monoio's cancel-and-await (`Canceller`) would
+    /// close that gap but hashes into a set on every read: +800 instructions per TLS request
+    /// (perf/RESULTS.md, issue 21a).
     pub async fn hold(&mut self, limit: Duration) -> io::Result<bool> {
         if self.rpos < self.rbuf.len() {
             return Ok(true);
@@ -95,36 +97,25 @@ impl TlsStream {
         let mut b = std::mem::take(&mut self.rbuf);
         b.clear();
         b.reserve_exact(READ_BUF);
-        let handle = self.canceller.get_or_insert_with(Canceller::new).handle();
-        let mut op = std::pin::pin!(self.tcp.cancelable_read(b, handle));
+        let fd = self.tcp.as_raw_fd();
+        let mut op = std::pin::pin!(self.tcp.read(b));
         let mut wait = crate::local::deadline::Wait::new(limit);
         let (r, b) = match poll_fn(|cx| wait.poll_with(op.as_mut(), cx)).await {
             Some(done) => done,
+            // Something queued (bytes or a close): the read in flight completes with it.
+            None if queued(fd) => op.await,
             None => {
-                // Cancelled and then awaited (not dropped): the read ends with the bytes that
-                // arrived meanwhile, or with nothing read (ECANCELED) and its buffer back.
-                if let Some(c) = self.canceller.take() {
-                    self.canceller = Some(c.cancel());
-                }
-                op.await
+                self.wbuf = Vec::new();
+                // `op` is dropped on return: monoio cancels the read and frees its buffer.
+                return Ok(false);
             }
         };
-        match r {
-            Ok(n) => {
-                self.rbuf = b;
-                self.rpos = 0;
-                if n == 0 {
-                    self.conn.read_tls(&mut io::empty())?;
-                }
-                Ok(true)
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
-                drop(b);
-                self.wbuf = Vec::new();
-                Ok(false)
-            }
-            Err(e) => Err(e),
+        self.rbuf = b;
+        self.rpos = 0;
+        if r? == 0 {
+            self.conn.read_tls(&mut io::empty())?;
         }
+        Ok(true)
     }
 
     /// Feeds buffered ciphertext to rustls (one record at most per call) and decrypts it.
@@ -285,3 +276,20 @@ impl AsyncWriteRent for TlsStream {
 // touches the rustls session only synchronously between awaits, so neither sees the other's
 // state change under it; `TcpStream` is itself `Split`.
 unsafe impl Split for TlsStream {}
+
+/// Whether the socket has bytes (or a close) queued to read, asked without waiting or taking any.
+fn queued(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is this stream's open socket and `byte` a valid one-byte buffer for the call;
+    // MSG_PEEK leaves the queue as it was and MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    // 0: the peer closed; > 0: bytes; -1 with EAGAIN: nothing (other errors: the read reports them).
+    n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
+}

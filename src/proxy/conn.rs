@@ -36,7 +36,8 @@ pub(super) enum After {
 }
 
 /// A client-side byte stream (plain TCP or TLS): anything monoio can read, write and split, and
-/// that says whether it is a bare socket (bodies can then be spliced, splice.rs).
+/// that says whether it is a bare socket (bodies can then be spliced, splice.rs) and how it waits
+/// while idle (hold.rs).
 pub trait ClientStream:
     AsyncReadRent + AsyncWriteRent + Split + PlainSocket + IdleSocket + 'static
 {
@@ -105,13 +106,13 @@ enum Ran {
 /// that needs more grows the buffer to `read_buffer_bytes`; it shrinks back when idle.
 const IDLE_READ: usize = 2048;
 
-/// How long an idle plain connection waits for its next request with a read (and its buffer)
-/// in flight. Past it the read is cancelled, taking the buffer along, and the connection waits
+/// How long an idle connection waits for its next request with a read (and its buffer) in
+/// flight. Past it the read is cancelled (hold.rs), its buffer freed, and the connection waits
 /// for readiness holding none (memory per idle connection, perf/idle-rss.sh); busy keep-alive
 /// connections never get there, so they pay no extra ring operation per request.
 const IDLE_HOLD: Duration = Duration::from_millis(500);
 
-/// What an idle plain connection keeps while it waits for readiness past `IDLE_HOLD`: the socket
+/// What an idle connection keeps while it waits for readiness past `IDLE_HOLD`: the socket
 /// and a few facts about it. Everything request-shaped (`ClientConn`) is dropped meanwhile, so the
 /// connection's task is this, a shard pointer and the readiness wait (perf/idle-rss.sh).
 struct Idle<S> {
@@ -514,19 +515,25 @@ mod tests {
     fn an_idle_connection_task_holds_no_request_state() {
         type Tls = crate::net::tls::ServerStream;
         let task = output_size2(connection::<TcpStream>);
+        let tls_task = output_size2(connection::<Tls>);
         let busy_block = output_size(busy::<TcpStream>);
         let conn = size_of::<ClientConn<TcpStream>>();
         let idle = size_of::<Idle<TcpStream>>();
         eprintln!(
             "serve future (the task while idle) {task} B, TLS {} B; busy block {busy_block} B \
              (ClientConn {conn} B, Ctx {} B, RequestHead {} B); idle state {idle} B",
-            output_size2(connection::<Tls>),
+            tls_task,
             size_of::<crate::plugin::Ctx>(),
             size_of::<RequestHead>(),
         );
         // The task of an idle connection is the socket, a few facts and the readiness wait; the
         // request state is in the busy block, which is dropped while idle.
         assert!(task <= 600, "connection future grew to {task} bytes");
+        // A TLS connection idles the same way (its stream is in the boxed idle state).
+        assert!(
+            tls_task <= 600,
+            "TLS connection future grew to {tls_task} bytes"
+        );
         assert!(idle <= 160, "idle state grew to {idle} bytes");
         assert!(
             busy_block >= conn,
