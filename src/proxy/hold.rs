@@ -4,8 +4,9 @@
 //!
 //! Why: an idle keep-alive connection should hold no read buffer (perf/idle-rss.sh). A plain
 //! socket's hold is the next request's read with a short limit (a cancelled plain read takes its
-//! buffer along); a TLS stream holds with a read it cancels and then awaits, so no ciphertext is
-//! lost when the hold passes, and frees its buffers before the readiness wait.
+//! buffer along); a TLS stream holds inside the stream (net/tls_stream.rs `hold`), which knows
+//! whether its session still buffers bytes, cancels its read only when the socket has nothing
+//! queued, and frees its record buffers before the readiness wait.
 
 use std::future::Future;
 use std::time::Duration;
