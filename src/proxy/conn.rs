@@ -528,7 +528,7 @@ mod tests {
         );
         // The task of an idle connection is the socket, a few facts and the readiness wait; the
         // request state is in the busy block, which is dropped while idle.
-        assert!(task <= 600, "connection future grew to {task} bytes");
+        assert!(task <= 400, "connection future grew to {task} bytes");
         // A TLS connection idles the same way (its stream is in the boxed idle state).
         assert!(
             tls_task <= 600,
