@@ -139,10 +139,15 @@ pub fn serve<S: ClientStream>(
     };
     // Boxed: an async fn keeps its arguments for its whole life (rust-lang/rust#62958), which
     // would put the stream (a TLS one is ~4.5 KB) in the task beside the busy block's copy.
-    connection(shard, Box::new(idle))
+    connection(shard, Box::new(Some(idle)))
 }
 
-async fn connection<S: ClientStream>(shard: Rc<Shard>, mut idle: Box<Idle<S>>) {
+/// Where the idle state lives: one box for the connection's life, empty while it is busy (its
+/// contents are then in the busy block). One allocation per connection, made with the task,
+/// rather than a new one per idle period beside other connections' short-lived blocks.
+type Slot<S> = Box<Option<Idle<S>>>;
+
+async fn connection<S: ClientStream>(shard: Rc<Shard>, mut idle: Slot<S>) {
     let _guard = ConnGuard(shard.clone());
     let mut shard = shard;
     let mut woke = false;
@@ -155,6 +160,7 @@ async fn connection<S: ClientStream>(shard: Rc<Shard>, mut idle: Box<Idle<S>>) {
         shard.stats.settled.set(shard.stats.settled.get() + 1);
         let Some((rest, left)) = rest else { return };
         idle = rest;
+        let Some(idle) = idle.as_mut() else { return };
         if !super::hold::ready(&shard, &idle.stream, left).await {
             if idle.tls.is_some() {
                 // close_notify, as after a last response (busy): the wait ended cleanly, and
@@ -174,10 +180,13 @@ async fn connection<S: ClientStream>(shard: Rc<Shard>, mut idle: Box<Idle<S>>) {
 /// what the idle wait keeps, and how much of the keep-alive wait is left.
 async fn busy<S: ClientStream>(
     mut shard: Rc<Shard>,
-    idle: Box<Idle<S>>,
+    mut slot: Slot<S>,
     woke: bool,
-) -> (Rc<Shard>, Option<(Box<Idle<S>>, Duration)>) {
-    let mut c = ClientConn::resume(&shard, *idle, woke);
+) -> (Rc<Shard>, Option<(Slot<S>, Duration)>) {
+    let Some(idle) = slot.take() else {
+        return (shard, None);
+    };
+    let mut c = ClientConn::resume(&shard, idle, woke);
     match c.run(&mut shard).await {
         Ran::Idle(left) => {
             c.park();
@@ -188,14 +197,14 @@ async fn busy<S: ClientStream>(
                 nonblocking,
                 ..
             } = c.client;
-            let rest = Idle {
+            *slot = Some(Idle {
                 stream,
                 ip: c.cx.client_ip,
                 tls,
                 served,
                 nonblocking,
-            };
-            return (shard, Some((Box::new(rest), left)));
+            });
+            return (shard, Some((slot, left)));
         }
         Ran::Tunnel(upstream) => {
             let ClientConn {
