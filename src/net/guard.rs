@@ -51,6 +51,26 @@ impl<S> Guarded<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// Whether an operation was dropped before it ended (every later one fails).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.get()
+    }
+
+    /// Runs `op` on the stream like a read or a write: refused once poisoned, and poisons the
+    /// stream if dropped before it ends.
+    pub async fn run<'a, T, F>(&'a mut self, op: impl FnOnce(&'a mut S) -> F) -> io::Result<T>
+    where
+        F: std::future::Future<Output = io::Result<T>> + 'a,
+    {
+        if self.poisoned.get() {
+            return Err(poisoned());
+        }
+        let armed = Armed(&self.poisoned);
+        let r = op(&mut self.inner).await;
+        armed.done();
+        r
+    }
 }
 
 impl<S: AsyncReadRent> AsyncReadRent for Guarded<S> {

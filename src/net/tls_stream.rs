@@ -12,6 +12,10 @@
 //! (and the bytes in flight); [`super::guard::Guarded`] wraps this stream so later calls fail.
 
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+
+use std::future::poll_fn;
+use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut, RawBuf};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
@@ -45,6 +49,8 @@ pub struct TlsStream {
     rbuf: Vec<u8>,
     rpos: usize,
     wbuf: Vec<u8>,
+    /// The last read filled its destination, so rustls may hold more plaintext.
+    more: bool,
 }
 
 impl TlsStream {
@@ -60,7 +66,63 @@ impl TlsStream {
             rbuf: Vec::new(),
             rpos: 0,
             wbuf: Vec::new(),
+            // The handshake may have left the first request's plaintext in the session.
+            more: true,
         }
+    }
+
+    /// The socket under the session (an idle connection waits on its readiness, proxy/conn.rs).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Waits up to `limit` for the client's next bytes between requests. `Ok(true)`: bytes (or
+    /// the peer's close) are here for the next read, or were already buffered; `Ok(false)`:
+    /// none came, the socket read was cancelled, and the stream's buffers are freed until its
+    /// next read, so an idle connection can wait on `tcp()`'s readiness holding none (memory
+    /// per idle keep-alive connection, perf/idle-rss.sh).
+    ///
+    /// The read is dropped (cancelled) only when the socket has nothing queued just before, so
+    /// bytes are lost only if they arrive in the microseconds between that check and the
+    /// cancel, as with a plain connection's hold. monoio's cancel-and-await (`Canceller`) would
+    /// close that gap but hashes into a set on every read: +800 instructions per TLS request
+    /// (perf/RESULTS.md, issue 21a).
+    pub async fn hold(&mut self, limit: Duration) -> io::Result<bool> {
+        if self.rpos < self.rbuf.len() {
+            return Ok(true);
+        }
+        if self.more {
+            let state = self
+                .conn
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+                return Ok(true);
+            }
+            self.more = false;
+        }
+        let mut b = std::mem::take(&mut self.rbuf);
+        b.clear();
+        b.reserve_exact(READ_BUF);
+        let fd = self.tcp.as_raw_fd();
+        let mut op = std::pin::pin!(self.tcp.read(b));
+        let mut wait = crate::local::deadline::Wait::new(limit);
+        let (r, b) = match poll_fn(|cx| wait.poll_with(op.as_mut(), cx)).await {
+            Some(done) => done,
+            // Something queued (bytes or a close): the read in flight completes with it.
+            None if queued(fd) => op.await,
+            None => {
+                self.wbuf = Vec::new();
+                // `op` is dropped on return: monoio cancels the read and frees its buffer.
+                return Ok(false);
+            }
+        };
+        self.rbuf = b;
+        self.rpos = 0;
+        if r? == 0 {
+            self.conn.read_tls(&mut io::empty())?;
+        }
+        Ok(true)
     }
 
     /// Feeds buffered ciphertext to rustls (one record at most per call) and decrypts it.
@@ -98,7 +160,11 @@ impl TlsStream {
     async fn read_plain(&mut self, dst: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.conn.reader().read(dst) {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    // rustls' reader fills `dst` while it has plaintext: a short read drained it.
+                    self.more = n == dst.len();
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
@@ -224,3 +290,20 @@ impl AsyncWriteRent for TlsStream {
 // touches the rustls session only synchronously between awaits, so neither sees the other's
 // state change under it; `TcpStream` is itself `Split`.
 unsafe impl Split for TlsStream {}
+
+/// Whether the socket has bytes (or a close) queued to read, asked without waiting or taking any.
+fn queued(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is this stream's open socket and `byte` a valid one-byte buffer for the call;
+    // MSG_PEEK leaves the queue as it was and MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    // 0: the peer closed; > 0: bytes; -1 with EAGAIN: nothing (other errors: the read reports them).
+    n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
+}

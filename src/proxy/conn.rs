@@ -9,6 +9,7 @@ use bytes::{Buf, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
 use super::exchange::UpstreamExchange;
+use super::hold::{Hold, IdleSocket};
 use super::shard::Shard;
 use super::splice::PlainSocket;
 use super::tunnel;
@@ -35,9 +36,16 @@ pub(super) enum After {
 }
 
 /// A client-side byte stream (plain TCP or TLS): anything monoio can read, write and split, and
-/// that says whether it is a bare socket (bodies can then be spliced, splice.rs).
-pub trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + PlainSocket + 'static {}
-impl<T: AsyncReadRent + AsyncWriteRent + Split + PlainSocket + 'static> ClientStream for T {}
+/// that says whether it is a bare socket (bodies can then be spliced, splice.rs) and how it waits
+/// while idle (hold.rs).
+pub trait ClientStream:
+    AsyncReadRent + AsyncWriteRent + Split + PlainSocket + IdleSocket + 'static
+{
+}
+impl<T: AsyncReadRent + AsyncWriteRent + Split + PlainSocket + IdleSocket + 'static> ClientStream
+    for T
+{
+}
 
 /// One client connection: its client side, and the state of the request being served (reused
 /// from request to request; the buffers are parked while the connection is idle, idle.rs).
@@ -98,13 +106,13 @@ enum Ran {
 /// that needs more grows the buffer to `read_buffer_bytes`; it shrinks back when idle.
 const IDLE_READ: usize = 2048;
 
-/// How long an idle plain connection waits for its next request with a read (and its buffer)
-/// in flight. Past it the read is cancelled, taking the buffer along, and the connection waits
+/// How long an idle connection waits for its next request with a read (and its buffer) in
+/// flight. Past it the read is cancelled (hold.rs), its buffer freed, and the connection waits
 /// for readiness holding none (memory per idle connection, perf/idle-rss.sh); busy keep-alive
 /// connections never get there, so they pay no extra ring operation per request.
 const IDLE_HOLD: Duration = Duration::from_millis(500);
 
-/// What an idle plain connection keeps while it waits for readiness past `IDLE_HOLD`: the socket
+/// What an idle connection keeps while it waits for readiness past `IDLE_HOLD`: the socket
 /// and a few facts about it. Everything request-shaped (`ClientConn`) is dropped meanwhile, so the
 /// connection's task is this, a shard pointer and the readiness wait (perf/idle-rss.sh).
 struct Idle<S> {
@@ -131,10 +139,15 @@ pub fn serve<S: ClientStream>(
     };
     // Boxed: an async fn keeps its arguments for its whole life (rust-lang/rust#62958), which
     // would put the stream (a TLS one is ~4.5 KB) in the task beside the busy block's copy.
-    connection(shard, Box::new(idle))
+    connection(shard, Box::new(Some(idle)))
 }
 
-async fn connection<S: ClientStream>(shard: Rc<Shard>, mut idle: Box<Idle<S>>) {
+/// Where the idle state lives: one box for the connection's life, empty while it is busy (its
+/// contents are then in the busy block). One allocation per connection, made with the task,
+/// rather than a new one per idle period beside other connections' short-lived blocks.
+type Slot<S> = Box<Option<Idle<S>>>;
+
+async fn connection<S: ClientStream>(shard: Rc<Shard>, mut idle: Slot<S>) {
     let _guard = ConnGuard(shard.clone());
     let mut shard = shard;
     let mut woke = false;
@@ -144,9 +157,19 @@ async fn connection<S: ClientStream>(shard: Rc<Shard>, mut idle: Box<Idle<S>>) {
         // connection. One allocation per busy period, not per request.
         let (next, rest) = Box::pin(busy(shard, idle, woke)).await;
         shard = next;
+        shard.stats.settled.set(shard.stats.settled.get() + 1);
         let Some((rest, left)) = rest else { return };
         idle = rest;
-        if !idle_ready(&shard, &idle.stream, left).await {
+        let Some(idle) = idle.as_mut() else { return };
+        if !super::hold::ready(&shard, &idle.stream, left).await {
+            if idle.tls.is_some() {
+                // close_notify, as after a last response (busy): the wait ended cleanly, and
+                // clients that see a bare close drop the session instead of resuming it.
+                // Boxed so that this last step does not size the idle task.
+                let send = shard.built.cfg.server.send_timeout;
+                let close = crate::local::deadline::within(send, idle.stream.shutdown());
+                let _ = Box::pin(close).await;
+            }
             return;
         }
         woke = true;
@@ -157,10 +180,13 @@ async fn connection<S: ClientStream>(shard: Rc<Shard>, mut idle: Box<Idle<S>>) {
 /// what the idle wait keeps, and how much of the keep-alive wait is left.
 async fn busy<S: ClientStream>(
     mut shard: Rc<Shard>,
-    idle: Box<Idle<S>>,
+    mut slot: Slot<S>,
     woke: bool,
-) -> (Rc<Shard>, Option<(Box<Idle<S>>, Duration)>) {
-    let mut c = ClientConn::resume(&shard, *idle, woke);
+) -> (Rc<Shard>, Option<(Slot<S>, Duration)>) {
+    let Some(idle) = slot.take() else {
+        return (shard, None);
+    };
+    let mut c = ClientConn::resume(&shard, idle, woke);
     match c.run(&mut shard).await {
         Ran::Idle(left) => {
             c.park();
@@ -171,14 +197,14 @@ async fn busy<S: ClientStream>(
                 nonblocking,
                 ..
             } = c.client;
-            let rest = Idle {
+            *slot = Some(Idle {
                 stream,
                 ip: c.cx.client_ip,
                 tls,
                 served,
                 nonblocking,
-            };
-            return (shard, Some((Box::new(rest), left)));
+            });
+            return (shard, Some((slot, left)));
         }
         Ran::Tunnel(upstream) => {
             let ClientConn {
@@ -208,32 +234,6 @@ async fn busy<S: ClientStream>(
         }
     }
     (shard, None)
-}
-
-/// Waits until the idle plain socket is readable (bytes or a close) holding no buffer; false
-/// when `wait` ends first, or a drain does (after its linger, if any).
-async fn idle_ready<S: ClientStream>(shard: &Shard, stream: &S, wait: Duration) -> bool {
-    use crate::local::deadline::within;
-    let Some(tcp) = stream.plain_tcp() else {
-        return true;
-    };
-    // Not relaxed: the legacy (epoll) driver then confirms its readiness with a poll(2)
-    // (only here, on a connection that idled), so the read that follows does not wait.
-    let ready = within(wait, tcp.readable(false));
-    let mut ready = std::pin::pin!(ready);
-    let r = monoio::select! {
-        r = &mut ready => r,
-        _ = shard.drain.wait() => match shard.drain.linger() {
-            // A request already on its way is answered (with a close).
-            Some(l) => match within(l, ready).await {
-                Ok(r) => r,
-                Err(_) => return false,
-            },
-            None => return false,
-        },
-    };
-    // An error (the socket is gone) is left to the read to report.
-    r.is_ok()
 }
 
 /// Keeps the shard's connection count right however the task ends.
@@ -347,15 +347,23 @@ impl<S: ClientStream> ClientConn<S> {
                     } else {
                         server.keepalive_timeout
                     };
-                    let plain = self.client.stream.plain_tcp().is_some();
-                    let hold = if plain { wait.min(IDLE_HOLD) } else { wait };
+                    let idles = self.client.stream.idle_tcp().is_some();
+                    let hold = if idles { wait.min(IDLE_HOLD) } else { wait };
                     let res = {
-                        let read = read_some(
-                            &mut self.client.stream,
-                            &mut self.client.rbuf,
-                            IDLE_READ.min(server.read_buffer_bytes),
-                            hold,
-                        );
+                        let (stream, rbuf) = (&mut self.client.stream, &mut self.client.rbuf);
+                        let size = IDLE_READ.min(server.read_buffer_bytes);
+                        let read = async move {
+                            match stream.hold(hold).await {
+                                Hold::Read => read_some(stream, rbuf, size, hold).await,
+                                // Bytes are there: the rest of the head has the header timeout.
+                                Hold::Bytes => {
+                                    read_some(stream, rbuf, size, server.client_header_timeout)
+                                        .await
+                                }
+                                Hold::Passed => Err(IoFail::Timeout),
+                                Hold::Failed => Err(IoFail::Error),
+                            }
+                        };
                         let mut read = std::pin::pin!(read);
                         monoio::select! {
                             r = &mut read => r,
@@ -516,19 +524,25 @@ mod tests {
     fn an_idle_connection_task_holds_no_request_state() {
         type Tls = crate::net::tls::ServerStream;
         let task = output_size2(connection::<TcpStream>);
+        let tls_task = output_size2(connection::<Tls>);
         let busy_block = output_size(busy::<TcpStream>);
         let conn = size_of::<ClientConn<TcpStream>>();
         let idle = size_of::<Idle<TcpStream>>();
         eprintln!(
             "serve future (the task while idle) {task} B, TLS {} B; busy block {busy_block} B \
              (ClientConn {conn} B, Ctx {} B, RequestHead {} B); idle state {idle} B",
-            output_size2(connection::<Tls>),
+            tls_task,
             size_of::<crate::plugin::Ctx>(),
             size_of::<RequestHead>(),
         );
         // The task of an idle connection is the socket, a few facts and the readiness wait; the
         // request state is in the busy block, which is dropped while idle.
-        assert!(task <= 600, "connection future grew to {task} bytes");
+        assert!(task <= 400, "connection future grew to {task} bytes");
+        // A TLS connection idles the same way (its stream is in the boxed idle state).
+        assert!(
+            tls_task <= 600,
+            "TLS connection future grew to {tls_task} bytes"
+        );
         assert!(idle <= 160, "idle state grew to {idle} bytes");
         assert!(
             busy_block >= conn,

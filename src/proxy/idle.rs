@@ -86,3 +86,13 @@ impl<S: ClientStream> ClientConn<S> {
         self.upstream.resp.restore(set.resp);
     }
 }
+
+/// Frees all but `keep` parked sets (a shard gone quiet, runtime/quiet.rs): the list's
+/// high-water mark is the requests that ran at once, and an idle shard needs none of it.
+pub(super) fn trim(keep: usize) {
+    FREE.with(|f| {
+        let mut f = f.borrow_mut();
+        f.truncate(keep);
+        f.shrink_to_fit();
+    });
+}

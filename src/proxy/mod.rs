@@ -7,6 +7,7 @@ mod conn;
 mod discard;
 mod exchange;
 mod forward;
+mod hold;
 mod idle;
 
 mod observe;
@@ -20,3 +21,10 @@ mod splice;
 mod tunnel;
 
 pub use conn::{serve, ClientStream};
+
+/// Frees the request-time memory this thread keeps for reuse (buffer sets and request blocks)
+/// down to `keep` of each; for a shard whose connections went idle (runtime/quiet.rs).
+pub fn trim_free_lists(keep: usize) {
+    idle::trim(keep);
+    reuse::trim(keep);
+}

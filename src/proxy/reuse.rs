@@ -33,6 +33,21 @@ thread_local! {
     static FREE: RefCell<Free> = const { RefCell::new(Free(Vec::new())) };
 }
 
+/// Frees all but `keep` listed blocks (a shard gone quiet, runtime/quiet.rs): the list's
+/// high-water mark is the requests that ran at once, and an idle shard needs none of it.
+pub(super) fn trim(keep: usize) {
+    let spare: Vec<(Layout, NonNull<u8>)> = FREE
+        .try_with(|free| {
+            let mut free = free.borrow_mut();
+            let at = free.0.len().min(keep);
+            let spare = free.0.split_off(at);
+            free.0.shrink_to_fit();
+            spare
+        })
+        .unwrap_or_default();
+    drop(Free(spare));
+}
+
 /// `F`, pinned on the heap like `Pin<Box<F>>`, in a recycled block.
 pub(super) struct Pooled<F> {
     ptr: NonNull<F>,

@@ -98,6 +98,9 @@ pub struct ShardStats {
     pub accepted: Cell<u64>,
     pub requests: Cell<u64>,
     pub errors: Cell<u64>,
+    /// Busy periods ended: a connection dropped its request state (idle past the hold, or
+    /// closed). With `accepted` and `requests`, what tells the control loop the shard went quiet.
+    pub settled: Cell<u64>,
 }
 
 /// One config generation on one shard. A swap builds a new `Shard` that shares the

@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod plane;
+pub mod quiet;
 pub mod shard;
 pub mod wake;
 

@@ -51,6 +51,7 @@ pub async fn run(
     }
     let mut last_sweep = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
+    let mut quiet = super::quiet::Quiet::default();
     loop {
         let idle = shard.conns.get() == 0 && drain_deadline.is_none();
         wake.sleep(if idle { IDLE_TICK } else { TICK }, &shard.bell)
@@ -211,6 +212,7 @@ pub async fn run(
         if let Some(log) = &shard.log {
             log.flush();
         }
+        quiet.tick(&shard.stats, shard.id, now);
     }
 }
 
@@ -362,15 +364,45 @@ fn serve_accepted(shard: &Rc<Shard>, stream: TcpStream, peer: SocketAddr, index:
 }
 
 /// Handshake on this shard, then the same connection loop as plain TCP.
-async fn serve_tls(
+fn serve_tls(
     shard: Rc<Shard>,
     cfg: Arc<rustls::ServerConfig>,
     stream: TcpStream,
     peer: SocketAddr,
     index: usize,
-) {
+) -> impl std::future::Future<Output = ()> + 'static {
     let limit = shard.built.cfg.server.client_header_timeout;
-    match crate::net::tls::accept(cfg, stream, limit).await {
+    // Boxed, and made before the async part: the handshake's state (session, socket, timer) is
+    // ~4 KB, and inline (or kept as an argument, rust-lang/rust#62958) it would stay in the task
+    // of every TLS connection for its whole life, idle ones too (perf/idle-rss.sh).
+    let handshake = Box::pin(crate::net::tls::accept(cfg, stream, limit));
+    after_handshake(shard, handshake, peer, index)
+}
+
+type Accepted = Result<(crate::net::tls::ServerStream, crate::net::tls::TlsInfo), String>;
+
+async fn after_handshake(
+    shard: Rc<Shard>,
+    handshake: std::pin::Pin<Box<impl std::future::Future<Output = Accepted>>>,
+    peer: SocketAddr,
+    index: usize,
+) {
+    // The handshake's result is moved into `connected`, so the session is not also kept in
+    // this future while the connection runs (it lives in the connection's own boxed state).
+    let Some(conn) = connected(shard, handshake.await, peer, index) else {
+        return;
+    };
+    conn.await
+}
+
+/// The connection loop for a finished handshake (None when it failed).
+fn connected(
+    shard: Rc<Shard>,
+    accepted: Accepted,
+    peer: SocketAddr,
+    index: usize,
+) -> Option<impl std::future::Future<Output = ()> + 'static> {
+    match accepted {
         Ok((tls, mut info)) => {
             info.hsts = shard
                 .built
@@ -379,12 +411,13 @@ async fn serve_tls(
                 .tls
                 .get(index)
                 .and_then(|t| t.as_ref()?.hsts.clone());
-            crate::proxy::serve(shard, tls, peer, Some(Box::new(info))).await
+            Some(crate::proxy::serve(shard, tls, peer, Some(Box::new(info))))
         }
         Err(e) => {
             // `serve` (whose guard would decrement) never ran.
             shard.conns.set(shard.conns.get().saturating_sub(1));
             log::debug!("shard {}: TLS handshake with {peer} failed: {e}", shard.id);
+            None
         }
     }
 }
@@ -410,6 +443,18 @@ name = "r"
 paths = ["/*"]
 upstream = "u"
 "#;
+
+    #[test]
+    fn a_tls_connection_task_is_small_once_its_handshake_is_done() {
+        // The task of an idle TLS connection is this future, in its `serve` state, for the
+        // connection's whole life (memory per idle connection, perf/idle-rss.sh).
+        fn output_size<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let task = output_size(serve_tls);
+        eprintln!("TLS connection task future {task} B");
+        assert!(task <= 480, "TLS connection task grew to {task} bytes");
+    }
 
     #[test]
     fn a_shard_switches_only_to_the_generation_it_has_pending() {

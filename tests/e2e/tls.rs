@@ -526,3 +526,103 @@ fn pipelined_requests_over_tls_get_whole_responses_in_order() {
     // The connection is still good for a plain keep-alive exchange afterwards.
     assert_eq!(c.get("/b/10").expect("GET after the pipeline").1.len(), 10);
 }
+
+#[test]
+fn an_idle_tls_connection_reads_requests_after_its_buffers_were_released() {
+    // Past the gateway's hold (500 ms) an idle TLS connection cancels its read (keeping any
+    // bytes that raced in), frees its buffers and waits for the socket's readiness; it takes new
+    // buffers when bytes arrive. A whole request, one split across records, one record that
+    // arrives in pieces, pipelined requests and a head larger than the idle read must all be
+    // read whole after such a wait. (The pauses put the connection in that state; nothing here
+    // depends on how fast the gateway answers.)
+    use std::io::Write;
+    let past_hold = || thread::sleep(Duration::from_millis(700));
+    let (pki, _origin, gw, mut c) = one_cert_client("idle", Origin::echo_target("idle"));
+    assert_eq!(c.get("/first").expect("first"), (200, "/first".into()));
+    past_hold();
+    assert_eq!(c.get("/woke").expect("after idle"), (200, "/woke".into()));
+
+    // A head split across two TLS records, the second after a pause.
+    past_hold();
+    c.s.write_all(b"GET /split HTTP/1.1\r\nHo").expect("write");
+    thread::sleep(Duration::from_millis(100));
+    c.s.write_all(b"st: a.test\r\n\r\n").expect("write");
+    assert_eq!(c.read_response().expect("split"), (200, "/split".into()));
+
+    // One record arriving in pieces: its first bytes wake the idle connection.
+    past_hold();
+    c.s.conn
+        .writer()
+        .write_all(b"GET /torn HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .expect("encrypt");
+    let mut wire = Vec::new();
+    while c.s.conn.wants_write() {
+        c.s.conn.write_tls(&mut wire).expect("records");
+    }
+    c.s.sock.write_all(&wire[..3]).expect("write");
+    thread::sleep(Duration::from_millis(100));
+    c.s.sock.write_all(&wire[3..]).expect("write");
+    assert_eq!(c.read_response().expect("torn"), (200, "/torn".into()));
+
+    // Two pipelined requests in one record after an idle wait.
+    past_hold();
+    c.s.write_all(
+        b"GET /p1 HTTP/1.1\r\nHost: a.test\r\n\r\nGET /p2 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    )
+    .expect("write");
+    for p in ["/p1", "/p2"] {
+        assert_eq!(c.read_response().expect("pipelined"), (200, p.into()));
+    }
+
+    // A head larger than the idle read (2 KiB).
+    past_hold();
+    let big = "x".repeat(6000);
+    c.s.write_all(format!("GET /big HTTP/1.1\r\nHost: a.test\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .expect("write");
+    assert_eq!(c.read_response().expect("big head"), (200, "/big".into()));
+
+    // Idle TLS connections closed by their clients while idle are freed.
+    let cfg = Arc::new(pki.client_config());
+    let mut idle: Vec<TlsClient> = (0..20)
+        .map(|_| TlsClient::connect(gw.addr, "a.test", &cfg).expect("handshake"))
+        .collect();
+    for (i, c) in idle.iter_mut().enumerate() {
+        let path = format!("/idle/{i}");
+        assert_eq!(c.get(&path).expect("idle client"), (200, path));
+    }
+    past_hold();
+    let held = crate::harness::fd_count(gw.pid);
+    drop(idle);
+    let n = crate::harness::wait_fds_at_most(gw.pid, held - 20, Duration::from_secs(5));
+    assert!(
+        n <= held - 20,
+        "{n} fds after 20 idle TLS clients closed, {held} while they idled"
+    );
+    assert_eq!(c.get("/last").expect("last"), (200, "/last".into()));
+}
+
+#[test]
+fn an_idle_tls_connection_ends_its_keep_alive_wait_with_close_notify() {
+    // The keep-alive wait ends while the connection idles holding no buffer; it still closes
+    // the TLS session cleanly, so the client can resume it.
+    use std::io::Read;
+    let pki = Pki::new("ka-notify");
+    pki.leaf("a", &["a.test"]);
+    let origin = Origin::echo_target("ka");
+    let gw = Gateway::start(&format!(
+        "[server]\nworkers = 1\nkeepalive_timeout = \"1s\"\n\n[[server.listen]]\naddr = \"127.0.0.1:0\"\ntls = true\n\
+         certificates = [{{ cert = \"{}\", key = \"{}\" }}]\n\n{}{}",
+        pki.path("a.pem"),
+        pki.path("a.key"),
+        upstream("backend", &[origin.addr], ""),
+        route("default", &["/*"], "backend", "")
+    ));
+    let mut c =
+        TlsClient::connect(gw.addr, "a.test", &Arc::new(pki.client_config())).expect("handshake");
+    assert_eq!(c.get("/one").expect("get"), (200, "/one".into()));
+    // Blocks until the gateway closes (the client's read timeout is far past 1 s).
+    let mut rest = Vec::new();
+    c.s.read_to_end(&mut rest)
+        .expect("clean TLS close (close_notify) at the keep-alive timeout");
+    assert!(rest.is_empty(), "unexpected bytes: {rest:?}");
+}

@@ -161,6 +161,8 @@ pub fn client_config_with(
 
 pub struct TlsClient {
     pub s: StreamOwned<ClientConnection, TcpStream>,
+    /// Bytes read past the last response (the next pipelined one).
+    rest: Vec<u8>,
 }
 
 impl TlsClient {
@@ -179,7 +181,10 @@ impl TlsClient {
         while s.conn.is_handshaking() {
             s.conn.complete_io(&mut s.sock).map_err(|e| e.to_string())?;
         }
-        Ok(TlsClient { s })
+        Ok(TlsClient {
+            s,
+            rest: Vec::new(),
+        })
     }
 
     pub fn peer_leaf(&self) -> CertificateDer<'static> {
@@ -213,19 +218,22 @@ impl TlsClient {
         self.read_response()
     }
 
-    /// Reads one Content-Length-framed response, leaving what follows it (a pipelined
-    /// response's bytes) unread in the connection: reads stop at its end.
+    /// Reads one Content-Length-framed response (status, body); bytes past it are kept for the
+    /// next call (pipelined responses).
     pub fn read_response(&mut self) -> Result<(u16, String), String> {
-        // The head byte by byte (it is short), so nothing past this response is consumed.
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        while !buf.ends_with(b"\r\n\r\n") {
-            if self.s.read(&mut byte).map_err(|e| e.to_string())? == 0 {
+        let mut buf = std::mem::take(&mut self.rest);
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let n = self.s.read(&mut chunk).map_err(|e| e.to_string())?;
+            if n == 0 {
                 return Err("closed before the response head".into());
             }
-            buf.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&buf).to_string();
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
         let status: u16 = head
             .get(9..12)
             .and_then(|s| s.parse().ok())
@@ -238,11 +246,18 @@ impl TlsClient {
                     .then(|| v.trim().parse().ok())?
             })
             .ok_or_else(|| format!("no content-length in {head}"))?;
-        let mut body = vec![0u8; len];
-        self.s
-            .read_exact(&mut body)
-            .map_err(|e| format!("inside the body: {e}"))?;
-        Ok((status, String::from_utf8_lossy(&body).to_string()))
+        while buf.len() < head_end + len {
+            let n = self.s.read(&mut chunk).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed inside the body".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        self.rest = buf.split_off(head_end + len);
+        Ok((
+            status,
+            String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string(),
+        ))
     }
 }
 
