@@ -2,13 +2,16 @@
 //! Buffers live in the caller's structs; a timed-out operation leaves them empty, and the caller closes.
 
 use std::future::poll_fn;
+use std::os::fd::RawFd;
 use std::pin::pin;
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
+use super::hold_buf::{queued, HoldBuf};
 use crate::local::deadline::Wait;
 
 /// Why an I/O step failed.
@@ -51,6 +54,42 @@ pub async fn read_some<S: AsyncReadRent>(
                 Err(_) => Err(IoFail::Error),
             }
         }
+    }
+}
+
+/// A keep-alive hold's read on a plain socket `fd`: [`read_some`] into an empty `buf`, except that
+/// at `limit` the read is dropped only when nothing is queued on the socket (a request just in is
+/// read), and through a [`HoldBuf`], which shuts the socket down if a request was read into the
+/// dropped buffer anyway (hold_buf.rs). `IoFail::Timeout`: dropped, `buf` left empty.
+pub async fn read_hold<S: AsyncReadRent>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    reserve: usize,
+    limit: Duration,
+    fd: RawFd,
+    alive: &Rc<()>,
+) -> Result<usize, IoFail> {
+    if !buf.is_empty() {
+        // monoio reads from the buffer's start; bytes already there take `read_some`'s slice.
+        return read_some(s, buf, reserve, limit).await;
+    }
+    if buf.capacity() < reserve / 2 {
+        buf.reserve(reserve);
+    }
+    let owned = HoldBuf::new(std::mem::take(buf), fd, alive);
+    let mut wait = Wait::new(limit);
+    let mut op = pin!(s.read(owned));
+    let (res, owned) = match poll_fn(|cx| wait.poll_with(op.as_mut(), cx)).await {
+        Some(done) => done,
+        // Something queued (bytes or a close): the read in flight completes with it.
+        None if fd >= 0 && queued(fd) => op.await,
+        None => return Err(IoFail::Timeout),
+    };
+    *buf = owned.into_inner();
+    match res {
+        Ok(0) => Err(IoFail::Closed),
+        Ok(n) => Ok(n),
+        Err(_) => Err(IoFail::Error),
     }
 }
 

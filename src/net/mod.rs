@@ -6,6 +6,7 @@
 
 pub mod fdpass;
 pub mod guard;
+pub mod hold_buf;
 pub mod io;
 pub mod listen;
 pub mod ocsp;

@@ -12,7 +12,8 @@
 //! (and the bytes in flight); [`super::guard::Guarded`] wraps this stream so later calls fail.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
 
 use std::future::poll_fn;
 use std::time::Duration;
@@ -22,6 +23,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use rustls::ServerConnection;
+
+use super::hold_buf::{queued, HoldBuf};
 
 /// Ciphertext read from the socket at once: one full TLS record (16 KiB plaintext + header and
 /// the largest AEAD expansion rustls allows), so a record never needs two feeds.
@@ -82,12 +85,13 @@ impl TlsStream {
     /// next read, so an idle connection can wait on `tcp()`'s readiness holding none (memory
     /// per idle keep-alive connection, perf/idle-rss.sh).
     ///
-    /// The read is dropped (cancelled) only when the socket has nothing queued just before, so
-    /// bytes are lost only if they arrive in the microseconds between that check and the
-    /// cancel, as with a plain connection's hold. monoio's cancel-and-await (`Canceller`) would
-    /// close that gap but hashes into a set on every read: +800 instructions per TLS request
-    /// (perf/RESULTS.md, issue 21a).
-    pub async fn hold(&mut self, limit: Duration) -> io::Result<bool> {
+    /// The read is dropped (cancelled) only when the socket has nothing queued just before; if
+    /// bytes still arrive before the kernel sees the cancel, they are read into the dropped
+    /// buffer, which then shuts the socket down (`alive`: held by the connection while it owns
+    /// this stream), so the client sees a close rather than a hang (net/hold_buf.rs). monoio's
+    /// cancel-and-await (`Canceller`) hashes into a set on every read: +800 instructions per
+    /// TLS request (perf/RESULTS.md, issue 21a).
+    pub async fn hold(&mut self, limit: Duration, alive: &Rc<()>) -> io::Result<bool> {
         if self.rpos < self.rbuf.len() {
             return Ok(true);
         }
@@ -105,7 +109,7 @@ impl TlsStream {
         b.clear();
         b.reserve_exact(READ_BUF);
         let fd = self.tcp.as_raw_fd();
-        let mut op = std::pin::pin!(self.tcp.read(b));
+        let mut op = std::pin::pin!(self.tcp.read(HoldBuf::new(b, fd, alive)));
         let mut wait = crate::local::deadline::Wait::new(limit);
         let (r, b) = match poll_fn(|cx| wait.poll_with(op.as_mut(), cx)).await {
             Some(done) => done,
@@ -117,7 +121,7 @@ impl TlsStream {
                 return Ok(false);
             }
         };
-        self.rbuf = b;
+        self.rbuf = b.into_inner();
         self.rpos = 0;
         if r? == 0 {
             self.conn.read_tls(&mut io::empty())?;
@@ -290,20 +294,3 @@ impl AsyncWriteRent for TlsStream {
 // touches the rustls session only synchronously between awaits, so neither sees the other's
 // state change under it; `TcpStream` is itself `Split`.
 unsafe impl Split for TlsStream {}
-
-/// Whether the socket has bytes (or a close) queued to read, asked without waiting or taking any.
-fn queued(fd: RawFd) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: `fd` is this stream's open socket and `byte` a valid one-byte buffer for the call;
-    // MSG_PEEK leaves the queue as it was and MSG_DONTWAIT never blocks.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    // 0: the peer closed; > 0: bytes; -1 with EAGAIN: nothing (other errors: the read reports them).
-    n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
-}

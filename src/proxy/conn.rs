@@ -2,6 +2,7 @@
 //! routes each request and hands it to the phase driver (phases.rs). Owns the connection's reusable buffers.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use super::tunnel;
 use crate::error::{ClientError, ProxyError};
 use crate::http::parse::{BodyKind, RequestHead, Status};
 use crate::http::write;
-use crate::net::io::{read_some, write_all, IoFail};
+use crate::net::io::{read_hold, read_some, write_all, IoFail};
 use crate::net::tls::TlsInfo;
 use crate::route::{Params, RequestView};
 use crate::upstream::stream::UpstreamStream;
@@ -79,6 +80,9 @@ pub(super) struct Client<S> {
     pub(super) tls: Option<Box<TlsInfo>>,
     /// Requests read on this connection so far.
     pub(super) served: u64,
+    /// Held while this connection owns its socket: a hold's dropped read checks it before it
+    /// shuts the socket down (net/hold_buf.rs).
+    alive: Rc<()>,
     /// The socket became readable while the connection idled holding no buffer: the next read
     /// is for bytes (or a close) already there.
     woke: bool,
@@ -121,6 +125,7 @@ struct Idle<S> {
     tls: Option<Box<TlsInfo>>,
     served: u64,
     nonblocking: bool,
+    alive: Rc<()>,
 }
 
 /// Serves one accepted connection to completion.
@@ -136,6 +141,7 @@ pub fn serve<S: ClientStream>(
         tls,
         served: 0,
         nonblocking: false,
+        alive: Rc::new(()),
     };
     // Boxed: an async fn keeps its arguments for its whole life (rust-lang/rust#62958), which
     // would put the stream (a TLS one is ~4.5 KB) in the task beside the busy block's copy.
@@ -195,6 +201,7 @@ async fn busy<S: ClientStream>(
                 tls,
                 served,
                 nonblocking,
+                alive,
                 ..
             } = c.client;
             *slot = Some(Idle {
@@ -203,6 +210,7 @@ async fn busy<S: ClientStream>(
                 tls,
                 served,
                 nonblocking,
+                alive,
             });
             return (shard, Some((slot, left)));
         }
@@ -253,6 +261,7 @@ impl<S: ClientStream> ClientConn<S> {
             client: Client {
                 stream: idle.stream,
                 nonblocking: idle.nonblocking,
+                alive: idle.alive,
                 // Allocated by the first read (read_some reserves the idle read size).
                 rbuf: BytesMut::new(),
                 ip: idle.ip.to_string(),
@@ -351,10 +360,14 @@ impl<S: ClientStream> ClientConn<S> {
                     let hold = if idles { wait.min(IDLE_HOLD) } else { wait };
                     let res = {
                         let (stream, rbuf) = (&mut self.client.stream, &mut self.client.rbuf);
+                        let alive = &self.client.alive;
                         let size = IDLE_READ.min(server.read_buffer_bytes);
                         let read = async move {
-                            match stream.hold(hold).await {
-                                Hold::Read => read_some(stream, rbuf, size, hold).await,
+                            match stream.hold(hold, alive).await {
+                                Hold::Read => {
+                                    let fd = stream.idle_tcp().map_or(-1, |t| t.as_raw_fd());
+                                    read_hold(stream, rbuf, size, hold, fd, alive).await
+                                }
                                 // Bytes are there: the rest of the head has the header timeout.
                                 Hold::Bytes => {
                                     read_some(stream, rbuf, size, server.client_header_timeout)

@@ -4,11 +4,12 @@
 //!
 //! Why: an idle keep-alive connection should hold no read buffer (perf/idle-rss.sh). A plain
 //! socket's hold is the next request's read with a short limit (a cancelled plain read takes its
-//! buffer along); a TLS stream holds inside the stream (net/tls_stream.rs `hold`), which knows
+//! buffer along; net/hold_buf.rs closes the connection if a request was read into it anyway); a TLS stream holds inside the stream (net/tls_stream.rs `hold`), which knows
 //! whether its session still buffers bytes, cancels its read only when the socket has nothing
 //! queued, and frees its record buffers before the readiness wait.
 
 use std::future::Future;
+use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -36,7 +37,8 @@ pub trait IdleSocket {
 
     /// Waits up to `limit` for the next request's first bytes where the stream buffers above the
     /// socket (TLS); see [`Hold`].
-    fn hold(&mut self, limit: Duration) -> impl Future<Output = Hold>;
+    /// `alive` is held by the connection while it owns the stream (net/hold_buf.rs).
+    fn hold(&mut self, limit: Duration, alive: &Rc<()>) -> impl Future<Output = Hold>;
 }
 
 impl IdleSocket for TcpStream {
@@ -45,7 +47,7 @@ impl IdleSocket for TcpStream {
     }
 
     #[inline(always)]
-    fn hold(&mut self, _: Duration) -> impl Future<Output = Hold> {
+    fn hold(&mut self, _: Duration, _: &Rc<()>) -> impl Future<Output = Hold> {
         std::future::ready(Hold::Read)
     }
 }
@@ -55,8 +57,8 @@ impl IdleSocket for crate::net::tls::ServerStream {
         (!self.is_poisoned()).then(|| self.get_ref().tcp())
     }
 
-    async fn hold(&mut self, limit: Duration) -> Hold {
-        match self.run(|s| s.hold(limit)).await {
+    async fn hold(&mut self, limit: Duration, alive: &Rc<()>) -> Hold {
+        match self.run(|s| s.hold(limit, alive)).await {
             Ok(true) => Hold::Bytes,
             Ok(false) => Hold::Passed,
             Err(_) => Hold::Failed,

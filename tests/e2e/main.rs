@@ -41,6 +41,7 @@ mod framing;
 mod fuzz_props;
 mod headers;
 mod health;
+mod hold_race;
 mod keepalive;
 mod large_body;
 mod legacy_driver;
