@@ -57,7 +57,7 @@ pub async fn read_some<S: AsyncReadRent>(
     }
 }
 
-/// A keep-alive hold's read on a plain socket `fd`: [`read_some`] into an empty `buf`, except that
+/// A keep-alive hold's read on a plain socket `fd`: [`read_some`], except that
 /// at `limit` the read is dropped only when nothing is queued on the socket (a request just in is
 /// read), and through a [`HoldBuf`], which shuts the socket down if a request was read into the
 /// dropped buffer anyway (hold_buf.rs). `IoFail::Timeout`: dropped, `buf` left empty.
@@ -69,14 +69,13 @@ pub async fn read_hold<S: AsyncReadRent>(
     fd: RawFd,
     alive: &Rc<()>,
 ) -> Result<usize, IoFail> {
-    if !buf.is_empty() {
-        // monoio reads from the buffer's start; bytes already there take `read_some`'s slice.
-        return read_some(s, buf, reserve, limit).await;
-    }
-    if buf.capacity() < reserve / 2 {
+    if buf.capacity() - buf.len() < reserve / 2 {
         buf.reserve(reserve);
     }
-    let owned = HoldBuf::new(std::mem::take(buf), fd, alive);
+    // As in `read_some`: the slice makes the read append after what is already there.
+    let owned = std::mem::take(buf);
+    let (len, cap) = (owned.len(), owned.capacity());
+    let owned = HoldBuf::new(owned.slice_mut(len..cap), fd, alive);
     let mut wait = Wait::new(limit);
     let mut op = pin!(s.read(owned));
     let (res, owned) = match poll_fn(|cx| wait.poll_with(op.as_mut(), cx)).await {
@@ -85,7 +84,7 @@ pub async fn read_hold<S: AsyncReadRent>(
         None if fd >= 0 && queued(fd) => op.await,
         None => return Err(IoFail::Timeout),
     };
-    *buf = owned.into_inner();
+    *buf = owned.into_inner().into_inner();
     match res {
         Ok(0) => Err(IoFail::Closed),
         Ok(n) => Ok(n),
