@@ -31,6 +31,7 @@ pub(super) struct Merged {
     pub(super) accepted: u64,
     pub(super) requests: u64,
     pub(super) errors: u64,
+    pub(super) hold_races: u64,
     pub(super) active: u64,
     pub(super) routes: BTreeMap<String, RouteCounts>,
     /// (upstream, node) -> (successes, failures, ejected on any shard)
@@ -50,6 +51,7 @@ pub(super) fn merge(snaps: &[ShardSnapshot]) -> Merged {
         m.accepted += s.accepted;
         m.requests += s.requests;
         m.errors += s.errors;
+        m.hold_races += s.hold_races;
         m.active += s.active_connections;
         m.log_lines += s.log_lines;
         m.log_dropped += s.log_dropped;
@@ -163,6 +165,14 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
         "Error responses the gateway generated itself (4xx/5xx not from an upstream).",
     );
     let _ = writeln!(o, "{GATEWAY_ERRORS} {}", m.errors);
+    family(
+        &mut o,
+        HOLD_RACES,
+        "counter",
+        "Keep-alive connections closed because a request arrived as their idle hold's read was \
+         cancelled (the bytes were lost with it; the client sees a close and retries).",
+    );
+    let _ = writeln!(o, "{HOLD_RACES} {}", m.hold_races);
     family(
         &mut o,
         HTTP_REQUESTS,
@@ -439,9 +449,11 @@ mod tests {
         let s = ShardSnapshot {
             routes: vec![("r".into(), c)],
             requests: 2,
+            hold_races: 1,
             ..Default::default()
         };
         let text = prometheus(&PlaneInfo::default(), &[s.clone(), s]);
+        assert!(text.contains("ringway_connections_closed_on_hold_race_total 2\n"));
         assert!(text.contains("ringway_http_requests_total{route=\"r\",code=\"2xx\"} 4\n"));
         assert!(text.contains("ringway_http_request_duration_seconds_count{route=\"r\"} 4\n"));
     }

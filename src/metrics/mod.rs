@@ -248,6 +248,9 @@ pub struct ShardSnapshot {
     pub accepted: u64,
     pub requests: u64,
     pub errors: u64,
+    /// Keep-alive holds that ended with a request read into a dropped buffer (net/hold_buf.rs):
+    /// the connection was closed at once so the client retries.
+    pub hold_races: u64,
     pub active_connections: u64,
     pub routes: Vec<(String, RouteCounts)>,
     pub upstreams: Vec<UpstreamSnap>,

@@ -15,6 +15,7 @@ pub const CONNECTIONS_ACCEPTED: &str = "ringway_connections_accepted_total";
 pub const CONNECTIONS_ACTIVE: &str = "ringway_connections_active";
 pub const SHARD_REQUESTS: &str = "ringway_shard_requests_total";
 pub const GATEWAY_ERRORS: &str = "ringway_gateway_errors_total";
+pub const HOLD_RACES: &str = "ringway_connections_closed_on_hold_race_total";
 pub const HTTP_REQUESTS: &str = "ringway_http_requests_total";
 pub const HTTP_DURATION: &str = "ringway_http_request_duration_seconds";
 pub const UPSTREAM_RESPONSES: &str = "ringway_upstream_responses_total";

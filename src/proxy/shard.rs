@@ -300,6 +300,8 @@ impl Shard {
             accepted: self.stats.accepted.get(),
             requests: self.stats.requests.get(),
             errors: self.stats.errors.get(),
+            // Counted on this thread by the hold reads themselves (the snapshot runs here).
+            hold_races: crate::net::hold_buf::lost(),
             active_connections: self.conns.get() as u64,
             routes: self.metrics.route_counts(),
             upstreams,

@@ -86,6 +86,8 @@ fn counters_match_traffic() {
     assert_eq!(v("ringway_shards_reporting", &[]), 2.0);
     assert_eq!(v("ringway_connections_accepted_total", &[]), 12.0);
     assert_eq!(v("ringway_gateway_errors_total", &[]), 2.0);
+    // One request per connection: no connection ever idled into a hold, so none raced.
+    assert_eq!(v("ringway_connections_closed_on_hold_race_total", &[]), 0.0);
     let node = origin.addr.to_string();
     assert_eq!(
         v(
