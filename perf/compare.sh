@@ -71,17 +71,7 @@ done
 
 # nginx workers drop to an unprivileged user: they must be able to write the cache directory.
 mkdir -p "$work/ngx-cache"; chmod 755 "$work"; chmod 777 "$work/ngx-cache"
-cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-worker_cpu_affinity $(python3 -c "print(format(1<<$PROXY_CPU,'b'))");
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  proxy_http_version 1.1;
-  proxy_set_header Connection "";
+{ nginx_head "$PROXY_CPU"; cat <<NGINX; } >"$work/nginx.conf"
   proxy_cache_path $work/ngx-cache keys_zone=c:16m max_size=64m;
   limit_req_zone \$http_apikey zone=rl:1m rate=1000000r/s;
   upstream small { server 127.0.0.1:$UPS; keepalive 512; }
@@ -156,25 +146,11 @@ HAP
 taskset -c "$PROXY_CPU" haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
 pids+=($!); HAP_PID=$!
 
-cat >"$work/ringway.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$RWP"]
-workers = 1
-cpu_affinity = [$PROXY_CPU]
-keepalive_requests = 1000000
-max_connections = 60000
-[[upstreams]]
-name = "small"
-nodes = [{ addr = "127.0.0.1:$UPS" }]
-keepalive_pool = { size = 512, requests = 1000000 }
-[[upstreams]]
-name = "b4k"
-nodes = [{ addr = "127.0.0.1:$UP4" }]
-keepalive_pool = { size = 512, requests = 1000000 }
-[[upstreams]]
-name = "b64k"
-nodes = [{ addr = "127.0.0.1:$UP64" }]
-keepalive_pool = { size = 512, requests = 1000000 }
+{ ringway_head "$RWP" "$PROXY_CPU"
+  ringway_upstream small "127.0.0.1:$UPS"
+  ringway_upstream b4k "127.0.0.1:$UP4"
+  ringway_upstream b64k "127.0.0.1:$UP64"
+  cat <<TOML; } >"$work/ringway.toml"
 [[routes]]
 name = "s"
 paths = ["/s/*"]

@@ -58,6 +58,33 @@ start_redis() {
 # redis_evals PORT: script calls (EVAL/EVALSHA) the store has executed (total_commands_processed
 # would also count the commands each script runs inside).
 redis_evals() { redis-cli -p "$1" info commandstats | awk -F'[=,:]' '/^cmdstat_eval(sha)?:/ {n += $3} END {print n+0}'; }
+# cpu_ns PID...: CPU time (ns, user + system) the processes' threads have run so far
+# (/proc/PID/task/*/schedstat): per-thread precise where /proc/PID/stat counts 10 ms ticks.
+cpu_ns() { local p; for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done | awk '{s += $1} END {printf "%.0f", s}'; }
+# nginx_head CPU: the start of an nginx.conf for a proxy benchmark (one worker pinned to CPU, in
+# the foreground, pid and error log in $work, HTTP/1.1 keep-alive to upstreams), open at `http {`.
+nginx_head() {
+  cat <<NGINX
+worker_processes 1;
+worker_cpu_affinity $(python3 -c "print(format(1<<$1,'b'))");
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+NGINX
+}
+# ringway_head PORT CPU: a ringway config's [server] table for a proxy benchmark (one shard on CPU,
+# listening on 127.0.0.1:PORT). ringway_upstream NAME ADDR: an upstream with a keep-alive pool.
+ringway_head() {
+  printf '[server]\nlisten = ["127.0.0.1:%s"]\nworkers = 1\ncpu_affinity = [%s]\nkeepalive_requests = 1000000\nmax_connections = 60000\n' "$1" "$2"
+}
+ringway_upstream() {
+  printf '[[upstreams]]\nname = "%s"\nnodes = [{ addr = "%s" }]\nkeepalive_pool = { size = 512, requests = 1000000 }\n' "$1" "$2"
+}
 # wrk_rps ARGS...: wrk, one thread and 64 connections on CPU 0 for $SECS seconds; prints req/s.
 wrk_rps() { taskset -c 0 wrk -t1 -c64 -d"${SECS}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
 # limit_route NAME PATH [POLICY-LINES]: a route to upstream "origin" with a limit-count high

@@ -118,8 +118,7 @@ fi
 for p in $UP1 $UP64 $NGX $RWP $ALTP; do wait_port "$p"; done
 NGX_WORKER=$(pgrep -P "$NGX_MASTER" | head -n 1)
 pid_of() { case $1 in nginx) echo "$NGX_WORKER" ;; ringway) echo "$RW_PID" ;; alt) echo "$ALT_PID" ;; esac; }
-# Nanoseconds on CPU of every thread of a process so far.
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f", s}'; }
+# (cpu_ns PID, from perf/lib.sh: nanoseconds on CPU of every thread of a process so far.)
 
 # Keep-alive throughput: requests done (wrk's summary).
 ka() { taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" "https://127.0.0.1:$1$2" | awk '/requests in/ {print $1}'; }
