@@ -29,14 +29,7 @@ UP=$(free_port); NGX=$(free_port); RW1=$(free_port); RW2=$(free_port)
 pids+=($!)
 
 mkdir -p "$work/ngx-cache"
-cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 16384; }
-http {
-  access_log off;
+{ nginx_head; cat <<NGINX; } >"$work/nginx.conf"
   proxy_cache_path $work/ngx-cache keys_zone=c:16m max_size=64m;
   upstream up { server 127.0.0.1:$UP; keepalive 64; }
   server {
@@ -44,8 +37,6 @@ http {
     keepalive_requests 100000;
     location / {
       proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
       proxy_cache c;
       proxy_cache_valid 200 10m;
       add_header X-Cache-Status \$upstream_cache_status;

@@ -61,12 +61,13 @@ redis_evals() { redis-cli -p "$1" info commandstats | awk -F'[=,:]' '/^cmdstat_e
 # cpu_ns PID...: CPU time (ns, user + system) the processes' threads have run so far
 # (/proc/PID/task/*/schedstat): per-thread precise where /proc/PID/stat counts 10 ms ticks.
 cpu_ns() { local p; for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done | awk '{s += $1} END {printf "%.0f", s}'; }
-# nginx_head CPU: the start of an nginx.conf for a proxy benchmark (one worker pinned to CPU, in
-# the foreground, pid and error log in $work, HTTP/1.1 keep-alive to upstreams), open at `http {`.
+# nginx_head [CPU]: the start of an nginx.conf for a proxy benchmark (one worker, pinned to CPU if
+# given, in the foreground, pid and error log in $work, HTTP/1.1 keep-alive to upstreams), left
+# open inside `http {`.
 nginx_head() {
+  echo "worker_processes 1;"
+  [ -z "${1:-}" ] || echo "worker_cpu_affinity $(python3 -c "print(format(1<<$1,'b'))");"
   cat <<NGINX
-worker_processes 1;
-worker_cpu_affinity $(python3 -c "print(format(1<<$1,'b'))");
 daemon off;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;

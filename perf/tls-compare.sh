@@ -45,15 +45,7 @@ pids+=($!)
 taskset -c "$LOAD_CPU" "$BENCH" serve --listen "127.0.0.1:$UP64" -t 1 --body-size 65536 2>"$work/up64.log" &
 pids+=($!)
 
-cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-worker_cpu_affinity $(python3 -c "print(format(1<<$PROXY_CPU,'b'))");
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 16384; }
-http {
-  access_log off;
+{ nginx_head "$PROXY_CPU"; cat <<NGINX; } >"$work/nginx.conf"
   upstream up1 { server 127.0.0.1:$UP1; keepalive 512; }
   upstream up64 { server 127.0.0.1:$UP64; keepalive 512; }
   server {
@@ -63,8 +55,8 @@ http {
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_tickets on;
     keepalive_requests 100000;
-    location /64k { proxy_pass http://up64; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    location / { proxy_pass http://up1; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location /64k { proxy_pass http://up64; }
+    location / { proxy_pass http://up1; }
   }
 }
 NGINX
