@@ -4,8 +4,8 @@
 # nginx (1 worker, keep-alive pool) and ringway (1 shard) in ONE run, as perf/compare.sh's get-64:
 # proxies on PROXY_CPU, wrk -t1 -cCONNS and the same 128 B upstream on LOAD_CPU.
 # Per target and round: req/s and the proxy's CPU per request (all its threads' schedstat time
-# over the run / requests wrk completed); for the forwarders also io_uring_enter calls and CQEs
-# per request. Everything on 127.0.0.1 ephemeral ports, stopped by PID.
+# over the run / requests wrk completed; its user-mode part from /proc/PID/stat ticks); for the
+# forwarders also io_uring_enter calls and CQEs per request. Everything on 127.0.0.1 ephemeral ports, stopped by PID.
 #
 #   perf/ringfloor.sh                               # 5 s runs, 3 rounds, the default lever sets
 #   PRIO=rt perf/ringfloor.sh                       # every process SCHED_FIFO (a shared box's
@@ -102,12 +102,16 @@ except Exception:
     print(0, 0, -1)' "$work/load.txt"
   fi
 }
-# run TARGET ROUND [DURATION]: appends "target round req/s cpu_us/req enters/req cqes/req errors".
+# user_ticks PID...: user-mode CPU ticks of the processes so far (/proc/PID/stat utime, all threads).
+user_ticks() { local p; for p in "$@"; do sed 's/.*) //' /proc/"$p"/stat 2>/dev/null; done | awk '{s += $12} END {print s + 0}'; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+# run TARGET ROUND [DURATION]: appends "target round req/s cpu_us/req enters/req cqes/req errors
+# user_us/req".
 run() {
-  local t=$1 c0 c1 n rps errs ent=- cq=-
-  c0=$(cpu_ns $(pids_of "$t"))
+  local t=$1 c0 c1 u0 u1 n rps errs ent=- cq=-
+  c0=$(cpu_ns $(pids_of "$t")); u0=$(user_ticks $(pids_of "$t"))
   read -r n rps errs < <(load "$(port_of "$t")" "${3:-$DURATION}")
-  c1=$(cpu_ns $(pids_of "$t"))
+  c1=$(cpu_ns $(pids_of "$t")); u1=$(user_ticks $(pids_of "$t"))
   if [[ $t == rf:* ]]; then
     # The forwarder logs its counts once the load's connections have all closed.
     sleep 0.3
@@ -115,7 +119,7 @@ run() {
       awk -v n="$n" '{if (n) printf "%.3f %.2f\n", $6 / n, $8 / n; else print "0 0"}')
   fi
   [ "$2" = warmup ] && return 0
-  echo "$t $2 $rps $(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN {printf "%.2f", n ? (b - a) / 1000 / n : 0}') $ent $cq $errs" | tee -a "$work/raw.txt"
+  echo "$t $2 $rps $(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN {printf "%.2f", n ? (b - a) / 1000 / n : 0}') $ent $cq $errs $(awk -v a="$u0" -v b="$u1" -v n="$n" -v k="$TICK_US" 'BEGIN {printf "%.2f", n ? (b - a) * k / n : 0}')" | tee -a "$work/raw.txt"
 }
 
 : >"$work/raw.txt"
@@ -133,9 +137,9 @@ import sys, collections, statistics as st
 rows = collections.defaultdict(dict)
 order = []
 for l in open(sys.argv[1]):
-    t, r, rps, cpu, ent, cq, errs = l.split()
+    t, r, rps, cpu, ent, cq, errs, user = l.split()
     if t not in rows: order.append(t)
-    rows[t][r] = (float(rps), float(cpu), ent, cq, int(errs))
+    rows[t][r] = (float(rps), float(cpu), ent, cq, int(errs), float(user))
 # Against the floor round by round (neighbours in time share the box's state), then the median.
 base = rows.get("rf:base", {})
 def delta(t):
@@ -145,11 +149,12 @@ def delta(t):
 def col(t, i, f):
     v = [x[i] for x in rows[t].values() if x[i] != "-"]
     return f(st.median(float(x) for x in v)) if v else ""
-print("| target | req/s | proxy CPU µs/req: median (min-max) | vs floor rf:base, median of per-round differences | io_uring_enter/req | CQEs/req | errors |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("| target | req/s | proxy CPU µs/req: median (min-max) | of which user space | vs floor rf:base, median of per-round differences | io_uring_enter/req | CQEs/req | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for t in order:
     cpus = [x[1] for x in rows[t].values()]
     cpu = "-" if t == "upstream" else f"{st.median(cpus):.2f} ({min(cpus):.2f}-{max(cpus):.2f})"
     d = "" if t in ("upstream", "rf:base") else delta(t)
-    print(f"| {t} | {col(t, 0, lambda v: f'{v:,.0f}')} | {cpu} | {d} | {col(t, 2, lambda v: f'{v:.3f}')} | {col(t, 3, lambda v: f'{v:.2f}')} | {sum(x[4] for x in rows[t].values())} |")
+    user = "-" if t == "upstream" else col(t, 5, lambda v: f"{v:.2f}")
+    print(f"| {t} | {col(t, 0, lambda v: f'{v:,.0f}')} | {cpu} | {user} | {d} | {col(t, 2, lambda v: f'{v:.3f}')} | {col(t, 3, lambda v: f'{v:.2f}')} | {sum(x[4] for x in rows[t].values())} |")
 PY
