@@ -4,7 +4,8 @@
 # nginx (1 worker, keep-alive pool) and ringway (1 shard) in ONE run, as perf/compare.sh's get-64:
 # proxies on PROXY_CPU, wrk -t1 -cCONNS and the same 128 B upstream on LOAD_CPU.
 # Per target and round: req/s and the proxy's CPU per request (all its threads' schedstat time
-# over the run / requests wrk completed; its user-mode part from /proc/PID/stat ticks); for the
+# over the run / requests wrk completed; for "upstream" the upstream's own, driven directly; its
+# user-mode part from /proc/PID/stat ticks); for the
 # forwarders also io_uring_enter calls and CQEs per request. Everything on 127.0.0.1 ephemeral ports, stopped by PID.
 #
 #   perf/ringfloor.sh                               # 5 s runs, 3 rounds, the default lever sets
@@ -44,7 +45,7 @@ mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 "${prio[@]}" taskset -c "$LOAD_CPU" "$T/ringway-bench" serve --listen 127.0.0.1:0 -t 1 --body-size 128 >/dev/null 2>"$work/serve.log" &
-pids+=($!)
+UP_PID=$!; pids+=("$UP_PID")
 UPS=$(log_addr "$work/serve.log")
 
 NGX=$(free_port); RWP=$(free_port)
@@ -80,7 +81,9 @@ wait_port "$NGX"; wait_port "$RWP"
 targets=(upstream nginx ringway)
 for v in $VARIANTS; do targets+=("rf:$v"); done
 port_of() { case $1 in upstream) echo "${UPS##*:}" ;; nginx) echo "$NGX" ;; ringway) echo "$RWP" ;; rf:*) echo "${RF_PORT[${1#rf:}]}" ;; esac; }
-pids_of() { case $1 in upstream) echo "" ;; nginx) echo "$NGX_PID" $(pgrep -P "$NGX_PID") ;; ringway) echo "$RW_PID" ;; rf:*) echo "${RF_PID[${1#rf:}]}" ;; esac; }
+# The upstream-alone row measures the upstream itself: a server's recv + send per request, half a
+# proxy's socket work.
+pids_of() { case $1 in upstream) echo "$UP_PID" ;; nginx) echo "$NGX_PID" $(pgrep -P "$NGX_PID") ;; ringway) echo "$RW_PID" ;; rf:*) echo "${RF_PID[${1#rf:}]}" ;; esac; }
 for t in "${targets[@]}"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(port_of "$t")/s/x")
   [ "$code" = 200 ] || { echo "$t answered $code" >&2; exit 1; }
@@ -153,8 +156,8 @@ print("| target | req/s | proxy CPU µs/req: median (min-max) | of which user sp
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for t in order:
     cpus = [x[1] for x in rows[t].values()]
-    cpu = "-" if t == "upstream" else f"{st.median(cpus):.2f} ({min(cpus):.2f}-{max(cpus):.2f})"
+    cpu = f"{st.median(cpus):.2f} ({min(cpus):.2f}-{max(cpus):.2f})"
     d = "" if t in ("upstream", "rf:base") else delta(t)
-    user = "-" if t == "upstream" else col(t, 5, lambda v: f"{v:.2f}")
+    user = col(t, 5, lambda v: f"{v:.2f}")
     print(f"| {t} | {col(t, 0, lambda v: f'{v:,.0f}')} | {cpu} | {user} | {d} | {col(t, 2, lambda v: f'{v:.3f}')} | {col(t, 3, lambda v: f'{v:.2f}')} | {sum(x[4] for x in rows[t].values())} |")
 PY
