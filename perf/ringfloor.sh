@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The kernel floor of a proxied small keep-alive GET and what each io_uring lever buys: the
 # hand-written forwarder perf/ringcheck `ringfloor` (one process per lever set) interleaved with
-# nginx (1 worker, keep-alive pool) and ringway (1 shard) in ONE run, as perf/compare.sh's get-64:
+# nginx (1 worker, keep-alive pool) and ringway (1 shard; also with io_uring_taskrun = "defer")
+# in ONE run, as perf/compare.sh's get-64:
 # proxies on PROXY_CPU, wrk -t1 -cCONNS and the same 128 B upstream on LOAD_CPU.
 # Per target and round: req/s and the proxy's CPU per request (all its threads' schedstat time
 # over the run / requests wrk completed; for "upstream" the upstream's own, driven directly; its
@@ -48,7 +49,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 UP_PID=$!; pids+=("$UP_PID")
 UPS=$(log_addr "$work/serve.log")
 
-NGX=$(free_port); RWP=$(free_port)
+NGX=$(free_port)
 { nginx_head "$PROXY_CPU"; cat <<NGINX; } >"$work/nginx.conf"
   upstream small { server $UPS; keepalive 512; }
   server {
@@ -61,14 +62,20 @@ NGINX
 "${prio[@]}" nginx -c "$work/nginx.conf" -p "$work" &
 NGX_PID=$!; pids+=("$NGX_PID")
 
-{ ringway_head "$RWP" "$PROXY_CPU"; ringway_upstream small "$UPS"; cat <<TOML; } >"$work/ringway.toml"
+# ringway twice: as configured by default (io_uring_taskrun = "coop", like the forwarders' ring)
+# and with "defer" (DEFER_TASKRUN), the one ring lever ringway reaches today.
+RW_PID=(); RW_PORT=()
+for taskrun in coop defer; do
+  port=$(free_port)
+  { ringway_head "$port" "$PROXY_CPU"; echo "io_uring_taskrun = \"$taskrun\""; ringway_upstream small "$UPS"; cat <<TOML; } >"$work/ringway-$taskrun.toml"
 [[routes]]
 name = "s"
 paths = ["/s/*"]
 upstream = "small"
 TOML
-RINGWAY_LOG=warn "${prio[@]}" "$T/ringway" run -c "$work/ringway.toml" >"$work/ringway.log" 2>&1 &
-RW_PID=$!; pids+=("$RW_PID")
+  RINGWAY_LOG=warn "${prio[@]}" "$T/ringway" run -c "$work/ringway-$taskrun.toml" >"$work/ringway-$taskrun.log" 2>&1 &
+  RW_PID+=($!); RW_PORT+=("$port"); pids+=($!)
+done
 
 declare -A RF_PID RF_PORT
 for v in $VARIANTS; do
@@ -76,14 +83,14 @@ for v in $VARIANTS; do
   RF_PID[$v]=$!; pids+=($!)
   RF_PORT[$v]=$(log_addr "$work/rf-$v.log" ringfloor | cut -d: -f2)
 done
-wait_port "$NGX"; wait_port "$RWP"
+wait_port "$NGX"; wait_port "${RW_PORT[0]}"; wait_port "${RW_PORT[1]}"
 
-targets=(upstream nginx ringway)
+targets=(upstream nginx ringway ringway:defer)
 for v in $VARIANTS; do targets+=("rf:$v"); done
-port_of() { case $1 in upstream) echo "${UPS##*:}" ;; nginx) echo "$NGX" ;; ringway) echo "$RWP" ;; rf:*) echo "${RF_PORT[${1#rf:}]}" ;; esac; }
+port_of() { case $1 in upstream) echo "${UPS##*:}" ;; nginx) echo "$NGX" ;; ringway) echo "${RW_PORT[0]}" ;; ringway:defer) echo "${RW_PORT[1]}" ;; rf:*) echo "${RF_PORT[${1#rf:}]}" ;; esac; }
 # The upstream-alone row measures the upstream itself: a server's recv + send per request, half a
 # proxy's socket work.
-pids_of() { case $1 in upstream) echo "$UP_PID" ;; nginx) echo "$NGX_PID" $(pgrep -P "$NGX_PID") ;; ringway) echo "$RW_PID" ;; rf:*) echo "${RF_PID[${1#rf:}]}" ;; esac; }
+pids_of() { case $1 in upstream) echo "$UP_PID" ;; nginx) echo "$NGX_PID" $(pgrep -P "$NGX_PID") ;; ringway) echo "${RW_PID[0]}" ;; ringway:defer) echo "${RW_PID[1]}" ;; rf:*) echo "${RF_PID[${1#rf:}]}" ;; esac; }
 for t in "${targets[@]}"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(port_of "$t")/s/x")
   [ "$code" = 200 ] || { echo "$t answered $code" >&2; exit 1; }
