@@ -17,7 +17,7 @@
 #                                                   # target offered the same load, so each has
 #                                                   # the same idle time to batch over
 #   BUILD=0 perf/ringfloor.sh                       # ringway from $CARGO_TARGET_DIR/release as is
-# Lever names: see perf/ringcheck/src/bin/ringfloor.rs (base peek multishot link linkc pollfirst
+# Lever names: see perf/ringcheck/src/bin/ringfloor/main.rs (base peek multishot link linkc pollfirst
 # fixed defer). Output: a markdown table of medians and the per-round lines ($OUT/ringfloor.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
