@@ -384,7 +384,10 @@ impl<S: ClientStream> ClientConn<S> {
                             r = &mut read => r,
                             _ = shard.drain.wait() => match shard.drain.linger() {
                                 // A request already on its way is answered (with a close).
-                                Some(l) => match monoio::time::timeout(l, read).await {
+                                // Boxed (rare): an inline monoio timer is 128-byte aligned,
+                                // which made every busy block an over-aligned allocation
+                                // (mimalloc's slow path, once per connection: issue 21n).
+                                Some(l) => match Box::pin(monoio::time::timeout(l, read)).await {
                                     Ok(r) => r,
                                     Err(_) => return HeadRead::Close,
                                 },
