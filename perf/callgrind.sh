@@ -13,12 +13,18 @@
 #   STRACE=1 perf/callgrind.sh        # no valgrind: syscalls per 1000 requests per route instead
 #                                     # (strace -c -f on the gateway; io_uring ops are not syscalls,
 #                                     # only io_uring_enter is)
+#   NEWCONN=1 perf/callgrind.sh       # a new client connection per request (ringway-bench
+#                                     # --no-keepalive, like compare.sh's newconn scenario); dumps
+#                                     # named callgrind-ROUTE-newconn.out; works with STRACE=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-4}
 CONNS=${CONNS:-8}
 T=${CARGO_TARGET_DIR:-target}/release
 STRACE=${STRACE:-0}
+# Bench arguments and dump-name suffix of the new-connection mode.
+ka=() sfx=""
+[ "${NEWCONN:-0}" = 1 ] && ka=(--no-keepalive) sfx=-newconn
 tools="valgrind callgrind_control callgrind_annotate"
 [ "$STRACE" = 1 ] && tools=strace
 for tool in $tools; do
@@ -65,8 +71,8 @@ else
   start_cg_gw "$work/gw.toml"
 fi
 # Warm the connection pool and allocator before counting.
-"$T/ringway-bench" -t 1 -c "$CONNS" -d 2s -H 'apikey: bench-key' "http://127.0.0.1:$GW/auth" >/dev/null 2>&1
-"$T/ringway-bench" -t 1 -c "$CONNS" -d 2s "http://127.0.0.1:$GW/plain" >/dev/null 2>&1
+"$T/ringway-bench" -t 1 -c "$CONNS" -d 2s "${ka[@]}" -H 'apikey: bench-key' "http://127.0.0.1:$GW/auth" >/dev/null 2>&1
+"$T/ringway-bench" -t 1 -c "$CONNS" -d 2s "${ka[@]}" "http://127.0.0.1:$GW/plain" >/dev/null 2>&1
 n=0
 for route in plain auth; do
   n=$((n + 1))
@@ -77,20 +83,20 @@ for route in plain auth; do
   else
     callgrind_control -z "$VG" >/dev/null
   fi
-  reqs=$("$T/ringway-bench" -t 1 -c "$CONNS" -d "${SECS}s" --json -H 'apikey: bench-key' \
+  reqs=$("$T/ringway-bench" -t 1 -c "$CONNS" -d "${SECS}s" --json "${ka[@]}" -H 'apikey: bench-key' \
     "http://127.0.0.1:$GW/$route" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
   if [ "$STRACE" = 1 ]; then
     kill -INT "$ST"; wait "$ST" 2>/dev/null || true
-    echo "$route requests=$reqs syscalls per 1000 requests:"
+    echo "$route$sfx requests=$reqs syscalls per 1000 requests:"
     awk -v r="$reqs" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "  %-16s %8.1f\n", $NF, $4 * 1000 / r }' \
       "$work/strace.$route" | sort -k2 -nr
     continue
   fi
-  cg_dump "$route"
+  cg_dump "$route$sfx"
   f=$CG_FILE ir=$CG_IR
-  echo "$route requests=$reqs Ir=$ir Ir/request=$((ir / reqs))"
+  echo "$route$sfx requests=$reqs Ir=$ir Ir/request=$((ir / reqs))"
   mkdir -p "${OUT:-perf/out}"
-  cp "$f" "${OUT:-perf/out}/callgrind-$route.out"
+  cp "$f" "${OUT:-perf/out}/callgrind-$route$sfx.out"
   if [ "${ANNOTATE:-0}" = 1 ]; then
     # Self cost per function (inlined code counted where it was written), per request. The
     # thread-entry frames carry everything inclusively, so they are left out.

@@ -7,7 +7,74 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Mi = Mi;
+
+/// mimalloc, asked for plain blocks where the alignment is one a plain block has anyway (up to
+/// 16 bytes, and not above the size: what std's `System` allocator does with malloc). The
+/// `mimalloc` crate's allocator always calls `mi_malloc_aligned`, whose fast path stops at 1 KiB:
+/// every larger block (a connection's task, its busy state) then took the generic aligned path
+/// and over-allocated, ~300 instructions per new connection (perf/RESULTS.md, issue 21n).
+struct Mi;
+
+/// What `mi_malloc` guarantees (MI_MAX_ALIGN_SIZE).
+const MI_PLAIN_ALIGN: usize = 16;
+
+fn plain(layout: std::alloc::Layout) -> bool {
+    layout.align() <= MI_PLAIN_ALIGN && layout.align() <= layout.size()
+}
+
+type Plain = unsafe extern "C" fn(usize) -> *mut std::ffi::c_void;
+type Aligned = unsafe extern "C" fn(usize, usize) -> *mut std::ffi::c_void;
+
+/// A block for `layout` from `plain_fn` where a plain block is aligned enough, else `aligned_fn`.
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`; the two functions are mimalloc's allocating calls.
+#[inline]
+unsafe fn block(layout: std::alloc::Layout, plain_fn: Plain, aligned_fn: Aligned) -> *mut u8 {
+    if plain(layout) {
+        plain_fn(layout.size()).cast()
+    } else {
+        aligned_fn(layout.size(), layout.align()).cast()
+    }
+}
+
+// SAFETY: every block comes from mimalloc and goes back to `mi_free`, which takes blocks from
+// both the plain and the aligned calls; a plain block is only handed out where `plain` holds, so
+// it is aligned as the layout asks; the aligned calls get the layout's own alignment.
+unsafe impl std::alloc::GlobalAlloc for Mi {
+    #[inline]
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        block(
+            layout,
+            libmimalloc_sys::mi_malloc,
+            libmimalloc_sys::mi_malloc_aligned,
+        )
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        block(
+            layout,
+            libmimalloc_sys::mi_zalloc,
+            libmimalloc_sys::mi_zalloc_aligned,
+        )
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: std::alloc::Layout) {
+        libmimalloc_sys::mi_free(ptr.cast());
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if layout.align() <= MI_PLAIN_ALIGN && layout.align() <= new_size {
+            libmimalloc_sys::mi_realloc(ptr.cast(), new_size).cast()
+        } else {
+            libmimalloc_sys::mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast()
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(

@@ -69,7 +69,12 @@ impl Future for DrainWait<'_> {
         }
         let mut wakers = self.drain.wakers.borrow_mut();
         match self.slot {
-            Some(i) if i < wakers.len() => wakers[i] = Some(cx.waker().clone()),
+            // A wait kept across polls (an accept loop's) keeps its waker while it is the same.
+            Some(i) if i < wakers.len() => {
+                if !wakers[i].as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    wakers[i] = Some(cx.waker().clone());
+                }
+            }
             _ => {
                 let i = match self.drain.free.borrow_mut().pop() {
                     Some(i) => {

@@ -21,6 +21,7 @@ use crate::net::io::{read_hold, read_some, write_all, IoFail};
 use crate::net::tls::TlsInfo;
 use crate::route::{Params, RequestView};
 use crate::upstream::stream::UpstreamStream;
+use crate::util::ip_text::IpText;
 
 impl RequestView for RequestHead {
     fn header(&self, name: &str) -> Option<&[u8]> {
@@ -73,8 +74,9 @@ pub(super) struct Client<S> {
     pub(super) nonblocking: bool,
     /// Bytes read from the client and not yet consumed: a head, body bytes, pipelined requests.
     pub(super) rbuf: BytesMut,
-    /// Client address as text, formatted once per connection for X-Forwarded-For.
-    pub(super) ip: String,
+    /// Client address as text, written once per connection for X-Forwarded-For (inline: no
+    /// formatter, no allocation; util/ip_text.rs).
+    pub(super) ip: IpText,
     /// What the TLS handshake negotiated (`None` on plain listeners): X-Forwarded-Proto,
     /// and the verified client identity (mTLS) for plugins and logs.
     pub(super) tls: Option<Box<TlsInfo>>,
@@ -264,7 +266,7 @@ impl<S: ClientStream> ClientConn<S> {
                 alive: idle.alive,
                 // Allocated by the first read (read_some reserves the idle read size).
                 rbuf: BytesMut::new(),
-                ip: idle.ip.to_string(),
+                ip: IpText::new(idle.ip),
                 tls: idle.tls,
                 served: idle.served,
                 woke,
@@ -382,7 +384,10 @@ impl<S: ClientStream> ClientConn<S> {
                             r = &mut read => r,
                             _ = shard.drain.wait() => match shard.drain.linger() {
                                 // A request already on its way is answered (with a close).
-                                Some(l) => match monoio::time::timeout(l, read).await {
+                                // Boxed (rare): an inline monoio timer is 128-byte aligned,
+                                // which made every busy block an over-aligned allocation
+                                // (mimalloc's slow path, once per connection: issue 21n).
+                                Some(l) => match Box::pin(monoio::time::timeout(l, read)).await {
                                     Ok(r) => r,
                                     Err(_) => return HeadRead::Close,
                                 },

@@ -43,7 +43,7 @@ impl<S: ClientStream> ClientConn<S> {
             return;
         };
         let head = self.req.buf.clone();
-        let ip = self.client.ip.clone();
+        let ip = self.client.ip;
         let client_ip = self.cx.client_ip;
         let edits = self.cx.req_headers.clone();
         let (uri, query, host, upstream) = (
@@ -132,7 +132,7 @@ struct Refresh {
     req: RequestHead,
     cx: Ctx,
     /// Client address as text (X-Forwarded-For, chash on remote_addr).
-    ip: String,
+    ip: crate::util::ip_text::IpText,
     path: BytesMut,
     wbuf: BytesMut,
     upstream: UpstreamExchange,

@@ -2,9 +2,11 @@
 //! snapshots, purges) and drains the mesh lanes. Acts on proxy::shard's state; owns no other.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
@@ -296,23 +298,28 @@ async fn accept_loop(shard: Rc<Shard>, listener: Rc<TcpListener>, index: usize, 
     let max = shard.built.cfg.server.max_connections;
     let mut warned_fd = false;
     let mut canceller = monoio::io::Canceller::new();
+    // Waited on across accepts, registered once: not two waits made and dropped per connection
+    // (a new connection per request paid for them on every request).
+    let mut drained = std::pin::pin!(shard.drain.wait());
+    let mut removed = std::pin::pin!(stop.wait());
+    let mut last = false;
     loop {
-        let accept = listener.cancelable_accept(canceller.handle());
-        let mut accept = std::pin::pin!(accept);
-        let mut last = false;
-        let accepted = monoio::select! {
-            r = &mut accept => r,
-            _ = shard.drain.wait() => {
+        let mut accept = std::pin::pin!(listener.cancelable_accept(canceller.handle()));
+        // The accept first; once a stop is seen, the accept is cancelled and still awaited (it is
+        // woken again when the kernel answers the cancel, with a connection or without).
+        let accepted = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = accept.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            if !last
+                && (drained.as_mut().poll(cx).is_ready() || removed.as_mut().poll(cx).is_ready())
+            {
                 last = true;
-                canceller = canceller.cancel();
-                accept.await
-            },
-            _ = stop.wait() => {
-                last = true;
-                canceller = canceller.cancel();
-                accept.await
-            },
-        };
+                canceller = std::mem::take(&mut canceller).cancel();
+            }
+            Poll::Pending
+        })
+        .await;
         match accepted {
             Ok((stream, peer)) => {
                 if shard.conns.get() >= max {

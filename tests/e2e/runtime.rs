@@ -1,4 +1,5 @@
-//! Thread-per-core runtime: shard threads, CPU pinning, io_uring / legacy driver.
+//! Thread-per-core runtime: shard threads, CPU pinning, io_uring / legacy driver, and the
+//! options of the sockets a shard accepts.
 use crate::harness::*;
 use std::time::Duration;
 
@@ -308,5 +309,84 @@ fn idle_gateway_threads_sleep_and_wake_for_traffic() {
         let r = c.request(get_req(&format!("/after-idle-{i}"), "example.com"));
         assert_eq!(r.status, 200);
         assert_eq!(r.body_str(), format!("/after-idle-{i}"));
+    }
+}
+
+/// The gateway's own end of a client connection (`peer` is the client's address), borrowed from
+/// the gateway process with pidfd_getfd(2); `None` until the shard has accepted it.
+fn gateway_end(pid: u32, peer: std::net::SocketAddr) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; nothing is borrowed.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `pidfd` was just returned by pidfd_open and is owned here only.
+    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as libc::c_int) };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    for e in fds.flatten() {
+        let Some(target) = e
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<libc::c_int>().ok())
+        else {
+            continue;
+        };
+        let is_socket =
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: pidfd_getfd takes a pidfd, a descriptor number in that process and flags, and
+        // returns a new descriptor of ours (a duplicate) or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_getfd,
+                std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+                target,
+                0,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "pidfd_getfd on the gateway (the test needs to be allowed to ptrace its child): {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `fd` was just returned by pidfd_getfd and is owned here only.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) };
+        let at = socket2::SockRef::from(&fd).peer_addr().ok();
+        if at.and_then(|a| a.as_socket()) == Some(peer) {
+            return Some(fd);
+        }
+    }
+    None
+}
+
+/// net/listen.rs sets TCP_NODELAY once on each listening socket instead of once per accepted
+/// connection, because Linux copies it to every socket accepted from that listener: this reads it
+/// on the gateway's own end of a real connection (both drivers: RINGWAY_TEST_DRIVER).
+#[test]
+fn accepted_connections_have_nodelay_from_their_listener() {
+    let origin = Origin::echo_target("o");
+    let gw = Gateway::start(&simple_config(origin.addr, &[]));
+    for _ in 0..3 {
+        let client = std::net::TcpStream::connect(gw.addr).expect("connect");
+        let me = client.local_addr().expect("local address");
+        let mut fd = None;
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                fd = gateway_end(gw.pid, me);
+                fd.is_some()
+            }),
+            "the gateway has no socket connected to {me}"
+        );
+        let fd = fd.expect("found above");
+        let nodelay = socket2::SockRef::from(&fd).nodelay().expect("getsockopt");
+        assert!(
+            nodelay,
+            "TCP_NODELAY off on the accepted connection from {me}"
+        );
     }
 }
