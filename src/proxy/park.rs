@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 use crate::local::deadline::Wait;
 use crate::local::drain::Drain;
 
+/// Events that may mean the client closed.
+const HUP: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 /// Ready sockets taken per `epoll_wait`.
 const BATCH: usize = 64;
 /// How soon the park looks again at connections whose hold's read is still being cancelled.
@@ -345,9 +347,15 @@ impl Park {
                 return;
             }
             for ev in &events[..n as usize] {
-                let data = ev.u64;
+                let (data, hup) = (ev.u64, ev.events & HUP != 0);
                 if let Some(w) = self.take(data as u32, (data >> 32) as u32) {
-                    wake(w);
+                    // The client closed (or reset) with nothing to read: closed here, with no
+                    // task and no read buffer (as a read of the close would end the loop).
+                    if hup && crate::net::hold_buf::closed(w.fd.as_raw_fd()) {
+                        self.conns.set(self.conns.get().saturating_sub(1));
+                    } else {
+                        wake(w);
+                    }
                 }
             }
             if (n as usize) < BATCH {

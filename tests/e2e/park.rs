@@ -126,6 +126,31 @@ fn a_parked_connection_closed_by_its_client_is_freed() {
 }
 
 #[test]
+fn a_request_sent_with_a_half_close_on_a_parked_connection_is_answered() {
+    // The wake sees the client's FIN, but bytes are queued before it: the request is served,
+    // not taken for a closed connection.
+    let origin = Origin::echo_target("o");
+    let gw = Gateway::start(&config(origin.addr, &[]));
+    let status = ops::listener(&gw.stderr, "status");
+    let mut clients = served_clients(&gw, 5, "h");
+    wait_gauges(status, 5.0, 5.0, "5 idle clients past the hold");
+    for (i, c) in clients.iter_mut().enumerate() {
+        let path = format!("/half/{i}");
+        c.send(get_req(&path, "example.com"));
+        c.stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half close");
+        let r = c.read_response();
+        assert_eq!(
+            (r.status, r.body_str()),
+            (200, path),
+            "half-closed client {i}"
+        );
+    }
+    wait_gauges(status, 0.0, 0.0, "the half-closed clients' connections end");
+}
+
+#[test]
 fn shutdown_closes_parked_connections() {
     let origin = Origin::echo_target("o");
     let mut gw = Gateway::start(&config(origin.addr, &[("shutdown_timeout", "\"20s\"")]));
