@@ -7,13 +7,14 @@
 //! perf/RESULTS.md). A parked connection is a 32-byte entry here, a 24-byte expiry record and
 //! the kernel's epoll item.
 //!
-//! How: once a plain connection's hold passed with nothing read (proxy/conn.rs), and the hold's
-//! cancelled read is gone (its `HoldBuf` dropped, so a request it read anyway has already shut
-//! the socket down, net/hold_buf.rs), [`park`] takes a duplicate of the socket (the original fd
-//! goes with the connection's monoio stream, which other in-flight state may still reference)
-//! and adds it to the set. [`run`], one task per shard, waits for the set's readiness through
-//! monoio, then takes every ready socket out and starts a connection loop for it (woken, as
-//! after `hold::ready`). Parked connections still count as open (`Shard::conns`, limits,
+//! How: once a plain connection's hold passed with nothing read (proxy/conn.rs), [`Park::park`]
+//! adds a duplicate of its socket to the set, and the connection's task ends. The connection's
+//! state (with its own copy of the socket) stays here until the hold's cancelled read is done
+//! (no `HoldBuf` left): a request that read took anyway then still shuts the socket down
+//! (net/hold_buf.rs), and the parked copy wakes to that close. [`run`], one task per shard,
+//! waits for the set's readiness through monoio, then takes every ready socket out and starts a
+//! connection loop for it (woken, as after `hold::ready`), or closes it here when the client
+//! closed with nothing queued. Parked connections still count as open (`Shard::conns`, limits,
 //! gauges): the park takes over the count when one parks and hands it to the woken task.
 //!
 //! TLS connections do not park: their stream holds the rustls session, which cannot be turned
