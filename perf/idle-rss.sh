@@ -9,6 +9,7 @@
 #   N=2000 perf/idle-rss.sh
 #   PROXY=nginx perf/idle-rss.sh   # the same measure for nginx (one process, keep-alive upstream)
 #   TLS=1 N=2000 perf/idle-rss.sh  # TLS client connections (config/certs/demo.*), either proxy
+#   CLOSE=1 perf/idle-rss.sh       # then closes them all and prints the RSS left 2 s later
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-10000}
@@ -80,9 +81,9 @@ pids+=($GWPID)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$GW") 2>/dev/null && break; sleep 0.05; done
 sleep 0.3
 rss() { awk '/VmRSS/ {print $2}' "/proc/$GWPID/status"; }
-python3 - "$GW" "$N" "$GWPID" "$TLS" <<'PY'
+python3 - "$GW" "$N" "$GWPID" "$TLS" "${CLOSE:-0}" <<'PY'
 import socket, ssl, sys, time, selectors
-port, n, pid, tls = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+port, n, pid, tls, close = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", sys.argv[5] == "1"
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
@@ -135,4 +136,11 @@ def slices():
 a = slices(); time.sleep(3.0); b = slices()
 for name in sorted(k for k in b if k.startswith("ringway-shard") and k in a):
     print(f"{name} wakeups_per_s_idle={(b[name] - a[name]) / 3.0:.1f}")
+if close:
+    # What stays after every connection closed: memory held since the burst (allocator pages,
+    # tables grown to the peak), not by the idle connections themselves.
+    for t in socks:
+        t.close()
+    time.sleep(2.0)
+    print(f"after_close rss={rss()} KiB per_connection={(rss() - base) * 1024 / n / 1024:.2f} KiB")
 PY

@@ -33,6 +33,7 @@ pub(super) struct Merged {
     pub(super) errors: u64,
     pub(super) hold_races: u64,
     pub(super) active: u64,
+    pub(super) parked: u64,
     pub(super) routes: BTreeMap<String, RouteCounts>,
     /// (upstream, node) -> (successes, failures, ejected on any shard)
     pub(super) nodes: BTreeMap<(String, String), (u64, u64, bool)>,
@@ -53,6 +54,7 @@ pub(super) fn merge(snaps: &[ShardSnapshot]) -> Merged {
         m.errors += s.errors;
         m.hold_races += s.hold_races;
         m.active += s.active_connections;
+        m.parked += s.parked_connections;
         m.log_lines += s.log_lines;
         m.log_dropped += s.log_dropped;
         for (a, b) in m.rate_limited.iter_mut().zip(s.rate_limited) {
@@ -145,6 +147,14 @@ pub fn prometheus(info: &PlaneInfo, snaps: &[ShardSnapshot]) -> String {
         "Client connections open now.",
     );
     let _ = writeln!(o, "{CONNECTIONS_ACTIVE} {}", m.active);
+    family(
+        &mut o,
+        CONNECTIONS_PARKED,
+        "gauge",
+        "Of the open client connections, idle plain ones parked with no task (counted in \
+         ringway_connections_active too).",
+    );
+    let _ = writeln!(o, "{CONNECTIONS_PARKED} {}", m.parked);
     family(
         &mut o,
         SHARD_REQUESTS,
@@ -450,10 +460,12 @@ mod tests {
             routes: vec![("r".into(), c)],
             requests: 2,
             hold_races: 1,
+            parked_connections: 3,
             ..Default::default()
         };
         let text = prometheus(&PlaneInfo::default(), &[s.clone(), s]);
         assert!(text.contains("ringway_connections_closed_on_hold_race_total 2\n"));
+        assert!(text.contains("ringway_connections_parked 6\n"));
         assert!(text.contains("ringway_http_requests_total{route=\"r\",code=\"2xx\"} 4\n"));
         assert!(text.contains("ringway_http_request_duration_seconds_count{route=\"r\"} 4\n"));
     }

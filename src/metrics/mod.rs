@@ -252,6 +252,8 @@ pub struct ShardSnapshot {
     /// the connection was closed at once so the client retries.
     pub hold_races: u64,
     pub active_connections: u64,
+    /// Of those, idle plain connections parked with no task (proxy/park.rs).
+    pub parked_connections: u64,
     pub routes: Vec<(String, RouteCounts)>,
     pub upstreams: Vec<UpstreamSnap>,
     pub log_lines: u64,

@@ -13,6 +13,7 @@ pub const SHARDS: &str = "ringway_shards";
 pub const SHARDS_REPORTING: &str = "ringway_shards_reporting";
 pub const CONNECTIONS_ACCEPTED: &str = "ringway_connections_accepted_total";
 pub const CONNECTIONS_ACTIVE: &str = "ringway_connections_active";
+pub const CONNECTIONS_PARKED: &str = "ringway_connections_parked";
 pub const SHARD_REQUESTS: &str = "ringway_shard_requests_total";
 pub const GATEWAY_ERRORS: &str = "ringway_gateway_errors_total";
 pub const HOLD_RACES: &str = "ringway_connections_closed_on_hold_race_total";

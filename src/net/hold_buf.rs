@@ -92,8 +92,25 @@ impl<B: IoBufMut> Drop for HoldBuf<B> {
 
 /// Whether the socket has bytes (or a close) queued to read, asked without waiting or taking any.
 pub fn queued(fd: RawFd) -> bool {
+    // 0: the peer closed; > 0: bytes; -1 with EAGAIN: nothing (other errors: the read reports them).
+    match peek(fd) {
+        Ok(_) => true,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Whether the socket's peer closed (or the socket failed) with no byte left to read.
+pub fn closed(fd: RawFd) -> bool {
+    match peek(fd) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Peeks one byte: how many there were (0: end of file), never waiting or taking any.
+fn peek(fd: RawFd) -> io::Result<usize> {
     let mut byte = 0u8;
-    // SAFETY: `fd` is this stream's open socket and `byte` a valid one-byte buffer for the call;
+    // SAFETY: `fd` is the caller's open socket and `byte` a valid one-byte buffer for the call;
     // MSG_PEEK leaves the queue as it was and MSG_DONTWAIT never blocks.
     let n = unsafe {
         libc::recv(
@@ -103,8 +120,11 @@ pub fn queued(fd: RawFd) -> bool {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
-    // 0: the peer closed; > 0: bytes; -1 with EAGAIN: nothing (other errors: the read reports them).
-    n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 thread_local! {

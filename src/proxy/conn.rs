@@ -147,7 +147,27 @@ pub fn serve<S: ClientStream>(
     };
     // Boxed: an async fn keeps its arguments for its whole life (rust-lang/rust#62958), which
     // would put the stream (a TLS one is ~4.5 KB) in the task beside the busy block's copy.
-    connection(shard, Box::new(Some(idle)))
+    connection(shard, Box::new(Some(idle)), false)
+}
+
+/// Starts the connection loop again for a parked connection whose socket became readable
+/// (park.rs); the park's count of it becomes the task's.
+pub(super) fn wake(shard: Rc<Shard>, w: super::park::Woken) {
+    match monoio::net::TcpStream::from_std(std::net::TcpStream::from(w.fd)) {
+        Ok(stream) => {
+            let idle = Idle {
+                stream,
+                ip: w.ip,
+                tls: None,
+                served: w.served,
+                nonblocking: w.nonblocking,
+                alive: Rc::new(()),
+            };
+            monoio::spawn(connection(shard, Box::new(Some(idle)), true));
+        }
+        // The driver could not take the socket (closed with the error): no task counts it.
+        Err(_) => shard.conns.set(shard.conns.get().saturating_sub(1)),
+    }
 }
 
 /// Where the idle state lives: one box for the connection's life, empty while it is busy (its
@@ -155,10 +175,9 @@ pub fn serve<S: ClientStream>(
 /// rather than a new one per idle period beside other connections' short-lived blocks.
 type Slot<S> = Box<Option<Idle<S>>>;
 
-async fn connection<S: ClientStream>(shard: Rc<Shard>, mut idle: Slot<S>) {
+async fn connection<S: ClientStream>(shard: Rc<Shard>, mut idle: Slot<S>, mut woke: bool) {
     let _guard = ConnGuard(shard.clone());
     let mut shard = shard;
-    let mut woke = false;
     loop {
         // The request state (`ClientConn`, the head reads, the request's own block) lives on the
         // heap only while the connection is busy: inline, it would size the task of every idle
@@ -166,20 +185,40 @@ async fn connection<S: ClientStream>(shard: Rc<Shard>, mut idle: Slot<S>) {
         let (next, rest) = Box::pin(busy(shard, idle, woke)).await;
         shard = next;
         shard.stats.settled.set(shard.stats.settled.get() + 1);
-        let Some((rest, left)) = rest else { return };
-        idle = rest;
-        let Some(idle) = idle.as_mut() else { return };
-        if !super::hold::ready(&shard, &idle.stream, left).await {
-            if idle.tls.is_some() {
+        let Some((mut rest, left)) = rest else { return };
+        let Some(i) = rest.as_ref() else { return };
+        if let (Some(fd), Some(park)) = (i.stream.park_fd(), shard.park.as_deref()) {
+            let p = super::park::Parking {
+                fd,
+                ip: i.ip,
+                served: i.served,
+                nonblocking: i.nonblocking,
+                wait: left,
+            };
+            let alive = i.alive.clone();
+            // Parked: the park holds a copy of the socket and counts the connection; this task
+            // ends, its state handed to the park until the hold's cancelled read is done.
+            match park.park(&shard.drain, p, alive, rest) {
+                Ok(()) => return,
+                Err(back) => match back.downcast() {
+                    Ok(back) => rest = back,
+                    Err(_) => return,
+                },
+            }
+        }
+        let Some(i) = rest.as_mut() else { return };
+        if !super::hold::ready(&shard, &i.stream, left).await {
+            if i.tls.is_some() {
                 // close_notify, as after a last response (busy): the wait ended cleanly, and
                 // clients that see a bare close drop the session instead of resuming it.
                 // Boxed so that this last step does not size the idle task.
                 let send = shard.built.cfg.server.send_timeout;
-                let close = crate::local::deadline::within(send, idle.stream.shutdown());
+                let close = crate::local::deadline::within(send, i.stream.shutdown());
                 let _ = Box::pin(close).await;
             }
             return;
         }
+        idle = rest;
         woke = true;
     }
 }
@@ -534,15 +573,11 @@ mod tests {
         size_of::<F>()
     }
 
-    fn output_size2<A, B, F>(_: fn(A, B) -> F) -> usize {
-        size_of::<F>()
-    }
-
     #[test]
     fn an_idle_connection_task_holds_no_request_state() {
         type Tls = crate::net::tls::ServerStream;
-        let task = output_size2(connection::<TcpStream>);
-        let tls_task = output_size2(connection::<Tls>);
+        let task = output_size(connection::<TcpStream>);
+        let tls_task = output_size(connection::<Tls>);
         let busy_block = output_size(busy::<TcpStream>);
         let conn = size_of::<ClientConn<TcpStream>>();
         let idle = size_of::<Idle<TcpStream>>();

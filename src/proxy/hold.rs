@@ -35,6 +35,11 @@ pub trait IdleSocket {
     /// The socket whose readiness an idle connection waits on; `None`: it cannot idle.
     fn idle_tcp(&self) -> Option<&TcpStream>;
 
+    /// The socket, when the connection can idle as that alone (park.rs): a plain one.
+    fn park_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
     /// Waits up to `limit` for the next request's first bytes where the stream buffers above the
     /// socket (TLS); see [`Hold`].
     /// `alive` is held by the connection while it owns the stream (net/hold_buf.rs).
@@ -44,6 +49,10 @@ pub trait IdleSocket {
 impl IdleSocket for TcpStream {
     fn idle_tcp(&self) -> Option<&TcpStream> {
         Some(self)
+    }
+
+    fn park_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
     }
 
     #[inline(always)]

@@ -118,8 +118,10 @@ pub struct Shard {
     /// Fired when a newer generation replaces this one (stops this generation's tasks).
     pub retired: Rc<Drain>,
     pub lanes: Lanes,
-    /// Open client connections.
+    /// Open client connections (parked ones too).
     pub conns: Rc<Cell<usize>>,
+    /// Idle plain connections held with no task (park.rs); None: they idle in their tasks.
+    pub park: Option<Rc<super::park::Park>>,
     /// Ends the control loop's idle sleep when the first connection arrives.
     pub bell: Rc<crate::local::bell::Bell>,
     pub stats: Rc<ShardStats>,
@@ -138,7 +140,9 @@ impl Shard {
     pub fn new(id: usize, built: Arc<Built>, lanes: Lanes) -> Shard {
         let cfg = &built.cfg;
         let metrics = Rc::new(crate::metrics::ShardMetrics::default());
+        let conns = Rc::new(Cell::new(0));
         Shard {
+            park: super::park::Park::new(conns.clone()).map(Rc::new),
             id,
             generation: 1,
             tls: Rc::new(RefCell::new(built.listener_tls.clone())),
@@ -166,7 +170,7 @@ impl Shard {
             drain: Rc::new(Drain::default()),
             retired: Rc::default(),
             lanes,
-            conns: Rc::new(Cell::new(0)),
+            conns,
             bell: Rc::default(),
             stats: Rc::new(ShardStats::default()),
         }
@@ -232,6 +236,7 @@ impl Shard {
             retired: Rc::default(),
             lanes: self.lanes.clone(),
             conns: self.conns.clone(),
+            park: self.park.clone(),
             bell: self.bell.clone(),
             stats: self.stats.clone(),
             tls: self.tls.clone(),
@@ -259,6 +264,7 @@ impl Shard {
             retired: Rc::default(),
             lanes: self.lanes.clone(),
             conns: self.conns.clone(),
+            park: self.park.clone(),
             bell: self.bell.clone(),
             stats: self.stats.clone(),
             tls: self.tls.clone(),
@@ -303,6 +309,7 @@ impl Shard {
             // Counted on this thread by the hold reads themselves (the snapshot runs here).
             hold_races: crate::net::hold_buf::lost(),
             active_connections: self.conns.get() as u64,
+            parked_connections: self.park.as_ref().map_or(0, |p| p.parked() as u64),
             routes: self.metrics.route_counts(),
             upstreams,
             log_lines,

@@ -36,6 +36,7 @@ pub async fn run(
     let mut wake = super::wake::Wakeup::new(wake);
     set_current(&shard);
     monoio::spawn(crate::local::deadline::sweeper());
+    monoio::spawn(crate::proxy::run_park(shard.clone()));
     crate::proxy::shard::spawn_housekeeping(&shard);
     let mut pending: Option<Rc<Shard>> = None;
     // Per listening socket: its configured address, what stops its accept loop (a reload may

@@ -54,6 +54,7 @@ mod openapi;
 mod openapi_ops;
 mod openapi_versions;
 mod packaging;
+mod park;
 mod pipelining;
 mod plugins_access;
 mod plugins_faults;
