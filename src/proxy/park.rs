@@ -39,6 +39,8 @@ use crate::local::drain::Drain;
 const HUP: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 /// Ready sockets taken per `epoll_wait`.
 const BATCH: usize = 64;
+/// Stale expiry records allowed beyond twice the parked count before `Park::compact`.
+const COMPACT_SLACK: usize = 1024;
 /// How soon the park looks again at connections whose hold's read is still being cancelled.
 const SETTLE: Duration = Duration::from_millis(10);
 
@@ -85,6 +87,10 @@ pub struct Park {
     slots: RefCell<Vec<Entry>>,
     free: RefCell<Vec<u32>>,
     queues: RefCell<Vec<Queue>>,
+    /// Expiry records in `queues`, stale ones included: a woken connection's record stays until
+    /// its deadline, so a client that idles past the hold every second would leave one per
+    /// idle period for the whole keep-alive wait (75 by default) without `compact`.
+    records: Cell<usize>,
     parked: Cell<usize>,
     /// The task runs: a connection parks only then.
     running: Cell<bool>,
@@ -120,6 +126,7 @@ impl Park {
             slots: RefCell::default(),
             free: RefCell::default(),
             queues: RefCell::default(),
+            records: Cell::new(0),
             parked: Cell::new(0),
             running: Cell::new(false),
             armed: Cell::new(None),
@@ -226,6 +233,10 @@ impl Park {
             };
             q.due.push_back((deadline, index, gen));
         }
+        self.records.set(self.records.get() + 1);
+        if self.records.get() > 2 * self.parked.get() + COMPACT_SLACK {
+            self.compact();
+        }
         self.parked.set(self.parked.get() + 1);
         self.conns.set(self.conns.get() + 1);
         let mut deadline = deadline;
@@ -244,6 +255,26 @@ impl Park {
             }
         }
         Ok(())
+    }
+
+    /// Drops the expiry records of connections no longer parked (woken, or their slot reused):
+    /// run when they outnumber the live ones, so its cost is spread over as many parks.
+    fn compact(&self) {
+        let slots = self.slots.borrow();
+        let live = |&(_, i, gen): &(Instant, u32, u32)| {
+            slots
+                .get(i as usize)
+                .is_some_and(|e| e.gen == gen && e.fd.is_some())
+        };
+        let mut queues = self.queues.borrow_mut();
+        let mut kept = 0;
+        for q in queues.iter_mut() {
+            q.due.retain(live);
+            q.due.shrink_to(q.due.len() * 2);
+            kept += q.due.len();
+        }
+        queues.retain(|q| !q.due.is_empty());
+        self.records.set(kept);
     }
 
     /// Drops what settled (see `settling`); the next time to look again, if any is left.
@@ -306,6 +337,7 @@ impl Park {
             self.close(i, gen);
         }
         self.queues.borrow_mut().clear();
+        self.records.set(0);
     }
 
     /// Closes what is due at `now`; the next deadline.
@@ -325,6 +357,7 @@ impl Park {
                         break;
                     }
                     q.due.pop_front();
+                    self.records.set(self.records.get().saturating_sub(1));
                     due.push((i, gen));
                 }
             }
@@ -458,5 +491,38 @@ mod tests {
         eprintln!("parked entry {entry} B, expiry record {record} B");
         assert!(entry <= 32, "parked entry grew to {entry} bytes");
         assert!(record <= 24, "expiry record grew to {record} bytes");
+    }
+
+    #[test]
+    fn records_of_woken_connections_do_not_pile_up() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let park = Park::new(Rc::new(Cell::new(0))).expect("epoll");
+        park.running.set(true);
+        let drain = Drain::default();
+        // One connection idling past the hold, then woken, 10,000 times within one wait: each
+        // park leaves a record that only expires at the end of the (long) wait.
+        for _ in 0..10_000 {
+            let p = Parking {
+                fd: server.as_raw_fd(),
+                ip: IpAddr::from([127, 0, 0, 1]),
+                served: 1,
+                nonblocking: true,
+                wait: Duration::from_secs(75),
+            };
+            assert!(park.park(&drain, p, Rc::new(()), Box::new(())).is_ok());
+            let (index, gen) = {
+                let slots = park.slots.borrow();
+                let i = slots.iter().position(|e| e.fd.is_some()).expect("parked");
+                (i as u32, slots[i].gen)
+            };
+            assert!(park.take(index, gen).is_some());
+        }
+        let held: usize = park.queues.borrow().iter().map(|q| q.due.len()).sum();
+        assert_eq!(held, park.records.get());
+        assert!(held <= COMPACT_SLACK + 1, "{held} expiry records kept");
+        assert_eq!(park.parked(), 0);
     }
 }
