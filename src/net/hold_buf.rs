@@ -18,9 +18,11 @@
 //! The socket is touched only while the connection still holds `alive` (its fd is then open and
 //! still this connection's, never a number reused since).
 
+use std::future::Future;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::RawFd;
+use std::pin::Pin;
 use std::rc::{Rc, Weak};
 
 use monoio::buf::IoBufMut;
@@ -87,6 +89,18 @@ impl<B: IoBufMut> Drop for HoldBuf<B> {
         }
         // SAFETY: dropped once, here; `into_inner` skips this drop.
         unsafe { ManuallyDrop::drop(&mut self.buf) };
+    }
+}
+
+/// A keep-alive hold's read `op` (into a [`HoldBuf`] on `fd`) whose limit passed: waited out
+/// when bytes or a close are queued on the socket (a request just in is read rather than raced
+/// by the cancel), else `None` and the caller drops `op`, which cancels it. Plain and TLS holds
+/// share this rule; the wait before the limit stays inline in each (the per-request path).
+pub async fn wait_out<F: Future>(op: Pin<&mut F>, fd: RawFd) -> Option<F::Output> {
+    if fd >= 0 && queued(fd) {
+        Some(op.await)
+    } else {
+        None
     }
 }
 

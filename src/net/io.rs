@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use super::hold_buf::{queued, HoldBuf};
+use super::hold_buf::{wait_out, HoldBuf};
 use crate::local::deadline::Wait;
 
 /// Why an I/O step failed.
@@ -87,9 +87,10 @@ pub async fn read_hold<S: AsyncReadRent>(
     let mut op = pin!(s.read(owned));
     let (res, owned) = match poll_fn(|cx| wait.poll_with(op.as_mut(), cx)).await {
         Some(done) => done,
-        // Something queued (bytes or a close): the read in flight completes with it.
-        None if fd >= 0 && queued(fd) => op.await,
-        None => return Err(IoFail::Timeout),
+        None => match wait_out(op, fd).await {
+            Some(done) => done,
+            None => return Err(IoFail::Timeout),
+        },
     };
     *buf = owned.into_inner().into_inner();
     outcome(res)

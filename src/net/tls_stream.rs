@@ -24,7 +24,7 @@ use monoio::net::TcpStream;
 use monoio::BufResult;
 use rustls::ServerConnection;
 
-use super::hold_buf::{queued, HoldBuf};
+use super::hold_buf::{wait_out, HoldBuf};
 
 /// Ciphertext read from the socket at once: one full TLS record (16 KiB plaintext + header and
 /// the largest AEAD expansion rustls allows), so a record never needs two feeds.
@@ -113,13 +113,14 @@ impl TlsStream {
         let mut wait = crate::local::deadline::Wait::new(limit);
         let (r, b) = match poll_fn(|cx| wait.poll_with(op.as_mut(), cx)).await {
             Some(done) => done,
-            // Something queued (bytes or a close): the read in flight completes with it.
-            None if queued(fd) => op.await,
-            None => {
-                self.wbuf = Vec::new();
-                // `op` is dropped on return: monoio cancels the read and frees its buffer.
-                return Ok(false);
-            }
+            None => match wait_out(op, fd).await {
+                Some(done) => done,
+                None => {
+                    self.wbuf = Vec::new();
+                    // `op` is dropped on return: monoio cancels the read and frees its buffer.
+                    return Ok(false);
+                }
+            },
         };
         self.rbuf = b.into_inner();
         self.rpos = 0;
