@@ -316,6 +316,23 @@ impl Drop for Wait {
     }
 }
 
+/// Gives back this thread's slot table's free tail: a burst of connections grows it to its peak,
+/// and a quiet shard (runtime/quiet.rs) need not keep that. Slots in use stay where they are.
+pub fn trim() {
+    let _ = SWEEP.try_with(|s| {
+        let s = &mut *s.borrow_mut();
+        let len = s
+            .slots
+            .iter()
+            .rposition(|x| x.fire != 0)
+            .map_or(0, |i| i + 1);
+        s.slots.truncate(len);
+        s.slots.shrink_to_fit();
+        s.free.retain(|&k| (k as usize) < len);
+        s.free.shrink_to_fit();
+    });
+}
+
 /// Runs `fut`, giving up once `limit` has passed (see the module notes for the precision).
 pub async fn within<F: Future>(limit: Duration, fut: F) -> Result<F::Output, Elapsed> {
     let mut fut = pin!(fut);
@@ -343,6 +360,56 @@ mod tests {
             }
             monoio::time::sleep(TICK).await;
         }
+    }
+
+    /// A timed wait, boxed so a test can hold many and drop some.
+    type Timed = Pin<Box<dyn Future<Output = Result<(), Elapsed>>>>;
+
+    #[test]
+    fn trim_gives_back_the_free_tail_and_keeps_waits_in_use() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            monoio::spawn(sweeper());
+            monoio::time::sleep(TICK).await;
+            let slots = || SWEEP.with(|s| s.borrow().slots.len());
+            // 100 waits registered at once (a burst), the sixth one short, the others long.
+            let mut waits: Vec<Timed> = (0..100)
+                .map(|i| {
+                    let limit = Duration::from_millis(if i == 5 { 30 } else { 60_000 });
+                    Box::pin(within(limit, std::future::pending::<()>())) as Timed
+                })
+                .collect();
+            poll_fn(|cx| {
+                for w in &mut waits {
+                    assert!(w.as_mut().poll(cx).is_pending());
+                }
+                Poll::Ready(())
+            })
+            .await;
+            assert_eq!(slots(), 100);
+            let kept = waits.swap_remove(5);
+            drop(waits);
+            assert_eq!(slots(), 100);
+            trim();
+            SWEEP.with(|s| {
+                let s = s.borrow();
+                assert_eq!(s.slots.len(), 6);
+                assert!(s.slots.capacity() < 100);
+                assert_eq!(s.free.len(), 5);
+                assert!(s.free.iter().all(|&k| k < 5));
+            });
+            // The kept wait still ends by its deadline; a new one takes a freed slot.
+            assert_eq!(kept.await, Err(Elapsed));
+            let limit = Duration::from_millis(20);
+            assert_eq!(
+                within(limit, std::future::pending::<()>()).await,
+                Err(Elapsed)
+            );
+            assert_eq!(slots(), 6);
+        });
     }
 
     #[test]

@@ -46,6 +46,21 @@ impl Drain {
         }
     }
 
+    /// Gives back the waiter table's free tail: a burst of connections grows it to its peak,
+    /// and a quiet shard (runtime/quiet.rs) need not keep that. Slots in use stay where they are.
+    pub fn trim(&self) {
+        let mut wakers = self.wakers.borrow_mut();
+        let len = wakers
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i + 1);
+        wakers.truncate(len);
+        wakers.shrink_to_fit();
+        let mut free = self.free.borrow_mut();
+        free.retain(|&i| i < len);
+        free.shrink_to_fit();
+    }
+
     pub fn wait(&self) -> DrainWait<'_> {
         DrainWait {
             drain: self,
@@ -130,5 +145,47 @@ pub async fn tick_until(
             last_sweep = Instant::now();
         }
         tick(sweep);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls each wait once with a no-op waker, so each takes a slot.
+    fn register(waits: &mut [Pin<Box<DrainWait<'_>>>]) {
+        let mut cx = Context::from_waker(Waker::noop());
+        for w in waits {
+            assert_eq!(w.as_mut().poll(&mut cx), Poll::Pending);
+        }
+    }
+
+    #[test]
+    fn trim_gives_back_the_free_tail_and_keeps_waits_in_use() {
+        let drain = Drain::default();
+        let mut waits: Vec<_> = (0..100).map(|_| Box::pin(drain.wait())).collect();
+        register(&mut waits);
+        assert_eq!(drain.wakers.borrow().len(), 100);
+        // All but the sixth end (a burst's connections going away); the table stays at its peak.
+        let kept = waits.swap_remove(5);
+        drop(waits);
+        assert_eq!(drain.wakers.borrow().len(), 100);
+        drain.trim();
+        assert_eq!(drain.wakers.borrow().len(), 6);
+        assert!(drain.wakers.borrow().capacity() < 100);
+        assert_eq!(drain.free.borrow().len(), 5);
+        assert!(drain.free.borrow().iter().all(|&i| i < 5));
+        // New waits reuse the free slots below the kept one, then grow the table again.
+        let mut more: Vec<_> = (0..7).map(|_| Box::pin(drain.wait())).collect();
+        register(&mut more);
+        assert_eq!(drain.wakers.borrow().len(), 8);
+        // The kept wait still ends with the drain, and so do the new ones.
+        let mut kept = kept;
+        drain.fire();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(kept.as_mut().poll(&mut cx), Poll::Ready(()));
+        for w in &mut more {
+            assert_eq!(w.as_mut().poll(&mut cx), Poll::Ready(()));
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! Gives memory back when a shard goes quiet: once nothing happened on it for a whole control
-//! tick, the thread's free lists are trimmed and mimalloc returns this thread's freed pages.
+//! Gives memory back when a shard goes quiet: free lists and grown tables trimmed, freed pages
+//! returned by mimalloc, once nothing happened for a control tick.
 //! Owns no state of the request path; it runs between ticks, never while a request is served.
 //!
 //! Why: mimalloc returns freed pages only when it is next called after their purge delay, and a
@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::local::drain::Drain;
 use crate::proxy::shard::ShardStats;
 // Linked for `mi_collect` below (the binary's global allocator, main.rs).
 use mimalloc as _;
@@ -52,7 +53,7 @@ impl Default for Quiet {
 impl Quiet {
     /// Called once per control tick: returns memory when the shard was busy since the last
     /// collect and nothing happened for `QUIET` (accepts, requests, connections settling).
-    pub fn tick(&mut self, stats: &ShardStats, shard: usize, now: Instant) {
+    pub fn tick(&mut self, stats: &ShardStats, drain: &Drain, shard: usize, now: Instant) {
         let count = stats
             .accepted
             .get()
@@ -73,6 +74,9 @@ impl Quiet {
         self.dirty = false;
         self.collected = now;
         crate::proxy::trim_free_lists(KEEP);
+        // Tables grown to the burst's peak give back their free tails before the collect.
+        crate::local::deadline::trim();
+        drain.trim();
         // SAFETY: mi_collect takes no pointers and only touches the calling thread's heap and
         // mimalloc's own arenas; it is the allocator this binary runs on (main.rs), and a test
         // binary on another allocator still links mimalloc (a dependency), where it finds

@@ -215,7 +215,7 @@ pub async fn run(
         if let Some(log) = &shard.log {
             log.flush();
         }
-        quiet.tick(&shard.stats, shard.id, now);
+        quiet.tick(&shard.stats, &shard.drain, shard.id, now);
     }
 }
 

@@ -264,6 +264,30 @@ fn idle_gateway_memory_is_modest() {
     assert!(rss < 64 * 1024, "idle 2-shard gateway uses {rss} KiB RSS");
 }
 
+/// Transparent huge pages are off for the gateway (src/main.rs `no_huge_pages`): mimalloc's arena
+/// was madvised for them, so a connection burst left whole 2 MiB pages resident that its purge
+/// could not return (perf/RESULTS.md, issue 21m). Here 200 keep-alive connections each serve a
+/// request and stay open: none of the gateway's memory is in huge pages.
+#[test]
+fn the_gateway_uses_no_transparent_huge_pages() {
+    let origin = Origin::echo_target("o");
+    let gw = Gateway::start(&simple_config(origin.addr, &[("workers", "1")]));
+    let mut clients: Vec<Client> = (0..200).map(|_| Client::connect(gw.addr)).collect();
+    for c in &mut clients {
+        c.send(get_req("/", "example.com"));
+    }
+    for c in &mut clients {
+        assert_eq!(c.read_response().status, 200);
+    }
+    // Kernels since 6.x show the process's THP switch; older ones only the pages themselves.
+    if let Some(on) = proc_status_field(&format!("/proc/{}/status", gw.pid), "THP_enabled") {
+        assert_eq!(on, "0", "THP_enabled of the gateway");
+    }
+    let huge = proc_kb(&format!("/proc/{}/smaps_rollup", gw.pid), "AnonHugePages");
+    assert_eq!(huge, 0, "gateway memory in transparent huge pages (KiB)");
+    drop(clients);
+}
+
 /// Times each thread has been scheduled in (`/proc/<pid>/task/<tid>/schedstat`, third field):
 /// one per wake-up for a thread that otherwise sleeps.
 fn scheduled_in(pid: u32, tid: u32) -> u64 {

@@ -13,14 +13,19 @@ pub fn proc_status_field(path: &str, field: &str) -> Option<String> {
         .map(|l| l[field.len() + 1..].trim().to_string())
 }
 
-/// VmRSS of a process in KiB.
-pub fn rss_kb(pid: u32) -> u64 {
-    let v = proc_status_field(&format!("/proc/{pid}/status"), "VmRSS")
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status (process gone?)"));
+/// A "Field:   N kB" line of a /proc file (status, smaps_rollup), in KiB.
+pub fn proc_kb(path: &str, field: &str) -> u64 {
+    let v = proc_status_field(path, field)
+        .unwrap_or_else(|| panic!("no {field} in {path} (process gone?)"));
     v.split_whitespace()
         .next()
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("unparsable VmRSS {v:?}"))
+        .unwrap_or_else(|| panic!("unparsable {field} {v:?} in {path}"))
+}
+
+/// VmRSS of a process in KiB.
+pub fn rss_kb(pid: u32) -> u64 {
+    proc_kb(&format!("/proc/{pid}/status"), "VmRSS")
 }
 
 /// (tid, comm) of every thread of a process.
