@@ -119,7 +119,10 @@ for i in range(n):
                 got += d
 for t in socks[len(socks) - len(socks) % 500:]:
     t.recv(65536)
-time.sleep(1.0)
+# 2 s: ringway's connections park 0.5 s after their last request and a shard quiet for 0.1 s
+# then collects (at most every 0.25 s), ~0.75 s in all on a quiet box; 1 s could come before
+# it on a loaded one. nginx waits as long.
+time.sleep(2.0)
 held = rss()
 print(f"connections={n} rss_before={base} KiB rss_idle={held} KiB per_connection={(held - base) * 1024 / n / 1024:.2f} KiB")
 # How often the idle shard is woken while it holds them (timeslices in /proc/<pid>/task/*/schedstat):

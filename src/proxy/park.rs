@@ -277,6 +277,24 @@ impl Park {
         self.records.set(kept);
     }
 
+    /// Gives back what the tables grew to in a burst (a quiet shard calls it, runtime/quiet.rs):
+    /// stale expiry records first, then the free slots past the last parked one. The order
+    /// matters: a slot made again at a dropped index restarts its generation, so no record
+    /// naming a dropped slot may be left to match it.
+    pub fn trim(&self) {
+        self.compact();
+        let mut slots = self.slots.borrow_mut();
+        let keep = slots
+            .iter()
+            .rposition(|e| e.fd.is_some())
+            .map_or(0, |i| i + 1);
+        slots.truncate(keep);
+        slots.shrink_to_fit();
+        let mut free = self.free.borrow_mut();
+        free.retain(|&i| (i as usize) < keep);
+        free.shrink_to_fit();
+    }
+
     /// Drops what settled (see `settling`); the next time to look again, if any is left.
     fn settle(&self, now: Instant) -> Option<Instant> {
         let done: Vec<_> = {
@@ -524,5 +542,64 @@ mod tests {
         assert_eq!(held, park.records.get());
         assert!(held <= COMPACT_SLACK + 1, "{held} expiry records kept");
         assert_eq!(park.parked(), 0);
+    }
+
+    #[test]
+    fn trim_gives_back_free_slots_and_keeps_parked_ones() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let pairs: Vec<_> = (0..100)
+            .map(|_| {
+                let c = std::net::TcpStream::connect(addr).expect("connect");
+                (c, listener.accept().expect("accept").0)
+            })
+            .collect();
+        let park = Park::new(Rc::new(Cell::new(0))).expect("epoll");
+        park.running.set(true);
+        let drain = Drain::default();
+        let parking = |server: &std::net::TcpStream, wait| Parking {
+            fd: server.as_raw_fd(),
+            ip: IpAddr::from([127, 0, 0, 1]),
+            served: 1,
+            nonblocking: true,
+            wait,
+        };
+        // A burst with a short wait: its records are due almost at once.
+        for (_, server) in &pairs {
+            let p = parking(server, Duration::from_millis(1));
+            assert!(park.park(&drain, p, Rc::new(()), Box::new(())).is_ok());
+        }
+        // All but slot 5 wake: the burst is over, one connection stays parked.
+        let first: Vec<(u32, u32)> = park
+            .slots
+            .borrow()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i as u32, e.gen))
+            .collect();
+        for &(i, gen) in &first {
+            if i != 5 {
+                assert!(park.take(i, gen).is_some());
+            }
+        }
+        park.trim();
+        assert_eq!(park.slots.borrow().len(), 6);
+        assert!(park.free.borrow().iter().all(|&i| i < 6));
+        let records: usize = park.queues.borrow().iter().map(|q| q.due.len()).sum();
+        assert_eq!(records, 1);
+        assert_eq!(park.parked(), 1);
+        // The one left still wakes. New parks with a long wait reuse the freed slots, then make
+        // slots again at dropped indices, whose generations start over.
+        assert!(park.take(5, first[5].1).is_some());
+        for (_, server) in pairs.iter().take(40) {
+            let p = parking(server, Duration::from_secs(75));
+            assert!(park.park(&drain, p, Rc::new(()), Box::new(())).is_ok());
+        }
+        assert_eq!(park.slots.borrow().len(), 40);
+        // The burst's records are due now; had any naming a dropped slot survived the trim, it
+        // would match a remade slot's generation and close a connection 75 s early.
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(park.expire(Instant::now()).is_some());
+        assert_eq!(park.parked(), 40);
     }
 }

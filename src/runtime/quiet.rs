@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::local::drain::Drain;
 use crate::proxy::shard::ShardStats;
+use crate::proxy::Park;
 // Linked for `mi_collect` below (the binary's global allocator, main.rs).
 use mimalloc as _;
 
@@ -53,7 +54,14 @@ impl Default for Quiet {
 impl Quiet {
     /// Called once per control tick: returns memory when the shard was busy since the last
     /// collect and nothing happened for `QUIET` (accepts, requests, connections settling).
-    pub fn tick(&mut self, stats: &ShardStats, drain: &Drain, shard: usize, now: Instant) {
+    pub fn tick(
+        &mut self,
+        stats: &ShardStats,
+        drain: &Drain,
+        park: Option<&Park>,
+        shard: usize,
+        now: Instant,
+    ) {
         let count = stats
             .accepted
             .get()
@@ -77,6 +85,9 @@ impl Quiet {
         // Tables grown to the burst's peak give back their free tails before the collect.
         crate::local::deadline::trim();
         drain.trim();
+        if let Some(park) = park {
+            park.trim();
+        }
         // SAFETY: mi_collect takes no pointers and only touches the calling thread's heap and
         // mimalloc's own arenas; it is the allocator this binary runs on (main.rs), and a test
         // binary on another allocator still links mimalloc (a dependency), where it finds

@@ -215,7 +215,13 @@ pub async fn run(
         if let Some(log) = &shard.log {
             log.flush();
         }
-        quiet.tick(&shard.stats, &shard.drain, shard.id, now);
+        quiet.tick(
+            &shard.stats,
+            &shard.drain,
+            shard.park.as_deref(),
+            shard.id,
+            now,
+        );
     }
 }
 
