@@ -32,17 +32,9 @@ for tool in $tools; do
 done
 work=$(mktemp -d)
 . perf/lib.sh
-UP=$(free_port); GW=$(free_port)
-"$T/ringway-bench" serve --listen "127.0.0.1:$UP" -t 1 --body-size 128 >/dev/null 2>&1 &
-pids+=($!)
-cat >"$work/gw.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$GW"]
-workers = 1
-keepalive_requests = 1000000
-[[upstreams]]
-name = "origin"
-nodes = [{ addr = "127.0.0.1:$UP" }]
+GW=$(free_port)
+start_origin
+{ origin_gw_head "$GW"; cat <<TOML; } >"$work/gw.toml"
 ${PEEK_AFTER:+keepalive_pool = { peek_after = \"$PEEK_AFTER\" \}}
 [[routes]]
 name = "plain"

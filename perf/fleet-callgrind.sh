@@ -17,18 +17,10 @@ for tool in valgrind callgrind_control callgrind_annotate; do
 done
 work=$(mktemp -d)
 . perf/lib.sh
-UP=$(free_port); GW=$(free_port); RP=$(free_port)
+GW=$(free_port); RP=$(free_port)
 start_redis "$RP"
-"$T/ringway-bench" serve --listen "127.0.0.1:$UP" -t 1 --body-size 128 >/dev/null 2>&1 &
-pids+=($!)
-cat >"$work/gw.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$GW"]
-workers = 1
-keepalive_requests = 1000000
-[[upstreams]]
-name = "origin"
-nodes = [{ addr = "127.0.0.1:$UP" }]
+start_origin
+{ origin_gw_head "$GW"; cat <<TOML; } >"$work/gw.toml"
 [[routes]]
 name = "local"
 paths = ["/local"]

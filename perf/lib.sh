@@ -39,6 +39,20 @@ start_serve() {
   pids+=("$SERVE_PID")
   ORIGIN=$(log_addr "$work/serve.log")
 }
+# start_origin: `ringway-bench serve` (128 B bodies, from $T, not pinned) on a free 127.0.0.1
+# port, for the callgrind scripts; sets UP. origin_gw_head (below) points a gateway at it.
+start_origin() {
+  UP=$(free_port)
+  "$T/ringway-bench" serve --listen "127.0.0.1:$UP" -t 1 --body-size 128 >/dev/null 2>&1 &
+  pids+=($!)
+}
+# origin_gw_head PORT: the start of a one-shard gateway config on 127.0.0.1:PORT with the
+# upstream "origin" at 127.0.0.1:$UP (start_origin); the script appends the upstream's other
+# settings and its routes.
+origin_gw_head() {
+  printf '[server]\nlisten = ["127.0.0.1:%s"]\nworkers = 1\nkeepalive_requests = 1000000\n' "$1"
+  printf '[[upstreams]]\nname = "origin"\nnodes = [{ addr = "127.0.0.1:%s" }]\n' "$UP"
+}
 # start_gw CONFIG [LOG]: `ringway run` (BIN, else from $T) in the background, logging to LOG
 # ($work/gw.log); sets GW_PID. Read its addresses with log_addr.
 start_gw() {

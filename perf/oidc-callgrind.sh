@@ -12,9 +12,8 @@ work=$(mktemp -d)
 . perf/lib.sh
 need valgrind "apt-get install -y valgrind"
 need node "apt-get install -y nodejs npm; then npm ci in tests/oidc"
-UP=$(free_port); GW=$(free_port)
-"$T/ringway-bench" serve --listen "127.0.0.1:$UP" -t 1 --body-size 128 >/dev/null 2>&1 &
-pids+=($!)
+GW=$(free_port)
+start_origin
 start_idp
 API=https://api.ringway.test
 oidc() { # route name, extra line
@@ -23,14 +22,8 @@ oidc() { # route name, extra line
   printf 'client_id = "gw"\nclient_secret = "gw-secret"\naudience = "%s"\nconsumer_by = "client_id"\n%s\n' "$API" "$2"
 }
 {
+  origin_gw_head "$GW"
   cat <<TOML
-[server]
-listen = ["127.0.0.1:$GW"]
-workers = 1
-keepalive_requests = 1000000
-[[upstreams]]
-name = "origin"
-nodes = [{ addr = "127.0.0.1:$UP" }]
 [[routes]]
 name = "plain"
 paths = ["/plain"]
