@@ -321,15 +321,7 @@ impl Drop for Wait {
 pub fn trim() {
     let _ = SWEEP.try_with(|s| {
         let s = &mut *s.borrow_mut();
-        let len = s
-            .slots
-            .iter()
-            .rposition(|x| x.fire != 0)
-            .map_or(0, |i| i + 1);
-        s.slots.truncate(len);
-        s.slots.shrink_to_fit();
-        s.free.retain(|&k| (k as usize) < len);
-        s.free.shrink_to_fit();
+        crate::util::slots::trim_tail(&mut s.slots, &mut s.free, |x| x.fire != 0);
     });
 }
 

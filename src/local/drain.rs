@@ -49,16 +49,11 @@ impl Drain {
     /// Gives back the waiter table's free tail: a burst of connections grows it to its peak,
     /// and a quiet shard (runtime/quiet.rs) need not keep that. Slots in use stay where they are.
     pub fn trim(&self) {
-        let mut wakers = self.wakers.borrow_mut();
-        let len = wakers
-            .iter()
-            .rposition(Option::is_some)
-            .map_or(0, |i| i + 1);
-        wakers.truncate(len);
-        wakers.shrink_to_fit();
-        let mut free = self.free.borrow_mut();
-        free.retain(|&i| i < len);
-        free.shrink_to_fit();
+        crate::util::slots::trim_tail(
+            &mut self.wakers.borrow_mut(),
+            &mut self.free.borrow_mut(),
+            Option::is_some,
+        );
     }
 
     pub fn wait(&self) -> DrainWait<'_> {

@@ -283,16 +283,11 @@ impl Park {
     /// naming a dropped slot may be left to match it.
     pub fn trim(&self) {
         self.compact();
-        let mut slots = self.slots.borrow_mut();
-        let keep = slots
-            .iter()
-            .rposition(|e| e.fd.is_some())
-            .map_or(0, |i| i + 1);
-        slots.truncate(keep);
-        slots.shrink_to_fit();
-        let mut free = self.free.borrow_mut();
-        free.retain(|&i| (i as usize) < keep);
-        free.shrink_to_fit();
+        crate::util::slots::trim_tail(
+            &mut self.slots.borrow_mut(),
+            &mut self.free.borrow_mut(),
+            |e| e.fd.is_some(),
+        );
     }
 
     /// Drops what settled (see `settling`); the next time to look again, if any is left.
